@@ -1,0 +1,328 @@
+//! The one home of weight layouts.
+//!
+//! Every pass that reads or scales a weight goes through [`WeightLayout`]; no other module knows
+//! which axis holds which channel. Stored layouts (ONNX):
+//!
+//! | op | stored weight | output channel of element `[a, b, k…]` | input channel |
+//! |---|---|---|---|
+//! | `Conv`, group g | `[O, I/g, k…]` | `a` | `(a / (O/g))·(I/g) + b` |
+//! | `ConvTranspose`, group g | `[I, O/g, k…]` | `(a / (I/g))·(O/g) + b` | `a` |
+//! | `Gemm`, `transB = 1` | `[N, K]` | `a` | `b` |
+//! | `Gemm`, `transB = 0`; `MatMul` | `[K, N]` | `b` | `a` |
+//!
+//! Kernel sums (`Σ_k W[o, i, k]`, used by the forward BN fold and the high-bias fold) follow
+//! AIMET's numpy order `W.sum(-1).sum(-2)…`: the innermost spatial axis first, sequentially.
+
+use crate::onnx::tensor::F32Tensor;
+
+/// The operator family a weight belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LayerOp {
+    /// `Conv` (1-D, 2-D, 3-D…).
+    Conv,
+    /// `ConvTranspose`.
+    ConvTranspose,
+    /// `Gemm`; `trans_b` is the `transB` attribute.
+    Gemm {
+        /// `transB != 0`.
+        trans_b: bool,
+    },
+    /// `MatMul` with a constant 2-D right-hand side.
+    MatMul,
+}
+
+impl LayerOp {
+    /// From an ONNX op type and its `transB` attribute.
+    pub fn from_op_type(op_type: &str, trans_b: bool) -> Option<Self> {
+        match op_type {
+            "Conv" => Some(LayerOp::Conv),
+            "ConvTranspose" => Some(LayerOp::ConvTranspose),
+            "Gemm" => Some(LayerOp::Gemm { trans_b }),
+            "MatMul" => Some(LayerOp::MatMul),
+            _ => None,
+        }
+    }
+}
+
+/// How one layer's channels relate, as far as CLS is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChannelKind {
+    /// Every output channel sees every input channel (group 1, Gemm, MatMul).
+    Dense,
+    /// `group == C_in == C_out`: channel c in, channel c out (depth multiplier 1).
+    Depthwise,
+    /// Any other grouping (1 < g < C, or depthwise with multiplier > 1).
+    Grouped,
+}
+
+/// The axis structure of one stored weight tensor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WeightLayout {
+    /// Operator family.
+    pub op: LayerOp,
+    /// Number of groups (1 for Gemm / MatMul).
+    pub group: usize,
+    /// Stored shape.
+    pub dims: Vec<usize>,
+    a: usize,
+    b: usize,
+    k: usize,
+    out_ch: usize,
+    in_ch: usize,
+}
+
+impl WeightLayout {
+    /// Describes a weight of shape `dims`. Fails (with a reason) when the shape and group do
+    /// not form a valid layer.
+    pub fn new(op: LayerOp, dims: &[usize], group: usize) -> Result<Self, String> {
+        let group = group.max(1);
+        let (a, b, k) = match op {
+            LayerOp::Conv | LayerOp::ConvTranspose => {
+                if dims.len() < 3 {
+                    return Err(format!("weight rank {} < 3", dims.len()));
+                }
+                (dims[0], dims[1], dims[2..].iter().product())
+            }
+            LayerOp::Gemm { .. } | LayerOp::MatMul => {
+                if dims.len() != 2 {
+                    return Err(format!("weight rank {} is not 2", dims.len()));
+                }
+                if group != 1 {
+                    return Err("grouped Gemm/MatMul".into());
+                }
+                (dims[0], dims[1], 1)
+            }
+        };
+        let (out_ch, in_ch) = match op {
+            LayerOp::Conv => {
+                if a % group != 0 {
+                    return Err(format!(
+                        "{a} output channels not divisible by group {group}"
+                    ));
+                }
+                (a, b * group)
+            }
+            LayerOp::ConvTranspose => {
+                if a % group != 0 {
+                    return Err(format!("{a} input channels not divisible by group {group}"));
+                }
+                (b * group, a)
+            }
+            LayerOp::Gemm { trans_b: true } => (a, b),
+            LayerOp::Gemm { trans_b: false } | LayerOp::MatMul => (b, a),
+        };
+        if a == 0 || b == 0 || k == 0 {
+            return Err("empty weight".into());
+        }
+        Ok(WeightLayout {
+            op,
+            group,
+            dims: dims.to_vec(),
+            a,
+            b,
+            k,
+            out_ch,
+            in_ch,
+        })
+    }
+
+    /// Output channels.
+    pub fn out_channels(&self) -> usize {
+        self.out_ch
+    }
+
+    /// Input channels.
+    pub fn in_channels(&self) -> usize {
+        self.in_ch
+    }
+
+    /// Elements per (output, input) pair: the kernel size.
+    pub fn kernel_len(&self) -> usize {
+        self.k
+    }
+
+    /// Spatial rank (0 for Gemm / MatMul).
+    pub fn spatial_rank(&self) -> usize {
+        self.dims.len().saturating_sub(2)
+    }
+
+    /// The channel structure.
+    pub fn kind(&self) -> ChannelKind {
+        if self.group == 1 {
+            ChannelKind::Dense
+        } else if self.group == self.in_ch && self.group == self.out_ch {
+            ChannelKind::Depthwise
+        } else {
+            ChannelKind::Grouped
+        }
+    }
+
+    #[inline]
+    fn channels(&self, ia: usize, ib: usize) -> (usize, usize) {
+        match self.op {
+            LayerOp::Conv => (ia, (ia / (self.a / self.group)) * self.b + ib),
+            LayerOp::ConvTranspose => ((ia / (self.a / self.group)) * self.b + ib, ia),
+            LayerOp::Gemm { trans_b: true } => (ia, ib),
+            LayerOp::Gemm { trans_b: false } | LayerOp::MatMul => (ib, ia),
+        }
+    }
+
+    /// Calls `f(block, out, in)` for every `(a, b)` block; `block` is the flat start of the
+    /// `kernel_len()` contiguous elements of that block.
+    #[inline]
+    fn for_each_block(&self, mut f: impl FnMut(usize, usize, usize)) {
+        for ia in 0..self.a {
+            for ib in 0..self.b {
+                let (o, i) = self.channels(ia, ib);
+                f((ia * self.b + ib) * self.k, o, i);
+            }
+        }
+    }
+
+    fn check(&self, w: &[f32]) {
+        debug_assert_eq!(w.len(), self.a * self.b * self.k, "weight length vs layout");
+    }
+
+    /// `max |w|` per output channel (the `r1` of cle-spec §3.3).
+    pub fn out_ranges(&self, w: &[f32]) -> Vec<f32> {
+        self.check(w);
+        let mut r = vec![0f32; self.out_ch];
+        self.for_each_block(|s, o, _| {
+            for v in &w[s..s + self.k] {
+                r[o] = r[o].max(v.abs());
+            }
+        });
+        r
+    }
+
+    /// `max |w|` per input channel (the `r2` of cle-spec §3.3).
+    pub fn in_ranges(&self, w: &[f32]) -> Vec<f32> {
+        self.check(w);
+        let mut r = vec![0f32; self.in_ch];
+        self.for_each_block(|s, _, i| {
+            for v in &w[s..s + self.k] {
+                r[i] = r[i].max(v.abs());
+            }
+        });
+        r
+    }
+
+    /// `w[o, …] *= f[o]` for every output channel `o`.
+    pub fn scale_out(&self, w: &mut [f32], f: &[f32]) {
+        self.check(w);
+        debug_assert_eq!(f.len(), self.out_ch);
+        self.for_each_block(|s, o, _| {
+            let m = f[o];
+            for v in &mut w[s..s + self.k] {
+                *v *= m;
+            }
+        });
+    }
+
+    /// `w[…, i, …] *= f[i]` for every input channel `i`.
+    pub fn scale_in(&self, w: &mut [f32], f: &[f32]) {
+        self.check(w);
+        debug_assert_eq!(f.len(), self.in_ch);
+        self.for_each_block(|s, _, i| {
+            let m = f[i];
+            for v in &mut w[s..s + self.k] {
+                *v *= m;
+            }
+        });
+    }
+
+    /// Kernel sum of one block in numpy's `W.sum(-1).sum(-2)…` order.
+    fn block_sum(&self, block: &[f32]) -> f32 {
+        let spatial = &self.dims[2.min(self.dims.len())..];
+        if spatial.len() <= 1 {
+            return block.iter().fold(0f32, |acc, v| acc + v);
+        }
+        let inner = *spatial.last().unwrap_or(&1);
+        let rows: Vec<f32> = block
+            .chunks(inner.max(1))
+            .map(|r| r.iter().fold(0f32, |acc, v| acc + v))
+            .collect();
+        rows.iter().fold(0f32, |acc, v| acc + v)
+    }
+
+    /// `y[o] = Σ_i (Σ_k W[o, i, k]) · x[i]`: the effect of adding `x` to every input position
+    /// (ignoring padding). For a depthwise layer this is the element-wise product AIMET uses.
+    pub fn kernel_sum_times(&self, w: &[f32], x: &[f32]) -> Vec<f32> {
+        self.check(w);
+        debug_assert_eq!(x.len(), self.in_ch);
+        let mut y = vec![0f64; self.out_ch];
+        self.for_each_block(|s, o, i| {
+            y[o] += self.block_sum(&w[s..s + self.k]) as f64 * x[i] as f64;
+        });
+        y.into_iter().map(|v| v as f32).collect()
+    }
+
+    /// `y[o] = Σ_i Σ_k max(W[o, i, k], 0)·hi[i] + min(W[o, i, k], 0)·hi[i]`-style bound: the
+    /// smallest value `Σ W·x` can take for inputs `x[i] ∈ [0, hi[i]]`.
+    pub fn min_response(&self, w: &[f32], hi: &[f32]) -> Vec<f32> {
+        self.check(w);
+        let mut y = vec![0f64; self.out_ch];
+        self.for_each_block(|s, o, i| {
+            let neg: f64 = w[s..s + self.k]
+                .iter()
+                .map(|&v| f64::from(v.min(0.0)))
+                .sum();
+            y[o] += neg * f64::from(hi[i]);
+        });
+        y.into_iter().map(|v| v as f32).collect()
+    }
+
+    /// Checks a decoded tensor against this layout.
+    pub fn matches(&self, t: &F32Tensor) -> bool {
+        t.dims == self.dims && t.data.len() == self.a * self.b * self.k
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conv_transpose_grouped_channels() {
+        // ConvTranspose, I=4, O/g=3, g=2 → O=6; element [a=3, b=1] is in channel 3 (group 1),
+        // out channel 1*3+1 = 4.
+        let l = WeightLayout::new(LayerOp::ConvTranspose, &[4, 3, 1, 1], 2).unwrap();
+        assert_eq!((l.out_channels(), l.in_channels()), (6, 4));
+        let mut w = vec![0f32; 12];
+        w[3 * 3 + 1] = 5.0;
+        let r = l.out_ranges(&w);
+        assert_eq!(r, vec![0.0, 0.0, 0.0, 0.0, 5.0, 0.0]);
+        assert_eq!(l.in_ranges(&w), vec![0.0, 0.0, 0.0, 5.0]);
+    }
+
+    #[test]
+    fn conv_grouped_channels() {
+        // Conv O=4, I/g=2, g=2 → I=4; element [o=3, b=1] reads input (3/2)*2+1 = 3.
+        let l = WeightLayout::new(LayerOp::Conv, &[4, 2, 1], 2).unwrap();
+        assert_eq!(l.in_channels(), 4);
+        let mut w = vec![0f32; 8];
+        w[3 * 2 + 1] = -2.0;
+        assert_eq!(l.in_ranges(&w), vec![0.0, 0.0, 0.0, 2.0]);
+        assert_eq!(l.kind(), ChannelKind::Grouped);
+    }
+
+    #[test]
+    fn gemm_layouts() {
+        let t = WeightLayout::new(LayerOp::Gemm { trans_b: true }, &[3, 2], 1).unwrap();
+        let n = WeightLayout::new(LayerOp::Gemm { trans_b: false }, &[2, 3], 1).unwrap();
+        assert_eq!((t.out_channels(), t.in_channels()), (3, 2));
+        assert_eq!((n.out_channels(), n.in_channels()), (3, 2));
+        let w = [1.0, -4.0, 2.0, 0.5, 0.0, 3.0]; // [K=2, N=3]
+        assert_eq!(n.out_ranges(&w), vec![1.0, 4.0, 3.0]);
+        assert_eq!(n.in_ranges(&w), vec![4.0, 3.0]);
+    }
+
+    #[test]
+    fn depthwise_kind_and_kernel_sums() {
+        let l = WeightLayout::new(LayerOp::Conv, &[2, 1, 2, 2], 2).unwrap();
+        assert_eq!(l.kind(), ChannelKind::Depthwise);
+        let w = [1.0, 2.0, 3.0, 4.0, -1.0, -1.0, -1.0, -1.0];
+        assert_eq!(l.kernel_sum_times(&w, &[1.0, 2.0]), vec![10.0, -8.0]);
+    }
+}

@@ -1,0 +1,168 @@
+//! `TensorProto` ⇄ f32 data.
+//!
+//! The core computes in f32 only. Weights are read from `raw_data` (little-endian) or `float_data`
+//! and written back as `raw_data` with `float_data` cleared. Other element types are refused with
+//! a clear message (the caller turns that into a skipped layer).
+
+use bytes::Bytes;
+
+use super::proto::tensor_proto::{DataLocation, DataType};
+use super::TensorProto;
+
+/// A dense f32 tensor decoded from a `TensorProto`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct F32Tensor {
+    /// Shape.
+    pub dims: Vec<usize>,
+    /// Row-major data; `data.len()` is the product of `dims`.
+    pub data: Vec<f32>,
+}
+
+impl F32Tensor {
+    /// A tensor of the given shape filled with `value`.
+    pub fn filled(dims: Vec<usize>, value: f32) -> Self {
+        let n = dims.iter().product();
+        F32Tensor {
+            dims,
+            data: vec![value; n],
+        }
+    }
+}
+
+/// Why a tensor could not be read as f32.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TensorReadError {
+    /// The element type is not FLOAT.
+    DType(String),
+    /// Data kept in an external file that was not resolved.
+    External,
+    /// Shape and data disagree, or the shape is invalid.
+    Malformed(String),
+}
+
+impl std::fmt::Display for TensorReadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TensorReadError::DType(t) => write!(f, "element type {t} is not float32"),
+            TensorReadError::External => write!(f, "data is stored in an external file"),
+            TensorReadError::Malformed(m) => write!(f, "{m}"),
+        }
+    }
+}
+
+/// The name of an ONNX element type.
+pub fn dtype_name(code: i32) -> String {
+    DataType::try_from(code)
+        .map(|d| d.as_str_name().to_ascii_lowercase())
+        .unwrap_or_else(|_| format!("#{code}"))
+}
+
+/// True when the tensor's data lives in an external file.
+pub fn is_external(t: &TensorProto) -> bool {
+    t.data_location == Some(DataLocation::External as i32)
+}
+
+/// The tensor's shape as `usize`, refusing negative dims and element counts that overflow.
+pub fn shape_of(t: &TensorProto) -> Result<(Vec<usize>, usize), TensorReadError> {
+    let mut dims = Vec::with_capacity(t.dims.len());
+    let mut count: usize = 1;
+    for &d in &t.dims {
+        let d = usize::try_from(d)
+            .map_err(|_| TensorReadError::Malformed(format!("negative dimension {d}")))?;
+        count = count
+            .checked_mul(d)
+            .ok_or_else(|| TensorReadError::Malformed("element count overflows".into()))?;
+        dims.push(d);
+    }
+    Ok((dims, count))
+}
+
+/// Decodes a FLOAT tensor.
+pub fn to_f32(t: &TensorProto) -> Result<F32Tensor, TensorReadError> {
+    if t.data_type != Some(DataType::Float as i32) {
+        return Err(TensorReadError::DType(dtype_name(t.data_type.unwrap_or(0))));
+    }
+    if is_external(t) {
+        return Err(TensorReadError::External);
+    }
+    let (dims, count) = shape_of(t)?;
+    let raw = t.raw_data();
+    let data = if !raw.is_empty() {
+        if raw.len() != count.saturating_mul(4) {
+            return Err(TensorReadError::Malformed(format!(
+                "raw_data holds {} bytes, shape {:?} needs {}",
+                raw.len(),
+                dims,
+                count.saturating_mul(4)
+            )));
+        }
+        raw.chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect()
+    } else {
+        if t.float_data.len() != count {
+            return Err(TensorReadError::Malformed(format!(
+                "float_data holds {} values, shape {:?} needs {}",
+                t.float_data.len(),
+                dims,
+                count
+            )));
+        }
+        t.float_data.clone()
+    };
+    Ok(F32Tensor { dims, data })
+}
+
+/// Reads an integer tensor (INT64 or INT32) as i64, for shapes, pads and axes.
+pub fn to_i64(t: &TensorProto) -> Option<Vec<i64>> {
+    let (_, count) = shape_of(t).ok()?;
+    if is_external(t) {
+        return None;
+    }
+    let raw = t.raw_data();
+    if t.data_type == Some(DataType::Int64 as i32) {
+        if !raw.is_empty() {
+            (raw.len() == count * 8).then(|| {
+                raw.chunks_exact(8)
+                    .map(|c| i64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
+                    .collect()
+            })
+        } else {
+            (t.int64_data.len() == count).then(|| t.int64_data.clone())
+        }
+    } else if t.data_type == Some(DataType::Int32 as i32) {
+        if !raw.is_empty() {
+            (raw.len() == count * 4).then(|| {
+                raw.chunks_exact(4)
+                    .map(|c| i32::from_le_bytes(c.try_into().unwrap_or([0; 4])) as i64)
+                    .collect()
+            })
+        } else {
+            (t.int32_data.len() == count).then(|| t.int32_data.iter().map(|&v| v as i64).collect())
+        }
+    } else {
+        None
+    }
+}
+
+/// Writes f32 data into `t` as little-endian `raw_data` (FLOAT, `float_data` cleared).
+pub fn write_f32(t: &mut TensorProto, tensor: &F32Tensor) {
+    let mut raw = Vec::with_capacity(tensor.data.len() * 4);
+    for v in &tensor.data {
+        raw.extend_from_slice(&v.to_le_bytes());
+    }
+    t.dims = tensor.dims.iter().map(|&d| d as i64).collect();
+    t.data_type = Some(DataType::Float as i32);
+    t.float_data.clear();
+    t.raw_data = Some(Bytes::from(raw));
+}
+
+/// A new FLOAT initializer.
+pub fn new_f32(name: &str, tensor: &F32Tensor) -> TensorProto {
+    let mut t = TensorProto {
+        name: Some(name.to_string()),
+        ..Default::default()
+    };
+    write_f32(&mut t, tensor);
+    t
+}

@@ -1,0 +1,200 @@
+//! What the caller asks the pipeline to do.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::error::{CoreError, Result};
+
+/// One pipeline step. Steps always run in this order (cle-spec §8.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Step {
+    /// Fold BatchNormalization into neighbouring Conv / ConvTranspose / Gemm / MatMul.
+    BnFold,
+    /// Decide what to do with each Clip(0, 6) ("ReLU6").
+    Relu6,
+    /// Cross-layer scaling of pairs and Conv→depthwise→Conv triples.
+    Cls,
+    /// High-bias fold.
+    Hbf,
+}
+
+impl Step {
+    /// All steps in pipeline order.
+    pub const ALL: [Step; 4] = [Step::BnFold, Step::Relu6, Step::Cls, Step::Hbf];
+
+    /// Parses `bn_fold`, `relu6`, `cls`, `hbf`.
+    pub fn parse(s: &str) -> Result<Step> {
+        match s.trim() {
+            "bn_fold" | "bnfold" | "bn" => Ok(Step::BnFold),
+            "relu6" => Ok(Step::Relu6),
+            "cls" => Ok(Step::Cls),
+            "hbf" => Ok(Step::Hbf),
+            other => Err(CoreError::InvalidOptions(format!(
+                "unknown step `{other}` (expected bn_fold, relu6, cls, hbf)"
+            ))),
+        }
+    }
+}
+
+/// What to do with an exact Clip(0, 6) between two scaled layers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Relu6Policy {
+    /// Scale across it and keep the function: the Clip becomes `Relu` followed by `Min` with a
+    /// per-channel bound `6 / s_c`.
+    #[default]
+    Exact,
+    /// AIMET: replace it by `Relu` (changes the model's function; reported).
+    Replace,
+    /// Leave it; it ends the chain.
+    Keep,
+}
+
+/// How the high-bias fold treats the function.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum HbfMode {
+    /// No high-bias fold.
+    Off,
+    /// Absorb only what provably keeps the function (hard bounds of a bounded input).
+    #[default]
+    Exact,
+    /// AIMET's 3σ rule from the folded BN statistics (approximate by design; reported).
+    Aimet,
+}
+
+/// Compatibility target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Compat {
+    /// onnx-cle's own behaviour: function-preserving, AIMET's bugs fixed.
+    #[default]
+    None,
+    /// Reproduce aimet_onnx 2.42 `equalize_model` numbers (never its crashes or corruptions).
+    Aimet,
+}
+
+/// Verification settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct VerifyOptions {
+    /// Run the original and the equalized model with tract and compare.
+    pub enabled: bool,
+    /// Seed of the random inputs.
+    pub seed: u64,
+    /// Value for every dynamic (symbolic or unknown) input dimension.
+    pub dynamic_dim: usize,
+}
+
+impl Default for VerifyOptions {
+    fn default() -> Self {
+        VerifyOptions {
+            enabled: true,
+            seed: 0x5eed,
+            dynamic_dim: 1,
+        }
+    }
+}
+
+/// Options of one equalization run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct Options {
+    /// Steps to run (in pipeline order whatever the order given).
+    pub steps: Vec<Step>,
+    /// ReLU6 policy. With `compat = aimet` it is `replace`.
+    pub relu6: Relu6Policy,
+    /// High-bias fold mode. With `compat = aimet` it is `aimet`.
+    pub hbf: HbfMode,
+    /// Compatibility target.
+    pub compat: Compat,
+    /// Start op names (node or tensor names): only nodes downstream of one are touched.
+    pub start: Vec<String>,
+    /// Output op names (node or tensor names): only nodes upstream of one are touched.
+    pub output: Vec<String>,
+    /// Cross-layer-scaling passes (1 = AIMET's single pass).
+    pub iterations: u32,
+    /// Stop iterating once every scale factor satisfies `max |1 − s| < threshold`.
+    pub threshold: f32,
+    /// Verification.
+    pub verify: VerifyOptions,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            steps: Step::ALL.to_vec(),
+            relu6: Relu6Policy::default(),
+            hbf: HbfMode::default(),
+            compat: Compat::default(),
+            start: Vec::new(),
+            output: Vec::new(),
+            iterations: 1,
+            threshold: 1e-3,
+            verify: VerifyOptions::default(),
+        }
+    }
+}
+
+impl Options {
+    /// AIMET compatibility: `equalize_model`'s behaviour.
+    pub fn aimet() -> Self {
+        Options {
+            compat: Compat::Aimet,
+            relu6: Relu6Policy::Replace,
+            hbf: HbfMode::Aimet,
+            ..Options::default()
+        }
+    }
+
+    /// Whether `step` is enabled.
+    pub fn runs(&self, step: Step) -> bool {
+        self.steps.contains(&step)
+    }
+
+    /// Whether AIMET compatibility is on.
+    pub fn is_aimet(&self) -> bool {
+        self.compat == Compat::Aimet
+    }
+
+    /// Checks the options and applies what `compat = aimet` implies.
+    pub fn normalized(mut self) -> Result<Self> {
+        if self.iterations == 0 || self.iterations > 1000 {
+            return Err(CoreError::InvalidOptions(
+                "iterations must be between 1 and 1000".into(),
+            ));
+        }
+        if !(self.threshold.is_finite() && self.threshold >= 0.0) {
+            return Err(CoreError::InvalidOptions(
+                "threshold must be a finite number >= 0".into(),
+            ));
+        }
+        if self.verify.dynamic_dim == 0 || self.verify.dynamic_dim > 4096 {
+            return Err(CoreError::InvalidOptions(
+                "verify.dynamic_dim must be between 1 and 4096".into(),
+            ));
+        }
+        if self.is_aimet() {
+            if self.relu6 == Relu6Policy::Exact {
+                self.relu6 = Relu6Policy::Replace;
+            }
+            if self.hbf == HbfMode::Exact {
+                self.hbf = HbfMode::Aimet;
+            }
+            if self.iterations != 1 {
+                return Err(CoreError::InvalidOptions(
+                    "compat=aimet runs a single CLS pass (iterations must be 1)".into(),
+                ));
+            }
+        }
+        let mut steps: Vec<Step> = Step::ALL
+            .iter()
+            .copied()
+            .filter(|s| self.steps.contains(s))
+            .collect();
+        steps.dedup();
+        self.steps = steps;
+        Ok(self)
+    }
+}

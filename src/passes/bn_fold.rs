@@ -1,0 +1,670 @@
+//! BatchNormalization folding (cle-spec §3.2).
+//!
+//! Backward (layer → BN), per output channel `o` (f32, AIMET's order):
+//! `σ = √(var + ε)`, `k = γ / σ`, `W'[o] = W[o]·k[o]`, `b'[o] = β[o] − (μ[o] − b[o])·k[o]`.
+//!
+//! Forward (BN → layer), per input channel `i`, exact only when the layer does not pad:
+//! `W'[·, i] = W[·, i]·k[i]`, `b' = b + Σ_i (Σ_k W[·, i, k])·(β[i] − μ[i]·k[i])`
+//! (computed as `β̂ − μ̂ + b` with `β̂ = Wsum·β`, `μ̂ = Wsum·(μ·k)`). Through Flatten/Reshape the
+//! BN parameters are repeated `K / C` times (NCHW flatten order).
+//!
+//! Pattern rules: every op of a pattern but the last has exactly one use (graph outputs count);
+//! backward folds win over forward folds; a BN with shared or non-constant parameters, or a
+//! layer with a shared weight, is skipped with its reason and stays as it was.
+
+use crate::layout::LayerOp;
+use crate::onnx::attr;
+use crate::onnx::tensor::F32Tensor;
+use crate::report::{BnFold, FoldDirection};
+use crate::work::Edits;
+
+use super::{has_no_padding, is_layer_op, layer_of, BnStats, Ctx, Layer};
+
+const PASS: &str = "bn_fold";
+
+struct BnParams {
+    gamma: Vec<f32>,
+    beta: Vec<f32>,
+    mean: Vec<f32>,
+    var: Vec<f32>,
+    eps: f32,
+}
+
+struct Plan {
+    bn: usize,
+    layer: Layer,
+    direction: FoldDirection,
+    through: Option<usize>,
+    params: BnParams,
+}
+
+/// Folds every foldable BatchNormalization in scope.
+pub fn run(cx: &mut Ctx) -> crate::Result<()> {
+    let aimet = cx.opts.is_aimet();
+    let order: Vec<usize> = cx.work.index().topo().to_vec();
+    let mut backward = Vec::new();
+    let mut forward = Vec::new();
+    let mut taken_bn = vec![false; cx.work.node_count()];
+    let mut unfolded = Vec::new();
+    for &b in &order {
+        let node = cx.work.node(b);
+        if node.op_type() != "BatchNormalization"
+            || !node.domain().is_empty()
+            || !cx.work.in_scope(b)
+        {
+            continue;
+        }
+        let bn_label = cx.work.label(b).to_string();
+        let params = match read_params(cx, b) {
+            Ok(p) => p,
+            Err((reason, detail)) => {
+                cx.skip(PASS, vec![bn_label], reason, detail);
+                continue;
+            }
+        };
+        let mut why_not = Vec::new();
+        match backward_candidate(cx, b, &params) {
+            Ok(layer) => {
+                taken_bn[b] = true;
+                backward.push(Plan {
+                    bn: b,
+                    layer,
+                    direction: FoldDirection::Backward,
+                    through: None,
+                    params,
+                });
+                continue;
+            }
+            Err(e) => why_not.push(e),
+        }
+        match forward_candidate(cx, b, &params) {
+            Ok((layer, through)) => {
+                taken_bn[b] = true;
+                forward.push(Plan {
+                    bn: b,
+                    layer,
+                    direction: FoldDirection::Forward,
+                    through,
+                    params,
+                });
+                continue;
+            }
+            Err(e) => why_not.push(e),
+        }
+        let (reason, detail) = why_not
+            .into_iter()
+            .find(|(r, _)| *r != "no_layer")
+            .unwrap_or((
+                "no_layer",
+                "no Conv/ConvTranspose/Gemm/MatMul next to it".into(),
+            ));
+        cx.skip(PASS, vec![bn_label], reason, detail);
+        unfolded.push((b, params));
+    }
+    // A layer takes at most one backward and one forward fold; a forward fold into a layer whose
+    // input BN was already claimed is impossible (one data input), so plans never conflict.
+    let mut edits = Edits::default();
+    for plan in backward.iter().chain(forward.iter()) {
+        apply(cx, plan, &mut edits)?;
+    }
+    if aimet {
+        for (b, params) in unfolded {
+            rewrite_standalone(cx, b, params);
+        }
+    }
+    cx.work.apply(edits)?;
+    Ok(())
+}
+
+fn read_params(cx: &mut Ctx, b: usize) -> Result<BnParams, (&'static str, String)> {
+    let node = cx.work.node(b);
+    if node.output.iter().skip(1).any(|o| !o.is_empty())
+        || attr::int(node, "training_mode").unwrap_or(0) != 0
+    {
+        return Err((
+            "bn_training_mode",
+            "BatchNormalization in training mode (running statistics are outputs)".into(),
+        ));
+    }
+    if node.input.len() < 5 {
+        return Err(("invalid_node", "BatchNormalization needs 5 inputs".into()));
+    }
+    let names: Vec<String> = node.input[1..5].to_vec();
+    let mut eps = attr::float(node, "epsilon").unwrap_or(1e-5);
+    if cx.opts.is_aimet() && eps == 0.0 {
+        eps = 1e-5;
+        cx.report.compat_notes.push(format!(
+            "{}: epsilon 0 treated as 1e-5 (aimet_onnx 2.42 behaviour)",
+            cx.work.label(b)
+        ));
+    }
+    if !(eps.is_finite() && eps >= 0.0) {
+        return Err(("bn_invalid_params", format!("epsilon {eps}")));
+    }
+    let mut vecs = Vec::with_capacity(4);
+    for n in &names {
+        if !cx.work.is_const(n) {
+            return Err((
+                "bn_params_not_constant",
+                format!("`{n}` is computed at run time"),
+            ));
+        }
+        let t = cx.work.read(n).map_err(|e| ("bn_params_unreadable", e))?;
+        vecs.push(t.data.clone());
+    }
+    let c = vecs[0].len();
+    if vecs.iter().any(|v| v.len() != c) || c == 0 {
+        return Err((
+            "bn_invalid_params",
+            "γ, β, mean and var differ in length".into(),
+        ));
+    }
+    let var = vecs.pop().unwrap_or_default();
+    let mean = vecs.pop().unwrap_or_default();
+    let beta = vecs.pop().unwrap_or_default();
+    let gamma = vecs.pop().unwrap_or_default();
+    for (o, &v) in var.iter().enumerate() {
+        let sigma = (v + eps).sqrt();
+        if !(sigma.is_finite() && sigma > 0.0) {
+            return Err((
+                "bn_invalid_params",
+                format!("channel {o}: var + epsilon = {} gives no usable σ", v + eps),
+            ));
+        }
+    }
+    if gamma
+        .iter()
+        .chain(&beta)
+        .chain(&mean)
+        .any(|v| !v.is_finite())
+    {
+        return Err(("bn_invalid_params", "non-finite γ, β or mean".into()));
+    }
+    Ok(BnParams {
+        gamma,
+        beta,
+        mean,
+        var,
+        eps,
+    })
+}
+
+fn backward_candidate(
+    cx: &mut Ctx,
+    b: usize,
+    p: &BnParams,
+) -> Result<Layer, (&'static str, String)> {
+    let input = cx.work.input(b, 0).to_string();
+    let Some(l) = cx.work.index().producer(&input) else {
+        return Err(("no_layer", String::new()));
+    };
+    if !is_layer_op(cx.work.node(l)) {
+        return Err(("no_layer", String::new()));
+    }
+    if !cx.work.in_scope(l) {
+        return Err((
+            "out_of_scope",
+            format!("{} is outside the start/output bounds", cx.work.label(l)),
+        ));
+    }
+    if cx.work.sole_consumer(l) != Some(b) {
+        return Err((
+            "fan_out",
+            format!(
+                "{}'s output has other uses (a consumer or a graph output)",
+                cx.work.label(l)
+            ),
+        ));
+    }
+    let layer = layer_of(cx.work, l)?;
+    check_layer_weights(cx, &layer)?;
+    let node = cx.work.node(l);
+    if cx.opts.is_aimet() {
+        if layer.layout.op == LayerOp::ConvTranspose
+            && ![1, layer.layout.in_channels()].contains(&layer.layout.group)
+        {
+            return Err((
+                "unsupported_group",
+                "aimet: ConvTranspose backward fold needs group 1 or C_in".into(),
+            ));
+        }
+        if layer.layout.spatial_rank() > 2 {
+            return Err((
+                "unsupported_rank",
+                "aimet_onnx 2.42 crashes on rank-5 weights (Conv3d); skipped".into(),
+            ));
+        }
+        if matches!(layer.layout.op, LayerOp::Gemm { .. })
+            && (attr::float(node, "alpha").unwrap_or(1.0) != 1.0
+                || attr::float(node, "beta").unwrap_or(1.0) != 1.0)
+        {
+            return Err((
+                "gemm_alpha_beta",
+                "aimet ignores Gemm alpha/beta; folding would corrupt the layer".into(),
+            ));
+        }
+    }
+    if layer.layout.op == LayerOp::MatMul && !matmul_is_2d(cx, l) {
+        return Err((
+            "matmul_rank",
+            "cannot prove the MatMul input is 2-D (BN normalizes axis 1)".into(),
+        ));
+    }
+    if layer.layout.out_channels() != p.gamma.len() {
+        return Err((
+            "channel_mismatch",
+            format!(
+                "BN has {} channels, layer has {} outputs",
+                p.gamma.len(),
+                layer.layout.out_channels()
+            ),
+        ));
+    }
+    Ok(layer)
+}
+
+fn forward_candidate(
+    cx: &mut Ctx,
+    b: usize,
+    p: &BnParams,
+) -> Result<(Layer, Option<usize>), (&'static str, String)> {
+    let Some(next) = cx.work.sole_consumer(b) else {
+        return Err(("no_layer", String::new()));
+    };
+    let bn_out = cx.work.out(b).to_string();
+    let (l, through) = match cx.work.node(next).op_type() {
+        "Flatten" | "Reshape" if cx.work.node(next).domain().is_empty() => {
+            let Some(g) = cx.work.sole_consumer(next) else {
+                return Err(("no_layer", String::new()));
+            };
+            if !matches!(cx.work.node(g).op_type(), "Gemm" | "MatMul") {
+                return Err(("no_layer", String::new()));
+            }
+            if cx.work.input(g, 0) != cx.work.out(next) || cx.work.input(next, 0) != bn_out {
+                return Err(("no_layer", String::new()));
+            }
+            (g, Some(next))
+        }
+        _ => (next, None),
+    };
+    if !is_layer_op(cx.work.node(l))
+        || cx.work.input(l, 0)
+            != if through.is_some() {
+                cx.work.out(through.unwrap_or(0))
+            } else {
+                bn_out.as_str()
+            }
+    {
+        return Err(("no_layer", String::new()));
+    }
+    for n in [Some(l), through].into_iter().flatten() {
+        if !cx.work.in_scope(n) {
+            return Err((
+                "out_of_scope",
+                format!("{} is outside the start/output bounds", cx.work.label(n)),
+            ));
+        }
+    }
+    let layer = layer_of(cx.work, l)?;
+    check_layer_weights(cx, &layer)?;
+    let node = cx.work.node(l);
+    match layer.layout.op {
+        LayerOp::ConvTranspose => {
+            return Err((
+                "forward_conv_transpose",
+                "BN → ConvTranspose cannot be folded exactly".into(),
+            ))
+        }
+        LayerOp::Conv => {
+            if layer.layout.group != 1 {
+                return Err(("forward_grouped", "BN → grouped Conv is not folded".into()));
+            }
+            if cx.opts.is_aimet() && attr::int(node, "group").is_some_and(|g| g != 1) {
+                return Err(("forward_grouped", "BN → grouped Conv is not folded".into()));
+            }
+            if !has_no_padding(node) {
+                return Err((
+                    "forward_padding",
+                    "BN → Conv with padding is not exact (padding would see the BN shift)".into(),
+                ));
+            }
+        }
+        LayerOp::Gemm { .. } => {
+            if attr::float(node, "alpha").unwrap_or(1.0) != 1.0
+                || attr::float(node, "beta").unwrap_or(1.0) != 1.0
+            {
+                return Err((
+                    "gemm_alpha_beta",
+                    "BN → Gemm with alpha/beta ≠ 1 is not folded".into(),
+                ));
+            }
+        }
+        LayerOp::MatMul => {
+            if through.is_none() && !matmul_is_2d(cx, l) {
+                return Err((
+                    "matmul_rank",
+                    "cannot prove the MatMul input is 2-D (BN normalizes axis 1)".into(),
+                ));
+            }
+        }
+    }
+    if through.is_none() && cx.opts.is_aimet() && layer.layout.spatial_rank() > 2 {
+        return Err((
+            "unsupported_rank",
+            "aimet_onnx 2.42 crashes on rank-5 weights (Conv3d); skipped".into(),
+        ));
+    }
+    let c = p.gamma.len();
+    let k = layer.layout.in_channels();
+    match through {
+        None if k != c => Err((
+            "channel_mismatch",
+            format!("BN has {c} channels, layer reads {k}"),
+        )),
+        Some(_) if k % c != 0 => Err((
+            "channel_mismatch",
+            format!("Gemm width {k} is not a multiple of {c} BN channels"),
+        )),
+        Some(t) if !flattens_channels_first(cx, t, k) => Err((
+            "reshape_layout",
+            "the Flatten/Reshape does not flatten [N, C, …] to [N, C·…]".into(),
+        )),
+        _ => Ok((layer, through)),
+    }
+}
+
+fn flattens_channels_first(cx: &Ctx, t: usize, k: usize) -> bool {
+    let node = cx.work.node(t);
+    match node.op_type() {
+        "Flatten" => attr::int(node, "axis").unwrap_or(1) == 1,
+        "Reshape" => {
+            if cx.opts.is_aimet() {
+                return true;
+            }
+            let Some(shape) = cx.work.const_ints(cx.work.input(t, 1)) else {
+                return false;
+            };
+            shape.len() == 2 && (shape[1] == k as i64 || (shape[1] == -1 && shape[0] != -1))
+        }
+        _ => false,
+    }
+}
+
+fn check_layer_weights(cx: &Ctx, layer: &Layer) -> Result<(), (&'static str, String)> {
+    if cx.work.is_shared(&layer.weight) {
+        return Err((
+            "shared_weight",
+            format!("weight `{}` is used by several nodes", layer.weight),
+        ));
+    }
+    if let Some(b) = &layer.bias {
+        if cx.work.is_shared(b) {
+            return Err((
+                "shared_weight",
+                format!("bias `{b}` is used by several nodes"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn matmul_is_2d(cx: &Ctx, l: usize) -> bool {
+    let a = cx.work.input(l, 0);
+    let g = cx.work.graph();
+    let declared = g
+        .value_info
+        .iter()
+        .chain(&g.input)
+        .chain(&g.output)
+        .find(|v| v.name() == a)
+        .and_then(|v| v.r#type.as_ref())
+        .and_then(|t| match &t.value {
+            Some(crate::onnx::proto::type_proto::Value::TensorType(tt)) => {
+                tt.shape.as_ref().map(|s| s.dim.len())
+            }
+            _ => None,
+        });
+    if let Some(r) = declared {
+        return r == 2;
+    }
+    cx.work
+        .index()
+        .producer(a)
+        .map(|p| cx.work.node(p))
+        .is_some_and(|n| n.op_type() == "Gemm" || (n.op_type() == "Flatten"))
+}
+
+fn sigma_scale(p: &BnParams) -> Vec<f32> {
+    p.gamma
+        .iter()
+        .zip(&p.var)
+        .map(|(&g, &v)| g / (v + p.eps).sqrt())
+        .collect()
+}
+
+fn apply(cx: &mut Ctx, plan: &Plan, edits: &mut Edits) -> crate::Result<()> {
+    let layer = &plan.layer;
+    let l = layer.node;
+    let layout = &layer.layout;
+    let p = &plan.params;
+    let scale = sigma_scale(p);
+    let mut w = cx
+        .work
+        .take(&layer.weight)
+        .map_err(crate::CoreError::InvalidModel)?;
+    let old_bias: Vec<f32> = match &layer.bias {
+        Some(b) => cx
+            .work
+            .read(b)
+            .map_err(crate::CoreError::InvalidModel)?
+            .data
+            .clone(),
+        None => vec![0.0; layout.out_channels()],
+    };
+    let node = cx.work.node(l).clone();
+    let is_gemm = matches!(layout.op, LayerOp::Gemm { .. });
+    let gemm_beta = if is_gemm {
+        attr::float(&node, "beta").unwrap_or(1.0)
+    } else {
+        1.0
+    };
+    let new_bias: Vec<f32> = match plan.direction {
+        FoldDirection::Backward => {
+            layout.scale_out(&mut w.data, &scale);
+            let eff: Vec<f32> = if gemm_beta != 1.0 {
+                old_bias.iter().map(|b| b * gemm_beta).collect()
+            } else {
+                old_bias
+            };
+            (0..scale.len())
+                .map(|o| p.beta[o] - (p.mean[o] - eff[o]) * scale[o])
+                .collect()
+        }
+        FoldDirection::Forward => {
+            let rep = layout.in_channels() / p.gamma.len();
+            let repeat = |v: &[f32]| -> Vec<f32> {
+                v.iter()
+                    .flat_map(|&x| std::iter::repeat_n(x, rep))
+                    .collect()
+            };
+            let scale_k = repeat(&scale);
+            let beta_k = repeat(&p.beta);
+            let mu_scale: Vec<f32> = repeat(&p.mean)
+                .iter()
+                .zip(&scale_k)
+                .map(|(m, s)| m * s)
+                .collect();
+            let mu_hat = layout.kernel_sum_times(&w.data, &mu_scale);
+            let beta_hat = layout.kernel_sum_times(&w.data, &beta_k);
+            layout.scale_in(&mut w.data, &scale_k);
+            (0..layout.out_channels())
+                .map(|o| beta_hat[o] - mu_hat[o] + old_bias[o])
+                .collect()
+        }
+    };
+    cx.work.put(&layer.weight, w);
+    let bias_tensor = F32Tensor {
+        dims: vec![new_bias.len()],
+        data: new_bias,
+    };
+    let mut created_bias = None;
+    match &layer.bias {
+        Some(b) => {
+            let dims = cx
+                .work
+                .read(b)
+                .map_err(crate::CoreError::InvalidModel)?
+                .dims
+                .clone();
+            cx.work.put(
+                b,
+                F32Tensor {
+                    dims,
+                    data: bias_tensor.data,
+                },
+            );
+        }
+        None if layout.op == LayerOp::MatMul && !cx.opts.is_aimet() => {
+            // MatMul keeps its form; the BN (backward) becomes `Add(bias)`, forward adds one.
+            let name = cx.work.fresh_name(&format!("{}.bias", cx.work.label(l)));
+            cx.work.add_initializer(&name, bias_tensor);
+            created_bias = Some(name.clone());
+            match plan.direction {
+                FoldDirection::Backward => {
+                    let bn = cx.work.node_mut(plan.bn);
+                    bn.op_type = Some("Add".into());
+                    bn.input = vec![node.output[0].clone(), name];
+                    bn.attribute.clear();
+                    bn.domain = None;
+                }
+                FoldDirection::Forward => {
+                    let out = node.output[0].clone();
+                    let mid = cx.work.fresh_name(&format!("{out}_matmul"));
+                    cx.work.node_mut(l).output[0] = mid.clone();
+                    edits.insert_after(
+                        l,
+                        crate::onnx::NodeProto {
+                            op_type: Some("Add".into()),
+                            name: Some(
+                                cx.work
+                                    .fresh_name(&format!("{}_bias_add", cx.work.label(l))),
+                            ),
+                            input: vec![mid, name],
+                            output: vec![out],
+                            ..Default::default()
+                        },
+                    );
+                }
+            }
+        }
+        None => {
+            let base = if node.name().is_empty() {
+                cx.work.label(l).to_string()
+            } else {
+                node.name().to_string()
+            };
+            let name = cx.work.fresh_name(&format!("{base}.bias"));
+            cx.work.add_initializer(&name, bias_tensor);
+            let n = cx.work.node_mut(l);
+            if layout.op == LayerOp::MatMul {
+                n.op_type = Some("Gemm".into());
+                if n.name.is_some() {
+                    n.name = Some(n.name().replace("MatMul", "Gemm"));
+                }
+            }
+            while n.input.len() < 2 {
+                n.input.push(String::new());
+            }
+            n.input.truncate(2);
+            n.input.push(name.clone());
+            created_bias = Some(name);
+        }
+    }
+    if is_gemm && gemm_beta != 1.0 && plan.direction == FoldDirection::Backward {
+        attr::set_float(cx.work.node_mut(l), "beta", 1.0);
+    }
+    let bn_node = cx.work.node(plan.bn).clone();
+    let keeps_bn_as_add = layout.op == LayerOp::MatMul
+        && !cx.opts.is_aimet()
+        && layer.bias.is_none()
+        && plan.direction == FoldDirection::Backward;
+    match plan.direction {
+        FoldDirection::Backward => {
+            if !keeps_bn_as_add {
+                let old_out = node.output[0].clone();
+                cx.work.node_mut(l).output[0] = bn_node.output[0].clone();
+                drop_value_info(cx, &old_out);
+                edits.remove(plan.bn);
+            }
+            cx.state.bn_stats.insert(
+                cx.work.label(l).to_string(),
+                BnStats {
+                    gamma: p.gamma.clone(),
+                    beta: p.beta.clone(),
+                },
+            );
+        }
+        FoldDirection::Forward => {
+            let target = plan.through.unwrap_or(l);
+            let bn_in = bn_node.input[0].clone();
+            let bn_out = bn_node.output[0].clone();
+            cx.work.node_mut(target).input[0] = bn_in;
+            drop_value_info(cx, &bn_out);
+            edits.remove(plan.bn);
+        }
+    }
+    let fold = BnFold {
+        bn: cx.work.label(plan.bn).to_string(),
+        layer: cx.work.label(l).to_string(),
+        layer_op: node.op_type().to_string(),
+        direction: plan.direction,
+        channels: p.gamma.len(),
+        epsilon: p.eps,
+        through: plan.through.map(|t| cx.work.label(t).to_string()),
+        created_bias,
+    };
+    cx.report.bn_folds.push(fold);
+    Ok(())
+}
+
+fn drop_value_info(cx: &mut Ctx, tensor: &str) {
+    cx.work.drop_value_info(tensor);
+}
+
+/// AIMET's `_update_standalone_batchnorm_ops`: a BN that stays is rewritten to
+/// `γ' = γ/σ, β' = β − μ·γ', μ = 0, var = 1, ε = 0` (the same function).
+fn rewrite_standalone(cx: &mut Ctx, b: usize, p: BnParams) {
+    let node = cx.work.node(b).clone();
+    let scale = sigma_scale(&p);
+    let beta: Vec<f32> = p
+        .beta
+        .iter()
+        .zip(&p.mean)
+        .zip(&scale)
+        .map(|((b, m), s)| b - m * s)
+        .collect();
+    let c = scale.len();
+    let values = [scale, beta, vec![0.0; c], vec![1.0; c]];
+    let suffix = ["gamma", "beta", "mean", "var"];
+    let mut inputs = node.input.clone();
+    for (k, v) in values.into_iter().enumerate() {
+        let name = &node.input[k + 1];
+        let t = F32Tensor {
+            dims: vec![c],
+            data: v,
+        };
+        if cx.work.is_shared(name) {
+            let fresh = cx
+                .work
+                .fresh_name(&format!("{}.{}", cx.work.label(b), suffix[k]));
+            cx.work.add_initializer(&fresh, t);
+            inputs[k + 1] = fresh;
+        } else {
+            cx.work.put(name, t);
+        }
+    }
+    let n = cx.work.node_mut(b);
+    n.input = inputs;
+    attr::set_float(n, "epsilon", 0.0);
+    cx.report.bn_rewrites.push(cx.work.label(b).to_string());
+}

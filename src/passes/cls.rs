@@ -1,0 +1,629 @@
+//! Cross-layer scaling (Nagel et al. 2019, §4.1; cle-spec §3.3–3.5, §4).
+//!
+//! Chains: a maximal straight line of layers where every op but the last has exactly one use
+//! (graph outputs count) and only scale-equivariant ops lie between layers: `Relu`, `PRelu`
+//! (AIMET), and by default also `LeakyRelu`, `Identity`, inference `Dropout`, constant-0 `Pad`
+//! that does not pad channels, max/average pooling, `Flatten`/`Reshape` right after a global
+//! pool, and exact Clip(0, 6) under the `exact` ReLU6 policy.
+//!
+//! Sets: consecutive layers form pairs; Conv → depthwise (multiplier 1) → Conv forms a triple.
+//! With `compat = aimet` the split follows aimet_onnx 2.42's state machine (§4.2) and only
+//! `Conv`/`ConvTranspose` with an explicit `group` of 1 (or depthwise) take part.
+//!
+//! Math (f32, AIMET's order): pair `r1 = max|W1[c,…]|`, `r2 = max|W2[:,c,…]|`,
+//! `s = r1 / √(r1·r2)`, guard(NaN, ∞, 0 → 1), `W1[c] *= 1/s`, `b1[c] *= 1/s`, `W2[:,c] *= s`
+//! (paper eq. 11: both ranges become `√(r1·r2)`). Triple: `P = (r0·r1·r2)^(1/3)`,
+//! `s12 = r0/P`, `s23 = P/r2`, `W1 *= s12` then `*= 1/s23`. Sets are applied in chain order;
+//! consecutive sets share layers, so later sets see earlier results. With `iterations > 1` the
+//! whole pass repeats until `max |1 − s| < threshold`.
+
+use std::collections::HashMap;
+
+use crate::layout::{ChannelKind, LayerOp};
+use crate::onnx::{attr, NodeProto};
+use crate::report::{ClsIteration, ClsKind, ClsPair, ClsSet, PairRanges};
+
+use super::{guard, layer_of, CrossedClip, Ctx, Layer, ScaledPair};
+
+const PASS: &str = "cls";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Layer,
+    Through,
+    Stop,
+}
+
+#[derive(Debug, Clone)]
+enum Class {
+    Conv,
+    Depthwise,
+    Unsupported(&'static str, String),
+}
+
+struct Member {
+    node: usize,
+    through: Vec<usize>,
+}
+
+struct Set {
+    layers: Vec<Layer>,
+    throughs: Vec<Vec<usize>>,
+}
+
+fn role(cx: &Ctx, i: usize) -> Role {
+    let aimet = cx.opts.is_aimet();
+    let n = cx.work.node(i);
+    if !cx.work.in_scope(i) || !n.domain().is_empty() {
+        return Role::Stop;
+    }
+    match n.op_type() {
+        "Conv" | "ConvTranspose" => Role::Layer,
+        "Gemm" | "MatMul" if !aimet => Role::Layer,
+        "Relu" | "PRelu" => Role::Through,
+        "Clip" if cx.state.relu6_crossable.contains_key(cx.work.label(i)) => Role::Through,
+        _ if aimet => Role::Stop,
+        "LeakyRelu" | "Identity" => Role::Through,
+        "Dropout"
+            if n.output
+                .iter()
+                .skip(1)
+                .all(|o| o.is_empty() || cx.work.index().use_count(o) == 0) =>
+        {
+            Role::Through
+        }
+        "MaxPool" if n.output.len() < 2 || n.output[1].is_empty() => Role::Through,
+        "AveragePool" | "GlobalAveragePool" | "GlobalMaxPool" => Role::Through,
+        "Pad" if pad_is_channel_safe(cx, i) => Role::Through,
+        "Flatten" | "Reshape" if after_global_pool(cx, i) => Role::Through,
+        _ => Role::Stop,
+    }
+}
+
+fn pad_is_channel_safe(cx: &Ctx, i: usize) -> bool {
+    let n = cx.work.node(i);
+    let mode = attr::string(n, "mode").unwrap_or_else(|| "constant".into());
+    if mode != "constant" {
+        return false;
+    }
+    let opset = crate::onnx::onnx_opset(cx.work.model()).unwrap_or(13);
+    let (pads, value) = if opset < 11 {
+        (
+            attr::ints(n, "pads").map(<[i64]>::to_vec),
+            attr::float(n, "value").unwrap_or(0.0),
+        )
+    } else {
+        if n.input.len() > 3 && !n.input[3].is_empty() {
+            return false;
+        }
+        let value = match n.input.get(2).filter(|s| !s.is_empty()) {
+            Some(v) => match cx.work.const_scalar(v) {
+                Some(v) => v,
+                None => return false,
+            },
+            None => 0.0,
+        };
+        (crate::consteval::ints(cx.work, cx.work.input(i, 1)), value)
+    };
+    let Some(pads) = pads else { return false };
+    if value != 0.0 || pads.len() % 2 != 0 || pads.len() < 4 {
+        return false;
+    }
+    let rank = pads.len() / 2;
+    pads[1] == 0 && pads[rank + 1] == 0 && pads.iter().all(|&p| p >= 0)
+}
+
+fn after_global_pool(cx: &Ctx, i: usize) -> bool {
+    let n = cx.work.node(i);
+    let Some(p) = cx.work.index().producer(cx.work.input(i, 0)) else {
+        return false;
+    };
+    if !matches!(
+        cx.work.node(p).op_type(),
+        "GlobalAveragePool" | "GlobalMaxPool"
+    ) {
+        return false;
+    }
+    match n.op_type() {
+        "Flatten" => attr::int(n, "axis").unwrap_or(1) == 1,
+        _ => cx
+            .work
+            .const_ints(cx.work.input(i, 1))
+            .is_some_and(|s| s.len() == 2 && s[0] != -1 || s.len() == 2 && s[1] != -1),
+    }
+}
+
+fn next_in_chain(cx: &Ctx, i: usize, roles: &[Role]) -> Option<usize> {
+    if roles[i] == Role::Stop {
+        return None;
+    }
+    let c = cx.work.sole_consumer(i)?;
+    (roles[c] != Role::Stop && cx.work.input(c, 0) == cx.work.out(i)).then_some(c)
+}
+
+/// Layer groups: maximal chains (cle-spec §4.1), layers with the ops between them.
+fn find_groups(cx: &Ctx) -> Vec<Vec<Member>> {
+    let n = cx.work.node_count();
+    let roles: Vec<Role> = (0..n).map(|i| role(cx, i)).collect();
+    let next: Vec<Option<usize>> = (0..n).map(|i| next_in_chain(cx, i, &roles)).collect();
+    let mut has_pred = vec![false; n];
+    for c in next.iter().flatten() {
+        has_pred[*c] = true;
+    }
+    let mut groups = Vec::new();
+    for &start in cx.work.index().topo() {
+        if roles[start] == Role::Stop || has_pred[start] {
+            continue;
+        }
+        let mut group: Vec<Member> = Vec::new();
+        let mut pending = Vec::new();
+        let mut cur = Some(start);
+        let mut steps = 0;
+        while let Some(i) = cur {
+            steps += 1;
+            if steps > n {
+                break;
+            }
+            if roles[i] == Role::Layer {
+                group.push(Member {
+                    node: i,
+                    through: std::mem::take(&mut pending),
+                });
+            } else {
+                pending.push(i);
+            }
+            cur = next[i];
+        }
+        if group.len() > 1 {
+            groups.push(group);
+        }
+    }
+    groups
+}
+
+fn classify(cx: &mut Ctx, i: usize) -> (Class, Option<Layer>) {
+    let aimet = cx.opts.is_aimet();
+    let layer = match layer_of(cx.work, i) {
+        Ok(l) => l,
+        Err((code, detail)) => return (Class::Unsupported(code, detail), None),
+    };
+    let node = cx.work.node(i);
+    let kind = layer.layout.kind();
+    if aimet {
+        if attr::int(node, "group").is_none() {
+            cx.report.compat_notes.push(format!(
+                "{}: no explicit `group` attribute, so aimet_onnx 2.42 ignores it for CLS (bug 1, reproduced)",
+                cx.work.label(i)
+            ));
+            return (
+                Class::Unsupported(
+                    "aimet_no_group_attribute",
+                    "no explicit group attribute (aimet bug 1)".into(),
+                ),
+                Some(layer),
+            );
+        }
+        if layer.layout.spatial_rank() > 2 {
+            return (
+                Class::Unsupported(
+                    "unsupported_rank",
+                    "aimet_onnx 2.42 crashes on Conv3d; skipped".into(),
+                ),
+                Some(layer),
+            );
+        }
+        if layer.layout.op == LayerOp::ConvTranspose && kind != ChannelKind::Dense {
+            cx.report.compat_notes.push(format!(
+                "{}: grouped/depthwise ConvTranspose left out of CLS (aimet_onnx 2.42 corrupts its weight, bug 2)",
+                cx.work.label(i)
+            ));
+            return (
+                Class::Unsupported(
+                    "aimet_grouped_conv_transpose",
+                    "aimet corrupts grouped ConvTranspose weights (bug 2)".into(),
+                ),
+                Some(layer),
+            );
+        }
+        return match kind {
+            ChannelKind::Dense => (Class::Conv, Some(layer)),
+            ChannelKind::Depthwise => (Class::Depthwise, Some(layer)),
+            ChannelKind::Grouped => (
+                Class::Unsupported(
+                    "grouped_conv",
+                    format!(
+                        "group {} (1 < g < C) is not supported by AIMET",
+                        layer.layout.group
+                    ),
+                ),
+                Some(layer),
+            ),
+        };
+    }
+    if cx.work.is_shared(&layer.weight) || layer.bias.as_ref().is_some_and(|b| cx.work.is_shared(b))
+    {
+        return (
+            Class::Unsupported(
+                "shared_weight",
+                "weight or bias used by several nodes".into(),
+            ),
+            Some(layer),
+        );
+    }
+    match kind {
+        ChannelKind::Depthwise => (Class::Depthwise, Some(layer)),
+        _ => (Class::Conv, Some(layer)),
+    }
+}
+
+fn split_aimet(classes: &[(Class, Option<Layer>)]) -> Vec<Vec<usize>> {
+    let mut sets = Vec::new();
+    let n = classes.len();
+    let is = |k: usize, f: fn(&Class) -> bool| f(&classes[k].0);
+    let conv = |c: &Class| matches!(c, Class::Conv);
+    let dw = |c: &Class| matches!(c, Class::Depthwise);
+    let mut idx = 0;
+    let mut first: Option<usize> = None;
+    let unsupported =
+        |f: Option<usize>| f.is_none_or(|k| matches!(classes[k].0, Class::Unsupported(..)));
+    while idx < n {
+        while idx < n && unsupported(first) {
+            first = Some(idx);
+            idx += 1;
+        }
+        let second = if idx < n {
+            idx += 1;
+            Some(idx - 1)
+        } else {
+            None
+        };
+        let Some(f) = first else { break };
+        if unsupported(Some(f)) {
+            break;
+        }
+        if is(f, conv) {
+            match second {
+                Some(s) if is(s, conv) => {
+                    sets.push(vec![f, s]);
+                    first = Some(s);
+                }
+                Some(s) if is(s, dw) => {
+                    if idx < n && is(idx, conv) {
+                        sets.push(vec![f, s, idx]);
+                        first = Some(idx);
+                        idx += 1;
+                    } else {
+                        first = Some(s);
+                    }
+                }
+                _ => first = None,
+            }
+        } else if is(f, dw) {
+            if let Some(s) = second {
+                if is(s, conv) {
+                    sets.push(vec![f, s]);
+                }
+            }
+            first = second;
+        } else {
+            first = second;
+        }
+    }
+    sets
+}
+
+fn split_default(classes: &[(Class, Option<Layer>)]) -> Vec<Vec<usize>> {
+    let mut sets = Vec::new();
+    let mut segment: Vec<usize> = Vec::new();
+    let flush = |seg: &mut Vec<usize>, sets: &mut Vec<Vec<usize>>| {
+        let dw = |k: usize| matches!(classes[k].0, Class::Depthwise);
+        let mut i = 0;
+        while i + 1 < seg.len() {
+            if dw(seg[i + 1]) && i + 2 < seg.len() && !dw(seg[i]) && !dw(seg[i + 2]) {
+                sets.push(vec![seg[i], seg[i + 1], seg[i + 2]]);
+                i += 2;
+            } else {
+                sets.push(vec![seg[i], seg[i + 1]]);
+                i += 1;
+            }
+        }
+        seg.clear();
+    };
+    for (k, (c, _)) in classes.iter().enumerate() {
+        if matches!(c, Class::Unsupported(..)) {
+            flush(&mut segment, &mut sets);
+        } else {
+            segment.push(k);
+        }
+    }
+    flush(&mut segment, &mut sets);
+    sets
+}
+
+/// Runs cross-layer scaling over every chain in scope.
+pub fn run(cx: &mut Ctx) -> crate::Result<()> {
+    let groups = find_groups(cx);
+    let mut sets: Vec<Set> = Vec::new();
+    for group in groups {
+        let classes: Vec<(Class, Option<Layer>)> =
+            group.iter().map(|m| classify(cx, m.node)).collect();
+        for (m, (c, _)) in group.iter().zip(&classes) {
+            if let Class::Unsupported(code, detail) = c {
+                let label = cx.work.label(m.node).to_string();
+                cx.skip(PASS, vec![label], code, detail.clone());
+            }
+        }
+        let split = if cx.opts.is_aimet() {
+            split_aimet(&classes)
+        } else {
+            split_default(&classes)
+        };
+        for idxs in split {
+            let layers: Vec<Layer> = idxs.iter().filter_map(|&k| classes[k].1.clone()).collect();
+            if layers.len() != idxs.len() {
+                continue;
+            }
+            let throughs: Vec<Vec<usize>> = idxs
+                .iter()
+                .skip(1)
+                .map(|&k| group[k].through.clone())
+                .collect();
+            let labels: Vec<String> = layers
+                .iter()
+                .map(|l| cx.work.label(l.node).to_string())
+                .collect();
+            if let Some(reason) = set_problem(cx, &layers) {
+                cx.skip(PASS, labels, reason.0, reason.1);
+                continue;
+            }
+            sets.push(Set { layers, throughs });
+        }
+    }
+    let before: Vec<Vec<PairRanges>> = sets.iter().map(|s| pair_ranges(cx, s)).collect();
+    let mut cumulative: Vec<Vec<Vec<f32>>> = sets
+        .iter()
+        .map(|s| {
+            s.layers
+                .windows(2)
+                .map(|w| vec![1.0f32; w[0].layout.out_channels()])
+                .collect()
+        })
+        .collect();
+    for set in &sets {
+        register_clips(cx, set);
+    }
+    for it in 1..=cx.opts.iterations {
+        let mut worst = 0f32;
+        for (k, set) in sets.iter().enumerate() {
+            let scales = scale_set(cx, set)?;
+            for (p, s) in scales.iter().enumerate() {
+                for (c, &v) in s.iter().enumerate() {
+                    cumulative[k][p][c] *= v;
+                    worst = worst.max((1.0 - v).abs());
+                }
+                for &t in &set.throughs[p] {
+                    let label = cx.work.label(t).to_string();
+                    if let Some(clip) = cx.state.crossed_clips.get_mut(&label) {
+                        for (c, &v) in s.iter().enumerate() {
+                            clip.scale[c] *= v;
+                        }
+                    }
+                }
+            }
+        }
+        cx.report.cls_iterations.push(ClsIteration {
+            iteration: it,
+            sets: sets.len(),
+            max_abs_one_minus_s: worst,
+        });
+        if worst < cx.opts.threshold {
+            break;
+        }
+    }
+    let iterations = cx.report.cls_iterations.len() as u32;
+    for (k, set) in sets.iter().enumerate() {
+        let after = pair_ranges(cx, set);
+        let labels: Vec<String> = set
+            .layers
+            .iter()
+            .map(|l| cx.work.label(l.node).to_string())
+            .collect();
+        let mut pairs = Vec::new();
+        for p in 0..set.layers.len() - 1 {
+            let through_labels: Vec<String> = set.throughs[p]
+                .iter()
+                .map(|&t| cx.work.label(t).to_string())
+                .collect();
+            let through_ops: Vec<String> = set.throughs[p]
+                .iter()
+                .map(|&t| cx.work.node(t).op_type().to_string())
+                .collect();
+            let relu_between = through_ops
+                .first()
+                .is_some_and(|o| matches!(o.as_str(), "Relu" | "PRelu" | "Clip" | "LeakyRelu"));
+            pairs.push(ClsPair {
+                layer1: labels[p].clone(),
+                layer2: labels[p + 1].clone(),
+                through: through_labels.clone(),
+                relu_between,
+                scale: cumulative[k][p].clone(),
+                range_before: before[k][p].clone(),
+                range_after: after[p].clone(),
+            });
+            cx.state.pairs.push(ScaledPair {
+                layer1: labels[p].clone(),
+                layer2: labels[p + 1].clone(),
+                through: through_labels,
+                through_ops,
+                scale: cumulative[k][p].clone(),
+            });
+        }
+        cx.report.cls_sets.push(ClsSet {
+            iteration: iterations,
+            kind: if set.layers.len() == 3 {
+                ClsKind::Triple
+            } else {
+                ClsKind::Pair
+            },
+            layers: labels,
+            pairs,
+        });
+    }
+    Ok(())
+}
+
+fn set_problem(cx: &Ctx, layers: &[Layer]) -> Option<(&'static str, String)> {
+    for l in layers {
+        if cx.work.is_shared(&l.weight) || l.bias.as_ref().is_some_and(|b| cx.work.is_shared(b)) {
+            return Some((
+                "shared_weight",
+                format!(
+                    "{} shares its weight or bias with another node",
+                    cx.work.label(l.node)
+                ),
+            ));
+        }
+    }
+    for w in layers.windows(2) {
+        let (a, b) = (&w[0].layout, &w[1].layout);
+        if a.out_channels() != b.in_channels() {
+            return Some((
+                "channel_mismatch",
+                format!(
+                    "{} outputs {} channels, {} reads {}",
+                    cx.work.label(w[0].node),
+                    a.out_channels(),
+                    cx.work.label(w[1].node),
+                    b.in_channels()
+                ),
+            ));
+        }
+    }
+    None
+}
+
+fn register_clips(cx: &mut Ctx, set: &Set) {
+    for (p, through) in set.throughs.iter().enumerate() {
+        let mut rank = set.layers[p].layout.dims.len().max(2);
+        if matches!(
+            set.layers[p].layout.op,
+            LayerOp::Gemm { .. } | LayerOp::MatMul
+        ) {
+            rank = 2;
+        }
+        for &t in through {
+            let node: &NodeProto = cx.work.node(t);
+            if matches!(node.op_type(), "Flatten" | "Reshape") {
+                rank = 2;
+            }
+            if node.op_type() == "Clip" {
+                let label = cx.work.label(t).to_string();
+                let c = set.layers[p].layout.out_channels();
+                cx.state
+                    .crossed_clips
+                    .entry(label)
+                    .or_insert_with(|| CrossedClip {
+                        scale: vec![1.0; c],
+                        offset: vec![0.0; c],
+                        rank,
+                    });
+            }
+        }
+    }
+}
+
+fn pair_ranges(cx: &mut Ctx, set: &Set) -> Vec<PairRanges> {
+    set.layers
+        .windows(2)
+        .map(|w| {
+            let r1 = cx
+                .work
+                .read(&w[0].weight)
+                .map(|t| w[0].layout.out_ranges(&t.data))
+                .unwrap_or_default();
+            let r2 = cx
+                .work
+                .read(&w[1].weight)
+                .map(|t| w[1].layout.in_ranges(&t.data))
+                .unwrap_or_default();
+            PairRanges {
+                layer1_out: r1,
+                layer2_in: r2,
+            }
+        })
+        .collect()
+}
+
+fn take(cx: &mut Ctx, name: &str) -> crate::Result<crate::onnx::tensor::F32Tensor> {
+    cx.work.take(name).map_err(crate::CoreError::InvalidModel)
+}
+
+fn scale_bias(cx: &mut Ctx, layer: &Layer, inv: &[f32]) -> crate::Result<()> {
+    if let Some(b) = &layer.bias {
+        let mut t = take(cx, b)?;
+        for (v, m) in t.data.iter_mut().zip(inv) {
+            *v *= m;
+        }
+        cx.work.put(b, t);
+    }
+    Ok(())
+}
+
+/// Scales one set; returns the per-pair factors (`s`, or `(s12, s23)` for a triple).
+fn scale_set(cx: &mut Ctx, set: &Set) -> crate::Result<Vec<Vec<f32>>> {
+    if set.layers.len() == 2 {
+        let (l1, l2) = (&set.layers[0], &set.layers[1]);
+        let mut w1 = take(cx, &l1.weight)?;
+        let mut w2 = take(cx, &l2.weight)?;
+        let r1 = l1.layout.out_ranges(&w1.data);
+        let r2 = l2.layout.in_ranges(&w2.data);
+        let s: Vec<f32> = r1
+            .iter()
+            .zip(&r2)
+            .map(|(&a, &b)| guard(a / (a * b).sqrt()))
+            .collect();
+        let inv: Vec<f32> = s.iter().map(|&v| 1.0f32 / v).collect();
+        l1.layout.scale_out(&mut w1.data, &inv);
+        l2.layout.scale_in(&mut w2.data, &s);
+        cx.work.put(&l1.weight, w1);
+        cx.work.put(&l2.weight, w2);
+        scale_bias(cx, l1, &inv)?;
+        return Ok(vec![s]);
+    }
+    let (l0, l1, l2) = (&set.layers[0], &set.layers[1], &set.layers[2]);
+    let mut w0 = take(cx, &l0.weight)?;
+    let mut w1 = take(cx, &l1.weight)?;
+    let mut w2 = take(cx, &l2.weight)?;
+    let r0 = l0.layout.out_ranges(&w0.data);
+    let r1 = l1.layout.out_ranges(&w1.data);
+    let r2 = l2.layout.in_ranges(&w2.data);
+    let third = 1.0f32 / 3.0;
+    let p: Vec<f32> = (0..r0.len())
+        .map(|c| (r0[c] * r1[c] * r2[c]).powf(third))
+        .collect();
+    let s12: Vec<f32> = (0..r0.len()).map(|c| guard(r0[c] / p[c])).collect();
+    let s23: Vec<f32> = (0..r0.len()).map(|c| guard(p[c] / r2[c])).collect();
+    let inv12: Vec<f32> = s12.iter().map(|&v| 1.0f32 / v).collect();
+    let inv23: Vec<f32> = s23.iter().map(|&v| 1.0f32 / v).collect();
+    l0.layout.scale_out(&mut w0.data, &inv12);
+    l1.layout.scale_out(&mut w1.data, &s12);
+    l1.layout.scale_out(&mut w1.data, &inv23);
+    l2.layout.scale_in(&mut w2.data, &s23);
+    cx.work.put(&l0.weight, w0);
+    cx.work.put(&l1.weight, w1);
+    cx.work.put(&l2.weight, w2);
+    scale_bias(cx, l0, &inv12)?;
+    scale_bias(cx, l1, &inv23)?;
+    Ok(vec![s12, s23])
+}
+
+/// Labels of layers scaled by CLS (used by reports and tests).
+pub fn scaled_layers(report: &crate::report::Report) -> HashMap<String, usize> {
+    let mut m = HashMap::new();
+    for s in &report.cls_sets {
+        for l in &s.layers {
+            *m.entry(l.clone()).or_insert(0) += 1;
+        }
+    }
+    m
+}

@@ -1,0 +1,241 @@
+//! The CLE passes, one file each, in pipeline order (cle-spec §8.1):
+//!
+//! 1. [`bn_fold`]: fold every foldable BatchNormalization into its Conv / ConvTranspose / Gemm /
+//!    MatMul (backward folds first, then forward folds where exact);
+//! 2. [`relu6`]: recognise Clip(0, 6) and apply the ReLU6 policy (`exact`, `replace`, `keep`);
+//! 3. [`cls`]: find chains of layers (Nagel et al. 2019, §4.1), split them into pairs and
+//!    Conv→depthwise→Conv triples, and equalize per-channel weight ranges
+//!    (`s = r1 / √(r1·r2)`, paper eq. 11; triples by AIMET's cube root);
+//! 4. [`hbf`]: high-bias absorption (paper §4.2), exactly or by AIMET's 3σ rule.
+//!
+//! Each pass is callable alone on a [`Work`]; [`State`] carries what later passes need
+//! (folded BN statistics for HBF, crossed ReLU6 nodes for their exact rewrite, CLS pairs).
+//! Every rewrite is recorded in the [`Report`]; every candidate left alone becomes a
+//! [`Skip`].
+
+pub mod bn_fold;
+pub mod cls;
+pub mod hbf;
+pub mod relu6;
+
+use std::collections::HashMap;
+
+use crate::layout::{LayerOp, WeightLayout};
+use crate::onnx::attr;
+use crate::options::Options;
+use crate::report::{Report, Skip};
+use crate::work::Work;
+
+/// The per-channel γ and β of a BatchNormalization folded backward into a layer: what the
+/// high-bias fold needs (cle-spec §3.2.4).
+#[derive(Debug, Clone)]
+pub struct BnStats {
+    /// γ (original).
+    pub gamma: Vec<f32>,
+    /// β (original).
+    pub beta: Vec<f32>,
+}
+
+/// A Clip(0, 6) crossed by cross-layer scaling: its channels were divided by `scale` (cumulative)
+/// and shifted down by `offset` (exact high-bias fold). Rewritten at the end to
+/// `Relu → Min(x, (6 − offset·…)/scale)` (see [`relu6::materialize`]).
+#[derive(Debug, Clone)]
+pub struct CrossedClip {
+    /// Cumulative per-channel divisor.
+    pub scale: Vec<f32>,
+    /// Per-channel amount absorbed downstream (in the scaled domain).
+    pub offset: Vec<f32>,
+    /// Rank of the activation tensor.
+    pub rank: usize,
+}
+
+impl CrossedClip {
+    /// The current per-channel upper bound.
+    pub fn bound(&self) -> Vec<f32> {
+        self.scale
+            .iter()
+            .zip(&self.offset)
+            .map(|(s, o)| 6.0 / s - o)
+            .collect()
+    }
+
+    /// Whether the clip still computes exactly Clip(0, 6).
+    pub fn is_identity(&self) -> bool {
+        self.scale.iter().all(|&s| s == 1.0) && self.offset.iter().all(|&o| o == 0.0)
+    }
+}
+
+/// A scaled pair, remembered for the high-bias fold.
+#[derive(Debug, Clone)]
+pub struct ScaledPair {
+    /// Layer 1 label.
+    pub layer1: String,
+    /// Layer 2 label.
+    pub layer2: String,
+    /// Labels of the ops between them.
+    pub through: Vec<String>,
+    /// Op types of the ops between them.
+    pub through_ops: Vec<String>,
+    /// Cumulative per-channel factor layer 1's outputs were divided by.
+    pub scale: Vec<f32>,
+}
+
+/// What passes hand to later passes.
+#[derive(Debug, Default)]
+pub struct State {
+    /// BN statistics of backward folds, by layer label (forward folds never drive HBF).
+    pub bn_stats: HashMap<String, BnStats>,
+    /// Exact Clip(0, 6) nodes that CLS may cross (policy `exact`), by label.
+    pub relu6_crossable: HashMap<String, ()>,
+    /// Clips crossed by CLS, by label.
+    pub crossed_clips: HashMap<String, CrossedClip>,
+    /// Scaled pairs in application order (merged over iterations).
+    pub pairs: Vec<ScaledPair>,
+}
+
+/// Everything a pass works with.
+pub struct Ctx<'a> {
+    /// The model.
+    pub work: &'a mut Work,
+    /// Options (normalized).
+    pub opts: &'a Options,
+    /// The report being filled.
+    pub report: &'a mut Report,
+    /// Hand-over between passes.
+    pub state: &'a mut State,
+}
+
+impl Ctx<'_> {
+    /// Records a skipped candidate.
+    pub fn skip(
+        &mut self,
+        pass: &str,
+        nodes: Vec<String>,
+        reason: &str,
+        detail: impl Into<String>,
+    ) {
+        self.report.skipped.push(Skip {
+            pass: pass.to_string(),
+            nodes,
+            reason: reason.to_string(),
+            detail: detail.into(),
+        });
+    }
+
+    /// Label → current node index.
+    pub fn label_map(&self) -> HashMap<String, usize> {
+        (0..self.work.node_count())
+            .map(|i| (self.work.label(i).to_string(), i))
+            .collect()
+    }
+}
+
+/// A layer whose weight the passes can rewrite.
+#[derive(Debug, Clone)]
+pub struct Layer {
+    /// Node index.
+    pub node: usize,
+    /// Weight initializer / constant name.
+    pub weight: String,
+    /// Bias name, when the layer has one.
+    pub bias: Option<String>,
+    /// Weight layout.
+    pub layout: WeightLayout,
+}
+
+/// Why a node is not a usable layer: `(reason code, detail)`.
+pub type NotALayer = (&'static str, String);
+
+/// Whether `op_type` (default domain) is a layer op.
+pub fn is_layer_op(node: &crate::onnx::NodeProto) -> bool {
+    node.domain().is_empty()
+        && matches!(node.op_type(), "Conv" | "ConvTranspose" | "Gemm" | "MatMul")
+}
+
+/// Describes node `i` as a layer with a constant f32 weight, or says why it is not one.
+pub fn layer_of(work: &mut Work, i: usize) -> Result<Layer, NotALayer> {
+    let node = work.node(i);
+    if !is_layer_op(node) {
+        return Err((
+            "not_a_layer",
+            format!("{} is not a Conv/ConvTranspose/Gemm/MatMul", node.op_type()),
+        ));
+    }
+    let trans_b = attr::int(node, "transB").unwrap_or(0) != 0;
+    let op =
+        LayerOp::from_op_type(node.op_type(), trans_b).ok_or(("not_a_layer", String::new()))?;
+    let group = match op {
+        LayerOp::Conv | LayerOp::ConvTranspose => attr::int(node, "group").unwrap_or(1),
+        _ => 1,
+    };
+    if group < 1 {
+        return Err(("invalid_attribute", format!("group {group}")));
+    }
+    if op == LayerOp::MatMul && node.input.len() != 2 {
+        return Err(("invalid_node", "MatMul needs two inputs".into()));
+    }
+    if matches!(op, LayerOp::Gemm { .. }) && attr::int(node, "transA").unwrap_or(0) != 0 {
+        // transA only changes A's layout, not B's; accepted.
+    }
+    let weight = work.input(i, 1).to_string();
+    let bias = match op {
+        LayerOp::MatMul => None,
+        _ => Some(work.input(i, 2).to_string()).filter(|b| !b.is_empty()),
+    };
+    if weight.is_empty() || !work.is_const(&weight) {
+        return Err((
+            "weight_not_constant",
+            "the weight is computed at run time".into(),
+        ));
+    }
+    if let Some(b) = &bias {
+        if !work.is_const(b) {
+            return Err((
+                "bias_not_constant",
+                "the bias is computed at run time".into(),
+            ));
+        }
+    }
+    let dims = work
+        .read(&weight)
+        .map_err(|e| ("weight_unreadable", e))?
+        .dims
+        .clone();
+    let layout =
+        WeightLayout::new(op, &dims, group as usize).map_err(|e| ("invalid_weight_shape", e))?;
+    if let Some(b) = &bias {
+        let t = work.read(b).map_err(|e| ("bias_unreadable", e))?;
+        if t.data.len() != layout.out_channels() {
+            return Err((
+                "bias_shape",
+                format!(
+                    "bias has {} values for {} output channels",
+                    t.data.len(),
+                    layout.out_channels()
+                ),
+            ));
+        }
+    }
+    Ok(Layer {
+        node: i,
+        weight,
+        bias,
+        layout,
+    })
+}
+
+/// All pads of a Conv-like node are zero and `auto_pad` does not pad.
+pub fn has_no_padding(node: &crate::onnx::NodeProto) -> bool {
+    let pads_zero = attr::ints(node, "pads").is_none_or(|p| p.iter().all(|&v| v == 0));
+    let auto = attr::string(node, "auto_pad").unwrap_or_default();
+    pads_zero && (auto.is_empty() || auto == "NOTSET" || auto == "VALID")
+}
+
+/// `f32` guard of cle-spec §3.6: NaN, ±Inf and 0 become 1.
+pub fn guard(s: f32) -> f32 {
+    if s.is_finite() && s != 0.0 {
+        s
+    } else {
+        1.0
+    }
+}

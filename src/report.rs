@@ -1,0 +1,305 @@
+//! The per-layer report: what every pass did, what it skipped and why, and what verification
+//! measured. Serialized as JSON (`snake_case` fields, lower-case enums); the schema is the
+//! `Report` component of `openapi/openapi.json` and is described in the README.
+//!
+//! Invariant: every rewrite a pass performs has an entry here, and every candidate a pass
+//! considered and left alone has a [`Skip`] with a stable `reason` code.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::options::Options;
+
+/// Version of the report schema; bumped on incompatible changes.
+pub const REPORT_SCHEMA_VERSION: u32 = 1;
+
+/// Everything one equalization run did.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct Report {
+    /// Report schema version.
+    pub schema_version: u32,
+    /// `onnx-cle <version>`.
+    pub tool: String,
+    /// Facts about the input and output models.
+    pub model: ModelSummary,
+    /// The options in effect (after normalization).
+    pub options: Options,
+    /// True when the equalized model is not meant to compute the same function as the input
+    /// (ReLU6 replaced by Relu, AIMET high-bias fold…); `function_changes` says why.
+    pub function_changed: bool,
+    /// Each rewrite that changes the model's function on purpose.
+    pub function_changes: Vec<String>,
+    /// Where `compat = aimet` deliberately differs from aimet_onnx 2.42.
+    pub compat_notes: Vec<String>,
+    /// BatchNormalization nodes folded into a layer.
+    pub bn_folds: Vec<BnFold>,
+    /// BatchNormalization nodes that stay in the model, rewritten to mean 0 / var 1 (compat).
+    pub bn_rewrites: Vec<String>,
+    /// What happened to each Clip(0, 6)-like node.
+    pub relu6: Vec<Relu6Decision>,
+    /// Cross-layer scaling sets, in the order they were applied (per iteration).
+    pub cls_sets: Vec<ClsSet>,
+    /// Per-iteration convergence figures.
+    pub cls_iterations: Vec<ClsIteration>,
+    /// High-bias fold.
+    pub hbf: HbfReport,
+    /// Every candidate left alone, with its reason.
+    pub skipped: Vec<Skip>,
+    /// Verification of the result.
+    pub verification: Verification,
+    /// Wall time per stage, milliseconds.
+    pub timings_ms: Timings,
+}
+
+/// Facts about the model.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct ModelSummary {
+    /// `ir_version`.
+    pub ir_version: i64,
+    /// Opset of the default ONNX domain.
+    pub opset: Option<i64>,
+    /// `producer_name`.
+    pub producer: String,
+    /// Node count before.
+    pub nodes_before: usize,
+    /// Node count after.
+    pub nodes_after: usize,
+    /// Initializer count before.
+    pub initializers_before: usize,
+    /// Initializer count after.
+    pub initializers_after: usize,
+    /// Nodes inside the start/output bounds (all nodes when none given).
+    pub nodes_in_scope: usize,
+}
+
+/// Direction of a BN fold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FoldDirection {
+    /// Layer → BN: folded into the layer's output channels.
+    Backward,
+    /// BN → layer: folded into the layer's input channels.
+    Forward,
+}
+
+/// One folded BatchNormalization.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BnFold {
+    /// The BN node.
+    pub bn: String,
+    /// The layer it was folded into.
+    pub layer: String,
+    /// Layer op type.
+    pub layer_op: String,
+    /// Direction.
+    pub direction: FoldDirection,
+    /// Channels of the BN.
+    pub channels: usize,
+    /// Epsilon used.
+    pub epsilon: f32,
+    /// A Flatten/Reshape crossed between BN and Gemm (forward folds only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub through: Option<String>,
+    /// Name of the bias initializer created because the layer had none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub created_bias: Option<String>,
+}
+
+/// Action taken on one Clip node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Relu6Action {
+    /// Replaced by Relu (changes the function).
+    Replaced,
+    /// Rewritten to Relu + per-channel Min after scaling (exact).
+    RewrittenExact,
+    /// Recognised and crossed, but no channel was rescaled, so it stays as it was.
+    Unchanged,
+    /// Left in place; it ends any chain.
+    Kept,
+}
+
+/// What happened to one Clip(0, 6)-like node.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Relu6Decision {
+    /// The Clip node.
+    pub node: String,
+    /// Lower bound, if known.
+    pub min: Option<f32>,
+    /// Upper bound, if known.
+    pub max: Option<f32>,
+    /// Action.
+    pub action: Relu6Action,
+    /// Why.
+    pub reason: String,
+}
+
+/// Kind of a CLS set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ClsKind {
+    /// Two layers.
+    Pair,
+    /// Conv → depthwise → Conv (closed-form cube root).
+    Triple,
+}
+
+/// One scaled set.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ClsSet {
+    /// CLS iteration (1-based).
+    pub iteration: u32,
+    /// Pair or triple.
+    pub kind: ClsKind,
+    /// Layers, upstream first.
+    pub layers: Vec<String>,
+    /// One entry per consecutive layer pair (two for a triple).
+    pub pairs: Vec<ClsPair>,
+}
+
+/// Scaling between two consecutive layers of a set.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ClsPair {
+    /// Upstream layer (its output channel c was divided by `scale[c]`).
+    pub layer1: String,
+    /// Downstream layer (its input channel c was multiplied by `scale[c]`).
+    pub layer2: String,
+    /// Ops crossed between the two layers (`Relu`, `Clip`, `Pad`…).
+    pub through: Vec<String>,
+    /// A Relu-like activation lies between them (AIMET's relu flag).
+    pub relu_between: bool,
+    /// Per-channel scale factor `s`.
+    pub scale: Vec<f32>,
+    /// Ranges before scaling.
+    pub range_before: PairRanges,
+    /// Ranges after scaling.
+    pub range_after: PairRanges,
+}
+
+/// Per-channel `max |w|` on both sides of a pair.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct PairRanges {
+    /// Output-channel ranges of layer 1.
+    pub layer1_out: Vec<f32>,
+    /// Input-channel ranges of layer 2.
+    pub layer2_in: Vec<f32>,
+}
+
+/// Convergence figures of one CLS iteration.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ClsIteration {
+    /// 1-based.
+    pub iteration: u32,
+    /// Sets scaled.
+    pub sets: usize,
+    /// `max |1 − s|` over every factor of this iteration.
+    pub max_abs_one_minus_s: f32,
+}
+
+/// High-bias fold outcome.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct HbfReport {
+    /// Mode used (`off`, `exact`, `aimet`).
+    pub mode: String,
+    /// Whether it ran.
+    pub applied: bool,
+    /// Why it did not run, when it did not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// One entry per pair that absorbed bias.
+    pub pairs: Vec<HbfPair>,
+}
+
+/// Bias absorbed from layer 1 into layer 2.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct HbfPair {
+    /// Upstream layer (bias reduced by `absorbed`).
+    pub layer1: String,
+    /// Downstream layer (bias increased by `W2 · absorbed`).
+    pub layer2: String,
+    /// Absorbed amount per channel of layer 1.
+    pub absorbed: Vec<f32>,
+}
+
+/// A candidate left alone.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Skip {
+    /// Pass that skipped it (`bn_fold`, `relu6`, `cls`, `hbf`).
+    pub pass: String,
+    /// Nodes concerned.
+    pub nodes: Vec<String>,
+    /// Stable snake_case reason code.
+    pub reason: String,
+    /// Human-readable detail.
+    pub detail: String,
+}
+
+/// Verification status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum VerifyStatus {
+    /// Both models ran; `outputs` holds the deviations.
+    Verified,
+    /// Verification could not run; `reason` says why.
+    NotVerified,
+    /// Verification was switched off.
+    #[default]
+    Disabled,
+}
+
+/// Original vs equalized, run by tract on the same inputs.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct Verification {
+    /// Status.
+    pub status: VerifyStatus,
+    /// Why it did not run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Where the inputs came from (`random(seed=…)`).
+    pub inputs: String,
+    /// Input shapes used.
+    pub input_shapes: Vec<TensorShape>,
+    /// Deviation per output.
+    pub outputs: Vec<OutputDeviation>,
+    /// Worst relative L2 over outputs.
+    pub max_rel_l2: Option<f64>,
+}
+
+/// A named shape.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TensorShape {
+    /// Tensor name.
+    pub name: String,
+    /// Dimensions.
+    pub shape: Vec<usize>,
+}
+
+/// Deviation of one output.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct OutputDeviation {
+    /// Output name.
+    pub name: String,
+    /// `max |a − b|`.
+    pub max_abs_err: f64,
+    /// `‖a − b‖₂ / ‖a‖₂`.
+    pub rel_l2: f64,
+}
+
+/// Stage timings in milliseconds.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct Timings {
+    /// Graph indexing and scope.
+    pub prepare: f64,
+    /// BN folding.
+    pub bn_fold: f64,
+    /// ReLU6 decisions.
+    pub relu6: f64,
+    /// Cross-layer scaling.
+    pub cls: f64,
+    /// High-bias fold.
+    pub hbf: f64,
+    /// Writing tensors back.
+    pub finish: f64,
+    /// Verification.
+    pub verify: f64,
+}

@@ -1,0 +1,534 @@
+//! The model being equalized: the decoded `ModelProto`, its [`GraphIndex`], per-node metadata
+//! and a cache of the f32 weights the passes read and write.
+//!
+//! Invariants:
+//! - each weight is decoded at most once and encoded at most once ([`Work::finish`]); untouched
+//!   initializers keep their original bytes, so the cost is linear in the model size;
+//! - structural edits (removing or inserting nodes) go through [`Work::apply`], which keeps
+//!   `meta` parallel to `graph.node` and rebuilds the index;
+//! - initializers that a pass made unused are removed at the end; initializers that were
+//!   already unused in the input stay (nothing is dropped that was not meant to change).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use crate::error::{CoreError, Result};
+use crate::graph::GraphIndex;
+use crate::onnx::proto::attribute_proto::AttributeType;
+use crate::onnx::tensor::{self, F32Tensor};
+use crate::onnx::{attr, GraphProto, ModelProto, NodeProto};
+
+/// Per-node facts that travel with the node through edits.
+#[derive(Debug, Clone)]
+pub struct NodeMeta {
+    /// Stable, unique display name: the node name, or `OpType#index` for unnamed nodes,
+    /// `name#index` for duplicated names.
+    pub label: String,
+    /// Inside the start/output bounds.
+    pub in_scope: bool,
+}
+
+/// Where a constant tensor lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConstSource {
+    /// `GraphProto.initializer[i]`.
+    Initializer(usize),
+    /// The `value` attribute of `Constant` node `i`.
+    Constant(usize),
+}
+
+/// Nodes to remove and to insert, applied at once by [`Work::apply`].
+#[derive(Debug, Default)]
+pub struct Edits {
+    remove: HashSet<usize>,
+    insert_after: BTreeMap<usize, Vec<NodeProto>>,
+}
+
+impl Edits {
+    /// Removes node `i`.
+    pub fn remove(&mut self, i: usize) {
+        self.remove.insert(i);
+    }
+
+    /// Inserts `node` right after node `i` (after earlier insertions at the same place).
+    pub fn insert_after(&mut self, i: usize, node: NodeProto) {
+        self.insert_after.entry(i).or_default().push(node);
+    }
+
+    /// Nothing to do.
+    pub fn is_empty(&self) -> bool {
+        self.remove.is_empty() && self.insert_after.is_empty()
+    }
+}
+
+struct Cached {
+    tensor: F32Tensor,
+    dirty: bool,
+}
+
+/// The model under edit.
+pub struct Work {
+    model: ModelProto,
+    index: GraphIndex,
+    meta: Vec<NodeMeta>,
+    cache: HashMap<String, Cached>,
+    names: HashSet<String>,
+    initially_used: HashSet<String>,
+}
+
+impl Work {
+    /// Takes ownership of a decoded model and indexes it.
+    pub fn new(model: ModelProto) -> Result<Self> {
+        let graph = model
+            .graph
+            .as_ref()
+            .ok_or_else(|| CoreError::InvalidModel("the model has no graph".into()))?;
+        let index = GraphIndex::build(graph)?;
+        let mut name_count: HashMap<&str, usize> = HashMap::new();
+        for n in &graph.node {
+            *name_count.entry(n.name()).or_default() += 1;
+        }
+        let meta = graph
+            .node
+            .iter()
+            .enumerate()
+            .map(|(i, n)| NodeMeta {
+                label: if n.name().is_empty() {
+                    format!("{}#{i}", n.op_type())
+                } else if name_count[n.name()] > 1 {
+                    format!("{}#{i}", n.name())
+                } else {
+                    n.name().to_string()
+                },
+                in_scope: true,
+            })
+            .collect();
+        let mut names = HashSet::new();
+        for n in &graph.node {
+            names.insert(n.name().to_string());
+            names.extend(n.output.iter().cloned());
+        }
+        names.extend(graph.initializer.iter().map(|t| t.name().to_string()));
+        names.extend(graph.input.iter().map(|v| v.name().to_string()));
+        names.extend(graph.output.iter().map(|v| v.name().to_string()));
+        names.extend(graph.value_info.iter().map(|v| v.name().to_string()));
+        let initially_used = graph
+            .initializer
+            .iter()
+            .filter(|t| index.use_count(t.name()) > 0)
+            .map(|t| t.name().to_string())
+            .collect();
+        Ok(Work {
+            model,
+            index,
+            meta,
+            cache: HashMap::new(),
+            names,
+            initially_used,
+        })
+    }
+
+    /// The model (with pending weight writes not yet flushed).
+    pub fn model(&self) -> &ModelProto {
+        &self.model
+    }
+
+    /// The main graph.
+    pub fn graph(&self) -> &GraphProto {
+        self.model
+            .graph
+            .as_ref()
+            .expect("Work always holds a graph")
+    }
+
+    fn graph_mut(&mut self) -> &mut GraphProto {
+        self.model
+            .graph
+            .as_mut()
+            .expect("Work always holds a graph")
+    }
+
+    /// The index of the current graph.
+    pub fn index(&self) -> &GraphIndex {
+        &self.index
+    }
+
+    /// Node `i`.
+    pub fn node(&self, i: usize) -> &NodeProto {
+        &self.graph().node[i]
+    }
+
+    /// Mutable node `i`. Callers that rename tensors must call [`Work::apply`] (even with empty
+    /// edits) before using the index again.
+    pub fn node_mut(&mut self, i: usize) -> &mut NodeProto {
+        &mut self.graph_mut().node[i]
+    }
+
+    /// Number of nodes.
+    pub fn node_count(&self) -> usize {
+        self.graph().node.len()
+    }
+
+    /// Display label of node `i`.
+    pub fn label(&self, i: usize) -> &str {
+        &self.meta[i].label
+    }
+
+    /// Whether node `i` is inside the start/output bounds.
+    pub fn in_scope(&self, i: usize) -> bool {
+        self.meta[i].in_scope
+    }
+
+    /// Number of nodes in scope.
+    pub fn scope_size(&self) -> usize {
+        self.meta.iter().filter(|m| m.in_scope).count()
+    }
+
+    /// The single data output of node `i` (its first output).
+    pub fn out(&self, i: usize) -> &str {
+        self.node(i)
+            .output
+            .first()
+            .map(String::as_str)
+            .unwrap_or("")
+    }
+
+    /// Data input `k` of node `i`, `""` when absent.
+    pub fn input(&self, i: usize, k: usize) -> &str {
+        self.node(i).input.get(k).map(String::as_str).unwrap_or("")
+    }
+
+    /// The only consumer of node `i`'s outputs, when there is exactly one use in total
+    /// (graph outputs count as uses).
+    pub fn sole_consumer(&self, i: usize) -> Option<usize> {
+        let node = self.node(i);
+        let mut uses = 0;
+        let mut consumer = None;
+        for o in node.output.iter().filter(|o| !o.is_empty()) {
+            uses += self.index.use_count(o);
+            if let Some(&c) = self.index.consumers(o).first() {
+                consumer = Some(c);
+            }
+        }
+        if uses == 1 {
+            consumer
+        } else {
+            None
+        }
+    }
+
+    /// Where the constant `name` is stored, if it is a constant. An initializer that is also a
+    /// graph input (overridable, IR ≥ 4) is not a constant.
+    pub fn const_source(&self, name: &str) -> Option<ConstSource> {
+        if name.is_empty() {
+            return None;
+        }
+        if let Some(i) = self.index.initializer(name) {
+            if self.index.is_graph_input(name) && self.model.ir_version() >= 4 {
+                return None;
+            }
+            return Some(ConstSource::Initializer(i));
+        }
+        let p = self.index.producer(name)?;
+        let node = self.node(p);
+        (node.op_type() == "Constant"
+            && node.domain().is_empty()
+            && attr::get(node, "value").is_some_and(|a| a.t.is_some()))
+        .then_some(ConstSource::Constant(p))
+    }
+
+    /// Whether `name` is a constant tensor (initializer or `Constant` node).
+    pub fn is_const(&self, name: &str) -> bool {
+        self.const_source(name).is_some()
+    }
+
+    fn proto_of(&self, name: &str) -> Option<&crate::onnx::TensorProto> {
+        match self.const_source(name)? {
+            ConstSource::Initializer(i) => Some(&self.graph().initializer[i]),
+            ConstSource::Constant(p) => attr::get(self.node(p), "value")?.t.as_ref(),
+        }
+    }
+
+    /// Whether more than one node (or a graph output) reads the constant `name`.
+    pub fn is_shared(&self, name: &str) -> bool {
+        let direct = self.index.use_count(name);
+        if direct > 1 {
+            return true;
+        }
+        if let Some(ConstSource::Constant(p)) = self.const_source(name) {
+            return self.node(p).output.len() > 1;
+        }
+        false
+    }
+
+    /// Decodes (once) and returns the f32 constant `name`, moving it out of the cache; give it
+    /// back with [`Work::put`].
+    pub fn take(&mut self, name: &str) -> std::result::Result<F32Tensor, String> {
+        if let Some(c) = self.cache.remove(name) {
+            return Ok(c.tensor);
+        }
+        let proto = self
+            .proto_of(name)
+            .ok_or_else(|| format!("`{name}` is not a constant"))?;
+        tensor::to_f32(proto).map_err(|e| format!("`{name}`: {e}"))
+    }
+
+    /// Reads the f32 constant `name` without marking it modified.
+    pub fn read(&mut self, name: &str) -> std::result::Result<&F32Tensor, String> {
+        if !self.cache.contains_key(name) {
+            let proto = self
+                .proto_of(name)
+                .ok_or_else(|| format!("`{name}` is not a constant"))?;
+            let t = tensor::to_f32(proto).map_err(|e| format!("`{name}`: {e}"))?;
+            self.cache.insert(
+                name.to_string(),
+                Cached {
+                    tensor: t,
+                    dirty: false,
+                },
+            );
+        }
+        Ok(&self.cache[name].tensor)
+    }
+
+    /// Stores a modified constant (written back by [`Work::finish`]).
+    pub fn put(&mut self, name: &str, tensor: F32Tensor) {
+        self.cache.insert(
+            name.to_string(),
+            Cached {
+                tensor,
+                dirty: true,
+            },
+        );
+    }
+
+    /// An integer constant (INT64 / INT32), e.g. shapes and pads.
+    pub fn const_ints(&self, name: &str) -> Option<Vec<i64>> {
+        match self.const_source(name)? {
+            ConstSource::Initializer(i) => tensor::to_i64(&self.graph().initializer[i]),
+            ConstSource::Constant(p) => {
+                tensor::to_i64(attr::get(self.node(p), "value")?.t.as_ref()?)
+            }
+        }
+    }
+
+    /// A scalar (or one-element) float constant; also reads `Constant(value_float)`.
+    pub fn const_scalar(&self, name: &str) -> Option<f32> {
+        if let Some(p) = self.index.producer(name) {
+            let n = self.node(p);
+            if n.op_type() == "Constant" {
+                if let Some(a) = attr::get(n, "value_float") {
+                    return Some(a.f());
+                }
+            }
+        }
+        let proto = self.proto_of(name)?;
+        let t = tensor::to_f32(proto).ok()?;
+        (t.data.len() == 1).then(|| t.data[0])
+    }
+
+    /// A name not used anywhere in the graph, derived from `base`.
+    pub fn fresh_name(&mut self, base: &str) -> String {
+        let mut name = base.to_string();
+        let mut k = 1;
+        while self.names.contains(&name) {
+            name = format!("{base}_{k}");
+            k += 1;
+        }
+        self.names.insert(name.clone());
+        name
+    }
+
+    /// Removes the `value_info` entry of a tensor that no longer exists.
+    pub fn drop_value_info(&mut self, tensor: &str) {
+        self.graph_mut().value_info.retain(|v| v.name() != tensor);
+    }
+
+    /// Adds a new f32 initializer (appended, as AIMET does).
+    pub fn add_initializer(&mut self, name: &str, t: F32Tensor) {
+        let proto = tensor::new_f32(name, &t);
+        let g = self.graph_mut();
+        g.initializer.push(proto);
+        let idx = g.initializer.len() - 1;
+        self.index.add_initializer(name, idx);
+        self.names.insert(name.to_string());
+        self.cache.insert(
+            name.to_string(),
+            Cached {
+                tensor: t,
+                dirty: false,
+            },
+        );
+    }
+
+    /// Restricts edits to nodes downstream of `starts` and upstream of `outputs` (node names,
+    /// labels or tensor names). An empty list means "no bound on that side".
+    pub fn set_scope(&mut self, starts: &[String], outputs: &[String]) -> Result<()> {
+        if starts.is_empty() && outputs.is_empty() {
+            return Ok(());
+        }
+        let n = self.node_count();
+        let mut down = vec![starts.is_empty(); n];
+        let mut up = vec![outputs.is_empty(); n];
+        let mut stack = Vec::new();
+        for s in starts {
+            let nodes = self.resolve(s, "start", true)?;
+            stack.extend(nodes);
+        }
+        while let Some(i) = stack.pop() {
+            if down[i] {
+                continue;
+            }
+            down[i] = true;
+            for o in &self.node(i).output {
+                stack.extend(self.index.consumers(o).iter().copied());
+            }
+        }
+        for s in outputs {
+            let nodes = self.resolve(s, "output", false)?;
+            stack.extend(nodes);
+        }
+        while let Some(i) = stack.pop() {
+            if up[i] {
+                continue;
+            }
+            up[i] = true;
+            for t in &self.node(i).input {
+                if let Some(p) = self.index.producer(t) {
+                    stack.push(p);
+                }
+            }
+        }
+        for (i, m) in self.meta.iter_mut().enumerate() {
+            m.in_scope = down[i] && up[i];
+        }
+        Ok(())
+    }
+
+    fn resolve(&self, name: &str, kind: &'static str, downstream: bool) -> Result<Vec<usize>> {
+        let by_node: Vec<usize> = (0..self.node_count())
+            .filter(|&i| self.node(i).name() == name || self.meta[i].label == name)
+            .collect();
+        if !by_node.is_empty() {
+            return Ok(by_node);
+        }
+        let known_tensor = self.index.producer(name).is_some()
+            || !self.index.consumers(name).is_empty()
+            || self.index.is_graph_input(name);
+        if known_tensor {
+            return Ok(if downstream {
+                self.index.consumers(name).to_vec()
+            } else {
+                self.index.producer(name).into_iter().collect()
+            });
+        }
+        let mut candidates: Vec<(usize, &str)> = self
+            .meta
+            .iter()
+            .map(|m| m.label.as_str())
+            .chain(
+                self.graph()
+                    .node
+                    .iter()
+                    .flat_map(|n| n.output.iter().map(String::as_str)),
+            )
+            .chain(self.graph().input.iter().map(|v| v.name()))
+            .map(|c| (levenshtein(name, c), c))
+            .collect();
+        candidates.sort();
+        candidates.dedup_by(|a, b| a.1 == b.1);
+        Err(CoreError::UnknownName {
+            kind,
+            name: name.to_string(),
+            suggestions: candidates
+                .into_iter()
+                .take(5)
+                .map(|(_, c)| c.to_string())
+                .collect(),
+        })
+    }
+
+    /// Applies structural edits and rebuilds the index. Also call it (with empty edits) after
+    /// renaming tensors through [`Work::node_mut`].
+    pub fn apply(&mut self, edits: Edits) -> Result<()> {
+        if !edits.is_empty() {
+            let old_nodes = std::mem::take(&mut self.graph_mut().node);
+            let old_meta = std::mem::take(&mut self.meta);
+            let mut nodes = Vec::with_capacity(old_nodes.len());
+            let mut meta = Vec::with_capacity(old_meta.len());
+            let mut inserts = edits.insert_after;
+            for (i, (node, m)) in old_nodes.into_iter().zip(old_meta).enumerate() {
+                let in_scope = m.in_scope;
+                if !edits.remove.contains(&i) {
+                    nodes.push(node);
+                    meta.push(m);
+                }
+                for new in inserts.remove(&i).unwrap_or_default() {
+                    let label = if new.name().is_empty() {
+                        format!("{}#new{}", new.op_type(), nodes.len())
+                    } else {
+                        new.name().to_string()
+                    };
+                    meta.push(NodeMeta { label, in_scope });
+                    nodes.push(new);
+                }
+            }
+            self.graph_mut().node = nodes;
+            self.meta = meta;
+        }
+        self.index = GraphIndex::build(self.graph())?;
+        Ok(())
+    }
+
+    /// Writes every modified weight back and drops initializers the passes made unused.
+    pub fn finish(mut self) -> ModelProto {
+        let dirty: Vec<(String, F32Tensor)> = self
+            .cache
+            .drain()
+            .filter(|(_, c)| c.dirty)
+            .map(|(n, c)| (n, c.tensor))
+            .collect();
+        for (name, t) in dirty {
+            match self.const_source(&name) {
+                Some(ConstSource::Initializer(i)) => {
+                    tensor::write_f32(&mut self.graph_mut().initializer[i], &t)
+                }
+                Some(ConstSource::Constant(p)) => {
+                    if let Some(a) = self.graph_mut().node[p]
+                        .attribute
+                        .iter_mut()
+                        .find(|a| a.name() == "value")
+                    {
+                        if let Some(tp) = a.t.as_mut() {
+                            tensor::write_f32(tp, &t);
+                            a.r#type = Some(AttributeType::Tensor as i32);
+                        }
+                    }
+                }
+                None => {}
+            }
+        }
+        let index = &self.index;
+        let used = &self.initially_used;
+        let graph = self.model.graph.as_mut().expect("graph");
+        graph
+            .initializer
+            .retain(|t| !used.contains(t.name()) || index.use_count(t.name()) > 0);
+        self.model
+    }
+}
+
+/// Edit distance, for "did you mean" suggestions.
+fn levenshtein(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur[j + 1] = (prev[j] + usize::from(ca != *cb))
+                .min(prev[j + 1] + 1)
+                .min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
