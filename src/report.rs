@@ -47,6 +47,9 @@ pub struct Report {
     pub skipped: Vec<Skip>,
     /// Verification of the result.
     pub verification: Verification,
+    /// Quantization readiness: int8 weight SQNR per layer and end to end, activation cost.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quantization: Option<Quantization>,
     /// Wall time per stage, milliseconds.
     pub timings_ms: Timings,
 }
@@ -302,4 +305,82 @@ pub struct Timings {
     pub finish: f64,
     /// Verification.
     pub verify: f64,
+}
+
+/// How ready the model is for int8 deployment, before (BN-folded) and after equalization.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct Quantization {
+    /// Per layer: int8 weight SQNR (dB) of the BN-folded and of the equalized weights.
+    pub layers: Vec<LayerQuant>,
+    /// Simulated end-to-end figures (tract, sample or random inputs); absent when not run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub end_to_end: Option<EndToEnd>,
+    /// Per-tensor activation range growth caused by the scaling.
+    pub activations: Vec<ActivationGrowth>,
+}
+
+/// Weight quantization quality of one layer.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct LayerQuant {
+    /// Layer label.
+    pub layer: String,
+    /// Op type.
+    pub op: String,
+    /// Output channels.
+    pub channels: usize,
+    /// Per-tensor symmetric int8 weight SQNR of the BN-folded weight (dB).
+    pub sqnr_before_db: f64,
+    /// Per-tensor symmetric int8 weight SQNR of the equalized weight (dB).
+    pub sqnr_after_db: f64,
+    /// Per-channel symmetric int8 weight SQNR (dB; the ceiling, unchanged by CLE).
+    pub sqnr_per_channel_db: f64,
+}
+
+/// End-to-end simulated quantization against the original FP32 model.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct EndToEnd {
+    /// Where the inputs came from.
+    pub inputs: String,
+    /// Number of samples.
+    pub samples: usize,
+    /// One row per (model, scheme).
+    pub rows: Vec<QuantRow>,
+    /// Quantizing one layer at a time (per-tensor symmetric int8, equalized model).
+    pub sensitivity: Vec<LayerSensitivity>,
+}
+
+/// Logits SQNR and top-1 agreement of one simulated variant against the original model.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct QuantRow {
+    /// `bn_folded` or `equalized`.
+    pub model: String,
+    /// `fp32`, `per_tensor_symmetric`, `per_tensor_asymmetric`, `per_channel`, `w8a8`.
+    pub scheme: String,
+    /// Output SQNR in dB (higher is better).
+    pub sqnr_db: f64,
+    /// Fraction of samples whose arg-max output matches the original model's.
+    pub top1_agreement: f64,
+}
+
+/// Sensitivity of one layer.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct LayerSensitivity {
+    /// Layer label.
+    pub layer: String,
+    /// Output SQNR (dB) when only this layer's weight is int8 (per-tensor symmetric).
+    pub sqnr_db: f64,
+}
+
+/// How much the scaling widened one activation tensor's per-tensor range.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ActivationGrowth {
+    /// Tensor name (the output of the activation after `layer`).
+    pub tensor: String,
+    /// The layer whose output channels were scaled.
+    pub layer: String,
+    /// Per-tensor range after / before, estimated without data (per-channel bounds).
+    pub growth_data_free: f64,
+    /// Per-tensor range after / before, measured on the inputs (when run).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub growth_measured: Option<f64>,
 }

@@ -1,0 +1,243 @@
+//! `onnx-cle equalize`: the one-shot CLI.
+//!
+//! Exit codes: 0 success; 1 internal error; 2 usage error; 3 the input is not a usable ONNX
+//! model; 4 invalid options or unknown start/output names; 5 a file could not be read or
+//! written; 6 the verified output deviation exceeds `--max-rel-l2` (the model is still written).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::{Args, ValueEnum};
+use onnx_cle::{CoreError, Options, Relu6Policy, Step};
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Relu6Arg {
+    Exact,
+    Replace,
+    Keep,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum HbfArg {
+    Off,
+    Exact,
+    Aimet,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum CompatArg {
+    None,
+    Aimet,
+}
+
+/// Exit codes of `onnx-cle equalize` (also listed in the README).
+mod exit {
+    pub const INTERNAL: u8 = 1;
+    pub const BAD_MODEL: u8 = 3;
+    pub const BAD_REQUEST: u8 = 4;
+    pub const IO: u8 = 5;
+    pub const DEVIATION: u8 = 6;
+}
+
+#[derive(Args)]
+pub struct EqualizeArgs {
+    /// Input ONNX model (external-data files are read from its folder).
+    input: PathBuf,
+    /// Where to write the equalized model.
+    #[arg(short, long)]
+    output: PathBuf,
+    /// Write the JSON report here.
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// Start op (node or tensor name); repeatable. Only nodes downstream are touched.
+    #[arg(long = "start")]
+    start: Vec<String>,
+    /// Output op (node or tensor name); repeatable. Only nodes upstream are touched.
+    #[arg(long = "output-op", visible_alias = "output-name")]
+    output_op: Vec<String>,
+    /// Steps to run, comma-separated (bn_fold,relu6,cls,hbf).
+    #[arg(long, value_delimiter = ',')]
+    steps: Option<Vec<String>>,
+    /// What to do with Clip(0, 6).
+    #[arg(long, value_enum)]
+    relu6: Option<Relu6Arg>,
+    /// High-bias fold mode.
+    #[arg(long, value_enum)]
+    hbf: Option<HbfArg>,
+    /// Reproduce aimet_onnx 2.42's numbers.
+    #[arg(long, value_enum, default_value = "none")]
+    compat: CompatArg,
+    /// Cross-layer-scaling passes (stops early once max |1 − s| < threshold).
+    #[arg(long, default_value_t = 1)]
+    iterations: u32,
+    /// Convergence threshold for --iterations.
+    #[arg(long, default_value_t = 1e-3)]
+    threshold: f32,
+    /// Skip verification with tract.
+    #[arg(long)]
+    no_verify: bool,
+    /// Seed of the random verification inputs.
+    #[arg(long, default_value_t = 0x5eed)]
+    seed: u64,
+    /// Value of every dynamic input dimension during verification.
+    #[arg(long, default_value_t = 1)]
+    dynamic_dim: usize,
+    /// Exit with code 6 when an output's relative L2 deviation exceeds this.
+    #[arg(long)]
+    max_rel_l2: Option<f64>,
+    /// No progress or summary on stderr.
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+fn fail(code: u8, msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("onnx-cle: error: {msg}");
+    ExitCode::from(code)
+}
+
+fn core_exit(e: &CoreError) -> u8 {
+    match e {
+        CoreError::Decode(_)
+        | CoreError::InvalidModel(_)
+        | CoreError::Unsupported(_)
+        | CoreError::InvalidTensor { .. }
+        | CoreError::ExternalData { .. }
+        | CoreError::Limit(_) => exit::BAD_MODEL,
+        CoreError::UnknownName { .. } | CoreError::InvalidOptions(_) => exit::BAD_REQUEST,
+        CoreError::Io { .. } => exit::IO,
+        CoreError::Canceled => exit::INTERNAL,
+    }
+}
+
+fn options(a: &EqualizeArgs) -> Result<Options, CoreError> {
+    let mut o = match a.compat {
+        CompatArg::Aimet => Options::aimet(),
+        CompatArg::None => Options::default(),
+    };
+    if let Some(steps) = &a.steps {
+        o.steps = steps
+            .iter()
+            .map(|s| Step::parse(s))
+            .collect::<Result<_, _>>()?;
+    }
+    if let Some(r) = a.relu6 {
+        o.relu6 = match r {
+            Relu6Arg::Exact => Relu6Policy::Exact,
+            Relu6Arg::Replace => Relu6Policy::Replace,
+            Relu6Arg::Keep => Relu6Policy::Keep,
+        };
+    }
+    if let Some(h) = a.hbf {
+        o.hbf = match h {
+            HbfArg::Off => onnx_cle::HbfMode::Off,
+            HbfArg::Exact => onnx_cle::HbfMode::Exact,
+            HbfArg::Aimet => onnx_cle::HbfMode::Aimet,
+        };
+    }
+    o.start = a.start.clone();
+    o.output = a.output_op.clone();
+    o.iterations = a.iterations;
+    o.threshold = a.threshold;
+    o.verify.enabled = !a.no_verify;
+    o.verify.seed = a.seed;
+    o.verify.dynamic_dim = a.dynamic_dim;
+    o.normalized()
+}
+
+/// Runs `onnx-cle equalize`.
+pub fn equalize(a: EqualizeArgs) -> ExitCode {
+    let t0 = Instant::now();
+    let opts = match options(&a) {
+        Ok(o) => o,
+        Err(e) => return fail(core_exit(&e), e),
+    };
+    let data = match std::fs::read(&a.input) {
+        Ok(d) => d,
+        Err(e) => return fail(exit::IO, format!("{}: {e}", a.input.display())),
+    };
+    let size = data.len();
+    let bytes = bytes::Bytes::from(data);
+    let mut model = match onnx_cle::onnx::decode(bytes.clone()) {
+        Ok(m) => m,
+        Err(e) => return fail(core_exit(&e), format!("{}: {e}", a.input.display())),
+    };
+    let dir = a.input.parent().map(|p| {
+        if p.as_os_str().is_empty() {
+            std::path::Path::new(".")
+        } else {
+            p
+        }
+    });
+    if let Err(e) = onnx_cle::onnx::resolve_external_data(&mut model, dir) {
+        return fail(core_exit(&e), e);
+    }
+    let verbose = !a.quiet && size >= 16 << 20;
+    let progress = move |stage: &str| {
+        if verbose {
+            eprintln!("onnx-cle: [{:>7.2}s] {stage}", t0.elapsed().as_secs_f64());
+        }
+    };
+    let ctl = onnx_cle::Control {
+        progress: Some(&progress),
+        cancel: None,
+    };
+    let out = match onnx_cle::run(model, Some(bytes), &opts, None, ctl) {
+        Ok(o) => o,
+        Err(e) => return fail(core_exit(&e), e),
+    };
+    if let Err(e) = std::fs::write(&a.output, &out.model) {
+        return fail(exit::IO, format!("{}: {e}", a.output.display()));
+    }
+    if let Some(path) = &a.report {
+        let json = match serde_json::to_vec_pretty(&out.report) {
+            Ok(j) => j,
+            Err(e) => return fail(exit::INTERNAL, e),
+        };
+        if let Err(e) = std::fs::write(path, json) {
+            return fail(exit::IO, format!("{}: {e}", path.display()));
+        }
+    }
+    let r = &out.report;
+    if !a.quiet {
+        let verdict = match r.verification.status {
+            onnx_cle::report::VerifyStatus::Verified => {
+                format!(
+                    "verified: max relative L2 {:.3e}",
+                    r.verification.max_rel_l2.unwrap_or(0.0)
+                )
+            }
+            onnx_cle::report::VerifyStatus::NotVerified => {
+                format!(
+                    "not verified: {}",
+                    r.verification.reason.as_deref().unwrap_or("unknown")
+                )
+            }
+            onnx_cle::report::VerifyStatus::Disabled => "verification off".into(),
+        };
+        eprintln!(
+            "onnx-cle: {} BN folded, {} CLS sets, {} ReLU6 decisions, HBF {} pairs, {} skipped; {verdict}; {:.2}s",
+            r.bn_folds.len(),
+            r.cls_sets.len(),
+            r.relu6.len(),
+            r.hbf.pairs.len(),
+            r.skipped.len(),
+            t0.elapsed().as_secs_f64()
+        );
+        if r.function_changed {
+            eprintln!(
+                "onnx-cle: note: the model's function was changed on request: {}",
+                r.function_changes.join("; ")
+            );
+        }
+    }
+    if let (Some(limit), Some(dev)) = (a.max_rel_l2, r.verification.max_rel_l2) {
+        if dev > limit {
+            return fail(
+                exit::DEVIATION,
+                format!("output deviation {dev:.3e} exceeds --max-rel-l2 {limit:e}"),
+            );
+        }
+    }
+    ExitCode::SUCCESS
+}
