@@ -23,6 +23,7 @@ pub mod onnx;
 pub mod options;
 pub mod passes;
 pub mod report;
+pub mod server;
 pub mod verify;
 pub mod work;
 

@@ -1,10 +1,14 @@
-//! The `onnx-cle` binary: `equalize` (one-shot CLI), `serve` (HTTP service), `openapi`.
+//! The `onnx-cle` binary: `equalize` (one-shot CLI), `serve` (HTTP service), `openapi` (print
+//! the service's OpenAPI document), `healthcheck` (probe a local server).
 
 mod cli;
 
+use std::io::IsTerminal;
+use std::net::SocketAddr;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
+use onnx_cle::server;
 
 /// Data-free Cross-Layer Equalization for ONNX models.
 #[derive(Parser)]
@@ -18,11 +22,63 @@ struct Cli {
 enum Command {
     /// Equalize one model and write the result (and optionally a JSON report).
     Equalize(cli::EqualizeArgs),
+    /// Run the HTTP job service (POST /equalize, GET /jobs/{id}, /docs, /metrics…).
+    Serve(server::ServeConfig),
+    /// Print the service's OpenAPI 3.1 document.
+    Openapi,
+    /// Exit 0 when the server at --addr answers its liveness probe (for container health checks).
+    Healthcheck(HealthcheckArgs),
+}
+
+#[derive(Args)]
+struct HealthcheckArgs {
+    /// Address of the server (0.0.0.0 means this host).
+    #[arg(long, env = "ONNX_CLE_ADDR", default_value = server::config::DEFAULT_ADDR)]
+    addr: SocketAddr,
+}
+
+fn serve(cfg: server::ServeConfig) -> ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ONNX_CLE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("onnx-cle: error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(server::serve(cfg)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("onnx-cle: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Equalize(args) => cli::equalize(args),
+        Command::Serve(cfg) => serve(cfg),
+        Command::Openapi => {
+            print!("{}", server::openapi_json());
+            ExitCode::SUCCESS
+        }
+        Command::Healthcheck(a) => match server::healthcheck(a.addr) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("onnx-cle: unhealthy: {e}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }

@@ -1,0 +1,147 @@
+//! `onnx-cle serve` settings: command-line flags, each with an environment variable and an
+//! embedded default, so `onnx-cle serve` alone runs a complete single-node service.
+//!
+//! The constants here are the single source for the defaults that the `Dockerfile` and the
+//! `deploy/` manifests repeat; `tests/server_deploy.rs` checks that they agree.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Default listen port.
+pub const DEFAULT_PORT: u16 = 8080;
+/// Default listen address (loopback; containers set `ONNX_CLE_ADDR=0.0.0.0:8080`).
+pub const DEFAULT_ADDR: &str = "127.0.0.1:8080";
+/// Default data directory (job records and blobs), relative to the working directory.
+pub const DEFAULT_DATA_DIR: &str = "./onnx-cle-data";
+/// Liveness probe path: answers while the process is up, whatever its storage does.
+pub const HEALTH_PATH: &str = "/healthz";
+/// Readiness probe path: 503 while draining or when the data directory is not writable.
+pub const READY_PATH: &str = "/readyz";
+/// Prometheus metrics path.
+pub const METRICS_PATH: &str = "/metrics";
+/// OpenAPI document path.
+pub const OPENAPI_PATH: &str = "/openapi.json";
+/// Swagger UI path.
+pub const DOCS_PATH: &str = "/docs";
+
+/// Settings of `onnx-cle serve`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeConfig {
+    /// Address to listen on (port 0 picks a free port; the chosen address is logged).
+    #[arg(long, env = "ONNX_CLE_ADDR", default_value = DEFAULT_ADDR)]
+    pub addr: SocketAddr,
+    /// Directory for job records, uploads and results (created when missing).
+    #[arg(long, env = "ONNX_CLE_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
+    pub data_dir: PathBuf,
+    /// Jobs run at the same time (each on its own worker thread).
+    #[arg(long, env = "ONNX_CLE_WORKERS", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub workers: u16,
+    /// Jobs that may wait in the queue; beyond it `POST /equalize` answers 429.
+    #[arg(long, env = "ONNX_CLE_QUEUE_SIZE", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    pub queue_size: u32,
+    /// Largest accepted model upload (e.g. `512MiB`, `2GiB`, `1000000`); larger bodies get 413.
+    #[arg(long, env = "ONNX_CLE_MAX_UPLOAD", default_value = "1GiB", value_parser = parse_size)]
+    pub max_upload: u64,
+    /// How long finished jobs and their files are kept (e.g. `24h`, `7d`; `0` keeps them forever).
+    #[arg(long, env = "ONNX_CLE_RETENTION", default_value = "24h", value_parser = parse_duration)]
+    pub retention: Duration,
+    /// Longest `?wait=` long-poll a client may ask for.
+    #[arg(long, env = "ONNX_CLE_MAX_WAIT", default_value = "60s", value_parser = parse_duration)]
+    pub max_wait: Duration,
+    /// On SIGTERM, how long running jobs may finish before they are put back in the queue.
+    #[arg(long, env = "ONNX_CLE_SHUTDOWN_GRACE", default_value = "20s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+}
+
+impl ServeConfig {
+    /// The defaults, with `data_dir` replaced (handy in tests).
+    pub fn with_data_dir(data_dir: impl Into<PathBuf>) -> Self {
+        ServeConfig {
+            addr: SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)),
+            data_dir: data_dir.into(),
+            workers: 2,
+            queue_size: 64,
+            max_upload: 1 << 30,
+            retention: Duration::from_secs(24 * 3600),
+            max_wait: Duration::from_secs(60),
+            shutdown_grace: Duration::from_secs(20),
+        }
+    }
+}
+
+/// Parses a byte size: a number with an optional unit (`B`, `KB`, `KiB`, `MB`, `MiB`, `GB`,
+/// `GiB`, `k`, `M`, `G`; binary units for the one-letter forms).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '_')
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .replace('_', "")
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size (e.g. 512MiB)"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" => 1000,
+        "mb" => 1000 * 1000,
+        "gb" => 1000 * 1000 * 1000,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        other => return Err(format!("unknown size unit `{other}`")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("`{s}` is too large"))
+}
+
+/// Parses a duration: a number with an optional unit (`ms`, `s`, `m`, `h`, `d`; seconds when
+/// omitted), e.g. `30s`, `1500ms`, `24h`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration (e.g. 30s, 24h)"))?;
+    let secs = match unit.trim() {
+        "" | "s" => n,
+        "ms" => n / 1000.0,
+        "m" | "min" => n * 60.0,
+        "h" => n * 3600.0,
+        "d" => n * 86400.0,
+        other => return Err(format!("unknown duration unit `{other}` (ms, s, m, h, d)")),
+    };
+    Duration::try_from_secs_f64(secs).map_err(|_| format!("`{s}` is out of range"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_size("1GB"), Ok(1_000_000_000));
+        assert_eq!(parse_size("64k"), Ok(65536));
+        assert_eq!(parse_size("1_000"), Ok(1000));
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("5XB").is_err());
+        assert!(parse_size("99999999999999999999G").is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("1500ms"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert!(parse_duration("-1s").is_err());
+        assert!(parse_duration("1y").is_err());
+        assert!(parse_duration("1e400").is_err());
+    }
+}

@@ -1,0 +1,668 @@
+//! The job registry and queue: the in-memory view of every job, written through to the
+//! [`JobStore`] before anything is acknowledged.
+//!
+//! Invariants:
+//! - the store is written before the memory view changes and before a client hears of it; a
+//!   state a client has seen survives a crash (progress stages excepted: they are memory-only);
+//! - the queue holds the `queued` jobs in id (= submission) order; at most `queue_size` jobs are
+//!   queued, beyond that submissions get 429;
+//! - a job moves `queued → running → succeeded | failed | canceled`, or `queued → canceled`;
+//!   the only way back is `running → queued`, when a run is interrupted by shutdown or a crash
+//!   (recovered at start; after [`MAX_ATTEMPTS`] interrupted runs the job fails instead of
+//!   looping on a model that kills the process);
+//! - the input blob is committed before the job record exists, so every record has its upload;
+//!   blobs without a record (a crash in between) are removed at start.
+//!
+//! Blocking: every method that writes goes through the store (fsync) and must be called from a
+//! blocking context (worker threads or `spawn_blocking`). Readers (`get`, `list`) only lock.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use tokio::sync::watch;
+
+use super::job::{now_ms, InputInfo, JobId, JobRecord, JobResult, JobState};
+use super::metrics::Metrics;
+use super::problem::{ApiError, Problem};
+use super::store::{BlobStore, IdempotencyRecord, JobStore};
+use crate::Options;
+
+/// Interrupted runs after which a job fails with `job_crashed` instead of running again.
+pub const MAX_ATTEMPTS: u32 = 3;
+
+/// Seconds clients are told to wait before asking again.
+pub const RETRY_AFTER_SECS: u64 = 2;
+
+/// Seconds a client is told to wait when the queue is full.
+pub const QUEUE_FULL_RETRY_SECS: u64 = 10;
+
+/// A job about to be queued.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    /// Id chosen before the upload (the input blob is stored under it).
+    pub id: JobId,
+    /// Client label.
+    pub name: Option<String>,
+    /// Normalized options.
+    pub options: Options,
+    /// The stored upload.
+    pub input: InputInfo,
+    /// Request fingerprint.
+    pub fingerprint: String,
+}
+
+/// A job handed to a worker.
+#[derive(Debug)]
+pub struct Claim {
+    /// The job.
+    pub id: JobId,
+    /// Its options.
+    pub options: Options,
+    /// Set to stop the run at the next stage boundary.
+    pub cancel: Arc<AtomicBool>,
+}
+
+/// How a run ended.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Results stored.
+    Succeeded(JobResult),
+    /// The run failed.
+    Failed(Problem),
+    /// The run observed its cancel flag.
+    Canceled,
+}
+
+struct Running {
+    cancel: Arc<AtomicBool>,
+    by_user: bool,
+    started: std::time::Instant,
+}
+
+#[derive(Default)]
+struct Inner {
+    jobs: BTreeMap<JobId, JobRecord>,
+    queue: VecDeque<JobId>,
+    running: HashMap<JobId, Running>,
+    keys: HashMap<String, IdempotencyRecord>,
+    keys_in_flight: HashSet<String>,
+    stopping: bool,
+    draining: bool,
+}
+
+impl Inner {
+    fn queued(&self) -> usize {
+        self.queue
+            .iter()
+            .filter(|id| {
+                self.jobs
+                    .get(*id)
+                    .is_some_and(|j| j.state == JobState::Queued)
+            })
+            .count()
+    }
+}
+
+/// What recovery found at start.
+#[derive(Debug, Default)]
+pub struct Recovery {
+    /// Jobs loaded.
+    pub loaded: usize,
+    /// Jobs that were running and go back to the queue.
+    pub requeued: usize,
+    /// Jobs failed because they were interrupted too often or lost their upload.
+    pub failed: usize,
+    /// Records that could not be read (left on disk, ignored).
+    pub unreadable: Vec<String>,
+    /// Orphan blob folders removed.
+    pub orphans: usize,
+}
+
+/// The job registry, queue and idempotency keys.
+pub struct Jobs {
+    store: Arc<dyn JobStore>,
+    blobs: Arc<dyn BlobStore>,
+    inner: Mutex<Inner>,
+    work: Condvar,
+    changed: watch::Sender<u64>,
+    queue_size: usize,
+    retention: Duration,
+    metrics: Arc<Metrics>,
+}
+
+fn io_err(e: io::Error) -> ApiError {
+    ApiError::internal(format!("job store: {e}"))
+}
+
+impl Jobs {
+    /// Loads every job, puts interrupted runs back in the queue and removes orphan blobs.
+    pub fn open(
+        store: Arc<dyn JobStore>,
+        blobs: Arc<dyn BlobStore>,
+        queue_size: usize,
+        retention: Duration,
+        metrics: Arc<Metrics>,
+    ) -> io::Result<(Jobs, Recovery)> {
+        let (records, unreadable) = store.load_all()?;
+        let mut rec = Recovery {
+            loaded: records.len(),
+            unreadable,
+            ..Recovery::default()
+        };
+        let mut inner = Inner::default();
+        for mut job in records {
+            if job.state == JobState::Running {
+                job.stage = None;
+                if job.attempts >= MAX_ATTEMPTS {
+                    job.state = JobState::Failed;
+                    job.finished_ms = Some(now_ms());
+                    job.error = Some(
+                        Problem::new(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            "job_crashed",
+                            format!("the job was interrupted {} times; giving up", job.attempts),
+                        )
+                        .with_job(&job.id),
+                    );
+                    rec.failed += 1;
+                } else {
+                    job.state = JobState::Queued;
+                    rec.requeued += 1;
+                }
+                store.save(&job)?;
+            }
+            if job.state == JobState::Queued
+                && blobs.open(&job.id, super::store::BlobKind::Input).is_err()
+            {
+                job.state = JobState::Failed;
+                job.finished_ms = Some(now_ms());
+                job.error = Some(
+                    Problem::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "input_missing",
+                        "the uploaded model is missing from storage",
+                    )
+                    .with_job(&job.id),
+                );
+                store.save(&job)?;
+                rec.failed += 1;
+            }
+            inner.jobs.insert(job.id.clone(), job);
+        }
+        inner.queue = inner
+            .jobs
+            .values()
+            .filter(|j| j.state == JobState::Queued)
+            .map(|j| j.id.clone())
+            .collect();
+        for id in blobs.jobs()? {
+            if !inner.jobs.contains_key(&id) {
+                blobs.delete(&id)?;
+                rec.orphans += 1;
+            }
+        }
+        for k in store.load_keys()? {
+            inner.keys.insert(k.key_sha256.clone(), k);
+        }
+        let jobs = Jobs {
+            store,
+            blobs,
+            inner: Mutex::new(inner),
+            work: Condvar::new(),
+            changed: watch::channel(0).0,
+            queue_size,
+            retention,
+            metrics,
+        };
+        Ok((jobs, rec))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn notify(&self) {
+        self.changed.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    /// The blob store holding the jobs' files.
+    pub fn blobs(&self) -> &Arc<dyn BlobStore> {
+        &self.blobs
+    }
+
+    /// The metrics this registry updates.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// A receiver that changes whenever any job does (for long-polls).
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    /// A job's current record.
+    pub fn get(&self, id: &JobId) -> Option<JobRecord> {
+        self.lock().jobs.get(id).cloned()
+    }
+
+    /// Number of queued and of running jobs.
+    pub fn counts(&self) -> (usize, usize) {
+        let g = self.lock();
+        (g.queued(), g.running.len())
+    }
+
+    /// The 429 problem when the queue is full.
+    pub fn check_room(&self) -> Result<(), ApiError> {
+        let g = self.lock();
+        self.room(&g)
+    }
+
+    fn room(&self, g: &Inner) -> Result<(), ApiError> {
+        if g.draining {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "shutting_down",
+                "the service is shutting down; retry shortly",
+            )
+            .retry_after(QUEUE_FULL_RETRY_SECS));
+        }
+        if g.queued() >= self.queue_size {
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "queue_full",
+                format!("{} jobs are already waiting; retry later", self.queue_size),
+            )
+            .retry_after(QUEUE_FULL_RETRY_SECS));
+        }
+        Ok(())
+    }
+
+    /// Marks an idempotency key as in use by a request; 409 when another request holds it.
+    pub fn begin_key(self: &Arc<Self>, key_sha256: String) -> Result<KeyGuard, ApiError> {
+        let mut g = self.lock();
+        if !g.keys_in_flight.insert(key_sha256.clone()) {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "idempotency_key_in_use",
+                "a request with this Idempotency-Key is still being processed; retry",
+            )
+            .retry_after(1));
+        }
+        Ok(KeyGuard {
+            jobs: Arc::clone(self),
+            key: key_sha256,
+        })
+    }
+
+    /// The job an idempotency key already produced, if any; 422 when the key was used for a
+    /// different request.
+    pub fn replay(
+        &self,
+        key_sha256: &str,
+        fingerprint: &str,
+    ) -> Result<Option<JobRecord>, ApiError> {
+        let g = self.lock();
+        let Some(k) = g.keys.get(key_sha256) else {
+            return Ok(None);
+        };
+        let Some(job) = g.jobs.get(&k.job_id) else {
+            return Ok(None);
+        };
+        if k.fingerprint != fingerprint {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency_key_reused",
+                "this Idempotency-Key was used for a different model or options",
+            )
+            .job(job.id.as_str()));
+        }
+        Ok(Some(job.clone()))
+    }
+
+    /// Queues a job whose input blob is stored. On error the caller removes the blob.
+    pub fn submit(&self, new: NewJob, key_sha256: Option<String>) -> Result<JobRecord, ApiError> {
+        let mut g = self.lock();
+        self.room(&g)?;
+        let job = JobRecord {
+            id: new.id,
+            name: new.name,
+            state: JobState::Queued,
+            stage: None,
+            created_ms: now_ms(),
+            started_ms: None,
+            finished_ms: None,
+            options: new.options,
+            input: new.input,
+            fingerprint: new.fingerprint,
+            result: None,
+            error: None,
+            attempts: 0,
+        };
+        self.store.save(&job).map_err(io_err)?;
+        if let Some(key) = key_sha256 {
+            let rec = IdempotencyRecord {
+                key_sha256: key,
+                fingerprint: job.fingerprint.clone(),
+                job_id: job.id.clone(),
+                created_ms: job.created_ms,
+            };
+            self.store.save_key(&rec).map_err(io_err)?;
+            g.keys.insert(rec.key_sha256.clone(), rec);
+        }
+        g.jobs.insert(job.id.clone(), job.clone());
+        g.queue.push_back(job.id.clone());
+        drop(g);
+        self.work.notify_one();
+        self.notify();
+        Ok(job)
+    }
+
+    /// Blocks until a queued job is available and marks it running; `None` once stopping.
+    pub fn claim(&self) -> Option<Claim> {
+        let mut g = self.lock();
+        loop {
+            if g.stopping {
+                return None;
+            }
+            while let Some(id) = g.queue.pop_front() {
+                let Some(job) = g.jobs.get_mut(&id) else {
+                    continue;
+                };
+                if job.state != JobState::Queued {
+                    continue;
+                }
+                job.state = JobState::Running;
+                job.started_ms = Some(now_ms());
+                job.stage = None;
+                job.attempts += 1;
+                let snapshot = job.clone();
+                if let Err(e) = self.store.save(&snapshot) {
+                    tracing::error!(job = %id, "could not persist the running state: {e}");
+                }
+                let cancel = Arc::new(AtomicBool::new(false));
+                g.running.insert(
+                    id.clone(),
+                    Running {
+                        cancel: Arc::clone(&cancel),
+                        by_user: false,
+                        started: std::time::Instant::now(),
+                    },
+                );
+                drop(g);
+                self.notify();
+                return Some(Claim {
+                    id,
+                    options: snapshot.options,
+                    cancel,
+                });
+            }
+            g = self.work.wait(g).unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    /// Records the stage a running job entered (memory only).
+    pub fn set_stage(&self, id: &JobId, stage: &str) {
+        let mut g = self.lock();
+        if let Some(job) = g.jobs.get_mut(id) {
+            if job.state == JobState::Running {
+                job.stage = Some(stage.to_string());
+            }
+        }
+        drop(g);
+        self.notify();
+    }
+
+    /// Ends a run. A cancellation not asked for by a client (shutdown) puts the job back in
+    /// the queue state, to run again after restart.
+    pub fn finish(&self, id: &JobId, outcome: Outcome) {
+        let mut g = self.lock();
+        let run = g.running.remove(id);
+        let by_user = run.as_ref().is_some_and(|r| r.by_user);
+        let seconds = run.map_or(0.0, |r| r.started.elapsed().as_secs_f64());
+        let Some(job) = g.jobs.get_mut(id) else {
+            return;
+        };
+        job.stage = None;
+        let code = match outcome {
+            Outcome::Succeeded(result) => {
+                job.state = JobState::Succeeded;
+                job.result = Some(result);
+                job.error = None;
+                String::new()
+            }
+            Outcome::Failed(p) => {
+                job.state = JobState::Failed;
+                let code = p.code.clone();
+                job.error = Some(p.with_job(id));
+                code
+            }
+            Outcome::Canceled if by_user => {
+                job.state = JobState::Canceled;
+                job.error = Some(canceled_problem(id));
+                "canceled".to_string()
+            }
+            Outcome::Canceled => {
+                job.state = JobState::Queued;
+                job.started_ms = None;
+                "interrupted".to_string()
+            }
+        };
+        if job.state.is_terminal() {
+            job.finished_ms = Some(now_ms());
+        }
+        let state = if job.state == JobState::Queued {
+            "requeued"
+        } else {
+            job.state.as_str()
+        };
+        let snapshot = job.clone();
+        if let Err(e) = self.store.save(&snapshot) {
+            tracing::error!(job = %id, "could not persist the final state: {e}");
+        }
+        if snapshot.state == JobState::Queued && !g.stopping {
+            g.queue.push_front(id.clone());
+            self.work.notify_one();
+        }
+        drop(g);
+        self.metrics.finished(state, &code, seconds);
+        self.notify();
+    }
+
+    /// Cancels a job: a queued one at once, a running one at its next stage boundary.
+    pub fn cancel(&self, id: &JobId) -> Result<JobRecord, ApiError> {
+        let mut guard = self.lock();
+        let g = &mut *guard;
+        let job = g
+            .jobs
+            .get_mut(id)
+            .ok_or_else(|| ApiError::job_not_found(id.as_str()))?;
+        match job.state {
+            JobState::Queued => {
+                let mut next = job.clone();
+                next.state = JobState::Canceled;
+                next.finished_ms = Some(now_ms());
+                next.error = Some(canceled_problem(id));
+                self.store.save(&next).map_err(io_err)?;
+                *job = next.clone();
+                drop(guard);
+                self.metrics.finished("canceled", "canceled", 0.0);
+                self.notify();
+                Ok(next)
+            }
+            JobState::Running => {
+                if let Some(r) = g.running.get_mut(id) {
+                    r.by_user = true;
+                    r.cancel.store(true, Ordering::Relaxed);
+                }
+                Ok(job.clone())
+            }
+            JobState::Canceled => Ok(job.clone()),
+            state @ (JobState::Succeeded | JobState::Failed) => Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "job_finished",
+                format!("the job already {}", state.as_str()),
+            )
+            .job(id.as_str())),
+        }
+    }
+
+    /// Deletes a finished or queued job and its files; 409 while it runs.
+    pub fn delete(&self, id: &JobId) -> Result<(), ApiError> {
+        let mut g = self.lock();
+        let job = g
+            .jobs
+            .get(id)
+            .ok_or_else(|| ApiError::job_not_found(id.as_str()))?;
+        if job.state == JobState::Running {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "job_running",
+                "the job is running; cancel it first",
+            )
+            .job(id.as_str()));
+        }
+        self.store.remove(id).map_err(io_err)?;
+        g.jobs.remove(id);
+        drop(g);
+        if let Err(e) = self.blobs.delete(id) {
+            tracing::warn!(job = %id, "could not delete the job's files: {e}");
+        }
+        self.notify();
+        Ok(())
+    }
+
+    /// One page of jobs, newest first, optionally filtered by state.
+    pub fn list(
+        &self,
+        page_size: usize,
+        after: Option<&JobId>,
+        state: Option<JobState>,
+    ) -> (Vec<JobRecord>, Option<JobId>) {
+        let g = self.lock();
+        let iter: Box<dyn Iterator<Item = &JobRecord>> = match after {
+            Some(a) => Box::new(g.jobs.range(..a.clone()).rev().map(|(_, j)| j)),
+            None => Box::new(g.jobs.values().rev()),
+        };
+        let mut page: Vec<JobRecord> = iter
+            .filter(|j| state.is_none_or(|s| j.state == s))
+            .take(page_size + 1)
+            .cloned()
+            .collect();
+        let next = if page.len() > page_size {
+            page.truncate(page_size);
+            page.last().map(|j| j.id.clone())
+        } else {
+            None
+        };
+        (page, next)
+    }
+
+    /// Removes finished jobs (and their files) older than the retention, and old idempotency
+    /// keys. Returns how many jobs were removed. A zero retention keeps everything.
+    pub fn expire(&self, now_ms: u64) -> usize {
+        if self.retention.is_zero() {
+            return 0;
+        }
+        let horizon = now_ms.saturating_sub(self.retention.as_millis() as u64);
+        let (old, keys): (Vec<JobId>, Vec<String>) = {
+            let g = self.lock();
+            (
+                g.jobs
+                    .values()
+                    .filter(|j| j.state.is_terminal() && j.finished_ms.is_some_and(|f| f < horizon))
+                    .map(|j| j.id.clone())
+                    .collect(),
+                g.keys
+                    .values()
+                    .filter(|k| k.created_ms < horizon)
+                    .map(|k| k.key_sha256.clone())
+                    .collect(),
+            )
+        };
+        let mut removed = 0;
+        for id in old {
+            match self.delete(&id) {
+                Ok(()) => removed += 1,
+                Err(e) => tracing::warn!(job = %id, "expiry: {}", e.problem().code),
+            }
+        }
+        for k in keys {
+            if self.store.remove_key(&k).is_ok() {
+                self.lock().keys.remove(&k);
+            }
+        }
+        removed
+    }
+
+    /// Readiness: not draining and both stores writable.
+    pub fn ready(&self) -> Result<(), String> {
+        if self.lock().draining {
+            return Err("draining".into());
+        }
+        self.store.check().map_err(|e| format!("job store: {e}"))?;
+        self.blobs.check().map_err(|e| format!("blob store: {e}"))
+    }
+
+    /// Starts draining: readiness fails and submissions get 503.
+    pub fn drain(&self) {
+        self.lock().draining = true;
+        self.notify();
+    }
+
+    /// Whether draining started.
+    pub fn is_draining(&self) -> bool {
+        self.lock().draining
+    }
+
+    /// Workers stop taking jobs (running ones go on).
+    pub fn stop_claiming(&self) {
+        self.lock().stopping = true;
+        self.work.notify_all();
+    }
+
+    /// Asks every running job to stop; they go back to the queue state.
+    pub fn interrupt_running(&self) {
+        for r in self.lock().running.values() {
+            r.cancel.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+fn canceled_problem(id: &JobId) -> Problem {
+    Problem::new(
+        StatusCode::CONFLICT,
+        "canceled",
+        "the job was canceled on request",
+    )
+    .with_job(id)
+}
+
+impl Problem {
+    fn with_job(mut self, id: &JobId) -> Self {
+        self.job_id = Some(id.to_string());
+        self
+    }
+}
+
+/// Holds an idempotency key for the duration of one request.
+pub struct KeyGuard {
+    jobs: Arc<Jobs>,
+    key: String,
+}
+
+impl KeyGuard {
+    /// The sha256 of the key.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+}
+
+impl Drop for KeyGuard {
+    fn drop(&mut self) {
+        self.jobs.lock().keys_in_flight.remove(&self.key);
+    }
+}

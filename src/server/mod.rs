@@ -1,0 +1,272 @@
+//! `onnx-cle serve`: the HTTP job service around the core.
+//!
+//! ```text
+//! POST /equalize ──► upload (stream to BlobStore, sha256) ──► Jobs (JobStore, queue) ──► 202
+//!                                                                │
+//!                      worker threads (bounded pool) ◄───────────┘  claim
+//!                      read upload → onnx::decode → crate::run (same as the CLI) → store results
+//! GET /jobs/{id}[?wait=30s], /jobs/{id}/model, /jobs/{id}/report, GET /jobs, cancel, DELETE
+//! /healthz /readyz /metrics /openapi.json /docs
+//! ```
+//!
+//! Layering: this module uses the core; the core knows nothing of it. Persistence sits behind
+//! [`store::JobStore`] and [`store::BlobStore`] (filesystem by default, [`store::fs`] is the
+//! only code touching the data directory). CPU work runs on [`worker::Pool`] threads, never on
+//! the async runtime. Every error is an RFC 9457 problem ([`problem`]).
+//!
+//! Lifecycle: at start, interrupted runs go back to the queue ([`jobs::Jobs::open`]). On
+//! SIGTERM or Ctrl-C the service stops accepting connections and jobs (readiness turns 503),
+//! lets running jobs finish for `--shutdown-grace`, then interrupts them; interrupted jobs stay
+//! `queued` on disk and run after the next start. Finished jobs expire after `--retention`.
+
+pub mod config;
+pub mod job;
+pub mod jobs;
+pub mod metrics;
+pub mod problem;
+pub mod routes;
+pub mod store;
+pub mod upload;
+pub mod worker;
+
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::DefaultBodyLimit;
+use axum::middleware::{from_fn, from_fn_with_state};
+use axum::Router;
+use tokio_util::sync::CancellationToken;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+use utoipa_swagger_ui::SwaggerUi;
+
+pub use config::ServeConfig;
+use jobs::Jobs;
+use routes::AppState;
+
+/// Why the service could not start or stopped abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The data directory could not be opened or read.
+    #[error("data directory {path}: {source}")]
+    Storage {
+        /// The directory.
+        path: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// Any other I/O failure (worker threads, the server loop).
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The OpenAPI document of the service.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    routes::api_router().split_for_parts().1
+}
+
+/// The OpenAPI document as pretty JSON with a final newline (the form committed in
+/// `openapi/openapi.json` and printed by `onnx-cle openapi`).
+pub fn openapi_json() -> String {
+    let mut s = openapi()
+        .to_pretty_json()
+        .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
+    s.push('\n');
+    s
+}
+
+/// The complete router: API routes, Swagger UI, `/openapi.json`, problem and metrics layers.
+pub fn app(state: AppState) -> Router {
+    let (router, api) = routes::api_router().split_for_parts();
+    let metrics = Arc::clone(state.jobs.metrics());
+    let body_limit = usize::try_from(state.max_upload.saturating_add(upload::MULTIPART_OVERHEAD))
+        .unwrap_or(usize::MAX);
+    router
+        .merge(SwaggerUi::new(config::DOCS_PATH).url(config::OPENAPI_PATH, api))
+        .route_layer(from_fn_with_state(metrics, metrics::track_http))
+        .fallback(problem::not_found)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(from_fn(problem::ensure_problem))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(TraceLayer::new_for_http())
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .with_state(state)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}
+
+async fn expire_loop(jobs: Arc<Jobs>, retention: Duration, stop: CancellationToken) {
+    if retention.is_zero() {
+        return;
+    }
+    let period = (retention / 10).clamp(Duration::from_secs(1), Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(period) => {},
+        }
+        let j = Arc::clone(&jobs);
+        match tokio::task::spawn_blocking(move || j.expire(job::now_ms())).await {
+            Ok(n) if n > 0 => tracing::info!("expired {n} finished jobs"),
+            _ => {}
+        }
+    }
+}
+
+/// Runs the service until SIGTERM or Ctrl-C.
+pub async fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
+    let data_dir = cfg.data_dir.clone();
+    let storage = |source| ServeError::Storage {
+        path: data_dir.display().to_string(),
+        source,
+    };
+    let metrics = Arc::new(metrics::Metrics::default());
+    let opened = {
+        let dir = cfg.data_dir.clone();
+        let (queue_size, retention, metrics) =
+            (cfg.queue_size as usize, cfg.retention, Arc::clone(&metrics));
+        tokio::task::spawn_blocking(move || {
+            let (js, bs) = store::fs::open(&dir)?;
+            Jobs::open(Arc::new(js), Arc::new(bs), queue_size, retention, metrics)
+        })
+        .await
+        .map_err(std::io::Error::other)?
+    };
+    let (jobs, recovery) = opened.map_err(storage)?;
+    for bad in &recovery.unreadable {
+        tracing::warn!("ignoring unreadable job record {bad}");
+    }
+    tracing::info!(
+        loaded = recovery.loaded,
+        requeued = recovery.requeued,
+        failed = recovery.failed,
+        orphans = recovery.orphans,
+        "job store opened at {}",
+        cfg.data_dir.display()
+    );
+    let jobs = Arc::new(jobs);
+    let engine: Arc<worker::Engine> = Arc::new(worker::run_core);
+    let pool = worker::Pool::start(Arc::clone(&jobs), engine, usize::from(cfg.workers))?;
+    let listener = tokio::net::TcpListener::bind(cfg.addr)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: cfg.addr,
+            source,
+        })?;
+    let local = listener.local_addr()?;
+    tracing::info!("listening on http://{local}");
+    let shutdown = CancellationToken::new();
+    tokio::spawn(expire_loop(
+        Arc::clone(&jobs),
+        cfg.retention,
+        shutdown.clone(),
+    ));
+    let state = AppState {
+        jobs: Arc::clone(&jobs),
+        max_upload: cfg.max_upload,
+        max_wait: cfg.max_wait,
+        workers: usize::from(cfg.workers),
+        shutdown: shutdown.clone(),
+    };
+    let on_signal = {
+        let (jobs, shutdown) = (Arc::clone(&jobs), shutdown.clone());
+        async move {
+            shutdown_signal().await;
+            tracing::info!("shutting down: no new jobs; running jobs get the grace period");
+            jobs.drain();
+            jobs.stop_claiming();
+            shutdown.cancel();
+        }
+    };
+    axum::serve(listener, app(state))
+        .with_graceful_shutdown(on_signal)
+        .await?;
+    let deadline = tokio::time::Instant::now() + cfg.shutdown_grace;
+    while !pool.is_finished() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if !pool.is_finished() {
+        tracing::info!(
+            "grace period over: interrupting running jobs (they will run after restart)"
+        );
+        jobs.interrupt_running();
+        let hard = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !pool.is_finished() && tokio::time::Instant::now() < hard {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    if pool.is_finished() {
+        pool.join();
+    } else {
+        tracing::warn!(
+            "a job did not stop in time; it stays `running` on disk and re-runs after restart"
+        );
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// `onnx-cle healthcheck`: GETs the liveness path of a local server (for container health
+/// checks, where no curl is installed). An unspecified address (`0.0.0.0`) means loopback.
+pub fn healthcheck(addr: SocketAddr) -> Result<(), String> {
+    use std::io::{Read, Write};
+    let mut target = addr;
+    if target.ip().is_unspecified() {
+        target.set_ip(match addr {
+            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    let timeout = Duration::from_secs(5);
+    let mut s =
+        TcpStream::connect_timeout(&target, timeout).map_err(|e| format!("{target}: {e}"))?;
+    s.set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    s.set_write_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    write!(
+        s,
+        "GET {} HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n",
+        config::HEALTH_PATH
+    )
+    .map_err(|e| e.to_string())?;
+    let mut head = [0u8; 64];
+    let n = s.read(&mut head).map_err(|e| e.to_string())?;
+    let line = String::from_utf8_lossy(&head[..n]);
+    if line.starts_with("HTTP/1.1 200") {
+        Ok(())
+    } else {
+        Err(format!(
+            "unexpected answer: {}",
+            line.lines().next().unwrap_or("")
+        ))
+    }
+}

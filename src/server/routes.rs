@@ -1,0 +1,642 @@
+//! HTTP handlers and the OpenAPI declaration they share (one `#[utoipa::path]` per handler,
+//! mounted with `utoipa_axum::routes!`, so the served routes and the document cannot drift).
+//!
+//! Handlers are thin: extract, validate, call [`Jobs`] (on the blocking pool when it writes),
+//! respond. Every error is an [`ApiError`] problem; every operation documents `4XX`/`5XX`
+//! as `Problem`.
+
+use std::io::Read;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{FromRequestParts, Path, Query, Request, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio_util::sync::CancellationToken;
+use utoipa::{IntoParams, OpenApi, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::config::{HEALTH_PATH, METRICS_PATH, READY_PATH};
+use super::job::{Job, JobId, JobList, JobRecord, JobState};
+use super::jobs::{Jobs, NewJob, RETRY_AFTER_SECS};
+use super::metrics::Submission;
+use super::problem::{ApiError, FieldError, Problem, PROBLEM_JSON};
+use super::store::BlobKind;
+use super::upload::{self, EqualizeForm, EqualizeParams, OnnxFile};
+
+/// Shared state of the handlers.
+#[derive(Clone)]
+pub struct AppState {
+    /// The job registry.
+    pub jobs: Arc<Jobs>,
+    /// Largest accepted model.
+    pub max_upload: u64,
+    /// Longest long-poll.
+    pub max_wait: Duration,
+    /// Worker pool size (for metrics).
+    pub workers: usize,
+    /// Cancelled when shutdown starts (ends long-polls).
+    pub shutdown: CancellationToken,
+}
+
+/// The base document: info and tags; paths come from the routes.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "onnx-cle",
+        description = "Data-free Cross-Layer Equalization of ONNX models as a job service. \
+            Submit a model to `POST /equalize` (202 + `Location`), poll or long-poll \
+            `GET /jobs/{id}?wait=30s` until `done`, then download `/jobs/{id}/model` and \
+            `/jobs/{id}/report`. Errors are RFC 9457 `application/problem+json` with a stable `code`."
+    ),
+    tags(
+        (name = "jobs", description = "Equalization jobs"),
+        (name = "service", description = "Health, readiness and metrics")
+    ),
+    components(schemas(Problem, FieldError))
+)]
+struct ApiDoc;
+
+/// The API routes with their OpenAPI description (state still to be applied).
+pub fn api_router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(submit_job))
+        .routes(routes!(list_jobs))
+        .routes(routes!(get_job, delete_job))
+        .routes(routes!(cancel_job))
+        .routes(routes!(download_model))
+        .routes(routes!(get_report))
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(metrics))
+}
+
+/// Query extractor whose rejection is an `invalid_query` problem.
+pub struct Q<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequestParts<S> for Q<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(v)| Q(v))
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))
+    }
+}
+
+fn job_id(raw: &str) -> Result<JobId, ApiError> {
+    JobId::parse(raw).ok_or_else(|| ApiError::job_not_found(raw))
+}
+
+fn find(app: &AppState, raw: &str) -> Result<JobRecord, ApiError> {
+    let id = job_id(raw)?;
+    app.jobs
+        .get(&id)
+        .ok_or_else(|| ApiError::job_not_found(raw))
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(ApiError::internal)?
+}
+
+fn job_response(status: StatusCode, job: &JobRecord) -> Response {
+    let mut res = (status, Json(Job::from(job))).into_response();
+    if !job.state.is_terminal() {
+        res.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+    }
+    res
+}
+
+fn accepted(job: &JobRecord, replayed: bool) -> Response {
+    let mut res = job_response(StatusCode::ACCEPTED, job);
+    let location = format!("/jobs/{}", job.id);
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        res.headers_mut().insert(header::LOCATION, v.clone());
+        res.headers_mut().insert("operation-location", v);
+    }
+    res.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+    if replayed {
+        res.headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    res
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(v) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let bad = || {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_idempotency_key",
+            "Idempotency-Key must be 1 to 255 visible ASCII characters",
+        )
+    };
+    let text = v.to_str().map_err(|_| bad())?.trim();
+    let text = text
+        .strip_prefix('"')
+        .and_then(|t| t.strip_suffix('"'))
+        .unwrap_or(text);
+    if text.is_empty() || text.len() > 255 || !text.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(bad());
+    }
+    Ok(Some(hex::encode(Sha256::digest(text.as_bytes()))))
+}
+
+/// Submit a model for equalization.
+///
+/// Two forms: `multipart/form-data` with a `model` file part and optional `options` (JSON) and
+/// `name` parts, or the raw model as `application/octet-stream` with the options as query
+/// parameters (these are ignored, and refused, with multipart). The upload is stored and the
+/// job queued; the answer is `202` with `Location` (and `Operation-Location`) pointing at the
+/// job and `Retry-After`. With an `Idempotency-Key` header, repeating the same request returns
+/// the original job (`Idempotent-Replayed: true`); the same key with a different model or
+/// options is `422 idempotency_key_reused`; keys are kept as long as jobs (the retention).
+/// A full queue is `429` with `Retry-After`; a body over the limit is `413`.
+#[utoipa::path(
+    post,
+    path = "/equalize",
+    operation_id = "submit_job",
+    tag = "jobs",
+    params(
+        EqualizeParams,
+        ("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe: the same key and request return the original job.")
+    ),
+    request_body(
+        description = "The model, as a form or as the raw body.",
+        content(
+            (EqualizeForm = "multipart/form-data", encoding(("options" = (content_type = "application/json")))),
+            (OnnxFile = "application/octet-stream")
+        )
+    ),
+    responses(
+        (status = 202, description = "Job queued (or replayed for a repeated Idempotency-Key).", body = Job,
+            headers(
+                ("Location" = String, description = "The job's URL."),
+                ("Operation-Location" = String, description = "Same as Location."),
+                ("Retry-After" = u64, description = "Seconds before polling.")
+            )),
+        (status = "4XX", description = "Invalid request, too large (413), queue full (429).", body = Problem, content_type = PROBLEM_JSON),
+        (status = "5XX", description = "Server error.", body = Problem, content_type = PROBLEM_JSON)
+    )
+)]
+async fn submit_job(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let metrics = Arc::clone(app.jobs.metrics());
+    let result = submit(&app, &headers, req).await;
+    metrics.submitted(match &result {
+        Ok((_, true)) => Submission::Replayed,
+        Ok((_, false)) => Submission::Accepted,
+        Err(_) => Submission::Rejected,
+    });
+    result.map(|(job, replayed)| accepted(&job, replayed))
+}
+
+async fn submit(
+    app: &AppState,
+    headers: &HeaderMap,
+    req: Request,
+) -> Result<(JobRecord, bool), ApiError> {
+    let key = idempotency_key(headers)?;
+    let guard = key.map(|k| app.jobs.begin_key(k)).transpose()?;
+    app.jobs.check_room()?;
+    let up = upload::receive(&app.jobs, req, app.max_upload).await?;
+    app.jobs.metrics().upload(up.input.bytes);
+    let fingerprint = up.fingerprint();
+    let jobs = Arc::clone(&app.jobs);
+    let key = guard.as_ref().map(|g| g.key().to_string());
+    let id = up.id.clone();
+    let outcome = blocking(move || {
+        if let Some(k) = &key {
+            if let Some(existing) = jobs.replay(k, &fingerprint)? {
+                return Ok((existing, true));
+            }
+        }
+        let new = NewJob {
+            id: up.id,
+            name: up.name,
+            options: up.options,
+            input: up.input,
+            fingerprint,
+        };
+        jobs.submit(new, key).map(|j| (j, false))
+    })
+    .await;
+    if !matches!(outcome, Ok((_, false))) {
+        let jobs = Arc::clone(&app.jobs);
+        let _ = tokio::task::spawn_blocking(move || jobs.blobs().delete(&id)).await;
+    }
+    drop(guard);
+    outcome
+}
+
+/// Paging and filtering of `GET /jobs`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListParams {
+    /// Jobs per page (1 to 100, default 20).
+    #[param(minimum = 1, maximum = 100)]
+    pub page_size: Option<usize>,
+    /// `next_page_token` of the previous page.
+    pub page_token: Option<String>,
+    /// Only jobs in this state.
+    pub state: Option<JobState>,
+}
+
+/// List jobs, newest first.
+#[utoipa::path(
+    get,
+    path = "/jobs",
+    operation_id = "list_jobs",
+    tag = "jobs",
+    params(ListParams),
+    responses(
+        (status = 200, description = "One page of jobs.", body = JobList),
+        (status = "4XX", description = "Invalid paging parameters.", body = Problem, content_type = PROBLEM_JSON),
+        (status = "5XX", description = "Server error.", body = Problem, content_type = PROBLEM_JSON)
+    )
+)]
+async fn list_jobs(
+    State(app): State<AppState>,
+    Q(p): Q<ListParams>,
+) -> Result<Json<JobList>, ApiError> {
+    let size = p.page_size.unwrap_or(20);
+    if !(1..=100).contains(&size) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            "page_size must be between 1 and 100",
+        )
+        .field("/query/page_size", "between 1 and 100"));
+    }
+    let after = match p.page_token.as_deref() {
+        None | Some("") => None,
+        Some(t) => Some(JobId::parse(t).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_page_token",
+                "page_token is not one this server issued",
+            )
+        })?),
+    };
+    let (page, next) = app.jobs.list(size, after.as_ref(), p.state);
+    Ok(Json(JobList {
+        jobs: page.iter().map(Job::from).collect(),
+        next_page_token: next.map(String::from),
+    }))
+}
+
+/// Long-poll of `GET /jobs/{id}`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct WaitParams {
+    /// Wait up to this long (e.g. `30s`, `2m`, `1500ms`; capped by the server) for the job to
+    /// finish before answering.
+    #[param(pattern = r"^[0-9]+(\.[0-9]+)?(ms|s|m|h)?$")]
+    pub wait: Option<String>,
+}
+
+/// Get a job; with `?wait=30s`, answer as soon as it is done or when the wait is over.
+///
+/// A failed job is `200` with `error` set: the HTTP status describes the request, not the job.
+/// While the job is not done the answer carries `Retry-After`.
+#[utoipa::path(
+    get,
+    path = "/jobs/{id}",
+    operation_id = "get_job",
+    tag = "jobs",
+    params(("id" = String, Path, description = "Job id."), WaitParams),
+    responses(
+        (status = 200, description = "The job.", body = Job,
+            headers(("Retry-After" = Option<u64>, description = "Seconds before polling again (while not done)."))),
+        (status = "4XX", description = "Unknown job (404) or invalid `wait`.", body = Problem, content_type = PROBLEM_JSON),
+        (status = "5XX", description = "Server error.", body = Problem, content_type = PROBLEM_JSON)
+    )
+)]
+async fn get_job(
+    State(app): State<AppState>,
+    Path(raw): Path<String>,
+    Q(p): Q<WaitParams>,
+) -> Result<Response, ApiError> {
+    let id = job_id(&raw)?;
+    let wait = match p.wait.as_deref() {
+        None | Some("") => Duration::ZERO,
+        Some(w) => super::config::parse_duration(w).map_err(|e| {
+            ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.clone())
+                .field("/query/wait", e)
+        })?,
+    };
+    let deadline = tokio::time::Instant::now() + wait.min(app.max_wait);
+    let mut changes = app.jobs.subscribe();
+    loop {
+        let job = app
+            .jobs
+            .get(&id)
+            .ok_or_else(|| ApiError::job_not_found(&raw))?;
+        if job.state.is_terminal() || tokio::time::Instant::now() >= deadline {
+            return Ok(job_response(StatusCode::OK, &job));
+        }
+        tokio::select! {
+            r = changes.changed() => if r.is_err() { return Ok(job_response(StatusCode::OK, &job)); },
+            () = tokio::time::sleep_until(deadline) => {},
+            () = app.shutdown.cancelled() => return Ok(job_response(StatusCode::OK, &job)),
+        }
+    }
+}
+
+/// Delete a job and its files. A running job must be canceled first (409).
+#[utoipa::path(
+    delete,
+    path = "/jobs/{id}",
+    operation_id = "delete_job",
+    tag = "jobs",
+    params(("id" = String, Path, description = "Job id.")),
+    responses(
+        (status = 204, description = "Deleted."),
+        (status = "4XX", description = "Unknown job (404) or still running (409).", body = Problem, content_type = PROBLEM_JSON),
+        (status = "5XX", description = "Server error.", body = Problem, content_type = PROBLEM_JSON)
+    )
+)]
+async fn delete_job(
+    State(app): State<AppState>,
+    Path(raw): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let id = job_id(&raw)?;
+    let jobs = Arc::clone(&app.jobs);
+    blocking(move || jobs.delete(&id)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Cancel a job (best effort): a queued job is canceled at once, a running one at its next
+/// stage boundary. Finished jobs answer 409.
+#[utoipa::path(
+    post,
+    path = "/jobs/{id}/cancel",
+    operation_id = "cancel_job",
+    tag = "jobs",
+    params(("id" = String, Path, description = "Job id.")),
+    responses(
+        (status = 202, description = "Cancellation accepted; the job as it is now.", body = Job),
+        (status = "4XX", description = "Unknown job (404) or already finished (409).", body = Problem, content_type = PROBLEM_JSON),
+        (status = "5XX", description = "Server error.", body = Problem, content_type = PROBLEM_JSON)
+    )
+)]
+async fn cancel_job(
+    State(app): State<AppState>,
+    Path(raw): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = job_id(&raw)?;
+    let jobs = Arc::clone(&app.jobs);
+    let job = blocking(move || jobs.cancel(&id)).await?;
+    Ok(job_response(StatusCode::ACCEPTED, &job))
+}
+
+fn require_succeeded(job: &JobRecord) -> Result<(), ApiError> {
+    match job.state {
+        JobState::Succeeded => Ok(()),
+        JobState::Queued | JobState::Running => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "job_not_finished",
+            "the job is not finished; long-poll GET /jobs/{id}?wait=30s",
+        )
+        .retry_after(RETRY_AFTER_SECS)
+        .job(job.id.as_str())),
+        JobState::Failed | JobState::Canceled => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "job_not_succeeded",
+            format!("the job {}; see its `error`", job.state.as_str()),
+        )
+        .job(job.id.as_str())),
+    }
+}
+
+fn reader_body(mut reader: Box<dyn Read + Send>) -> Body {
+    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(4);
+    tokio::task::spawn_blocking(move || loop {
+        let mut buf = vec![0u8; 256 << 10];
+        match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                buf.truncate(n);
+                if tx.blocking_send(Ok(bytes::Bytes::from(buf))).is_err() {
+                    break;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                let _ = tx.blocking_send(Err(e));
+                break;
+            }
+        }
+    });
+    Body::from_stream(futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    }))
+}
+
+fn download_name(job: &JobRecord) -> String {
+    let stem = job
+        .input
+        .filename
+        .as_deref()
+        .map(|f| f.strip_suffix(".onnx").unwrap_or(f))
+        .filter(|s| !s.is_empty())
+        .unwrap_or("model");
+    format!("{stem}.cle.onnx")
+}
+
+/// Download the equalized model (`application/octet-stream`, with `ETag` and
+/// `Content-Disposition`). `If-None-Match` with the ETag answers 304.
+#[utoipa::path(
+    get,
+    path = "/jobs/{id}/model",
+    operation_id = "download_model",
+    tag = "jobs",
+    params(("id" = String, Path, description = "Job id.")),
+    responses(
+        (status = 200, description = "The equalized ONNX model.", body = OnnxFile, content_type = "application/octet-stream",
+            headers(
+                ("ETag" = String, description = "Quoted sha256 of the model."),
+                ("Content-Disposition" = String, description = "attachment; filename=\"<upload>.cle.onnx\"")
+            )),
+        (status = 304, description = "Not modified (If-None-Match matched)."),
+        (status = "4XX", description = "Unknown job (404) or not succeeded (409).", body = Problem, content_type = PROBLEM_JSON),
+        (status = "5XX", description = "Server error.", body = Problem, content_type = PROBLEM_JSON)
+    )
+)]
+async fn download_model(
+    State(app): State<AppState>,
+    Path(raw): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let job = find(&app, &raw)?;
+    require_succeeded(&job)?;
+    let sha = job
+        .result
+        .as_ref()
+        .map(|r| r.model_sha256.clone())
+        .unwrap_or_default();
+    let etag = format!("\"{sha}\"");
+    let matches = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
+    let etag_value = HeaderValue::from_str(&etag).map_err(ApiError::internal)?;
+    if matches {
+        return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag_value)]).into_response());
+    }
+    let jobs = Arc::clone(&app.jobs);
+    let id = job.id.clone();
+    let (reader, len) = blocking(move || {
+        jobs.blobs()
+            .open(&id, BlobKind::Model)
+            .map_err(|e| ApiError::internal(format!("opening the model of {id}: {e}")))
+    })
+    .await?;
+    let disposition = format!("attachment; filename=\"{}\"", download_name(&job));
+    let mut res = Response::new(reader_body(reader));
+    let h = res.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    h.insert(header::ETAG, etag_value);
+    h.insert(
+        header::CONTENT_DISPOSITION,
+        HeaderValue::from_str(&disposition).map_err(ApiError::internal)?,
+    );
+    Ok(res)
+}
+
+/// Get the JSON report of a succeeded job (per-layer folds, scales, skips, verification).
+#[utoipa::path(
+    get,
+    path = "/jobs/{id}/report",
+    operation_id = "get_report",
+    tag = "jobs",
+    params(("id" = String, Path, description = "Job id.")),
+    responses(
+        (status = 200, description = "The report.", body = crate::Report),
+        (status = "4XX", description = "Unknown job (404) or not succeeded (409).", body = Problem, content_type = PROBLEM_JSON),
+        (status = "5XX", description = "Server error.", body = Problem, content_type = PROBLEM_JSON)
+    )
+)]
+async fn get_report(
+    State(app): State<AppState>,
+    Path(raw): Path<String>,
+) -> Result<Response, ApiError> {
+    let job = find(&app, &raw)?;
+    require_succeeded(&job)?;
+    let jobs = Arc::clone(&app.jobs);
+    let id = job.id.clone();
+    let data = blocking(move || {
+        jobs.blobs()
+            .read(&id, BlobKind::Report)
+            .map_err(|e| ApiError::internal(format!("reading the report of {id}: {e}")))
+    })
+    .await?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], data).into_response())
+}
+
+/// Health or readiness status.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Status {
+    /// `ok` (live) or `ready`.
+    pub status: String,
+}
+
+/// Liveness: the process is up (does not touch storage).
+#[utoipa::path(
+    get,
+    path = HEALTH_PATH,
+    operation_id = "healthz",
+    tag = "service",
+    responses(
+        (status = 200, description = "Alive.", body = Status),
+        (status = "5XX", description = "Server error.", body = Problem, content_type = PROBLEM_JSON)
+    )
+)]
+async fn healthz() -> Json<Status> {
+    Json(Status {
+        status: "ok".into(),
+    })
+}
+
+/// Readiness: accepting jobs (not draining, data directory writable); 503 problem otherwise.
+#[utoipa::path(
+    get,
+    path = READY_PATH,
+    operation_id = "readyz",
+    tag = "service",
+    responses(
+        (status = 200, description = "Ready.", body = Status),
+        (status = "5XX", description = "Not ready (503) or server error.", body = Problem, content_type = PROBLEM_JSON)
+    )
+)]
+async fn readyz(State(app): State<AppState>) -> Result<Json<Status>, ApiError> {
+    let jobs = Arc::clone(&app.jobs);
+    blocking(move || {
+        jobs.ready().map_err(|reason| {
+            let draining = reason == "draining";
+            let e = ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                if draining { "draining" } else { "not_ready" },
+                if draining {
+                    "shutting down"
+                } else {
+                    "storage is not writable"
+                },
+            );
+            if !draining {
+                tracing::warn!("readiness: {reason}");
+            }
+            e
+        })
+    })
+    .await?;
+    Ok(Json(Status {
+        status: "ready".into(),
+    }))
+}
+
+/// Prometheus metrics (text exposition format 0.0.4).
+#[utoipa::path(
+    get,
+    path = METRICS_PATH,
+    operation_id = "metrics",
+    tag = "service",
+    responses(
+        (status = 200, description = "Metrics.", body = String, content_type = "text/plain; version=0.0.4"),
+        (status = "5XX", description = "Server error.", body = Problem, content_type = PROBLEM_JSON)
+    )
+)]
+async fn metrics(State(app): State<AppState>) -> Response {
+    let (queued, running) = app.jobs.counts();
+    let text = app.jobs.metrics().render(queued, running, app.workers);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}

@@ -1,0 +1,153 @@
+//! The bounded worker pool: `workers` dedicated OS threads take jobs from the queue and run the
+//! core on them, never on the async runtime.
+//!
+//! Each run reads the stored upload into [`Bytes`], decodes it and calls [`crate::run`], the
+//! same entry point as `onnx-cle equalize`, so a job's model is byte for byte the CLI's. A
+//! panic inside a run is caught and becomes a failed job (`internal_error`); the thread keeps
+//! serving. Cancellation is cooperative through [`crate::Control::cancel`].
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use axum::http::StatusCode;
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+
+use super::job::JobResult;
+use super::jobs::{Claim, Jobs, Outcome};
+use super::problem::Problem;
+use super::store::BlobKind;
+use crate::{Control, CoreError, Options, Output};
+
+/// What a worker runs on an upload: the core by default ([`run_core`]), a stand-in in tests.
+pub type Engine = dyn Fn(Bytes, &Options, &AtomicBool, &(dyn Fn(&str) + Sync)) -> crate::Result<Output>
+    + Send
+    + Sync;
+
+/// Decodes the upload and runs the core, exactly as the CLI does.
+pub fn run_core(
+    input: Bytes,
+    options: &Options,
+    cancel: &AtomicBool,
+    progress: &(dyn Fn(&str) + Sync),
+) -> crate::Result<Output> {
+    let mut model = crate::onnx::decode(input.clone())?;
+    crate::onnx::resolve_external_data(&mut model, None)?;
+    let ctl = Control {
+        progress: Some(progress),
+        cancel: Some(cancel),
+    };
+    crate::run(model, Some(input), options, None, ctl)
+}
+
+/// The running worker threads.
+pub struct Pool {
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Pool {
+    /// Starts `n` workers.
+    pub fn start(jobs: Arc<Jobs>, engine: Arc<Engine>, n: usize) -> std::io::Result<Pool> {
+        let mut threads = Vec::with_capacity(n);
+        for i in 0..n {
+            let jobs = Arc::clone(&jobs);
+            let engine = Arc::clone(&engine);
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("cle-worker-{i}"))
+                    .spawn(move || {
+                        while let Some(claim) = jobs.claim() {
+                            process(&jobs, engine.as_ref(), claim);
+                        }
+                    })?,
+            );
+        }
+        Ok(Pool { threads })
+    }
+
+    /// Whether every worker thread has exited.
+    pub fn is_finished(&self) -> bool {
+        self.threads.iter().all(JoinHandle::is_finished)
+    }
+
+    /// Waits for the workers to exit (after [`Jobs::stop_claiming`]).
+    pub fn join(self) {
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+fn internal(detail: &str) -> Problem {
+    Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", detail)
+}
+
+fn process(jobs: &Jobs, engine: &Engine, claim: Claim) {
+    let id = claim.id.clone();
+    tracing::info!(job = %id, "run started");
+    let input = match jobs.blobs().read(&id, BlobKind::Input) {
+        Ok(data) => Bytes::from(data),
+        Err(e) => {
+            tracing::error!(job = %id, "cannot read the upload: {e}");
+            jobs.finish(
+                &id,
+                Outcome::Failed(internal("the uploaded model could not be read")),
+            );
+            return;
+        }
+    };
+    let progress = |stage: &str| jobs.set_stage(&id, stage);
+    let ran = catch_unwind(AssertUnwindSafe(|| {
+        engine(input, &claim.options, &claim.cancel, &progress)
+    }));
+    let outcome = match ran {
+        Ok(Ok(out)) => match store_results(jobs, &claim, &out) {
+            Ok(result) => Outcome::Succeeded(result),
+            Err(e) => {
+                tracing::error!(job = %id, "cannot store the results: {e}");
+                Outcome::Failed(internal("the results could not be stored"))
+            }
+        },
+        Ok(Err(CoreError::Canceled)) => Outcome::Canceled,
+        Ok(Err(e)) => {
+            if matches!(e, CoreError::Io { .. }) {
+                tracing::error!(job = %id, "{e}");
+            }
+            Outcome::Failed(Problem::from_core(&e))
+        }
+        Err(panic) => {
+            let msg = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            tracing::error!(job = %id, "the run panicked: {msg}");
+            Outcome::Failed(internal("internal error while running the job"))
+        }
+    };
+    tracing::info!(job = %id, outcome = outcome_name(&outcome), "run ended");
+    jobs.finish(&id, outcome);
+}
+
+fn outcome_name(o: &Outcome) -> &'static str {
+    match o {
+        Outcome::Succeeded(_) => "succeeded",
+        Outcome::Failed(_) => "failed",
+        Outcome::Canceled => "canceled",
+    }
+}
+
+fn store_results(jobs: &Jobs, claim: &Claim, out: &Output) -> std::io::Result<JobResult> {
+    let report = serde_json::to_vec_pretty(&out.report).map_err(std::io::Error::other)?;
+    jobs.blobs().put(&claim.id, BlobKind::Report, &report)?;
+    jobs.blobs().put(&claim.id, BlobKind::Model, &out.model)?;
+    Ok(JobResult {
+        model_bytes: out.model.len() as u64,
+        model_sha256: hex::encode(Sha256::digest(&out.model)),
+        function_changed: out.report.function_changed,
+        verification: out.report.verification.status,
+        max_rel_l2: out.report.verification.max_rel_l2,
+    })
+}
