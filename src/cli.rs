@@ -50,6 +50,9 @@ pub struct EqualizeArgs {
     /// Write the JSON report here.
     #[arg(long)]
     report: Option<PathBuf>,
+    /// Write the visual report (a self-contained HTML page) here.
+    #[arg(long)]
+    html: Option<PathBuf>,
     /// Start op (node or tensor name); repeatable. Only nodes downstream are touched.
     #[arg(long = "start")]
     start: Vec<String>,
@@ -195,6 +198,11 @@ pub fn equalize(a: EqualizeArgs) -> ExitCode {
             Err(e) => return fail(exit::INTERNAL, e),
         };
         if let Err(e) = std::fs::write(path, json) {
+            return fail(exit::IO, format!("{}: {e}", path.display()));
+        }
+    }
+    if let Some(path) = &a.html {
+        if let Err(e) = std::fs::write(path, onnx_cle::html::render(&out.report)) {
             return fail(exit::IO, format!("{}: {e}", path.display()));
         }
     }

@@ -18,6 +18,7 @@
 pub mod consteval;
 pub mod error;
 pub mod graph;
+pub mod html;
 pub mod layout;
 pub mod onnx;
 pub mod options;
