@@ -15,6 +15,7 @@
 
 #![warn(missing_docs)]
 
+pub mod builder;
 pub mod consteval;
 pub mod error;
 pub mod graph;

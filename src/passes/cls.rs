@@ -372,7 +372,9 @@ pub fn run(cx: &mut Ctx) -> crate::Result<()> {
                 .iter()
                 .map(|l| cx.work.label(l.node).to_string())
                 .collect();
-            if let Some(reason) = set_problem(cx, &layers) {
+            if let Some(reason) =
+                set_problem(cx, &layers).or_else(|| axis_problem(cx, &layers, &throughs))
+            {
                 cx.skip(PASS, labels, reason.0, reason.1);
                 continue;
             }
@@ -470,6 +472,42 @@ pub fn run(cx: &mut Ctx) -> crate::Result<()> {
         });
     }
     Ok(())
+}
+
+/// `MatMul` scales its last axis, `Conv`/`ConvTranspose` axis 1 (a 2-D `Gemm` both): a pair
+/// mixing them is only valid once the activation is 2-D (Flatten/Reshape after a global pool).
+fn axis_problem(
+    cx: &Ctx,
+    layers: &[Layer],
+    throughs: &[Vec<usize>],
+) -> Option<(&'static str, String)> {
+    let conv = |l: &Layer| matches!(l.layout.op, LayerOp::Conv | LayerOp::ConvTranspose);
+    let mm = |l: &Layer| l.layout.op == LayerOp::MatMul;
+    for (w, through) in layers.windows(2).zip(throughs) {
+        let has = |ops: &[&str]| {
+            through
+                .iter()
+                .any(|&t| ops.contains(&cx.work.node(t).op_type()))
+        };
+        let flat = has(&["Flatten", "Reshape"]);
+        let pooled = has(&[
+            "MaxPool",
+            "AveragePool",
+            "GlobalAveragePool",
+            "GlobalMaxPool",
+        ]);
+        if (mm(&w[0]) && (conv(&w[1]) || pooled || flat)) || (conv(&w[0]) && mm(&w[1]) && !flat) {
+            return Some((
+                "channel_axis_mismatch",
+                format!(
+                    "{} and {} scale different axes (MatMul: last, Conv: 1)",
+                    cx.work.label(w[0].node),
+                    cx.work.label(w[1].node)
+                ),
+            ));
+        }
+    }
+    None
 }
 
 fn set_problem(cx: &Ctx, layers: &[Layer]) -> Option<(&'static str, String)> {

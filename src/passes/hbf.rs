@@ -177,6 +177,19 @@ fn absorb_exact(cx: &mut Ctx, pair: &ScaledPair, n1: usize, n2: usize) -> Absorb
         None => vec![0.0; l1.layout.out_channels()],
     };
     let neg = l1.layout.min_response(&w1, &hi);
+    // A Gemm's pre-activation is `alpha·W1·x + beta·b1`.
+    let (b1, neg): (Vec<f32>, Vec<f32>) = match l1.layout.op {
+        crate::layout::LayerOp::Gemm { .. } => {
+            let node = cx.work.node(n1);
+            let alpha = crate::onnx::attr::float(node, "alpha").unwrap_or(1.0);
+            let beta = crate::onnx::attr::float(node, "beta").unwrap_or(1.0);
+            (
+                b1.iter().map(|v| v * beta).collect(),
+                neg.iter().map(|v| v * alpha).collect(),
+            )
+        }
+        _ => (b1, neg),
+    };
     let upper: Option<Vec<f32>> = (act == "Clip")
         .then(|| {
             cx.state
@@ -246,16 +259,31 @@ fn shift(
         .data
         .clone();
     let corr = l2.layout.kernel_sum_times(&w2, c);
+    // Gemm computes `alpha·A·B + beta·C`: the bias moves the output by `beta·Δb`, an input shift
+    // moves it by `alpha·ΔA·B` (1 for every other layer; dividing by 1 is exact).
+    let gemm = |l: &super::Layer, a: &str| match l.layout.op {
+        crate::layout::LayerOp::Gemm { .. } => {
+            crate::onnx::attr::float(cx.work.node(l.node), a).unwrap_or(1.0)
+        }
+        _ => 1.0,
+    };
+    let (beta1, alpha2, beta2) = (gemm(l1, "beta"), gemm(l2, "alpha"), gemm(l2, "beta"));
+    if beta1 == 0.0 || beta2 == 0.0 {
+        return Err((
+            "gemm_beta_zero",
+            "a Gemm ignores its bias (beta = 0)".into(),
+        ));
+    }
     let b1_name = ensure_bias(cx, l1)?;
     let b2_name = ensure_bias(cx, l2)?;
     let mut b1 = cx.work.take(&b1_name).map_err(|e| ("bias_unreadable", e))?;
     for (v, k) in b1.data.iter_mut().zip(c) {
-        *v -= k;
+        *v -= k / beta1;
     }
     cx.work.put(&b1_name, b1);
     let mut b2 = cx.work.take(&b2_name).map_err(|e| ("bias_unreadable", e))?;
     for (v, k) in b2.data.iter_mut().zip(&corr) {
-        *v += k;
+        *v += k * alpha2 / beta2;
     }
     cx.work.put(&b2_name, b2);
     Ok(())

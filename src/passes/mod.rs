@@ -175,7 +175,12 @@ pub fn layer_of(work: &mut Work, i: usize) -> Result<Layer, NotALayer> {
         return Err(("invalid_node", "MatMul needs two inputs".into()));
     }
     if matches!(op, LayerOp::Gemm { .. }) && attr::int(node, "transA").unwrap_or(0) != 0 {
-        // transA only changes A's layout, not B's; accepted.
+        // With transA the contraction runs over A's rows (the batch axis), not over the channel
+        // axis a BN or the previous layer scales: input-side folds and scaling would be wrong.
+        return Err((
+            "gemm_trans_a",
+            "Gemm with transA contracts over the batch axis, not the channels".into(),
+        ));
     }
     let weight = work.input(i, 1).to_string();
     let bias = match op {

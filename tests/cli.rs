@@ -1,0 +1,178 @@
+//! The real `onnx-cle` binary, as a user runs it.
+//!
+//! Proves that `onnx-cle equalize tiny.onnx -o OUT --report R` exits 0 and writes a decodable
+//! model and a JSON report (BN folded, CLS sets, verified by tract); that `--steps`, `--relu6`,
+//! `--compat aimet` and `--no-verify` are accepted and land in the report's options; and the
+//! documented exit codes: 3 for a file that is not ONNX, 4 for an unknown `--start` name (with
+//! "did you mean" suggestions on stderr), 5 for an input path that cannot be read.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use onnx_cle::builder::{ConvSpec, ModelBuilder};
+
+const BIN: &str = env!("CARGO_BIN_EXE_onnx-cle");
+
+/// A fresh scratch folder for one test.
+fn scratch(test: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("onnx-cle-cli-{}-{test}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn run(args: &[&str]) -> Output {
+    Command::new(BIN).args(args).output().expect("run onnx-cle")
+}
+
+fn code(o: &Output) -> i32 {
+    o.status.code().expect("exit code")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn p(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+/// A small model written to `dir/small.onnx`.
+fn small_model(dir: &Path) -> PathBuf {
+    let mut b = ModelBuilder::new(13).seed(5);
+    let x = b.batched_input("x", "N", &[3, 8, 8]);
+    let y = b.conv("conv_first", &x, &ConvSpec::new(3, 8, &[3, 3]).same_pads());
+    let y = b.batch_norm("bn_first", &y, 8);
+    let y = b.relu("relu_first", &y);
+    let y = b.conv("conv_second", &y, &ConvSpec::new(8, 4, &[1, 1]));
+    b.output(&y);
+    let path = dir.join("small.onnx");
+    std::fs::write(&path, b.build_bytes()).unwrap();
+    path
+}
+
+fn report_json(path: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(path).expect("report written")).expect("report JSON")
+}
+
+#[test]
+fn equalize_tiny_writes_model_and_report() {
+    let Some(models) = common::shared_models("cli") else {
+        return;
+    };
+    let dir = scratch("tiny");
+    let (out, rep) = (dir.join("out.onnx"), dir.join("r.json"));
+    let o = run(&[
+        "equalize",
+        p(&models.join("tiny.onnx")),
+        "-o",
+        p(&out),
+        "--report",
+        p(&rep),
+    ]);
+    assert_eq!(code(&o), 0, "stderr: {}", stderr(&o));
+    let m = common::load(&out);
+    assert!(!m.graph.as_ref().unwrap().node.is_empty());
+    let r = report_json(&rep);
+    assert_eq!(r["bn_folds"].as_array().unwrap().len(), 3, "{r:#}");
+    assert!(!r["cls_sets"].as_array().unwrap().is_empty());
+    assert_eq!(r["verification"]["status"], "verified");
+    assert!(r["verification"]["max_rel_l2"].as_f64().unwrap() <= 1e-5);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn options_are_accepted() {
+    let dir = scratch("options");
+    let model = small_model(&dir);
+    let (out, rep) = (dir.join("out.onnx"), dir.join("r.json"));
+    let o = run(&[
+        "equalize",
+        p(&model),
+        "-o",
+        p(&out),
+        "--report",
+        p(&rep),
+        "--steps",
+        "bn_fold,cls",
+        "--relu6",
+        "keep",
+        "--no-verify",
+    ]);
+    assert_eq!(code(&o), 0, "stderr: {}", stderr(&o));
+    let r = report_json(&rep);
+    assert_eq!(r["options"]["steps"], serde_json::json!(["bn_fold", "cls"]));
+    assert_eq!(r["options"]["relu6"], "keep");
+    assert_eq!(r["verification"]["status"], "disabled");
+    assert_eq!(r["bn_folds"].as_array().unwrap().len(), 1);
+
+    let o = run(&[
+        "equalize",
+        p(&model),
+        "-o",
+        p(&out),
+        "--report",
+        p(&rep),
+        "--compat",
+        "aimet",
+    ]);
+    assert_eq!(code(&o), 0, "stderr: {}", stderr(&o));
+    let r = report_json(&rep);
+    assert_eq!(r["options"]["compat"], "aimet");
+    assert_eq!(r["options"]["relu6"], "replace");
+    assert_eq!(r["verification"]["status"], "verified");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn exit_code_3_for_a_file_that_is_not_onnx() {
+    let dir = scratch("not-onnx");
+    let bad = dir.join("notes.onnx");
+    std::fs::write(&bad, "this is not a protobuf model\n").unwrap();
+    let o = run(&["equalize", p(&bad), "-o", p(&dir.join("out.onnx"))]);
+    assert_eq!(code(&o), 3, "stderr: {}", stderr(&o));
+    assert!(stderr(&o).contains("error"), "{}", stderr(&o));
+    assert!(!dir.join("out.onnx").exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn exit_code_4_for_an_unknown_start_name_with_suggestions() {
+    let dir = scratch("unknown-start");
+    let model = small_model(&dir);
+    let o = run(&[
+        "equalize",
+        p(&model),
+        "-o",
+        p(&dir.join("out.onnx")),
+        "--start",
+        "conv_frist",
+    ]);
+    assert_eq!(code(&o), 4, "stderr: {}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("conv_frist"), "{err}");
+    assert!(err.contains("did you mean"), "{err}");
+    assert!(
+        err.contains("conv_first"),
+        "the closest name is suggested: {err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn exit_code_5_for_an_unreadable_input() {
+    let dir = scratch("unreadable");
+    let o = run(&[
+        "equalize",
+        p(&dir.join("does-not-exist.onnx")),
+        "-o",
+        p(&dir.join("out.onnx")),
+    ]);
+    assert_eq!(code(&o), 5, "stderr: {}", stderr(&o));
+    // A folder is not readable as a model either.
+    let o = run(&["equalize", p(&dir), "-o", p(&dir.join("out.onnx"))]);
+    assert_eq!(code(&o), 5, "stderr: {}", stderr(&o));
+    let _ = std::fs::remove_dir_all(&dir);
+}

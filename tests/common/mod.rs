@@ -1,0 +1,148 @@
+//! Helpers shared by the integration tests: locating `../shared/models`, running the pipeline
+//! with tract verification, and comparing f32 tensors in ULP.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use onnx_cle::onnx::{self, ModelProto, NodeProto, TensorProto};
+use onnx_cle::{Control, Options, Report};
+
+/// `<CARGO_MANIFEST_DIR>/../shared/models`, or `None` after printing a loud SKIPPED line.
+pub fn shared_models(test: &str) -> Option<PathBuf> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/models");
+    if dir.is_dir() {
+        Some(dir)
+    } else {
+        say(&format!(
+            "\n*** SKIPPED: ../shared/models not found ({test}: looked in {}) ***\n",
+            dir.display()
+        ));
+        None
+    }
+}
+
+/// Reads and decodes a model file.
+pub fn load(path: &std::path::Path) -> ModelProto {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    onnx::decode(bytes.into()).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Runs the whole job (equalize + encode + tract verification) and returns the equalized model
+/// and the report. Panics when the model could not be verified.
+pub fn run_verified(model: &ModelProto, opts: &Options) -> (ModelProto, Report) {
+    let mut opts = opts.clone();
+    opts.verify.enabled = true;
+    let out = onnx_cle::run(model.clone(), None, &opts, None, Control::default())
+        .unwrap_or_else(|e| panic!("equalize failed: {e}"));
+    let v = &out.report.verification;
+    assert_eq!(
+        v.status,
+        onnx_cle::report::VerifyStatus::Verified,
+        "not verified: {:?}",
+        v.reason
+    );
+    let m = onnx::decode(out.model.into()).expect("re-decode the equalized model");
+    (m, out.report)
+}
+
+/// Options running only `steps`, in default (non-AIMET) mode.
+pub fn steps(steps: &[onnx_cle::Step]) -> Options {
+    Options {
+        steps: steps.to_vec(),
+        ..Options::default()
+    }
+}
+
+/// The initializer named `name`.
+pub fn init<'a>(m: &'a ModelProto, name: &str) -> &'a TensorProto {
+    m.graph
+        .as_ref()
+        .unwrap()
+        .initializer
+        .iter()
+        .find(|t| t.name() == name)
+        .unwrap_or_else(|| panic!("no initializer `{name}`"))
+}
+
+/// f32 values of initializer `name`.
+pub fn values(m: &ModelProto, name: &str) -> Vec<f32> {
+    onnx::tensor::to_f32(init(m, name))
+        .unwrap_or_else(|e| panic!("`{name}`: {e}"))
+        .data
+}
+
+/// The node named `name`.
+pub fn node<'a>(m: &'a ModelProto, name: &str) -> &'a NodeProto {
+    m.graph
+        .as_ref()
+        .unwrap()
+        .node
+        .iter()
+        .find(|n| n.name() == name)
+        .unwrap_or_else(|| panic!("no node `{name}`"))
+}
+
+/// Distance in units in the last place between two finite f32 (0 for +0 / −0).
+pub fn ulp(a: f32, b: f32) -> u64 {
+    fn key(x: f32) -> i64 {
+        let i = x.to_bits() as i32 as i64;
+        if i < 0 {
+            i64::from(i32::MIN) - i
+        } else {
+            i
+        }
+    }
+    if a.is_nan() || b.is_nan() {
+        return if a.is_nan() && b.is_nan() {
+            0
+        } else {
+            u64::MAX
+        };
+    }
+    (key(a) - key(b)).unsigned_abs()
+}
+
+/// Worst ULP distance between two equally long slices.
+pub fn max_ulp(a: &[f32], b: &[f32]) -> u64 {
+    assert_eq!(a.len(), b.len(), "length");
+    a.iter().zip(b).map(|(&x, &y)| ulp(x, y)).max().unwrap_or(0)
+}
+
+/// `max |a − b| / max |b|` (0 when both are 0).
+pub fn rel_max(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len(), "length");
+    let num = a
+        .iter()
+        .zip(b)
+        .map(|(&x, &y)| (f64::from(x) - f64::from(y)).abs())
+        .fold(0f64, f64::max);
+    let den = b.iter().map(|&y| f64::from(y).abs()).fold(0f64, f64::max);
+    if num == 0.0 {
+        0.0
+    } else {
+        num / den
+    }
+}
+
+/// Sorted op types of the main graph (a multiset).
+pub fn op_multiset(m: &ModelProto) -> Vec<String> {
+    let mut v: Vec<String> = m
+        .graph
+        .as_ref()
+        .unwrap()
+        .node
+        .iter()
+        .map(|n| n.op_type().to_string())
+        .collect();
+    v.sort();
+    v
+}
+
+/// Writes one line straight to the process's stderr, bypassing libtest's output capture, so
+/// summaries show in plain `cargo test` output.
+pub fn say(line: &str) {
+    use std::io::Write;
+    let mut e = std::io::stderr().lock();
+    let _ = writeln!(e, "{line}");
+}

@@ -1,0 +1,49 @@
+//! External tools on our output: runs `scripts/check_onnxruntime.sh` with the freshly built
+//! binary, so plain `cargo test` covers it. The script equalizes `../shared/models/mobilenet_v2.onnx`
+//! (default options and `--compat aimet`), checks both results with
+//! `onnx.checker.check_model(full_check=True)`, and runs original and outputs in onnxruntime on
+//! the same random input: the default mode must stay within 1e-5 relative L2, and the AIMET mode
+//! must match AIMET's own `mobilenet_v2.aimet_cle.onnx` within 1e-4. It creates a throwaway venv
+//! (onnx 1.23.2, onnxruntime, numpy) under `$ONNX_CLE_VENV_DIR` (default
+//! `~/.cache/onnx-cle-venvs`) the first time.
+//!
+//! Skipped, loudly, when `python3` is missing or `../shared/models` is absent.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+#[test]
+fn onnx_checker_and_onnxruntime_accept_the_output() {
+    let Some(models) = common::shared_models("external_checks") else {
+        return;
+    };
+    if !models.join("mobilenet_v2.onnx").is_file() {
+        common::say(
+            "\n*** SKIPPED: external_checks: mobilenet_v2.onnx not in ../shared/models ***\n",
+        );
+        return;
+    }
+    if Command::new("python3").arg("--version").output().is_err() {
+        common::say("\n*** SKIPPED: external_checks: python3 not found ***\n");
+        return;
+    }
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new("bash")
+        .arg(root.join("scripts/check_onnxruntime.sh"))
+        .arg(env!("CARGO_BIN_EXE_onnx-cle"))
+        .env("ONNX_CLE_MODELS", &models)
+        .output()
+        .expect("run scripts/check_onnxruntime.sh");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "scripts/check_onnxruntime.sh failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+        out.status
+    );
+    for line in stdout.lines().filter(|l| l.contains("rel L2")) {
+        common::say(&format!("external_checks: {line}"));
+    }
+}

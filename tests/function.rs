@@ -1,0 +1,823 @@
+//! Function preservation on models built in Rust ([`onnx_cle::builder`]).
+//!
+//! For every construct below — Conv, ConvTranspose (group 1 and depthwise), Gemm with
+//! `transB` 0 and 1, Conv1d, depthwise and grouped (1 < g < C) convs, a residual `Add`, fan-out,
+//! a conv output that is also a graph output, PRelu, unnamed nodes, Clip bounds as initializers,
+//! opset-10 Clip attributes, Conv3d, MatMul with a constant weight, BN → Conv forward folds,
+//! BN → Flatten → Gemm, crossing `Pad(0)`, `LeakyRelu`, `Identity` and `Dropout`, shared
+//! weights, and BNs that cannot be folded — this proves that:
+//! - BN fold alone (`steps = [bn_fold]`), CLS alone (`steps = [cls]`) and the default full
+//!   pipeline each change the outputs **tract** computes (original vs rewritten model, seeded
+//!   random inputs) by at most 1e-5 relative L2, on every output. BN statistics are random
+//!   (γ ∈ [0.2, 2], β ∈ [-1, 1], var ∈ [0.2, 2]), so every fold is non-trivial;
+//! - CLS really scaled the layers it should (`report.cls_sets`, with a scale factor ≠ 1), and
+//!   never used a layer whose output must not be rescaled as the first layer of a pair;
+//! - every construct that must be left alone is in `report.skipped` with its reason code;
+//! - with `compat = aimet` and AIMET's ReLU6 `replace`, the function does change, and the
+//!   report says so (`function_changed`).
+
+mod common;
+
+use onnx_cle::builder::{BnSpec, ClipForm, ConvSpec, Dim, GemmSpec, ModelBuilder};
+use onnx_cle::onnx::ModelProto;
+use onnx_cle::report::{FoldDirection, Relu6Action};
+use onnx_cle::{Options, Report, Step};
+
+/// The largest relative L2 deviation a function-preserving run may cause.
+const MAX_REL_L2: f64 = 1e-5;
+
+/// What the full pipeline must have done on a case.
+#[derive(Default)]
+struct Expect {
+    /// Each entry must be the `layers` of one CLS set of the full run.
+    sets: Vec<Vec<&'static str>>,
+    /// Layers that must never be `layer1` of a scaled pair (their outputs must not change).
+    not_layer1: Vec<&'static str>,
+    /// `(bn, layer, direction)` folds that must be reported.
+    folds: Vec<(&'static str, &'static str, FoldDirection)>,
+    /// `(pass, node, reason)` skips that must be reported.
+    skips: Vec<(&'static str, &'static str, &'static str)>,
+    /// Op types that must appear in some scaled pair's `through` list.
+    through: Vec<&'static str>,
+    /// The CLS-only run must scale something too (no BN between the layers).
+    cls_alone_scales: bool,
+}
+
+fn run_case(name: &str, model: &ModelProto, expect: &Expect) -> Report {
+    let runs = [
+        ("bn_fold", common::steps(&[Step::BnFold])),
+        ("cls", common::steps(&[Step::Cls])),
+        ("full", Options::default()),
+    ];
+    let mut full = None;
+    let mut line = format!("function {name:<26}");
+    for (label, opts) in runs {
+        let (_, report) = common::run_verified(model, &opts);
+        for o in &report.verification.outputs {
+            assert!(
+                o.rel_l2 <= MAX_REL_L2,
+                "{name} [{label}]: output `{}` rel L2 {:.3e} > {MAX_REL_L2:e} (max abs {:.3e})",
+                o.name,
+                o.rel_l2,
+                o.max_abs_err
+            );
+        }
+        let worst = report.verification.max_rel_l2.unwrap_or(0.0);
+        line += &format!(" {label}: {worst:.1e} ({} sets)", report.cls_sets.len());
+        if label == "cls" && expect.cls_alone_scales {
+            assert!(
+                scaled_something(&report),
+                "{name} [cls]: CLS alone scaled nothing; skipped: {:#?}",
+                report.skipped
+            );
+        }
+        if label == "full" {
+            full = Some(report);
+        }
+    }
+    common::say(&line);
+    let r = full.unwrap();
+    check_expect(name, &r, expect);
+    r
+}
+
+fn scaled_something(r: &Report) -> bool {
+    r.cls_sets
+        .iter()
+        .flat_map(|s| &s.pairs)
+        .any(|p| p.scale.iter().any(|&s| s != 1.0))
+}
+
+fn check_expect(name: &str, r: &Report, e: &Expect) {
+    for want in &e.sets {
+        assert!(
+            r.cls_sets.iter().any(|s| s.layers == *want),
+            "{name}: no CLS set {want:?}; sets: {:?}; skipped: {:#?}",
+            r.cls_sets.iter().map(|s| &s.layers).collect::<Vec<_>>(),
+            r.skipped
+        );
+    }
+    if !e.sets.is_empty() {
+        assert!(scaled_something(r), "{name}: every scale factor is 1");
+    }
+    for l in &e.not_layer1 {
+        assert!(
+            !r.cls_sets
+                .iter()
+                .flat_map(|s| &s.pairs)
+                .any(|p| p.layer1 == *l),
+            "{name}: `{l}`'s outputs were rescaled"
+        );
+    }
+    for (bn, layer, dir) in &e.folds {
+        assert!(
+            r.bn_folds
+                .iter()
+                .any(|f| f.bn == *bn && f.layer == *layer && f.direction == *dir),
+            "{name}: no fold {bn} → {layer} ({dir:?}); folds: {:?}; skipped: {:#?}",
+            r.bn_folds
+                .iter()
+                .map(|f| (&f.bn, &f.layer, f.direction))
+                .collect::<Vec<_>>(),
+            r.skipped
+        );
+    }
+    for (pass, node, reason) in &e.skips {
+        assert!(
+            r.skipped.iter().any(|s| s.pass == *pass
+                && s.reason == *reason
+                && s.nodes.iter().any(|n| n == node)),
+            "{name}: no `{pass}` skip of `{node}` with reason `{reason}`; skipped: {:#?}",
+            r.skipped
+        );
+    }
+    for op in &e.through {
+        assert!(
+            r.cls_sets
+                .iter()
+                .flat_map(|s| &s.pairs)
+                .flat_map(|p| &p.through)
+                .any(|t| t.contains(op)),
+            "{name}: no pair scaled across a {op}; sets: {:#?}",
+            r.cls_sets
+        );
+    }
+}
+
+/// `conv → BN → Relu`.
+fn cbr(b: &mut ModelBuilder, name: &str, x: &str, spec: &ConvSpec) -> String {
+    let y = b.conv(name, x, spec);
+    let y = b.batch_norm(&format!("{name}_bn"), &y, spec.out_channels);
+    b.relu(&format!("{name}_relu"), &y)
+}
+
+fn input4(b: &mut ModelBuilder, c: usize) -> String {
+    b.batched_input("x", "N", &[c, 8, 8])
+}
+
+#[test]
+fn conv_chain() {
+    let mut b = ModelBuilder::new(13).seed(1);
+    let x = input4(&mut b, 3);
+    let y = cbr(&mut b, "c1", &x, &ConvSpec::new(3, 8, &[3, 3]).same_pads());
+    let y = cbr(&mut b, "c2", &y, &ConvSpec::new(8, 8, &[3, 3]).same_pads());
+    let y = b.conv("c3", &y, &ConvSpec::new(8, 4, &[1, 1]));
+    b.output(&y);
+    run_case(
+        "conv_chain",
+        &b.build(),
+        &Expect {
+            sets: vec![vec!["c1", "c2"], vec!["c2", "c3"]],
+            folds: vec![
+                ("c1_bn", "c1", FoldDirection::Backward),
+                ("c2_bn", "c2", FoldDirection::Backward),
+            ],
+            through: vec!["c1_relu"],
+            ..Default::default()
+        },
+    );
+}
+
+#[test]
+fn conv_chain_cls_alone() {
+    // No BN between the layers, so CLS alone has chains to scale.
+    let mut b = ModelBuilder::new(13).seed(2);
+    let x = input4(&mut b, 3);
+    let y = b.conv("c1", &x, &ConvSpec::new(3, 8, &[3, 3]).same_pads());
+    let y = b.relu("r1", &y);
+    let y = b.conv("c2", &y, &ConvSpec::new(8, 8, &[3, 3]).same_pads());
+    let y = b.relu("r2", &y);
+    let y = b.conv("c3", &y, &ConvSpec::new(8, 4, &[1, 1]));
+    b.output(&y);
+    run_case(
+        "conv_chain_cls_alone",
+        &b.build(),
+        &Expect {
+            sets: vec![vec!["c1", "c2"], vec!["c2", "c3"]],
+            cls_alone_scales: true,
+            ..Default::default()
+        },
+    );
+}
+
+#[test]
+fn conv_transpose_group1() {
+    let mut b = ModelBuilder::new(13).seed(3);
+    let x = input4(&mut b, 4);
+    let y = cbr(&mut b, "c1", &x, &ConvSpec::new(4, 8, &[3, 3]).same_pads());
+    let y = cbr(
+        &mut b,
+        "ct",
+        &y,
+        &ConvSpec::transposed(8, 6, &[2, 2]).strides(&[2, 2]),
+    );
+    let y = b.conv("c3", &y, &ConvSpec::new(6, 4, &[3, 3]).same_pads());
+    b.output(&y);
+    run_case(
+        "conv_transpose_group1",
+        &b.build(),
+        &Expect {
+            sets: vec![vec!["c1", "ct"], vec!["ct", "c3"]],
+            folds: vec![("ct_bn", "ct", FoldDirection::Backward)],
+            ..Default::default()
+        },
+    );
+}
+
+#[test]
+fn conv_transpose_depthwise() {
+    let mut b = ModelBuilder::new(13).seed(4);
+    let x = input4(&mut b, 4);
+    let y = cbr(&mut b, "c1", &x, &ConvSpec::new(4, 8, &[1, 1]));
+    let y = cbr(
+        &mut b,
+        "dwt",
+        &y,
+        &ConvSpec::transposed(8, 8, &[3, 3]).group(8).same_pads(),
+    );
+    let y = b.conv("c3", &y, &ConvSpec::new(8, 4, &[1, 1]));
+    b.output(&y);
+    run_case(
+        "conv_transpose_depthwise",
+        &b.build(),
+        &Expect {
+            sets: vec![vec!["c1", "dwt", "c3"]],
+            folds: vec![("dwt_bn", "dwt", FoldDirection::Backward)],
+            ..Default::default()
+        },
+    );
+}
+
+fn gemm_case(name: &str, seed: u64, trans_b: bool) {
+    let mut b = ModelBuilder::new(13).seed(seed);
+    let x = b.batched_input("x", "N", &[16]);
+    let y = b.gemm("g1", &x, &GemmSpec::new(16, 8).trans_b(trans_b));
+    let y = b.batch_norm("g1_bn", &y, 8);
+    let y = b.relu("g1_relu", &y);
+    let y = b.gemm("g2", &y, &GemmSpec::new(8, 8).trans_b(!trans_b));
+    let y = b.relu("g2_relu", &y);
+    let y = b.gemm("g3", &y, &GemmSpec::new(8, 4).trans_b(trans_b));
+    b.output(&y);
+    run_case(
+        name,
+        &b.build(),
+        &Expect {
+            sets: vec![vec!["g1", "g2"], vec!["g2", "g3"]],
+            folds: vec![("g1_bn", "g1", FoldDirection::Backward)],
+            ..Default::default()
+        },
+    );
+}
+
+#[test]
+fn gemm_trans_b_1() {
+    gemm_case("gemm_trans_b_1", 5, true);
+}
+
+#[test]
+fn gemm_trans_b_0() {
+    gemm_case("gemm_trans_b_0", 6, false);
+}
+
+#[test]
+fn conv1d() {
+    let mut b = ModelBuilder::new(13).seed(7);
+    let x = b.batched_input("x", "N", &[4, 16]);
+    let y = cbr(&mut b, "c1", &x, &ConvSpec::new(4, 8, &[3]).same_pads());
+    let y = cbr(&mut b, "c2", &y, &ConvSpec::new(8, 8, &[3]).same_pads());
+    let y = b.conv("c3", &y, &ConvSpec::new(8, 4, &[1]));
+    b.output(&y);
+    run_case(
+        "conv1d",
+        &b.build(),
+        &Expect {
+            sets: vec![vec!["c1", "c2"], vec!["c2", "c3"]],
+            folds: vec![("c1_bn", "c1", FoldDirection::Backward)],
+            ..Default::default()
+        },
+    );
+}
+
+#[test]
+fn depthwise_triple() {
+    let mut b = ModelBuilder::new(13).seed(8);
+    let x = input4(&mut b, 4);
+    let y = cbr(&mut b, "pw1", &x, &ConvSpec::new(4, 8, &[1, 1]));
+    let y = cbr(
+        &mut b,
+        "dw",
+        &y,
+        &ConvSpec::depthwise(8, &[3, 3]).same_pads(),
+    );
+    let y = b.conv("pw2", &y, &ConvSpec::new(8, 8, &[1, 1]));
+    let y = b.batch_norm("pw2_bn", &y, 8);
+    b.output(&y);
+    run_case(
+        "depthwise_triple",
+        &b.build(),
+        &Expect {
+            sets: vec![vec!["pw1", "dw", "pw2"]],
+            folds: vec![
+                ("dw_bn", "dw", FoldDirection::Backward),
+                ("pw2_bn", "pw2", FoldDirection::Backward),
+            ],
+            ..Default::default()
+        },
+    );
+}
+
+#[test]
+fn grouped_conv() {
+    let mut b = ModelBuilder::new(13).seed(9);
+    let x = input4(&mut b, 4);
+    let y = cbr(&mut b, "c1", &x, &ConvSpec::new(4, 8, &[1, 1]));
+    let y = cbr(
+        &mut b,
+        "g2",
+        &y,
+        &ConvSpec::new(8, 8, &[3, 3]).group(2).same_pads(),
+    );
+    let y = b.conv("c3", &y, &ConvSpec::new(8, 4, &[1, 1]));
+    b.output(&y);
+    let model = b.build();
+    run_case(
+        "grouped_conv",
+        &model,
+        &Expect {
+            sets: vec![vec!["c1", "g2"], vec!["g2", "c3"]],
+            folds: vec![("g2_bn", "g2", FoldDirection::Backward)],
+            ..Default::default()
+        },
+    );
+    // AIMET's rule (and compat mode): a grouped conv is unsupported for CLS.
+    let (_, r) = common::run_verified(
+        &model,
+        &Options {
+            steps: vec![Step::BnFold, Step::Cls],
+            ..Options::aimet()
+        },
+    );
+    assert!(r.cls_sets.is_empty());
+    assert!(r
+        .skipped
+        .iter()
+        .any(|s| s.pass == "cls" && s.reason == "grouped_conv" && s.nodes == ["g2"]));
+}
+
+#[test]
+fn residual_add() {
+    let mut b = ModelBuilder::new(13).seed(10);
+    let x = input4(&mut b, 4);
+    let a = cbr(&mut b, "c1", &x, &ConvSpec::new(4, 8, &[3, 3]).same_pads());
+    let y = cbr(&mut b, "c2", &a, &ConvSpec::new(8, 8, &[3, 3]).same_pads());
+    let y = b.conv("c3", &y, &ConvSpec::new(8, 8, &[1, 1]));
+    let y = b.batch_norm("c3_bn", &y, 8);
+    let y = b.add("add", &a, &y);
+    let y = b.relu("add_relu", &y);
+    let y = b.conv("c4", &y, &ConvSpec::new(8, 4, &[1, 1]));
+    b.output(&y);
+    run_case(
+        "residual_add",
+        &b.build(),
+        &Expect {
+            sets: vec![vec!["c2", "c3"]],
+            not_layer1: vec!["c1", "c3"],
+            folds: vec![("c3_bn", "c3", FoldDirection::Backward)],
+            ..Default::default()
+        },
+    );
+}
+
+#[test]
+fn fan_out() {
+    // c1 feeds both a BN and a Relu: the BN cannot fold into c1 (its output has two uses) nor
+    // forward into c2 (c2 pads), and c1 must never be rescaled.
+    let mut b = ModelBuilder::new(13).seed(11);
+    let x = input4(&mut b, 4);
+    let a = b.conv("c1", &x, &ConvSpec::new(4, 8, &[1, 1]));
+    let p = b.batch_norm("bn_fan", &a, 8);
+    let p = b.conv("c2", &p, &ConvSpec::new(8, 8, &[3, 3]).same_pads());
+    let q = b.relu("r", &a);
+    let q = b.conv("c3", &q, &ConvSpec::new(8, 8, &[1, 1]));
+    let y = b.add("add", &p, &q);
+    b.output(&y);
+    run_case(
+        "fan_out",
+        &b.build(),
+        &Expect {
+            not_layer1: vec!["c1"],
+            skips: vec![("bn_fold", "bn_fan", "fan_out")],
+            ..Default::default()
+        },
+    );
+}
+
+#[test]
+fn conv_output_is_graph_output() {
+    let mut b = ModelBuilder::new(13).seed(12);
+    let x = input4(&mut b, 4);
+    let y = b.conv("c0", &x, &ConvSpec::new(4, 8, &[3, 3]).same_pads());
+    let y = b.relu("r0", &y);
+    let a = b.conv("c1", &y, &ConvSpec::new(8, 8, &[1, 1]));
+    b.output(&a);
+    let y = b.batch_norm("c1_bn", &a, 8);
+    let y = b.relu("r1", &y);
+    let y = b.conv("c2", &y, &ConvSpec::new(8, 4, &[1, 1]));
+    b.output(&y);
+    let r = run_case(
+        "conv_output_is_graph_output",
+        &b.build(),
+        &Expect {
+            sets: vec![vec!["c0", "c1"]],
+            not_layer1: vec!["c1"],
+            skips: vec![("bn_fold", "c1_bn", "fan_out")],
+            cls_alone_scales: true,
+            ..Default::default()
+        },
+    );
+    assert_eq!(r.verification.outputs.len(), 2);
+}
+
+#[test]
+fn prelu() {
+    let mut b = ModelBuilder::new(13).seed(13);
+    let x = input4(&mut b, 4);
+    let y = b.conv("c1", &x, &ConvSpec::new(4, 8, &[3, 3]).same_pads());
+    let y = b.batch_norm("c1_bn", &y, 8);
+    let y = b.prelu("p1", &y, 8, 4);
+    let y = b.conv("c2", &y, &ConvSpec::new(8, 8, &[3, 3]).same_pads());
+    let y = b.prelu("p2", &y, 8, 4);
+    let y = b.conv("c3", &y, &ConvSpec::new(8, 4, &[1, 1]));
+    b.output(&y);
+    run_case(
+        "prelu",
+        &b.build(),
+        &Expect {
+            sets: vec![vec!["c1", "c2"], vec!["c2", "c3"]],
+            through: vec!["p1", "p2"],
+            cls_alone_scales: true,
+            ..Default::default()
+        },
+    );
+}
+
+#[test]
+fn unnamed_nodes() {
+    let mut b = ModelBuilder::new(13).seed(14);
+    let x = input4(&mut b, 4);
+    let y = b.conv("", &x, &ConvSpec::new(4, 8, &[3, 3]).same_pads());
+    let y = b.batch_norm("", &y, 8);
+    let y = b.relu("", &y);
+    let y = b.conv("", &y, &ConvSpec::new(8, 8, &[3, 3]).same_pads());
+    let y = b.batch_norm("", &y, 8);
+    let y = b.relu("", &y);
+    let y = b.conv("", &y, &ConvSpec::new(8, 4, &[1, 1]));
+    b.output(&y);
+    let m = b.build();
+    assert!(m
+        .graph
+        .as_ref()
+        .unwrap()
+        .node
+        .iter()
+        .all(|n| n.name.is_none()));
+    let r = run_case("unnamed_nodes", &m, &Expect::default());
+    assert_eq!(r.bn_folds.len(), 2, "both unnamed BNs fold");
+    assert_eq!(r.cls_sets.len(), 2, "both unnamed pairs are scaled");
+    assert!(scaled_something(&r));
+}
+
+#[test]
+fn clip_bounds_as_initializers() {
+    let mut b = ModelBuilder::new(13).seed(15);
+    let x = input4(&mut b, 4);
+    let y = b.conv("c1", &x, &ConvSpec::new(4, 8, &[3, 3]).same_pads());
+    let y = b.batch_norm("c1_bn", &y, 8);
+    let y = b.clip("clip1", &y, Some(0.0), Some(6.0), ClipForm::Initializers);
+    let y = b.conv("c2", &y, &ConvSpec::new(8, 8, &[3, 3]).same_pads());
+    let y = b.batch_norm("c2_bn", &y, 8);
+    let y = b.clip("clip2", &y, Some(0.0), Some(6.0), ClipForm::Initializers);
+    let y = b.conv("c3", &y, &ConvSpec::new(8, 4, &[1, 1]));
+    b.output(&y);
+    let r = run_case(
+        "clip_bounds_as_initializers",
+        &b.build(),
+        &Expect {
+            sets: vec![vec!["c1", "c2"], vec!["c2", "c3"]],
+            through: vec!["clip1", "clip2"],
+            ..Default::default()
+        },
+    );
+    for clip in ["clip1", "clip2"] {
+        assert!(
+            r.relu6
+                .iter()
+                .any(|d| d.node == clip && d.action == Relu6Action::RewrittenExact),
+            "{clip}: {:?}",
+            r.relu6
+        );
+    }
+}
+
+#[test]
+fn clip_opset10_attributes() {
+    let mut b = ModelBuilder::new(10).seed(16);
+    let x = input4(&mut b, 4);
+    let y = b.conv("c1", &x, &ConvSpec::new(4, 8, &[3, 3]).same_pads());
+    let y = b.batch_norm("c1_bn", &y, 8);
+    let y = b.clip("clip1", &y, Some(0.0), Some(6.0), ClipForm::Attributes);
+    let y = b.conv("c2", &y, &ConvSpec::new(8, 4, &[1, 1]));
+    b.output(&y);
+    let r = run_case(
+        "clip_opset10_attributes",
+        &b.build(),
+        &Expect {
+            sets: vec![vec!["c1", "c2"]],
+            through: vec!["clip1"],
+            ..Default::default()
+        },
+    );
+    assert!(r
+        .relu6
+        .iter()
+        .any(|d| d.node == "clip1" && d.action == Relu6Action::RewrittenExact));
+}
+
+#[test]
+fn conv3d() {
+    let mut b = ModelBuilder::new(13).seed(17);
+    let x = b.batched_input("x", "N", &[3, 4, 6, 6]);
+    let y = cbr(
+        &mut b,
+        "c1",
+        &x,
+        &ConvSpec::new(3, 8, &[3, 3, 3]).same_pads(),
+    );
+    let y = cbr(
+        &mut b,
+        "c2",
+        &y,
+        &ConvSpec::new(8, 8, &[1, 3, 3]).same_pads(),
+    );
+    let y = b.conv("c3", &y, &ConvSpec::new(8, 4, &[1, 1, 1]));
+    b.output(&y);
+    run_case(
+        "conv3d",
+        &b.build(),
+        &Expect {
+            sets: vec![vec!["c1", "c2"], vec!["c2", "c3"]],
+            folds: vec![
+                ("c1_bn", "c1", FoldDirection::Backward),
+                ("c2_bn", "c2", FoldDirection::Backward),
+            ],
+            ..Default::default()
+        },
+    );
+}
+
+#[test]
+fn matmul_constant_weight() {
+    let mut b = ModelBuilder::new(13).seed(18);
+    let x = b.batched_input("x", "N", &[16]);
+    let y = b.matmul("m1", &x, 16, 8);
+    let y = b.batch_norm("m1_bn", &y, 8);
+    let y = b.relu("m1_relu", &y);
+    let y = b.matmul("m2", &y, 8, 4);
+    b.output(&y);
+    run_case(
+        "matmul_constant_weight",
+        &b.build(),
+        &Expect {
+            folds: vec![("m1_bn", "m1", FoldDirection::Backward)],
+            ..Default::default()
+        },
+    );
+    // Without a BN in between, MatMul → Relu → MatMul is a CLS pair (default mode).
+    let mut b = ModelBuilder::new(13).seed(26);
+    let x = b.batched_input("x", "N", &[16]);
+    let y = b.matmul("m1", &x, 16, 8);
+    let y = b.relu("m1_relu", &y);
+    let y = b.matmul("m2", &y, 8, 4);
+    b.output(&y);
+    run_case(
+        "matmul_chain",
+        &b.build(),
+        &Expect {
+            sets: vec![vec!["m1", "m2"]],
+            cls_alone_scales: true,
+            ..Default::default()
+        },
+    );
+}
+
+/// Known gap, not a correctness bug: in default mode a BN folded backward into a bias-less
+/// `MatMul` becomes `MatMul → Add(bias)`, and the `Add` ends the CLS chain, so the MatMul pair
+/// that follows is no longer scaled (AIMET turns the MatMul into a Gemm instead).
+#[test]
+#[ignore = "gap: MatMul + folded BN becomes MatMul → Add(bias), which ends the CLS chain"]
+fn matmul_with_folded_bn_is_still_scaled() {
+    let mut b = ModelBuilder::new(13).seed(18);
+    let x = b.batched_input("x", "N", &[16]);
+    let y = b.matmul("m1", &x, 16, 8);
+    let y = b.batch_norm("m1_bn", &y, 8);
+    let y = b.relu("m1_relu", &y);
+    let y = b.matmul("m2", &y, 8, 4);
+    b.output(&y);
+    run_case(
+        "matmul_with_folded_bn",
+        &b.build(),
+        &Expect {
+            sets: vec![vec!["m1", "m2"]],
+            folds: vec![("m1_bn", "m1", FoldDirection::Backward)],
+            ..Default::default()
+        },
+    );
+}
+
+#[test]
+fn bn_forward_fold_into_conv() {
+    let mut b = ModelBuilder::new(13).seed(19);
+    let x = input4(&mut b, 4);
+    let y = b.batch_norm("bn_in", &x, 4);
+    let y = b.conv("c1", &y, &ConvSpec::new(4, 8, &[3, 3]));
+    let y = b.relu("r1", &y);
+    let y = b.conv("c2", &y, &ConvSpec::new(8, 4, &[1, 1]));
+    b.output(&y);
+    run_case(
+        "bn_forward_fold_into_conv",
+        &b.build(),
+        &Expect {
+            sets: vec![vec!["c1", "c2"]],
+            folds: vec![("bn_in", "c1", FoldDirection::Forward)],
+            cls_alone_scales: true,
+            ..Default::default()
+        },
+    );
+}
+
+#[test]
+fn bn_flatten_gemm_forward_fold() {
+    let mut b = ModelBuilder::new(13).seed(20);
+    let x = b.batched_input("x", "N", &[4, 4, 4]);
+    let y = b.conv("c1", &x, &ConvSpec::new(4, 8, &[3, 3]).same_pads());
+    let y = b.relu("r1", &y);
+    let y = b.batch_norm("bn_mid", &y, 8);
+    let y = b.flatten("flat", &y, 1);
+    let y = b.gemm("fc", &y, &GemmSpec::new(8 * 4 * 4, 10));
+    b.output(&y);
+    run_case(
+        "bn_flatten_gemm_forward_fold",
+        &b.build(),
+        &Expect {
+            folds: vec![("bn_mid", "fc", FoldDirection::Forward)],
+            ..Default::default()
+        },
+    );
+}
+
+#[test]
+fn pad_zero_crossing() {
+    let mut b = ModelBuilder::new(13).seed(21);
+    let x = input4(&mut b, 4);
+    let y = cbr(&mut b, "c1", &x, &ConvSpec::new(4, 8, &[3, 3]).same_pads());
+    let y = b.pad("pad", &y, &[0, 0, 1, 1, 0, 0, 1, 1]);
+    let y = b.conv("c2", &y, &ConvSpec::new(8, 8, &[3, 3]));
+    b.output(&y);
+    run_case(
+        "pad_zero_crossing",
+        &b.build(),
+        &Expect {
+            sets: vec![vec!["c1", "c2"]],
+            through: vec!["pad"],
+            ..Default::default()
+        },
+    );
+}
+
+#[test]
+fn leaky_relu_identity_dropout_crossing() {
+    let mut b = ModelBuilder::new(13).seed(22);
+    let x = input4(&mut b, 4);
+    let y = b.conv("c1", &x, &ConvSpec::new(4, 8, &[3, 3]).same_pads());
+    let y = b.leaky_relu("leaky", &y, 0.1);
+    let y = b.conv("c2", &y, &ConvSpec::new(8, 8, &[1, 1]));
+    let y = b.identity("ident", &y);
+    let y = b.conv("c3", &y, &ConvSpec::new(8, 8, &[1, 1]));
+    let y = b.dropout("drop", &y);
+    let y = b.conv("c4", &y, &ConvSpec::new(8, 4, &[1, 1]));
+    b.output(&y);
+    run_case(
+        "leaky_identity_dropout",
+        &b.build(),
+        &Expect {
+            sets: vec![vec!["c1", "c2"], vec!["c2", "c3"], vec!["c3", "c4"]],
+            through: vec!["leaky", "ident", "drop"],
+            cls_alone_scales: true,
+            ..Default::default()
+        },
+    );
+}
+
+#[test]
+fn shared_weights_are_skipped() {
+    let mut b = ModelBuilder::new(13).seed(23);
+    let x = input4(&mut b, 8);
+    let y = b.conv("c1", &x, &ConvSpec::new(8, 8, &[1, 1]));
+    let y = b.relu("r1", &y);
+    let y = b.conv("c2", &y, &ConvSpec::new(8, 8, &[1, 1]).no_bias());
+    let y = b.batch_norm("c2_bn", &y, 8);
+    let y = b.relu("r2", &y);
+    // c3 reuses c2's weight.
+    let y = b.node1("Conv", "c3", &[&y, "c2.weight"], vec![]);
+    let y = b.relu("r3", &y);
+    let y = b.conv("c4", &y, &ConvSpec::new(8, 4, &[1, 1]));
+    b.output(&y);
+    let r = run_case(
+        "shared_weights_are_skipped",
+        &b.build(),
+        &Expect {
+            not_layer1: vec!["c1", "c2", "c3"],
+            skips: vec![
+                ("bn_fold", "c2_bn", "shared_weight"),
+                ("cls", "c2", "shared_weight"),
+            ],
+            ..Default::default()
+        },
+    );
+    assert!(r.bn_folds.is_empty());
+}
+
+#[test]
+fn unfoldable_bns_are_skipped() {
+    // BN → padded Conv (not exact), BN → ConvTranspose: both stay, with their reasons.
+    let mut b = ModelBuilder::new(13).seed(24);
+    let x = input4(&mut b, 4);
+    let y = b.batch_norm("bn_pad", &x, 4);
+    let y = b.conv("c1", &y, &ConvSpec::new(4, 8, &[3, 3]).same_pads());
+    let y = b.relu("r1", &y);
+    let y = b.batch_norm_with(
+        "bn_ct",
+        &y,
+        &BnSpec::random(&mut onnx_cle::builder::SplitMix64::new(5), 8),
+    );
+    let y = b.conv(
+        "ct",
+        &y,
+        &ConvSpec::transposed(8, 4, &[2, 2]).strides(&[2, 2]),
+    );
+    b.output_shaped(&y, &Dim::batched("N", &[4, 16, 16]));
+    let r = run_case(
+        "unfoldable_bns_are_skipped",
+        &b.build(),
+        &Expect {
+            skips: vec![
+                ("bn_fold", "bn_pad", "forward_padding"),
+                ("bn_fold", "bn_ct", "forward_conv_transpose"),
+            ],
+            ..Default::default()
+        },
+    );
+    assert!(r.bn_folds.is_empty());
+}
+
+#[test]
+fn aimet_relu6_replace_changes_the_function() {
+    let mut b = ModelBuilder::new(13).seed(25);
+    let x = input4(&mut b, 4);
+    // Large weights so that many pre-activations exceed 6.
+    let y = b.conv(
+        "c1",
+        &x,
+        &ConvSpec::new(4, 8, &[3, 3]).same_pads().spread(0.0),
+    );
+    let y = b.batch_norm_with(
+        "c1_bn",
+        &y,
+        &BnSpec {
+            gamma: vec![8.0; 8],
+            beta: vec![4.0; 8],
+            mean: vec![0.0; 8],
+            var: vec![1.0; 8],
+            epsilon: Some(1e-5),
+        },
+    );
+    let y = b.relu6("clip", &y);
+    let y = b.conv("c2", &y, &ConvSpec::new(8, 4, &[1, 1]));
+    b.output(&y);
+    let model = b.build();
+    let out = onnx_cle::run(model, None, &Options::aimet(), None, Default::default()).unwrap();
+    let r = &out.report;
+    assert!(r.function_changed, "function_changed must be set");
+    assert!(r
+        .relu6
+        .iter()
+        .any(|d| d.node == "clip" && d.action == Relu6Action::Replaced));
+    let dev = r.verification.max_rel_l2.expect("verified");
+    common::say(&format!(
+        "function aimet_relu6_replace           full: {dev:.1e} (expected to change)"
+    ));
+    assert!(
+        dev > 1e-2,
+        "replacing ReLU6 should change the outputs: {dev:e}"
+    );
+}
