@@ -117,6 +117,7 @@ fn params_of(m: &ModelProto, labels: &HashSet<String>) -> HashSet<String> {
 struct Worst {
     triple_ulp: u64,
     triple_tensors: usize,
+    triple_differing: usize,
     exact_ulp: u64,
     exact_tensors: usize,
     hbf_rel: f64,
@@ -204,6 +205,7 @@ fn check(dir: &std::path::Path, model: &str, stage: Stage) -> Worst {
             let u = common::max_ulp(&got, &want.data);
             w.triple_ulp = w.triple_ulp.max(u);
             w.triple_tensors += 1;
+            w.triple_differing += usize::from(u > 0);
             if u > TRIPLE_CHAIN_MAX_ULP {
                 failures.push(format!("`{name}` (triple chain): {u} ULP"));
             }
@@ -223,13 +225,14 @@ fn check(dir: &std::path::Path, model: &str, stage: Stage) -> Worst {
         .filter(|s| s.kind == ClsKind::Triple)
         .count();
     common::say(&format!(
-        "parity {model:<20} {:<7} CLS sets: {:>2} pairs + {:>2} triples | bit-exact tensors: {:>3} (worst {} ULP) | triple-chain tensors: {:>3} (worst {} ULP, limit {TRIPLE_CHAIN_MAX_ULP}) | HBF biases: {:>3} (worst rel {:.2e}, limit {HBF_MAX_REL:.0e})",
+        "parity {model:<20} {:<7} CLS sets: {:>2} pairs + {:>2} triples | bit-exact tensors: {:>3} (worst {} ULP) | triple-chain tensors: {:>3} ({} not bit-exact, worst {} ULP, limit {TRIPLE_CHAIN_MAX_ULP}) | HBF biases: {:>3} (worst rel {:.2e}, limit {HBF_MAX_REL:.0e})",
         format!("{stage:?}"),
         eq.report.cls_sets.len() - triples,
         triples,
         w.exact_tensors,
         w.exact_ulp,
         w.triple_tensors,
+        w.triple_differing,
         w.triple_ulp,
         w.hbf_tensors,
         w.hbf_rel,
