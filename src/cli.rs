@@ -89,6 +89,23 @@ pub struct EqualizeArgs {
     /// Exit with code 6 when an output's relative L2 deviation exceeds this.
     #[arg(long)]
     max_rel_l2: Option<f64>,
+    /// Sample inputs (`.npy`, float32, `[N, …]` the model input's shape) for verification and
+    /// the quantization figures, instead of random data. Implies `--quant-e2e`.
+    #[arg(long)]
+    samples: Option<PathBuf>,
+    /// Simulate int8 end to end with tract (weights-only schemes and W8A8).
+    #[arg(long)]
+    quant_e2e: bool,
+    /// Leave out the W8A8 rows of the end-to-end figures.
+    #[arg(long)]
+    no_w8a8: bool,
+    /// Also quantize one layer at a time (one tract run per layer).
+    #[arg(long)]
+    sensitivity: bool,
+    /// Activation-aware balancing: cap every scaled activation's per-tensor range growth at
+    /// this factor (≥ 1).
+    #[arg(long)]
+    balance: Option<f32>,
     /// No progress or summary on stderr.
     #[arg(short, long)]
     quiet: bool,
@@ -145,6 +162,10 @@ fn options(a: &EqualizeArgs) -> Result<Options, CoreError> {
     o.verify.enabled = !a.no_verify;
     o.verify.seed = a.seed;
     o.verify.dynamic_dim = a.dynamic_dim;
+    o.balance = a.balance;
+    o.quant.end_to_end = a.quant_e2e || a.samples.is_some() || a.sensitivity;
+    o.quant.w8a8 = !a.no_w8a8;
+    o.quant.sensitivity = a.sensitivity;
     o.normalized()
 }
 
@@ -181,11 +202,24 @@ pub fn equalize(a: EqualizeArgs) -> ExitCode {
             eprintln!("onnx-cle: [{:>7.2}s] {stage}", t0.elapsed().as_secs_f64());
         }
     };
+    let samples = match &a.samples {
+        Some(path) => {
+            let data = match std::fs::read(path) {
+                Ok(d) => d,
+                Err(e) => return fail(exit::IO, format!("{}: {e}", path.display())),
+            };
+            match onnx_cle::SampleInputs::from_npy(&model, &data, &path.display().to_string()) {
+                Ok(s) => Some(s),
+                Err(e) => return fail(core_exit(&e), e),
+            }
+        }
+        None => None,
+    };
     let ctl = onnx_cle::Control {
         progress: Some(&progress),
         cancel: None,
     };
-    let out = match onnx_cle::run(model, Some(bytes), &opts, None, ctl) {
+    let out = match onnx_cle::run(model, Some(bytes), &opts, samples.as_ref(), ctl) {
         Ok(o) => o,
         Err(e) => return fail(core_exit(&e), e),
     };

@@ -21,9 +21,11 @@ pub mod error;
 pub mod graph;
 pub mod html;
 pub mod layout;
+pub mod npy;
 pub mod onnx;
 pub mod options;
 pub mod passes;
+pub mod quant;
 pub mod report;
 pub mod server;
 pub mod verify;
@@ -145,12 +147,39 @@ pub fn equalize_with(model: ModelProto, options: &Options, ctl: Control) -> Resu
         passes::relu6::materialize(&mut cx)?;
         cx.report.timings_ms.finish = ms(t);
     }
+    if opts.quant.layers {
+        report.quantization = Some(report::Quantization {
+            activations: data_free_growth(&state),
+            ..Default::default()
+        });
+    }
     let t = Instant::now();
     report.model.nodes_after = work.node_count();
     let model = work.finish();
     report.model.initializers_after = model.graph.as_ref().map_or(0, |g| g.initializer.len());
     report.timings_ms.finish += ms(t);
     Ok(Equalized { model, report })
+}
+
+fn data_free_growth(state: &State) -> Vec<report::ActivationGrowth> {
+    state
+        .pairs
+        .iter()
+        .filter_map(|p| {
+            let hi = p.activation_range.as_ref()?;
+            let before = hi.iter().fold(0f32, |m, &v| m.max(v));
+            let after = hi
+                .iter()
+                .zip(&p.scale)
+                .fold(0f32, |m, (&h, &s)| m.max(h / s));
+            (before > 0.0).then(|| report::ActivationGrowth {
+                tensor: p.activation.clone(),
+                layer: p.layer1.clone(),
+                growth_data_free: f64::from(after) / f64::from(before),
+                growth_measured: None,
+            })
+        })
+        .collect()
 }
 
 /// Inputs used by verification instead of random data.
@@ -162,6 +191,65 @@ pub struct SampleInputs {
     pub source: String,
 }
 
+impl SampleInputs {
+    /// Sample inputs from a `.npy` array for a single-input model: the array is `[N, …]` with
+    /// `…` the model input's shape without its batch dimension (dynamic dims accept any size).
+    pub fn from_npy(model: &ModelProto, npy: &[u8], source: &str) -> Result<Self> {
+        let array = npy::parse(npy)?;
+        let specs = verify::input_specs(model, 1).map_err(CoreError::InvalidOptions)?;
+        let [spec] = specs.as_slice() else {
+            return Err(CoreError::InvalidOptions(format!(
+                "sample inputs from one .npy need a model with exactly one input (it has {})",
+                specs.len()
+            )));
+        };
+        let declared =
+            model
+                .graph
+                .as_ref()
+                .and_then(|g| g.input.iter().find(|v| v.name() == spec.name))
+                .and_then(|v| v.r#type.as_ref())
+                .and_then(|t| match &t.value {
+                    Some(onnx::proto::type_proto::Value::TensorType(tt)) => tt.shape.clone(),
+                    _ => None,
+                })
+                .map(|s| {
+                    s.dim
+                        .iter()
+                        .map(|d| match d.value {
+                            Some(onnx::proto::tensor_shape_proto::dimension::Value::DimValue(
+                                n,
+                            )) if n > 0 => Some(n as usize),
+                            _ => None,
+                        })
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default();
+        let ok = array.shape.len() == declared.len()
+            && array
+                .shape
+                .iter()
+                .zip(&declared)
+                .skip(1)
+                .all(|(a, d)| d.is_none_or(|d| d == *a));
+        if !ok || array.shape.is_empty() || array.shape[0] == 0 {
+            return Err(CoreError::InvalidOptions(format!(
+                "sample array shape {:?} does not match input `{}` ({:?}; batch first)",
+                array.shape, spec.name, declared
+            )));
+        }
+        Ok(SampleInputs {
+            tensors: vec![verify::InputTensor {
+                name: spec.name.clone(),
+                shape: array.shape,
+                elem_type: spec.elem_type,
+                data: array.data,
+            }],
+            source: source.to_string(),
+        })
+    }
+}
+
 /// A finished run: the encoded model and the report.
 #[derive(Debug)]
 pub struct Output {
@@ -169,6 +257,82 @@ pub struct Output {
     pub model: Vec<u8>,
     /// The report, verification included.
     pub report: Report,
+}
+
+fn quantization_figures(
+    original: &ModelProto,
+    equalized: &ModelProto,
+    options: &Options,
+    samples: Option<&SampleInputs>,
+    report: &mut Report,
+) -> Result<()> {
+    let fold_only = Options {
+        steps: vec![Step::BnFold],
+        verify: VerifyOptions {
+            enabled: false,
+            ..options.verify.clone()
+        },
+        quant: quant::QuantOptions {
+            layers: false,
+            end_to_end: false,
+            ..options.quant.clone()
+        },
+        ..options.clone()
+    };
+    let folded = equalize(original.clone(), &fold_only)?.model;
+    let q = report.quantization.get_or_insert_with(Default::default);
+    if options.quant.layers {
+        q.layers = quant::layer_table(&folded, equalized);
+    }
+    if !options.quant.end_to_end {
+        return Ok(());
+    }
+    let (inputs, source) = match samples {
+        Some(s) => (s.tensors.clone(), s.source.clone()),
+        None => {
+            let mut specs = verify::input_specs(original, options.verify.dynamic_dim)
+                .map_err(CoreError::InvalidOptions)?;
+            verify::fill_random(&mut specs, options.verify.seed);
+            (
+                specs,
+                format!("random normal (seed {}), 1 sample", options.verify.seed),
+            )
+        }
+    };
+    let per_sample = quant::samples_of(&inputs);
+    match quant::end_to_end(
+        original,
+        &folded,
+        equalized,
+        &per_sample,
+        source,
+        &options.quant,
+    ) {
+        Ok(e) => q.end_to_end = Some(e),
+        Err(e) => report.skipped.push(report::Skip {
+            pass: "quantization".into(),
+            nodes: vec![],
+            reason: "not_simulated".into(),
+            detail: format!("end-to-end simulation failed: {e}"),
+        }),
+    }
+    let q = report.quantization.get_or_insert_with(Default::default);
+    let tensors: Vec<String> = q.activations.iter().map(|a| a.tensor.clone()).collect();
+    if samples.is_some() && !tensors.is_empty() {
+        if let (Ok(before), Ok(after)) = (
+            quant::measured_abs_max(&folded, &tensors, &per_sample),
+            quant::measured_abs_max(equalized, &tensors, &per_sample),
+        ) {
+            for a in q.activations.iter_mut() {
+                if let (Some(b), Some(x)) = (before.get(&a.tensor), after.get(&a.tensor)) {
+                    if *b > 0.0 {
+                        a.growth_measured = Some(f64::from(*x) / f64::from(*b));
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The whole job shared by the CLI and the server: equalize, encode, verify.
@@ -182,11 +346,19 @@ pub fn run(
     ctl: Control,
 ) -> Result<Output> {
     let verify_opts = options.verify.clone();
-    let original_model = verify_opts.enabled.then(|| model.clone());
+    let quant = &options.quant;
+    let original_model =
+        (verify_opts.enabled || quant.layers || quant.end_to_end).then(|| model.clone());
     let eq = equalize_with(model, options, ctl)?;
     let bytes = onnx::encode(&eq.model);
     let mut report = eq.report;
-    if let Some(orig) = original_model {
+    if let (Some(orig), true) = (&original_model, quant.layers || quant.end_to_end) {
+        ctl.stage("quantization")?;
+        let t = Instant::now();
+        quantization_figures(orig, &eq.model, options, samples, &mut report)?;
+        report.timings_ms.quantization = ms(t);
+    }
+    if let Some(orig) = original_model.filter(|_| verify_opts.enabled) {
         ctl.stage("verify")?;
         let t = Instant::now();
         let orig_bytes = match original {

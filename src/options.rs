@@ -119,6 +119,12 @@ pub struct Options {
     pub threshold: f32,
     /// Verification.
     pub verify: VerifyOptions,
+    /// Activation-aware balancing: when set to `g`, CLS never lets a channel of a scaled
+    /// activation exceed `g ×` that activation's original per-tensor range (data-free, from
+    /// the folded BN statistics and ReLU6 bounds). Trades weight-range gains for W8A8 accuracy.
+    pub balance: Option<f32>,
+    /// Quantization-readiness figures in the report.
+    pub quant: crate::quant::QuantOptions,
 }
 
 impl Default for Options {
@@ -133,6 +139,8 @@ impl Default for Options {
             iterations: 1,
             threshold: 1e-3,
             verify: VerifyOptions::default(),
+            balance: None,
+            quant: crate::quant::QuantOptions::default(),
         }
     }
 }
@@ -174,6 +182,18 @@ impl Options {
             return Err(CoreError::InvalidOptions(
                 "verify.dynamic_dim must be between 1 and 4096".into(),
             ));
+        }
+        if let Some(g) = self.balance {
+            if !(g.is_finite() && g >= 1.0) {
+                return Err(CoreError::InvalidOptions(
+                    "balance must be a finite number >= 1".into(),
+                ));
+            }
+            if self.is_aimet() {
+                return Err(CoreError::InvalidOptions(
+                    "balance is not an AIMET option (compat=aimet)".into(),
+                ));
+            }
         }
         if self.is_aimet() {
             if self.relu6 == Relu6Policy::Exact {

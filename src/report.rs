@@ -305,6 +305,8 @@ pub struct Timings {
     pub finish: f64,
     /// Verification.
     pub verify: f64,
+    /// Quantization-readiness figures.
+    pub quantization: f64,
 }
 
 /// How ready the model is for int8 deployment, before (BN-folded) and after equalization.

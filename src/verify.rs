@@ -116,10 +116,24 @@ fn to_tract(t: &InputTensor) -> TractResult<Tensor> {
     Ok(f.cast_to_dt(dt)?.into_owned())
 }
 
-/// Runs a model with tract; returns `(name, values)` per output.
-pub fn run_model(bytes: &[u8], inputs: &[InputTensor]) -> Result<Vec<(String, Vec<f32>)>, String> {
-    let result = catch_unwind(AssertUnwindSafe(
-        || -> TractResult<Vec<(String, Vec<f32>)>> {
+/// A model loaded and optimized by tract for fixed input shapes.
+pub struct Runner {
+    plan: std::sync::Arc<TypedRunnableModel>,
+    names: Vec<String>,
+}
+
+fn guarded<T>(f: impl FnOnce() -> TractResult<T>) -> Result<T, String> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(r)) => Ok(r),
+        Ok(Err(e)) => Err(format!("{e:#}")),
+        Err(_) => Err("tract panicked".into()),
+    }
+}
+
+impl Runner {
+    /// Loads `bytes` with input shapes and types taken from `inputs`.
+    pub fn new(bytes: &[u8], inputs: &[InputTensor]) -> Result<Self, String> {
+        guarded(|| {
             let mut model = tract_onnx::onnx()
                 .with_ignore_output_shapes(true)
                 .with_ignore_value_info(true)
@@ -134,37 +148,92 @@ pub fn run_model(bytes: &[u8], inputs: &[InputTensor]) -> Result<Vec<(String, Ve
                         .unwrap_or_else(|| model.node(o.node).name.clone())
                 })
                 .collect();
-            let mut fed = Vec::new();
             for (k, t) in inputs.iter().enumerate() {
-                let tensor = to_tract(t)?;
-                model = model.with_input_fact(
-                    k,
-                    InferenceFact::dt_shape(tensor.datum_type(), tensor.shape()),
-                )?;
-                fed.push(tensor.into_tvalue());
+                let dt = to_tract(&InputTensor {
+                    data: vec![0.0; t.shape.iter().product()],
+                    ..t.clone()
+                })?
+                .datum_type();
+                model = model.with_input_fact(k, InferenceFact::dt_shape(dt, t.shape.clone()))?;
             }
             let plan = model.into_optimized()?.into_runnable()?;
-            let outs = plan.run(fed.into_iter().collect())?;
+            Ok(Runner { plan, names })
+        })
+    }
+
+    /// Output names.
+    pub fn output_names(&self) -> &[String] {
+        &self.names
+    }
+
+    /// Runs once; returns `(name, values)` per output.
+    pub fn run(&self, inputs: &[InputTensor]) -> Result<Vec<(String, Vec<f32>)>, String> {
+        Ok(self
+            .run_typed(inputs)?
+            .into_iter()
+            .map(|(n, v, _)| (n, v))
+            .collect())
+    }
+
+    /// Runs once; returns `(name, values, is_float)` per output.
+    pub fn run_typed(
+        &self,
+        inputs: &[InputTensor],
+    ) -> Result<Vec<(String, Vec<f32>, bool)>, String> {
+        guarded(|| {
+            let fed: TVec<TValue> = inputs
+                .iter()
+                .map(|t| to_tract(t).map(|x| x.into_tvalue()))
+                .collect::<TractResult<_>>()?;
+            let outs = self.plan.run(fed)?;
             let mut result = Vec::new();
             for (k, o) in outs.iter().enumerate() {
+                let is_float = o.datum_type().is_float();
                 let f = o.cast_to::<f32>()?;
                 let view = f.to_plain_array_view::<f32>()?;
-                result.push((
-                    names
-                        .get(k)
-                        .cloned()
-                        .unwrap_or_else(|| format!("output{k}")),
-                    view.iter().copied().collect(),
-                ));
+                let name = self
+                    .names
+                    .get(k)
+                    .cloned()
+                    .unwrap_or_else(|| format!("output{k}"));
+                result.push((name, view.iter().copied().collect(), is_float));
             }
             Ok(result)
-        },
-    ));
-    match result {
-        Ok(Ok(r)) => Ok(r),
-        Ok(Err(e)) => Err(format!("{e:#}")),
-        Err(_) => Err("tract panicked while running the model".into()),
+        })
     }
+}
+
+/// Runs a model with tract once; returns `(name, values)` per output.
+pub fn run_model(bytes: &[u8], inputs: &[InputTensor]) -> Result<Vec<(String, Vec<f32>)>, String> {
+    Runner::new(bytes, inputs)?.run(inputs)
+}
+
+/// Splits batched samples (`[N, …]` per input) into `N` single-sample input sets of batch 1.
+pub fn split_batch(samples: &[InputTensor]) -> Vec<Vec<InputTensor>> {
+    let n = samples
+        .first()
+        .and_then(|t| t.shape.first().copied())
+        .unwrap_or(0);
+    if n == 0 || samples.iter().any(|t| t.shape.first() != Some(&n)) {
+        return vec![samples.to_vec()];
+    }
+    (0..n)
+        .map(|k| {
+            samples
+                .iter()
+                .map(|t| {
+                    let per = t.data.len() / n;
+                    let mut shape = t.shape.clone();
+                    shape[0] = 1;
+                    InputTensor {
+                        data: t.data[k * per..(k + 1) * per].to_vec(),
+                        shape,
+                        ..t.clone()
+                    }
+                })
+                .collect()
+        })
+        .collect()
 }
 
 /// `(max |a − b|, ‖a − b‖₂ / ‖a‖₂)`.
@@ -188,6 +257,35 @@ pub fn deviation(a: &[f32], b: &[f32]) -> (f64, f64) {
     (max, rel)
 }
 
+/// Runs every sample of `inputs` (split along the batch axis when the batch is > 1) and
+/// concatenates each output over samples.
+pub fn run_samples(
+    bytes: &[u8],
+    inputs: &[InputTensor],
+) -> Result<Vec<(String, Vec<f32>)>, String> {
+    let samples = if inputs
+        .first()
+        .is_some_and(|t| t.shape.first().is_some_and(|&n| n > 1))
+    {
+        split_batch(inputs)
+    } else {
+        vec![inputs.to_vec()]
+    };
+    let runner = Runner::new(bytes, &samples[0])?;
+    let mut acc: Vec<(String, Vec<f32>)> = Vec::new();
+    for s in &samples {
+        let out = runner.run(s)?;
+        if acc.is_empty() {
+            acc = out;
+        } else {
+            for ((_, a), (_, o)) in acc.iter_mut().zip(out) {
+                a.extend(o);
+            }
+        }
+    }
+    Ok(acc)
+}
+
 /// Compares two encoded models on `inputs` (described as `source` in the report).
 pub fn compare(
     original: &[u8],
@@ -207,14 +305,14 @@ pub fn compare(
             .collect(),
         ..Default::default()
     };
-    let a = match run_model(original, inputs) {
+    let a = match run_samples(original, inputs) {
         Ok(a) => a,
         Err(e) => {
             v.reason = Some(format!("tract cannot run the original model: {e}"));
             return v;
         }
     };
-    let b = match run_model(equalized, inputs) {
+    let b = match run_samples(equalized, inputs) {
         Ok(b) => b,
         Err(e) => {
             v.reason = Some(format!("tract cannot run the equalized model: {e}"));

@@ -394,10 +394,18 @@ pub fn run(cx: &mut Ctx) -> crate::Result<()> {
     for set in &sets {
         register_clips(cx, set);
     }
+    let act_ranges: Vec<Vec<Option<Vec<f32>>>> =
+        sets.iter().map(|s| activation_ranges(cx, s)).collect();
     for it in 1..=cx.opts.iterations {
         let mut worst = 0f32;
         for (k, set) in sets.iter().enumerate() {
-            let scales = scale_set(cx, set)?;
+            let scales = scale_set(
+                cx,
+                set,
+                cx.opts
+                    .balance
+                    .map(|g| (g, act_ranges[k].as_slice(), cumulative[k].as_slice())),
+            )?;
             for (p, s) in scales.iter().enumerate() {
                 for (c, &v) in s.iter().enumerate() {
                     cumulative[k][p][c] *= v;
@@ -452,12 +460,18 @@ pub fn run(cx: &mut Ctx) -> crate::Result<()> {
                 range_before: before[k][p].clone(),
                 range_after: after[p].clone(),
             });
+            let activation = match set.throughs[p].last() {
+                Some(&t) => cx.work.out(t).to_string(),
+                None => cx.work.out(set.layers[p].node).to_string(),
+            };
             cx.state.pairs.push(ScaledPair {
                 layer1: labels[p].clone(),
                 layer2: labels[p + 1].clone(),
                 through: through_labels,
                 through_ops,
                 scale: cumulative[k][p].clone(),
+                activation,
+                activation_range: act_ranges[k][p].clone(),
             });
         }
         cx.report.cls_sets.push(ClsSet {
@@ -607,19 +621,76 @@ fn scale_bias(cx: &mut Ctx, layer: &Layer, inv: &[f32]) -> crate::Result<()> {
     Ok(())
 }
 
+/// Data-free upper range of each activation of a set, per channel: `max(0, β + 3|γ|)` of the
+/// BN folded backward into layer 1, capped at 6 across a ReLU6; 6 for a ReLU6 without BN.
+fn activation_ranges(cx: &Ctx, set: &Set) -> Vec<Option<Vec<f32>>> {
+    (0..set.layers.len() - 1)
+        .map(|p| {
+            let label = cx.work.label(set.layers[p].node);
+            let clip = set.throughs[p]
+                .iter()
+                .any(|&t| cx.work.node(t).op_type() == "Clip");
+            let c = set.layers[p].layout.out_channels();
+            match cx.state.bn_stats.get(label) {
+                Some(bn) if bn.beta.len() == c => Some(
+                    bn.beta
+                        .iter()
+                        .zip(&bn.gamma)
+                        .map(|(b, g)| {
+                            let hi = (b + 3.0 * g.abs()).max(0.0);
+                            if clip {
+                                hi.min(6.0)
+                            } else {
+                                hi
+                            }
+                        })
+                        .collect(),
+                ),
+                _ if clip => Some(vec![6.0; c]),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+/// Activation-aware balancing: raises `s_c` so that no channel of the activation after layer 1
+/// exceeds `growth ×` the activation's original per-tensor range (`hi_c / (S_c·s_c) ≤ g·max hi`).
+fn limit_activation_growth(s: &mut [f32], hi: &[f32], prev: &[f32], growth: f32) {
+    let top = hi.iter().fold(0f32, |m, &v| m.max(v));
+    if top <= 0.0 {
+        return;
+    }
+    for c in 0..s.len() {
+        let floor = hi[c] / (prev[c] * growth * top);
+        if floor.is_finite() && s[c] < floor {
+            s[c] = floor;
+        }
+    }
+}
+
+type Balance<'a> = (f32, &'a [Option<Vec<f32>>], &'a [Vec<f32>]);
+
 /// Scales one set; returns the per-pair factors (`s`, or `(s12, s23)` for a triple).
-fn scale_set(cx: &mut Ctx, set: &Set) -> crate::Result<Vec<Vec<f32>>> {
+fn scale_set(cx: &mut Ctx, set: &Set, balance: Option<Balance>) -> crate::Result<Vec<Vec<f32>>> {
+    let limit = |p: usize, s: &mut Vec<f32>| {
+        if let Some((g, ranges, prev)) = balance {
+            if let Some(hi) = &ranges[p] {
+                limit_activation_growth(s, hi, &prev[p], g);
+            }
+        }
+    };
     if set.layers.len() == 2 {
         let (l1, l2) = (&set.layers[0], &set.layers[1]);
         let mut w1 = take(cx, &l1.weight)?;
         let mut w2 = take(cx, &l2.weight)?;
         let r1 = l1.layout.out_ranges(&w1.data);
         let r2 = l2.layout.in_ranges(&w2.data);
-        let s: Vec<f32> = r1
+        let mut s: Vec<f32> = r1
             .iter()
             .zip(&r2)
             .map(|(&a, &b)| guard(a / (a * b).sqrt()))
             .collect();
+        limit(0, &mut s);
         let inv: Vec<f32> = s.iter().map(|&v| 1.0f32 / v).collect();
         l1.layout.scale_out(&mut w1.data, &inv);
         l2.layout.scale_in(&mut w2.data, &s);
@@ -639,8 +710,10 @@ fn scale_set(cx: &mut Ctx, set: &Set) -> crate::Result<Vec<Vec<f32>>> {
     let p: Vec<f32> = (0..r0.len())
         .map(|c| (r0[c] * r1[c] * r2[c]).powf(third))
         .collect();
-    let s12: Vec<f32> = (0..r0.len()).map(|c| guard(r0[c] / p[c])).collect();
-    let s23: Vec<f32> = (0..r0.len()).map(|c| guard(p[c] / r2[c])).collect();
+    let mut s12: Vec<f32> = (0..r0.len()).map(|c| guard(r0[c] / p[c])).collect();
+    let mut s23: Vec<f32> = (0..r0.len()).map(|c| guard(p[c] / r2[c])).collect();
+    limit(0, &mut s12);
+    limit(1, &mut s23);
     let inv12: Vec<f32> = s12.iter().map(|&v| 1.0f32 / v).collect();
     let inv23: Vec<f32> = s23.iter().map(|&v| 1.0f32 / v).collect();
     l0.layout.scale_out(&mut w0.data, &inv12);

@@ -78,6 +78,11 @@ pub struct ScaledPair {
     pub through_ops: Vec<String>,
     /// Cumulative per-channel factor layer 1's outputs were divided by.
     pub scale: Vec<f32>,
+    /// The activation tensor between the two layers (layer 2's input).
+    pub activation: String,
+    /// Data-free per-channel upper range of that activation before scaling (from the BN folded
+    /// into layer 1, capped by a crossed ReLU6), when known.
+    pub activation_range: Option<Vec<f32>>,
 }
 
 /// What passes hand to later passes.
