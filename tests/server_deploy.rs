@@ -27,7 +27,8 @@ fn yaml(rel: &str) -> Yaml {
 }
 
 fn s<'a>(y: &'a Yaml, what: &str) -> &'a str {
-    y.as_str().unwrap_or_else(|| panic!("{what} is not a string: {y:?}"))
+    y.as_str()
+        .unwrap_or_else(|| panic!("{what} is not a string: {y:?}"))
 }
 
 /// `ONNX_CLE_FOO_BAR=v` settings turned into `--foo-bar v` and parsed by the real flag
@@ -69,7 +70,10 @@ fn every_env_var_is_a_documented_serve_setting() {
         "ONNX_CLE_RETENTION",
         "ONNX_CLE_SHUTDOWN_GRACE",
     ] {
-        assert!(help.contains(&format!("[env: {var}=")), "{var} missing from serve --help");
+        assert!(
+            help.contains(&format!("[env: {var}=")),
+            "{var} missing from serve --help"
+        );
     }
     let defaults = Serve::try_parse_from(["serve"]).unwrap().cfg;
     assert_eq!(defaults.addr.to_string(), config::DEFAULT_ADDR);
@@ -92,19 +96,39 @@ fn kubernetes_manifests_match_the_code() {
         .as_vec()
         .expect("env list")
         .iter()
-        .map(|e| (s(&e["name"], "env name").to_string(), s(&e["value"], "env value").to_string()))
+        .map(|e| {
+            (
+                s(&e["name"], "env name").to_string(),
+                s(&e["value"], "env value").to_string(),
+            )
+        })
         .collect();
     let cfg = parse_env(&env, "deployment.yaml");
-    let args: Vec<&str> = c["args"].as_vec().unwrap().iter().map(|a| s(a, "arg")).collect();
+    let args: Vec<&str> = c["args"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .map(|a| s(a, "arg"))
+        .collect();
     assert_eq!(args, ["serve"]);
 
     let port = &c["ports"][0];
     let container_port = port["containerPort"].as_i64().unwrap() as u16;
     assert_eq!(container_port, config::DEFAULT_PORT);
-    assert_eq!(port_of(&cfg.addr), container_port, "ONNX_CLE_ADDR listens on the container port");
-    assert!(cfg.addr.ip().is_unspecified(), "listen on all interfaces in a pod");
+    assert_eq!(
+        port_of(&cfg.addr),
+        container_port,
+        "ONNX_CLE_ADDR listens on the container port"
+    );
+    assert!(
+        cfg.addr.ip().is_unspecified(),
+        "listen on all interfaces in a pod"
+    );
     let port_name = s(&port["name"], "port name");
-    for (probe, path) in [("livenessProbe", config::HEALTH_PATH), ("readinessProbe", config::READY_PATH)] {
+    for (probe, path) in [
+        ("livenessProbe", config::HEALTH_PATH),
+        ("readinessProbe", config::READY_PATH),
+    ] {
         let get = &c[probe]["httpGet"];
         assert_eq!(s(&get["path"], probe), path, "{probe} path");
         match &get["port"] {
@@ -115,11 +139,18 @@ fn kubernetes_manifests_match_the_code() {
     }
     for kind in ["requests", "limits"] {
         for res in ["cpu", "memory"] {
-            assert!(!c["resources"][kind][res].is_badvalue(), "resources.{kind}.{res}");
+            assert!(
+                !c["resources"][kind][res].is_badvalue(),
+                "resources.{kind}.{res}"
+            );
         }
     }
     let mount = &c["volumeMounts"][0];
-    assert_eq!(Path::new(s(&mount["mountPath"], "mountPath")), cfg.data_dir, "data dir is the volume");
+    assert_eq!(
+        Path::new(s(&mount["mountPath"], "mountPath")),
+        cfg.data_dir,
+        "data dir is the volume"
+    );
     let volume = pod["volumes"]
         .as_vec()
         .unwrap()
@@ -127,12 +158,14 @@ fn kubernetes_manifests_match_the_code() {
         .find(|v| v["name"] == mount["name"])
         .expect("mounted volume declared");
     assert_eq!(
-        volume["persistentVolumeClaim"]["claimName"],
-        pvc["metadata"]["name"],
+        volume["persistentVolumeClaim"]["claimName"], pvc["metadata"]["name"],
         "the volume is the PVC"
     );
     let grace = pod["terminationGracePeriodSeconds"].as_i64().unwrap() as u64;
-    assert!(grace > cfg.shutdown_grace.as_secs(), "k8s grace outlasts --shutdown-grace");
+    assert!(
+        grace > cfg.shutdown_grace.as_secs(),
+        "k8s grace outlasts --shutdown-grace"
+    );
     assert_eq!(pod["securityContext"]["runAsNonRoot"].as_bool(), Some(true));
     assert_ne!(pod["securityContext"]["runAsUser"].as_i64(), Some(0));
 
@@ -159,18 +192,37 @@ fn compose_file_matches_the_code() {
         .map(|(k, v)| (s(k, "env name").to_string(), s(v, "env value").to_string()))
         .collect();
     let cfg = parse_env(&env, "compose.yaml");
-    let ports: Vec<&str> = svc["ports"].as_vec().unwrap().iter().map(|p| s(p, "port")).collect();
+    let ports: Vec<&str> = svc["ports"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .map(|p| s(p, "port"))
+        .collect();
     let container_port: u16 = ports[0].rsplit(':').next().unwrap().parse().unwrap();
     assert_eq!(container_port, config::DEFAULT_PORT);
     assert_eq!(port_of(&cfg.addr), container_port);
     let volume = s(&svc["volumes"][0], "volume");
     assert_eq!(Path::new(volume.split(':').nth(1).unwrap()), cfg.data_dir);
-    let test: Vec<&str> = svc["healthcheck"]["test"].as_vec().unwrap().iter().map(|t| s(t, "test")).collect();
+    let test: Vec<&str> = svc["healthcheck"]["test"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .map(|t| s(t, "test"))
+        .collect();
     assert_eq!(test, ["CMD", "onnx-cle", "healthcheck"]);
-    let command: Vec<&str> = svc["command"].as_vec().unwrap().iter().map(|t| s(t, "cmd")).collect();
+    let command: Vec<&str> = svc["command"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .map(|t| s(t, "cmd"))
+        .collect();
     assert_eq!(command, ["serve"]);
     assert_eq!(s(&svc["build"]["dockerfile"], "dockerfile"), "Dockerfile");
-    assert!(root().join("deploy").join(s(&svc["build"]["context"], "context")).join("Dockerfile").is_file());
+    assert!(root()
+        .join("deploy")
+        .join(s(&svc["build"]["context"], "context"))
+        .join("Dockerfile")
+        .is_file());
 }
 
 #[test]
@@ -199,7 +251,10 @@ fn dockerfile_matches_the_code() {
             .collect()
     };
     assert!(instr("FROM").len() >= 2, "multi-stage build");
-    assert!(instr("COPY").iter().any(|c| c.starts_with("--from=")), "runtime copies from the build stage");
+    assert!(
+        instr("COPY").iter().any(|c| c.starts_with("--from=")),
+        "runtime copies from the build stage"
+    );
     let user = instr("USER");
     let user = user.last().expect("USER");
     let uid = user.split(':').next().unwrap();
@@ -216,9 +271,15 @@ fn dockerfile_matches_the_code() {
     assert_eq!(port_of(&cfg.addr), config::DEFAULT_PORT);
     assert!(cfg.addr.ip().is_unspecified());
     let volume = instr("VOLUME");
-    assert!(volume[0].contains(&format!("\"{}\"", cfg.data_dir.display())), "VOLUME is the data dir");
+    assert!(
+        volume[0].contains(&format!("\"{}\"", cfg.data_dir.display())),
+        "VOLUME is the data dir"
+    );
     let health = instr("HEALTHCHECK");
-    assert!(health[0].contains(r#"CMD ["onnx-cle", "healthcheck"]"#), "{health:?}");
+    assert!(
+        health[0].contains(r#"CMD ["onnx-cle", "healthcheck"]"#),
+        "{health:?}"
+    );
     assert_eq!(instr("ENTRYPOINT"), [r#"["onnx-cle"]"#]);
     assert_eq!(instr("CMD"), [r#"["serve"]"#]);
 }

@@ -15,13 +15,22 @@ fn client_errors_are_problems() {
     let declared = server.request(
         "POST",
         "/equalize",
-        &[("Content-Type", "application/octet-stream"), ("Content-Length", "1048576")],
+        &[
+            ("Content-Type", "application/octet-stream"),
+            ("Content-Length", "1048576"),
+        ],
         b"",
     );
     declared.problem(413, "payload_too_large");
 
     let big = vec![7u8; 200 << 10];
-    let chunked = http_chunked(server.addr, "/equalize", "application/octet-stream", &big, 16 << 10);
+    let chunked = http_chunked(
+        server.addr,
+        "/equalize",
+        "application/octet-stream",
+        &big,
+        16 << 10,
+    );
     let p = chunked.problem(413, "payload_too_large");
     assert_eq!(p["instance"], "/equalize");
 
@@ -32,23 +41,43 @@ fn client_errors_are_problems() {
     let (ct, body) = multipart(&[Part::file("model", "m.onnx", big)]);
     let mp = http_chunked(server.addr, "/equalize", &ct, &body, 8 << 10);
     mp.problem(413, "payload_too_large");
-    assert!(server.get("/jobs").json()["jobs"].as_array().unwrap().is_empty());
-    let tmp = std::fs::read_dir(server.data_dir.join("tmp")).unwrap().count();
+    assert!(server.get("/jobs").json()["jobs"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+    let tmp = std::fs::read_dir(server.data_dir.join("tmp"))
+        .unwrap()
+        .count();
     assert_eq!(tmp, 0, "rejected uploads leave no temp files");
 
     server
         .get("/jobs/job_0123456789abcdef0123456789abcdef")
         .problem(404, "job_not_found");
-    server.get("/jobs/not-a-job/report").problem(404, "job_not_found");
+    server
+        .get("/jobs/not-a-job/report")
+        .problem(404, "job_not_found");
     server.get("/no/such/route").problem(404, "not_found");
-    let p = server.request("DELETE", "/equalize", &[], b"").problem(405, "method_not_allowed");
+    let p = server
+        .request("DELETE", "/equalize", &[], b"")
+        .problem(405, "method_not_allowed");
     assert_eq!(p["instance"], "/equalize");
     server
-        .request("POST", "/equalize", &[("Content-Type", "text/plain")], b"hello")
+        .request(
+            "POST",
+            "/equalize",
+            &[("Content-Type", "text/plain")],
+            b"hello",
+        )
         .problem(415, "unsupported_media_type");
-    server.submit_bytes(b"x", "relu6=sometimes").problem(400, "invalid_query");
-    server.submit_bytes(b"x", "bogus=1").problem(400, "invalid_query");
-    let p = server.submit_bytes(b"x", "iterations=0").problem(422, "invalid_options");
+    server
+        .submit_bytes(b"x", "relu6=sometimes")
+        .problem(400, "invalid_query");
+    server
+        .submit_bytes(b"x", "bogus=1")
+        .problem(400, "invalid_query");
+    let p = server
+        .submit_bytes(b"x", "iterations=0")
+        .problem(422, "invalid_options");
     assert_eq!(p["errors"][0]["pointer"], "/options");
     server.submit_bytes(b"", "").problem(422, "empty_model");
     let (ct, body) = multipart(&[
@@ -64,12 +93,29 @@ fn client_errors_are_problems() {
         .request("POST", "/equalize", &[("Content-Type", &ct)], &body)
         .problem(400, "missing_model");
     server
-        .request("POST", "/equalize", &[("Content-Type", "multipart/form-data")], b"--x--")
+        .request(
+            "POST",
+            "/equalize",
+            &[("Content-Type", "multipart/form-data")],
+            b"--x--",
+        )
         .problem(400, "invalid_multipart");
-    server.get("/jobs?page_size=0").problem(400, "invalid_query");
-    server.get("/jobs?state=sleeping").problem(400, "invalid_query");
-    server.get("/jobs?page_token=abc").problem(400, "invalid_page_token");
-    let raw = http(server.addr, "GET", "/jobs/job_0123456789abcdef0123456789abcdef?wait=soon", &[], b"");
+    server
+        .get("/jobs?page_size=0")
+        .problem(400, "invalid_query");
+    server
+        .get("/jobs?state=sleeping")
+        .problem(400, "invalid_query");
+    server
+        .get("/jobs?page_token=abc")
+        .problem(400, "invalid_page_token");
+    let raw = http(
+        server.addr,
+        "GET",
+        "/jobs/job_0123456789abcdef0123456789abcdef?wait=soon",
+        &[],
+        b"",
+    );
     raw.problem(400, "invalid_query");
 }
 
@@ -88,9 +134,13 @@ fn a_broken_model_is_a_failed_job_with_a_problem() {
     assert_eq!(e["job_id"], id.as_str());
     assert!(e["title"].is_string() && e["type"].is_string() && e["detail"].is_string());
     assert!(job["result"].is_null());
-    let p = server.get(&format!("/jobs/{id}/model")).problem(409, "job_not_succeeded");
+    let p = server
+        .get(&format!("/jobs/{id}/model"))
+        .problem(409, "job_not_succeeded");
     assert_eq!(p["job_id"], id.as_str());
-    server.get(&format!("/jobs/{id}/report")).problem(409, "job_not_succeeded");
+    server
+        .get(&format!("/jobs/{id}/report"))
+        .problem(409, "job_not_succeeded");
     server
         .request("POST", &format!("/jobs/{id}/cancel"), &[], b"")
         .problem(409, "job_finished");
@@ -121,7 +171,10 @@ fn a_full_queue_is_429_with_retry_after() {
             }
         }
     }
-    assert!(refused.is_some(), "no 429 with one worker and a queue of one");
+    assert!(
+        refused.is_some(),
+        "no 429 with one worker and a queue of one"
+    );
     assert!(accepted.len() <= 2);
     for id in &accepted {
         server.request("POST", &format!("/jobs/{id}/cancel"), &[], b"");

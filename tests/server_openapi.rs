@@ -46,9 +46,15 @@ fn document_is_openapi_3_1_with_problem_errors_everywhere() {
     }
     for (path, item) in paths {
         for (method, op) in item.as_object().unwrap() {
-            assert!(op["operationId"].is_string(), "{method} {path} has no operationId");
+            assert!(
+                op["operationId"].is_string(),
+                "{method} {path} has no operationId"
+            );
             let five = &op["responses"]["5XX"]["content"]["application/problem+json"];
-            assert_eq!(five["schema"]["$ref"], "#/components/schemas/Problem", "{method} {path}");
+            assert_eq!(
+                five["schema"]["$ref"], "#/components/schemas/Problem",
+                "{method} {path}"
+            );
         }
     }
     let states = &doc["components"]["schemas"]["JobState"]["enum"];
@@ -57,5 +63,7 @@ fn document_is_openapi_3_1_with_problem_errors_everywhere() {
         &serde_json::json!(["queued", "running", "succeeded", "failed", "canceled"])
     );
     let body = &doc["paths"]["/equalize"]["post"]["requestBody"]["content"];
-    assert!(body["multipart/form-data"].is_object() && body["application/octet-stream"].is_object());
+    assert!(
+        body["multipart/form-data"].is_object() && body["application/octet-stream"].is_object()
+    );
 }

@@ -33,7 +33,10 @@ fn submit_batch(server: &Server, models: &Path) -> Vec<String> {
         if job["state"] != "queued" {
             break;
         }
-        assert!(t.elapsed() < Duration::from_secs(60), "the first job never started");
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "the first job never started"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     ids
@@ -45,11 +48,18 @@ fn all_finish_and_download(server: &Server, ids: &[String]) {
         assert_eq!(job["state"], "succeeded", "{job}");
         let model = server.get(&format!("/jobs/{id}/model"));
         assert_eq!(model.status, 200);
-        assert_eq!(server_support::sha256(&model.body), job["result"]["model_sha256"]);
+        assert_eq!(
+            server_support::sha256(&model.body),
+            job["result"]["model_sha256"]
+        );
         assert_eq!(server.get(&format!("/jobs/{id}/report")).status, 200);
     }
     let listed = server.get("/jobs?page_size=100").json();
-    assert_eq!(listed["jobs"].as_array().unwrap().len(), ids.len(), "{listed}");
+    assert_eq!(
+        listed["jobs"].as_array().unwrap().len(),
+        ids.len(),
+        "{listed}"
+    );
 }
 
 #[test]
@@ -63,7 +73,11 @@ fn sigterm_requeues_running_jobs_and_keeps_everything() {
     );
     let ids = submit_batch(&server, &models);
     let status = server.terminate();
-    assert!(status.success(), "exit after SIGTERM: {status}\n{}", server.log());
+    assert!(
+        status.success(),
+        "exit after SIGTERM: {status}\n{}",
+        server.log()
+    );
     assert!(server.log().contains("stopped"), "{}", server.log());
     drop(server);
 
@@ -91,5 +105,8 @@ fn kill_9_reruns_the_interrupted_job() {
     assert!(server.log().contains("requeued=1"), "{}", server.log());
     all_finish_and_download(&server, &ids);
     let first = server.get(&format!("/jobs/{}", ids[0])).json();
-    assert_eq!(first["attempts"], 2, "the interrupted run ran again: {first}");
+    assert_eq!(
+        first["attempts"], 2,
+        "the interrupted run ran again: {first}"
+    );
 }

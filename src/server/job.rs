@@ -195,6 +195,9 @@ pub struct JobLinks {
     /// JSON report (when succeeded).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub report: Option<String>,
+    /// The report as an HTML page (when succeeded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report_html: Option<String>,
     /// Cancel (while not finished).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cancel: Option<String>,
@@ -263,6 +266,7 @@ impl From<&JobRecord> for Job {
             links: JobLinks {
                 model: ok.then(|| format!("{base}/model")),
                 report: ok.then(|| format!("{base}/report")),
+                report_html: ok.then(|| format!("{base}/report.html")),
                 cancel: (!r.state.is_terminal()).then(|| format!("{base}/cancel")),
                 self_: base,
             },

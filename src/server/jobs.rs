@@ -666,3 +666,66 @@ impl Drop for KeyGuard {
         self.jobs.lock().keys_in_flight.remove(&self.key);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::server::store::{fs, BlobKind};
+
+    #[test]
+    fn recovery_requeues_interrupted_runs_and_gives_up_after_max_attempts() {
+        let dir =
+            std::env::temp_dir().join(format!("onnx-cle-jobs-{}", uuid::Uuid::new_v4().simple()));
+        let (js, bs) = fs::open(&dir).unwrap();
+        let (js, bs): (Arc<dyn JobStore>, Arc<dyn BlobStore>) = (Arc::new(js), Arc::new(bs));
+        let record = |attempts| {
+            let id = JobId::generate();
+            bs.put(&id, BlobKind::Input, b"model").unwrap();
+            let rec = JobRecord {
+                id,
+                name: None,
+                state: JobState::Running,
+                stage: Some("cls".into()),
+                created_ms: 1,
+                started_ms: Some(2),
+                finished_ms: None,
+                options: Options::default(),
+                input: InputInfo {
+                    bytes: 5,
+                    sha256: String::new(),
+                    filename: None,
+                },
+                fingerprint: String::new(),
+                result: None,
+                error: None,
+                attempts,
+            };
+            js.save(&rec).unwrap();
+            rec.id
+        };
+        let again = record(1);
+        let poison = record(MAX_ATTEMPTS);
+        let orphan = JobId::generate();
+        bs.put(&orphan, BlobKind::Input, b"x").unwrap();
+        let metrics = Arc::new(Metrics::default());
+        let (jobs, rec) =
+            Jobs::open(Arc::clone(&js), Arc::clone(&bs), 4, Duration::ZERO, metrics).unwrap();
+        assert_eq!(
+            (rec.loaded, rec.requeued, rec.failed, rec.orphans),
+            (2, 1, 1, 1)
+        );
+        assert_eq!(jobs.get(&again).unwrap().state, JobState::Queued);
+        let failed = jobs.get(&poison).unwrap();
+        assert_eq!(failed.state, JobState::Failed);
+        assert_eq!(failed.error.unwrap().code, "job_crashed");
+        assert_eq!(jobs.counts(), (1, 0));
+        let claim = jobs.claim().unwrap();
+        assert_eq!(claim.id, again);
+        assert_eq!(jobs.get(&again).unwrap().attempts, 2);
+        let (reloaded, _) = js.load_all().unwrap();
+        assert!(reloaded
+            .iter()
+            .any(|j| j.id == again && j.state == JobState::Running));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

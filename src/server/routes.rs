@@ -72,6 +72,7 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(cancel_job))
         .routes(routes!(download_model))
         .routes(routes!(get_report))
+        .routes(routes!(get_report_html))
         .routes(routes!(healthz))
         .routes(routes!(readyz))
         .routes(routes!(metrics))
@@ -554,6 +555,51 @@ async fn get_report(
     })
     .await?;
     Ok(([(header::CONTENT_TYPE, "application/json")], data).into_response())
+}
+
+/// Get the report of a succeeded job as a self-contained HTML page (no scripts, no external
+/// resources): the same content as `/report`, for people.
+#[utoipa::path(
+    get,
+    path = "/jobs/{id}/report.html",
+    operation_id = "get_report_html",
+    tag = "jobs",
+    params(("id" = String, Path, description = "Job id.")),
+    responses(
+        (status = 200, description = "The report page.", body = String, content_type = "text/html; charset=utf-8"),
+        (status = "4XX", description = "Unknown job (404) or not succeeded (409).", body = Problem, content_type = PROBLEM_JSON),
+        (status = "5XX", description = "Server error.", body = Problem, content_type = PROBLEM_JSON)
+    )
+)]
+async fn get_report_html(
+    State(app): State<AppState>,
+    Path(raw): Path<String>,
+) -> Result<Response, ApiError> {
+    let job = find(&app, &raw)?;
+    require_succeeded(&job)?;
+    let jobs = Arc::clone(&app.jobs);
+    let id = job.id.clone();
+    let html = blocking(move || {
+        let data = jobs
+            .blobs()
+            .read(&id, BlobKind::Report)
+            .map_err(|e| ApiError::internal(format!("reading the report of {id}: {e}")))?;
+        let report: crate::Report = serde_json::from_slice(&data)
+            .map_err(|e| ApiError::internal(format!("stored report of {id}: {e}")))?;
+        Ok(crate::html::render(&report))
+    })
+    .await?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; style-src 'unsafe-inline'; img-src data:",
+            ),
+        ],
+        html,
+    )
+        .into_response())
 }
 
 /// Health or readiness status.

@@ -151,3 +151,88 @@ fn store_results(jobs: &Jobs, claim: &Claim, out: &Output) -> std::io::Result<Jo
         max_rel_l2: out.report.verification.max_rel_l2,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::server::job::{InputInfo, JobId, JobState};
+    use crate::server::jobs::NewJob;
+    use crate::server::metrics::Metrics;
+    use crate::server::store;
+
+    fn echo_or_panic(
+        input: Bytes,
+        _: &Options,
+        _: &AtomicBool,
+        _: &(dyn Fn(&str) + Sync),
+    ) -> crate::Result<Output> {
+        if &input[..] == b"panic" {
+            panic!("engine exploded");
+        }
+        Ok(Output {
+            model: input.to_vec(),
+            report: crate::Report::default(),
+        })
+    }
+
+    #[test]
+    fn a_panicking_run_fails_its_job_and_the_pool_keeps_working() {
+        let dir =
+            std::env::temp_dir().join(format!("onnx-cle-pool-{}", uuid::Uuid::new_v4().simple()));
+        let (js, bs) = store::fs::open(&dir).unwrap();
+        let metrics = Arc::new(Metrics::default());
+        let (jobs, _) = Jobs::open(Arc::new(js), Arc::new(bs), 8, Duration::ZERO, metrics).unwrap();
+        let jobs = Arc::new(jobs);
+        let mut ids = Vec::new();
+        for data in [&b"panic"[..], b"fine", b"panic", b"also fine"] {
+            let id = JobId::generate();
+            jobs.blobs().put(&id, BlobKind::Input, data).unwrap();
+            let new = NewJob {
+                id: id.clone(),
+                name: None,
+                options: Options::default(),
+                input: InputInfo {
+                    bytes: data.len() as u64,
+                    sha256: hex::encode(Sha256::digest(data)),
+                    filename: None,
+                },
+                fingerprint: String::new(),
+            };
+            jobs.submit(new, None).unwrap();
+            ids.push(id);
+        }
+        let pool = Pool::start(Arc::clone(&jobs), Arc::new(echo_or_panic), 1).unwrap();
+        let t = Instant::now();
+        while !ids
+            .iter()
+            .all(|id| jobs.get(id).unwrap().state.is_terminal())
+        {
+            assert!(t.elapsed() < Duration::from_secs(20), "jobs did not finish");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        for (i, id) in ids.iter().enumerate() {
+            let job = jobs.get(id).unwrap();
+            if i % 2 == 0 {
+                assert_eq!(job.state, JobState::Failed);
+                let e = job.error.unwrap();
+                assert_eq!((e.code.as_str(), e.status), ("internal_error", 500));
+                assert!(
+                    !e.detail.unwrap_or_default().contains("exploded"),
+                    "no internals leak"
+                );
+            } else {
+                assert_eq!(job.state, JobState::Succeeded);
+                let model = jobs.blobs().read(id, BlobKind::Model).unwrap();
+                assert_eq!(
+                    job.result.unwrap().model_sha256,
+                    hex::encode(Sha256::digest(&model))
+                );
+            }
+        }
+        jobs.stop_claiming();
+        pool.join();
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

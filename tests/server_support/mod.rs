@@ -132,7 +132,12 @@ impl Server {
     }
 
     /// `POST /equalize` as multipart with a `model` part and an optional `options` part.
-    pub fn submit_multipart(&self, model: &Path, options: Option<&str>, extra_headers: &[(&str, &str)]) -> Resp {
+    pub fn submit_multipart(
+        &self,
+        model: &Path,
+        options: Option<&str>,
+        extra_headers: &[(&str, &str)],
+    ) -> Resp {
         let data = std::fs::read(model).expect("read model");
         let name = model.file_name().unwrap().to_string_lossy().to_string();
         let mut parts: Vec<Part> = vec![Part::file("model", &name, data)];
@@ -157,7 +162,12 @@ impl Server {
         } else {
             format!("/equalize?{query}")
         };
-        self.request("POST", &path, &[("Content-Type", "application/octet-stream")], data)
+        self.request(
+            "POST",
+            &path,
+            &[("Content-Type", "application/octet-stream")],
+            data,
+        )
     }
 
     /// Long-polls a job until it is done (at most `limit`).
@@ -170,7 +180,11 @@ impl Server {
             if job["done"] == Value::Bool(true) {
                 return job;
             }
-            assert!(t.elapsed() < limit, "job {id} not done after {limit:?}: {job}\n{}", self.log());
+            assert!(
+                t.elapsed() < limit,
+                "job {id} not done after {limit:?}: {job}\n{}",
+                self.log()
+            );
         }
     }
 }
@@ -244,13 +258,19 @@ impl Resp {
 }
 
 /// One HTTP/1.1 exchange with `Connection: close`.
-pub fn http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
+pub fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Resp {
     let mut s = TcpStream::connect(addr).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
     let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-    let has_length = headers
-        .iter()
-        .any(|(k, _)| k.eq_ignore_ascii_case("content-length") || k.eq_ignore_ascii_case("transfer-encoding"));
+    let has_length = headers.iter().any(|(k, _)| {
+        k.eq_ignore_ascii_case("content-length") || k.eq_ignore_ascii_case("transfer-encoding")
+    });
     for (k, v) in headers {
         head.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -265,7 +285,13 @@ pub fn http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)]
 }
 
 /// Sends a request whose body is sent in chunked transfer encoding, `chunk` bytes per chunk.
-pub fn http_chunked(addr: SocketAddr, path: &str, content_type: &str, body: &[u8], chunk: usize) -> Resp {
+pub fn http_chunked(
+    addr: SocketAddr,
+    path: &str,
+    content_type: &str,
+    body: &[u8],
+    chunk: usize,
+) -> Resp {
     let mut s = TcpStream::connect(addr).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
     let head = format!(
@@ -273,7 +299,8 @@ pub fn http_chunked(addr: SocketAddr, path: &str, content_type: &str, body: &[u8
     );
     let _ = s.write_all(head.as_bytes());
     for c in body.chunks(chunk) {
-        if s.write_all(format!("{:x}\r\n", c.len()).as_bytes()).is_err()
+        if s.write_all(format!("{:x}\r\n", c.len()).as_bytes())
+            .is_err()
             || s.write_all(c).is_err()
             || s.write_all(b"\r\n").is_err()
         {
@@ -321,10 +348,7 @@ fn read_response(s: &mut TcpStream) -> Resp {
 
 fn dechunk(mut data: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
-    loop {
-        let Some(eol) = data.windows(2).position(|w| w == b"\r\n") else {
-            break;
-        };
+    while let Some(eol) = data.windows(2).position(|w| w == b"\r\n") {
         let size_text = String::from_utf8_lossy(&data[..eol]);
         let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
             .expect("chunk size");
