@@ -12,7 +12,8 @@
 //! - a node name of `""` leaves the node **unnamed** (the `name` field is absent), which is how
 //!   tests exercise nodes that can only be identified by index;
 //! - initializers of a named node are called `<node>.weight`, `<node>.bias`, … (like PyTorch's
-//!   exporter); those of unnamed nodes get fresh names (`w3`, `b3`…);
+//!   exporter); those of unnamed nodes get short fresh names (`w`, `b`, `w7`…); tensor
+//!   names are always unique, node names are used exactly as given;
 //! - everything random comes from one [`SplitMix64`] stream, so the same calls with the same
 //!   seed give the same model, byte for byte.
 //!
