@@ -150,9 +150,10 @@ impl Jobs {
         let (records, unreadable) = store.load_all()?;
         let mut rec = Recovery {
             loaded: records.len(),
-            unreadable,
+            unreadable: unreadable.iter().map(|u| u.reason.clone()).collect(),
             ..Recovery::default()
         };
+        let keep: HashSet<JobId> = unreadable.into_iter().filter_map(|u| u.id).collect();
         let mut inner = Inner::default();
         for mut job in records {
             if job.state == JobState::Running {
@@ -200,7 +201,7 @@ impl Jobs {
             .map(|j| j.id.clone())
             .collect();
         for id in blobs.jobs()? {
-            if !inner.jobs.contains_key(&id) {
+            if !inner.jobs.contains_key(&id) && !keep.contains(&id) {
                 blobs.delete(&id)?;
                 rec.orphans += 1;
             }
@@ -726,6 +727,53 @@ mod tests {
         assert!(reloaded
             .iter()
             .any(|j| j.id == again && j.state == JobState::Running));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn expiry_removes_old_finished_jobs_with_their_files_and_keys() {
+        let dir =
+            std::env::temp_dir().join(format!("onnx-cle-expire-{}", uuid::Uuid::new_v4().simple()));
+        let (js, bs) = fs::open(&dir).unwrap();
+        let (js, bs): (Arc<dyn JobStore>, Arc<dyn BlobStore>) = (Arc::new(js), Arc::new(bs));
+        let metrics = Arc::new(Metrics::default());
+        let retention = Duration::from_secs(60);
+        let (jobs, _) =
+            Jobs::open(Arc::clone(&js), Arc::clone(&bs), 4, retention, metrics).unwrap();
+        let mut ids = Vec::new();
+        for i in 0..2 {
+            let id = JobId::generate();
+            bs.put(&id, BlobKind::Input, b"model").unwrap();
+            let new = NewJob {
+                id: id.clone(),
+                name: None,
+                options: Options::default(),
+                input: InputInfo {
+                    bytes: 5,
+                    sha256: String::new(),
+                    filename: None,
+                },
+                fingerprint: "f".into(),
+            };
+            jobs.submit(new, Some(format!("{i:064x}"))).unwrap();
+            ids.push(id);
+        }
+        let (old, queued) = (&ids[0], &ids[1]);
+        jobs.cancel(old).unwrap();
+        let finished = jobs.get(old).unwrap().finished_ms.unwrap();
+        assert_eq!(
+            jobs.expire(finished + 59_000),
+            0,
+            "still within the retention"
+        );
+        assert_eq!(jobs.expire(finished + 121_000), 1);
+        assert!(jobs.get(old).is_none());
+        assert!(bs.open(old, BlobKind::Input).is_err(), "files removed");
+        assert!(jobs.get(queued).is_some(), "unfinished jobs never expire");
+        assert!(
+            js.load_keys().unwrap().is_empty(),
+            "old idempotency keys removed"
+        );
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

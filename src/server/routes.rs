@@ -310,7 +310,7 @@ async fn list_jobs(
 pub struct WaitParams {
     /// Wait up to this long (e.g. `30s`, `2m`, `1500ms`; capped by the server) for the job to
     /// finish before answering.
-    #[param(pattern = r"^[0-9]+(\.[0-9]+)?(ms|s|m|h)?$")]
+    #[param(pattern = r"^[0-9]+(\.[0-9]+)?(ms|s|m|min|h|d)?$")]
     pub wait: Option<String>,
 }
 

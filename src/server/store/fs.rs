@@ -17,7 +17,7 @@ use std::fs::{self, File};
 use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
-use super::{BlobKind, BlobSink, BlobStore, IdempotencyRecord, JobStore};
+use super::{BlobKind, BlobSink, BlobStore, IdempotencyRecord, JobStore, Unreadable};
 use crate::server::job::{JobId, JobRecord};
 
 /// Opens (creating when needed) the stores of a data directory.
@@ -105,7 +105,7 @@ impl JobStore for FsJobStore {
         write_atomic(&self.root, &self.job_path(&job.id), &data)
     }
 
-    fn load_all(&self) -> io::Result<(Vec<JobRecord>, Vec<String>)> {
+    fn load_all(&self) -> io::Result<(Vec<JobRecord>, Vec<Unreadable>)> {
         let mut jobs = Vec::new();
         let mut bad = Vec::new();
         for path in json_files(&self.root.join("jobs"))? {
@@ -114,7 +114,13 @@ impl JobStore for FsJobStore {
                 .and_then(|d| serde_json::from_slice::<JobRecord>(&d).map_err(|e| e.to_string()))
             {
                 Ok(j) => jobs.push(j),
-                Err(e) => bad.push(format!("{}: {e}", path.display())),
+                Err(e) => bad.push(Unreadable {
+                    id: path
+                        .file_stem()
+                        .and_then(|s| s.to_str())
+                        .and_then(JobId::parse),
+                    reason: format!("{}: {e}", path.display()),
+                }),
             }
         }
         Ok((jobs, bad))
@@ -301,10 +307,14 @@ mod tests {
     fn unreadable_records_are_reported_not_fatal() {
         let dir = tempdir("jobs");
         let (jobs, _) = open(&dir).unwrap();
-        fs::write(dir.join("jobs").join("job_garbage.json"), b"{not json").unwrap();
+        let id = JobId::generate();
+        fs::write(dir.join("jobs").join(format!("{id}.json")), b"{not json").unwrap();
+        fs::write(dir.join("jobs").join("notes.json"), b"[]").unwrap();
         let (ok, bad) = jobs.load_all().unwrap();
         assert!(ok.is_empty());
-        assert_eq!(bad.len(), 1);
+        assert_eq!(bad.len(), 2);
+        assert_eq!(bad[0].id.as_ref(), Some(&id));
+        assert!(bad[1].id.is_none());
         jobs.check().unwrap();
         fs::remove_dir_all(dir).unwrap();
     }

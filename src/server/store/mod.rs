@@ -81,13 +81,23 @@ pub struct IdempotencyRecord {
     pub created_ms: u64,
 }
 
+/// A job record that exists but could not be read.
+#[derive(Debug, Clone)]
+pub struct Unreadable {
+    /// The job, when the record's key names one.
+    pub id: Option<JobId>,
+    /// Where and why.
+    pub reason: String,
+}
+
 /// Stores job records and idempotency keys.
 pub trait JobStore: Send + Sync + 'static {
     /// Creates or replaces a record.
     fn save(&self, job: &JobRecord) -> io::Result<()>;
 
-    /// Every record. Unreadable records are reported in the second list and skipped.
-    fn load_all(&self) -> io::Result<(Vec<JobRecord>, Vec<String>)>;
+    /// Every record. Unreadable records are reported in the second list and skipped; their
+    /// files (and the job's blobs) are left alone.
+    fn load_all(&self) -> io::Result<(Vec<JobRecord>, Vec<Unreadable>)>;
 
     /// Deletes a record (no error when absent).
     fn remove(&self, id: &JobId) -> io::Result<()>;
