@@ -1,8 +1,12 @@
 //! `openapi/openapi.json` is what the code generates (and what `onnx-cle openapi` prints).
 //! After an intended API change: `UPDATE_OPENAPI=1 cargo test --test server_openapi`.
 
+mod server_support;
+
 use std::path::Path;
 use std::process::Command;
+
+use server_support::Server;
 
 #[test]
 fn committed_openapi_document_matches_the_code() {
@@ -66,4 +70,32 @@ fn document_is_openapi_3_1_with_problem_errors_everywhere() {
     assert!(
         body["multipart/form-data"].is_object() && body["application/octet-stream"].is_object()
     );
+}
+
+#[test]
+fn live_server_serves_the_document_swagger_ui_and_probes() {
+    let server = Server::start(&[]);
+    let served = server.get("/openapi.json");
+    assert_eq!(served.status, 200);
+    let committed: serde_json::Value =
+        serde_json::from_str(&onnx_cle::server::openapi_json()).unwrap();
+    assert_eq!(served.json(), committed);
+    let docs = server.get("/docs/");
+    assert_eq!(docs.status, 200, "{}", docs.text());
+    assert!(docs
+        .header("content-type")
+        .unwrap()
+        .starts_with("text/html"));
+    let css = server.get("/docs/swagger-ui.css");
+    assert_eq!(css.status, 200, "Swagger UI assets are embedded (vendored)");
+    assert!(css.body.len() > 1000);
+    assert_eq!(server.get("/healthz").json()["status"], "ok");
+    assert_eq!(server.get("/readyz").json()["status"], "ready");
+    let metrics = server.get("/metrics");
+    assert!(metrics
+        .header("content-type")
+        .unwrap()
+        .starts_with("text/plain"));
+    assert!(metrics.text().contains("cle_queue_depth 0"));
+    assert!(metrics.text().contains("cle_workers 2"));
 }

@@ -343,7 +343,8 @@ impl Jobs {
             error: None,
             attempts: 0,
         };
-        self.store.save(&job).map_err(io_err)?;
+        // The key first: a key whose job record never got written is ignored on replay,
+        // while a job record whose upload the caller deletes on error would be a broken job.
         if let Some(key) = key_sha256 {
             let rec = IdempotencyRecord {
                 key_sha256: key,
@@ -354,6 +355,7 @@ impl Jobs {
             self.store.save_key(&rec).map_err(io_err)?;
             g.keys.insert(rec.key_sha256.clone(), rec);
         }
+        self.store.save(&job).map_err(io_err)?;
         g.jobs.insert(job.id.clone(), job.clone());
         g.queue.push_back(job.id.clone());
         drop(g);
