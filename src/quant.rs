@@ -343,7 +343,13 @@ pub fn with_activation_qdq(model: &ModelProto, ranges: &HashMap<String, (f32, f3
         let scale = if hi > lo { (hi - lo) / 255.0 } else { 1.0 };
         let zp = (-lo / scale).round().clamp(0.0, 255.0);
         let scalar = |name: String, v: f32, params: &mut Vec<TensorProto>| {
-            params.push(tensor::new_f32(&name, &F32Tensor { dims: vec![], data: vec![v] }));
+            params.push(tensor::new_f32(
+                &name,
+                &F32Tensor {
+                    dims: vec![],
+                    data: vec![v],
+                },
+            ));
             name
         };
         let s = scalar(format!("{t}__act_scale"), scale, params);
@@ -425,7 +431,8 @@ pub fn first_outputs(
         .collect()
 }
 
-fn score(reference: &[Vec<f32>], outs: &[Vec<f32>]) -> (f64, f64) {
+/// `(SQNR dB, top-1 agreement)` of `outs` against `reference` (one vector per sample).
+pub fn score(reference: &[Vec<f32>], outs: &[Vec<f32>]) -> (f64, f64) {
     let r: Vec<f32> = reference.iter().flatten().copied().collect();
     let o: Vec<f32> = outs.iter().flatten().copied().collect();
     let agree = reference
@@ -476,24 +483,34 @@ pub fn evaluate_model(
         push(s.name(), first_outputs(&crate::onnx::encode(&q), samples)?);
     }
     if w8a8 {
-        let points: Vec<String> = activation_points(model)
-            .into_iter()
-            .filter(|p| tensor_exists(model, p))
-            .collect();
-        let q = quantized_weights(model, Scheme::PerTensorSymmetric, None);
-        let ranges: HashMap<String, (f32, f32)> = calibrate(&q, &points, samples)?
-            .into_iter()
-            .filter(|(k, _)| points.contains(k))
-            .collect();
         push(
             "w8a8",
-            first_outputs(
-                &crate::onnx::encode(&with_activation_qdq(&q, &ranges)),
-                samples,
-            )?,
+            w8a8_outputs(model, Scheme::PerTensorSymmetric, samples)?,
         );
     }
     Ok(rows)
+}
+
+/// Outputs of `model` with weights quantized by `scheme` and every activation point
+/// ([`activation_points`]) fake-quantized per tensor to uint8, ranges calibrated on `samples`.
+pub fn w8a8_outputs(
+    model: &ModelProto,
+    scheme: Scheme,
+    samples: &[Vec<InputTensor>],
+) -> Result<Vec<Vec<f32>>, String> {
+    let points: Vec<String> = activation_points(model)
+        .into_iter()
+        .filter(|p| tensor_exists(model, p))
+        .collect();
+    let q = quantized_weights(model, scheme, None);
+    let ranges: HashMap<String, (f32, f32)> = calibrate(&q, &points, samples)?
+        .into_iter()
+        .filter(|(k, _)| points.contains(k))
+        .collect();
+    first_outputs(
+        &crate::onnx::encode(&with_activation_qdq(&q, &ranges)),
+        samples,
+    )
 }
 
 /// End-to-end figures: original FP32 reference vs quantized BN-folded and equalized models.
