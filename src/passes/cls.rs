@@ -381,6 +381,7 @@ pub fn run(cx: &mut Ctx) -> crate::Result<()> {
             sets.push(Set { layers, throughs });
         }
     }
+    report_unpaired(cx, &sets);
     let before: Vec<Vec<PairRanges>> = sets.iter().map(|s| pair_ranges(cx, s)).collect();
     let mut cumulative: Vec<Vec<Vec<f32>>> = sets
         .iter()
@@ -522,6 +523,95 @@ fn axis_problem(
         }
     }
     None
+}
+
+/// A `cls` skip for every layer in scope that ended up in no set, saying where its chain broke.
+fn report_unpaired(cx: &mut Ctx, sets: &[Set]) {
+    let n = cx.work.node_count();
+    let roles: Vec<Role> = (0..n).map(|i| role(cx, i)).collect();
+    let mut paired = vec![false; n];
+    for s in sets {
+        for l in &s.layers {
+            paired[l.node] = true;
+        }
+    }
+    let already: std::collections::HashSet<String> = cx
+        .report
+        .skipped
+        .iter()
+        .filter(|s| s.pass == PASS)
+        .flat_map(|s| s.nodes.iter().cloned())
+        .collect();
+    let mut skips = Vec::new();
+    for &i in cx.work.index().topo() {
+        if roles[i] != Role::Layer || paired[i] || already.contains(cx.work.label(i)) {
+            continue;
+        }
+        let (reason, detail) = downstream_break(cx, i, &roles);
+        skips.push((cx.work.label(i).to_string(), reason, detail));
+    }
+    for (label, reason, detail) in skips {
+        cx.skip(PASS, vec![label], reason, detail);
+    }
+}
+
+/// Why the chain after layer `i` does not reach a partner layer.
+fn downstream_break(cx: &Ctx, i: usize, roles: &[Role]) -> (&'static str, String) {
+    let mut cur = i;
+    for _ in 0..64 {
+        let out = cx.work.out(cur);
+        let label = cx.work.label(cur);
+        let uses = cx.work.index().use_count(out);
+        if cx.work.index().is_graph_output(out) {
+            return (
+                "graph_output",
+                format!("`{out}` after {label} is a graph output, so it must not be rescaled"),
+            );
+        }
+        let Some(c) = cx.work.sole_consumer(cur) else {
+            return if uses == 0 {
+                ("no_consumer", format!("nothing reads `{out}`"))
+            } else {
+                (
+                    "fan_out",
+                    format!("`{out}` after {label} feeds {uses} consumers"),
+                )
+            };
+        };
+        let next = cx.work.node(c);
+        if cx.work.input(c, 0) != out {
+            return (
+                "chain_break",
+                format!(
+                    "{} reads `{out}` as a parameter, not as data",
+                    cx.work.label(c)
+                ),
+            );
+        }
+        match roles[c] {
+            Role::Stop => {
+                return (
+                    "chain_break",
+                    format!(
+                        "the next op {} ({}) is not scale-equivariant or is out of scope",
+                        cx.work.label(c),
+                        next.op_type()
+                    ),
+                )
+            }
+            Role::Layer => {
+                return (
+                    "partner_unsupported",
+                    format!(
+                        "the next layer {} cannot be scaled with it (see its own entry)",
+                        cx.work.label(c)
+                    ),
+                )
+            }
+            Role::Through => cur = c,
+        }
+    }
+    ("chain_break", "chain too long".into())
 }
 
 fn set_problem(cx: &Ctx, layers: &[Layer]) -> Option<(&'static str, String)> {

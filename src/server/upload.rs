@@ -65,6 +65,12 @@ pub struct EqualizeParams {
     /// Value of every dynamic input dimension during verification.
     #[param(minimum = 1, maximum = 4096)]
     pub dynamic_dim: Option<usize>,
+    /// Activation-aware balancing: cap every scaled activation's per-tensor range growth at
+    /// this factor (≥ 1).
+    #[param(minimum = 1)]
+    pub balance: Option<f32>,
+    /// Simulate int8 end to end with tract (weights-only schemes and W8A8) on random inputs.
+    pub quant_e2e: Option<bool>,
     /// Label for the job.
     #[param(max_length = 200)]
     pub name: Option<String>,
@@ -147,6 +153,14 @@ fn number<T: std::str::FromStr>(name: &str, v: &str) -> Result<T, ApiError> {
         .map_err(|_| bad_query(name, format!("`{name}` must be a number, not `{v}`")))
 }
 
+fn boolean(key: &str, v: &str) -> Result<bool, ApiError> {
+    match v {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        _ => Err(bad_query(key, format!("`{key}` must be true or false"))),
+    }
+}
+
 /// Parses the query string of a raw upload into [`EqualizeParams`]. Repeated parameters
 /// accumulate; unknown parameters are an error (typos must not be ignored).
 pub fn parse_params(query: &str) -> Result<EqualizeParams, ApiError> {
@@ -170,13 +184,9 @@ pub fn parse_params(query: &str) -> Result<EqualizeParams, ApiError> {
             "threshold" => p.threshold = Some(number("threshold", &v)?),
             "seed" => p.seed = Some(number("seed", &v)?),
             "dynamic_dim" => p.dynamic_dim = Some(number("dynamic_dim", &v)?),
-            "verify" => {
-                p.verify = Some(match v.as_str() {
-                    "true" | "1" | "yes" | "on" => true,
-                    "false" | "0" | "no" | "off" => false,
-                    _ => return Err(bad_query("verify", "`verify` must be true or false")),
-                })
-            }
+            "verify" => p.verify = Some(boolean("verify", &v)?),
+            "quant_e2e" => p.quant_e2e = Some(boolean("quant_e2e", &v)?),
+            "balance" => p.balance = Some(number("balance", &v)?),
             "name" => p.name = Some(v),
             other => {
                 return Err(bad_query(
@@ -221,6 +231,12 @@ impl EqualizeParams {
         }
         if let Some(d) = self.dynamic_dim {
             o.verify.dynamic_dim = d;
+        }
+        if self.balance.is_some() {
+            o.balance = self.balance;
+        }
+        if let Some(q) = self.quant_e2e {
+            o.quant.end_to_end = q;
         }
         o.normalized().map_err(|e| invalid_options(e.to_string()))
     }
