@@ -1,7 +1,7 @@
 //! The fidelity table of the README: for EfficientNet-Lite0 and MobileNetV2 (../shared/models)
 //! with their 16 sample images (../shared/data), logits SQNR and top-1 agreement against the
 //! **original FP32 model** of: the BN-folded baseline, AIMET's `equalize_model` output, onnx-cle
-//! default, onnx-cle balanced, and the per-channel ceiling — weights-only (per-tensor symmetric
+//! default, onnx-cle balanced, onnx-cle iterated, and the per-channel ceiling — weights-only (per-tensor symmetric
 //! int8) and W8A8 (plus per-tensor uint8 activations calibrated on the same images).
 //!
 //! ```sh
@@ -63,6 +63,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             }),
         )?
         .model;
+        let iterated = equalize(
+            original.clone(),
+            &quiet(Options {
+                iterations: Some(5),
+                ..Options::default()
+            }),
+        )?
+        .model;
         let aimet = onnx::load_file(&shared.join(format!("models/{stem}.aimet_cle.onnx")))?;
         println!(
             "\n### {title} ({} images, against the original FP32 model)\n",
@@ -76,6 +84,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ("AIMET `equalize_model`", &aimet),
             ("onnx-cle default", &default),
             (&*format!("onnx-cle `--balance {balance}`"), &balanced),
+            ("onnx-cle `--iterations 5`", &iterated),
         ];
         for (label, model) in variants {
             let fp32 = quant::score(

@@ -3,6 +3,7 @@
 //! Exit codes: 0 success; 1 internal error; 2 usage error; 3 the input is not a usable ONNX
 //! model; 4 invalid options or unknown start/output names; 5 a file could not be read or
 //! written; 6 the verified output deviation exceeds `--max-rel-l2` (the model is still written).
+//! A model over a limit (`--max-nodes`, `--max-tensor-elements`, `--max-model-memory`) is 3.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -71,9 +72,10 @@ pub struct EqualizeArgs {
     /// Reproduce aimet_onnx 2.42's numbers.
     #[arg(long, value_enum, default_value = "none")]
     compat: CompatArg,
-    /// Cross-layer-scaling passes (stops early once max |1 − s| < threshold).
-    #[arg(long, default_value_t = 1)]
-    iterations: u32,
+    /// Cross-layer-scaling passes (stops early once max |1 − s| < threshold); default 2, or 1
+    /// with `--compat aimet`.
+    #[arg(long)]
+    iterations: Option<u32>,
     /// Convergence threshold for --iterations.
     #[arg(long, default_value_t = 1e-3)]
     threshold: f32,
@@ -109,6 +111,15 @@ pub struct EqualizeArgs {
     /// No progress or summary on stderr.
     #[arg(short, long)]
     quiet: bool,
+    /// Refuse models with more nodes than this (all graphs, subgraphs and functions).
+    #[arg(long, env = "ONNX_CLE_MAX_NODES", default_value_t = onnx_cle::limits::DEFAULT_MAX_NODES)]
+    max_nodes: u64,
+    /// Refuse models declaring a tensor with more elements than this.
+    #[arg(long, env = "ONNX_CLE_MAX_TENSOR_ELEMENTS", default_value_t = onnx_cle::limits::DEFAULT_MAX_TENSOR_ELEMENTS)]
+    max_tensor_elements: u64,
+    /// Refuse models whose decoded form would take more memory than this (e.g. `4GiB`).
+    #[arg(long, env = "ONNX_CLE_MAX_MODEL_MEMORY", default_value = "4GiB", value_parser = onnx_cle::server::config::parse_size)]
+    max_model_memory: u64,
 }
 
 fn fail(code: u8, msg: impl std::fmt::Display) -> ExitCode {
@@ -182,7 +193,12 @@ pub fn equalize(a: EqualizeArgs) -> ExitCode {
     };
     let size = data.len();
     let bytes = bytes::Bytes::from(data);
-    let mut model = match onnx_cle::onnx::decode(bytes.clone()) {
+    let limits = onnx_cle::limits::Limits {
+        max_nodes: a.max_nodes,
+        max_tensor_elements: a.max_tensor_elements,
+        max_decoded_bytes: a.max_model_memory,
+    };
+    let mut model = match onnx_cle::limits::decode(bytes.clone(), &limits) {
         Ok(m) => m,
         Err(e) => return fail(core_exit(&e), format!("{}: {e}", a.input.display())),
     };

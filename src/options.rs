@@ -113,8 +113,11 @@ pub struct Options {
     pub start: Vec<String>,
     /// Output op names (node or tensor names): only nodes upstream of one are touched.
     pub output: Vec<String>,
-    /// Cross-layer-scaling passes (1 = AIMET's single pass).
-    pub iterations: u32,
+    /// Cross-layer-scaling passes: AIMET runs 1 (forced with `compat = aimet`); the default 2
+    /// lets chained sets, which share layers, settle (+1 to +1.5 dB per-tensor int8 on the
+    /// EfficientNet-Lite0 and MobileNetV2 fixtures at twice the CLS cost).
+    /// `None` means the mode's default (1 with `compat = aimet`, else 2).
+    pub iterations: Option<u32>,
     /// Stop iterating once every scale factor satisfies `max |1 − s| < threshold`.
     pub threshold: f32,
     /// Verification.
@@ -136,7 +139,7 @@ impl Default for Options {
             compat: Compat::default(),
             start: Vec::new(),
             output: Vec::new(),
-            iterations: 1,
+            iterations: None,
             threshold: 1e-3,
             verify: VerifyOptions::default(),
             balance: None,
@@ -156,6 +159,12 @@ impl Options {
         }
     }
 
+    /// CLS passes to run (after [`Options::normalized`], the effective value).
+    pub fn passes(&self) -> u32 {
+        self.iterations
+            .unwrap_or(if self.is_aimet() { 1 } else { 2 })
+    }
+
     /// Whether `step` is enabled.
     pub fn runs(&self, step: Step) -> bool {
         self.steps.contains(&step)
@@ -168,7 +177,9 @@ impl Options {
 
     /// Checks the options and applies what `compat = aimet` implies.
     pub fn normalized(mut self) -> Result<Self> {
-        if self.iterations == 0 || self.iterations > 1000 {
+        let default_passes = if self.is_aimet() { 1 } else { 2 };
+        let passes = self.iterations.unwrap_or(default_passes);
+        if passes == 0 || passes > 1000 {
             return Err(CoreError::InvalidOptions(
                 "iterations must be between 1 and 1000".into(),
             ));
@@ -195,17 +206,18 @@ impl Options {
                 ));
             }
         }
+        if self.is_aimet() && passes != 1 {
+            return Err(CoreError::InvalidOptions(
+                "compat=aimet runs a single CLS pass (iterations must be 1)".into(),
+            ));
+        }
+        self.iterations = Some(passes);
         if self.is_aimet() {
             if self.relu6 == Relu6Policy::Exact {
                 self.relu6 = Relu6Policy::Replace;
             }
             if self.hbf == HbfMode::Exact {
                 self.hbf = HbfMode::Aimet;
-            }
-            if self.iterations != 1 {
-                return Err(CoreError::InvalidOptions(
-                    "compat=aimet runs a single CLS pass (iterations must be 1)".into(),
-                ));
             }
         }
         let mut steps: Vec<Step> = Step::ALL

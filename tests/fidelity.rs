@@ -118,7 +118,7 @@ fn exact_relu6_pad_gemm_pair_and_exact_hbf() {
 #[test]
 fn iterations_converge_and_keep_the_function() {
     let opts = Options {
-        iterations: 50,
+        iterations: Some(50),
         threshold: 1e-4,
         ..Options::default()
     };
@@ -253,10 +253,16 @@ fn efficientnet_lite0_survives_per_tensor_int8_and_balance_beats_both() {
     common::say(&format!(
         "fidelity efficientnet_lite0 W8A8: balanced {bal:.2} dB, plain CLE {cle:.2}, BN-folded {base:.2}"
     ));
-    assert!(bal > base, "W8A8: balanced {bal:.2} dB ≤ BN-folded {base:.2}");
+    assert!(
+        bal > base,
+        "W8A8: balanced {bal:.2} dB ≤ BN-folded {base:.2}"
+    );
     // On these 16 images, with held-out calibration, activations cost plain CLE only ~0.7 dB, so
     // the cap can win back little: it must not lose more than noise against plain CLE.
-    assert!(bal > cle - 0.5, "W8A8: balanced {bal:.2} dB ≪ plain CLE {cle:.2}");
+    assert!(
+        bal > cle - 0.5,
+        "W8A8: balanced {bal:.2} dB ≪ plain CLE {cle:.2}"
+    );
 }
 
 #[test]

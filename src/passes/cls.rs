@@ -397,7 +397,7 @@ pub fn run(cx: &mut Ctx) -> crate::Result<()> {
     }
     let act_ranges: Vec<Vec<Option<Vec<f32>>>> =
         sets.iter().map(|s| activation_ranges(cx, s)).collect();
-    for it in 1..=cx.opts.iterations {
+    for it in 1..=cx.opts.passes() {
         let mut worst = 0f32;
         for (k, set) in sets.iter().enumerate() {
             let scales = scale_set(

@@ -23,6 +23,7 @@ use super::job::{InputInfo, JobId};
 use super::jobs::Jobs;
 use super::problem::ApiError;
 use super::store::{BlobKind, BlobSink};
+use crate::limits::Limits;
 use crate::{Compat, HbfMode, Options, Relu6Policy, Step};
 
 const FLUSH_BYTES: usize = 1 << 20;
@@ -217,8 +218,8 @@ impl EqualizeParams {
         }
         o.start = self.start.clone().unwrap_or_default();
         o.output = self.output.clone().unwrap_or_default();
-        if let Some(i) = self.iterations {
-            o.iterations = i;
+        if self.iterations.is_some() {
+            o.iterations = self.iterations;
         }
         if let Some(t) = self.threshold {
             o.threshold = t;
@@ -351,9 +352,38 @@ fn media_type(headers: &HeaderMap) -> Option<String> {
     )
 }
 
-/// Receives the model of `POST /equalize` into the blob store under a fresh job id.
+/// Receives the model of `POST /equalize` into the blob store under `id`, then scans it within
+/// `limits` ([`crate::onnx::scan`]): malformed, graph-less or oversized models are refused
+/// here (422 / 413) instead of becoming failed jobs. On error the caller deletes blob `id`.
 pub async fn receive(
     jobs: &std::sync::Arc<Jobs>,
+    id: &JobId,
+    req: Request,
+    max_upload: u64,
+    limits: &Limits,
+) -> Result<Upload, ApiError> {
+    let up = receive_body(jobs, id, req, max_upload).await?;
+    let blobs = std::sync::Arc::clone(jobs.blobs());
+    let (id, limits) = (id.clone(), *limits);
+    tokio::task::spawn_blocking(move || {
+        let (r, len) = blobs
+            .open(&id, BlobKind::Input)
+            .map_err(|e| ApiError::internal(format!("reopening the upload: {e}")))?;
+        let r = std::io::BufReader::with_capacity(1 << 16, r);
+        match crate::onnx::scan::scan(r, len, &limits, "upload") {
+            Ok(_) => Ok(()),
+            Err(e @ crate::CoreError::Io { .. }) => Err(ApiError::internal(e)),
+            Err(e) => Err(ApiError::from(&e)),
+        }
+    })
+    .await
+    .map_err(ApiError::internal)??;
+    Ok(up)
+}
+
+async fn receive_body(
+    jobs: &std::sync::Arc<Jobs>,
+    id: &JobId,
     req: Request,
     max_upload: u64,
 ) -> Result<Upload, ApiError> {
@@ -373,7 +403,7 @@ pub async fn receive(
             let mut mp = Multipart::from_request(req, &()).await.map_err(|e| {
                 ApiError::new(StatusCode::BAD_REQUEST, "invalid_multipart", e.body_text())
             })?;
-            let received = receive_multipart(jobs, &mut mp, max_upload).await;
+            let received = receive_multipart(jobs, id, &mut mp, max_upload).await;
             if received.is_err() {
                 drain_multipart(&mut mp).await;
             }
@@ -387,10 +417,9 @@ pub async fn receive(
             let params = parse_params(req.uri().query().unwrap_or(""))?;
             let options = params.options()?;
             let name = check_name(params.name.clone())?;
-            let id = JobId::generate();
-            let (bytes, sha256) = receive_raw(jobs, &id, req.into_body(), max_upload).await?;
+            let (bytes, sha256) = receive_raw(jobs, id, req.into_body(), max_upload).await?;
             Ok(Upload {
-                id,
+                id: id.clone(),
                 input: InputInfo {
                     bytes,
                     sha256,
@@ -519,10 +548,10 @@ async fn drain_multipart(mp: &mut Multipart) {
 
 async fn receive_multipart(
     jobs: &std::sync::Arc<Jobs>,
+    id: &JobId,
     mp: &mut Multipart,
     max_upload: u64,
 ) -> Result<Upload, ApiError> {
-    let id = JobId::generate();
     let mut model: Option<(u64, String, Option<String>)> = None;
     let mut options: Option<Options> = None;
     let mut name: Option<String> = None;
@@ -535,7 +564,7 @@ async fn receive_multipart(
         match part.as_str() {
             "model" if model.is_none() => {
                 let filename = field.file_name().and_then(sanitize_filename);
-                let mut staging = Staging::new(jobs, &id, max_upload).await?;
+                let mut staging = Staging::new(jobs, id, max_upload).await?;
                 while let Some(chunk) = field
                     .chunk()
                     .await
@@ -600,7 +629,7 @@ async fn receive_multipart(
             .map_err(|e| invalid_options(e.to_string()))?,
     };
     Ok(Upload {
-        id,
+        id: id.clone(),
         input: InputInfo {
             bytes,
             sha256,
@@ -627,7 +656,7 @@ mod tests {
         assert_eq!(o.relu6, Relu6Policy::Replace);
         assert_eq!(o.start, vec!["a", "b"]);
         assert_eq!(o.output, vec!["c"]);
-        assert_eq!(o.iterations, 3);
+        assert_eq!(o.iterations, Some(3));
         assert!(!o.verify.enabled);
         assert_eq!((o.verify.seed, o.verify.dynamic_dim), (7, 2));
         assert_eq!(p.name.as_deref(), Some("x"));
