@@ -9,7 +9,7 @@
 //! On the real models of `../shared/models` with the sample images of `../shared/data`
 //! (default options), the acceptance of issue 6: EfficientNet-Lite0 keeps FP32 within 1e-5 and
 //! reaches ≥ 12 dB logits SQNR / ≥ 0.75 top-1 with per-tensor symmetric int8 weights; MobileNetV2
-//! keeps FP32 within 1e-5 and reaches ≥ 16 dB; with `balance`, EfficientNet-Lite0's simulated
+//! keeps FP32 within 1e-5 and reaches ≥ 16 dB; with `balance = 2`, EfficientNet-Lite0's simulated
 //! W8A8 beats the BN-folded baseline and stays within noise of plain exact CLE (the measured
 //! figures are printed; see the README's fidelity table). Every figure is measured against
 //! the original FP32 model by tract (the numbers were cross-checked with onnxruntime, see the
@@ -242,26 +242,20 @@ fn efficientnet_lite0_survives_per_tensor_int8_and_balance_beats_both() {
         "efficientnet_lite0",
         "efficientnet_inputs_f32_nchw.npy",
         Options {
-            balance: Some(4.0),
+            balance: Some(2.0),
             ..Options::default()
         },
     )
     .unwrap();
-    summary("efficientnet_lite0 balance 4", &balanced);
+    summary("efficientnet_lite0 balance 2", &balanced);
     assert!(balanced.verification.max_rel_l2.unwrap() <= MAX_REL_L2);
     let bal = row(&balanced, "equalized", "w8a8").sqnr_db;
     common::say(&format!(
         "fidelity efficientnet_lite0 W8A8: balanced {bal:.2} dB, plain CLE {cle:.2}, BN-folded {base:.2}"
     ));
     assert!(
-        bal > base,
-        "W8A8: balanced {bal:.2} dB ≤ BN-folded {base:.2}"
-    );
-    // On these 16 images, with held-out calibration, activations cost plain CLE only ~0.7 dB, so
-    // the cap can win back little: it must not lose more than noise against plain CLE.
-    assert!(
-        bal > cle - 0.5,
-        "W8A8: balanced {bal:.2} dB ≪ plain CLE {cle:.2}"
+        bal > base && bal > cle,
+        "W8A8: balanced {bal:.2} dB, BN-folded {base:.2}, plain CLE {cle:.2}"
     );
 }
 
