@@ -801,7 +801,7 @@ impl ModelBuilder {
     pub fn conv(&mut self, name: &str, x: &str, spec: &ConvSpec) -> String {
         let g = spec.group.max(1);
         assert!(
-            spec.in_channels % g == 0 && spec.out_channels % g == 0,
+            spec.in_channels.is_multiple_of(g) && spec.out_channels.is_multiple_of(g),
             "channels not divisible by group"
         );
         let dims = spec.weight_dims();
@@ -1112,6 +1112,80 @@ impl ModelBuilder {
         );
         self.like(y, x)
     }
+}
+
+/// A ResNet-50-shaped model (torchvision's v1.5 layout), for benchmarks: 53 `Conv` (no bias,
+/// as PyTorch exports them) each followed by a `BatchNormalization` with realistic statistics,
+/// a 7×7/2 stem with a 3×3/2 `MaxPool`, bottleneck stages of [3, 4, 6, 3] blocks (1×1, 3×3
+/// with the stride, 1×1, and a projection shortcut on the first block of each stage), residual
+/// `Add` + `Relu`, `GlobalAveragePool`, `Flatten` and a `Gemm` to 1000 classes. Input
+/// `[N, 3, 224, 224]`.
+///
+/// `width` scales every channel count (1.0: 25.6 M parameters, ≈ 102 MB of f32; 0.5 ≈ 26 MB;
+/// 0.25 ≈ 7 MB). Node names follow torchvision (`layer2.0.conv1`, `layer2.0.downsample.0`…).
+/// The same `width` and `seed` give the same model, byte for byte.
+pub fn resnet50(width: f32, seed: u64) -> ModelProto {
+    let ch = |c: usize| ((c as f32 * width).round() as usize).max(1);
+    let mut b = ModelBuilder::new(13).seed(seed);
+    let conv_bn = |b: &mut ModelBuilder, name: &str, bn: &str, x: &str, spec: ConvSpec| {
+        let c = spec.out_channels;
+        let y = b.conv(name, x, &spec.no_bias());
+        b.batch_norm(bn, &y, c)
+    };
+    let x = b.batched_input("input", "N", &[3, 224, 224]);
+    let stem = ch(64);
+    let spec = ConvSpec::new(3, stem, &[7, 7])
+        .pads(&[3, 3, 3, 3])
+        .strides(&[2, 2]);
+    let y = conv_bn(&mut b, "conv1", "bn1", &x, spec);
+    let y = b.relu("relu", &y);
+    let mut y = b.max_pool("maxpool", &y, &[3, 3], &[2, 2]);
+    b.last_node_mut()
+        .attribute
+        .push(attr_ints("pads", &[1, 1, 1, 1]));
+    let mut in_ch = stem;
+    for (stage, (&blocks, &planes)) in [3usize, 4, 6, 3]
+        .iter()
+        .zip(&[64usize, 128, 256, 512])
+        .enumerate()
+    {
+        let (mid, out) = (ch(planes), ch(planes * 4));
+        for k in 0..blocks {
+            let stride = if k == 0 && stage > 0 { 2 } else { 1 };
+            let p = format!("layer{}.{k}", stage + 1);
+            let h = conv_bn(
+                &mut b,
+                &format!("{p}.conv1"),
+                &format!("{p}.bn1"),
+                &y,
+                ConvSpec::new(in_ch, mid, &[1, 1]),
+            );
+            let h = b.relu(&format!("{p}.relu1"), &h);
+            let spec = ConvSpec::new(mid, mid, &[3, 3])
+                .same_pads()
+                .strides(&[stride, stride]);
+            let h = conv_bn(&mut b, &format!("{p}.conv2"), &format!("{p}.bn2"), &h, spec);
+            let h = b.relu(&format!("{p}.relu2"), &h);
+            let spec = ConvSpec::new(mid, out, &[1, 1]);
+            let h = conv_bn(&mut b, &format!("{p}.conv3"), &format!("{p}.bn3"), &h, spec);
+            let shortcut = if k == 0 {
+                let spec = ConvSpec::new(in_ch, out, &[1, 1]).strides(&[stride, stride]);
+                let d0 = format!("{p}.downsample.0");
+                let d1 = format!("{p}.downsample.1");
+                conv_bn(&mut b, &d0, &d1, &y, spec)
+            } else {
+                y.clone()
+            };
+            let s = b.add(&format!("{p}.add"), &h, &shortcut);
+            y = b.relu(&format!("{p}.relu3"), &s);
+            in_ch = out;
+        }
+    }
+    let y = b.global_average_pool("avgpool", &y);
+    let y = b.flatten("flatten", &y, 1);
+    let y = b.gemm("fc", &y, &GemmSpec::new(in_ch, 1000));
+    b.output(&y);
+    b.build()
 }
 
 /// `w[o, …] *= f[o]` in the stored layout of `spec`.

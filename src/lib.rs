@@ -86,7 +86,19 @@ pub fn equalize(model: ModelProto, options: &Options) -> Result<Equalized> {
 
 /// [`equalize`] with progress and cancellation.
 pub fn equalize_with(model: ModelProto, options: &Options, ctl: Control) -> Result<Equalized> {
+    equalize_capturing(model, options, ctl, false).map(|(eq, _)| eq)
+}
+
+/// [`equalize_with`]; with `folded_figures` (and a BN-fold step) it also returns the int8
+/// figures of the BN-folded weights, taken right after the fold, for [`quant::layer_table_from`].
+fn equalize_capturing(
+    model: ModelProto,
+    options: &Options,
+    ctl: Control,
+    folded_figures: bool,
+) -> Result<(Equalized, Option<FoldedFigureMap>)> {
     let opts = options.clone().normalized()?;
+    let mut figures = None;
     let t = Instant::now();
     ctl.stage("prepare")?;
     let mut report = Report {
@@ -120,6 +132,11 @@ pub fn equalize_with(model: ModelProto, options: &Options, ctl: Control) -> Resu
             let t = Instant::now();
             passes::bn_fold::run(&mut cx)?;
             cx.report.timings_ms.bn_fold = ms(t);
+            if folded_figures {
+                let t = Instant::now();
+                figures = Some(quant::folded_figures(cx.work, true));
+                cx.report.timings_ms.quantization += ms(t);
+            }
         }
         if opts.runs(Step::Relu6) {
             ctl.stage("relu6")?;
@@ -158,8 +175,10 @@ pub fn equalize_with(model: ModelProto, options: &Options, ctl: Control) -> Resu
     let model = work.finish();
     report.model.initializers_after = model.graph.as_ref().map_or(0, |g| g.initializer.len());
     report.timings_ms.finish += ms(t);
-    Ok(Equalized { model, report })
+    Ok((Equalized { model, report }, figures))
 }
+
+type FoldedFigureMap = std::collections::HashMap<String, quant::FoldedFigures>;
 
 fn data_free_growth(state: &State) -> Vec<report::ActivationGrowth> {
     state
@@ -347,12 +366,29 @@ pub fn run(
 ) -> Result<Output> {
     let verify_opts = options.verify.clone();
     let quant = &options.quant;
+    // The per-layer figures need the BN-folded weights: taken during the run when it folds,
+    // instead of a second, fold-only run on a copy of the original.
+    let figures_in_run = quant.layers && !quant.end_to_end && options.steps.contains(&Step::BnFold);
     let original_model =
-        (verify_opts.enabled || quant.layers || quant.end_to_end).then(|| model.clone());
-    let eq = equalize_with(model, options, ctl)?;
+        (verify_opts.enabled || quant.end_to_end || (quant.layers && !figures_in_run))
+            .then(|| model.clone());
+    let input = original.as_ref().map(|b| b.as_ptr_range());
+    let original = original.filter(|_| verify_opts.enabled);
+    let (mut eq, figures) = equalize_capturing(model, options, ctl, figures_in_run)?;
+    if let (None, None, Some(input)) = (&original_model, &original, input) {
+        onnx::release_input(&mut eq.model, input);
+    }
     let bytes = onnx::encode(&eq.model);
     let mut report = eq.report;
-    if let (Some(orig), true) = (&original_model, quant.layers || quant.end_to_end) {
+    if let Some(before) = figures {
+        ctl.stage("quantization")?;
+        let t = Instant::now();
+        report
+            .quantization
+            .get_or_insert_with(Default::default)
+            .layers = quant::layer_table_from(&before, &eq.model);
+        report.timings_ms.quantization += ms(t);
+    } else if let (Some(orig), true) = (&original_model, quant.layers || quant.end_to_end) {
         ctl.stage("quantization")?;
         let t = Instant::now();
         quantization_figures(orig, &eq.model, options, samples, &mut report)?;
@@ -362,8 +398,8 @@ pub fn run(
         ctl.stage("verify")?;
         let t = Instant::now();
         let orig_bytes = match original {
-            Some(b) if !onnx::has_external_data(&orig) => b.to_vec(),
-            _ => onnx::encode(&orig),
+            Some(b) if !onnx::has_external_data(&orig) => b,
+            _ => Bytes::from(onnx::encode(&orig)),
         };
         report.verification = match samples {
             Some(s) => verify::compare(&orig_bytes, &bytes, &s.tensors, s.source.clone()),

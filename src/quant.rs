@@ -15,6 +15,7 @@
 
 use std::collections::{HashMap, HashSet};
 
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -134,7 +135,6 @@ pub fn sqnr_db(reference: &[f32], x: &[f32]) -> f64 {
 /// A layer's weight as found in a model.
 struct LayerWeight {
     label: String,
-    op: String,
     weight: String,
     layout: WeightLayout,
     data: Vec<f32>,
@@ -158,7 +158,6 @@ fn layer_weights(model: &ModelProto) -> Vec<LayerWeight> {
         };
         out.push(LayerWeight {
             label: work.label(i).to_string(),
-            op: work.node(i).op_type().to_string(),
             weight: l.weight.clone(),
             data,
             layout: l.layout,
@@ -167,30 +166,100 @@ fn layer_weights(model: &ModelProto) -> Vec<LayerWeight> {
     out
 }
 
-fn weight_sqnr(w: &LayerWeight, scheme: Scheme) -> f64 {
-    let mut q = w.data.clone();
-    fake_quant(&mut q, &w.layout, scheme);
-    sqnr_db(&w.data, &q)
+fn sqnr_of(data: &[f32], layout: &WeightLayout, scheme: Scheme) -> f64 {
+    let mut q = data.to_vec();
+    fake_quant(&mut q, layout, scheme);
+    sqnr_db(data, &q)
+}
+
+/// The int8 figures of one BN-folded layer weight: the "before" side of [`layer_table`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FoldedFigures {
+    /// SQNR (dB) per-tensor symmetric.
+    pub per_tensor_db: f64,
+    /// SQNR (dB) per-channel symmetric.
+    pub per_channel_db: f64,
+}
+
+/// [`FoldedFigures`] of every layer weight of `work`, by weight name (the first layer reading
+/// a weight gives its layout). With `keep` the decoded weights stay in `work`'s cache for the
+/// passes still to run; otherwise each is decoded and dropped in turn, so memory stays at one
+/// layer.
+pub fn folded_figures(work: &mut Work, keep: bool) -> HashMap<String, FoldedFigures> {
+    let mut layers: Vec<(String, WeightLayout)> = Vec::new();
+    let mut seen = HashSet::new();
+    for i in 0..work.node_count() {
+        if let Ok(l) = layer_of(work, i) {
+            if seen.insert(l.weight.clone()) {
+                layers.push((l.weight, l.layout));
+            }
+        }
+    }
+    if keep {
+        let names: Vec<String> = layers.iter().map(|(w, _)| w.clone()).collect();
+        work.prefetch(&names);
+    }
+    let work = &*work;
+    layers
+        .par_iter()
+        .filter_map(|(weight, layout)| {
+            let figures = |data: &[f32]| FoldedFigures {
+                per_tensor_db: sqnr_of(data, layout, Scheme::PerTensorSymmetric),
+                per_channel_db: sqnr_of(data, layout, Scheme::PerChannel),
+            };
+            let f = match work.cached(weight) {
+                Some(t) => figures(&t.data),
+                None => figures(&work.decode(weight).ok()?.data),
+            };
+            Some((weight.clone(), f))
+        })
+        .collect()
 }
 
 /// Per-layer weight SQNR, BN-folded vs equalized (layers matched by weight name).
 pub fn layer_table(folded: &ModelProto, equalized: &ModelProto) -> Vec<LayerQuant> {
-    let before: HashMap<String, LayerWeight> = layer_weights(folded)
-        .into_iter()
-        .map(|l| (l.weight.clone(), l))
-        .collect();
-    layer_weights(equalized)
-        .into_iter()
-        .map(|after| {
-            let b = before.get(&after.weight);
-            LayerQuant {
-                layer: after.label.clone(),
-                op: after.op.clone(),
-                channels: after.layout.out_channels(),
-                sqnr_before_db: b.map_or(f64::NAN, |b| weight_sqnr(b, Scheme::PerTensorSymmetric)),
-                sqnr_after_db: weight_sqnr(&after, Scheme::PerTensorSymmetric),
-                sqnr_per_channel_db: weight_sqnr(b.unwrap_or(&after), Scheme::PerChannel),
-            }
+    let before = Work::new(folded.clone())
+        .map(|mut w| folded_figures(&mut w, false))
+        .unwrap_or_default();
+    layer_table_from(&before, equalized)
+}
+
+/// [`layer_table`] with the BN-folded side already computed ([`folded_figures`]). Weights are
+/// decoded one layer at a time.
+pub fn layer_table_from(
+    before: &HashMap<String, FoldedFigures>,
+    equalized: &ModelProto,
+) -> Vec<LayerQuant> {
+    let Ok(mut work) = Work::new(equalized.clone()) else {
+        return Vec::new();
+    };
+    let mut layers = Vec::new();
+    let mut seen = HashSet::new();
+    for i in 0..work.node_count() {
+        let Ok(l) = layer_of(&mut work, i) else {
+            continue;
+        };
+        if seen.insert(l.weight.clone()) {
+            layers.push((i, l));
+        }
+    }
+    let work = &work;
+    layers
+        .par_iter()
+        .filter_map(|(i, l)| {
+            let after = work.decode(&l.weight).ok()?;
+            let b = before.get(&l.weight);
+            Some(LayerQuant {
+                layer: work.label(*i).to_string(),
+                op: work.node(*i).op_type().to_string(),
+                channels: l.layout.out_channels(),
+                sqnr_before_db: b.map_or(f64::NAN, |b| b.per_tensor_db),
+                sqnr_after_db: sqnr_of(&after.data, &l.layout, Scheme::PerTensorSymmetric),
+                sqnr_per_channel_db: b.map_or_else(
+                    || sqnr_of(&after.data, &l.layout, Scheme::PerChannel),
+                    |b| b.per_channel_db,
+                ),
+            })
         })
         .collect()
 }

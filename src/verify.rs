@@ -305,14 +305,21 @@ pub fn compare(
             .collect(),
         ..Default::default()
     };
-    let a = match run_samples(original, inputs) {
+    // The two models are independent: build and run them on two threads.
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(|| run_samples(original, inputs));
+        let b = run_samples(equalized, inputs);
+        let a = a.join().unwrap_or_else(|_| Err("tract panicked".into()));
+        (a, b)
+    });
+    let a = match a {
         Ok(a) => a,
         Err(e) => {
             v.reason = Some(format!("tract cannot run the original model: {e}"));
             return v;
         }
     };
-    let b = match run_samples(equalized, inputs) {
+    let b = match b {
         Ok(b) => b,
         Err(e) => {
             v.reason = Some(format!("tract cannot run the equalized model: {e}"));

@@ -11,6 +11,8 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
+use rayon::prelude::*;
+
 use crate::error::{CoreError, Result};
 use crate::graph::GraphIndex;
 use crate::onnx::proto::attribute_proto::AttributeType;
@@ -290,6 +292,58 @@ impl Work {
         Ok(&self.cache[name].tensor)
     }
 
+    /// Decodes the f32 constant `name` without caching it (the cached value when there is one).
+    pub fn decode(&self, name: &str) -> std::result::Result<F32Tensor, String> {
+        if let Some(c) = self.cache.get(name) {
+            return Ok(c.tensor.clone());
+        }
+        let proto = self
+            .proto_of(name)
+            .ok_or_else(|| format!("`{name}` is not a constant"))?;
+        tensor::to_f32(proto).map_err(|e| format!("`{name}`: {e}"))
+    }
+
+    /// Decodes the constants `names` into the cache in parallel (as [`Work::read`] would one
+    /// by one). Unreadable ones are left for [`Work::read`] / [`Work::take`] to report.
+    pub fn prefetch(&mut self, names: &[String]) {
+        let todo: Vec<&String> = names
+            .iter()
+            .filter(|n| !self.cache.contains_key(n.as_str()))
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        let decoded: Vec<(String, F32Tensor)> = todo
+            .par_iter()
+            .filter_map(|n| Some(((*n).clone(), tensor::to_f32(self.proto_of(n)?).ok()?)))
+            .collect();
+        for (name, tensor) in decoded {
+            self.cache.insert(
+                name,
+                Cached {
+                    tensor,
+                    dirty: false,
+                },
+            );
+        }
+    }
+
+    /// The cached f32 constant `name`, if [`Work::read`] or [`Work::prefetch`] decoded it.
+    pub fn cached(&self, name: &str) -> Option<&F32Tensor> {
+        self.cache.get(name).map(|c| &c.tensor)
+    }
+
+    /// The shape of the f32 constant `name`, checked as [`Work::read`] checks it but without
+    /// decoding its data.
+    pub fn f32_dims(&self, name: &str) -> std::result::Result<Vec<usize>, String> {
+        if let Some(c) = self.cache.get(name) {
+            return Ok(c.tensor.dims.clone());
+        }
+        let proto = self
+            .proto_of(name)
+            .ok_or_else(|| format!("`{name}` is not a constant"))?;
+        tensor::f32_dims(proto).map_err(|e| format!("`{name}`: {e}"))
+    }
+
     /// Stores a modified constant (written back by [`Work::finish`]).
     pub fn put(&mut self, name: &str, tensor: F32Tensor) {
         self.cache.insert(
@@ -487,10 +541,19 @@ impl Work {
             .filter(|(_, c)| c.dirty)
             .map(|(n, c)| (n, c.tensor))
             .collect();
-        for (name, t) in dirty {
+        // Encode in parallel, each f32 buffer freed as soon as its bytes exist.
+        let dirty: Vec<(String, F32Tensor, bytes::Bytes)> = dirty
+            .into_par_iter()
+            .map(|(n, mut t)| {
+                let raw = bytes::Bytes::from(tensor::f32_le_bytes(&t.data));
+                t.data = Vec::new();
+                (n, t, raw)
+            })
+            .collect();
+        for (name, t, raw) in dirty {
             match self.const_source(&name) {
                 Some(ConstSource::Initializer(i)) => {
-                    tensor::write_f32(&mut self.graph_mut().initializer[i], &t)
+                    tensor::set_raw_f32(&mut self.graph_mut().initializer[i], &t.dims, raw)
                 }
                 Some(ConstSource::Constant(p)) => {
                     if let Some(a) = self.graph_mut().node[p]
@@ -499,7 +562,7 @@ impl Work {
                         .find(|a| a.name() == "value")
                     {
                         if let Some(tp) = a.t.as_mut() {
-                            tensor::write_f32(tp, &t);
+                            tensor::set_raw_f32(tp, &t.dims, raw);
                             a.r#type = Some(AttributeType::Tensor as i32);
                         }
                     }

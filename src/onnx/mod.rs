@@ -190,3 +190,36 @@ pub fn onnx_opset(model: &ModelProto) -> Option<i64> {
         .find(|o| o.domain().is_empty() || o.domain() == "ai.onnx")
         .map(|o| o.version())
 }
+
+/// Lets the buffer a model was decoded from be freed: the tensors of the main graph whose
+/// `raw_data` still points into `input` (the untouched ones) get their own copy, when that copy
+/// is at most half the buffer (otherwise nothing changes). The buffer is freed once its last
+/// other holder drops it.
+pub fn release_input(model: &mut ModelProto, input: std::ops::Range<*const u8>) {
+    let Some(graph) = model.graph.as_mut() else {
+        return;
+    };
+    let (start, end) = (input.start as usize, input.end as usize);
+    let inside = |t: &TensorProto| {
+        t.raw_data.as_ref().is_some_and(|r| {
+            let p = r.as_ptr() as usize;
+            !r.is_empty() && p >= start && p < end
+        })
+    };
+    let mut tensors: Vec<&mut TensorProto> = graph.initializer.iter_mut().collect();
+    for node in graph.node.iter_mut() {
+        for a in node.attribute.iter_mut() {
+            tensors.extend(a.t.as_mut());
+            tensors.extend(a.tensors.iter_mut());
+        }
+    }
+    tensors.retain(|t| inside(t));
+    let shared: usize = tensors.iter().map(|t| t.raw_data().len()).sum();
+    if shared > (end - start) / 2 {
+        return;
+    }
+    for t in tensors {
+        let copy = Bytes::copy_from_slice(t.raw_data());
+        t.raw_data = Some(copy);
+    }
+}

@@ -77,8 +77,9 @@ pub fn shape_of(t: &TensorProto) -> Result<(Vec<usize>, usize), TensorReadError>
     Ok((dims, count))
 }
 
-/// Decodes a FLOAT tensor.
-pub fn to_f32(t: &TensorProto) -> Result<F32Tensor, TensorReadError> {
+/// Checks that `t` is a readable FLOAT tensor (the checks of [`to_f32`], without decoding)
+/// and returns its shape.
+pub fn f32_dims(t: &TensorProto) -> Result<Vec<usize>, TensorReadError> {
     if t.data_type != Some(DataType::Float as i32) {
         return Err(TensorReadError::DType(dtype_name(t.data_type.unwrap_or(0))));
     }
@@ -87,7 +88,7 @@ pub fn to_f32(t: &TensorProto) -> Result<F32Tensor, TensorReadError> {
     }
     let (dims, count) = shape_of(t)?;
     let raw = t.raw_data();
-    let data = if !raw.is_empty() {
+    if !raw.is_empty() {
         if raw.len() != count.saturating_mul(4) {
             return Err(TensorReadError::Malformed(format!(
                 "raw_data holds {} bytes, shape {:?} needs {}",
@@ -96,21 +97,40 @@ pub fn to_f32(t: &TensorProto) -> Result<F32Tensor, TensorReadError> {
                 count.saturating_mul(4)
             )));
         }
-        raw.chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect()
-    } else {
-        if t.float_data.len() != count {
-            return Err(TensorReadError::Malformed(format!(
-                "float_data holds {} values, shape {:?} needs {}",
-                t.float_data.len(),
-                dims,
-                count
-            )));
+    } else if t.float_data.len() != count {
+        return Err(TensorReadError::Malformed(format!(
+            "float_data holds {} values, shape {:?} needs {}",
+            t.float_data.len(),
+            dims,
+            count
+        )));
+    }
+    Ok(dims)
+}
+
+/// Decodes a FLOAT tensor.
+pub fn to_f32(t: &TensorProto) -> Result<F32Tensor, TensorReadError> {
+    let dims = f32_dims(t)?;
+    let raw = t.raw_data();
+    let data = if !raw.is_empty() {
+        let mut data = vec![0f32; raw.len() / 4];
+        for (v, c) in data.iter_mut().zip(raw.chunks_exact(4)) {
+            *v = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
         }
+        data
+    } else {
         t.float_data.clone()
     };
     Ok(F32Tensor { dims, data })
+}
+
+/// `data` as little-endian bytes.
+pub fn f32_le_bytes(data: &[f32]) -> Vec<u8> {
+    let mut raw = vec![0u8; data.len() * 4];
+    for (c, v) in raw.chunks_exact_mut(4).zip(data) {
+        c.copy_from_slice(&v.to_le_bytes());
+    }
+    raw
 }
 
 /// Reads an integer tensor (INT64 or INT32) as i64, for shapes, pads and axes.
@@ -147,14 +167,15 @@ pub fn to_i64(t: &TensorProto) -> Option<Vec<i64>> {
 
 /// Writes f32 data into `t` as little-endian `raw_data` (FLOAT, `float_data` cleared).
 pub fn write_f32(t: &mut TensorProto, tensor: &F32Tensor) {
-    let mut raw = Vec::with_capacity(tensor.data.len() * 4);
-    for v in &tensor.data {
-        raw.extend_from_slice(&v.to_le_bytes());
-    }
-    t.dims = tensor.dims.iter().map(|&d| d as i64).collect();
+    set_raw_f32(t, &tensor.dims, Bytes::from(f32_le_bytes(&tensor.data)));
+}
+
+/// [`write_f32`] with the data already little-endian ([`f32_le_bytes`]).
+pub fn set_raw_f32(t: &mut TensorProto, dims: &[usize], raw: Bytes) {
+    t.dims = dims.iter().map(|&d| d as i64).collect();
     t.data_type = Some(DataType::Float as i32);
     t.float_data.clear();
-    t.raw_data = Some(Bytes::from(raw));
+    t.raw_data = Some(raw);
 }
 
 /// A new FLOAT initializer.

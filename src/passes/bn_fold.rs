@@ -103,6 +103,12 @@ pub fn run(cx: &mut Ctx) -> crate::Result<()> {
     }
     // A layer takes at most one backward and one forward fold; a forward fold into a layer whose
     // input BN was already claimed is impossible (one data input), so plans never conflict.
+    let weights: Vec<String> = backward
+        .iter()
+        .chain(forward.iter())
+        .map(|p| p.layer.weight.clone())
+        .collect();
+    cx.work.prefetch(&weights);
     let mut edits = Edits::default();
     for plan in backward.iter().chain(forward.iter()) {
         apply(cx, plan, &mut edits)?;

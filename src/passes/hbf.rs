@@ -161,12 +161,13 @@ fn absorb_exact(cx: &mut Ctx, pair: &ScaledPair, n1: usize, n2: usize) -> Absorb
     if hi.len() != l1.layout.in_channels() {
         return Ok(None);
     }
-    let w1 = cx
-        .work
-        .read(&l1.weight)
-        .map_err(|e| ("weight_unreadable", e))?
-        .data
-        .clone();
+    let neg = l1.layout.min_response(
+        &cx.work
+            .read(&l1.weight)
+            .map_err(|e| ("weight_unreadable", e))?
+            .data,
+        &hi,
+    );
     let b1 = match &l1.bias {
         Some(b) => cx
             .work
@@ -176,7 +177,6 @@ fn absorb_exact(cx: &mut Ctx, pair: &ScaledPair, n1: usize, n2: usize) -> Absorb
             .clone(),
         None => vec![0.0; l1.layout.out_channels()],
     };
-    let neg = l1.layout.min_response(&w1, &hi);
     // A Gemm's pre-activation is `alpha·W1·x + beta·b1`.
     let (b1, neg): (Vec<f32>, Vec<f32>) = match l1.layout.op {
         crate::layout::LayerOp::Gemm { .. } => {
@@ -252,13 +252,13 @@ fn shift(
     l2: &super::Layer,
     c: &[f32],
 ) -> Result<(), (&'static str, String)> {
-    let w2 = cx
-        .work
-        .read(&l2.weight)
-        .map_err(|e| ("weight_unreadable", e))?
-        .data
-        .clone();
-    let corr = l2.layout.kernel_sum_times(&w2, c);
+    let corr = l2.layout.kernel_sum_times(
+        &cx.work
+            .read(&l2.weight)
+            .map_err(|e| ("weight_unreadable", e))?
+            .data,
+        c,
+    );
     // Gemm computes `alpha·A·B + beta·C`: the bias moves the output by `beta·Δb`, an input shift
     // moves it by `alpha·ΔA·B` (1 for every other layer; dividing by 1 is exact).
     let gemm = |l: &super::Layer, a: &str| match l.layout.op {

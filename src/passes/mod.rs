@@ -207,10 +207,8 @@ pub fn layer_of(work: &mut Work, i: usize) -> Result<Layer, NotALayer> {
         }
     }
     let dims = work
-        .read(&weight)
-        .map_err(|e| ("weight_unreadable", e))?
-        .dims
-        .clone();
+        .f32_dims(&weight)
+        .map_err(|e| ("weight_unreadable", e))?;
     let layout =
         WeightLayout::new(op, &dims, group as usize).map_err(|e| ("invalid_weight_shape", e))?;
     if let Some(b) = &bias {

@@ -1,0 +1,162 @@
+#!/usr/bin/env bash
+# Service load check (issue 3), loopback only, about a minute:
+#
+#   1. `GET /jobs/{id}` at a fixed 500 requests/s for 10 s (oha) while two ResNet-50-sized jobs
+#      run (2 workers, more jobs queued behind them so two stay running); prints oha's latency
+#      summary and checks p99 <= 5 ms.
+#   2. 16 concurrent 100 MB raw-body uploads to `POST /equalize` while the server's RSS is
+#      sampled every 50 ms from /proc; prints the RSS before, the peak while uploading and the
+#      growth. One worker, kept busy by a blocker job submitted first (per-layer quantization
+#      sensitivity of mobilenet_v2: long, with a steady footprint), so the uploads queue and the
+#      figure is the intake's, not the jobs'.
+#
+# Needs curl; installs oha (crates.io) under ~/.cache/onnx-cle-tools on first use. Uses the
+# release build in $CARGO_TARGET_DIR (default ~/.cache/onnx-cle-target-release).
+# Exit status: non-zero when a target is missed.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/onnx-cle-target-release}"
+TOOLS="$HOME/.cache/onnx-cle-tools"
+RATE=500
+DURATION=10s
+P99_MS=5
+UPLOADS=16
+
+fail() { printf 'load_status: FAILED: %s\n' "$*" >&2; exit 1; }
+command -v curl >/dev/null || fail "curl is not installed"
+
+if [[ ! -x "$TOOLS/bin/oha" ]]; then
+    echo "== installing oha into $TOOLS (first use only)"
+    cargo install --quiet --locked --root "$TOOLS" oha
+fi
+OHA="$TOOLS/bin/oha"
+
+cargo build --locked --quiet --release --bin onnx-cle --example bench_model
+BIN="$CARGO_TARGET_DIR/release/onnx-cle"
+
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/onnx-cle-load.XXXXXX")"
+SERVER_PID=""
+stop_server() {
+    if [[ -n "$SERVER_PID" ]] && kill -0 "$SERVER_PID" 2>/dev/null; then
+        kill -TERM "$SERVER_PID" 2>/dev/null || true
+        wait "$SERVER_PID" 2>/dev/null || true
+    fi
+    SERVER_PID=""
+}
+cleanup() {
+    stop_server
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+"$CARGO_TARGET_DIR/release/examples/bench_model" "$WORK/resnet50.onnx" 1.0
+MODEL_MB=$(( $(stat -c %s "$WORK/resnet50.onnx") / 1000000 ))
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# start_server WORKERS: starts `onnx-cle serve` on a free loopback port, sets BASE.
+start_server() {
+    local port
+    port="$(free_port)"
+    BASE="http://127.0.0.1:$port"
+    rm -rf "$WORK/data"
+    ONNX_CLE_ADDR="127.0.0.1:$port" ONNX_CLE_DATA_DIR="$WORK/data" ONNX_CLE_WORKERS="$1" \
+        RUST_LOG=warn "$BIN" serve > "$WORK/server.log" 2>&1 &
+    SERVER_PID=$!
+    for _ in $(seq 100); do
+        curl -sf -o /dev/null "$BASE/healthz" && return 0
+        kill -0 "$SERVER_PID" 2>/dev/null || { cat "$WORK/server.log"; fail "server exited"; }
+        sleep 0.1
+    done
+    fail "server did not become healthy"
+}
+
+# submit [QUERY]: raw-body upload of the model; prints the job path.
+submit() {
+    curl -sS --fail-with-body -o /dev/null -w '%header{location}' \
+        -H 'Content-Type: application/octet-stream' --data-binary "@$WORK/resnet50.onnx" \
+        "$BASE/equalize?${1:-}"
+}
+
+state() { curl -sS "$BASE$1" | sed -n 's/.*"state":"\([a-z]*\)".*/\1/p'; }
+
+running_count() {
+    local n=0 j
+    for j in "$@"; do [[ "$(state "$j")" == running ]] && n=$((n + 1)); done
+    echo "$n"
+}
+
+status=0
+
+echo "== 1. GET /jobs/{id} at $RATE req/s for $DURATION while two jobs run (model: $MODEL_MB MB)"
+start_server 2
+JOBS=()
+for _ in 1 2 3 4 5 6; do JOBS+=("$(submit)"); done
+for _ in $(seq 100); do
+    [[ "$(running_count "${JOBS[@]:0:2}")" == 2 ]] && break
+    sleep 0.1
+done
+echo "running before: $(running_count "${JOBS[@]}") of ${#JOBS[@]} submitted"
+"$OHA" --no-tui -z "$DURATION" -q "$RATE" -c 8 --latency-correction "$BASE${JOBS[0]}" \
+    | tee "$WORK/oha.txt"
+echo "running after:  $(running_count "${JOBS[@]}") of ${#JOBS[@]} submitted"
+P99=$(awk '/99.00%/ {print $2; exit}' "$WORK/oha.txt")
+P99_UNIT=$(awk '/99.00%/ {print $3; exit}' "$WORK/oha.txt")
+case "$P99_UNIT" in
+    ms) ;;
+    sec|secs|s) P99=$(awk -v v="$P99" 'BEGIN {print v * 1000}') ;;
+    us|µs) P99=$(awk -v v="$P99" 'BEGIN {print v / 1000}') ;;
+esac
+SUCCESS=$(awk '/Success rate:/ {print $3; exit}' "$WORK/oha.txt")
+echo "p99 = $P99 ms (target <= $P99_MS ms), success rate $SUCCESS"
+if ! awk -v p="$P99" -v t="$P99_MS" 'BEGIN {exit !(p <= t)}'; then
+    echo "MISSED: p99 above $P99_MS ms"
+    status=1
+fi
+stop_server
+
+echo
+echo "== 2. $UPLOADS concurrent ${MODEL_MB} MB uploads: server RSS"
+start_server 1
+BLOCKER_MODEL="$ROOT/../shared/models/mobilenet_v2.onnx"
+[[ -f "$BLOCKER_MODEL" ]] || { "$CARGO_TARGET_DIR/release/examples/bench_model" "$WORK/blocker.onnx" 0.25; BLOCKER_MODEL="$WORK/blocker.onnx"; }
+BLOCKER="$(curl -sS --fail-with-body -o /dev/null -w '%header{location}' -F "model=@$BLOCKER_MODEL" \
+    -F 'options={"verify":{"enabled":false},"quant":{"end_to_end":true,"sensitivity":true}};type=application/json' \
+    "$BASE/equalize")"
+for _ in $(seq 100); do [[ "$(state "$BLOCKER")" == running ]] && break; sleep 0.1; done
+sleep 1
+rss() { awk '/^VmRSS:/ {print $2}' "/proc/$SERVER_PID/status"; }
+BEFORE=$(rss)
+PEAK=$BEFORE
+PIDS=()
+for k in $(seq "$UPLOADS"); do
+    curl -sS -o "$WORK/upload$k.out" -w '%{http_code}\n' -H 'Content-Type: application/octet-stream' \
+        --data-binary "@$WORK/resnet50.onnx" "$BASE/equalize?verify=false" > "$WORK/upload$k.code" &
+    PIDS+=($!)
+done
+T0=$(date +%s.%N)
+while :; do
+    r=$(rss)
+    (( r > PEAK )) && PEAK=$r
+    alive=0
+    for p in "${PIDS[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
+    (( alive )) || break
+    sleep 0.05
+done
+T1=$(date +%s.%N)
+wait "${PIDS[@]}" || true
+ACCEPTED=$(grep -c '^202$' "$WORK"/upload*.code || true)
+echo "blocker job: $(state "$BLOCKER") (the uploads queue behind it)"
+echo "uploads accepted (202): $ACCEPTED of $UPLOADS in $(awk -v a="$T0" -v b="$T1" 'BEGIN {printf "%.1f", b - a}') s"
+echo "server RSS before: $((BEFORE / 1024)) MiB, peak during uploads: $((PEAK / 1024)) MiB, growth: $(((PEAK - BEFORE) / 1024)) MiB (the bodies total $((UPLOADS * MODEL_MB)) MB)"
+[[ "$ACCEPTED" == "$UPLOADS" ]] || { echo "MISSED: not every upload was accepted"; status=1; }
+# "Flat": growth below one upload's size (buffering a body whole would add at least that).
+if (( (PEAK - BEFORE) / 1024 > MODEL_MB )); then
+    echo "MISSED: RSS grew by more than one upload"
+    status=1
+fi
+stop_server
+exit "$status"
