@@ -158,23 +158,20 @@ impl WeightLayout {
         }
     }
 
-    #[inline]
-    fn channels(&self, ia: usize, ib: usize) -> (usize, usize) {
-        match self.op {
-            LayerOp::Conv => (ia, (ia / (self.a / self.group)) * self.b + ib),
-            LayerOp::ConvTranspose => ((ia / (self.a / self.group)) * self.b + ib, ia),
-            LayerOp::Gemm { trans_b: true } => (ia, ib),
-            LayerOp::Gemm { trans_b: false } | LayerOp::MatMul => (ib, ia),
-        }
-    }
-
     /// Calls `f(block, out, in)` for every `(a, b)` block; `block` is the flat start of the
     /// `kernel_len()` contiguous elements of that block.
     #[inline]
     fn for_each_block(&self, mut f: impl FnMut(usize, usize, usize)) {
+        let per_group = self.a / self.group;
         for ia in 0..self.a {
+            let base = (ia / per_group) * self.b;
             for ib in 0..self.b {
-                let (o, i) = self.channels(ia, ib);
+                let (o, i) = match self.op {
+                    LayerOp::Conv => (ia, base + ib),
+                    LayerOp::ConvTranspose => (base + ib, ia),
+                    LayerOp::Gemm { trans_b: true } => (ia, ib),
+                    LayerOp::Gemm { trans_b: false } | LayerOp::MatMul => (ib, ia),
+                };
                 f((ia * self.b + ib) * self.k, o, i);
             }
         }
@@ -184,10 +181,28 @@ impl WeightLayout {
         debug_assert_eq!(w.len(), self.a * self.b * self.k, "weight length vs layout");
     }
 
+    /// Output channel `a`, input channel `b` (dense Conv, Gemm with `transB`): each output
+    /// channel is one contiguous row of `b·k` elements. The fast paths below visit elements in
+    /// the same order as [`WeightLayout::for_each_block`], so results are identical.
+    fn rows(&self) -> Option<usize> {
+        let dense = match self.op {
+            LayerOp::Conv => self.group == 1,
+            LayerOp::Gemm { trans_b } => trans_b,
+            _ => false,
+        };
+        dense.then_some(self.b * self.k)
+    }
+
     /// `max |w|` per output channel (the `r1` of cle-spec §3.3).
     pub fn out_ranges(&self, w: &[f32]) -> Vec<f32> {
         self.check(w);
         let mut r = vec![0f32; self.out_ch];
+        if let Some(row) = self.rows() {
+            for (r, row) in r.iter_mut().zip(w.chunks_exact(row)) {
+                *r = row.iter().fold(*r, |m, v| m.max(v.abs()));
+            }
+            return r;
+        }
         self.for_each_block(|s, o, _| {
             for v in &w[s..s + self.k] {
                 r[o] = r[o].max(v.abs());
@@ -200,6 +215,20 @@ impl WeightLayout {
     pub fn in_ranges(&self, w: &[f32]) -> Vec<f32> {
         self.check(w);
         let mut r = vec![0f32; self.in_ch];
+        if let Some(row) = self.rows() {
+            for row in w.chunks_exact(row) {
+                if self.k == 1 {
+                    for (r, v) in r.iter_mut().zip(row) {
+                        *r = r.max(v.abs());
+                    }
+                } else {
+                    for (r, block) in r.iter_mut().zip(row.chunks_exact(self.k)) {
+                        *r = block.iter().fold(*r, |m, v| m.max(v.abs()));
+                    }
+                }
+            }
+            return r;
+        }
         self.for_each_block(|s, _, i| {
             for v in &w[s..s + self.k] {
                 r[i] = r[i].max(v.abs());
@@ -212,6 +241,14 @@ impl WeightLayout {
     pub fn scale_out(&self, w: &mut [f32], f: &[f32]) {
         self.check(w);
         debug_assert_eq!(f.len(), self.out_ch);
+        if let Some(row) = self.rows() {
+            for (row, &m) in w.chunks_exact_mut(row).zip(f) {
+                for v in row {
+                    *v *= m;
+                }
+            }
+            return;
+        }
         self.for_each_block(|s, o, _| {
             let m = f[o];
             for v in &mut w[s..s + self.k] {
@@ -224,6 +261,22 @@ impl WeightLayout {
     pub fn scale_in(&self, w: &mut [f32], f: &[f32]) {
         self.check(w);
         debug_assert_eq!(f.len(), self.in_ch);
+        if let Some(row) = self.rows() {
+            for row in w.chunks_exact_mut(row) {
+                if self.k == 1 {
+                    for (v, &m) in row.iter_mut().zip(f) {
+                        *v *= m;
+                    }
+                } else {
+                    for (block, &m) in row.chunks_exact_mut(self.k).zip(f) {
+                        for v in block {
+                            *v *= m;
+                        }
+                    }
+                }
+            }
+            return;
+        }
         self.for_each_block(|s, _, i| {
             let m = f[i];
             for v in &mut w[s..s + self.k] {
