@@ -143,7 +143,7 @@ while :; do
 done
 T1=$(date +%s.%N)
 wait "${PIDS[@]}" || true
-ACCEPTED=$(grep -c '^202$' "$WORK"/upload*.code || true)
+ACCEPTED=$(cat "$WORK"/upload*.code | grep -c '^202$' || true)
 echo "blocker job: $(state "$BLOCKER") (the uploads queue behind it)"
 echo "uploads accepted (202): $ACCEPTED of $UPLOADS in $(awk -v a="$T0" -v b="$T1" 'BEGIN {printf "%.1f", b - a}') s"
 echo "server RSS before: $((BEFORE / 1024)) MiB, peak during uploads: $((PEAK / 1024)) MiB, growth: $(((PEAK - BEFORE) / 1024)) MiB (the bodies total $((UPLOADS * MODEL_MB)) MB)"
