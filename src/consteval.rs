@@ -323,7 +323,7 @@ fn reshape_dims(from: &[usize], shape: &[i64]) -> Option<Vec<usize>> {
     }
     let known: usize = dims.iter().product();
     if let Some(k) = infer {
-        if known == 0 || total % known != 0 {
+        if known == 0 || !total.is_multiple_of(known) {
             return None;
         }
         dims[k] = total / known;
