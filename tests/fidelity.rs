@@ -271,3 +271,36 @@ fn mobilenet_v2_survives_per_tensor_int8() {
     let sym = row(&r, "equalized", "per_tensor_symmetric");
     assert!(sym.sqnr_db >= 16.0, "{sym:?}");
 }
+
+#[test]
+fn sample_inputs_drive_sensitivity_and_measured_activation_growth() {
+    let model = mobile_block();
+    let mut rng = onnx_cle::builder::SplitMix64::new(5);
+    let data = rng.normal_vec(4 * 4 * 10 * 10, 1.0);
+    let samples = SampleInputs {
+        tensors: vec![onnx_cle::verify::InputTensor {
+            name: "x".into(),
+            shape: vec![4, 4, 10, 10],
+            elem_type: 1,
+            data,
+        }],
+        source: "synthetic".into(),
+    };
+    let mut opts = Options::default();
+    opts.quant.end_to_end = true;
+    opts.quant.sensitivity = true;
+    let out = onnx_cle::run(model, None, &opts, Some(&samples), Control::default()).expect("run");
+    let r = out.report;
+    check("samples", &r);
+    assert_eq!(r.verification.inputs, "synthetic");
+    let q = r.quantization.as_ref().unwrap();
+    let e = q.end_to_end.as_ref().expect("end-to-end figures");
+    assert_eq!(e.samples, 4);
+    assert_eq!(e.sensitivity.len(), 4, "{:?}", e.sensitivity);
+    assert!(e.rows.iter().any(|x| x.scheme == "w8a8"));
+    assert!(
+        q.activations.iter().any(|a| a.growth_measured.is_some()),
+        "{:?}",
+        q.activations
+    );
+}
