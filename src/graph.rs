@@ -33,7 +33,23 @@ impl GraphIndex {
     pub fn build(graph: &GraphProto) -> Result<Self> {
         let mut ix = GraphIndex::default();
         for (i, t) in graph.initializer.iter().enumerate() {
-            ix.initializers.insert(t.name().to_string(), i);
+            if ix.initializers.insert(t.name().to_string(), i).is_some() {
+                return Err(CoreError::InvalidModel(format!(
+                    "initializer `{}` is defined more than once",
+                    t.name()
+                )));
+            }
+        }
+        // Sparse initializers provide tensors too; they are not dense constants, so the
+        // passes never read them (a layer with a sparse weight is skipped), but they exist.
+        let mut sparse = HashSet::new();
+        for s in &graph.sparse_initializer {
+            let name = s.values.as_ref().map_or("", |v| v.name());
+            if ix.initializers.contains_key(name) || !sparse.insert(name.to_string()) {
+                return Err(CoreError::InvalidModel(format!(
+                    "initializer `{name}` is defined more than once"
+                )));
+            }
         }
         for v in &graph.input {
             ix.graph_inputs.insert(v.name().to_string());
@@ -48,6 +64,12 @@ impl GraphIndex {
                         "tensor `{out}` is produced by more than one node"
                     )));
                 }
+                if ix.initializers.contains_key(out) || sparse.contains(out) {
+                    return Err(CoreError::InvalidModel(format!(
+                        "tensor `{out}` is defined more than once (an initializer and the output of node {})",
+                        describe(node, i)
+                    )));
+                }
             }
         }
         for (i, node) in graph.node.iter().enumerate() {
@@ -56,6 +78,7 @@ impl GraphIndex {
                 if !ix.producer.contains_key(inp)
                     && !ix.initializers.contains_key(inp)
                     && !ix.graph_inputs.contains(inp)
+                    && !sparse.contains(inp)
                 {
                     return Err(CoreError::InvalidModel(format!(
                         "input `{inp}` of node {} is produced by no node, initializer or graph input",
@@ -72,7 +95,8 @@ impl GraphIndex {
                 if !seen.contains(name.as_str())
                     && (ix.producer.contains_key(&name)
                         || ix.initializers.contains_key(&name)
-                        || ix.graph_inputs.contains(&name))
+                        || ix.graph_inputs.contains(&name)
+                        || sparse.contains(&name))
                 {
                     ix.consumers.entry(name).or_default().push(i);
                 }

@@ -21,6 +21,7 @@ pub mod error;
 pub mod graph;
 pub mod html;
 pub mod layout;
+pub mod limits;
 pub mod npy;
 pub mod onnx;
 pub mod options;
@@ -113,6 +114,7 @@ fn equalize_capturing(
         options: opts.clone(),
         ..Default::default()
     };
+    onnx::validate::tensors(&model)?;
     let mut work = Work::new(model)?;
     report.model.nodes_before = work.node_count();
     report.model.initializers_before = work.graph().initializer.len();

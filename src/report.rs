@@ -10,6 +10,28 @@ use utoipa::ToSchema;
 
 use crate::options::Options;
 
+/// JSON has no NaN or ±Inf: `serde_json` writes them as `null`. These read `null` back as NaN,
+/// so a report whose figures are not finite (NaN weights, identical quantized weights…) still
+/// reads back (e.g. to render `GET /jobs/{id}/report.html`). The schema marks them nullable.
+mod nonfinite {
+    use serde::{Deserialize, Deserializer};
+
+    pub fn f32<'de, D: Deserializer<'de>>(d: D) -> Result<f32, D::Error> {
+        Ok(Option::<f32>::deserialize(d)?.unwrap_or(f32::NAN))
+    }
+
+    pub fn f64<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+    }
+
+    pub fn vec_f32<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<f32>, D::Error> {
+        Ok(Vec::<Option<f32>>::deserialize(d)?
+            .into_iter()
+            .map(|v| v.unwrap_or(f32::NAN))
+            .collect())
+    }
+}
+
 /// Version of the report schema; bumped on incompatible changes.
 pub const REPORT_SCHEMA_VERSION: u32 = 1;
 
@@ -99,6 +121,8 @@ pub struct BnFold {
     /// Channels of the BN.
     pub channels: usize,
     /// Epsilon used.
+    #[serde(deserialize_with = "nonfinite::f32")]
+    #[schema(value_type = Option<f32>, required = true)]
     pub epsilon: f32,
     /// A Flatten/Reshape crossed between BN and Gemm (forward folds only).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -172,6 +196,8 @@ pub struct ClsPair {
     /// A Relu-like activation lies between them (AIMET's relu flag).
     pub relu_between: bool,
     /// Per-channel scale factor `s`.
+    #[serde(deserialize_with = "nonfinite::vec_f32")]
+    #[schema(value_type = Vec<Option<f32>>)]
     pub scale: Vec<f32>,
     /// Ranges before scaling.
     pub range_before: PairRanges,
@@ -183,8 +209,12 @@ pub struct ClsPair {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 pub struct PairRanges {
     /// Output-channel ranges of layer 1.
+    #[serde(deserialize_with = "nonfinite::vec_f32")]
+    #[schema(value_type = Vec<Option<f32>>)]
     pub layer1_out: Vec<f32>,
     /// Input-channel ranges of layer 2.
+    #[serde(deserialize_with = "nonfinite::vec_f32")]
+    #[schema(value_type = Vec<Option<f32>>)]
     pub layer2_in: Vec<f32>,
 }
 
@@ -196,6 +226,8 @@ pub struct ClsIteration {
     /// Sets scaled.
     pub sets: usize,
     /// `max |1 − s|` over every factor of this iteration.
+    #[serde(deserialize_with = "nonfinite::f32")]
+    #[schema(value_type = Option<f32>, required = true)]
     pub max_abs_one_minus_s: f32,
 }
 
@@ -221,6 +253,8 @@ pub struct HbfPair {
     /// Downstream layer (bias increased by `W2 · absorbed`).
     pub layer2: String,
     /// Absorbed amount per channel of layer 1.
+    #[serde(deserialize_with = "nonfinite::vec_f32")]
+    #[schema(value_type = Vec<Option<f32>>)]
     pub absorbed: Vec<f32>,
 }
 
@@ -283,8 +317,12 @@ pub struct OutputDeviation {
     /// Output name.
     pub name: String,
     /// `max |a − b|`.
+    #[serde(deserialize_with = "nonfinite::f64")]
+    #[schema(value_type = Option<f64>, required = true)]
     pub max_abs_err: f64,
     /// `‖a − b‖₂ / ‖a‖₂`.
+    #[serde(deserialize_with = "nonfinite::f64")]
+    #[schema(value_type = Option<f64>, required = true)]
     pub rel_l2: f64,
 }
 
@@ -331,10 +369,16 @@ pub struct LayerQuant {
     /// Output channels.
     pub channels: usize,
     /// Per-tensor symmetric int8 weight SQNR of the BN-folded weight (dB).
+    #[serde(deserialize_with = "nonfinite::f64")]
+    #[schema(value_type = Option<f64>, required = true)]
     pub sqnr_before_db: f64,
     /// Per-tensor symmetric int8 weight SQNR of the equalized weight (dB).
+    #[serde(deserialize_with = "nonfinite::f64")]
+    #[schema(value_type = Option<f64>, required = true)]
     pub sqnr_after_db: f64,
     /// Per-channel symmetric int8 weight SQNR (dB; the ceiling, unchanged by CLE).
+    #[serde(deserialize_with = "nonfinite::f64")]
+    #[schema(value_type = Option<f64>, required = true)]
     pub sqnr_per_channel_db: f64,
 }
 
@@ -359,8 +403,12 @@ pub struct QuantRow {
     /// `fp32`, `per_tensor_symmetric`, `per_tensor_asymmetric`, `per_channel`, `w8a8`.
     pub scheme: String,
     /// Output SQNR in dB (higher is better).
+    #[serde(deserialize_with = "nonfinite::f64")]
+    #[schema(value_type = Option<f64>, required = true)]
     pub sqnr_db: f64,
     /// Fraction of samples whose arg-max output matches the original model's.
+    #[serde(deserialize_with = "nonfinite::f64")]
+    #[schema(value_type = Option<f64>, required = true)]
     pub top1_agreement: f64,
 }
 
@@ -370,6 +418,8 @@ pub struct LayerSensitivity {
     /// Layer label.
     pub layer: String,
     /// Output SQNR (dB) when only this layer's weight is int8 (per-tensor symmetric).
+    #[serde(deserialize_with = "nonfinite::f64")]
+    #[schema(value_type = Option<f64>, required = true)]
     pub sqnr_db: f64,
 }
 
@@ -381,8 +431,49 @@ pub struct ActivationGrowth {
     /// The layer whose output channels were scaled.
     pub layer: String,
     /// Per-tensor range after / before, estimated without data (per-channel bounds).
+    #[serde(deserialize_with = "nonfinite::f64")]
+    #[schema(value_type = Option<f64>, required = true)]
     pub growth_data_free: f64,
     /// Per-tensor range after / before, measured on the inputs (when run).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub growth_measured: Option<f64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn non_finite_figures_survive_a_json_round_trip() {
+        // Regression: `serde_json` writes NaN/±Inf as `null`, which plain `f32`/`f64` fields
+        // refused to read back, so `GET /jobs/{id}/report.html` of such a job was a 500.
+        let report = Report {
+            cls_sets: vec![ClsSet {
+                pairs: vec![ClsPair {
+                    scale: vec![1.0, f32::NAN],
+                    range_before: PairRanges {
+                        layer1_out: vec![f32::INFINITY, 2.0],
+                        layer2_in: vec![1.0, f32::NEG_INFINITY],
+                    },
+                    ..serde_json::from_value(serde_json::json!({
+                        "layer1": "a", "layer2": "b", "through": [], "relu_between": true,
+                        "scale": [], "range_before": {"layer1_out": [], "layer2_in": []},
+                        "range_after": {"layer1_out": [], "layer2_in": []}
+                    }))
+                    .unwrap()
+                }],
+                ..serde_json::from_value(serde_json::json!({
+                    "iteration": 1, "kind": "pair", "layers": [], "pairs": []
+                }))
+                .unwrap()
+            }],
+            ..Default::default()
+        };
+        let json = serde_json::to_string(&report).unwrap();
+        assert!(json.contains("null"), "{json}");
+        let back: Report = serde_json::from_str(&json).expect("reads back");
+        let p = &back.cls_sets[0].pairs[0];
+        assert!(p.scale[1].is_nan() && p.range_before.layer1_out[0].is_nan());
+        assert_eq!(p.range_before.layer1_out[1], 2.0);
+    }
 }

@@ -182,7 +182,7 @@ fn idempotency_keys_replay_or_refuse() {
     assert_eq!(replay.json()["state"], "succeeded");
     let other = server.submit_multipart(
         &tiny,
-        Some(r#"{"verify":{"enabled":false},"iterations":2}"#),
+        Some(r#"{"verify":{"enabled":false},"iterations":3}"#),
         &key,
     );
     let p = other.problem(422, "idempotency_key_reused");

@@ -1,6 +1,7 @@
 //! Every error is `application/problem+json` with a stable `code`: 413 (by Content-Length, by
 //! counting a chunked body, multipart), 429 with Retry-After, 404 unknown job and route, 405,
-//! 415, invalid options, and a broken model that becomes a failed job carrying a problem.
+//! 415, invalid options, bytes that are not a model (422 at intake), and a model that only the
+//! run finds broken (a cycle), which becomes a failed job carrying a problem.
 
 mod server_support;
 
@@ -119,17 +120,40 @@ fn client_errors_are_problems() {
     raw.problem(400, "invalid_query");
 }
 
+/// A model whose two Relu nodes feed each other: valid protobuf, so it passes the upload
+/// scan; only decoding and indexing it (in the job) finds the cycle.
+fn cyclic_model() -> Vec<u8> {
+    let mut b = onnx_cle::builder::ModelBuilder::new(13);
+    let x = b.batched_input("x", "N", &[2]);
+    b.output(&x);
+    let mut m = b.build();
+    let g = m.graph.as_mut().unwrap();
+    for (i, o) in [("loop_b", "loop_a"), ("loop_a", "loop_b")] {
+        g.node.push(onnx_cle::onnx::NodeProto {
+            op_type: Some("Relu".into()),
+            input: vec![i.into()],
+            output: vec![o.into()],
+            ..Default::default()
+        });
+    }
+    onnx_cle::onnx::encode(&m)
+}
+
 #[test]
 fn a_broken_model_is_a_failed_job_with_a_problem() {
     let server = Server::start(&[]);
-    let r = server.submit_bytes(b"this is not a protobuf at all", "verify=false");
+    // Bytes that are not protobuf are refused at intake by the upload scan.
+    server
+        .submit_bytes(b"this is not a protobuf at all", "verify=false")
+        .problem(422, "model_not_onnx");
+    let r = server.submit_bytes(&cyclic_model(), "verify=false");
     assert_eq!(r.status, 202, "{}", r.text());
     let id = r.json()["id"].as_str().unwrap().to_string();
     let job = server.wait_done(&id, Duration::from_secs(60));
     assert_eq!(job["state"], "failed");
     assert_eq!(job["done"], true);
     let e = &job["error"];
-    assert_eq!(e["code"], "model_not_onnx", "{job}");
+    assert_eq!(e["code"], "invalid_model", "{job}");
     assert_eq!(e["status"], 422);
     assert_eq!(e["job_id"], id.as_str());
     assert!(e["title"].is_string() && e["type"].is_string() && e["detail"].is_string());
@@ -147,7 +171,7 @@ fn a_broken_model_is_a_failed_job_with_a_problem() {
     assert!(server
         .get("/metrics")
         .text()
-        .contains("cle_jobs_finished_total{state=\"failed\",error_code=\"model_not_onnx\"} 1"));
+        .contains("cle_jobs_finished_total{state=\"failed\",error_code=\"invalid_model\"} 1"));
 }
 
 #[test]

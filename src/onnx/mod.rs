@@ -9,7 +9,9 @@
 //! written back as it was read.
 
 pub mod attr;
+pub mod scan;
 pub mod tensor;
+pub mod validate;
 
 use std::path::{Component, Path};
 

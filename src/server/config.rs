@@ -52,6 +52,65 @@ pub struct ServeConfig {
     /// On SIGTERM, how long running jobs may finish before they are put back in the queue.
     #[arg(long, env = "ONNX_CLE_SHUTDOWN_GRACE", default_value = "20s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
+    /// Longest a job may run; past it the job is canceled and fails with `job_timeout` (`0`:
+    /// no limit).
+    #[arg(long, env = "ONNX_CLE_MAX_JOB_TIME", default_value = "30m", value_parser = parse_duration)]
+    pub max_job_time: Duration,
+    /// Longest an upload (the request body of `POST /equalize`) may take; slower clients get
+    /// 408 `upload_timeout`.
+    #[arg(long, env = "ONNX_CLE_UPLOAD_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
+    pub upload_timeout: Duration,
+    /// Uploads received at the same time; beyond it `POST /equalize` answers 429
+    /// `too_many_uploads`.
+    #[arg(long, env = "ONNX_CLE_MAX_CONCURRENT_UPLOADS", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_concurrent_uploads: u32,
+    /// Largest accepted model in nodes (all graphs, subgraphs and functions); larger models get
+    /// 413 `limit_exceeded`.
+    #[arg(long, env = "ONNX_CLE_MAX_NODES", default_value_t = crate::limits::DEFAULT_MAX_NODES, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_nodes: u64,
+    /// Largest accepted tensor in elements (product of its dimensions); larger ones get 413
+    /// `limit_exceeded`.
+    #[arg(long, env = "ONNX_CLE_MAX_TENSOR_ELEMENTS", default_value_t = crate::limits::DEFAULT_MAX_TENSOR_ELEMENTS, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_tensor_elements: u64,
+    /// Most memory one decoded model may take (estimated from the upload before decoding, e.g.
+    /// `4GiB`); larger ones get 413 `limit_exceeded`.
+    #[arg(long, env = "ONNX_CLE_MAX_MODEL_MEMORY", default_value = "4GiB", value_parser = parse_size)]
+    pub max_model_memory: u64,
+    /// Bearer token required on every route but the health checks (`/healthz`, `/readyz`);
+    /// unset: no authentication.
+    #[arg(long, env = "ONNX_CLE_AUTH_TOKEN", hide_env_values = true)]
+    pub auth_token: Option<Secret>,
+}
+
+/// A secret setting: compared in constant time, never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret's text.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.is_empty() {
+            return Err("the token must not be empty".into());
+        }
+        if !s.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err("the token must be visible ASCII characters (no spaces)".into());
+        }
+        Ok(Secret(s.to_string()))
+    }
 }
 
 impl ServeConfig {
@@ -66,6 +125,22 @@ impl ServeConfig {
             retention: Duration::from_secs(24 * 3600),
             max_wait: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(20),
+            max_job_time: Duration::from_secs(30 * 60),
+            upload_timeout: Duration::from_secs(5 * 60),
+            max_concurrent_uploads: 8,
+            max_nodes: crate::limits::DEFAULT_MAX_NODES,
+            max_tensor_elements: crate::limits::DEFAULT_MAX_TENSOR_ELEMENTS,
+            max_model_memory: crate::limits::DEFAULT_MAX_DECODED_BYTES,
+            auth_token: None,
+        }
+    }
+
+    /// The model limits these settings give.
+    pub fn limits(&self) -> crate::limits::Limits {
+        crate::limits::Limits {
+            max_nodes: self.max_nodes,
+            max_tensor_elements: self.max_tensor_elements,
+            max_decoded_bytes: self.max_model_memory,
         }
     }
 }

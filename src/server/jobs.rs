@@ -80,6 +80,7 @@ pub enum Outcome {
 struct Running {
     cancel: Arc<AtomicBool>,
     by_user: bool,
+    timed_out: bool,
     started: std::time::Instant,
 }
 
@@ -131,6 +132,7 @@ pub struct Jobs {
     changed: watch::Sender<u64>,
     queue_size: usize,
     retention: Duration,
+    max_job_time: Duration,
     metrics: Arc<Metrics>,
 }
 
@@ -217,9 +219,35 @@ impl Jobs {
             changed: watch::channel(0).0,
             queue_size,
             retention,
+            max_job_time: Duration::ZERO,
             metrics,
         };
         Ok((jobs, rec))
+    }
+
+    /// Sets the longest a run may take before [`Jobs::enforce_deadlines`] cancels it (zero:
+    /// no limit).
+    pub fn with_max_job_time(mut self, max: Duration) -> Self {
+        self.max_job_time = max;
+        self
+    }
+
+    /// Cancels every run older than the maximum job time; such a run ends as a failed job with
+    /// a `job_timeout` problem. Returns how many runs were told to stop.
+    pub fn enforce_deadlines(&self) -> usize {
+        if self.max_job_time.is_zero() {
+            return 0;
+        }
+        let mut g = self.lock();
+        let mut n = 0;
+        for r in g.running.values_mut() {
+            if !r.timed_out && !r.by_user && r.started.elapsed() > self.max_job_time {
+                r.timed_out = true;
+                r.cancel.store(true, Ordering::Relaxed);
+                n += 1;
+            }
+        }
+        n
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -392,6 +420,7 @@ impl Jobs {
                     Running {
                         cancel: Arc::clone(&cancel),
                         by_user: false,
+                        timed_out: false,
                         started: std::time::Instant::now(),
                     },
                 );
@@ -425,6 +454,7 @@ impl Jobs {
         let mut g = self.lock();
         let run = g.running.remove(id);
         let by_user = run.as_ref().is_some_and(|r| r.by_user);
+        let timed_out = run.as_ref().is_some_and(|r| r.timed_out);
         let seconds = run.map_or(0.0, |r| r.started.elapsed().as_secs_f64());
         let Some(job) = g.jobs.get_mut(id) else {
             return;
@@ -442,6 +472,19 @@ impl Jobs {
                 let code = p.code.clone();
                 job.error = Some(p.with_job(id));
                 code
+            }
+            Outcome::Canceled if timed_out && !by_user => {
+                job.state = JobState::Failed;
+                let p = Problem::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "job_timeout",
+                    format!(
+                        "the job ran longer than this server's limit of {}s and was canceled",
+                        self.max_job_time.as_secs_f64()
+                    ),
+                );
+                job.error = Some(p.with_job(id));
+                "job_timeout".to_string()
             }
             Outcome::Canceled if by_user => {
                 job.state = JobState::Canceled;

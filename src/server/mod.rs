@@ -19,6 +19,7 @@
 //! lets running jobs finish for `--shutdown-grace`, then interrupts them; interrupted jobs stay
 //! `queued` on disk and run after the next start. Finished jobs expire after `--retention`.
 
+pub mod auth;
 pub mod config;
 pub mod job;
 pub mod jobs;
@@ -86,6 +87,11 @@ pub fn openapi_json() -> String {
 
 /// The complete router: API routes, Swagger UI, `/openapi.json`, problem and metrics layers.
 pub fn app(state: AppState) -> Router {
+    app_with_auth(state, auth::Auth::new(None))
+}
+
+/// [`app`] behind bearer-token authentication ([`auth`]; health checks stay open).
+pub fn app_with_auth(state: AppState, auth: auth::Auth) -> Router {
     let (router, api) = routes::api_router().split_for_parts();
     let metrics = Arc::clone(state.jobs.metrics());
     let body_limit = usize::try_from(state.max_upload.saturating_add(upload::MULTIPART_OVERHEAD))
@@ -95,6 +101,7 @@ pub fn app(state: AppState) -> Router {
         .route_layer(from_fn_with_state(metrics, metrics::track_http))
         .fallback(problem::not_found)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(from_fn_with_state(auth, auth::require))
         .layer(from_fn(problem::ensure_problem))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(TraceLayer::new_for_http())
@@ -120,6 +127,20 @@ async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => {},
         () = term => {},
+    }
+}
+
+/// Cancels runs that exceed `--max-job-time` (checked four times a second).
+async fn deadline_loop(jobs: Arc<Jobs>, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_millis(250)) => {},
+        }
+        let n = jobs.enforce_deadlines();
+        if n > 0 {
+            tracing::warn!("canceled {n} jobs that ran past --max-job-time");
+        }
     }
 }
 
@@ -172,8 +193,11 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
         "job store opened at {}",
         cfg.data_dir.display()
     );
-    let jobs = Arc::new(jobs);
-    let engine: Arc<worker::Engine> = Arc::new(worker::run_core);
+    let jobs = Arc::new(jobs.with_max_job_time(cfg.max_job_time));
+    let limits = cfg.limits();
+    let engine: Arc<worker::Engine> = Arc::new(move |input, options, cancel, progress| {
+        worker::run_core_within(input, options, &limits, cancel, progress)
+    });
     let pool = worker::Pool::start(Arc::clone(&jobs), engine, usize::from(cfg.workers))?;
     let listener = tokio::net::TcpListener::bind(cfg.addr)
         .await
@@ -189,13 +213,25 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
         cfg.retention,
         shutdown.clone(),
     ));
+    if !cfg.max_job_time.is_zero() {
+        tokio::spawn(deadline_loop(Arc::clone(&jobs), shutdown.clone()));
+    }
     let state = AppState {
         jobs: Arc::clone(&jobs),
         max_upload: cfg.max_upload,
         max_wait: cfg.max_wait,
         workers: usize::from(cfg.workers),
         shutdown: shutdown.clone(),
+        limits,
+        uploads: Arc::new(tokio::sync::Semaphore::new(
+            cfg.max_concurrent_uploads as usize,
+        )),
+        upload_timeout: cfg.upload_timeout,
     };
+    let auth = auth::Auth::new(cfg.auth_token.as_ref().map(config::Secret::expose));
+    if auth.required() {
+        tracing::info!("bearer-token authentication is on (health checks stay open)");
+    }
     let on_signal = {
         let (jobs, shutdown) = (Arc::clone(&jobs), shutdown.clone());
         async move {
@@ -206,7 +242,7 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
             shutdown.cancel();
         }
     };
-    axum::serve(listener, app(state))
+    axum::serve(listener, app_with_auth(state, auth))
         .with_graceful_shutdown(on_signal)
         .await?;
     let deadline = tokio::time::Instant::now() + cfg.shutdown_grace;

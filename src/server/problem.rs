@@ -76,6 +76,7 @@ impl Problem {
         let status = match e {
             CoreError::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             CoreError::Canceled => StatusCode::CONFLICT,
+            CoreError::Limit(_) => StatusCode::PAYLOAD_TOO_LARGE,
             _ => StatusCode::UNPROCESSABLE_ENTITY,
         };
         let detail = if status.is_server_error() {

@@ -17,6 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use utoipa::{IntoParams, OpenApi, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
@@ -29,6 +30,7 @@ use super::metrics::Submission;
 use super::problem::{ApiError, FieldError, Problem, PROBLEM_JSON};
 use super::store::BlobKind;
 use super::upload::{self, EqualizeForm, EqualizeParams, OnnxFile};
+use crate::limits::Limits;
 
 /// Shared state of the handlers.
 #[derive(Clone)]
@@ -43,6 +45,12 @@ pub struct AppState {
     pub workers: usize,
     /// Cancelled when shutdown starts (ends long-polls).
     pub shutdown: CancellationToken,
+    /// Model limits checked on every upload before it is queued.
+    pub limits: Limits,
+    /// Upload slots (`--max-concurrent-uploads`).
+    pub uploads: Arc<Semaphore>,
+    /// Longest an upload may take.
+    pub upload_timeout: Duration,
 }
 
 /// The base document: info and tags; paths come from the routes.
@@ -59,9 +67,34 @@ pub struct AppState {
         (name = "jobs", description = "Equalization jobs"),
         (name = "service", description = "Health, readiness and metrics")
     ),
-    components(schemas(Problem, FieldError))
+    components(schemas(Problem, FieldError)),
+    modifiers(&BearerScheme),
+    security((), ("bearer_auth" = []))
 )]
 struct ApiDoc;
+
+/// Declares the optional bearer-token scheme (`--auth-token`).
+struct BearerScheme;
+
+impl utoipa::Modify for BearerScheme {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer_auth",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "Required on every operation but the health checks when the server runs \
+                         with `--auth-token` (`ONNX_CLE_AUTH_TOKEN`); a missing or wrong token \
+                         is `401 unauthorized` with `WWW-Authenticate: Bearer`.",
+                    ))
+                    .build(),
+            ),
+        );
+    }
+}
 
 /// The API routes with their OpenAPI description (state still to be applied).
 pub fn api_router() -> OpenApiRouter<AppState> {
@@ -218,7 +251,38 @@ async fn submit(
     let key = idempotency_key(headers)?;
     let guard = key.map(|k| app.jobs.begin_key(k)).transpose()?;
     app.jobs.check_room()?;
-    let up = upload::receive(&app.jobs, req, app.max_upload).await?;
+    let _slot = Arc::clone(&app.uploads).try_acquire_owned().map_err(|_| {
+        ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_uploads",
+            "the server is receiving as many uploads as it allows; retry shortly",
+        )
+        .retry_after(RETRY_AFTER_SECS)
+    })?;
+    let id = JobId::generate();
+    let received = tokio::time::timeout(
+        app.upload_timeout,
+        upload::receive(&app.jobs, &id, req, app.max_upload, &app.limits),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "upload_timeout",
+            format!(
+                "the upload took longer than this server allows ({}s)",
+                app.upload_timeout.as_secs_f64()
+            ),
+        ))
+    });
+    let up = match received {
+        Ok(up) => up,
+        Err(e) => {
+            let jobs = Arc::clone(&app.jobs);
+            let _ = tokio::task::spawn_blocking(move || jobs.blobs().delete(&id)).await;
+            return Err(e);
+        }
+    };
     app.jobs.metrics().upload(up.input.bytes);
     let fingerprint = up.fingerprint();
     let jobs = Arc::clone(&app.jobs);
@@ -615,6 +679,7 @@ pub struct Status {
     path = HEALTH_PATH,
     operation_id = "healthz",
     tag = "service",
+    security(()),
     responses(
         (status = 200, description = "Alive.", body = Status),
         (status = "5XX", description = "Server error.", body = Problem, content_type = PROBLEM_JSON)
@@ -632,6 +697,7 @@ async fn healthz() -> Json<Status> {
     path = READY_PATH,
     operation_id = "readyz",
     tag = "service",
+    security(()),
     responses(
         (status = 200, description = "Ready.", body = Status),
         (status = "5XX", description = "Not ready (503) or server error.", body = Problem, content_type = PROBLEM_JSON)

@@ -19,6 +19,7 @@ use super::job::JobResult;
 use super::jobs::{Claim, Jobs, Outcome};
 use super::problem::Problem;
 use super::store::BlobKind;
+use crate::limits::Limits;
 use crate::{Control, CoreError, Options, Output};
 
 /// What a worker runs on an upload: the core by default ([`run_core`]), a stand-in in tests.
@@ -26,14 +27,27 @@ pub type Engine = dyn Fn(Bytes, &Options, &AtomicBool, &(dyn Fn(&str) + Sync)) -
     + Send
     + Sync;
 
-/// Decodes the upload and runs the core, exactly as the CLI does.
+/// Decodes the upload and runs the core, exactly as the CLI does, within the default
+/// [`Limits`].
 pub fn run_core(
     input: Bytes,
     options: &Options,
     cancel: &AtomicBool,
     progress: &(dyn Fn(&str) + Sync),
 ) -> crate::Result<Output> {
-    let mut model = crate::onnx::decode(input.clone())?;
+    run_core_within(input, options, &Limits::default(), cancel, progress)
+}
+
+/// [`run_core`] within `limits`: the upload is scanned before it is decoded (see
+/// [`crate::limits::decode`]), so a hostile model never gets to allocate.
+pub fn run_core_within(
+    input: Bytes,
+    options: &Options,
+    limits: &Limits,
+    cancel: &AtomicBool,
+    progress: &(dyn Fn(&str) + Sync),
+) -> crate::Result<Output> {
+    let mut model = crate::limits::decode(input.clone(), limits)?;
     crate::onnx::resolve_external_data(&mut model, None)?;
     let ctl = Control {
         progress: Some(progress),

@@ -316,10 +316,15 @@ fn read_response(s: &mut TcpStream) -> Resp {
     if let Err(e) = s.read_to_end(&mut raw) {
         assert!(!raw.is_empty(), "read response: {e}");
     }
+    parse_response(&raw)
+}
+
+/// Parses a whole HTTP/1.1 response (head and body, chunked or not).
+pub fn parse_response(raw: &[u8]) -> Resp {
     let split = raw
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
-        .unwrap_or_else(|| panic!("no header end in: {}", String::from_utf8_lossy(&raw)));
+        .unwrap_or_else(|| panic!("no header end in: {}", String::from_utf8_lossy(raw)));
     let head = String::from_utf8_lossy(&raw[..split]).into_owned();
     let mut lines = head.split("\r\n");
     let status_line = lines.next().unwrap_or("");
