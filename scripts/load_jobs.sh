@@ -86,6 +86,7 @@ client() {
             fi
             echo "status submit $code" >> "$log"
             [[ "$code" == 429 ]] || break
+            echo "retry $(jq -r .code "$body" 2>/dev/null || echo unknown)" >> "$log"
             sleep 1
         done
         if [[ "$code" != 202 ]]; then
@@ -136,6 +137,10 @@ echo "  jobs: $TOTAL finished, $OK succeeded, $(( TOTAL - OK )) not"
 awk '$1=="job" { n[$2]++ } END { for (s in n) printf "    %-10s %d\n", s, n[s] }' "$WORK/all.log"
 echo "  responses by route and status:"
 awk '$1=="status" { n[$2" "$3]++ } END { for (k in n) printf "    %-16s %d\n", k, n[k] }' "$WORK/all.log" | sort
+if grep -q '^retry ' "$WORK/all.log"; then
+    echo "  429 back-pressure, retried after a second:"
+    awk '$1=="retry" { n[$2]++ } END { for (k in n) printf "    %-16s %d\n", k, n[k] }' "$WORK/all.log"
+fi
 echo "  job latency (submit to done), ms:"
 awk '$1=="job" && $2=="succeeded" { print $3 }' "$WORK/all.log" | sort -n | awk '
     function at(q,   i) { i = int(NR * q) + 1; if (i > NR) i = NR; return v[i] }
