@@ -2,8 +2,9 @@
 # Service load check (issue 3), loopback only, about a minute:
 #
 #   1. `GET /jobs/{id}` at 500 requests/s for 10 s (wrk, 10 connections each paced to one
-#      request per 20 ms) while two ResNet-50-sized jobs run (2 workers, more jobs queued behind
-#      them so two stay running); prints wrk's latency distribution and checks p99 <= 5 ms.
+#      request per 20 ms) while two ResNet-50-sized jobs run (2 workers, verification and the
+#      end-to-end int8 simulation on, two more queued); prints wrk's latency distribution, checks
+#      p99 <= 5 ms and that both jobs were still running at the end.
 #   2. 16 concurrent 100 MB raw-body uploads to `POST /equalize` while the server's RSS is
 #      sampled every 50 ms from /proc; prints the RSS before, the peak while uploading and the
 #      growth. One worker, kept busy by a blocker job submitted first (per-layer quantization
@@ -22,6 +23,7 @@ PACE_MS=20
 DURATION=10s
 P99_MS=5
 UPLOADS=16
+QUEUED_JOBS=4
 
 fail() { printf 'load_status: FAILED: %s\n' "$*" >&2; exit 1; }
 command -v curl >/dev/null || fail "curl is not installed"
@@ -93,7 +95,9 @@ status=0
 echo "== 1. GET /jobs/{id} at $((CONNECTIONS * 1000 / PACE_MS)) req/s for $DURATION while two jobs run (model: $MODEL_MB MB)"
 start_server 2
 JOBS=()
-for _ in 1 2 3 4 5 6; do JOBS+=("$(submit)"); done
+# Jobs with the end-to-end int8 simulation (~14 s each on 2 cores, verification included), so
+# both workers stay busy for the whole run.
+for _ in $(seq "$QUEUED_JOBS"); do JOBS+=("$(submit quant_e2e=true)"); done
 for _ in $(seq 100); do
     [[ "$(running_count "${JOBS[@]:0:2}")" == 2 ]] && break
     sleep 0.1
@@ -102,13 +106,18 @@ echo "running before: $(running_count "${JOBS[@]}") of ${#JOBS[@]} submitted"
 printf 'function delay() return %d end\n' "$PACE_MS" > "$WORK/pace.lua"
 wrk -t 2 -c "$CONNECTIONS" -d "$DURATION" --latency -s "$WORK/pace.lua" "$BASE${JOBS[0]}" \
     | tee "$WORK/wrk.txt"
-echo "running after:  $(running_count "${JOBS[@]}") of ${#JOBS[@]} submitted"
+AFTER=$(running_count "${JOBS[@]}")
+echo "running after:  $AFTER of ${#JOBS[@]} submitted"
 P99=$(awk '$1 == "99%" {v = $2; u = v; sub(/[a-z]+$/, "", v); sub(/^[0-9.]+/, "", u);
       print (u == "us" ? v / 1000 : (u == "s" ? v * 1000 : v)); exit}' "$WORK/wrk.txt")
 ERRORS=$(awk '/Non-2xx|Socket errors/' "$WORK/wrk.txt")
 echo "p99 = $P99 ms (target <= $P99_MS ms)${ERRORS:+; $ERRORS}"
 if [[ -n "$ERRORS" ]] || ! awk -v p="$P99" -v t="$P99_MS" 'BEGIN {exit !(p <= t)}'; then
     echo "MISSED: p99 above $P99_MS ms"
+    status=1
+fi
+if [[ "$AFTER" != 2 ]]; then
+    echo "MISSED: two jobs were not running until the end (raise QUEUED_JOBS)"
     status=1
 fi
 stop_server

@@ -12,6 +12,11 @@
 //!
 //! Kernel sums (`Σ_k W[o, i, k]`, used by the forward BN fold and the high-bias fold) follow
 //! AIMET's numpy order `W.sum(-1).sum(-2)…`: the innermost spatial axis first, sequentially.
+//!
+//! Ranges (`max |w|` per channel) are order-independent, so they are computed in whatever order
+//! vectorizes: dense layouts keep a per-column maximum while sweeping rows, and the `*_ranged`
+//! scalings return the ranges of their result from the same sweep. Scalings are element-wise
+//! products, identical in any order.
 
 use crate::onnx::tensor::F32Tensor;
 
@@ -285,6 +290,87 @@ impl WeightLayout {
         });
     }
 
+    /// `(out_ranges(w), in_ranges(w))` in one sweep over `w`.
+    pub fn ranges(&self, w: &[f32]) -> (Vec<f32>, Vec<f32>) {
+        self.check(w);
+        let Some(len) = self.rows() else {
+            let mut ro = vec![0f32; self.out_ch];
+            let mut ri = vec![0f32; self.in_ch];
+            self.for_each_block(|s, o, i| {
+                let m = w[s..s + self.k].iter().fold(0f32, |m, v| vmax(m, v.abs()));
+                ro[o] = vmax(ro[o], m);
+                ri[i] = vmax(ri[i], m);
+            });
+            return (ro, ri);
+        };
+        let mut acc = vec![0f32; len];
+        let ro = w
+            .chunks_exact(len)
+            .map(|row| row_mags(row, &mut acc))
+            .collect();
+        (ro, self.fold_columns(&acc))
+    }
+
+    /// [`WeightLayout::scale_out`], then the ranges of the result ([`WeightLayout::ranges`]),
+    /// each row ranged while it is still in cache.
+    pub fn scale_out_ranged(&self, w: &mut [f32], f: &[f32]) -> (Vec<f32>, Vec<f32>) {
+        let Some(len) = self.rows() else {
+            self.scale_out(w, f);
+            return self.ranges(w);
+        };
+        self.check(w);
+        debug_assert_eq!(f.len(), self.out_ch);
+        let mut acc = vec![0f32; len];
+        let ro = w
+            .chunks_exact_mut(len)
+            .zip(f)
+            .map(|(row, &m)| {
+                for v in row.iter_mut() {
+                    *v *= m;
+                }
+                row_mags(row, &mut acc)
+            })
+            .collect();
+        (ro, self.fold_columns(&acc))
+    }
+
+    /// [`WeightLayout::scale_in`], then the ranges of the result ([`WeightLayout::ranges`]),
+    /// each row ranged while it is still in cache.
+    pub fn scale_in_ranged(&self, w: &mut [f32], f: &[f32]) -> (Vec<f32>, Vec<f32>) {
+        let Some(len) = self.rows() else {
+            self.scale_in(w, f);
+            return self.ranges(w);
+        };
+        self.check(w);
+        debug_assert_eq!(f.len(), self.in_ch);
+        let mut acc = vec![0f32; len];
+        let ro = w
+            .chunks_exact_mut(len)
+            .map(|row| {
+                if self.k == 1 {
+                    for (v, &m) in row.iter_mut().zip(f) {
+                        *v *= m;
+                    }
+                } else {
+                    for (block, &m) in row.chunks_exact_mut(self.k).zip(f) {
+                        for v in block {
+                            *v *= m;
+                        }
+                    }
+                }
+                row_mags(row, &mut acc)
+            })
+            .collect();
+        (ro, self.fold_columns(&acc))
+    }
+
+    /// Input ranges of a dense layout from the per-column maxima of its rows.
+    fn fold_columns(&self, acc: &[f32]) -> Vec<f32> {
+        acc.chunks_exact(self.k)
+            .map(|block| block.iter().fold(0f32, |m, &v| vmax(m, v)))
+            .collect()
+    }
+
     /// Kernel sum of one block in numpy's `W.sum(-1).sum(-2)…` order.
     fn block_sum(&self, block: &[f32]) -> f32 {
         let spatial = &self.dims[2.min(self.dims.len())..];
@@ -332,6 +418,42 @@ impl WeightLayout {
     }
 }
 
+/// `max(acc, a)` for a non-NaN `acc ≥ 0` and `a ≥ 0` or NaN: a NaN `a` is ignored, as
+/// `f32::max` ignores it, so folds of `vmax(m, |v|)` from 0 equal folds of `m.max(|v|)` bit for
+/// bit. Written as a compare-select, it compiles to one `maxps` lane and vectorizes.
+#[inline(always)]
+fn vmax(acc: f32, a: f32) -> f32 {
+    if a > acc {
+        a
+    } else {
+        acc
+    }
+}
+
+const LANES: usize = 8;
+
+/// Maximum `|v|` over `row`; raises `acc[j]` to `|row[j]|` on the way. The maximum is kept in
+/// independent lanes so the loop vectorizes (a maximum does not depend on the order).
+#[inline]
+fn row_mags(row: &[f32], acc: &mut [f32]) -> f32 {
+    let mut lanes = [0f32; LANES];
+    let mut rows = row.chunks_exact(LANES);
+    let mut accs = acc.chunks_exact_mut(LANES);
+    for (r, a) in (&mut rows).zip(&mut accs) {
+        for j in 0..LANES {
+            let m = r[j].abs();
+            a[j] = vmax(a[j], m);
+            lanes[j] = vmax(lanes[j], m);
+        }
+    }
+    for (a, v) in accs.into_remainder().iter_mut().zip(rows.remainder()) {
+        let m = v.abs();
+        *a = vmax(*a, m);
+        lanes[0] = vmax(lanes[0], m);
+    }
+    lanes.iter().fold(0f32, |m, &v| vmax(m, v))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -369,6 +491,61 @@ mod tests {
         let w = [1.0, -4.0, 2.0, 0.5, 0.0, 3.0]; // [K=2, N=3]
         assert_eq!(n.out_ranges(&w), vec![1.0, 4.0, 3.0]);
         assert_eq!(n.in_ranges(&w), vec![4.0, 3.0]);
+    }
+
+    /// The fused sweeps equal the separate scans and scalings bit for bit, on every layout.
+    #[test]
+    fn fused_sweeps_equal_separate_passes() {
+        let cases: [(LayerOp, &[usize], usize); 9] = [
+            (LayerOp::Conv, &[6, 4, 3, 3], 1),
+            (LayerOp::Conv, &[6, 4, 1, 1], 1),
+            (LayerOp::Conv, &[6, 2, 3, 3], 2),
+            (LayerOp::Conv, &[4, 1, 3, 3], 4),
+            (LayerOp::ConvTranspose, &[4, 3, 2, 2], 2),
+            (LayerOp::ConvTranspose, &[4, 5, 3], 1),
+            (LayerOp::Gemm { trans_b: true }, &[5, 7], 1),
+            (LayerOp::Gemm { trans_b: false }, &[7, 5], 1),
+            (LayerOp::MatMul, &[7, 5], 1),
+        ];
+        for (op, dims, group) in cases {
+            let l = WeightLayout::new(op, dims, group).unwrap();
+            let n: usize = dims.iter().product();
+            // Deterministic values of mixed sign and magnitude, including a zero and a NaN.
+            let mut w: Vec<f32> = (0..n)
+                .map(|j| ((j * 7919 % 101) as f32 - 50.0) * 0.37f32.powi((j % 5) as i32))
+                .collect();
+            w[n / 2] = 0.0;
+            w[n / 3] = f32::NAN;
+            let (ro, ri) = l.ranges(&w);
+            assert_eq!(ro, l.out_ranges(&w), "{op:?} {dims:?}");
+            assert_eq!(ri, l.in_ranges(&w), "{op:?} {dims:?}");
+            let fo: Vec<f32> = (0..l.out_channels())
+                .map(|c| 0.3 + c as f32 * 0.71)
+                .collect();
+            let fi: Vec<f32> = (0..l.in_channels())
+                .map(|c| 1.7 - c as f32 * 0.13)
+                .collect();
+            let (mut a, mut b) = (w.clone(), w.clone());
+            l.scale_out(&mut a, &fo);
+            let got = l.scale_out_ranged(&mut b, &fo);
+            assert_eq!(a.map_bits(), b.map_bits(), "{op:?} {dims:?}");
+            assert_eq!(got, (l.out_ranges(&a), l.in_ranges(&a)), "{op:?} {dims:?}");
+            let (mut a, mut b) = (w.clone(), w);
+            l.scale_in(&mut a, &fi);
+            let got = l.scale_in_ranged(&mut b, &fi);
+            assert_eq!(a.map_bits(), b.map_bits(), "{op:?} {dims:?}");
+            assert_eq!(got, (l.out_ranges(&a), l.in_ranges(&a)), "{op:?} {dims:?}");
+        }
+    }
+
+    trait Bits {
+        fn map_bits(&self) -> Vec<u32>;
+    }
+
+    impl Bits for Vec<f32> {
+        fn map_bits(&self) -> Vec<u32> {
+            self.iter().map(|v| v.to_bits()).collect()
+        }
     }
 
     #[test]

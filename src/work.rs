@@ -2,8 +2,9 @@
 //! and a cache of the f32 weights the passes read and write.
 //!
 //! Invariants:
-//! - each weight is decoded at most once and encoded at most once ([`Work::finish`]); untouched
-//!   initializers keep their original bytes, so the cost is linear in the model size;
+//! - each weight is decoded at most once, and its f32 buffer becomes the new `raw_data` without
+//!   a copy ([`Work::finish`]); untouched initializers keep their original bytes, so the cost is
+//!   linear in the model size;
 //! - structural edits (removing or inserting nodes) go through [`Work::apply`], which keeps
 //!   `meta` parallel to `graph.node` and rebuilds the index;
 //! - initializers that a pass made unused are removed at the end; initializers that were
@@ -541,16 +542,9 @@ impl Work {
             .filter(|(_, c)| c.dirty)
             .map(|(n, c)| (n, c.tensor))
             .collect();
-        // Encode in parallel, each f32 buffer freed as soon as its bytes exist.
-        let dirty: Vec<(String, F32Tensor, bytes::Bytes)> = dirty
-            .into_par_iter()
-            .map(|(n, mut t)| {
-                let raw = bytes::Bytes::from(tensor::f32_le_bytes(&t.data));
-                t.data = Vec::new();
-                (n, t, raw)
-            })
-            .collect();
-        for (name, t, raw) in dirty {
+        for (name, mut t) in dirty {
+            // The f32 buffer itself becomes `raw_data` (no copy on little-endian targets).
+            let raw = tensor::f32_into_bytes(std::mem::take(&mut t.data));
             match self.const_source(&name) {
                 Some(ConstSource::Initializer(i)) => {
                     tensor::set_raw_f32(&mut self.graph_mut().initializer[i], &t.dims, raw)

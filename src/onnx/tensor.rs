@@ -113,15 +113,19 @@ pub fn to_f32(t: &TensorProto) -> Result<F32Tensor, TensorReadError> {
     let dims = f32_dims(t)?;
     let raw = t.raw_data();
     let data = if !raw.is_empty() {
-        let mut data = vec![0f32; raw.len() / 4];
-        for (v, c) in data.iter_mut().zip(raw.chunks_exact(4)) {
-            *v = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-        }
-        data
+        le_f32s(raw)
     } else {
         t.float_data.clone()
     };
     Ok(F32Tensor { dims, data })
+}
+
+/// Little-endian f32 bytes (`len` a multiple of 4) as values, written straight into a fresh
+/// vector (no zero-fill first).
+fn le_f32s(raw: &[u8]) -> Vec<f32> {
+    raw.chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
 }
 
 /// `data` as little-endian bytes.
@@ -131,6 +135,30 @@ pub fn f32_le_bytes(data: &[f32]) -> Vec<u8> {
         c.copy_from_slice(&v.to_le_bytes());
     }
     raw
+}
+
+/// `data` as little-endian bytes, without a copy on little-endian targets: the vector itself
+/// becomes the `Bytes` buffer (freed when the last `Bytes` referring to it is dropped).
+pub fn f32_into_bytes(data: Vec<f32>) -> Bytes {
+    #[cfg(target_endian = "little")]
+    {
+        Bytes::from_owner(F32Buffer(data))
+    }
+    #[cfg(not(target_endian = "little"))]
+    {
+        Bytes::from(f32_le_bytes(&data))
+    }
+}
+
+/// An f32 vector viewed as its (little-endian) bytes.
+#[cfg(target_endian = "little")]
+struct F32Buffer(Vec<f32>);
+
+#[cfg(target_endian = "little")]
+impl AsRef<[u8]> for F32Buffer {
+    fn as_ref(&self) -> &[u8] {
+        bytemuck::cast_slice(&self.0)
+    }
 }
 
 /// Reads an integer tensor (INT64 or INT32) as i64, for shapes, pads and axes.

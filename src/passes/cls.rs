@@ -16,6 +16,10 @@
 //! `s12 = r0/P`, `s23 = P/r2`, `W1 *= s12` then `*= 1/s23`. Sets are applied in chain order;
 //! consecutive sets share layers, so later sets see earlier results. With `iterations > 1` the
 //! whole pass repeats until `max |1 − s| < threshold`.
+//!
+//! Cost: each weight's ranges are scanned once; every scaling sweep recomputes both ranges of the
+//! weight it scales while each row is in cache ([`Ranges`]), so a pass over a set costs one
+//! read-modify-write of its weights.
 
 use std::collections::HashMap;
 
@@ -49,6 +53,29 @@ struct Member {
 struct Set {
     layers: Vec<Layer>,
     throughs: Vec<Vec<usize>>,
+}
+
+/// Exact `(out, in)` ranges of every weight as it currently is. Each scaling recomputes both in
+/// the same sweep ([`crate::layout::WeightLayout::scale_out_ranged`]); ranges are maxima, so
+/// they do not depend on the order of the sweep and equal a fresh scan bit for bit.
+#[derive(Default)]
+struct Ranges(HashMap<String, (Vec<f32>, Vec<f32>)>);
+
+impl Ranges {
+    /// The ranges of `layer`'s weight, scanned on first use (empty when it cannot be read).
+    /// Call before taking the weight out of the `Work` cache.
+    fn of(&mut self, cx: &mut Ctx, layer: &Layer) -> &(Vec<f32>, Vec<f32>) {
+        self.0.entry(layer.weight.clone()).or_insert_with(|| {
+            cx.work
+                .read(&layer.weight)
+                .map(|t| layer.layout.ranges(&t.data))
+                .unwrap_or_default()
+        })
+    }
+
+    fn set(&mut self, layer: &Layer, ranges: (Vec<f32>, Vec<f32>)) {
+        self.0.insert(layer.weight.clone(), ranges);
+    }
 }
 
 fn role(cx: &Ctx, i: usize) -> Role {
@@ -382,7 +409,11 @@ pub fn run(cx: &mut Ctx) -> crate::Result<()> {
         }
     }
     report_unpaired(cx, &sets);
-    let before: Vec<Vec<PairRanges>> = sets.iter().map(|s| pair_ranges(cx, s)).collect();
+    let mut ranges = Ranges::default();
+    let before: Vec<Vec<PairRanges>> = sets
+        .iter()
+        .map(|s| pair_ranges(cx, &mut ranges, s))
+        .collect();
     let mut cumulative: Vec<Vec<Vec<f32>>> = sets
         .iter()
         .map(|s| {
@@ -402,6 +433,7 @@ pub fn run(cx: &mut Ctx) -> crate::Result<()> {
         for (k, set) in sets.iter().enumerate() {
             let scales = scale_set(
                 cx,
+                &mut ranges,
                 set,
                 cx.opts
                     .balance
@@ -433,7 +465,7 @@ pub fn run(cx: &mut Ctx) -> crate::Result<()> {
     }
     let iterations = cx.report.cls_iterations.len() as u32;
     for (k, set) in sets.iter().enumerate() {
-        let after = pair_ranges(cx, set);
+        let after = pair_ranges(cx, &mut ranges, set);
         let labels: Vec<String> = set
             .layers
             .iter()
@@ -674,24 +706,12 @@ fn register_clips(cx: &mut Ctx, set: &Set) {
     }
 }
 
-fn pair_ranges(cx: &mut Ctx, set: &Set) -> Vec<PairRanges> {
+fn pair_ranges(cx: &mut Ctx, ranges: &mut Ranges, set: &Set) -> Vec<PairRanges> {
     set.layers
         .windows(2)
-        .map(|w| {
-            let r1 = cx
-                .work
-                .read(&w[0].weight)
-                .map(|t| w[0].layout.out_ranges(&t.data))
-                .unwrap_or_default();
-            let r2 = cx
-                .work
-                .read(&w[1].weight)
-                .map(|t| w[1].layout.in_ranges(&t.data))
-                .unwrap_or_default();
-            PairRanges {
-                layer1_out: r1,
-                layer2_in: r2,
-            }
+        .map(|w| PairRanges {
+            layer1_out: ranges.of(cx, &w[0]).0.clone(),
+            layer2_in: ranges.of(cx, &w[1]).1.clone(),
         })
         .collect()
 }
@@ -761,7 +781,12 @@ fn limit_activation_growth(s: &mut [f32], hi: &[f32], prev: &[f32], growth: f32)
 type Balance<'a> = (f32, &'a [Option<Vec<f32>>], &'a [Vec<f32>]);
 
 /// Scales one set; returns the per-pair factors (`s`, or `(s12, s23)` for a triple).
-fn scale_set(cx: &mut Ctx, set: &Set, balance: Option<Balance>) -> crate::Result<Vec<Vec<f32>>> {
+fn scale_set(
+    cx: &mut Ctx,
+    ranges: &mut Ranges,
+    set: &Set,
+    balance: Option<Balance>,
+) -> crate::Result<Vec<Vec<f32>>> {
     let limit = |p: usize, s: &mut Vec<f32>| {
         if let Some((g, ranges, prev)) = balance {
             if let Some(hi) = &ranges[p] {
@@ -771,10 +796,10 @@ fn scale_set(cx: &mut Ctx, set: &Set, balance: Option<Balance>) -> crate::Result
     };
     if set.layers.len() == 2 {
         let (l1, l2) = (&set.layers[0], &set.layers[1]);
+        let r1 = ranges.of(cx, l1).0.clone();
+        let r2 = ranges.of(cx, l2).1.clone();
         let mut w1 = take(cx, &l1.weight)?;
         let mut w2 = take(cx, &l2.weight)?;
-        let r1 = l1.layout.out_ranges(&w1.data);
-        let r2 = l2.layout.in_ranges(&w2.data);
         let mut s: Vec<f32> = r1
             .iter()
             .zip(&r2)
@@ -782,20 +807,20 @@ fn scale_set(cx: &mut Ctx, set: &Set, balance: Option<Balance>) -> crate::Result
             .collect();
         limit(0, &mut s);
         let inv: Vec<f32> = s.iter().map(|&v| 1.0f32 / v).collect();
-        l1.layout.scale_out(&mut w1.data, &inv);
-        l2.layout.scale_in(&mut w2.data, &s);
+        ranges.set(l1, l1.layout.scale_out_ranged(&mut w1.data, &inv));
+        ranges.set(l2, l2.layout.scale_in_ranged(&mut w2.data, &s));
         cx.work.put(&l1.weight, w1);
         cx.work.put(&l2.weight, w2);
         scale_bias(cx, l1, &inv)?;
         return Ok(vec![s]);
     }
     let (l0, l1, l2) = (&set.layers[0], &set.layers[1], &set.layers[2]);
+    let r0 = ranges.of(cx, l0).0.clone();
+    let r1 = ranges.of(cx, l1).0.clone();
+    let r2 = ranges.of(cx, l2).1.clone();
     let mut w0 = take(cx, &l0.weight)?;
     let mut w1 = take(cx, &l1.weight)?;
     let mut w2 = take(cx, &l2.weight)?;
-    let r0 = l0.layout.out_ranges(&w0.data);
-    let r1 = l1.layout.out_ranges(&w1.data);
-    let r2 = l2.layout.in_ranges(&w2.data);
     let third = 1.0f32 / 3.0;
     let p: Vec<f32> = (0..r0.len())
         .map(|c| (r0[c] * r1[c] * r2[c]).powf(third))
@@ -806,10 +831,10 @@ fn scale_set(cx: &mut Ctx, set: &Set, balance: Option<Balance>) -> crate::Result
     limit(1, &mut s23);
     let inv12: Vec<f32> = s12.iter().map(|&v| 1.0f32 / v).collect();
     let inv23: Vec<f32> = s23.iter().map(|&v| 1.0f32 / v).collect();
-    l0.layout.scale_out(&mut w0.data, &inv12);
+    ranges.set(l0, l0.layout.scale_out_ranged(&mut w0.data, &inv12));
     l1.layout.scale_out(&mut w1.data, &s12);
-    l1.layout.scale_out(&mut w1.data, &inv23);
-    l2.layout.scale_in(&mut w2.data, &s23);
+    ranges.set(l1, l1.layout.scale_out_ranged(&mut w1.data, &inv23));
+    ranges.set(l2, l2.layout.scale_in_ranged(&mut w2.data, &s23));
     cx.work.put(&l0.weight, w0);
     cx.work.put(&l1.weight, w1);
     cx.work.put(&l2.weight, w2);

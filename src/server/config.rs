@@ -14,6 +14,8 @@ pub const DEFAULT_PORT: u16 = 8080;
 pub const DEFAULT_ADDR: &str = "127.0.0.1:8080";
 /// Default data directory (job records and blobs), relative to the working directory.
 pub const DEFAULT_DATA_DIR: &str = "./onnx-cle-data";
+/// Default niceness of the job threads (see [`ServeConfig::worker_nice`]).
+pub const DEFAULT_WORKER_NICE: u8 = 10;
 /// Liveness probe path: answers while the process is up, whatever its storage does.
 pub const HEALTH_PATH: &str = "/healthz";
 /// Readiness probe path: 503 while draining or when the data directory is not writable.
@@ -62,8 +64,12 @@ pub struct ServeConfig {
     pub upload_timeout: Duration,
     /// Uploads received at the same time; beyond it `POST /equalize` answers 429
     /// `too_many_uploads`.
-    #[arg(long, env = "ONNX_CLE_MAX_CONCURRENT_UPLOADS", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, env = "ONNX_CLE_MAX_CONCURRENT_UPLOADS", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_concurrent_uploads: u32,
+    /// Scheduling niceness of the job threads (Linux, 0–19): CPU-bound jobs yield to the HTTP
+    /// runtime so status requests stay fast while jobs run (`0`: same priority as the server).
+    #[arg(long, env = "ONNX_CLE_WORKER_NICE", default_value_t = DEFAULT_WORKER_NICE, value_parser = clap::value_parser!(u8).range(0..=19))]
+    pub worker_nice: u8,
     /// Largest accepted model in nodes (all graphs, subgraphs and functions); larger models get
     /// 413 `limit_exceeded`.
     #[arg(long, env = "ONNX_CLE_MAX_NODES", default_value_t = crate::limits::DEFAULT_MAX_NODES, value_parser = clap::value_parser!(u64).range(1..))]
@@ -127,7 +133,8 @@ impl ServeConfig {
             shutdown_grace: Duration::from_secs(20),
             max_job_time: Duration::from_secs(30 * 60),
             upload_timeout: Duration::from_secs(5 * 60),
-            max_concurrent_uploads: 8,
+            max_concurrent_uploads: 16,
+            worker_nice: DEFAULT_WORKER_NICE,
             max_nodes: crate::limits::DEFAULT_MAX_NODES,
             max_tensor_elements: crate::limits::DEFAULT_MAX_TENSOR_ELEMENTS,
             max_model_memory: crate::limits::DEFAULT_MAX_DECODED_BYTES,

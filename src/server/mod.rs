@@ -198,7 +198,15 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
     let engine: Arc<worker::Engine> = Arc::new(move |input, options, cancel, progress| {
         worker::run_core_within(input, options, &limits, cancel, progress)
     });
-    let pool = worker::Pool::start(Arc::clone(&jobs), engine, usize::from(cfg.workers))?;
+    if !worker::init_compute_pool(cfg.worker_nice) {
+        tracing::warn!("the compute thread pool was already running: its priority is unchanged");
+    }
+    let pool = worker::Pool::start(
+        Arc::clone(&jobs),
+        engine,
+        usize::from(cfg.workers),
+        cfg.worker_nice,
+    )?;
     let listener = tokio::net::TcpListener::bind(cfg.addr)
         .await
         .map_err(|source| ServeError::Bind {

@@ -62,8 +62,13 @@ pub struct Pool {
 }
 
 impl Pool {
-    /// Starts `n` workers.
-    pub fn start(jobs: Arc<Jobs>, engine: Arc<Engine>, n: usize) -> std::io::Result<Pool> {
+    /// Starts `n` workers at niceness `nice` ([`lower_priority`]).
+    pub fn start(
+        jobs: Arc<Jobs>,
+        engine: Arc<Engine>,
+        n: usize,
+        nice: u8,
+    ) -> std::io::Result<Pool> {
         let mut threads = Vec::with_capacity(n);
         for i in 0..n {
             let jobs = Arc::clone(&jobs);
@@ -72,6 +77,7 @@ impl Pool {
                 std::thread::Builder::new()
                     .name(format!("cle-worker-{i}"))
                     .spawn(move || {
+                        lower_priority(nice);
                         while let Some(claim) = jobs.claim() {
                             process(&jobs, engine.as_ref(), claim);
                         }
@@ -92,6 +98,33 @@ impl Pool {
             let _ = t.join();
         }
     }
+}
+
+/// Lowers the calling thread's scheduling priority to niceness `nice` (Linux keeps a nice value
+/// per thread; threads it spawns inherit it). Jobs are CPU-bound and the runtime answering
+/// status requests is not: at nice 10 a job thread weighs about a tenth of a runtime thread, so
+/// a status request waits for a CPU microseconds instead of a scheduler slice. Raising one's own
+/// niceness needs no privilege; a failure is logged and ignored.
+pub fn lower_priority(nice: u8) {
+    #[cfg(target_os = "linux")]
+    if nice > 0 {
+        let tid = rustix::thread::gettid();
+        if let Err(e) = rustix::process::setpriority_process(Some(tid), i32::from(nice)) {
+            tracing::warn!("cannot lower the job threads' priority: {e}");
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = nice;
+}
+
+/// Builds the global rayon pool (the core's data-parallel work) with its threads at niceness
+/// `nice`, like the workers that use it. Returns `false` when the pool already existed.
+pub fn init_compute_pool(nice: u8) -> bool {
+    rayon::ThreadPoolBuilder::new()
+        .thread_name(|i| format!("cle-compute-{i}"))
+        .start_handler(move |_| lower_priority(nice))
+        .build_global()
+        .is_ok()
 }
 
 fn internal(detail: &str) -> Problem {
@@ -217,7 +250,7 @@ mod tests {
             jobs.submit(new, None).unwrap();
             ids.push(id);
         }
-        let pool = Pool::start(Arc::clone(&jobs), Arc::new(echo_or_panic), 1).unwrap();
+        let pool = Pool::start(Arc::clone(&jobs), Arc::new(echo_or_panic), 1, 0).unwrap();
         let t = Instant::now();
         while !ids
             .iter()
