@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Pipeline benchmarks (issue 3), release build, about 10 minutes on 2 cores:
+# Pipeline benchmarks (issue 3), release build, about 5 minutes on 2 cores (warm build):
 #
 #   scripts/bench.sh              criterion benches (benches/pipeline.rs) on the ResNet-50-shaped
 #                                 model at 100/50/25 % width and mobilenet_v2, then the table

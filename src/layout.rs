@@ -268,17 +268,7 @@ impl WeightLayout {
         debug_assert_eq!(f.len(), self.in_ch);
         if let Some(row) = self.rows() {
             for row in w.chunks_exact_mut(row) {
-                if self.k == 1 {
-                    for (v, &m) in row.iter_mut().zip(f) {
-                        *v *= m;
-                    }
-                } else {
-                    for (block, &m) in row.chunks_exact_mut(self.k).zip(f) {
-                        for v in block {
-                            *v *= m;
-                        }
-                    }
-                }
+                self.scale_row_in(row, f);
             }
             return;
         }
@@ -314,54 +304,63 @@ impl WeightLayout {
     /// [`WeightLayout::scale_out`], then the ranges of the result ([`WeightLayout::ranges`]),
     /// each row ranged while it is still in cache.
     pub fn scale_out_ranged(&self, w: &mut [f32], f: &[f32]) -> (Vec<f32>, Vec<f32>) {
+        debug_assert_eq!(f.len(), self.out_ch);
         let Some(len) = self.rows() else {
             self.scale_out(w, f);
             return self.ranges(w);
         };
+        self.rows_ranged(w, len, |o, row| {
+            for v in row {
+                *v *= f[o];
+            }
+        })
+    }
+
+    /// [`WeightLayout::scale_in`], then the ranges of the result ([`WeightLayout::ranges`]),
+    /// each row ranged while it is still in cache.
+    pub fn scale_in_ranged(&self, w: &mut [f32], f: &[f32]) -> (Vec<f32>, Vec<f32>) {
+        debug_assert_eq!(f.len(), self.in_ch);
+        let Some(len) = self.rows() else {
+            self.scale_in(w, f);
+            return self.ranges(w);
+        };
+        self.rows_ranged(w, len, |_, row| self.scale_row_in(row, f))
+    }
+
+    /// Dense layouts: `edit(o, row)` on every row, each row then ranged while in cache.
+    fn rows_ranged(
+        &self,
+        w: &mut [f32],
+        len: usize,
+        mut edit: impl FnMut(usize, &mut [f32]),
+    ) -> (Vec<f32>, Vec<f32>) {
         self.check(w);
-        debug_assert_eq!(f.len(), self.out_ch);
         let mut acc = vec![0f32; len];
         let ro = w
             .chunks_exact_mut(len)
-            .zip(f)
-            .map(|(row, &m)| {
-                for v in row.iter_mut() {
-                    *v *= m;
-                }
+            .enumerate()
+            .map(|(o, row)| {
+                edit(o, row);
                 row_mags(row, &mut acc)
             })
             .collect();
         (ro, self.fold_columns(&acc))
     }
 
-    /// [`WeightLayout::scale_in`], then the ranges of the result ([`WeightLayout::ranges`]),
-    /// each row ranged while it is still in cache.
-    pub fn scale_in_ranged(&self, w: &mut [f32], f: &[f32]) -> (Vec<f32>, Vec<f32>) {
-        let Some(len) = self.rows() else {
-            self.scale_in(w, f);
-            return self.ranges(w);
-        };
-        self.check(w);
-        debug_assert_eq!(f.len(), self.in_ch);
-        let mut acc = vec![0f32; len];
-        let ro = w
-            .chunks_exact_mut(len)
-            .map(|row| {
-                if self.k == 1 {
-                    for (v, &m) in row.iter_mut().zip(f) {
-                        *v *= m;
-                    }
-                } else {
-                    for (block, &m) in row.chunks_exact_mut(self.k).zip(f) {
-                        for v in block {
-                            *v *= m;
-                        }
-                    }
+    /// `row[i, k] *= f[i]` on one row of a dense layout.
+    #[inline]
+    fn scale_row_in(&self, row: &mut [f32], f: &[f32]) {
+        if self.k == 1 {
+            for (v, &m) in row.iter_mut().zip(f) {
+                *v *= m;
+            }
+        } else {
+            for (block, &m) in row.chunks_exact_mut(self.k).zip(f) {
+                for v in block {
+                    *v *= m;
                 }
-                row_mags(row, &mut acc)
-            })
-            .collect();
-        (ro, self.fold_columns(&acc))
+            }
+        }
     }
 
     /// Input ranges of a dense layout from the per-column maxima of its rows.
