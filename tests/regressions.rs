@@ -12,6 +12,10 @@
 //!    `(alpha/beta)·W2·c`, and `b1 −= c` instead of `c/beta` (relative error 0.58).
 //! 4. Duplicate node names: the engine works by node index (checked with tract after giving
 //!    the nodes unique names, which tract needs).
+//! 5. `BN → Reshape([-1, K]) → Gemm` was folded forward whenever `K` was a multiple of the BN's
+//!    channels, but the fold's channel repetition assumes one sample per row (`K = C·H·W`);
+//!    `Reshape([-1, 8])` of `[N, 4, 2, 2]` puts half a sample in each row (relative error
+//!    ~0.5 in tract). AIMET folds any Reshape; `--compat aimet` now refuses it too, with a note.
 
 mod common;
 
@@ -241,4 +245,58 @@ fn duplicate_node_names() {
         .max_rel_l2
         .unwrap_or_else(|| panic!("not verified: {:?}", v.reason));
     assert!(dev <= 1e-5, "rel L2 {dev:e}");
+}
+
+/// `x[N, 4, 2, 2] → BN → Reshape(shape) → Gemm(K → 3)`.
+fn bn_reshape_gemm(shape: &[i64], k: usize) -> ModelProto {
+    let mut b = ModelBuilder::new(13).seed(515);
+    let x = b.batched_input("x", "N", &[4, 2, 2]);
+    let y = b.batch_norm("bn", &x, 4);
+    let y = b.reshape("flat", &y, shape);
+    let y = b.gemm("fc", &y, &GemmSpec::new(k, 3));
+    b.output(&y);
+    b.build()
+}
+
+#[test]
+fn bn_reshape_that_splits_samples_is_not_folded() {
+    for compat in [false, true] {
+        let mut opts = Options::default();
+        if compat {
+            opts.compat = onnx_cle::Compat::Aimet;
+        }
+        // Half a sample per row: refused (verification proves the model unchanged).
+        let (_, r) = common::run_verified(&bn_reshape_gemm(&[-1, 8], 8), &opts);
+        let worst = r.verification.max_rel_l2.unwrap_or(f64::NAN);
+        common::say(&format!(
+            "regression BN → Reshape[-1, 8] compat={compat}: rel L2 {worst:.1e}"
+        ));
+        assert!(worst <= 1e-5, "compat={compat}: rel L2 {worst:e}");
+        assert!(r.bn_folds.is_empty(), "compat={compat}: {:?}", r.bn_folds);
+        assert!(
+            r.skipped
+                .iter()
+                .any(|s| s.reason == "reshape_layout" && s.nodes.iter().any(|n| n == "bn")),
+            "compat={compat}: {:#?}",
+            r.skipped
+        );
+        assert_eq!(
+            r.compat_notes.iter().any(|n| n.contains("Reshape")),
+            compat,
+            "{:?}",
+            r.compat_notes
+        );
+        // One sample per row, proven by `0` (copy the batch) or by the input's declared shape.
+        for shape in [[0, -1], [-1, 16], [0, 16]] {
+            let (_, r) = common::run_verified(&bn_reshape_gemm(&shape, 16), &opts);
+            let worst = r.verification.max_rel_l2.unwrap_or(f64::NAN);
+            assert!(worst <= 1e-5, "{shape:?} compat={compat}: rel L2 {worst:e}");
+            assert_eq!(
+                r.bn_folds.len(),
+                1,
+                "{shape:?} compat={compat}: {:#?}",
+                r.skipped
+            );
+        }
+    }
 }

@@ -371,29 +371,95 @@ fn forward_candidate(
             "channel_mismatch",
             format!("Gemm width {k} is not a multiple of {c} BN channels"),
         )),
-        Some(t) if !flattens_channels_first(cx, t, k) => Err((
-            "reshape_layout",
-            "the Flatten/Reshape does not flatten [N, C, …] to [N, C·…]".into(),
-        )),
+        Some(t) if !flattens_channels_first(cx, t, k) => {
+            if cx.opts.is_aimet() && cx.work.node(t).op_type() == "Reshape" {
+                cx.report.compat_notes.push(format!(
+                    "{}: BN → Reshape → {} not folded: the Reshape is not proven to flatten \
+                     [N, C, …] to [N, C·…] (aimet_onnx 2.42 folds any Reshape, which changes \
+                     the model's function when a row is not one sample)",
+                    cx.work.label(b),
+                    cx.work.node(l).op_type()
+                ));
+            }
+            Err((
+                "reshape_layout",
+                "the Flatten/Reshape is not proven to flatten [N, C, …] to [N, C·…] (one \
+                 sample per row)"
+                    .into(),
+            ))
+        }
         _ => Ok((layer, through)),
     }
 }
 
+/// Whether the Flatten/Reshape `t` turns the BN output `[N, C, …]` into rows of exactly one
+/// sample (`[N, C·…]`), the layout the forward fold's channel repetition assumes (cle-spec
+/// §3.2.3): `Flatten(axis = 1)`, `Reshape` to `[0, …]` (batch copied), or a 2-D `Reshape` whose
+/// row width `k` is the per-sample size declared for its input.
 fn flattens_channels_first(cx: &Ctx, t: usize, k: usize) -> bool {
     let node = cx.work.node(t);
     match node.op_type() {
         "Flatten" => attr::int(node, "axis").unwrap_or(1) == 1,
         "Reshape" => {
-            if cx.opts.is_aimet() {
-                return true;
-            }
             let Some(shape) = cx.work.const_ints(cx.work.input(t, 1)) else {
                 return false;
             };
-            shape.len() == 2 && (shape[1] == k as i64 || (shape[1] == -1 && shape[0] != -1))
+            if shape.len() != 2 {
+                return false;
+            }
+            let copies_batch = shape[0] == 0 && attr::int(node, "allowzero").unwrap_or(0) == 0;
+            copies_batch || per_sample_size(cx, t) == Some(k)
         }
         _ => false,
     }
+}
+
+/// Elements per sample of the input of node `t` (and of the BN before it, same shape), when a
+/// declared shape gives every dimension after the batch.
+fn per_sample_size(cx: &Ctx, t: usize) -> Option<usize> {
+    let x = cx.work.input(t, 0);
+    let bn_in = cx
+        .work
+        .index()
+        .producer(x)
+        .map(|p| cx.work.input(p, 0).to_string());
+    [Some(x.to_string()), bn_in]
+        .into_iter()
+        .flatten()
+        .filter_map(|name| declared_dims(cx, &name))
+        .find_map(|dims| {
+            dims.get(1..)?
+                .iter()
+                .try_fold(1usize, |n, d| n.checked_mul(usize::try_from((*d)?).ok()?))
+        })
+}
+
+/// The shape declared for `tensor` (graph input/output or `value_info`); `None` for a symbolic
+/// or missing dimension.
+fn declared_dims(cx: &Ctx, tensor: &str) -> Option<Vec<Option<i64>>> {
+    use crate::onnx::proto::tensor_shape_proto::dimension::Value as DimValue;
+    use crate::onnx::proto::type_proto::Value as TypeValue;
+    let g = cx.work.graph();
+    let v = g
+        .value_info
+        .iter()
+        .chain(&g.input)
+        .chain(&g.output)
+        .find(|v| v.name() == tensor)?;
+    let Some(TypeValue::TensorType(tt)) = v.r#type.as_ref()?.value.as_ref() else {
+        return None;
+    };
+    Some(
+        tt.shape
+            .as_ref()?
+            .dim
+            .iter()
+            .map(|d| match d.value {
+                Some(DimValue::DimValue(n)) if n >= 0 => Some(n),
+                _ => None,
+            })
+            .collect(),
+    )
 }
 
 fn check_layer_weights(cx: &Ctx, layer: &Layer) -> Result<(), (&'static str, String)> {
@@ -416,22 +482,8 @@ fn check_layer_weights(cx: &Ctx, layer: &Layer) -> Result<(), (&'static str, Str
 
 fn matmul_is_2d(cx: &Ctx, l: usize) -> bool {
     let a = cx.work.input(l, 0);
-    let g = cx.work.graph();
-    let declared = g
-        .value_info
-        .iter()
-        .chain(&g.input)
-        .chain(&g.output)
-        .find(|v| v.name() == a)
-        .and_then(|v| v.r#type.as_ref())
-        .and_then(|t| match &t.value {
-            Some(crate::onnx::proto::type_proto::Value::TensorType(tt)) => {
-                tt.shape.as_ref().map(|s| s.dim.len())
-            }
-            _ => None,
-        });
-    if let Some(r) = declared {
-        return r == 2;
+    if let Some(dims) = declared_dims(cx, a) {
+        return dims.len() == 2;
     }
     cx.work
         .index()
