@@ -1,5 +1,6 @@
-//! Runs decode → equalize (no verification, no quantization figures) → encode on a
-//! ResNet-50-shaped model in a loop, for profilers: `perf record -g target/release/examples/pipeline_loop 20`.
+//! Runs decode → equalize (no verification, no quantization figures) → encode in a loop, for
+//! profilers: `perf record -g target/release/examples/pipeline_loop 20 [model.onnx]` (default:
+//! the ResNet-50-shaped benchmark model).
 
 use std::time::Instant;
 
@@ -8,9 +9,10 @@ fn main() {
         .nth(1)
         .and_then(|a| a.parse().ok())
         .unwrap_or(10);
-    let bytes = bytes::Bytes::from(onnx_cle::onnx::encode(&onnx_cle::builder::resnet50(
-        1.0, 50,
-    )));
+    let bytes = bytes::Bytes::from(match std::env::args().nth(2) {
+        Some(path) => std::fs::read(&path).expect("read the model"),
+        None => onnx_cle::onnx::encode(&onnx_cle::builder::resnet50(1.0, 50)),
+    });
     let mut opts = onnx_cle::Options::default();
     opts.verify.enabled = false;
     opts.quant.layers = false;

@@ -198,11 +198,22 @@ impl WeightLayout {
         dense.then_some(self.b * self.k)
     }
 
+    /// Depthwise with multiplier 1 (`b = 1`): row `c` holds the `k` taps of channel `c`, which
+    /// is both its output and its input channel.
+    fn diagonal(&self) -> bool {
+        self.b == 1 && self.kind() == ChannelKind::Depthwise
+    }
+
+    /// Row length when each output channel is one contiguous row (dense or diagonal).
+    fn out_rows(&self) -> Option<usize> {
+        self.rows().or(self.diagonal().then_some(self.k))
+    }
+
     /// `max |w|` per output channel (the `r1` of cle-spec §3.3).
     pub fn out_ranges(&self, w: &[f32]) -> Vec<f32> {
         self.check(w);
         let mut r = vec![0f32; self.out_ch];
-        if let Some(row) = self.rows() {
+        if let Some(row) = self.out_rows() {
             for (r, row) in r.iter_mut().zip(w.chunks_exact(row)) {
                 *r = row.iter().fold(*r, |m, v| m.max(v.abs()));
             }
@@ -218,6 +229,9 @@ impl WeightLayout {
 
     /// `max |w|` per input channel (the `r2` of cle-spec §3.3).
     pub fn in_ranges(&self, w: &[f32]) -> Vec<f32> {
+        if self.diagonal() {
+            return self.out_ranges(w);
+        }
         self.check(w);
         let mut r = vec![0f32; self.in_ch];
         if let Some(row) = self.rows() {
@@ -246,7 +260,7 @@ impl WeightLayout {
     pub fn scale_out(&self, w: &mut [f32], f: &[f32]) {
         self.check(w);
         debug_assert_eq!(f.len(), self.out_ch);
-        if let Some(row) = self.rows() {
+        if let Some(row) = self.out_rows() {
             for (row, &m) in w.chunks_exact_mut(row).zip(f) {
                 for v in row {
                     *v *= m;
@@ -264,6 +278,9 @@ impl WeightLayout {
 
     /// `w[…, i, …] *= f[i]` for every input channel `i`.
     pub fn scale_in(&self, w: &mut [f32], f: &[f32]) {
+        if self.diagonal() {
+            return self.scale_out(w, f);
+        }
         self.check(w);
         debug_assert_eq!(f.len(), self.in_ch);
         if let Some(row) = self.rows() {
@@ -283,6 +300,10 @@ impl WeightLayout {
     /// `(out_ranges(w), in_ranges(w))` in one sweep over `w`.
     pub fn ranges(&self, w: &[f32]) -> (Vec<f32>, Vec<f32>) {
         self.check(w);
+        if self.diagonal() {
+            let r = self.out_ranges(w);
+            return (r.clone(), r);
+        }
         let Some(len) = self.rows() else {
             let mut ro = vec![0f32; self.out_ch];
             let mut ri = vec![0f32; self.in_ch];
@@ -377,11 +398,9 @@ impl WeightLayout {
             return block.iter().fold(0f32, |acc, v| acc + v);
         }
         let inner = *spatial.last().unwrap_or(&1);
-        let rows: Vec<f32> = block
+        block
             .chunks(inner.max(1))
-            .map(|r| r.iter().fold(0f32, |acc, v| acc + v))
-            .collect();
-        rows.iter().fold(0f32, |acc, v| acc + v)
+            .fold(0f32, |acc, r| acc + r.iter().fold(0f32, |acc, v| acc + v))
     }
 
     /// `y[o] = Σ_i (Σ_k W[o, i, k]) · x[i]`: the effect of adding `x` to every input position
@@ -492,15 +511,32 @@ mod tests {
         assert_eq!(n.in_ranges(&w), vec![4.0, 3.0]);
     }
 
-    /// The fused sweeps equal the separate scans and scalings bit for bit, on every layout.
+    /// Output and input channel of flat element `j`, straight from the table in the module
+    /// docs (independent of the fast paths).
+    fn channels_of(op: LayerOp, dims: &[usize], group: usize, j: usize) -> (usize, usize) {
+        let k: usize = dims[2..].iter().product();
+        let (a, b) = (j / (dims[1] * k), (j / k) % dims[1]);
+        match op {
+            LayerOp::Conv => (a, (a / (dims[0] / group)) * dims[1] + b),
+            LayerOp::ConvTranspose => ((a / (dims[0] / group)) * dims[1] + b, a),
+            LayerOp::Gemm { trans_b: true } => (a, b),
+            LayerOp::Gemm { trans_b: false } | LayerOp::MatMul => (b, a),
+        }
+    }
+
+    /// Every range and scaling path (dense rows, diagonal depthwise, generic blocks, fused
+    /// sweeps) equals a naive per-element evaluation of the layout table, bit for bit.
     #[test]
-    fn fused_sweeps_equal_separate_passes() {
-        let cases: [(LayerOp, &[usize], usize); 9] = [
+    fn every_path_matches_the_layout_table() {
+        let cases: [(LayerOp, &[usize], usize); 12] = [
             (LayerOp::Conv, &[6, 4, 3, 3], 1),
             (LayerOp::Conv, &[6, 4, 1, 1], 1),
             (LayerOp::Conv, &[6, 2, 3, 3], 2),
             (LayerOp::Conv, &[4, 1, 3, 3], 4),
+            (LayerOp::Conv, &[8, 1, 3, 3], 4),
+            (LayerOp::Conv, &[5, 1, 3], 5),
             (LayerOp::ConvTranspose, &[4, 3, 2, 2], 2),
+            (LayerOp::ConvTranspose, &[4, 1, 3, 3], 4),
             (LayerOp::ConvTranspose, &[4, 5, 3], 1),
             (LayerOp::Gemm { trans_b: true }, &[5, 7], 1),
             (LayerOp::Gemm { trans_b: false }, &[7, 5], 1),
@@ -515,25 +551,53 @@ mod tests {
                 .collect();
             w[n / 2] = 0.0;
             w[n / 3] = f32::NAN;
-            let (ro, ri) = l.ranges(&w);
-            assert_eq!(ro, l.out_ranges(&w), "{op:?} {dims:?}");
-            assert_eq!(ri, l.in_ranges(&w), "{op:?} {dims:?}");
+            let ch: Vec<(usize, usize)> = (0..n).map(|j| channels_of(op, dims, group, j)).collect();
+            let naive_ranges = |w: &[f32]| {
+                let mut ro = vec![0f32; l.out_channels()];
+                let mut ri = vec![0f32; l.in_channels()];
+                for (v, &(o, i)) in w.iter().zip(&ch) {
+                    ro[o] = ro[o].max(v.abs());
+                    ri[i] = ri[i].max(v.abs());
+                }
+                (ro, ri)
+            };
+            let expected = naive_ranges(&w);
+            let case = format!("{op:?} {dims:?} group {group}");
+            assert_eq!(l.ranges(&w), expected, "{case}");
+            assert_eq!(l.out_ranges(&w), expected.0, "{case}");
+            assert_eq!(l.in_ranges(&w), expected.1, "{case}");
             let fo: Vec<f32> = (0..l.out_channels())
                 .map(|c| 0.3 + c as f32 * 0.71)
                 .collect();
             let fi: Vec<f32> = (0..l.in_channels())
                 .map(|c| 1.7 - c as f32 * 0.13)
                 .collect();
-            let (mut a, mut b) = (w.clone(), w.clone());
-            l.scale_out(&mut a, &fo);
-            let got = l.scale_out_ranged(&mut b, &fo);
-            assert_eq!(a.map_bits(), b.map_bits(), "{op:?} {dims:?}");
-            assert_eq!(got, (l.out_ranges(&a), l.in_ranges(&a)), "{op:?} {dims:?}");
-            let (mut a, mut b) = (w.clone(), w);
-            l.scale_in(&mut a, &fi);
-            let got = l.scale_in_ranged(&mut b, &fi);
-            assert_eq!(a.map_bits(), b.map_bits(), "{op:?} {dims:?}");
-            assert_eq!(got, (l.out_ranges(&a), l.in_ranges(&a)), "{op:?} {dims:?}");
+            for (side, f) in [("out", &fo), ("in", &fi)] {
+                let naive: Vec<f32> = w
+                    .iter()
+                    .zip(&ch)
+                    .map(|(v, &(o, i))| v * f[if side == "out" { o } else { i }])
+                    .collect();
+                let (mut plain, mut fused) = (w.clone(), w.clone());
+                let got = if side == "out" {
+                    l.scale_out(&mut plain, f);
+                    l.scale_out_ranged(&mut fused, f)
+                } else {
+                    l.scale_in(&mut plain, f);
+                    l.scale_in_ranged(&mut fused, f)
+                };
+                assert_eq!(plain.map_bits(), naive.map_bits(), "{case} scale_{side}");
+                assert_eq!(
+                    fused.map_bits(),
+                    naive.map_bits(),
+                    "{case} scale_{side}_ranged"
+                );
+                assert_eq!(
+                    got,
+                    naive_ranges(&naive),
+                    "{case} scale_{side}_ranged ranges"
+                );
+            }
         }
     }
 
