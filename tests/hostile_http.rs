@@ -10,7 +10,8 @@
 //! request; its log never shows a panic.
 //!
 //! Also here: bearer-token auth, the upload timeout against a client sending one byte per
-//! second, the concurrent-upload limit, the job wall-time limit.
+//! second, the concurrent-upload limit, the job wall-time limit, the header timeout against
+//! slow-header ("slowloris") and idle connections, the connection cap.
 
 mod hostile_support;
 mod server_support;
@@ -475,4 +476,85 @@ fn a_job_over_the_wall_time_limit_is_canceled_and_fails() {
         .get("/metrics")
         .text()
         .contains("cle_jobs_finished_total{state=\"failed\",error_code=\"job_timeout\"} 2"));
+}
+
+/// Seconds until the server closes `s` (reads until EOF or error), at most `limit`.
+fn closed_after(s: &mut TcpStream, limit: Duration) -> Option<Duration> {
+    let t = Instant::now();
+    s.set_read_timeout(Some(limit)).unwrap();
+    let mut buf = [0u8; 1024];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return Some(t.elapsed()),
+            Ok(_) => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return None
+            }
+            Err(_) => return Some(t.elapsed()),
+        }
+    }
+}
+
+#[test]
+fn slow_headers_and_idle_connections_are_closed_and_connections_are_capped() {
+    let server = Server::start(&["--header-timeout", "1s", "--max-connections", "3"]);
+    // Headers that never end, one byte at a time: closed after the header timeout.
+    let mut slow = TcpStream::connect(server.addr).unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .unwrap();
+    let t = Instant::now();
+    let closed = (0..40).find_map(|_| {
+        if slow.write_all(b"a").is_err() {
+            return Some(t.elapsed());
+        }
+        closed_after(&mut slow, Duration::from_millis(100)).map(|_| t.elapsed())
+    });
+    let closed = closed.expect("a slow-header client was not disconnected within 4 s");
+    assert!(
+        closed >= Duration::from_millis(900),
+        "closed too early: {closed:?}"
+    );
+    // An idle keep-alive connection (one request served, nothing after) is closed too.
+    let mut idle = TcpStream::connect(server.addr).unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut head = [0u8; 12];
+    idle.read_exact(&mut head).unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+    let gone = closed_after(&mut idle, Duration::from_secs(5));
+    assert!(
+        gone.is_some(),
+        "an idle keep-alive connection stayed open 5 s"
+    );
+
+    // Three connections hold every slot: a fourth is not served until one closes.
+    let held: Vec<TcpStream> = (0..3)
+        .map(|_| TcpStream::connect(server.addr).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut waiting = TcpStream::connect(server.addr).unwrap();
+    waiting
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    waiting
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut buf = [0u8; 12];
+    assert!(
+        waiting.read(&mut buf).is_err(),
+        "a connection beyond the cap was served while the cap was full"
+    );
+    drop(held);
+    waiting
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    waiting.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"HTTP/1.1 200");
+    alive(&server, "after the connection cap");
+    assert!(!server.log().contains("panicked"), "{}", server.log());
 }

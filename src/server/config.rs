@@ -70,6 +70,13 @@ pub struct ServeConfig {
     /// runtime so status requests stay fast while jobs run (`0`: same priority as the server).
     #[arg(long, env = "ONNX_CLE_WORKER_NICE", default_value_t = DEFAULT_WORKER_NICE, value_parser = clap::value_parser!(u8).range(0..=19))]
     pub worker_nice: u8,
+    /// Longest a client may take to send a request's headers (also how long an idle keep-alive
+    /// connection stays open); slower connections are closed (`0`: no limit).
+    #[arg(long, env = "ONNX_CLE_HEADER_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub header_timeout: Duration,
+    /// Connections served at once; further ones wait in the accept backlog.
+    #[arg(long, env = "ONNX_CLE_MAX_CONNECTIONS", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
     /// Largest accepted model in nodes (all graphs, subgraphs and functions); larger models get
     /// 413 `limit_exceeded`.
     #[arg(long, env = "ONNX_CLE_MAX_NODES", default_value_t = crate::limits::DEFAULT_MAX_NODES, value_parser = clap::value_parser!(u64).range(1..))]
@@ -135,6 +142,8 @@ impl ServeConfig {
             upload_timeout: Duration::from_secs(5 * 60),
             max_concurrent_uploads: 16,
             worker_nice: DEFAULT_WORKER_NICE,
+            header_timeout: Duration::from_secs(30),
+            max_connections: 512,
             max_nodes: crate::limits::DEFAULT_MAX_NODES,
             max_tensor_elements: crate::limits::DEFAULT_MAX_TENSOR_ELEMENTS,
             max_model_memory: crate::limits::DEFAULT_MAX_DECODED_BYTES,

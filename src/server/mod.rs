@@ -23,6 +23,7 @@ pub mod auth;
 pub mod config;
 pub mod job;
 pub mod jobs;
+pub mod listen;
 pub mod metrics;
 pub mod problem;
 pub mod routes;
@@ -250,9 +251,11 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
             shutdown.cancel();
         }
     };
-    axum::serve(listener, app_with_auth(state, auth))
-        .with_graceful_shutdown(on_signal)
-        .await?;
+    let conn_limits = listen::ConnLimits {
+        header_timeout: cfg.header_timeout,
+        max_connections: cfg.max_connections as usize,
+    };
+    listen::serve(listener, app_with_auth(state, auth), conn_limits, on_signal).await;
     let deadline = tokio::time::Instant::now() + cfg.shutdown_grace;
     while !pool.is_finished() && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
