@@ -610,11 +610,9 @@ fn matmul_constant_weight() {
     );
 }
 
-/// Known gap, not a correctness bug: in default mode a BN folded backward into a bias-less
-/// `MatMul` becomes `MatMul → Add(bias)`, and the `Add` ends the CLS chain, so the MatMul pair
-/// that follows is no longer scaled (AIMET turns the MatMul into a Gemm instead).
+/// In default mode a BN folded backward into a bias-less `MatMul` becomes `MatMul → Add(bias)`
+/// (AIMET turns the MatMul into a Gemm instead); CLS crosses that Add as the MatMul's bias.
 #[test]
-#[ignore = "gap: MatMul + folded BN becomes MatMul → Add(bias), which ends the CLS chain"]
 fn matmul_with_folded_bn_is_still_scaled() {
     let mut b = ModelBuilder::new(13).seed(18);
     let x = b.batched_input("x", "N", &[16]);
@@ -632,6 +630,68 @@ fn matmul_with_folded_bn_is_still_scaled() {
             ..Default::default()
         },
     );
+}
+
+/// `Linear` exported as `MatMul → Add(b)`: the Add is the MatMul's bias, scaled with its output
+/// channels, so the pair across it is equalized with the function unchanged (a large bias makes
+/// a forgotten bias scaling visible). An Add whose constant is not one value per column, or is
+/// shared, ends the chain.
+#[test]
+fn matmul_add_bias_pairs() {
+    let linear = |b: &mut ModelBuilder, name: &str, x: &str, k: usize, n: usize, bias: &[usize]| {
+        let y = b.matmul(name, x, k, n);
+        let count: usize = bias.iter().product();
+        let values: Vec<f32> = (0..count).map(|j| 3.0 - j as f32 * 0.7).collect();
+        let c = b.init(&format!("{name}_b"), bias, &values);
+        b.add(&format!("{name}_add"), &y, &c)
+    };
+    for (case, bias, paired) in [
+        ("matmul_add_bias", vec![8], true),
+        ("matmul_add_bias_1n", vec![1, 8], true),
+        ("matmul_add_bias_column", vec![8, 1], false),
+    ] {
+        let mut b = ModelBuilder::new(13).seed(41);
+        let x = b.batched_input("x", "N", &[16]);
+        let y = linear(&mut b, "m1", &x, 16, 8, &bias);
+        let y = b.relu("r1", &y);
+        let y = linear(&mut b, "m2", &y, 8, 4, &[4]);
+        b.output(&y);
+        let r = run_case(
+            case,
+            &b.build(),
+            &Expect {
+                sets: if paired {
+                    vec![vec!["m1", "m2"]]
+                } else {
+                    vec![]
+                },
+                cls_alone_scales: paired,
+                ..Default::default()
+            },
+        );
+        if !paired {
+            assert!(
+                r.cls_sets.iter().all(|s| s.layers != ["m1", "m2"]),
+                "{case}"
+            );
+        } else {
+            let pair = &r.cls_sets[0].pairs[0];
+            assert_eq!(pair.through, ["m1_add", "r1"], "{case}");
+            assert!(pair.relu_between, "{case}");
+        }
+    }
+    // A bias shared with another node is not rescaled.
+    let mut b = ModelBuilder::new(13).seed(42);
+    let x = b.batched_input("x", "N", &[16]);
+    let y = b.matmul("m1", &x, 16, 8);
+    let c = b.init("shared_b", &[8], &[2.0; 8]);
+    let y = b.add("m1_add", &y, &c);
+    let z = b.add("other", &y, &c);
+    let y = b.relu("r1", &z);
+    let y = b.matmul("m2", &y, 8, 4);
+    b.output(&y);
+    let r = run_case("matmul_add_shared_bias", &b.build(), &Expect::default());
+    assert!(r.cls_sets.is_empty(), "{:?}", r.cls_sets);
 }
 
 #[test]

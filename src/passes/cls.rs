@@ -4,7 +4,8 @@
 //! (graph outputs count) and only scale-equivariant ops lie between layers: `Relu`, `PRelu`
 //! (AIMET), and by default also `LeakyRelu`, `Identity`, inference `Dropout`, constant-0 `Pad`
 //! that does not pad channels, max/average pooling, `Flatten`/`Reshape` right after a global
-//! pool, and exact Clip(0, 6) under the `exact` ReLU6 policy.
+//! pool, exact Clip(0, 6) under the `exact` ReLU6 policy, and the `Add` of a MatMul's per-column
+//! constant bias (scaled as that layer's bias).
 //!
 //! Sets: consecutive layers form pairs; Conv → depthwise (multiplier 1) → Conv forms a triple.
 //! With `compat = aimet` the split follows aimet_onnx 2.42's state machine (§4.2) and only
@@ -91,6 +92,7 @@ fn role(cx: &Ctx, i: usize) -> Role {
         "Clip" if cx.state.relu6_crossable.contains_key(cx.work.label(i)) => Role::Through,
         _ if aimet => Role::Stop,
         "LeakyRelu" | "Identity" => Role::Through,
+        "Add" if matmul_bias(cx, i).is_some() => Role::Through,
         "Dropout"
             if n.output
                 .iter()
@@ -105,6 +107,31 @@ fn role(cx: &Ctx, i: usize) -> Role {
         "Flatten" | "Reshape" if after_global_pool(cx, i) => Role::Through,
         _ => Role::Stop,
     }
+}
+
+/// The constant of `Add(x, b)` when it is the bias of the `MatMul` producing `x`: the MatMul's
+/// only use, `b` constant, unshared and one value per output column (`[N]` or `[1, …, 1, N]`).
+/// A BN folded into a bias-less MatMul becomes such an Add, and exporters write `Linear` this
+/// way. CLS crosses it as part of the layer: the MatMul's output scaling also scales `b`
+/// ([`classify`] makes it the layer's bias), which keeps `W·x + b` equivariant.
+fn matmul_bias(cx: &Ctx, add: usize) -> Option<String> {
+    let n = cx.work.node(add);
+    if n.op_type() != "Add" || !n.domain().is_empty() || n.input.len() != 2 {
+        return None;
+    }
+    let p = cx.work.index().producer(&n.input[0])?;
+    let m = cx.work.node(p);
+    if m.op_type() != "MatMul" || !m.domain().is_empty() || cx.work.sole_consumer(p) != Some(add) {
+        return None;
+    }
+    let b = &n.input[1];
+    if !cx.work.is_const(b) || cx.work.is_shared(b) {
+        return None;
+    }
+    let w = cx.work.f32_dims(cx.work.input(p, 1)).ok()?;
+    let dims = cx.work.f32_dims(b).ok()?;
+    let (&cols, &last) = (w.last()?, dims.last()?);
+    (w.len() == 2 && last == cols && dims.iter().rev().skip(1).all(|&d| d == 1)).then(|| b.clone())
 }
 
 fn pad_is_channel_safe(cx: &Ctx, i: usize) -> bool {
@@ -210,10 +237,16 @@ fn find_groups(cx: &Ctx) -> Vec<Vec<Member>> {
 
 fn classify(cx: &mut Ctx, i: usize) -> (Class, Option<Layer>) {
     let aimet = cx.opts.is_aimet();
-    let layer = match layer_of(cx.work, i) {
+    let mut layer = match layer_of(cx.work, i) {
         Ok(l) => l,
         Err((code, detail)) => return (Class::Unsupported(code, detail), None),
     };
+    if layer.layout.op == LayerOp::MatMul && !aimet {
+        layer.bias = cx
+            .work
+            .sole_consumer(i)
+            .and_then(|add| matmul_bias(cx, add));
+    }
     let node = cx.work.node(i);
     let kind = layer.layout.kind();
     if aimet {
@@ -482,7 +515,8 @@ pub fn run(cx: &mut Ctx) -> crate::Result<()> {
                 .map(|&t| cx.work.node(t).op_type().to_string())
                 .collect();
             let relu_between = through_ops
-                .first()
+                .iter()
+                .find(|o| o.as_str() != "Add")
                 .is_some_and(|o| matches!(o.as_str(), "Relu" | "PRelu" | "Clip" | "LeakyRelu"));
             pairs.push(ClsPair {
                 layer1: labels[p].clone(),
