@@ -60,15 +60,27 @@ pub struct Equalized {
 pub struct Control<'a> {
     /// Called with the name of each stage as it starts.
     pub progress: Option<&'a (dyn Fn(&str) + Sync)>,
-    /// Checked between stages; when set the run stops with [`CoreError::Canceled`].
+    /// Checked between stages, between the model runs of the quantization simulation and when
+    /// the run ends; when set the run stops with [`CoreError::Canceled`] (a run canceled during
+    /// its last stage fails rather than succeeds late).
     pub cancel: Option<&'a AtomicBool>,
 }
 
 impl Control<'_> {
-    fn stage(&self, name: &str) -> Result<()> {
-        if self.cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
+    fn canceled(&self) -> bool {
+        self.cancel.is_some_and(|c| c.load(Ordering::Relaxed))
+    }
+
+    /// Fails with [`CoreError::Canceled`] once cancellation was requested.
+    fn check(&self) -> Result<()> {
+        if self.canceled() {
             return Err(CoreError::Canceled);
         }
+        Ok(())
+    }
+
+    fn stage(&self, name: &str) -> Result<()> {
+        self.check()?;
         if let Some(p) = self.progress {
             p(name);
         }
@@ -286,6 +298,7 @@ fn quantization_figures(
     options: &Options,
     samples: Option<&SampleInputs>,
     report: &mut Report,
+    ctl: Control,
 ) -> Result<()> {
     let fold_only = Options {
         steps: vec![Step::BnFold],
@@ -328,8 +341,10 @@ fn quantization_figures(
         &per_sample,
         source,
         &options.quant,
+        &|| ctl.canceled(),
     ) {
         Ok(e) => q.end_to_end = Some(e),
+        Err(_) if ctl.canceled() => return Err(CoreError::Canceled),
         Err(e) => report.skipped.push(report::Skip {
             pass: "quantization".into(),
             nodes: vec![],
@@ -393,7 +408,7 @@ pub fn run(
     } else if let (Some(orig), true) = (&original_model, quant.layers || quant.end_to_end) {
         ctl.stage("quantization")?;
         let t = Instant::now();
-        quantization_figures(orig, &eq.model, options, samples, &mut report)?;
+        quantization_figures(orig, &eq.model, options, samples, &mut report, ctl)?;
         report.timings_ms.quantization = ms(t);
     }
     if let Some(orig) = original_model.filter(|_| verify_opts.enabled) {
@@ -424,6 +439,7 @@ pub fn run(
         };
         report.timings_ms.verify = ms(t);
     }
+    ctl.check()?;
     Ok(Output {
         model: bytes,
         report,

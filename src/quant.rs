@@ -602,7 +602,12 @@ pub fn w8a8_outputs(
     Ok(out)
 }
 
+/// Why [`end_to_end`] stopped when `canceled()` turned true.
+pub const CANCELED: &str = "canceled";
+
 /// End-to-end figures: original FP32 reference vs quantized BN-folded and equalized models.
+/// `canceled` is polled between model runs (one per layer for the sensitivity); when it is true
+/// the simulation stops with [`CANCELED`].
 pub fn end_to_end(
     original: &ModelProto,
     folded: &ModelProto,
@@ -610,7 +615,15 @@ pub fn end_to_end(
     samples: &[Vec<InputTensor>],
     source: String,
     opts: &QuantOptions,
+    canceled: &dyn Fn() -> bool,
 ) -> Result<EndToEnd, String> {
+    let check = || {
+        if canceled() {
+            Err(CANCELED.to_string())
+        } else {
+            Ok(())
+        }
+    };
     let reference = reference_outputs(original, samples)?;
     let mut e = EndToEnd {
         inputs: source,
@@ -618,12 +631,14 @@ pub fn end_to_end(
         ..Default::default()
     };
     for (label, model) in [("bn_folded", folded), ("equalized", equalized)] {
+        check()?;
         e.rows.extend(evaluate_model(
             &reference, model, label, samples, opts.w8a8,
         )?);
     }
     if opts.sensitivity {
         for l in layer_weights(equalized) {
+            check()?;
             let q = quantized_weights(equalized, Scheme::PerTensorSymmetric, Some(&l.weight));
             let (sq, _) = score(
                 &reference,

@@ -16,6 +16,10 @@
 //!    channels, but the fold's channel repetition assumes one sample per row (`K = C·H·W`);
 //!    `Reshape([-1, 8])` of `[N, 4, 2, 2]` puts half a sample in each row (relative error
 //!    ~0.5 in tract). AIMET folds any Reshape; `--compat aimet` now refuses it too, with a note.
+//! 6. Cancellation (the service's job wall time) was checked only when a stage started: a run
+//!    canceled during its last stage (verification, or a long quantization sensitivity)
+//!    finished and succeeded. It now fails with `Canceled`, and the simulation stops between
+//!    model runs.
 
 mod common;
 
@@ -298,5 +302,48 @@ fn bn_reshape_that_splits_samples_is_not_folded() {
                 r.skipped
             );
         }
+    }
+}
+
+#[test]
+fn a_run_canceled_during_its_last_stage_fails() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let mut b = ModelBuilder::new(13).seed(616);
+    let x = b.batched_input("x", "N", &[4, 8, 8]);
+    let y = b.conv("c1", &x, &ConvSpec::new(4, 8, &[3, 3]));
+    let y = b.relu("r1", &y);
+    let y = b.conv("c2", &y, &ConvSpec::new(8, 4, &[1, 1]));
+    b.output(&y);
+    let model = b.build();
+    let mut quant_last = Options::default();
+    quant_last.verify.enabled = false;
+    quant_last.quant.end_to_end = true;
+    quant_last.quant.sensitivity = true;
+    for (opts, last) in [(Options::default(), "verify"), (quant_last, "quantization")] {
+        let cancel = AtomicBool::new(false);
+        let progress = |stage: &str| {
+            if stage == last {
+                cancel.store(true, Ordering::Relaxed);
+            }
+        };
+        let ctl = onnx_cle::Control {
+            progress: Some(&progress),
+            cancel: Some(&cancel),
+        };
+        let r = onnx_cle::run(model.clone(), None, &opts, None, ctl);
+        assert!(
+            matches!(r, Err(onnx_cle::CoreError::Canceled)),
+            "canceled during `{last}`: {:?}",
+            r.map(|o| o.report.verification.status)
+        );
+        // Not canceled: the same run succeeds.
+        let ok = onnx_cle::run(
+            model.clone(),
+            None,
+            &opts,
+            None,
+            onnx_cle::Control::default(),
+        );
+        assert!(ok.is_ok(), "{last}: {:?}", ok.err());
     }
 }

@@ -62,7 +62,7 @@ pub struct Claim {
     pub id: JobId,
     /// Its options.
     pub options: Options,
-    /// Set to stop the run at the next stage boundary.
+    /// Set to stop the run at its next check (see [`crate::Control::cancel`]).
     pub cancel: Arc<AtomicBool>,
 }
 
@@ -518,7 +518,8 @@ impl Jobs {
         self.notify();
     }
 
-    /// Cancels a job: a queued one at once, a running one at its next stage boundary.
+    /// Cancels a job: a queued one at once, a running one at its next check (stage boundary,
+    /// simulation run, or the end of the run).
     pub fn cancel(&self, id: &JobId) -> Result<JobRecord, ApiError> {
         let mut guard = self.lock();
         let g = &mut *guard;
