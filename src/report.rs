@@ -72,7 +72,11 @@ pub struct Report {
     /// Quantization readiness: int8 weight SQNR per layer and end to end, activation cost.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub quantization: Option<Quantization>,
-    /// Wall time per stage, milliseconds.
+    /// Wall time per stage, milliseconds, keyed by stage: `prepare`, `bn_fold`, `relu6`, `cls`,
+    /// `hbf`, `finish`, `verify`, `quantization`. Described as a map rather than an object so
+    /// that generated clients do not get a property named `cls` (which shadows the class
+    /// argument in Python's generated `from_dict`).
+    #[schema(value_type = std::collections::BTreeMap<String, f64>)]
     pub timings_ms: Timings,
 }
 
