@@ -608,17 +608,28 @@ async fn get_report(
     State(app): State<AppState>,
     Path(raw): Path<String>,
 ) -> Result<Response, ApiError> {
-    let job = find(&app, &raw)?;
+    let data = stored_report(&app, &raw, Ok).await?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], data).into_response())
+}
+
+/// The stored JSON report of succeeded job `raw`, turned into `T` by `then` on the blocking pool.
+async fn stored_report<T: Send + 'static>(
+    app: &AppState,
+    raw: &str,
+    then: impl FnOnce(Vec<u8>) -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let job = find(app, raw)?;
     require_succeeded(&job)?;
     let jobs = Arc::clone(&app.jobs);
     let id = job.id.clone();
-    let data = blocking(move || {
-        jobs.blobs()
+    blocking(move || {
+        let data = jobs
+            .blobs()
             .read(&id, BlobKind::Report)
-            .map_err(|e| ApiError::internal(format!("reading the report of {id}: {e}")))
+            .map_err(|e| ApiError::internal(format!("reading the report of {id}: {e}")))?;
+        then(data)
     })
-    .await?;
-    Ok(([(header::CONTENT_TYPE, "application/json")], data).into_response())
+    .await
 }
 
 /// Get the report of a succeeded job as a self-contained HTML page (no scripts, no external
@@ -639,17 +650,9 @@ async fn get_report_html(
     State(app): State<AppState>,
     Path(raw): Path<String>,
 ) -> Result<Response, ApiError> {
-    let job = find(&app, &raw)?;
-    require_succeeded(&job)?;
-    let jobs = Arc::clone(&app.jobs);
-    let id = job.id.clone();
-    let html = blocking(move || {
-        let data = jobs
-            .blobs()
-            .read(&id, BlobKind::Report)
-            .map_err(|e| ApiError::internal(format!("reading the report of {id}: {e}")))?;
+    let html = stored_report(&app, &raw, |data| {
         let report: crate::Report = serde_json::from_slice(&data)
-            .map_err(|e| ApiError::internal(format!("stored report of {id}: {e}")))?;
+            .map_err(|e| ApiError::internal(format!("stored report: {e}")))?;
         Ok(crate::html::render(&report))
     })
     .await?;
