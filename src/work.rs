@@ -76,6 +76,8 @@ pub struct Work {
     cache: HashMap<String, Cached>,
     names: HashSet<String>,
     initially_used: HashSet<String>,
+    /// A node was handed out mutably since the index was built: [`Work::apply`] must rebuild.
+    touched: bool,
 }
 
 impl Work {
@@ -127,6 +129,7 @@ impl Work {
             cache: HashMap::new(),
             names,
             initially_used,
+            touched: false,
         })
     }
 
@@ -163,6 +166,7 @@ impl Work {
     /// Mutable node `i`. Callers that rename tensors must call [`Work::apply`] (even with empty
     /// edits) before using the index again.
     pub fn node_mut(&mut self, i: usize) -> &mut NodeProto {
+        self.touched = true;
         &mut self.graph_mut().node[i]
     }
 
@@ -503,8 +507,12 @@ impl Work {
     }
 
     /// Applies structural edits and rebuilds the index. Also call it (with empty edits) after
-    /// renaming tensors through [`Work::node_mut`].
+    /// renaming tensors through [`Work::node_mut`]. With no edits and no node handed out by
+    /// [`Work::node_mut`] since the last rebuild, the index is current and kept.
     pub fn apply(&mut self, edits: Edits) -> Result<()> {
+        if edits.is_empty() && !self.touched {
+            return Ok(());
+        }
         if !edits.is_empty() {
             let old_nodes = std::mem::take(&mut self.graph_mut().node);
             let old_meta = std::mem::take(&mut self.meta);
@@ -531,6 +539,7 @@ impl Work {
             self.meta = meta;
         }
         self.index = GraphIndex::build(self.graph())?;
+        self.touched = false;
         Ok(())
     }
 
