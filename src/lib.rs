@@ -53,6 +53,9 @@ pub struct Equalized {
     pub model: ModelProto,
     /// What every pass did.
     pub report: Report,
+    /// The display label of each node of `model`, as the report names it (unnamed nodes are
+    /// `OpType#index` with their index in the input model).
+    pub labels: Vec<String>,
 }
 
 /// Progress reporting and cooperative cancellation for long runs.
@@ -186,10 +189,20 @@ fn equalize_capturing(
     }
     let t = Instant::now();
     report.model.nodes_after = work.node_count();
+    let labels = (0..work.node_count())
+        .map(|i| work.label(i).to_string())
+        .collect();
     let model = work.finish();
     report.model.initializers_after = model.graph.as_ref().map_or(0, |g| g.initializer.len());
     report.timings_ms.finish += ms(t);
-    Ok((Equalized { model, report }, figures))
+    Ok((
+        Equalized {
+            model,
+            report,
+            labels,
+        },
+        figures,
+    ))
 }
 
 type FoldedFigureMap = std::collections::HashMap<String, quant::FoldedFigures>;
@@ -295,6 +308,7 @@ pub struct Output {
 fn quantization_figures(
     original: &ModelProto,
     equalized: &ModelProto,
+    labels: &[String],
     options: &Options,
     samples: Option<&SampleInputs>,
     report: &mut Report,
@@ -316,7 +330,7 @@ fn quantization_figures(
     let folded = equalize(original.clone(), &fold_only)?.model;
     let q = report.quantization.get_or_insert_with(Default::default);
     if options.quant.layers {
-        q.layers = quant::layer_table(&folded, equalized);
+        q.layers = quant::layer_table(&folded, equalized, labels);
     }
     if !options.quant.end_to_end {
         return Ok(());
@@ -334,15 +348,15 @@ fn quantization_figures(
         }
     };
     let per_sample = quant::samples_of(&inputs);
-    match quant::end_to_end(
+    let models = quant::Compared {
         original,
-        &folded,
+        folded: &folded,
         equalized,
-        &per_sample,
-        source,
-        &options.quant,
-        &|| ctl.canceled(),
-    ) {
+        labels,
+    };
+    match quant::end_to_end(&models, &per_sample, source, &options.quant, &|| {
+        ctl.canceled()
+    }) {
         Ok(e) => q.end_to_end = Some(e),
         Err(_) if ctl.canceled() => return Err(CoreError::Canceled),
         Err(e) => report.skipped.push(report::Skip {
@@ -403,12 +417,20 @@ pub fn run(
         report
             .quantization
             .get_or_insert_with(Default::default)
-            .layers = quant::layer_table_from(&before, &eq.model);
+            .layers = quant::layer_table_from(&before, &eq.model, &eq.labels);
         report.timings_ms.quantization += ms(t);
     } else if let (Some(orig), true) = (&original_model, quant.layers || quant.end_to_end) {
         ctl.stage("quantization")?;
         let t = Instant::now();
-        quantization_figures(orig, &eq.model, options, samples, &mut report, ctl)?;
+        quantization_figures(
+            orig,
+            &eq.model,
+            &eq.labels,
+            options,
+            samples,
+            &mut report,
+            ctl,
+        )?;
         report.timings_ms.quantization = ms(t);
     }
     if let Some(orig) = original_model.filter(|_| verify_opts.enabled) {

@@ -140,7 +140,9 @@ struct LayerWeight {
     data: Vec<f32>,
 }
 
-fn layer_weights(model: &ModelProto) -> Vec<LayerWeight> {
+/// Every layer weight of `model`, labelled by `labels` (the report's names of its nodes) when
+/// given.
+fn layer_weights(model: &ModelProto, labels: Option<&[String]>) -> Vec<LayerWeight> {
     let Ok(mut work) = Work::new(model.clone()) else {
         return Vec::new();
     };
@@ -157,7 +159,9 @@ fn layer_weights(model: &ModelProto) -> Vec<LayerWeight> {
             continue;
         };
         out.push(LayerWeight {
-            label: work.label(i).to_string(),
+            label: labels
+                .and_then(|l| l.get(i))
+                .map_or_else(|| work.label(i).to_string(), Clone::clone),
             weight: l.weight.clone(),
             data,
             layout: l.layout,
@@ -216,12 +220,17 @@ pub fn folded_figures(work: &mut Work, keep: bool) -> HashMap<String, FoldedFigu
         .collect()
 }
 
-/// Per-layer weight SQNR, BN-folded vs equalized (layers matched by weight name).
-pub fn layer_table(folded: &ModelProto, equalized: &ModelProto) -> Vec<LayerQuant> {
+/// Per-layer weight SQNR, BN-folded vs equalized (layers matched by weight name). `labels` names
+/// the nodes of `equalized` ([`crate::Equalized::labels`]), so rows use the report's labels.
+pub fn layer_table(
+    folded: &ModelProto,
+    equalized: &ModelProto,
+    labels: &[String],
+) -> Vec<LayerQuant> {
     let before = Work::new(folded.clone())
         .map(|mut w| folded_figures(&mut w, false))
         .unwrap_or_default();
-    layer_table_from(&before, equalized)
+    layer_table_from(&before, equalized, labels)
 }
 
 /// [`layer_table`] with the BN-folded side already computed ([`folded_figures`]). Weights are
@@ -229,6 +238,7 @@ pub fn layer_table(folded: &ModelProto, equalized: &ModelProto) -> Vec<LayerQuan
 pub fn layer_table_from(
     before: &HashMap<String, FoldedFigures>,
     equalized: &ModelProto,
+    labels: &[String],
 ) -> Vec<LayerQuant> {
     let Ok(mut work) = Work::new(equalized.clone()) else {
         return Vec::new();
@@ -250,7 +260,9 @@ pub fn layer_table_from(
             let after = work.decode(&l.weight).ok()?;
             let b = before.get(&l.weight);
             Some(LayerQuant {
-                layer: work.label(*i).to_string(),
+                layer: labels
+                    .get(*i)
+                    .map_or_else(|| work.label(*i).to_string(), Clone::clone),
                 op: work.node(*i).op_type().to_string(),
                 channels: l.layout.out_channels(),
                 sqnr_before_db: b.map_or(f64::NAN, |b| b.per_tensor_db),
@@ -267,7 +279,7 @@ pub fn layer_table_from(
 /// A copy of `model` with layer weights quantize-dequantized (`only`: just that weight).
 pub fn quantized_weights(model: &ModelProto, scheme: Scheme, only: Option<&str>) -> ModelProto {
     let mut m = model.clone();
-    let layers = layer_weights(model);
+    let layers = layer_weights(model, None);
     let Some(g) = m.graph.as_mut() else { return m };
     let by_name: HashMap<&str, &LayerWeight> =
         layers.iter().map(|l| (l.weight.as_str(), l)).collect();
@@ -605,18 +617,34 @@ pub fn w8a8_outputs(
 /// Why [`end_to_end`] stopped when `canceled()` turned true.
 pub const CANCELED: &str = "canceled";
 
+/// The models [`end_to_end`] compares.
+pub struct Compared<'a> {
+    /// The FP32 original: the reference.
+    pub original: &'a ModelProto,
+    /// The BN-folded model.
+    pub folded: &'a ModelProto,
+    /// The equalized model.
+    pub equalized: &'a ModelProto,
+    /// The report's labels of `equalized`'s nodes ([`crate::Equalized::labels`]).
+    pub labels: &'a [String],
+}
+
 /// End-to-end figures: original FP32 reference vs quantized BN-folded and equalized models.
 /// `canceled` is polled between model runs (one per layer for the sensitivity); when it is true
 /// the simulation stops with [`CANCELED`].
 pub fn end_to_end(
-    original: &ModelProto,
-    folded: &ModelProto,
-    equalized: &ModelProto,
+    models: &Compared,
     samples: &[Vec<InputTensor>],
     source: String,
     opts: &QuantOptions,
     canceled: &dyn Fn() -> bool,
 ) -> Result<EndToEnd, String> {
+    let Compared {
+        original,
+        folded,
+        equalized,
+        labels,
+    } = *models;
     let check = || {
         if canceled() {
             Err(CANCELED.to_string())
@@ -637,7 +665,7 @@ pub fn end_to_end(
         )?);
     }
     if opts.sensitivity {
-        for l in layer_weights(equalized) {
+        for l in layer_weights(equalized, Some(labels)) {
             check()?;
             let q = quantized_weights(equalized, Scheme::PerTensorSymmetric, Some(&l.weight));
             let (sq, _) = score(

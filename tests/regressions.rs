@@ -20,6 +20,9 @@
 //!    canceled during its last stage (verification, or a long quantization sensitivity)
 //!    finished and succeeded. It now fails with `Canceled`, and the simulation stops between
 //!    model runs.
+//! 7. The quantization table and sensitivity named unnamed layers by their index in the
+//!    *equalized* model (`Conv#2`) while every other part of the report used the input's
+//!    (`Conv#3`, the BN before it being gone): rows could not be joined by layer.
 
 mod common;
 
@@ -345,5 +348,39 @@ fn a_run_canceled_during_its_last_stage_fails() {
             onnx_cle::Control::default(),
         );
         assert!(ok.is_ok(), "{last}: {:?}", ok.err());
+    }
+}
+
+#[test]
+fn quantization_rows_use_the_report_labels_of_unnamed_layers() {
+    let mut b = ModelBuilder::new(13).seed(717);
+    let x = b.batched_input("x", "N", &[4, 8, 8]);
+    let y = b.conv("c1", &x, &ConvSpec::new(4, 8, &[3, 3]));
+    let y = b.batch_norm("bn1", &y, 8);
+    let y = b.relu("r1", &y);
+    let y = b.conv("c2", &y, &ConvSpec::new(8, 4, &[1, 1]));
+    b.output(&y);
+    let mut model = b.build();
+    for n in &mut model.graph.as_mut().unwrap().node {
+        n.name = None;
+    }
+    let mut e2e = Options::default();
+    e2e.quant.end_to_end = true;
+    e2e.quant.sensitivity = true;
+    for opts in [Options::default(), e2e] {
+        let (_, r) = common::run_verified(&model, &opts);
+        let set = &r.cls_sets[0].layers;
+        assert_eq!(set, &["Conv#0", "Conv#3"], "{:?}", r.cls_sets);
+        let q = r.quantization.as_ref().unwrap();
+        let rows: Vec<&str> = q.layers.iter().map(|l| l.layer.as_str()).collect();
+        assert_eq!(rows.len(), 2, "{rows:?}");
+        assert!(
+            rows.iter().all(|l| set.iter().any(|s| s == l)),
+            "{rows:?} vs {set:?}"
+        );
+        if let Some(e) = &q.end_to_end {
+            let sens: Vec<&str> = e.sensitivity.iter().map(|l| l.layer.as_str()).collect();
+            assert_eq!(sens, ["Conv#0", "Conv#3"]);
+        }
     }
 }
