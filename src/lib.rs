@@ -105,14 +105,15 @@ pub fn equalize_with(model: ModelProto, options: &Options, ctl: Control) -> Resu
     equalize_capturing(model, options, ctl, false).map(|(eq, _)| eq)
 }
 
-/// [`equalize_with`]; with `folded_figures` (and a BN-fold step) it also returns the int8
-/// figures of the BN-folded weights, taken right after the fold, for [`quant::layer_table_from`].
+/// [`equalize_with`]; with `folded_figures` (and a BN-fold step) it also returns the per-layer
+/// int8 table ([`quant::layer_table_in`]): the BN-folded figures taken right after the fold,
+/// the equalized ones from the weights still in memory before they are written back.
 fn equalize_capturing(
     model: ModelProto,
     options: &Options,
     ctl: Control,
     folded_figures: bool,
-) -> Result<(Equalized, Option<FoldedFigureMap>)> {
+) -> Result<(Equalized, Option<Vec<report::LayerQuant>>)> {
     let opts = options.clone().normalized()?;
     let mut figures = None;
     let t = Instant::now();
@@ -187,6 +188,16 @@ fn equalize_capturing(
             ..Default::default()
         });
     }
+    let table = match figures {
+        Some(before) => {
+            ctl.stage("quantization")?;
+            let t = Instant::now();
+            let rows = quant::layer_table_in(&before, &mut work);
+            report.timings_ms.quantization += ms(t);
+            Some(rows)
+        }
+        None => None,
+    };
     let t = Instant::now();
     report.model.nodes_after = work.node_count();
     let labels = (0..work.node_count())
@@ -201,11 +212,9 @@ fn equalize_capturing(
             report,
             labels,
         },
-        figures,
+        table,
     ))
 }
-
-type FoldedFigureMap = std::collections::HashMap<String, quant::FoldedFigures>;
 
 fn data_free_growth(state: &State) -> Vec<report::ActivationGrowth> {
     state
@@ -405,20 +414,17 @@ pub fn run(
             .then(|| model.clone());
     let input = original.as_ref().map(|b| b.as_ptr_range());
     let original = original.filter(|_| verify_opts.enabled);
-    let (mut eq, figures) = equalize_capturing(model, options, ctl, figures_in_run)?;
+    let (mut eq, table) = equalize_capturing(model, options, ctl, figures_in_run)?;
     if let (None, None, Some(input)) = (&original_model, &original, input) {
         onnx::release_input(&mut eq.model, input);
     }
     let bytes = onnx::encode(&eq.model);
     let mut report = eq.report;
-    if let Some(before) = figures {
-        ctl.stage("quantization")?;
-        let t = Instant::now();
+    if let Some(rows) = table {
         report
             .quantization
             .get_or_insert_with(Default::default)
-            .layers = quant::layer_table_from(&before, &eq.model, &eq.labels);
-        report.timings_ms.quantization += ms(t);
+            .layers = rows;
     } else if let (Some(orig), true) = (&original_model, quant.layers || quant.end_to_end) {
         ctl.stage("quantization")?;
         let t = Instant::now();

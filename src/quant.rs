@@ -243,32 +243,55 @@ pub fn layer_table_from(
     let Ok(mut work) = Work::new(equalized.clone()) else {
         return Vec::new();
     };
+    table_rows(before, &mut work, |work, i| {
+        labels
+            .get(i)
+            .map_or_else(|| work.label(i).to_string(), Clone::clone)
+    })
+}
+
+/// [`layer_table_from`] on the equalized model still under edit (before [`Work::finish`]): the
+/// modified weights are read from its cache instead of being encoded and decoded again.
+pub fn layer_table_in(before: &HashMap<String, FoldedFigures>, work: &mut Work) -> Vec<LayerQuant> {
+    table_rows(before, work, |work, i| work.label(i).to_string())
+}
+
+fn table_rows(
+    before: &HashMap<String, FoldedFigures>,
+    work: &mut Work,
+    label: impl Fn(&Work, usize) -> String + Sync,
+) -> Vec<LayerQuant> {
     let mut layers = Vec::new();
     let mut seen = HashSet::new();
     for i in 0..work.node_count() {
-        let Ok(l) = layer_of(&mut work, i) else {
+        let Ok(l) = layer_of(work, i) else {
             continue;
         };
         if seen.insert(l.weight.clone()) {
             layers.push((i, l));
         }
     }
-    let work = &work;
+    let work = &*work;
     layers
         .par_iter()
         .filter_map(|(i, l)| {
-            let after = work.decode(&l.weight).ok()?;
+            let decoded;
+            let after = match work.cached(&l.weight) {
+                Some(t) => &t.data,
+                None => {
+                    decoded = work.decode(&l.weight).ok()?;
+                    &decoded.data
+                }
+            };
             let b = before.get(&l.weight);
             Some(LayerQuant {
-                layer: labels
-                    .get(*i)
-                    .map_or_else(|| work.label(*i).to_string(), Clone::clone),
+                layer: label(work, *i),
                 op: work.node(*i).op_type().to_string(),
                 channels: l.layout.out_channels(),
                 sqnr_before_db: b.map_or(f64::NAN, |b| b.per_tensor_db),
-                sqnr_after_db: sqnr_of(&after.data, &l.layout, Scheme::PerTensorSymmetric),
+                sqnr_after_db: sqnr_of(after, &l.layout, Scheme::PerTensorSymmetric),
                 sqnr_per_channel_db: b.map_or_else(
-                    || sqnr_of(&after.data, &l.layout, Scheme::PerChannel),
+                    || sqnr_of(after, &l.layout, Scheme::PerChannel),
                     |b| b.per_channel_db,
                 ),
             })
