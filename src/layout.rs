@@ -212,48 +212,10 @@ impl WeightLayout {
     /// `max |w|` per output channel (the `r1` of cle-spec §3.3).
     pub fn out_ranges(&self, w: &[f32]) -> Vec<f32> {
         self.check(w);
-        let mut r = vec![0f32; self.out_ch];
-        if let Some(row) = self.out_rows() {
-            for (r, row) in r.iter_mut().zip(w.chunks_exact(row)) {
-                *r = row.iter().fold(*r, |m, v| m.max(v.abs()));
-            }
-            return r;
-        }
-        self.for_each_block(|s, o, _| {
-            for v in &w[s..s + self.k] {
-                r[o] = r[o].max(v.abs());
-            }
-        });
-        r
-    }
-
-    /// `max |w|` per input channel (the `r2` of cle-spec §3.3).
-    pub fn in_ranges(&self, w: &[f32]) -> Vec<f32> {
-        if self.diagonal() {
-            return self.out_ranges(w);
-        }
-        self.check(w);
-        let mut r = vec![0f32; self.in_ch];
-        if let Some(row) = self.rows() {
-            for row in w.chunks_exact(row) {
-                if self.k == 1 {
-                    for (r, v) in r.iter_mut().zip(row) {
-                        *r = r.max(v.abs());
-                    }
-                } else {
-                    for (r, block) in r.iter_mut().zip(row.chunks_exact(self.k)) {
-                        *r = block.iter().fold(*r, |m, v| m.max(v.abs()));
-                    }
-                }
-            }
-            return r;
-        }
-        self.for_each_block(|s, _, i| {
-            for v in &w[s..s + self.k] {
-                r[i] = r[i].max(v.abs());
-            }
-        });
-        r
+        let Some(len) = self.out_rows() else {
+            return self.ranges(w).0;
+        };
+        w.chunks_exact(len).map(row_max).collect()
     }
 
     /// `w[o, …] *= f[o]` for every output channel `o`.
@@ -297,11 +259,12 @@ impl WeightLayout {
         });
     }
 
-    /// `(out_ranges(w), in_ranges(w))` in one sweep over `w`.
+    /// `max |w|` per output channel and per input channel (the `r1`, `r2` of cle-spec §3.3), in
+    /// one sweep over `w`.
     pub fn ranges(&self, w: &[f32]) -> (Vec<f32>, Vec<f32>) {
         self.check(w);
         if self.diagonal() {
-            let r = self.out_ranges(w);
+            let r: Vec<f32> = w.chunks_exact(self.k).map(row_max).collect();
             return (r.clone(), r);
         }
         let Some(len) = self.rows() else {
@@ -450,6 +413,23 @@ fn vmax(acc: f32, a: f32) -> f32 {
 
 const LANES: usize = 8;
 
+/// Maximum `|v|` over `row`, in independent lanes so the loop vectorizes.
+#[inline]
+fn row_max(row: &[f32]) -> f32 {
+    let mut lanes = [0f32; LANES];
+    let mut chunks = row.chunks_exact(LANES);
+    for c in &mut chunks {
+        for j in 0..LANES {
+            lanes[j] = vmax(lanes[j], c[j].abs());
+        }
+    }
+    let tail = chunks
+        .remainder()
+        .iter()
+        .fold(0f32, |m, v| vmax(m, v.abs()));
+    lanes.iter().fold(tail, |m, &v| vmax(m, v))
+}
+
 /// Maximum `|v|` over `row`; raises `acc[j]` to `|row[j]|` on the way. The maximum is kept in
 /// independent lanes so the loop vectorizes (a maximum does not depend on the order).
 #[inline]
@@ -486,7 +466,7 @@ mod tests {
         w[3 * 3 + 1] = 5.0;
         let r = l.out_ranges(&w);
         assert_eq!(r, vec![0.0, 0.0, 0.0, 0.0, 5.0, 0.0]);
-        assert_eq!(l.in_ranges(&w), vec![0.0, 0.0, 0.0, 5.0]);
+        assert_eq!(l.ranges(&w).1, vec![0.0, 0.0, 0.0, 5.0]);
     }
 
     #[test]
@@ -496,7 +476,7 @@ mod tests {
         assert_eq!(l.in_channels(), 4);
         let mut w = vec![0f32; 8];
         w[3 * 2 + 1] = -2.0;
-        assert_eq!(l.in_ranges(&w), vec![0.0, 0.0, 0.0, 2.0]);
+        assert_eq!(l.ranges(&w).1, vec![0.0, 0.0, 0.0, 2.0]);
         assert_eq!(l.kind(), ChannelKind::Grouped);
     }
 
@@ -508,7 +488,7 @@ mod tests {
         assert_eq!((n.out_channels(), n.in_channels()), (3, 2));
         let w = [1.0, -4.0, 2.0, 0.5, 0.0, 3.0]; // [K=2, N=3]
         assert_eq!(n.out_ranges(&w), vec![1.0, 4.0, 3.0]);
-        assert_eq!(n.in_ranges(&w), vec![4.0, 3.0]);
+        assert_eq!(n.ranges(&w).1, vec![4.0, 3.0]);
     }
 
     /// Output and input channel of flat element `j`, straight from the table in the module
@@ -565,7 +545,6 @@ mod tests {
             let case = format!("{op:?} {dims:?} group {group}");
             assert_eq!(l.ranges(&w), expected, "{case}");
             assert_eq!(l.out_ranges(&w), expected.0, "{case}");
-            assert_eq!(l.in_ranges(&w), expected.1, "{case}");
             let fo: Vec<f32> = (0..l.out_channels())
                 .map(|c| 0.3 + c as f32 * 0.71)
                 .collect();

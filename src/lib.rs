@@ -258,28 +258,17 @@ impl SampleInputs {
                 specs.len()
             )));
         };
-        let declared =
-            model
-                .graph
-                .as_ref()
-                .and_then(|g| g.input.iter().find(|v| v.name() == spec.name))
-                .and_then(|v| v.r#type.as_ref())
-                .and_then(|t| match &t.value {
-                    Some(onnx::proto::type_proto::Value::TensorType(tt)) => tt.shape.clone(),
-                    _ => None,
-                })
-                .map(|s| {
-                    s.dim
-                        .iter()
-                        .map(|d| match d.value {
-                            Some(onnx::proto::tensor_shape_proto::dimension::Value::DimValue(
-                                n,
-                            )) if n > 0 => Some(n as usize),
-                            _ => None,
-                        })
-                        .collect::<Vec<_>>()
-                })
-                .unwrap_or_default();
+        let declared: Vec<Option<usize>> = model
+            .graph
+            .as_ref()
+            .and_then(|g| g.input.iter().find(|v| v.name() == spec.name))
+            .and_then(onnx::declared_dims)
+            .map(|dims| {
+                dims.into_iter()
+                    .map(|d| d.filter(|&n| n > 0).map(|n| n as usize))
+                    .collect()
+            })
+            .unwrap_or_default();
         let ok = array.shape.len() == declared.len()
             && array
                 .shape

@@ -230,28 +230,19 @@ pub fn layer_table(
     let before = Work::new(folded.clone())
         .map(|mut w| folded_figures(&mut w, false))
         .unwrap_or_default();
-    layer_table_from(&before, equalized, labels)
-}
-
-/// [`layer_table`] with the BN-folded side already computed ([`folded_figures`]). Weights are
-/// decoded one layer at a time.
-pub fn layer_table_from(
-    before: &HashMap<String, FoldedFigures>,
-    equalized: &ModelProto,
-    labels: &[String],
-) -> Vec<LayerQuant> {
     let Ok(mut work) = Work::new(equalized.clone()) else {
         return Vec::new();
     };
-    table_rows(before, &mut work, |work, i| {
+    table_rows(&before, &mut work, |work, i| {
         labels
             .get(i)
             .map_or_else(|| work.label(i).to_string(), Clone::clone)
     })
 }
 
-/// [`layer_table_from`] on the equalized model still under edit (before [`Work::finish`]): the
-/// modified weights are read from its cache instead of being encoded and decoded again.
+/// [`layer_table`] on the equalized model still under edit (before [`Work::finish`]), with the
+/// BN-folded side already computed ([`folded_figures`]): the modified weights are read from its
+/// cache instead of being encoded and decoded again.
 pub fn layer_table_in(before: &HashMap<String, FoldedFigures>, work: &mut Work) -> Vec<LayerQuant> {
     table_rows(before, work, |work, i| work.label(i).to_string())
 }
@@ -301,8 +292,17 @@ fn table_rows(
 
 /// A copy of `model` with layer weights quantize-dequantized (`only`: just that weight).
 pub fn quantized_weights(model: &ModelProto, scheme: Scheme, only: Option<&str>) -> ModelProto {
+    quantize_layers(model, &layer_weights(model, None), scheme, only)
+}
+
+/// [`quantized_weights`] with the layer weights of `model` already decoded.
+fn quantize_layers(
+    model: &ModelProto,
+    layers: &[LayerWeight],
+    scheme: Scheme,
+    only: Option<&str>,
+) -> ModelProto {
     let mut m = model.clone();
-    let layers = layer_weights(model, None);
     let Some(g) = m.graph.as_mut() else { return m };
     let by_name: HashMap<&str, &LayerWeight> =
         layers.iter().map(|l| (l.weight.as_str(), l)).collect();
@@ -638,7 +638,7 @@ pub fn w8a8_outputs(
 }
 
 /// Why [`end_to_end`] stopped when `canceled()` turned true.
-pub const CANCELED: &str = "canceled";
+const CANCELED: &str = "canceled";
 
 /// The models [`end_to_end`] compares.
 pub struct Compared<'a> {
@@ -688,15 +688,21 @@ pub fn end_to_end(
         )?);
     }
     if opts.sensitivity {
-        for l in layer_weights(equalized, Some(labels)) {
+        let layers = layer_weights(equalized, Some(labels));
+        for l in &layers {
             check()?;
-            let q = quantized_weights(equalized, Scheme::PerTensorSymmetric, Some(&l.weight));
+            let q = quantize_layers(
+                equalized,
+                &layers,
+                Scheme::PerTensorSymmetric,
+                Some(&l.weight),
+            );
             let (sq, _) = score(
                 &reference,
                 &first_outputs(&crate::onnx::encode(&q), samples)?,
             );
             e.sensitivity.push(LayerSensitivity {
-                layer: l.label,
+                layer: l.label.clone(),
                 sqnr_db: sq,
             });
         }

@@ -67,6 +67,27 @@ pub fn load_file(path: &Path) -> Result<ModelProto> {
     Ok(model)
 }
 
+/// The dimensions declared by a tensor `ValueInfoProto`: `Some(n)` for a fixed size, `None` for
+/// a symbolic or missing one. `None` when it is not a tensor or declares no shape.
+pub fn declared_dims(v: &ValueInfoProto) -> Option<Vec<Option<i64>>> {
+    use proto::tensor_shape_proto::dimension::Value as DimValue;
+    use proto::type_proto::Value as TypeValue;
+    let Some(TypeValue::TensorType(tt)) = v.r#type.as_ref()?.value.as_ref() else {
+        return None;
+    };
+    Some(
+        tt.shape
+            .as_ref()?
+            .dim
+            .iter()
+            .map(|d| match d.value {
+                Some(DimValue::DimValue(n)) if n >= 0 => Some(n),
+                _ => None,
+            })
+            .collect(),
+    )
+}
+
 /// True when any tensor of the main graph keeps its data in an external file.
 pub fn has_external_data(model: &ModelProto) -> bool {
     model.graph.as_ref().is_some_and(|g| {

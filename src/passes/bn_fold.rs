@@ -434,32 +434,16 @@ fn per_sample_size(cx: &Ctx, t: usize) -> Option<usize> {
         })
 }
 
-/// The shape declared for `tensor` (graph input/output or `value_info`); `None` for a symbolic
-/// or missing dimension.
+/// The shape declared for `tensor` (graph input/output or `value_info`), as
+/// [`crate::onnx::declared_dims`].
 fn declared_dims(cx: &Ctx, tensor: &str) -> Option<Vec<Option<i64>>> {
-    use crate::onnx::proto::tensor_shape_proto::dimension::Value as DimValue;
-    use crate::onnx::proto::type_proto::Value as TypeValue;
     let g = cx.work.graph();
-    let v = g
-        .value_info
+    g.value_info
         .iter()
         .chain(&g.input)
         .chain(&g.output)
-        .find(|v| v.name() == tensor)?;
-    let Some(TypeValue::TensorType(tt)) = v.r#type.as_ref()?.value.as_ref() else {
-        return None;
-    };
-    Some(
-        tt.shape
-            .as_ref()?
-            .dim
-            .iter()
-            .map(|d| match d.value {
-                Some(DimValue::DimValue(n)) if n >= 0 => Some(n),
-                _ => None,
-            })
-            .collect(),
-    )
+        .find(|v| v.name() == tensor)
+        .and_then(crate::onnx::declared_dims)
 }
 
 fn check_layer_weights(cx: &Ctx, layer: &Layer) -> Result<(), (&'static str, String)> {
