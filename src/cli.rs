@@ -252,7 +252,7 @@ pub fn equalize(a: EqualizeArgs) -> ExitCode {
         }
     }
     if let Some(path) = &a.html {
-        if let Err(e) = std::fs::write(path, onnx_cle::html::render(&out.report)) {
+        if let Err(e) = std::fs::write(path, onnx_cle::report::html::render(&out.report)) {
             return fail(exit::IO, format!("{}: {e}", path.display()));
         }
     }

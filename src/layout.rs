@@ -238,6 +238,24 @@ impl WeightLayout {
         });
     }
 
+    /// `w[e] = f(w[e], o)` for every element `e`, `o` its output channel (per-channel grids).
+    pub fn map_out(&self, w: &mut [f32], f: impl Fn(f32, usize) -> f32) {
+        self.check(w);
+        if let Some(row) = self.out_rows() {
+            for (o, row) in w.chunks_exact_mut(row).enumerate() {
+                for v in row {
+                    *v = f(*v, o);
+                }
+            }
+            return;
+        }
+        self.for_each_block(|s, o, _| {
+            for v in &mut w[s..s + self.k] {
+                *v = f(*v, o);
+            }
+        });
+    }
+
     /// `w[…, i, …] *= f[i]` for every input channel `i`.
     pub fn scale_in(&self, w: &mut [f32], f: &[f32]) {
         if self.diagonal() {

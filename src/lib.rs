@@ -9,9 +9,12 @@
 //! equalized model and a [`report::Report`] out. It knows nothing of HTTP; the [`server`] module
 //! and the CLI both call [`run`].
 //!
-//! Module map: [`onnx`] (lossless protobuf I/O), [`graph`] (producers/consumers/topological
-//! order), [`layout`] (the one home of weight layouts), [`work`] (the model under edit),
-//! [`passes`] (one file per pass), [`report`], [`verify`] (tract).
+//! Module map, in data-flow order: [`onnx`] (lossless protobuf I/O), [`graph`]
+//! (producers/consumers/topological order), [`layout`] (the one home of weight layouts),
+//! [`work`] (the model under edit), [`passes`] (one file per pass), [`quant`] (int8 analysis:
+//! per-layer table, simulation), [`report`] (and its HTML rendering, [`report::html`]),
+//! [`verify`] (tract). [`server`] is the HTTP transport; [`options`] and [`report`] types sit
+//! at the bottom of the imports.
 
 #![warn(missing_docs)]
 
@@ -19,7 +22,6 @@ pub mod builder;
 pub mod consteval;
 pub mod error;
 pub mod graph;
-pub mod html;
 pub mod layout;
 pub mod limits;
 pub mod npy;

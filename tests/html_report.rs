@@ -1,11 +1,11 @@
-//! The visual report (`onnx_cle::html::render`): self-contained, escaped, one chart per CLS
+//! The visual report (`onnx_cle::report::html::render`): self-contained, escaped, one chart per CLS
 //! pair, robust to any numbers; and the browser check of `scripts/html_report_check.sh`, which
 //! opens the mobilenet_v2 report in headless Chromium.
 
 use std::path::Path;
 use std::process::Command;
 
-use onnx_cle::html::render;
+use onnx_cle::report::html::render;
 use onnx_cle::report::{
     ActivationGrowth, BnFold, ClsKind, ClsPair, ClsSet, EndToEnd, FoldDirection, LayerQuant,
     LayerSensitivity, PairRanges, QuantRow, Quantization, Relu6Action, Relu6Decision, Report, Skip,

@@ -653,7 +653,7 @@ async fn get_report_html(
     let html = stored_report(&app, &raw, |data| {
         let report: crate::Report = serde_json::from_slice(&data)
             .map_err(|e| ApiError::internal(format!("stored report: {e}")))?;
-        Ok(crate::html::render(&report))
+        Ok(crate::report::html::render(&report))
     })
     .await?;
     Ok((

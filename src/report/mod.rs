@@ -5,6 +5,8 @@
 //! Invariant: every rewrite a pass performs has an entry here, and every candidate a pass
 //! considered and left alone has a [`Skip`] with a stable `reason` code.
 
+pub mod html;
+
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
