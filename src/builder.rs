@@ -1089,6 +1089,86 @@ impl ModelBuilder {
         y
     }
 
+    /// `Transpose` (`perm = None` reverses the axes).
+    pub fn transpose(&mut self, name: &str, x: &str, perm: Option<&[i64]>) -> String {
+        let attrs = perm.map(|p| vec![attr_ints("perm", p)]).unwrap_or_default();
+        let y = self.node1("Transpose", name, &[x], attrs);
+        self.like(y, x)
+    }
+
+    /// `Unsqueeze`: `axes` as an int64 initializer from opset 13, as an attribute before.
+    pub fn unsqueeze(&mut self, name: &str, x: &str, axes: &[i64]) -> String {
+        let y = self.axes_node("Unsqueeze", name, x, axes);
+        if let Some(r) = self.rank(x) {
+            self.set_rank(&y, r + axes.len());
+        }
+        y
+    }
+
+    /// `Squeeze` of the given axes (encoded as for [`ModelBuilder::unsqueeze`]).
+    pub fn squeeze(&mut self, name: &str, x: &str, axes: &[i64]) -> String {
+        let y = self.axes_node("Squeeze", name, x, axes);
+        if let Some(r) = self.rank(x) {
+            self.set_rank(&y, r.saturating_sub(axes.len()));
+        }
+        y
+    }
+
+    fn axes_node(&mut self, op: &str, name: &str, x: &str, axes: &[i64]) -> String {
+        if self.opset() >= 13 {
+            let a = self.param_name(name, "axes");
+            let a = self.init_i64(&a, &[axes.len()], axes);
+            self.node1(op, name, &[x, &a], vec![])
+        } else {
+            self.node1(op, name, &[x], vec![attr_ints("axes", axes)])
+        }
+    }
+
+    /// `Cast` to the element type `to` (a `TensorProto.DataType` code).
+    pub fn cast(&mut self, name: &str, x: &str, to: DataType) -> String {
+        let y = self.node1("Cast", name, &[x], vec![attr_int("to", to as i64)]);
+        self.like(y, x)
+    }
+
+    /// A FLOAT16 initializer holding `data` truncated to half precision (toward zero; values
+    /// below 2⁻¹⁴ in magnitude become 0, larger than 65504 saturate), stored as `raw_data`.
+    pub fn init_f16(&mut self, name: &str, dims: &[usize], data: &[f32]) -> String {
+        let name = self.fresh(name);
+        let bits: Vec<u8> = data
+            .iter()
+            .flat_map(|&v| f32_to_f16_trunc(v).to_le_bytes())
+            .collect();
+        let t = TensorProto {
+            name: Some(name.clone()),
+            dims: dims.iter().map(|&d| d as i64).collect(),
+            data_type: Some(DataType::Float16 as i32),
+            raw_data: Some(bits.into()),
+            ..Default::default()
+        };
+        self.graph_mut().initializer.push(t);
+        self.set_rank(&name, dims.len());
+        name
+    }
+
+    /// `nn.Linear(k, n, bias=False)` as the legacy exporter writes it without constant folding:
+    /// the `[n, k]` weight `<name>.weight` reaches a `MatMul` through `Transpose` node
+    /// `<name>_t`; returns the MatMul's output.
+    pub fn matmul_transposed(&mut self, name: &str, x: &str, k: usize, n: usize) -> String {
+        let bound = 1.0 / (k.max(1) as f32).sqrt();
+        let per_out: Vec<f32> = (0..n)
+            .map(|_| 2f32.powf(self.rng.uniform(-1.5, 1.5)))
+            .collect();
+        let mut w = self.rng.uniform_vec(n * k, -bound, bound);
+        for (idx, v) in w.iter_mut().enumerate() {
+            *v *= per_out[idx / k];
+        }
+        let wn = self.param_name(name, "weight");
+        let wn = self.init(&wn, &[n, k], &w);
+        let t = self.transpose(&format!("{name}_t"), &wn, Some(&[1, 0]));
+        let y = self.node1("MatMul", name, &[x, &t], vec![]);
+        self.like(y, x)
+    }
+
     /// `Identity`.
     pub fn identity(&mut self, name: &str, x: &str) -> String {
         self.unary("Identity", name, x)
@@ -1112,6 +1192,24 @@ impl ModelBuilder {
         );
         self.like(y, x)
     }
+}
+
+/// `v` truncated toward zero to IEEE binary16 bits (see [`ModelBuilder::init_f16`]).
+fn f32_to_f16_trunc(v: f32) -> u16 {
+    let bits = v.to_bits();
+    let sign = ((bits >> 16) & 0x8000) as u16;
+    let a = v.abs();
+    if a.is_nan() {
+        return sign | 0x7e00;
+    }
+    if a < 2f32.powi(-14) {
+        return sign;
+    }
+    if a > 65504.0 {
+        return sign | 0x7bff;
+    }
+    let exp = ((bits >> 23) & 0xff) as u16 + 15 - 127;
+    sign | (exp << 10) | ((bits >> 13) & 0x3ff) as u16
 }
 
 /// A ResNet-50-shaped model (torchvision's v1.5 layout), for benchmarks: 53 `Conv` (no bias,

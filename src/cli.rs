@@ -282,6 +282,14 @@ pub fn equalize(a: EqualizeArgs) -> ExitCode {
             r.skipped.len(),
             t0.elapsed().as_secs_f64()
         );
+        let mut extra = String::new();
+        if !r.const_folds.is_empty() {
+            extra += &format!("; {} weight chains folded", r.const_folds.len());
+        }
+        if !r.tensor_copies.is_empty() {
+            extra += &format!("; {} shared tensors copied", r.tensor_copies.len());
+        }
+        eprintln!("onnx-cle: coverage: {}{extra}", r.coverage.summary);
         if r.function_changed {
             eprintln!(
                 "onnx-cle: note: the model's function was changed on request: {}",

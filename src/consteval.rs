@@ -6,6 +6,7 @@
 //! channels alone. Only integer tensors of at most [`MAX_ELEMENTS`] elements are evaluated; any
 //! other op, or anything data-dependent, gives `None`.
 
+use crate::fold::{self, norm_axis};
 use crate::onnx::attr;
 use crate::onnx::tensor;
 use crate::work::Work;
@@ -113,7 +114,7 @@ fn eval(work: &Work, name: &str, depth: usize) -> Option<ITensor> {
         "Reshape" => {
             let data = input(0)?;
             let shape = input(1)?;
-            let dims = reshape_dims(&data.dims, &shape.data)?;
+            let dims = fold::reshape_dims(&data.dims, &shape.data)?;
             ITensor {
                 dims,
                 data: data.data,
@@ -121,43 +122,14 @@ fn eval(work: &Work, name: &str, depth: usize) -> Option<ITensor> {
         }
         "Unsqueeze" | "Squeeze" => {
             let data = input(0)?;
-            let axes: Vec<i64> = match attr::ints(node, "axes") {
-                Some(a) => a.to_vec(),
-                None => input(1).map(|t| t.data).unwrap_or_default(),
+            let axes: Option<Vec<i64>> = match attr::ints(node, "axes") {
+                Some(a) => Some(a.to_vec()),
+                None => input(1).map(|t| t.data),
             };
             let dims = if node.op_type() == "Unsqueeze" {
-                let rank = data.dims.len() + axes.len();
-                let mut axes: Vec<usize> = axes
-                    .iter()
-                    .map(|&a| norm_axis(a, rank))
-                    .collect::<Option<_>>()?;
-                axes.sort_unstable();
-                let mut dims = data.dims.clone();
-                for a in axes {
-                    if a > dims.len() {
-                        return None;
-                    }
-                    dims.insert(a, 1);
-                }
-                dims
+                fold::unsqueeze_dims(&data.dims, &axes?)?
             } else {
-                let rank = data.dims.len();
-                let axes: Vec<usize> = axes
-                    .iter()
-                    .map(|&a| norm_axis(a, rank))
-                    .collect::<Option<_>>()?;
-                data.dims
-                    .iter()
-                    .enumerate()
-                    .filter(|(k, &d)| {
-                        !(if axes.is_empty() {
-                            d == 1
-                        } else {
-                            axes.contains(k)
-                        })
-                    })
-                    .map(|(_, &d)| d)
-                    .collect()
+                fold::squeeze_dims(&data.dims, axes.as_deref())?
             };
             ITensor {
                 dims,
@@ -166,33 +138,12 @@ fn eval(work: &Work, name: &str, depth: usize) -> Option<ITensor> {
         }
         "Transpose" => {
             let data = input(0)?;
-            let rank = data.dims.len();
-            let perm: Vec<usize> = match attr::ints(node, "perm") {
-                Some(p) => p
-                    .iter()
-                    .map(|&a| usize::try_from(a).ok())
-                    .collect::<Option<_>>()?,
-                None => (0..rank).rev().collect(),
-            };
-            if perm.len() != rank {
-                return None;
+            let perm = fold::permutation(attr::ints(node, "perm"), data.dims.len())?;
+            let dims: Vec<usize> = perm.iter().map(|&a| data.dims[a]).collect();
+            ITensor {
+                data: fold::transpose(&data.data, &data.dims, &perm),
+                dims,
             }
-            let dims: Vec<usize> = perm
-                .iter()
-                .map(|&a| data.dims.get(a).copied())
-                .collect::<Option<_>>()?;
-            let src_strides = strides(&data.dims);
-            let n = data.data.len();
-            let mut out = Vec::with_capacity(n);
-            for flat in 0..n {
-                let idx = unravel(flat, &dims);
-                let mut src = 0;
-                for (k, &a) in perm.iter().enumerate() {
-                    src += idx[k] * src_strides[a];
-                }
-                out.push(data.data[src]);
-            }
-            ITensor { dims, data: out }
         }
         "Slice" => {
             let data = input(0)?;
@@ -282,12 +233,6 @@ fn checked_count(dims: &[usize]) -> Option<usize> {
         .filter(|&n| n <= MAX_ELEMENTS)
 }
 
-fn norm_axis(a: i64, rank: usize) -> Option<usize> {
-    let r = rank as i64;
-    let a = if a < 0 { a + r } else { a };
-    (0..r).contains(&a).then_some(a as usize)
-}
-
 fn strides(dims: &[usize]) -> Vec<usize> {
     let mut s = vec![1; dims.len()];
     for k in (0..dims.len().saturating_sub(1)).rev() {
@@ -304,29 +249,4 @@ fn unravel(mut flat: usize, dims: &[usize]) -> Vec<usize> {
         flat /= d;
     }
     idx
-}
-
-fn reshape_dims(from: &[usize], shape: &[i64]) -> Option<Vec<usize>> {
-    let total: usize = from.iter().product();
-    let mut dims = Vec::with_capacity(shape.len());
-    let mut infer = None;
-    for (k, &s) in shape.iter().enumerate() {
-        match s {
-            0 => dims.push(*from.get(k)?),
-            -1 if infer.is_none() => {
-                infer = Some(k);
-                dims.push(1);
-            }
-            s if s > 0 => dims.push(s as usize),
-            _ => return None,
-        }
-    }
-    let known: usize = dims.iter().product();
-    if let Some(k) = infer {
-        if known == 0 || !total.is_multiple_of(known) {
-            return None;
-        }
-        dims[k] = total / known;
-    }
-    (dims.iter().product::<usize>() == total).then_some(dims)
 }

@@ -21,6 +21,7 @@
 pub mod builder;
 pub mod consteval;
 pub mod error;
+pub mod fold;
 pub mod graph;
 pub mod layout;
 pub mod limits;
@@ -181,6 +182,8 @@ fn equalize_capturing(
         }
         ctl.stage("finish")?;
         let t = Instant::now();
+        passes::coverage::run(&mut cx);
+        passes::fold_written_chains(&mut cx)?;
         passes::relu6::materialize(&mut cx)?;
         cx.report.timings_ms.finish = ms(t);
     }

@@ -8,17 +8,24 @@
 //! - structural edits (removing or inserting nodes) go through [`Work::apply`], which keeps
 //!   `meta` parallel to `graph.node` and rebuilds the index;
 //! - initializers that a pass made unused are removed at the end; initializers that were
-//!   already unused in the input stay (nothing is dropped that was not meant to change).
+//!   already unused in the input stay (nothing is dropped that was not meant to change);
+//! - a tensor computed from a constant by a weight chain ([`crate::fold`]) reads like a constant
+//!   ([`Work::is_const`], [`Work::read`]…); the chain is folded into an initializer only when a
+//!   pass wrote its value ([`Work::fold_chains`]), so untouched chains stay byte-identical;
+//! - [`Work::own_input`] gives one user of a shared tensor its own copy before a pass rewrites
+//!   it; no other user ever sees the rewrite.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use rayon::prelude::*;
 
 use crate::error::{CoreError, Result};
+use crate::fold::{self, Step};
 use crate::graph::GraphIndex;
 use crate::onnx::proto::attribute_proto::AttributeType;
 use crate::onnx::tensor::{self, F32Tensor};
 use crate::onnx::{attr, GraphProto, ModelProto, NodeProto};
+use crate::report::ConstFold;
 
 /// Per-node facts that travel with the node through edits.
 #[derive(Debug, Clone)]
@@ -37,6 +44,14 @@ pub enum ConstSource {
     Initializer(usize),
     /// The `value` attribute of `Constant` node `i`.
     Constant(usize),
+}
+
+/// A weight chain: the constant `source` and the nodes computing a tensor from it.
+#[derive(Debug, Clone)]
+struct Chain {
+    source: String,
+    /// Node indices, source side first, with what each does.
+    nodes: Vec<(usize, Step)>,
 }
 
 /// Nodes to remove and to insert, applied at once by [`Work::apply`].
@@ -78,6 +93,8 @@ pub struct Work {
     initially_used: HashSet<String>,
     /// A node was handed out mutably since the index was built: [`Work::apply`] must rebuild.
     touched: bool,
+    /// Uses moved off a tensor by [`Work::own_input`] since the index was built.
+    moved: HashMap<String, usize>,
 }
 
 impl Work {
@@ -130,6 +147,7 @@ impl Work {
             names,
             initially_used,
             touched: false,
+            moved: HashMap::new(),
         })
     }
 
@@ -243,9 +261,59 @@ impl Work {
         .then_some(ConstSource::Constant(p))
     }
 
-    /// Whether `name` is a constant tensor (initializer or `Constant` node).
+    /// Whether `name` is a constant tensor: an initializer, a `Constant` node, or computed from
+    /// one by a weight chain ([`crate::fold`]).
     pub fn is_const(&self, name: &str) -> bool {
-        self.const_source(name).is_some()
+        self.const_source(name).is_some() || self.chain(name).is_some()
+    }
+
+    /// Whether `name` is computed by a weight chain (a constant that is not stored as one).
+    pub fn is_chain(&self, name: &str) -> bool {
+        self.const_source(name).is_none() && self.chain(name).is_some()
+    }
+
+    /// The weight chain computing `name`: its producer and every node up to a stored constant
+    /// are [`Step`]s. `None` for stored constants, graph outputs and anything else.
+    fn chain(&self, name: &str) -> Option<Chain> {
+        if name.is_empty() || self.index.is_graph_output(name) || self.const_source(name).is_some()
+        {
+            return None;
+        }
+        let mut nodes = Vec::new();
+        let mut cur = name;
+        for _ in 0..fold::MAX_DEPTH {
+            let p = self.index.producer(cur)?;
+            let node = self.node(p);
+            let step = Step::of(node, |n| self.const_ints(n))?;
+            nodes.push((p, step));
+            cur = node.input[0].as_str();
+            if self.const_source(cur).is_some() {
+                nodes.reverse();
+                return Some(Chain {
+                    source: cur.to_string(),
+                    nodes,
+                });
+            }
+        }
+        None
+    }
+
+    fn chain_steps(chain: &Chain) -> Vec<Step> {
+        chain.nodes.iter().map(|(_, s)| s.clone()).collect()
+    }
+
+    /// Decodes the f32 value of the constant `name` (stored or computed by a weight chain).
+    fn decode_fresh(&self, name: &str) -> std::result::Result<F32Tensor, String> {
+        if let Some(proto) = self.proto_of(name) {
+            return tensor::to_f32(proto).map_err(|e| format!("`{name}`: {e}"));
+        }
+        let chain = self
+            .chain(name)
+            .ok_or_else(|| format!("`{name}` is not a constant"))?;
+        let source = self
+            .proto_of(&chain.source)
+            .ok_or_else(|| format!("`{}` is not a constant", chain.source))?;
+        fold::evaluate(source, &Self::chain_steps(&chain)).map_err(|e| format!("`{name}`: {e}"))
     }
 
     fn proto_of(&self, name: &str) -> Option<&crate::onnx::TensorProto> {
@@ -257,7 +325,7 @@ impl Work {
 
     /// Whether more than one node (or a graph output) reads the constant `name`.
     pub fn is_shared(&self, name: &str) -> bool {
-        let direct = self.index.use_count(name);
+        let direct = self.uses(name);
         if direct > 1 {
             return true;
         }
@@ -267,25 +335,51 @@ impl Work {
         false
     }
 
+    /// Uses of `name` (nodes and graph outputs), less those [`Work::own_input`] moved away.
+    pub fn uses(&self, name: &str) -> usize {
+        self.index
+            .use_count(name)
+            .saturating_sub(self.moved.get(name).copied().unwrap_or(0))
+    }
+
+    /// Gives node `i` its own copy of its input `k` when other nodes or a graph output also
+    /// read that tensor ([`Work::is_shared`]), so that rewriting it changes nothing any other
+    /// user sees. The copy is a new initializer named after `base` (made unique, so the name is
+    /// deterministic); returns that name, or `None` when the input was not shared. Call
+    /// [`Work::apply`] before relying on the index again.
+    pub fn own_input(
+        &mut self,
+        i: usize,
+        k: usize,
+        base: &str,
+    ) -> std::result::Result<Option<String>, String> {
+        let name = self.input(i, k).to_string();
+        if name.is_empty() || !self.is_shared(&name) {
+            return Ok(None);
+        }
+        let t = self.decode(&name)?;
+        let copy = self.fresh_name(base);
+        self.add_initializer(&copy, t);
+        self.node_mut(i).input[k] = copy.clone();
+        if !self.node(i).input.contains(&name) {
+            *self.moved.entry(name).or_default() += 1;
+        }
+        Ok(Some(copy))
+    }
+
     /// Decodes (once) and returns the f32 constant `name`, moving it out of the cache; give it
     /// back with [`Work::put`].
     pub fn take(&mut self, name: &str) -> std::result::Result<F32Tensor, String> {
         if let Some(c) = self.cache.remove(name) {
             return Ok(c.tensor);
         }
-        let proto = self
-            .proto_of(name)
-            .ok_or_else(|| format!("`{name}` is not a constant"))?;
-        tensor::to_f32(proto).map_err(|e| format!("`{name}`: {e}"))
+        self.decode_fresh(name)
     }
 
     /// Reads the f32 constant `name` without marking it modified.
     pub fn read(&mut self, name: &str) -> std::result::Result<&F32Tensor, String> {
         if !self.cache.contains_key(name) {
-            let proto = self
-                .proto_of(name)
-                .ok_or_else(|| format!("`{name}` is not a constant"))?;
-            let t = tensor::to_f32(proto).map_err(|e| format!("`{name}`: {e}"))?;
+            let t = self.decode_fresh(name)?;
             self.cache.insert(
                 name.to_string(),
                 Cached {
@@ -302,10 +396,7 @@ impl Work {
         if let Some(c) = self.cache.get(name) {
             return Ok(c.tensor.clone());
         }
-        let proto = self
-            .proto_of(name)
-            .ok_or_else(|| format!("`{name}` is not a constant"))?;
-        tensor::to_f32(proto).map_err(|e| format!("`{name}`: {e}"))
+        self.decode_fresh(name)
     }
 
     /// Decodes the constants `names` into the cache in parallel (as [`Work::read`] would one
@@ -319,7 +410,7 @@ impl Work {
             .collect();
         let decoded: Vec<(String, F32Tensor)> = todo
             .par_iter()
-            .filter_map(|n| Some(((*n).clone(), tensor::to_f32(self.proto_of(n)?).ok()?)))
+            .filter_map(|n| Some(((*n).clone(), self.decode_fresh(n).ok()?)))
             .collect();
         for (name, tensor) in decoded {
             self.cache.insert(
@@ -343,10 +434,16 @@ impl Work {
         if let Some(c) = self.cache.get(name) {
             return Ok(c.tensor.dims.clone());
         }
-        let proto = self
-            .proto_of(name)
+        if let Some(proto) = self.proto_of(name) {
+            return tensor::f32_dims(proto).map_err(|e| format!("`{name}`: {e}"));
+        }
+        let chain = self
+            .chain(name)
             .ok_or_else(|| format!("`{name}` is not a constant"))?;
-        tensor::f32_dims(proto).map_err(|e| format!("`{name}`: {e}"))
+        let source = self
+            .proto_of(&chain.source)
+            .ok_or_else(|| format!("`{}` is not a constant", chain.source))?;
+        fold::dims_after(source, &Self::chain_steps(&chain)).map_err(|e| format!("`{name}`: {e}"))
     }
 
     /// Stores a modified constant (written back by [`Work::finish`]).
@@ -540,11 +637,176 @@ impl Work {
         }
         self.index = GraphIndex::build(self.graph())?;
         self.touched = false;
+        self.moved.clear();
         Ok(())
+    }
+
+    /// Folds every weight chain whose value a pass wrote ([`Work::put`]) into an initializer and
+    /// removes the nodes that nothing reads any more; returns one record per fold, in node order.
+    ///
+    /// The value keeps the source's name (consumers are rewired to it) when the source and every
+    /// tensor of the chain had no other user; otherwise it becomes a new initializer under the
+    /// chain's output name, which its consumers already read, and the source stays for its other
+    /// users. Chains nobody wrote are left as they are.
+    pub fn fold_chains(&mut self) -> Result<Vec<ConstFold>> {
+        self.apply(Edits::default())?;
+        let mut todo: Vec<(usize, String, Chain)> = self
+            .cache
+            .iter()
+            .filter(|(_, c)| c.dirty)
+            .filter_map(|(n, _)| {
+                let chain = self.chain(n)?;
+                Some((chain.nodes.last()?.0, n.clone(), chain))
+            })
+            .collect();
+        if todo.is_empty() {
+            return Ok(Vec::new());
+        }
+        todo.sort_by_key(|(p, _, _)| *p);
+        let mut uses: HashMap<String, usize> = HashMap::new();
+        let mut removed: HashSet<usize> = HashSet::new();
+        let mut edits = Edits::default();
+        let mut records = Vec::new();
+        for (producer, tensor, chain) in todo {
+            let count = |uses: &HashMap<String, usize>, w: &Work, t: &str| {
+                uses.get(t).copied().unwrap_or_else(|| w.index.use_count(t))
+            };
+            let source = chain.source.clone();
+            let in_place = count(&uses, self, &source) == 1
+                && !self.index.is_graph_input(&source)
+                && chain.nodes[..chain.nodes.len() - 1]
+                    .iter()
+                    .all(|&(p, _)| count(&uses, self, self.out(p)) == 1);
+            let consumers: Vec<usize> = self.index.consumers(&tensor).to_vec();
+            let cached = self.cache.remove(&tensor).map(|c| c.tensor);
+            let Some(value) = cached else { continue };
+            let initializer = if in_place {
+                let n = count(&uses, self, &tensor);
+                *uses.entry(source.clone()).or_insert(1) += n;
+                uses.insert(tensor.clone(), 0);
+                for &c in &consumers {
+                    for inp in self.node_mut(c).input.iter_mut() {
+                        if *inp == tensor {
+                            *inp = source.clone();
+                        }
+                    }
+                }
+                let same_shape = self
+                    .proto_of(&source)
+                    .and_then(|t| tensor::f32_dims(t).ok())
+                    .is_some_and(|d| d == value.dims);
+                if !same_shape {
+                    self.drop_value_info(&source);
+                }
+                self.put(&source, value);
+                source.clone()
+            } else {
+                uses.insert(tensor.clone(), count(&uses, self, &tensor));
+                let proto = tensor::new_f32(&tensor, &value);
+                let g = self.graph_mut();
+                g.initializer.push(proto);
+                self.names.insert(tensor.clone());
+                self.cache.insert(
+                    tensor.clone(),
+                    Cached {
+                        tensor: value,
+                        dirty: false,
+                    },
+                );
+                tensor.clone()
+            };
+            let mut gone = Vec::new();
+            let kept = (!in_place).then_some(tensor.as_str());
+            self.remove_dead(producer, kept, &mut uses, &mut removed, &mut gone);
+            for &r in &gone {
+                edits.remove(r);
+            }
+            records.push(ConstFold {
+                tensor: tensor.clone(),
+                initializer,
+                source,
+                ops: chain
+                    .nodes
+                    .iter()
+                    .map(|(_, s)| s.op_type().to_string())
+                    .collect(),
+                removed: gone.iter().map(|&r| self.label(r).to_string()).collect(),
+                consumers: consumers
+                    .iter()
+                    .map(|&c| self.label(c).to_string())
+                    .collect(),
+                copied: !in_place,
+            });
+        }
+        self.apply(edits)?;
+        Ok(records)
+    }
+
+    /// Removes node `p` (whose output `kept` lives on as an initializer) and then every node
+    /// upstream whose outputs nothing reads any more.
+    fn remove_dead(
+        &mut self,
+        p: usize,
+        kept: Option<&str>,
+        uses: &mut HashMap<String, usize>,
+        removed: &mut HashSet<usize>,
+        gone: &mut Vec<usize>,
+    ) {
+        let mut stack = vec![p];
+        while let Some(q) = stack.pop() {
+            if !removed.insert(q) {
+                continue;
+            }
+            gone.push(q);
+            let node = self.node(q).clone();
+            for o in node
+                .output
+                .iter()
+                .filter(|o| !o.is_empty() && Some(o.as_str()) != kept)
+            {
+                self.drop_value_info(o);
+            }
+            let mut seen = HashSet::new();
+            for inp in node.input.iter().filter(|i| !i.is_empty()) {
+                if !seen.insert(inp.as_str()) {
+                    continue;
+                }
+                let left = {
+                    let e = uses
+                        .entry(inp.clone())
+                        .or_insert_with(|| self.index.use_count(inp));
+                    *e = e.saturating_sub(1);
+                    *e
+                };
+                if left > 0 {
+                    continue;
+                }
+                let Some(r) = self.index.producer(inp) else {
+                    continue;
+                };
+                let dead = self
+                    .node(r)
+                    .output
+                    .iter()
+                    .filter(|o| !o.is_empty())
+                    .all(|o| {
+                        uses.get(o)
+                            .copied()
+                            .unwrap_or_else(|| self.index.use_count(o))
+                            == 0
+                    });
+                if dead && !removed.contains(&r) {
+                    stack.push(r);
+                }
+            }
+        }
     }
 
     /// Writes every modified weight back and drops initializers the passes made unused.
     pub fn finish(mut self) -> ModelProto {
+        // Normally done (and reported) by the pipeline already; a written chain must never be
+        // dropped silently.
+        let _ = self.fold_chains();
         let dirty: Vec<(String, F32Tensor)> = self
             .cache
             .drain()

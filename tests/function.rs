@@ -4,8 +4,10 @@
 //! `transB` 0 and 1, Conv1d, depthwise and grouped (1 < g < C) convs, a residual `Add`, fan-out,
 //! a conv output that is also a graph output, PRelu, unnamed nodes, Clip bounds as initializers,
 //! opset-10 Clip attributes, Conv3d, MatMul with a constant weight, BN → Conv forward folds,
-//! BN → Flatten → Gemm, crossing `Pad(0)`, `LeakyRelu`, `Identity` and `Dropout`, shared
-//! weights, and BNs that cannot be folded — this proves that:
+//! BN → Flatten → Gemm, crossing `Pad(0)`, `LeakyRelu`, `Identity` and `Dropout`, a weight
+//! shared by two differently scaled convs, BNs that cannot be folded, and weights behind
+//! constant chains (`Transpose(W) → MatMul`, VGG's shared zero bias through `Identity`,
+//! `Reshape`/`Cast`/`Squeeze`/`Unsqueeze`, a FLOAT16 weight cast to FLOAT) — this proves that:
 //! - BN fold alone (`steps = [bn_fold]`), CLS alone (`steps = [cls]`) and the default full
 //!   pipeline each change the outputs **tract** computes (original vs rewritten model, seeded
 //!   random inputs) by at most 1e-5 relative L2, on every output. BN statistics are random
@@ -778,8 +780,11 @@ fn leaky_relu_identity_dropout_crossing() {
     );
 }
 
+/// A weight read by two convs that are BN-folded and scaled differently: each rewritten conv
+/// gets its own copy (reported), so neither sees the other's rewrite. With `compat = aimet`
+/// both are left alone, as aimet_onnx does.
 #[test]
-fn shared_weights_are_skipped() {
+fn shared_weight_scaled_differently() {
     let mut b = ModelBuilder::new(13).seed(23);
     let x = input4(&mut b, 8);
     let y = b.conv("c1", &x, &ConvSpec::new(8, 8, &[1, 1]));
@@ -792,19 +797,313 @@ fn shared_weights_are_skipped() {
     let y = b.relu("r3", &y);
     let y = b.conv("c4", &y, &ConvSpec::new(8, 4, &[1, 1]));
     b.output(&y);
+    let model = b.build();
     let r = run_case(
-        "shared_weights_are_skipped",
-        &b.build(),
+        "shared_weight_scaled_differently",
+        &model,
         &Expect {
-            not_layer1: vec!["c1", "c2", "c3"],
-            skips: vec![
-                ("bn_fold", "c2_bn", "shared_weight"),
-                ("cls", "c2", "shared_weight"),
+            sets: vec![vec!["c1", "c2"], vec!["c2", "c3"], vec!["c3", "c4"]],
+            folds: vec![("c2_bn", "c2", FoldDirection::Backward)],
+            ..Default::default()
+        },
+    );
+    let copy = r
+        .tensor_copies
+        .iter()
+        .find(|c| c.tensor == "c2.weight" && c.node == "c2")
+        .unwrap_or_else(|| panic!("no copy of c2.weight for c2: {:?}", r.tensor_copies));
+    assert_eq!((copy.pass.as_str(), copy.users), ("bn_fold", 2));
+    let (eq, _) = common::run_verified(&model, &Options::default());
+    let (w2, w3) = (
+        common::node(&eq, "c2").input[1].clone(),
+        common::node(&eq, "c3").input[1].clone(),
+    );
+    assert_eq!(
+        (w2.as_str(), w3.as_str()),
+        (copy.copy.as_str(), "c2.weight")
+    );
+    assert_ne!(common::values(&eq, &w2), common::values(&eq, &w3));
+    // aimet_onnx skips layers with shared parameters; compat mode too.
+    let aimet = onnx_cle::equalize(model, &Options::aimet()).unwrap().report;
+    for (pass, node) in [("bn_fold", "c2_bn"), ("cls", "c2")] {
+        assert!(
+            aimet.skipped.iter().any(|s| s.pass == pass
+                && s.reason == "shared_weight"
+                && s.nodes.iter().any(|n| n == node)),
+            "aimet: no {pass} shared_weight skip of {node}: {:#?}",
+            aimet.skipped
+        );
+    }
+    assert!(aimet.bn_folds.is_empty() && aimet.tensor_copies.is_empty());
+}
+
+/// torchvision VGG-11-BN's legacy export: the identical all-zero conv biases are one
+/// initializer, read by one conv directly and by the others through `Identity` nodes (and here
+/// also by an unrelated `Add` feeding a second output). Every BN folds, every pair is scaled,
+/// and the `Add` still reads the zeros.
+#[test]
+fn vgg_shared_zero_bias_through_identity() {
+    let mut b = ModelBuilder::new(13).seed(43);
+    let x = input4(&mut b, 4);
+    let zero = b.init("zero_bias", &[8], &[0.0; 8]);
+    let conv = |b: &mut ModelBuilder, name: &str, x: &str, cin: usize, bias: &str| {
+        let y = b.conv(
+            name,
+            x,
+            &ConvSpec::new(cin, 8, &[3, 3]).same_pads().no_bias(),
+        );
+        b.last_node_mut().input.push(bias.to_string());
+        y
+    };
+    let y = conv(&mut b, "c1", &x, 4, &zero);
+    let y = b.batch_norm("bn1", &y, 8);
+    let y = b.relu("r1", &y);
+    let b2 = b.identity("id2", &zero);
+    let y = conv(&mut b, "c2", &y, 8, &b2);
+    let y = b.batch_norm("bn2", &y, 8);
+    let y = b.relu("r2", &y);
+    let b3 = b.identity("id3", &zero);
+    let y = conv(&mut b, "c3", &y, 8, &b3);
+    let y = b.batch_norm("bn3", &y, 8);
+    let y = b.relu("r3", &y);
+    let y = b.conv("c4", &y, &ConvSpec::new(8, 8, &[1, 1]));
+    b.output(&y);
+    let side = b.add("side", &x, &zero);
+    b.output(&side);
+    let model = b.build();
+    let r = run_case(
+        "vgg_shared_zero_bias",
+        &model,
+        &Expect {
+            sets: vec![vec!["c1", "c2"], vec!["c2", "c3"], vec!["c3", "c4"]],
+            folds: vec![
+                ("bn1", "c1", FoldDirection::Backward),
+                ("bn2", "c2", FoldDirection::Backward),
+                ("bn3", "c3", FoldDirection::Backward),
             ],
             ..Default::default()
         },
     );
-    assert!(r.bn_folds.is_empty());
+    assert!(r.skipped.iter().all(|s| s.reason != "bias_not_constant"));
+    let folds: Vec<(&str, &str, bool)> = r
+        .const_folds
+        .iter()
+        .map(|f| (f.source.as_str(), f.removed[0].as_str(), f.copied))
+        .collect();
+    assert_eq!(
+        folds,
+        [("zero_bias", "id2", true), ("zero_bias", "id3", true)]
+    );
+    assert_eq!(r.tensor_copies.len(), 1, "{:?}", r.tensor_copies);
+    assert_eq!(
+        (
+            r.tensor_copies[0].node.as_str(),
+            r.tensor_copies[0].tensor.as_str()
+        ),
+        ("c1", "zero_bias")
+    );
+    let (eq, _) = common::run_verified(&model, &Options::default());
+    assert_eq!(common::values(&eq, "zero_bias"), [0.0; 8]);
+    assert_eq!(common::node(&eq, "side").input[1], "zero_bias");
+    let g = eq.graph.as_ref().unwrap();
+    assert!(g.node.iter().all(|n| n.op_type() != "Identity"));
+    let biases: std::collections::HashSet<&str> = ["c1", "c2", "c3"]
+        .iter()
+        .map(|c| common::node(&eq, c).input[2].as_str())
+        .collect();
+    assert_eq!(biases.len(), 3, "each conv has its own bias: {biases:?}");
+}
+
+/// `nn.Linear(bias=False) → BatchNorm1d` as the legacy exporter writes it without constant
+/// folding (`Transpose(W) → MatMul`): the BN folds and the pair is scaled (default mode), the
+/// weights are transposed in place under their own names and the Transposes go. With
+/// `compat = aimet` the MatMul becomes a Gemm (aimet_onnx's form), still the same function.
+#[test]
+fn transpose_matmul_bn() {
+    let mut b = ModelBuilder::new(13).seed(44);
+    let x = b.batched_input("x", "N", &[16]);
+    let y = b.matmul_transposed("fc1", &x, 16, 8);
+    let y = b.batch_norm("bn1", &y, 8);
+    let y = b.relu("r1", &y);
+    let y = b.matmul_transposed("fc2", &y, 8, 4);
+    b.output(&y);
+    let model = b.build();
+    let r = run_case(
+        "transpose_matmul_bn",
+        &model,
+        &Expect {
+            sets: vec![vec!["fc1", "fc2"]],
+            folds: vec![("bn1", "fc1", FoldDirection::Backward)],
+            ..Default::default()
+        },
+    );
+    let folds: Vec<(&str, &str, bool)> = r
+        .const_folds
+        .iter()
+        .map(|f| (f.initializer.as_str(), f.removed[0].as_str(), f.copied))
+        .collect();
+    assert_eq!(
+        folds,
+        [
+            ("fc1.weight", "fc1_t", false),
+            ("fc2.weight", "fc2_t", false)
+        ]
+    );
+    let opts = Options {
+        steps: vec![Step::BnFold],
+        ..Options::aimet()
+    };
+    let (eq, r) = common::run_verified(&model, &opts);
+    let dev = r.verification.max_rel_l2.unwrap_or(f64::INFINITY);
+    assert!(dev <= MAX_REL_L2, "aimet bn_fold: rel L2 {dev:e}");
+    let fc1 = common::node(&eq, "fc1");
+    assert_eq!(fc1.op_type(), "Gemm");
+    assert_eq!(fc1.input[1..], ["fc1.weight", "fc1.bias"]);
+    assert_eq!(common::init(&eq, "fc1.weight").dims, [16, 8]);
+    // fc2's chain was not written (no BN, no CLS in this run): left exactly as it was.
+    assert_eq!(common::node(&eq, "fc2_t"), common::node(&model, "fc2_t"));
+    assert_eq!(
+        common::init(&eq, "fc2.weight"),
+        common::init(&model, "fc2.weight")
+    );
+}
+
+/// Weights and biases computed by chains of `Reshape`, `Cast` (FLOAT → FLOAT and
+/// FLOAT16 → FLOAT), `Squeeze`, `Unsqueeze` and `Identity`: read as constants, BN folded, scaled,
+/// and folded in place into their source initializers.
+#[test]
+fn weight_chains_reshape_cast_unsqueeze() {
+    use onnx_cle::onnx::proto::tensor_proto::DataType;
+    let mut b = ModelBuilder::new(13).seed(45);
+    let x = input4(&mut b, 4);
+    let w1 = b.init_uniform("w1_flat", &[8 * 4 * 9], -0.3, 0.3);
+    let w1 = b.reshape("w1_reshape", &w1, &[8, 4, 3, 3]);
+    let w1 = b.cast("w1_cast", &w1, DataType::Float);
+    let b1 = b.init_uniform("b1_row", &[1, 8], -0.5, 0.5);
+    let b1 = b.squeeze("b1_squeeze", &b1, &[0]);
+    let y = b.node1(
+        "Conv",
+        "c1",
+        &[&x, &w1, &b1],
+        vec![onnx_cle::builder::attr_ints("pads", &[1, 1, 1, 1])],
+    );
+    let y = b.batch_norm("bn1", &y, 8);
+    let y = b.relu("r1", &y);
+    let per_in: Vec<f32> = (0..64).map(|k| 0.05 + (k % 8) as f32 * 0.1).collect();
+    let w2 = b.init("w2_2d", &[8, 8], &per_in);
+    let w2 = b.unsqueeze("w2_unsqueeze", &w2, &[2, 3]);
+    let w2 = b.identity("w2_id", &w2);
+    let y = b.node1("Conv", "c2", &[&y, &w2], vec![]);
+    let y = b.batch_norm("bn2", &y, 8);
+    let y = b.relu("r2", &y);
+    let values: Vec<f32> = (0..32).map(|k| (k as f32 - 15.5) / 20.0).collect();
+    let w3 = b.init_f16("w3_half", &[4, 8], &values);
+    let w3 = b.cast("w3_cast", &w3, DataType::Float);
+    let w3 = b.unsqueeze("w3_unsqueeze", &w3, &[2, 3]);
+    let y = b.node1("Conv", "c3", &[&y, &w3], vec![]);
+    b.set_rank(&y, 4);
+    b.output(&y);
+    let model = b.build();
+    let r = run_case(
+        "weight_chains",
+        &model,
+        &Expect {
+            sets: vec![vec!["c1", "c2"], vec!["c2", "c3"]],
+            folds: vec![
+                ("bn1", "c1", FoldDirection::Backward),
+                ("bn2", "c2", FoldDirection::Backward),
+            ],
+            ..Default::default()
+        },
+    );
+    let mut folds: Vec<(String, Vec<String>, bool)> = r
+        .const_folds
+        .iter()
+        .map(|f| (f.initializer.clone(), f.ops.clone(), f.copied))
+        .collect();
+    folds.sort();
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    assert_eq!(
+        folds,
+        [
+            ("b1_row".to_string(), s(&["Squeeze"]), false),
+            ("w1_flat".to_string(), s(&["Reshape", "Cast"]), false),
+            ("w2_2d".to_string(), s(&["Unsqueeze", "Identity"]), false),
+            ("w3_half".to_string(), s(&["Cast", "Unsqueeze"]), false),
+        ]
+    );
+    let (eq, _) = common::run_verified(&model, &Options::default());
+    let g = eq.graph.as_ref().unwrap();
+    assert_eq!(
+        common::op_multiset(&eq),
+        ["Conv", "Conv", "Conv", "Relu", "Relu"],
+        "every chain node (and the shape/axes constants) is gone"
+    );
+    assert_eq!(common::init(&eq, "w3_half").dims, [4, 8, 1, 1]);
+    assert!(g
+        .initializer
+        .iter()
+        .all(|t| !t.name().ends_with(".axes") && !t.name().ends_with(".shape")));
+}
+
+/// The coverage figures name what keeps CLS away: a SiLU (`x · Sigmoid(x)`) after c1.
+#[test]
+fn coverage_names_the_blocking_activation() {
+    let mut b = ModelBuilder::new(13).seed(46);
+    let x = input4(&mut b, 4);
+    let y = cbr(&mut b, "c0", &x, &ConvSpec::new(4, 8, &[3, 3]).same_pads());
+    let y = b.conv("c1", &y, &ConvSpec::new(8, 8, &[1, 1]));
+    let y = b.batch_norm("bn1", &y, 8);
+    let s = b.unary("Sigmoid", "silu_sigmoid", &y);
+    let y = b.node1("Mul", "silu_mul", &[&y, &s], vec![]);
+    b.set_rank(&y, 4);
+    let y = cbr(&mut b, "c2", &y, &ConvSpec::new(8, 8, &[1, 1]));
+    let y = b.conv("c3", &y, &ConvSpec::new(8, 4, &[1, 1]));
+    b.output(&y);
+    let r = run_case(
+        "coverage_silu",
+        &b.build(),
+        &Expect {
+            sets: vec![vec!["c0", "c1"], vec!["c2", "c3"]],
+            ..Default::default()
+        },
+    );
+    let c = &r.coverage;
+    assert_eq!(
+        (c.total.layers, c.scaled.layers, c.bn_folded.layers),
+        (4, 4, 3)
+    );
+    assert_eq!((c.batch_norms, c.batch_norms_folded), (3, 3));
+    // c1 is scaled on its input side only; nothing is left outside a set.
+    assert!(c.not_scaled.is_empty(), "{:?}", c.not_scaled);
+    assert!((c.scaled_share - 1.0).abs() < 1e-12);
+    // CLS alone on the same model, no BN fold: c1 → BN stops the chain.
+    let (_, r) = common::run_verified(&silu_model(), &common::steps(&[Step::Cls]));
+    let c = &r.coverage;
+    let silu = c
+        .not_scaled
+        .iter()
+        .find(|g| g.blocker.as_deref() == Some("SiLU"))
+        .unwrap_or_else(|| panic!("no SiLU group: {:#?}", c.not_scaled));
+    assert_eq!((silu.reason.as_str(), silu.count.layers), ("fan_out", 1));
+    assert_eq!(silu.examples, ["c1"]);
+    assert!(c.summary.contains("1 fan_out at SiLU"), "{}", c.summary);
+    assert_eq!(c.total.layers, 3);
+}
+
+/// conv → BN → SiLU → conv → Relu → conv, no BN after the middle conv.
+fn silu_model() -> ModelProto {
+    let mut b = ModelBuilder::new(13).seed(47);
+    let x = input4(&mut b, 4);
+    let y = b.conv("c1", &x, &ConvSpec::new(4, 8, &[3, 3]).same_pads());
+    let s = b.unary("Sigmoid", "silu_sigmoid", &y);
+    let y = b.node1("Mul", "silu_mul", &[&y, &s], vec![]);
+    b.set_rank(&y, 4);
+    let y = b.conv("c2", &y, &ConvSpec::new(8, 8, &[1, 1]));
+    let y = b.relu("r2", &y);
+    let y = b.conv("c3", &y, &ConvSpec::new(8, 4, &[1, 1]));
+    b.output(&y);
+    b.build()
 }
 
 #[test]

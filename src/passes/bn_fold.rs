@@ -446,7 +446,12 @@ fn declared_dims(cx: &Ctx, tensor: &str) -> Option<Vec<Option<i64>>> {
         .and_then(crate::onnx::declared_dims)
 }
 
+/// With `compat = aimet`, a layer whose weight or bias other nodes also read is skipped, as
+/// aimet_onnx does. Default mode folds it and gives the layer its own copy ([`Ctx::own`]).
 fn check_layer_weights(cx: &Ctx, layer: &Layer) -> Result<(), (&'static str, String)> {
+    if !cx.opts.is_aimet() {
+        return Ok(());
+    }
     if cx.work.is_shared(&layer.weight) {
         return Err((
             "shared_weight",
@@ -485,8 +490,15 @@ fn sigma_scale(p: &BnParams) -> Vec<f32> {
 }
 
 fn apply(cx: &mut Ctx, plan: &Plan, edits: &mut Edits) -> crate::Result<()> {
-    let layer = &plan.layer;
-    let l = layer.node;
+    let l = plan.layer.node;
+    // The names as the node reads them now: an earlier fold into the same layer may have
+    // created its bias, and shared tensors become the layer's own.
+    let mut layer = plan.layer.clone();
+    layer.weight = cx.own(PASS, l, 1, "weight")?;
+    if layer.layout.op != LayerOp::MatMul && !cx.work.input(l, 2).is_empty() {
+        layer.bias = Some(cx.own(PASS, l, 2, "bias")?);
+    }
+    let layer = &layer;
     let layout = &layer.layout;
     let p = &plan.params;
     let scale = sigma_scale(p);
@@ -600,8 +612,11 @@ fn apply(cx: &mut Ctx, plan: &Plan, edits: &mut Edits) -> crate::Result<()> {
             }
         }
         None => {
+            // aimet_onnx renames the MatMul to Gemm first and names the bias after the new name.
             let base = if node.name().is_empty() {
                 cx.work.label(l).to_string()
+            } else if layout.op == LayerOp::MatMul {
+                node.name().replace("MatMul", "Gemm")
             } else {
                 node.name().to_string()
             };

@@ -22,7 +22,7 @@
 //! weight it scales while each row is in cache ([`Ranges`]), so a pass over a set costs one
 //! read-modify-write of its weights.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use crate::layout::{ChannelKind, LayerOp};
 use crate::onnx::{attr, NodeProto};
@@ -187,6 +187,16 @@ fn after_global_pool(cx: &Ctx, i: usize) -> bool {
     }
 }
 
+/// Whether node `i` is a CLS layer (`Some(true)`), an op chains cross (`Some(false)`), or ends
+/// chains (`None`), as the pass sees it now.
+pub(crate) fn chain_role(cx: &Ctx, i: usize) -> Option<bool> {
+    match role(cx, i) {
+        Role::Layer => Some(true),
+        Role::Through => Some(false),
+        Role::Stop => None,
+    }
+}
+
 fn next_in_chain(cx: &Ctx, i: usize, roles: &[Role]) -> Option<usize> {
     if roles[i] == Role::Stop {
         return None;
@@ -299,16 +309,6 @@ fn classify(cx: &mut Ctx, i: usize) -> (Class, Option<Layer>) {
                 Some(layer),
             ),
         };
-    }
-    if cx.work.is_shared(&layer.weight) || layer.bias.as_ref().is_some_and(|b| cx.work.is_shared(b))
-    {
-        return (
-            Class::Unsupported(
-                "shared_weight",
-                "weight or bias used by several nodes".into(),
-            ),
-            Some(layer),
-        );
     }
     match kind {
         ChannelKind::Depthwise => (Class::Depthwise, Some(layer)),
@@ -442,6 +442,7 @@ pub fn run(cx: &mut Ctx) -> crate::Result<()> {
         }
     }
     report_unpaired(cx, &sets);
+    own_members(cx, &mut sets)?;
     let mut ranges = Ranges::default();
     let before: Vec<Vec<PairRanges>> = sets
         .iter()
@@ -553,6 +554,40 @@ pub fn run(cx: &mut Ctx) -> crate::Result<()> {
         });
     }
     Ok(())
+}
+
+/// Makes every tensor the sets will rewrite the layer's own ([`Ctx::own`]): each weight, and
+/// the bias of each layer whose outputs are scaled (all but the last of a set; a MatMul's bias
+/// `Add` is never shared, see [`matmul_bias`]). Other users of a shared tensor keep reading the
+/// original.
+fn own_members(cx: &mut Ctx, sets: &mut [Set]) -> crate::Result<()> {
+    let scaled_out: HashSet<usize> = sets
+        .iter()
+        .flat_map(|s| s.layers[..s.layers.len() - 1].iter().map(|l| l.node))
+        .collect();
+    let mut names: HashMap<usize, (String, Option<String>)> = HashMap::new();
+    for set in sets.iter() {
+        for l in &set.layers {
+            if names.contains_key(&l.node) {
+                continue;
+            }
+            let weight = cx.own(PASS, l.node, 1, "weight")?;
+            let bias = match &l.bias {
+                Some(_) if l.layout.op != LayerOp::MatMul && scaled_out.contains(&l.node) => {
+                    Some(cx.own(PASS, l.node, 2, "bias")?)
+                }
+                b => b.clone(),
+            };
+            names.insert(l.node, (weight, bias));
+        }
+    }
+    for l in sets.iter_mut().flat_map(|s| s.layers.iter_mut()) {
+        if let Some((w, b)) = names.get(&l.node) {
+            l.weight = w.clone();
+            l.bias = b.clone();
+        }
+    }
+    cx.work.apply(crate::work::Edits::default())
 }
 
 /// `MatMul` scales its last axis, `Conv`/`ConvTranspose` axis 1 (a 2-D `Gemm` both): a pair
@@ -680,8 +715,10 @@ fn downstream_break(cx: &Ctx, i: usize, roles: &[Role]) -> (&'static str, String
     ("chain_break", "chain too long".into())
 }
 
+/// Why a set cannot be scaled. A shared weight or bias stops it only with `compat = aimet`
+/// (aimet_onnx drops such sets); default mode gives the layer its own copy ([`own_members`]).
 fn set_problem(cx: &Ctx, layers: &[Layer]) -> Option<(&'static str, String)> {
-    for l in layers {
+    for l in layers.iter().filter(|_| cx.opts.is_aimet()) {
         if cx.work.is_shared(&l.weight) || l.bias.as_ref().is_some_and(|b| cx.work.is_shared(b)) {
             return Some((
                 "shared_weight",

@@ -291,7 +291,12 @@ fn shift(
 
 fn ensure_bias(cx: &mut Ctx, l: &super::Layer) -> Result<String, (&'static str, String)> {
     if let Some(b) = &l.bias {
-        return Ok(b.clone());
+        if l.layout.op == crate::layout::LayerOp::MatMul {
+            return Ok(b.clone());
+        }
+        return cx
+            .own(PASS, l.node, 2, "bias")
+            .map_err(|e| ("bias_unreadable", e.to_string()));
     }
     let label = cx.work.label(l.node).to_string();
     let name = cx.work.fresh_name(&format!("{label}.bias"));

@@ -15,6 +15,7 @@
 
 pub mod bn_fold;
 pub mod cls;
+pub mod coverage;
 pub mod hbf;
 pub mod relu6;
 
@@ -23,7 +24,7 @@ use std::collections::HashMap;
 use crate::layout::{LayerOp, WeightLayout};
 use crate::onnx::attr;
 use crate::options::Options;
-use crate::report::{Report, Skip};
+use crate::report::{Report, Skip, TensorCopy};
 use crate::work::Work;
 
 /// The per-channel γ and β of a BatchNormalization folded backward into a layer: what the
@@ -127,12 +128,67 @@ impl Ctx<'_> {
         });
     }
 
+    /// The tensor node `i` reads as input `k`, made its own first when other users share it
+    /// ([`Work::own_input`]; the copy is `<label>.<role>` and is reported in
+    /// [`Report::tensor_copies`]). Only default mode copies: with `compat = aimet` shared
+    /// tensors are skipped before any pass gets here.
+    pub fn own(&mut self, pass: &str, i: usize, k: usize, role: &str) -> crate::Result<String> {
+        let name = self.work.input(i, k).to_string();
+        let users = self.work.uses(&name);
+        let base = format!("{}.{role}", self.work.label(i));
+        match self
+            .work
+            .own_input(i, k, &base)
+            .map_err(crate::CoreError::InvalidModel)?
+        {
+            Some(copy) => {
+                self.report.tensor_copies.push(TensorCopy {
+                    pass: pass.to_string(),
+                    node: self.work.label(i).to_string(),
+                    tensor: name,
+                    copy: copy.clone(),
+                    users,
+                });
+                Ok(copy)
+            }
+            None => Ok(name),
+        }
+    }
+
     /// Label → current node index.
     pub fn label_map(&self) -> HashMap<String, usize> {
         (0..self.work.node_count())
             .map(|i| (self.work.label(i).to_string(), i))
             .collect()
     }
+}
+
+/// Folds the weight chains whose value a pass rewrote ([`Work::fold_chains`]) and reports each
+/// fold in [`Report::const_folds`].
+pub fn fold_written_chains(cx: &mut Ctx) -> crate::Result<()> {
+    let folds = cx.work.fold_chains()?;
+    if cx.opts.is_aimet() {
+        for f in &folds {
+            cx.report.compat_notes.push(if f.ops == ["Transpose"] {
+                format!(
+                    "{}: weight `{}` transposed in place as aimet_onnx 2.42 does; its Transpose node is removed instead of being left dangling",
+                    f.consumers.join(", "),
+                    f.initializer
+                )
+            } else {
+                format!(
+                    "{}: `{}` is computed from `{}` by {}; folded into `{}` (aimet_onnx 2.42 reads only initializers, or one Transpose before a MatMul)",
+                    f.consumers.join(", "),
+                    f.tensor,
+                    f.source,
+                    f.ops.join(" → "),
+                    f.initializer
+                )
+            });
+        }
+    }
+    cx.report.const_folds.extend(folds);
+    Ok(())
 }
 
 /// A layer whose weight the passes can rewrite.

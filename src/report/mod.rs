@@ -80,6 +80,18 @@ pub struct Report {
     /// argument in Python's generated `from_dict`).
     #[schema(value_type = std::collections::BTreeMap<String, f64>)]
     pub timings_ms: Timings,
+    /// Weight chains (`Transpose`, `Identity`, `Reshape`, `Squeeze`/`Unsqueeze`, float `Cast`
+    /// over a constant) folded into an initializer because a pass rewrote their value.
+    #[serde(default)]
+    pub const_folds: Vec<ConstFold>,
+    /// Shared tensors a pass had to rewrite for one of their users: that user got its own copy,
+    /// every other user still reads the original.
+    #[serde(default)]
+    pub tensor_copies: Vec<TensorCopy>,
+    /// How much of the model the passes reached: weight-bearing layers scaled, BN folded or left
+    /// alone (grouped by reason), and the share of weights covered.
+    #[serde(default)]
+    pub coverage: Coverage,
 }
 
 /// Facts about the model.
@@ -443,6 +455,100 @@ pub struct ActivationGrowth {
     /// Per-tensor range after / before, measured on the inputs (when run).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub growth_measured: Option<f64>,
+}
+
+/// A weight chain folded into one initializer.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ConstFold {
+    /// The tensor the layer read (the chain's output).
+    pub tensor: String,
+    /// The initializer that holds the folded value now: the source's own name when nothing else
+    /// read the source, otherwise `tensor` (a new initializer; the source stays for its users).
+    pub initializer: String,
+    /// The constant the chain starts from (initializer or `Constant` node output).
+    pub source: String,
+    /// Op types of the chain, source side first.
+    pub ops: Vec<String>,
+    /// Nodes removed because nothing read them any more.
+    pub removed: Vec<String>,
+    /// Nodes that read the folded value.
+    pub consumers: Vec<String>,
+    /// The source is still read by others, so the value went into a new initializer.
+    pub copied: bool,
+}
+
+/// A shared tensor copied so that one user could be rewritten alone.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TensorCopy {
+    /// Pass that needed the copy (`bn_fold`, `cls`, `hbf`).
+    pub pass: String,
+    /// The node that reads the copy now.
+    pub node: String,
+    /// The shared tensor (unchanged for its other users).
+    pub tensor: String,
+    /// The new initializer.
+    pub copy: String,
+    /// How many nodes (and graph outputs) read `tensor` before the copy.
+    pub users: usize,
+}
+
+/// Layers and their weights (parameter count) in one coverage class.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct CoverageCount {
+    /// Layers.
+    pub layers: usize,
+    /// Weight elements of those layers.
+    pub parameters: u64,
+}
+
+/// Layers that are in no CLS set, for one reason.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct CoverageGroup {
+    /// Stable reason code (the `cls` skip reason of these layers, or `cls_not_selected`,
+    /// `not_a_cls_layer`).
+    pub reason: String,
+    /// Where the chain after these layers stops, when that is the reason: an op type or a
+    /// recognized activation pattern (`SiLU`, `HardSwish`, `GELU`, `Mish`, `fan-out (Add, Conv)`,
+    /// `graph output`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub blocker: Option<String>,
+    /// Layers and parameters in the group.
+    pub count: CoverageCount,
+    /// How many of them absorbed a BatchNormalization anyway.
+    pub bn_folded: usize,
+    /// The first few layers (labels).
+    pub examples: Vec<String>,
+}
+
+/// How much of the model the passes reached.
+///
+/// Weight-bearing layers are the in-scope `Conv`, `ConvTranspose`, `Gemm` and `MatMul` nodes
+/// whose weight is a constant (directly or through a foldable chain); a `MatMul` of two
+/// activations is not one. `scaled`, `bn_folded` and `untouched` count layers (a layer both
+/// scaled and folded is in the first two); `not_scaled` explains every layer outside a CLS set.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct Coverage {
+    /// All weight-bearing layers in scope.
+    pub total: CoverageCount,
+    /// Layers in a CLS set.
+    pub scaled: CoverageCount,
+    /// Layers that absorbed at least one BatchNormalization.
+    pub bn_folded: CoverageCount,
+    /// Layers neither scaled nor BN folded.
+    pub untouched: CoverageCount,
+    /// `scaled.parameters / total.parameters` (0 without layers).
+    #[serde(deserialize_with = "nonfinite::f64")]
+    #[schema(value_type = Option<f64>, required = true)]
+    pub scaled_share: f64,
+    /// BatchNormalization nodes in scope before the passes.
+    pub batch_norms: usize,
+    /// Of those, folded into a layer.
+    pub batch_norms_folded: usize,
+    /// Layers in no CLS set, grouped by reason and blocker, largest group first.
+    pub not_scaled: Vec<CoverageGroup>,
+    /// One line for people, e.g. `4 of 81 layers scaled (2.1% of weights), 49 BN folded; not
+    /// scaled: 49 fan_out at SiLU, …`.
+    pub summary: String,
 }
 
 #[cfg(test)]
