@@ -21,8 +21,9 @@ if (!reportArg || !shotArg) {
   process.exit(2);
 }
 const pageUrl = pathToFileURL(resolve(reportArg)).href;
-const expectedPairs = jsonArg
-  ? JSON.parse(readFileSync(jsonArg, 'utf8')).cls_sets.reduce((n, s) => n + s.pairs.length, 0)
+const reportJson = jsonArg ? JSON.parse(readFileSync(jsonArg, 'utf8')) : null;
+const expectedPairs = reportJson
+  ? reportJson.cls_sets.reduce((n, s) => n + s.pairs.length, 0)
   : null;
 const failures = [];
 const fail = (msg) => failures.push(msg);
@@ -78,6 +79,10 @@ try {
       sqnrState: sqnr ? sqnr.dataset.state : null,
       sqnrTag: sqnr ? sqnr.tagName.toLowerCase() : null,
       sqnrPoints: sqnr ? sqnr.querySelectorAll('path.a, path.b').length : 0,
+      coverage: (() => {
+        const c = document.querySelector('#coverage #coverage-summary');
+        return c ? { layers: Number(c.dataset.layers), scaled: Number(c.dataset.scaled) } : null;
+      })(),
       scripts: document.querySelectorAll('script').length,
       external: [...document.querySelectorAll('[src], [href]')]
         .map((e) => e.getAttribute('src') || e.getAttribute('href'))
@@ -95,6 +100,13 @@ try {
     if (facts.sqnrTag !== 'svg' || facts.sqnrPoints < 2) fail('SQNR chart has no data');
   } else if (facts.sqnrState !== 'absent') {
     fail(`SQNR chart missing (state ${facts.sqnrState})`);
+  }
+  if (!facts.coverage) fail('no coverage section');
+  else if (reportJson && reportJson.coverage) {
+    const want = reportJson.coverage;
+    if (facts.coverage.layers !== want.total.layers || facts.coverage.scaled !== want.scaled.layers) {
+      fail(`coverage shows ${JSON.stringify(facts.coverage)}, the report says ${want.scaled.layers} of ${want.total.layers}`);
+    }
   }
   if (facts.scripts > 0) fail(`${facts.scripts} script elements`);
   if (facts.external.length > 0) fail(`external references: ${facts.external.join(', ')}`);
@@ -114,6 +126,7 @@ try {
   console.log(
     `html_report_check: ${htmlBytes} bytes, loaded in ${loadMs} ms, ${requests.length} request(s), ` +
       `${facts.sets} sets, ${facts.pairCharts} pair charts, SQNR chart ${facts.sqnrState}, ` +
+      `coverage ${facts.coverage ? `${facts.coverage.scaled} of ${facts.coverage.layers} layers` : 'missing'}, ` +
       `screenshot ${shotBytes} bytes (${height}px)`,
   );
 } finally {

@@ -230,6 +230,67 @@ fn missing_quantization_says_not_computed() {
 }
 
 #[test]
+fn coverage_section_shows_counts_reasons_and_folds() {
+    use onnx_cle::report::{ConstFold, Coverage, CoverageCount, CoverageGroup, TensorCopy};
+    let count = |layers, parameters| CoverageCount { layers, parameters };
+    let report = Report {
+        coverage: Coverage {
+            total: count(81, 5_000_000),
+            scaled: count(4, 100_000),
+            bn_folded: count(49, 4_000_000),
+            untouched: count(30, 900_000),
+            scaled_share: 0.02,
+            batch_norms: 49,
+            batch_norms_folded: 49,
+            not_scaled: vec![CoverageGroup {
+                reason: "fan_out".into(),
+                blocker: Some(HOSTILE.into()),
+                count: count(77, 4_900_000),
+                bn_folded: 49,
+                examples: vec![HOSTILE.into()],
+            }],
+            summary: format!("4 of 81 layers scaled; not scaled: 77 fan_out at {HOSTILE}"),
+        },
+        const_folds: vec![ConstFold {
+            tensor: "t".into(),
+            initializer: HOSTILE.into(),
+            source: HOSTILE.into(),
+            ops: vec!["Transpose".into()],
+            removed: vec!["tr".into()],
+            consumers: vec![HOSTILE.into()],
+            copied: true,
+        }],
+        tensor_copies: vec![TensorCopy {
+            pass: "bn_fold".into(),
+            node: HOSTILE.into(),
+            tensor: "zero".into(),
+            copy: "c1.bias".into(),
+            users: 8,
+        }],
+        ..synthetic()
+    };
+    let html = render(&report);
+    assert!(html.contains("<section id=\"coverage\">"));
+    assert!(html.contains("data-layers=\"81\" data-scaled=\"4\""));
+    assert!(html.contains("id=\"coverage-reasons\""));
+    assert!(html.contains("1 weight chains folded into initializers"));
+    assert!(html.contains("shared tensors copied"));
+    assert!(!html.contains("<img"), "a name became markup");
+    // A hand-made report whose counts do not add up still renders.
+    let odd = Report {
+        coverage: Coverage {
+            total: count(1, 10),
+            scaled: count(5, 50),
+            untouched: count(3, 30),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    assert!(render(&odd).contains("id=\"coverage\""));
+    assert!(render(&Report::default()).contains("id=\"coverage\""));
+}
+
+#[test]
 fn mobilenet_report_in_headless_chromium() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let models = root.join("../shared/models");

@@ -9,7 +9,9 @@
 //!   triple), which are within [`TRIPLE_CHAIN_MAX_ULP`] ULP. Pairs outside such chains must be
 //!   bit-identical;
 //! - HBF (the `cle` stage): biases changed by the high-bias fold within a relative
-//!   `max|a − b| / max|b| ≤ 1e-5` per tensor (AIMET sums with BLAS `sgemv`).
+//!   `max|a − b| / max|b| ≤ 1e-5` per tensor (AIMET sums with BLAS `sgemv`);
+//! - `linear_bn` (`Transpose(W) → MatMul → BN`): AIMET's MatMul → Gemm fold, every initializer
+//!   bit-identical and the same live op types (AIMET leaves the Transpose dangling; we remove it).
 //!
 //! Why triples are not bit-exact: the triple scale is `P = (r0·r1·r2)^(1/3)`. AIMET computes it
 //! with numpy's float32 `power`, and the fixtures were produced on an AVX-512 host where numpy
@@ -273,4 +275,106 @@ fn efficientnet_lite0_cle() {
         return;
     };
     check(&dir, "efficientnet_lite0", Stage::Cle);
+}
+
+/// Op types of the nodes the graph outputs depend on (a multiset, sorted).
+fn live_ops(m: &ModelProto) -> Vec<String> {
+    let g = m.graph.as_ref().unwrap();
+    let producer: HashMap<&str, usize> = g
+        .node
+        .iter()
+        .enumerate()
+        .flat_map(|(i, n)| n.output.iter().map(move |o| (o.as_str(), i)))
+        .collect();
+    let mut live = vec![false; g.node.len()];
+    let mut stack: Vec<&str> = g.output.iter().map(|v| v.name()).collect();
+    while let Some(t) = stack.pop() {
+        if let Some(&i) = producer.get(t) {
+            if !std::mem::replace(&mut live[i], true) {
+                stack.extend(g.node[i].input.iter().map(String::as_str));
+            }
+        }
+    }
+    let mut ops: Vec<String> = g
+        .node
+        .iter()
+        .zip(&live)
+        .filter(|(_, &l)| l)
+        .map(|(n, _)| n.op_type().to_string())
+        .collect();
+    ops.sort();
+    ops
+}
+
+/// `nn.Linear(bias=False) → BatchNorm1d` exported without constant folding, so the weight
+/// reaches the MatMul through `Transpose(initializer)`. aimet_onnx 2.42 folds the BN: MatMul →
+/// Gemm, the weight transposed in place under its own name, a bias `<Gemm>.bias`, and the
+/// Transpose left dangling. `--compat aimet --steps bn_fold` matches every initializer bit for
+/// bit and the live op types, and leaves no dangling node; the default mode folds the BN too
+/// (MatMul kept, the BN becomes its bias `Add`), verified with tract.
+#[test]
+fn linear_bn_transposed_weight() {
+    let Some(dir) = common::shared_models("parity/linear_bn") else {
+        return;
+    };
+    let original = common::load(&dir.join("linear_bn.onnx"));
+    let expected = common::load(&dir.join("linear_bn.aimet_bnfold.onnx"));
+    let opts = Options {
+        steps: vec![Step::BnFold],
+        ..Options::aimet()
+    };
+    let eq = onnx_cle::equalize(original.clone(), &opts).expect("equalize");
+    let ours = &eq.model;
+    assert_eq!(live_ops(ours), live_ops(&expected), "live op types differ");
+    assert_eq!(
+        common::op_multiset(ours),
+        live_ops(ours),
+        "dangling nodes left behind"
+    );
+    let inits = |m: &ModelProto| -> Vec<String> {
+        let mut v: Vec<String> = m
+            .graph
+            .as_ref()
+            .unwrap()
+            .initializer
+            .iter()
+            .map(|t| t.name().to_string())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(inits(ours), inits(&expected), "initializer names differ");
+    let mut worst = 0;
+    for t in &expected.graph.as_ref().unwrap().initializer {
+        let got = common::init(ours, t.name());
+        assert_eq!(got.dims, t.dims, "`{}` shape", t.name());
+        let want = onnx_cle::onnx::tensor::to_f32(t).unwrap().data;
+        let u = common::max_ulp(&common::values(ours, t.name()), &want);
+        assert_eq!(u, 0, "`{}` differs by {u} ULP", t.name());
+        worst = worst.max(u);
+    }
+    assert_eq!(eq.report.bn_folds.len(), 1);
+    assert_eq!(eq.report.const_folds.len(), 1);
+
+    let (m, r) = common::run_verified(&original, &Options::default());
+    let dev = r.verification.max_rel_l2.expect("verified");
+    assert!(dev <= 1e-5, "default mode: rel L2 {dev:e}");
+    assert_eq!(
+        r.bn_folds.len(),
+        1,
+        "default mode folds the BN: {:#?}",
+        r.skipped
+    );
+    assert!(
+        common::op_multiset(&m)
+            .iter()
+            .all(|o| o != "Transpose" && o != "BatchNormalization"),
+        "{:?}",
+        common::op_multiset(&m)
+    );
+    common::say(&format!(
+        "parity linear_bn            BnFold  {} initializers bit-exact (worst {worst} ULP), live ops {:?}; default mode: BN folded, rel L2 {dev:.1e}",
+        inits(ours).len(),
+        live_ops(ours)
+    ));
 }

@@ -168,6 +168,11 @@ fn touched(report: &Report, original: &ModelProto) -> (HashSet<String>, HashSet<
         }
     }
     nodes.extend(report.bn_rewrites.iter().cloned());
+    for f in &report.const_folds {
+        nodes.extend(f.removed.iter().cloned());
+        nodes.extend(f.consumers.iter().cloned());
+    }
+    nodes.extend(report.tensor_copies.iter().map(|c| c.node.clone()));
     let g = original.graph.as_ref().unwrap();
     // Constant nodes feeding a touched node (a rewritten Clip's bounds) go with it.
     let producers: HashMap<&str, &NodeProto> = g
@@ -307,4 +312,44 @@ fn equalize_leaves_untouched_parts_unchanged_on_tiny() {
             );
         }
     }
+}
+
+/// A weight chain is folded only when a pass rewrote its value: with BN fold alone, fc1's
+/// `Transpose` goes (its weight is transposed in place, reported) while fc2's chain, which no
+/// pass touched, stays byte for byte, together with everything else not reported.
+#[test]
+fn only_written_weight_chains_are_folded() {
+    let mut b = ModelBuilder::new(13).seed(12);
+    let x = b.batched_input("x", "N", &[16]);
+    let y = b.matmul_transposed("fc1", &x, 16, 8);
+    let y = b.batch_norm("bn1", &y, 8);
+    let y = b.relu("r1", &y);
+    let y = b.matmul_transposed("fc2", &y, 8, 4);
+    b.output(&y);
+    let original = b.build();
+    let opts = Options {
+        steps: vec![onnx_cle::Step::BnFold],
+        ..Options::default()
+    };
+    let eq = onnx_cle::equalize(original.clone(), &opts).unwrap();
+    assert_eq!(
+        eq.report.const_folds.len(),
+        1,
+        "{:?}",
+        eq.report.const_folds
+    );
+    assert_eq!(eq.report.const_folds[0].removed, ["fc1_t"]);
+    assert_untouched_unchanged(&original, &eq.model, &eq.report);
+    assert_eq!(
+        common::node(&eq.model, "fc2_t"),
+        common::node(&original, "fc2_t")
+    );
+    assert_eq!(
+        common::init(&eq.model, "fc2.weight"),
+        common::init(&original, "fc2.weight")
+    );
+    // The full pipeline scales fc2 too, so its chain is folded as well.
+    let eq = onnx_cle::equalize(original.clone(), &Options::default()).unwrap();
+    assert_eq!(eq.report.const_folds.len(), 2);
+    assert_untouched_unchanged(&original, &eq.model, &eq.report);
 }

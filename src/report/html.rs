@@ -19,7 +19,8 @@
 use std::fmt::{self, Display, Write};
 
 use crate::report::{
-    ClsKind, ClsPair, ClsSet, EndToEnd, LayerQuant, Quantization, Relu6Action, Report, VerifyStatus,
+    ClsKind, ClsPair, ClsSet, CoverageCount, EndToEnd, LayerQuant, Quantization, Relu6Action,
+    Report, VerifyStatus,
 };
 
 /// `write!` into a `String`, which cannot fail.
@@ -36,6 +37,7 @@ pub fn render(report: &Report) -> String {
     o.push_str("<body><main>\n");
     header(&mut o, report);
     summary(&mut o, report);
+    coverage(&mut o, report);
     int8(&mut o, report.quantization.as_ref());
     cls(&mut o, report);
     hbf(&mut o, report);
@@ -125,6 +127,9 @@ svg .muted-t{font-weight:400;fill:var(--muted)}
 .hit{fill:transparent}.hit:hover{fill:var(--grid);fill-opacity:.6}
 .bar{display:inline-block;height:8px;border-radius:2px;background:var(--before);vertical-align:middle}
 footer{margin-top:40px;color:var(--muted);font-size:.8rem}
+.covbar{display:flex;height:14px;max-width:640px;border-radius:3px;overflow:hidden;background:var(--grid);margin:6px 0 4px}
+.covbar span{display:block;height:100%}.cov-s{background:var(--scale)}.cov-f{background:var(--before)}
+.key.cov-s,.key.cov-f{border-radius:2px}.key.cov-u{background:var(--grid);border-radius:2px}
 "#;
 
 fn head(o: &mut String, r: &Report) {
@@ -163,7 +168,8 @@ fn header(o: &mut String, r: &Report) {
         }
     );
     o.push_str(
-        "<nav><a href=\"#summary\">Summary</a><a href=\"#int8\">Int8 readiness</a>\
+        "<nav><a href=\"#summary\">Summary</a><a href=\"#coverage\">Coverage</a>\
+         <a href=\"#int8\">Int8 readiness</a>\
          <a href=\"#cls\">CLS sets</a><a href=\"#hbf\">High-bias fold</a>\
          <a href=\"#skipped\">Skipped</a><a href=\"#bn-folds\">BN folds</a>\
          <a href=\"#relu6\">ReLU6</a><a href=\"#notes\">Notes</a></nav></header>\n",
@@ -330,6 +336,161 @@ fn summary(o: &mut String, r: &Report) {
         Err(e) => kv(o, "error", &e.to_string()),
     }
     o.push_str("</dl></div></div></section>\n");
+}
+
+/// Coverage: weight-bearing layers scaled, BN folded or left alone, and why not scaled; the
+/// weight chains folded and the shared tensors copied on the way.
+fn coverage(o: &mut String, r: &Report) {
+    let c = &r.coverage;
+    o.push_str("<section id=\"coverage\"><h2>Coverage</h2>\n");
+    w!(
+        o,
+        "<p id=\"coverage-summary\" data-layers=\"{}\" data-scaled=\"{}\"><b>{}</b></p>\n",
+        c.total.layers,
+        c.scaled.layers,
+        esc(&c.summary)
+    );
+    if c.total.layers > 0 {
+        let share = |p: u64| {
+            if c.total.parameters > 0 {
+                p as f64 / c.total.parameters as f64
+            } else {
+                0.0
+            }
+        };
+        let folded_only = CoverageCount {
+            layers: (c.total.layers)
+                .saturating_sub(c.scaled.layers)
+                .saturating_sub(c.untouched.layers),
+            parameters: (c.total.parameters)
+                .saturating_sub(c.scaled.parameters)
+                .saturating_sub(c.untouched.parameters),
+        };
+        w!(
+            o,
+            "<div class=\"covbar\" role=\"img\" aria-label=\"share of weights\">\
+             <span class=\"cov-s\" style=\"width:{:.2}%\"></span>\
+             <span class=\"cov-f\" style=\"width:{:.2}%\"></span></div>\
+             <p class=\"legend\"><span class=\"key cov-s\"></span>in a CLS set\
+             <span class=\"key cov-f\"></span>BN folded only<span class=\"key cov-u\"></span>\
+             left alone (share of weights)</p>\n",
+            100.0 * share(c.scaled.parameters),
+            100.0 * share(folded_only.parameters)
+        );
+        o.push_str(
+            "<table class=\"compact\"><thead><tr><th>Weight-bearing layers</th>\
+             <th class=\"n\">Layers</th><th class=\"n\">Weights</th><th class=\"n\">Share of weights</th>\
+             </tr></thead><tbody>",
+        );
+        for (label, n) in [
+            ("In a CLS set", c.scaled),
+            ("BN folded", c.bn_folded),
+            ("BN folded, not scaled", folded_only),
+            ("Neither (left alone)", c.untouched),
+            ("All", c.total),
+        ] {
+            w!(
+                o,
+                "<tr><td>{label}</td><td class=\"n\">{}</td><td class=\"n\">{}</td>\
+                 <td class=\"n\">{}</td></tr>",
+                n.layers,
+                n.parameters,
+                pct(share(n.parameters))
+            );
+        }
+        w!(
+            o,
+            "</tbody></table>\n<p class=\"muted\">BatchNormalization nodes folded: {} of {}.</p>\n",
+            c.batch_norms_folded,
+            c.batch_norms
+        );
+    }
+    if !c.not_scaled.is_empty() {
+        o.push_str(
+            "<h3>Not in a CLS set</h3><table id=\"coverage-reasons\"><thead><tr><th>Reason</th>\
+             <th>Chain stops at</th><th class=\"n\">Layers</th><th class=\"n\">Weights</th>\
+             <th class=\"n\">BN folded</th><th>For example</th></tr></thead><tbody>",
+        );
+        for g in &c.not_scaled {
+            let examples: Vec<String> = g
+                .examples
+                .iter()
+                .map(|e| format!("<code>{}</code>", name(e)))
+                .collect();
+            w!(
+                o,
+                "<tr><td><code>{}</code></td><td>{}</td><td class=\"n\">{}</td>\
+                 <td class=\"n\">{}</td><td class=\"n\">{}</td><td>{}{}</td></tr>",
+                esc(&g.reason),
+                g.blocker
+                    .as_deref()
+                    .map_or_else(String::new, |b| esc(b).to_string()),
+                g.count.layers,
+                g.count.parameters,
+                g.bn_folded,
+                examples.join(", "),
+                if g.count.layers > g.examples.len() {
+                    ", …"
+                } else {
+                    ""
+                }
+            );
+        }
+        o.push_str("</tbody></table>\n");
+    }
+    if !r.const_folds.is_empty() {
+        w!(
+            o,
+            "<details><summary>{} weight chains folded into initializers</summary>\
+             <div class=\"body\"><table><thead><tr><th>Read by</th><th>Chain</th><th>Initializer</th>\
+             <th>Source</th></tr></thead><tbody>",
+            r.const_folds.len()
+        );
+        for f in &r.const_folds {
+            let readers: Vec<String> = f
+                .consumers
+                .iter()
+                .map(|n| format!("<code>{}</code>", name(n)))
+                .collect();
+            w!(
+                o,
+                "<tr><td>{}</td><td>{}</td><td><code>{}</code>{}</td><td><code>{}</code></td></tr>",
+                readers.join(", "),
+                esc(&f.ops.join(" → ")),
+                name(&f.initializer),
+                if f.copied {
+                    " (new; the source stays for its other users)"
+                } else {
+                    ""
+                },
+                name(&f.source)
+            );
+        }
+        o.push_str("</tbody></table></div></details>\n");
+    }
+    if !r.tensor_copies.is_empty() {
+        w!(
+            o,
+            "<details><summary>{} shared tensors copied for the layer that was rewritten</summary>\
+             <div class=\"body\"><table><thead><tr><th>Pass</th><th>Layer</th><th>Shared tensor</th>\
+             <th class=\"n\">Users</th><th>Its own copy</th></tr></thead><tbody>",
+            r.tensor_copies.len()
+        );
+        for t in &r.tensor_copies {
+            w!(
+                o,
+                "<tr><td>{}</td><td><code>{}</code></td><td><code>{}</code></td>\
+                 <td class=\"n\">{}</td><td><code>{}</code></td></tr>",
+                esc(&t.pass),
+                name(&t.node),
+                name(&t.tensor),
+                t.users,
+                name(&t.copy)
+            );
+        }
+        o.push_str("</tbody></table></div></details>\n");
+    }
+    o.push_str("</section>\n");
 }
 
 fn tile(o: &mut String, n: usize, label: &str, detail: &str) {
