@@ -644,27 +644,33 @@ impl Work {
     /// Folds every weight chain whose value a pass wrote ([`Work::put`]) into an initializer and
     /// removes the nodes that nothing reads any more; returns one record per fold, in node order.
     ///
-    /// The value keeps the source's name (consumers are rewired to it) when the source and every
-    /// tensor of the chain had no other user; otherwise it becomes a new initializer under the
-    /// chain's output name, which its consumers already read, and the source stays for its other
-    /// users. Chains nobody wrote are left as they are.
+    /// When the source and every tensor of the chain had no other user, the source takes the
+    /// value and keeps its name (consumers are rewired to it; an `Identity`-only chain renames the
+    /// source to the chain's output instead, the name the consumers already read). Otherwise the
+    /// value becomes a new initializer under the chain's output name and the source stays for its
+    /// other users. Chains nobody wrote are left as they are.
     pub fn fold_chains(&mut self) -> Result<Vec<ConstFold>> {
-        self.apply(Edits::default())?;
-        let mut todo: Vec<(usize, String, Chain)> = self
-            .cache
-            .iter()
-            .filter(|(_, c)| c.dirty)
-            .filter_map(|(n, _)| {
-                let chain = self.chain(n)?;
-                Some((chain.nodes.last()?.0, n.clone(), chain))
-            })
-            .collect();
-        if todo.is_empty() {
+        let written = |w: &Work| -> Vec<(usize, String, Chain)> {
+            w.cache
+                .iter()
+                .filter(|(_, c)| c.dirty)
+                .filter_map(|(n, _)| {
+                    let chain = w.chain(n)?;
+                    Some((chain.nodes.last()?.0, n.clone(), chain))
+                })
+                .collect()
+        };
+        // Producers only change through `apply`, so a stale index still finds the chains; the
+        // rebuild (for inputs rewired since) is paid only when there is something to fold.
+        if written(self).is_empty() {
             return Ok(Vec::new());
         }
+        self.apply(Edits::default())?;
+        let mut todo = written(self);
         todo.sort_by_key(|(p, _, _)| *p);
         let mut uses: HashMap<String, usize> = HashMap::new();
         let mut removed: HashSet<usize> = HashSet::new();
+        let mut stale: HashSet<String> = HashSet::new();
         let mut edits = Edits::default();
         let mut records = Vec::new();
         for (producer, tensor, chain) in todo {
@@ -680,7 +686,20 @@ impl Work {
             let consumers: Vec<usize> = self.index.consumers(&tensor).to_vec();
             let cached = self.cache.remove(&tensor).map(|c| c.tensor);
             let Some(value) = cached else { continue };
-            let initializer = if in_place {
+            // An Identity-only chain is an exporter's alias of a deduplicated parameter: its
+            // output name is the one the layer knows, so the source is renamed to it.
+            let rename = in_place
+                && chain.nodes.iter().all(|(_, s)| *s == Step::Identity)
+                && self.index.initializer(&source).is_some();
+            let initializer = if rename {
+                if let Some(i) = self.index.initializer(&source) {
+                    self.graph_mut().initializer[i].name = Some(tensor.clone());
+                }
+                self.cache.remove(&source);
+                stale.insert(source.clone());
+                self.put(&tensor, value);
+                tensor.clone()
+            } else if in_place {
                 let n = count(&uses, self, &tensor);
                 *uses.entry(source.clone()).or_insert(1) += n;
                 uses.insert(tensor.clone(), 0);
@@ -696,7 +715,7 @@ impl Work {
                     .and_then(|t| tensor::f32_dims(t).ok())
                     .is_some_and(|d| d == value.dims);
                 if !same_shape {
-                    self.drop_value_info(&source);
+                    stale.insert(source.clone());
                 }
                 self.put(&source, value);
                 source.clone()
@@ -716,8 +735,17 @@ impl Work {
                 tensor.clone()
             };
             let mut gone = Vec::new();
-            let kept = (!in_place).then_some(tensor.as_str());
-            self.remove_dead(producer, kept, &mut uses, &mut removed, &mut gone);
+            let kept = (!in_place || rename).then_some(tensor.as_str());
+            self.remove_dead(producer, &mut uses, &mut removed, &mut gone);
+            for &r in &gone {
+                let node = self.node(r);
+                stale.extend(
+                    node.output
+                        .iter()
+                        .filter(|o| !o.is_empty() && Some(o.as_str()) != kept)
+                        .cloned(),
+                );
+            }
             for &r in &gone {
                 edits.remove(r);
             }
@@ -738,16 +766,20 @@ impl Work {
                 copied: !in_place,
             });
         }
+        if !stale.is_empty() {
+            self.graph_mut()
+                .value_info
+                .retain(|v| !stale.contains(v.name()));
+        }
         self.apply(edits)?;
         Ok(records)
     }
 
-    /// Removes node `p` (whose output `kept` lives on as an initializer) and then every node
-    /// upstream whose outputs nothing reads any more.
+    /// Marks node `p` removed and then every node upstream whose outputs nothing reads any more
+    /// (`uses` counts what is left), appending them to `gone`.
     fn remove_dead(
-        &mut self,
+        &self,
         p: usize,
-        kept: Option<&str>,
         uses: &mut HashMap<String, usize>,
         removed: &mut HashSet<usize>,
         gone: &mut Vec<usize>,
@@ -758,14 +790,7 @@ impl Work {
                 continue;
             }
             gone.push(q);
-            let node = self.node(q).clone();
-            for o in node
-                .output
-                .iter()
-                .filter(|o| !o.is_empty() && Some(o.as_str()) != kept)
-            {
-                self.drop_value_info(o);
-            }
+            let node = self.node(q);
             let mut seen = HashSet::new();
             for inp in node.input.iter().filter(|i| !i.is_empty()) {
                 if !seen.insert(inp.as_str()) {

@@ -970,7 +970,7 @@ fn transpose_matmul_bn() {
 
 /// Weights and biases computed by chains of `Reshape`, `Cast` (FLOAT → FLOAT and
 /// FLOAT16 → FLOAT), `Squeeze`, `Unsqueeze` and `Identity`: read as constants, BN folded, scaled,
-/// and folded in place into their source initializers.
+/// and folded in place into their source initializers (an `Identity` alias renames its source).
 #[test]
 fn weight_chains_reshape_cast_unsqueeze() {
     use onnx_cle::onnx::proto::tensor_proto::DataType;
@@ -993,7 +993,9 @@ fn weight_chains_reshape_cast_unsqueeze() {
     let w2 = b.init("w2_2d", &[8, 8], &per_in);
     let w2 = b.unsqueeze("w2_unsqueeze", &w2, &[2, 3]);
     let w2 = b.identity("w2_id", &w2);
-    let y = b.node1("Conv", "c2", &[&y, &w2], vec![]);
+    let b2 = b.init_uniform("b2_src", &[8], -0.5, 0.5);
+    let b2 = b.identity("b2_alias", &b2);
+    let y = b.node1("Conv", "c2", &[&y, &w2, &b2], vec![]);
     let y = b.batch_norm("bn2", &y, 8);
     let y = b.relu("r2", &y);
     let values: Vec<f32> = (0..32).map(|k| (k as f32 - 15.5) / 20.0).collect();
@@ -1027,6 +1029,7 @@ fn weight_chains_reshape_cast_unsqueeze() {
         folds,
         [
             ("b1_row".to_string(), s(&["Squeeze"]), false),
+            ("b2_alias_out".to_string(), s(&["Identity"]), false),
             ("w1_flat".to_string(), s(&["Reshape", "Cast"]), false),
             ("w2_2d".to_string(), s(&["Unsqueeze", "Identity"]), false),
             ("w3_half".to_string(), s(&["Cast", "Unsqueeze"]), false),
@@ -1040,6 +1043,9 @@ fn weight_chains_reshape_cast_unsqueeze() {
         "every chain node (and the shape/axes constants) is gone"
     );
     assert_eq!(common::init(&eq, "w3_half").dims, [4, 8, 1, 1]);
+    // An Identity-only alias: the source takes the name the conv reads.
+    assert_eq!(common::node(&eq, "c2").input[2], "b2_alias_out");
+    assert!(g.initializer.iter().all(|t| t.name() != "b2_src"));
     assert!(g
         .initializer
         .iter()

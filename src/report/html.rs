@@ -394,7 +394,7 @@ fn coverage(o: &mut String, r: &Report) {
                 "<tr><td>{label}</td><td class=\"n\">{}</td><td class=\"n\">{}</td>\
                  <td class=\"n\">{}</td></tr>",
                 n.layers,
-                n.parameters,
+                params(n.parameters),
                 pct(share(n.parameters))
             );
         }
@@ -426,7 +426,7 @@ fn coverage(o: &mut String, r: &Report) {
                     .as_deref()
                     .map_or_else(String::new, |b| esc(b).to_string()),
                 g.count.layers,
-                g.count.parameters,
+                params(g.count.parameters),
                 g.bn_folded,
                 examples.join(", "),
                 if g.count.layers > g.examples.len() {
@@ -491,6 +491,15 @@ fn coverage(o: &mut String, r: &Report) {
         o.push_str("</tbody></table></div></details>\n");
     }
     o.push_str("</section>\n");
+}
+
+/// A parameter count: `912`, `45.3 k`, `4.61 M`.
+fn params(n: u64) -> String {
+    match n {
+        0..10_000 => n.to_string(),
+        10_000..1_000_000 => format!("{:.1} k", n as f64 / 1e3),
+        _ => format!("{:.2} M", n as f64 / 1e6),
+    }
 }
 
 fn tile(o: &mut String, n: usize, label: &str, detail: &str) {

@@ -462,8 +462,10 @@ pub struct ActivationGrowth {
 pub struct ConstFold {
     /// The tensor the layer read (the chain's output).
     pub tensor: String,
-    /// The initializer that holds the folded value now: the source's own name when nothing else
-    /// read the source, otherwise `tensor` (a new initializer; the source stays for its users).
+    /// The initializer that holds the folded value now. When nothing else read the source it is
+    /// the source itself, keeping its name (renamed to `tensor` when the chain is only
+    /// `Identity` nodes, an exporter's alias of a deduplicated parameter); otherwise it is a new
+    /// initializer named `tensor` and the source stays, unchanged, for its other users.
     pub initializer: String,
     /// The constant the chain starts from (initializer or `Constant` node output).
     pub source: String,
