@@ -9,7 +9,8 @@ line per file reports: BN folded, CLS sets, layers in CLS sets of all weight-bea
 weight chains folded, shared tensors copied, and the coverage summary.
 
 Usage: python torchvision_coverage.py --bin ONNX_CLE [--before OLD_BIN] [--out DIR] [MODEL...]
-(run through scripts/torchvision_coverage.sh, which makes the venv).
+(run through scripts/torchvision_coverage.sh, which makes the venv). Files already in --out are
+reused.
 """
 
 import argparse
@@ -38,10 +39,8 @@ def build(name):
     import torchvision
 
     torch.manual_seed(0)
-    if name.startswith(("deeplab", "fcn", "lraspp")):
-        m = torchvision.models.segmentation.get_model(name, weights=None, weights_backbone=None)
-    else:
-        m = torchvision.models.get_model(name, weights=None)
+    extra = {"weights_backbone": None} if name.startswith(("deeplab", "fcn", "lraspp")) else {}
+    m = torchvision.models.get_model(name, weights=None, **extra)
     m.eval()
     # Non-trivial BN statistics, so that folds are visible in the numbers.
     g = torch.Generator().manual_seed(1)
@@ -56,10 +55,13 @@ def build(name):
 def export(name, out_dir):
     import torch
 
+    legacy = out_dir / f"{name}.legacy.onnx"
+    default = out_dir / f"{name}.default.onnx"
+    if legacy.is_file() and default.is_file():
+        return [("legacy", legacy), ("default", default)]
     m = build(name)
     x = torch.randn(1, 3, 224, 224)
     files = []
-    legacy = out_dir / f"{name}.legacy.onnx"
     try:
         torch.onnx.export(
             m,
@@ -74,7 +76,6 @@ def export(name, out_dir):
         files.append(("legacy", legacy))
     except Exception as e:  # noqa: BLE001 - report and go on
         print(f"{name:<30} legacy   export failed: {type(e).__name__}: {e}".splitlines()[0])
-    default = out_dir / f"{name}.default.onnx"
     try:
         torch.onnx.export(m, (x,), str(default), input_names=["x"])
         files.append(("default", default))

@@ -885,3 +885,78 @@ fn levenshtein(a: &str, b: &str) -> usize {
     }
     prev[b.len()]
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::builder::ModelBuilder;
+
+    /// `W → Transpose → {Reshape → conv a, Unsqueeze → conv b}`, both weights written: the
+    /// first fold (in node order) must copy, since the Transpose output still feeds the other
+    /// chain; the second then owns the whole chain and folds into `W` in place.
+    #[test]
+    fn chains_sharing_a_prefix_fold_once_each() {
+        let mut b = ModelBuilder::new(13).seed(3);
+        let x = b.batched_input("x", "N", &[4, 2, 2]);
+        let values: Vec<f32> = (0..32).map(|v| v as f32).collect();
+        let w = b.init("w", &[4, 8], &values);
+        let t = b.transpose("t", &w, Some(&[1, 0]));
+        let wa = b.reshape("ra", &t, &[8, 4, 1, 1]);
+        let wb = b.unsqueeze("ub", &t, &[2, 3]);
+        let ya = b.node1("Conv", "a", &[&x, &wa], vec![]);
+        let yb = b.node1("Conv", "b", &[&x, &wb], vec![]);
+        b.output(&ya).output(&yb);
+        let mut work = Work::new(b.build()).unwrap();
+        let transposed = |k: usize| ((k % 4) * 8 + k / 4) as f32;
+        for (name, scale) in [(&wa, 2.0), (&wb, 3.0)] {
+            assert!(work.is_chain(name));
+            let mut v = work.take(name).unwrap();
+            assert_eq!(v.dims, [8, 4, 1, 1]);
+            for (k, x) in v.data.iter_mut().enumerate() {
+                assert_eq!(*x, transposed(k));
+                *x *= scale;
+            }
+            work.put(name, v);
+        }
+        let folds = work.fold_chains().unwrap();
+        let summary: Vec<(&str, &str, bool, usize)> = folds
+            .iter()
+            .map(|f| {
+                (
+                    f.tensor.as_str(),
+                    f.initializer.as_str(),
+                    f.copied,
+                    f.removed.len(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                (wa.as_str(), wa.as_str(), true, 1),
+                (wb.as_str(), "w", false, 2)
+            ]
+        );
+        let m = work.finish();
+        let g = m.graph.as_ref().unwrap();
+        assert_eq!(g.node.len(), 2, "only the convs are left");
+        let get = |n: &str| {
+            let t = g.initializer.iter().find(|t| t.name() == n).unwrap();
+            tensor::to_f32(t).unwrap()
+        };
+        let (a, w) = (get(&wa), get("w"));
+        assert_eq!(
+            (a.dims.as_slice(), w.dims.as_slice()),
+            ([8, 4, 1, 1].as_slice(), [8, 4, 1, 1].as_slice())
+        );
+        for k in 0..32 {
+            assert_eq!(a.data[k], 2.0 * transposed(k));
+            assert_eq!(w.data[k], 3.0 * transposed(k));
+        }
+        assert!(g
+            .initializer
+            .iter()
+            .all(|t| !t.name().starts_with("ra.") && !t.name().starts_with("ub.")));
+        assert_eq!(g.node[1].input[1], "w");
+    }
+}

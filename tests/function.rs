@@ -1093,7 +1093,7 @@ fn coverage_names_the_blocking_activation() {
         .unwrap_or_else(|| panic!("no SiLU group: {:#?}", c.not_scaled));
     assert_eq!((silu.reason.as_str(), silu.count.layers), ("fan_out", 1));
     assert_eq!(silu.examples, ["c1"]);
-    assert!(c.summary.contains("1 fan_out at SiLU"), "{}", c.summary);
+    assert!(c.summary.contains("1 fan_out (SiLU)"), "{}", c.summary);
     assert_eq!(c.total.layers, 3);
 }
 

@@ -249,7 +249,7 @@ fn coverage_section_shows_counts_reasons_and_folds() {
                 bn_folded: 49,
                 examples: vec![HOSTILE.into()],
             }],
-            summary: format!("4 of 81 layers scaled; not scaled: 77 fan_out at {HOSTILE}"),
+            summary: format!("4 of 81 layers scaled; not scaled: 77 fan_out ({HOSTILE})"),
         },
         const_folds: vec![ConstFold {
             tensor: "t".into(),

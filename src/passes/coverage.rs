@@ -124,7 +124,7 @@ pub fn run(cx: &mut Ctx) {
     cx.report.coverage = cov;
 }
 
-/// `4 of 81 layers scaled (2.1% of weights), 49 BN folded; not scaled: 49 fan_out at SiLU, …`.
+/// `4 of 82 layers scaled (14.9% of weights), 49 BN folded; not scaled: 47 fan_out (SiLU), …`.
 fn summary(c: &Coverage) -> String {
     if c.total.layers == 0 {
         return "no weight-bearing layer in scope".into();
@@ -142,7 +142,7 @@ fn summary(c: &Coverage) -> String {
             .iter()
             .take(SUMMARY_GROUPS)
             .map(|g| match &g.blocker {
-                Some(b) => format!("{} {} at {b}", g.count.layers, g.reason),
+                Some(b) => format!("{} {} ({b})", g.count.layers, g.reason),
                 None => format!("{} {}", g.count.layers, g.reason),
             })
             .collect();
@@ -175,7 +175,11 @@ fn blocker(cx: &Ctx, i: usize, reasons: &HashMap<&str, &str>) -> Option<String> 
         };
         let op = cx.work.node(c).op_type();
         if cx.work.input(c, 0) != out {
-            return Some(format!("{op} (as a parameter)"));
+            return Some(if is_layer_op(cx.work.node(c)) {
+                format!("{op} (as its weight or bias)")
+            } else {
+                op.to_string()
+            });
         }
         match cls::chain_role(cx, c) {
             Some(false) => cur = c,
@@ -201,7 +205,7 @@ fn blocker(cx: &Ctx, i: usize, reasons: &HashMap<&str, &str>) -> Option<String> 
     None
 }
 
-/// Names the activation a fan-out spells, or lists the consumers' op types.
+/// Names the activation a fan-out spells, or lists the consumers' op types (`Add, Conv`).
 fn fan_out(cx: &Ctx, consumers: &[usize]) -> String {
     let w = &cx.work;
     let op = |n: usize| w.node(n).op_type();
@@ -215,16 +219,10 @@ fn fan_out(cx: &Ctx, consumers: &[usize]) -> String {
             match op(a) {
                 "Sigmoid" if reads(b, w.out(a)) => return "SiLU".into(),
                 "HardSigmoid" if reads(b, w.out(a)) => return "HardSwish".into(),
-                "Softplus" => {
-                    if next(a).is_some_and(|t| op(t) == "Tanh" && reads(b, w.out(t))) {
-                        return "Mish".into();
-                    }
+                "Softplus" if next(a).is_some_and(|t| op(t) == "Tanh" && reads(b, w.out(t))) => {
+                    return "Mish".into()
                 }
-                "Div" | "Mul" => {
-                    if next(a).is_some_and(|e| op(e) == "Erf") {
-                        return "GELU".into();
-                    }
-                }
+                "Div" | "Mul" if next(a).is_some_and(|e| op(e) == "Erf") => return "GELU".into(),
                 _ => {}
             }
         }
@@ -235,5 +233,5 @@ fn fan_out(cx: &Ctx, consumers: &[usize]) -> String {
     }
     ops.sort_unstable();
     ops.dedup();
-    format!("fan-out ({})", ops.join(", "))
+    ops.join(", ")
 }

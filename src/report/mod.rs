@@ -510,8 +510,8 @@ pub struct CoverageGroup {
     /// `not_a_cls_layer`).
     pub reason: String,
     /// Where the chain after these layers stops, when that is the reason: an op type or a
-    /// recognized activation pattern (`SiLU`, `HardSwish`, `GELU`, `Mish`, `fan-out (Add, Conv)`,
-    /// `graph output`).
+    /// recognized activation pattern (`SiLU`, `HardSwish`, `GELU`, `Mish`, `LayerNorm`), or for a
+    /// plain fan-out the consumers' op types (`Add, Conv`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub blocker: Option<String>,
     /// Layers and parameters in the group.
@@ -548,8 +548,8 @@ pub struct Coverage {
     pub batch_norms_folded: usize,
     /// Layers in no CLS set, grouped by reason and blocker, largest group first.
     pub not_scaled: Vec<CoverageGroup>,
-    /// One line for people, e.g. `4 of 81 layers scaled (2.1% of weights), 49 BN folded; not
-    /// scaled: 49 fan_out at SiLU, …`.
+    /// One line for people, e.g. `4 of 82 layers scaled (14.9% of weights), 49 BN folded; not
+    /// scaled: 47 fan_out (SiLU), 16 chain_break (Sigmoid), 9 chain_break (Add), …`.
     pub summary: String,
 }
 
