@@ -903,18 +903,25 @@ impl ModelBuilder {
 
     /// A `MatMul` with a constant `[K, N]` right-hand side (no bias); returns its output.
     pub fn matmul(&mut self, name: &str, x: &str, k: usize, n: usize) -> String {
+        let w = self.linear_weight(k, n, |idx| idx % n);
+        let wn = self.param_name(name, "weight");
+        let wn = self.init(&wn, &[k, n], &w);
+        let y = self.node1("MatMul", name, &[x, &wn], vec![]);
+        self.like(y, x)
+    }
+
+    /// `k·n` weights uniform in `±1/√k`, each output column (`out(index)`) scaled by `2^u`,
+    /// `u ∈ U[-1.5, 1.5]`, in the order [`ModelBuilder::matmul`] has always drawn them.
+    fn linear_weight(&mut self, k: usize, n: usize, out: impl Fn(usize) -> usize) -> Vec<f32> {
         let bound = 1.0 / (k.max(1) as f32).sqrt();
         let per_out: Vec<f32> = (0..n)
             .map(|_| 2f32.powf(self.rng.uniform(-1.5, 1.5)))
             .collect();
         let mut w = self.rng.uniform_vec(k * n, -bound, bound);
         for (idx, v) in w.iter_mut().enumerate() {
-            *v *= per_out[idx % n];
+            *v *= per_out[out(idx)];
         }
-        let wn = self.param_name(name, "weight");
-        let wn = self.init(&wn, &[k, n], &w);
-        let y = self.node1("MatMul", name, &[x, &wn], vec![]);
-        self.like(y, x)
+        w
     }
 
     /// A `BatchNormalization` with realistic random statistics ([`BnSpec::random`]).
@@ -1154,14 +1161,7 @@ impl ModelBuilder {
     /// the `[n, k]` weight `<name>.weight` reaches a `MatMul` through `Transpose` node
     /// `<name>_t`; returns the MatMul's output.
     pub fn matmul_transposed(&mut self, name: &str, x: &str, k: usize, n: usize) -> String {
-        let bound = 1.0 / (k.max(1) as f32).sqrt();
-        let per_out: Vec<f32> = (0..n)
-            .map(|_| 2f32.powf(self.rng.uniform(-1.5, 1.5)))
-            .collect();
-        let mut w = self.rng.uniform_vec(n * k, -bound, bound);
-        for (idx, v) in w.iter_mut().enumerate() {
-            *v *= per_out[idx / k];
-        }
+        let w = self.linear_weight(k, n, |idx| idx / k);
         let wn = self.param_name(name, "weight");
         let wn = self.init(&wn, &[n, k], &w);
         let t = self.transpose(&format!("{name}_t"), &wn, Some(&[1, 0]));

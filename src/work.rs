@@ -298,8 +298,18 @@ impl Work {
         None
     }
 
-    fn chain_steps(chain: &Chain) -> Vec<Step> {
-        chain.nodes.iter().map(|(_, s)| s.clone()).collect()
+    /// The stored constant a weight chain starts from, and its steps.
+    fn chain_of(
+        &self,
+        name: &str,
+    ) -> std::result::Result<(&crate::onnx::TensorProto, Vec<Step>), String> {
+        let chain = self
+            .chain(name)
+            .ok_or_else(|| format!("`{name}` is not a constant"))?;
+        let source = self
+            .proto_of(&chain.source)
+            .ok_or_else(|| format!("`{}` is not a constant", chain.source))?;
+        Ok((source, chain.nodes.into_iter().map(|(_, s)| s).collect()))
     }
 
     /// Decodes the f32 value of the constant `name` (stored or computed by a weight chain).
@@ -307,13 +317,8 @@ impl Work {
         if let Some(proto) = self.proto_of(name) {
             return tensor::to_f32(proto).map_err(|e| format!("`{name}`: {e}"));
         }
-        let chain = self
-            .chain(name)
-            .ok_or_else(|| format!("`{name}` is not a constant"))?;
-        let source = self
-            .proto_of(&chain.source)
-            .ok_or_else(|| format!("`{}` is not a constant", chain.source))?;
-        fold::evaluate(source, &Self::chain_steps(&chain)).map_err(|e| format!("`{name}`: {e}"))
+        let (source, steps) = self.chain_of(name)?;
+        fold::evaluate(source, &steps).map_err(|e| format!("`{name}`: {e}"))
     }
 
     fn proto_of(&self, name: &str) -> Option<&crate::onnx::TensorProto> {
@@ -437,13 +442,8 @@ impl Work {
         if let Some(proto) = self.proto_of(name) {
             return tensor::f32_dims(proto).map_err(|e| format!("`{name}`: {e}"));
         }
-        let chain = self
-            .chain(name)
-            .ok_or_else(|| format!("`{name}` is not a constant"))?;
-        let source = self
-            .proto_of(&chain.source)
-            .ok_or_else(|| format!("`{}` is not a constant", chain.source))?;
-        fold::dims_after(source, &Self::chain_steps(&chain)).map_err(|e| format!("`{name}`: {e}"))
+        let (source, steps) = self.chain_of(name)?;
+        fold::dims_after(source, &steps).map_err(|e| format!("`{name}`: {e}"))
     }
 
     /// Stores a modified constant (written back by [`Work::finish`]).

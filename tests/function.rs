@@ -920,14 +920,7 @@ fn vgg_shared_zero_bias_through_identity() {
 /// `compat = aimet` the MatMul becomes a Gemm (aimet_onnx's form), still the same function.
 #[test]
 fn transpose_matmul_bn() {
-    let mut b = ModelBuilder::new(13).seed(44);
-    let x = b.batched_input("x", "N", &[16]);
-    let y = b.matmul_transposed("fc1", &x, 16, 8);
-    let y = b.batch_norm("bn1", &y, 8);
-    let y = b.relu("r1", &y);
-    let y = b.matmul_transposed("fc2", &y, 8, 4);
-    b.output(&y);
-    let model = b.build();
+    let model = common::transposed_linear_bn(44);
     let r = run_case(
         "transpose_matmul_bn",
         &model,

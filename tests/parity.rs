@@ -143,18 +143,7 @@ fn check(dir: &std::path::Path, model: &str, stage: Stage) -> Worst {
         common::op_multiset(&expected),
         "{case}: op types differ"
     );
-    let names = |m: &ModelProto| -> Vec<String> {
-        let mut v: Vec<String> = m
-            .graph
-            .as_ref()
-            .unwrap()
-            .initializer
-            .iter()
-            .map(|t| t.name().to_string())
-            .collect();
-        v.sort();
-        v
-    };
+    let names = init_names;
     assert_eq!(
         names(ours),
         names(&expected),
@@ -277,6 +266,20 @@ fn efficientnet_lite0_cle() {
     check(&dir, "efficientnet_lite0", Stage::Cle);
 }
 
+/// Initializer names, sorted.
+fn init_names(m: &ModelProto) -> Vec<String> {
+    let mut v: Vec<String> = m
+        .graph
+        .as_ref()
+        .unwrap()
+        .initializer
+        .iter()
+        .map(|t| t.name().to_string())
+        .collect();
+    v.sort();
+    v
+}
+
 /// Op types of the nodes the graph outputs depend on (a multiset, sorted).
 fn live_ops(m: &ModelProto) -> Vec<String> {
     let g = m.graph.as_ref().unwrap();
@@ -331,18 +334,7 @@ fn linear_bn_transposed_weight() {
         live_ops(ours),
         "dangling nodes left behind"
     );
-    let inits = |m: &ModelProto| -> Vec<String> {
-        let mut v: Vec<String> = m
-            .graph
-            .as_ref()
-            .unwrap()
-            .initializer
-            .iter()
-            .map(|t| t.name().to_string())
-            .collect();
-        v.sort();
-        v
-    };
+    let inits = init_names;
     assert_eq!(inits(ours), inits(&expected), "initializer names differ");
     let mut worst = 0;
     for t in &expected.graph.as_ref().unwrap().initializer {

@@ -319,14 +319,7 @@ fn equalize_leaves_untouched_parts_unchanged_on_tiny() {
 /// pass touched, stays byte for byte, together with everything else not reported.
 #[test]
 fn only_written_weight_chains_are_folded() {
-    let mut b = ModelBuilder::new(13).seed(12);
-    let x = b.batched_input("x", "N", &[16]);
-    let y = b.matmul_transposed("fc1", &x, 16, 8);
-    let y = b.batch_norm("bn1", &y, 8);
-    let y = b.relu("r1", &y);
-    let y = b.matmul_transposed("fc2", &y, 8, 4);
-    b.output(&y);
-    let original = b.build();
+    let original = common::transposed_linear_bn(12);
     let opts = Options {
         steps: vec![onnx_cle::Step::BnFold],
         ..Options::default()

@@ -146,3 +146,17 @@ pub fn say(line: &str) {
     let mut e = std::io::stderr().lock();
     let _ = writeln!(e, "{line}");
 }
+
+/// `x[N, 16] → Linear(16, 8) → BN → Relu → Linear(8, 4)`, both `Linear`s as the legacy exporter
+/// writes them without constant folding (`Transpose(W) → MatMul`, nodes `fc1`/`fc1_t`,
+/// `fc2`/`fc2_t`).
+pub fn transposed_linear_bn(seed: u64) -> ModelProto {
+    let mut b = onnx_cle::builder::ModelBuilder::new(13).seed(seed);
+    let x = b.batched_input("x", "N", &[16]);
+    let y = b.matmul_transposed("fc1", &x, 16, 8);
+    let y = b.batch_norm("bn1", &y, 8);
+    let y = b.relu("r1", &y);
+    let y = b.matmul_transposed("fc2", &y, 8, 4);
+    b.output(&y);
+    b.build()
+}
