@@ -717,6 +717,33 @@ fn bn_forward_fold_into_conv() {
     );
 }
 
+/// A BN on each side of a bias-less conv: the backward fold creates the conv's bias, and the
+/// forward fold must add to that bias rather than start from zero again.
+#[test]
+fn bn_on_both_sides_of_a_conv() {
+    let mut b = ModelBuilder::new(13).seed(48);
+    let x = input4(&mut b, 4);
+    let y = b.batch_norm("bn_in", &x, 4);
+    let y = b.conv("c1", &y, &ConvSpec::new(4, 8, &[1, 1]).no_bias());
+    let y = b.batch_norm("bn_out", &y, 8);
+    let y = b.relu("r1", &y);
+    let y = b.conv("c2", &y, &ConvSpec::new(8, 4, &[1, 1]));
+    b.output(&y);
+    let model = b.build();
+    run_case(
+        "bn_on_both_sides_of_a_conv",
+        &model,
+        &Expect {
+            sets: vec![vec!["c1", "c2"]],
+            folds: vec![
+                ("bn_out", "c1", FoldDirection::Backward),
+                ("bn_in", "c1", FoldDirection::Forward),
+            ],
+            ..Default::default()
+        },
+    );
+}
+
 #[test]
 fn bn_flatten_gemm_forward_fold() {
     let mut b = ModelBuilder::new(13).seed(20);
