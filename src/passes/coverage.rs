@@ -7,8 +7,9 @@
 //! `cls` pass recorded and, when the chain after the layer is what stops it, by the *blocker*:
 //! the op where the chain ends, or the activation it spells — exporters write SiLU as
 //! `x · Sigmoid(x)`, HardSwish as `x · HardSigmoid(x)`, GELU through `Erf`, Mish through
-//! `Softplus → Tanh`, all of which fan the layer's output out, so "fan_out" alone would not say
-//! that the network's activation is what keeps CLS away. Cost: one short walk per layer.
+//! `Softplus → Tanh`, a squeeze-excite block as `x · f(GlobalAveragePool(x))`; all of them fan
+//! the layer's output out, so "fan_out" alone would not say that the network's activation is
+//! what keeps CLS away. Cost: one short walk per layer.
 
 use std::collections::{HashMap, HashSet};
 
@@ -230,6 +231,9 @@ fn fan_out(cx: &Ctx, consumers: &[usize]) -> String {
     let mut ops: Vec<&str> = consumers.iter().map(|&c| op(c)).collect();
     if ops.contains(&"ReduceMean") && ops.contains(&"Sub") {
         return "LayerNorm".into();
+    }
+    if ops.len() == 2 && ops.contains(&"Mul") && ops.contains(&"GlobalAveragePool") {
+        return "squeeze-excite".into();
     }
     ops.sort_unstable();
     ops.dedup();

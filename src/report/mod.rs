@@ -510,8 +510,8 @@ pub struct CoverageGroup {
     /// `not_a_cls_layer`).
     pub reason: String,
     /// Where the chain after these layers stops, when that is the reason: an op type or a
-    /// recognized activation pattern (`SiLU`, `HardSwish`, `GELU`, `Mish`, `LayerNorm`), or for a
-    /// plain fan-out the consumers' op types (`Add, Conv`).
+    /// recognized pattern (`SiLU`, `HardSwish`, `GELU`, `Mish`, `LayerNorm`, `squeeze-excite`),
+    /// or for a plain fan-out the consumers' op types (`Add, Conv`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub blocker: Option<String>,
     /// Layers and parameters in the group.
