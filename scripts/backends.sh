@@ -82,19 +82,25 @@ as_pg() {
     fi
 }
 
+# The cluster's folder: outside DIR, which may sit in a folder the postgres user cannot enter.
+pg_dir() { cat "$1/pg.dir"; }
+
 pg_start() {
-    local dir="$1" bin port
+    local dir="$1" bin port pd
     bin="$(pg_bin)"
     port="$(cat "$dir/pg.port")"
-    as_pg "$bin/pg_ctl" -D "$dir/pg/data" -l "$dir/pg/log" -w -t 60 \
-        -o "-p $port -k $dir/pg -c listen_addresses=127.0.0.1 -c fsync=${PG_FSYNC:-on} -c max_connections=200" \
-        start >/dev/null || { cat "$dir/pg/log" >&2; die "PostgreSQL did not start"; }
+    pd="$(pg_dir "$dir")"
+    as_pg "$bin/pg_ctl" -D "$pd/data" -l "$pd/log" -w -t 60 \
+        -o "-p $port -k $pd -c listen_addresses=127.0.0.1 -c fsync=${PG_FSYNC:-on} -c max_connections=200" \
+        start >/dev/null || { cat "$pd/log" >&2; die "PostgreSQL did not start"; }
 }
 
 pg_stop() {
-    local dir="$1"
-    [[ -f "$dir/pg/data/postmaster.pid" ]] || return 0
-    as_pg "$(pg_bin)/pg_ctl" -D "$dir/pg/data" -m fast -w stop >/dev/null 2>&1 || true
+    local dir="$1" pd
+    [[ -f "$dir/pg.dir" ]] || return 0
+    pd="$(pg_dir "$dir")"
+    [[ -f "$pd/data/postmaster.pid" ]] || return 0
+    as_pg "$(pg_bin)/pg_ctl" -D "$pd/data" -m fast -w stop >/dev/null 2>&1 || true
 }
 
 s3_start() {
@@ -134,69 +140,6 @@ s3_stop() {
         kill -9 "$pid" 2>/dev/null || true
     fi
     rm -f "$dir/s3.pid"
-}
-
-start() {
-    local dir="$1" bin port
-    bin="$(pg_bin)"
-    port="$(cat "$dir/pg.port")"
-    as_pg "$bin/pg_ctl" -D "$dir/pg/data" -l "$dir/pg/log" -w -t 60 \
-        -o "-p $port -k $dir/pg -c listen_addresses=127.0.0.1 -c fsync=${PG_FSYNC:-on} -c max_connections=200" \
-        start >/dev/null || { cat "$dir/pg/log" >&2; die "PostgreSQL did not start"; }
-}
-
-pg_stop() {
-    local dir="$1"
-    [[ -f "$dir/pg/data/postmaster.pid" ]] || return 0
-    as_pg "$(pg_bin)/pg_ctl" -D "$dir/pg/data" -m fast -w stop >/dev/null 2>&1 || true
-}
-
-s3_start() {
-    local dir="$1" b
-    b="$(cat "$dir/s3.port")"
-    # Every port explicit: none may fall back to SeaweedFS's defaults (8333, 8888, 9333…).
-    "$VENV/bin/weed" mini -dir="$dir/s3/data" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
-        -s3.config="$dir/s3/s3.json" -admin.ui=false -webdav=false -bucket="$S3_BUCKET" \
-        -s3.port="$b" -s3.port.grpc=$((b + 1)) -master.port=$((b + 2)) \
-        -master.port.grpc=$((b + 3)) -volume.port=$((b + 4)) -volume.port.grpc=$((b + 5)) \
-        -filer.port=$((b + 6)) -filer.port.grpc=$((b + 7)) -admin.port=$((b + 8)) \
-        -admin.port.grpc=$((b + 9)) -debug.port=$((b + 10)) -s3.debug.port=$((b + 10)) \
-        -s3.port.iceberg=0 -s3.port.lance=0 -master.volumeSizeLimitMB=64 \
-        > "$dir/s3/weed.log" 2>&1 &
-    echo $! > "$dir/s3.pid"
-    local i
-    for i in $(seq 1 120); do
-        if curl -s -o /dev/null "http://127.0.0.1:$b/" 2>/dev/null \
-            && AWS_PAGER= curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$b/$S3_BUCKET" | grep -q '^[234]'; then
-            return 0
-        fi
-        kill -0 "$(cat "$dir/s3.pid")" 2>/dev/null || { tail -n 30 "$dir/s3/weed.log" >&2; die "SeaweedFS exited"; }
-        sleep 0.5
-    done
-    tail -n 30 "$dir/s3/weed.log" >&2
-    die "SeaweedFS did not answer on port $b"
-}
-
-s3_stop() {
-    local dir="$1" pid
-    [[ -f "$dir/s3.pid" ]] || return 0
-    pid="$(cat "$dir/s3.pid")"
-    if kill -0 "$pid" 2>/dev/null; then
-        kill "$pid" 2>/dev/null || true
-        local i
-        for i in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
-        kill -9 "$pid" 2>/dev/null || true
-    fi
-    rm -f "$dir/s3.pid"
-}
-
-# Waits until the bucket accepts requests (SeaweedFS creates it shortly after start).
-s3_wait_bucket() {
-    local dir="$1" i
-    for i in $(seq 1 60); do
-        grep -q "bucket" "$dir/s3/weed.log" 2>/dev/null && return 0
-        sleep 0.25
-    done
 }
 
 start() {
@@ -211,9 +154,12 @@ start() {
     base="${S3_PORT_BASE:-$(free_block 12)}"
     echo "$port" > "$dir/pg.port"
     echo "$base" > "$dir/s3.port"
-    mkdir -p "$dir/pg" "$dir/s3/data"
-    if [[ "$(id -u)" == 0 ]]; then chown -R postgres: "$dir/pg"; chmod 755 "$dir"; fi
-    as_pg "$bin/initdb" -D "$dir/pg/data" -A trust -U postgres --no-sync -E UTF8 >/dev/null \
+    mkdir -p "$dir/s3/data"
+    local pd
+    pd="$(mktemp -d "${TMPDIR:-/tmp}/onnx-cle-pg.XXXXXX")"
+    echo "$pd" > "$dir/pg.dir"
+    if [[ "$(id -u)" == 0 ]]; then chown postgres: "$pd"; fi
+    as_pg "$bin/initdb" -D "$pd/data" -A trust -U postgres --no-sync -E UTF8 >/dev/null \
         || die "initdb failed"
     pg_start "$dir"
     cat > "$dir/s3/s3.json" <<EOF
@@ -238,6 +184,7 @@ stop() {
     [[ -d "$dir" ]] || return 0
     s3_stop "$dir"
     pg_stop "$dir"
+    [[ -f "$dir/pg.dir" ]] && rm -rf "$(pg_dir "$dir")"
     rm -rf "$dir"
 }
 
