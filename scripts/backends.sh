@@ -76,7 +76,7 @@ install_weed() {
 # Runs a PostgreSQL program as the cluster's owner (postgres when we are root).
 as_pg() {
     if [[ "$(id -u)" == 0 ]]; then
-        runuser -u postgres -- "$@"
+        (cd / && runuser -u postgres -- "$@")
     else
         "$@"
     fi

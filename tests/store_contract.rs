@@ -493,6 +493,31 @@ fn postgres_and_s3_stores_keep_the_contract() {
     });
     js.recover(bs.as_ref()).unwrap();
     contract(js.as_ref(), bs.as_ref(), true);
+
+    // The KEDA trigger's query (deploy/k8s/scale-out) counts what the store counts.
+    for i in 0..3 {
+        submitted(js.submit(&new_record(&format!("keda{i}")), None, 100));
+    }
+    js.claim("r1", LEASE).unwrap().unwrap();
+    let manifest = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("deploy/k8s/scale-out/keda-scaledobject.yaml"),
+    )
+    .unwrap();
+    let doc = &yaml_rust2::YamlLoader::load_from_str(&manifest).unwrap()[0];
+    let query = doc["spec"]["triggers"][0]["metadata"]["query"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let counted: i64 = rt.block_on(async {
+        let (client, conn) = tokio_postgres::connect(&env.database_url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        client.query_one(query.as_str(), &[]).await.unwrap().get(0)
+    });
+    let s = js.stats().unwrap();
+    assert_eq!((counted, s.queued + s.running), (3, 3), "{query}");
     drop((js, bs));
     rt.shutdown_timeout(Duration::from_secs(5));
 }
