@@ -293,6 +293,13 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
                 j.on_event(ev);
             }
         }));
+        if cfg.blob_store.is_none() {
+            tracing::warn!(
+                "--database-url without --blob-store: uploads and results stay in {}; every \
+                 replica must share that folder",
+                cfg.data_dir.display()
+            );
+        }
         tracing::info!(
             replica = jobs.owner(),
             role = ?cfg.role,
