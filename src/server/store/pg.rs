@@ -18,8 +18,11 @@
 //! - **wake-ups**: a trigger sends `NOTIFY cle_jobs` when a job is queued, finished, deleted or
 //!   asked to cancel; every replica keeps one `LISTEN` connection (reconnecting with back-off)
 //!   and waiting code also polls, so a lost notification only costs a poll interval;
-//! - **submit** runs in one transaction under an advisory lock: the 429 bound holds across
-//!   replicas, and the job and its idempotency key are written together or not at all;
+//! - **submit** is one transaction: the job and its idempotency key are written together or
+//!   not at all; the key's primary key arbitrates between replicas racing with the same key (the
+//!   loser replays the winner's job). The 429 bound counts the queued jobs in the same
+//!   transaction, without a lock (a lock would serialize every submission's commit), so
+//!   concurrent submissions may pass it by at most the number in flight;
 //! - **retention**: `DELETE … WHERE id IN (SELECT … FOR UPDATE SKIP LOCKED) RETURNING id`, so
 //!   each expired job is removed (and its blobs deleted) by exactly one replica.
 //!
@@ -60,7 +63,6 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[(
 )];
 
 const MIGRATION_LOCK: i64 = 0x6f6e_6e78_636c_6501;
-const SUBMIT_LOCK: i64 = 0x6f6e_6e78_636c_6502;
 
 /// The columns every record query selects, in the order [`record`] reads them.
 const COLS: &str = "record, state, attempts, stage, started_ms, finished_ms";
@@ -256,6 +258,100 @@ impl PgJobStore {
         self.pool.get().await.map_err(pool_err)
     }
 
+    fn submit_once(
+        &self,
+        job: &JobRecord,
+        key: Option<&IdempotencyRecord>,
+        max_queued: usize,
+    ) -> Result<Submitted, SubmitError> {
+        let stored = to_json(job)?;
+        let out: io::Result<Result<Submitted, SubmitError>> = self.run(async {
+            let mut c = self.client().await?;
+            let tx = c.transaction().await.map_err(pg_err)?;
+            if let Some(k) = key {
+                let prev = tx
+                    .query_opt(
+                        "SELECT fingerprint, job_id FROM cle_idempotency_keys WHERE key_sha256 = $1",
+                        &[&k.key_sha256],
+                    )
+                    .await
+                    .map_err(pg_err)?;
+                if let Some(prev) = prev {
+                    let fp: String = prev.get(0);
+                    let job_id: String = prev.get(1);
+                    let row = tx
+                        .query_opt(
+                            &format!("SELECT {COLS} FROM cle_jobs WHERE id = $1"),
+                            &[&job_id],
+                        )
+                        .await
+                        .map_err(pg_err)?;
+                    if let Some(row) = row {
+                        let existing = record(&row)?;
+                        return Ok(if fp != k.fingerprint {
+                            Err(SubmitError::KeyReused(existing.id))
+                        } else {
+                            Ok(Submitted::Replayed(existing))
+                        });
+                    }
+                    // The key's job was deleted or expired: the key is free again.
+                    tx.execute(
+                        "DELETE FROM cle_idempotency_keys WHERE key_sha256 = $1",
+                        &[&k.key_sha256],
+                    )
+                    .await
+                    .map_err(pg_err)?;
+                }
+            }
+            let cap = i64::try_from(max_queued).unwrap_or(i64::MAX);
+            let queued: i64 = tx
+                .query_one(
+                    "SELECT count(*) FROM (SELECT 1 FROM cle_jobs WHERE state = 'queued' LIMIT $1) q",
+                    &[&cap],
+                )
+                .await
+                .map_err(pg_err)?
+                .get(0);
+            if queued >= cap {
+                return Ok(Err(SubmitError::QueueFull));
+            }
+            tx.execute(
+                "INSERT INTO cle_jobs (id, state, record, created_ms, attempts)
+                 VALUES ($1, 'queued', $2, $3, 0)",
+                &[&job.id.as_str(), &stored, &ms(job.created_ms)],
+            )
+            .await
+            .map_err(pg_err)?;
+            if let Some(k) = key {
+                let inserted = tx
+                    .execute(
+                        "INSERT INTO cle_idempotency_keys (key_sha256, fingerprint, job_id, created_ms)
+                         VALUES ($1, $2, $3, $4) ON CONFLICT (key_sha256) DO NOTHING",
+                        &[
+                            &k.key_sha256,
+                            &k.fingerprint,
+                            &k.job_id.as_str(),
+                            &ms(k.created_ms),
+                        ],
+                    )
+                    .await
+                    .map_err(pg_err)?;
+                if inserted == 0 {
+                    // Another request (any replica) took the key a moment ago: nothing of
+                    // ours is kept; answer as for a repeated request.
+                    tx.rollback().await.map_err(pg_err)?;
+                    return Ok(Err(SubmitError::Io(io::Error::new(
+                        io::ErrorKind::AlreadyExists,
+                        "idempotency key taken concurrently",
+                    ))));
+                }
+            }
+            tx.commit().await.map_err(pg_err)?;
+            Ok(Ok(Submitted::Created(job.clone())))
+        });
+        out?
+    }
+
     async fn get_async(&self, id: &JobId) -> io::Result<Option<JobRecord>> {
         let c = self.client().await?;
         let row = c
@@ -268,6 +364,13 @@ impl PgJobStore {
         row.as_ref().map(record).transpose()
     }
 }
+
+/// Joined into claims, lease renewals and stage updates: their implicit transaction commits
+/// without waiting for the WAL flush (`synchronous_commit = off` for that transaction only).
+/// Losing one in a database crash only sends a job back to the queue or shortens a lease; it
+/// never loses or reverts a finished job. Submissions, completions, cancellations and
+/// deletions commit synchronously.
+const LAZY: &str = "(SELECT set_config('synchronous_commit', 'off', true)) lazy";
 
 fn describe(config: &tokio_postgres::Config) -> String {
     let host = match config.get_hosts().first() {
@@ -309,80 +412,13 @@ impl JobStore for PgJobStore {
         key: Option<&IdempotencyRecord>,
         max_queued: usize,
     ) -> Result<Submitted, SubmitError> {
-        let stored = to_json(job)?;
-        let out: io::Result<Result<Submitted, SubmitError>> = self.run(async {
-            let mut c = self.client().await?;
-            let tx = c.transaction().await.map_err(pg_err)?;
-            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SUBMIT_LOCK])
-                .await
-                .map_err(pg_err)?;
-            if let Some(k) = key {
-                let prev = tx
-                    .query_opt(
-                        "SELECT fingerprint, job_id FROM cle_idempotency_keys WHERE key_sha256 = $1",
-                        &[&k.key_sha256],
-                    )
-                    .await
-                    .map_err(pg_err)?;
-                if let Some(prev) = prev {
-                    let fp: String = prev.get(0);
-                    let job_id: String = prev.get(1);
-                    let row = tx
-                        .query_opt(
-                            &format!("SELECT {COLS} FROM cle_jobs WHERE id = $1"),
-                            &[&job_id],
-                        )
-                        .await
-                        .map_err(pg_err)?;
-                    if let Some(row) = row {
-                        let existing = record(&row)?;
-                        return Ok(if fp != k.fingerprint {
-                            Err(SubmitError::KeyReused(existing.id))
-                        } else {
-                            Ok(Submitted::Replayed(existing))
-                        });
-                    }
-                }
+        for _ in 0..2 {
+            match self.submit_once(job, key, max_queued) {
+                Err(SubmitError::Io(e)) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                other => return other,
             }
-            let cap = i64::try_from(max_queued).unwrap_or(i64::MAX);
-            let queued: i64 = tx
-                .query_one(
-                    "SELECT count(*) FROM (SELECT 1 FROM cle_jobs WHERE state = 'queued' LIMIT $1) q",
-                    &[&cap],
-                )
-                .await
-                .map_err(pg_err)?
-                .get(0);
-            if queued >= cap {
-                return Ok(Err(SubmitError::QueueFull));
-            }
-            tx.execute(
-                "INSERT INTO cle_jobs (id, state, record, created_ms, attempts)
-                 VALUES ($1, 'queued', $2, $3, 0)",
-                &[&job.id.as_str(), &stored, &ms(job.created_ms)],
-            )
-            .await
-            .map_err(pg_err)?;
-            if let Some(k) = key {
-                tx.execute(
-                    "INSERT INTO cle_idempotency_keys (key_sha256, fingerprint, job_id, created_ms)
-                     VALUES ($1, $2, $3, $4)
-                     ON CONFLICT (key_sha256) DO UPDATE SET fingerprint = EXCLUDED.fingerprint,
-                         job_id = EXCLUDED.job_id, created_ms = EXCLUDED.created_ms",
-                    &[
-                        &k.key_sha256,
-                        &k.fingerprint,
-                        &k.job_id.as_str(),
-                        &ms(k.created_ms),
-                    ],
-                )
-                .await
-                .map_err(pg_err)?;
-            }
-            tx.commit().await.map_err(pg_err)?;
-            Ok(Ok(Submitted::Created(job.clone())))
-        });
-        out?
+        }
+        Err(SubmitError::Io(unavailable("idempotency key contended")))
     }
 
     fn get(&self, id: &JobId) -> io::Result<Option<JobRecord>> {
@@ -484,7 +520,7 @@ impl JobStore for PgJobStore {
                              attempts = j.attempts + 1, started_ms = $4, stage = NULL,
                              cancel_requested = false
                          FROM (SELECT id FROM cle_jobs WHERE state = 'queued'
-                               ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED) c
+                               ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED) c, {LAZY}
                          WHERE j.id = c.id
                          RETURNING {}",
                         COLS.split(", ")
@@ -518,9 +554,12 @@ impl JobStore for PgJobStore {
             let c = self.client().await?;
             let rows = c
                 .query(
-                    "UPDATE cle_jobs SET lease_until = now() + $3::float8 * interval '1 second'
-                     WHERE id = ANY($1) AND lease_token = ANY($2) AND state = 'running'
-                     RETURNING lease_token, cancel_requested",
+                    &format!(
+                        "UPDATE cle_jobs SET lease_until = now() + $3::float8 * interval '1 second'
+                         FROM {LAZY}
+                         WHERE id = ANY($1) AND lease_token = ANY($2) AND state = 'running'
+                         RETURNING lease_token, cancel_requested"
+                    ),
                     &[&ids, &tokens, &lease_s(lease)],
                 )
                 .await
@@ -591,8 +630,10 @@ impl JobStore for PgJobStore {
         self.run(async {
             let c = self.client().await?;
             c.execute(
-                "UPDATE cle_jobs SET stage = $3
-                 WHERE id = $1 AND lease_token = $2 AND state = 'running'",
+                &format!(
+                    "UPDATE cle_jobs SET stage = $3 FROM {LAZY}
+                     WHERE id = $1 AND lease_token = $2 AND state = 'running'"
+                ),
                 &[&lease.id.as_str(), &lease.token, &stage],
             )
             .await
