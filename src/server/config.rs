@@ -102,7 +102,8 @@ pub struct ServeConfig {
     #[arg(long, env = "ONNX_CLE_BLOB_STORE")]
     pub blob_store: Option<crate::server::store::BlobUrl>,
     /// What this replica does: `all` (API and workers), `api` (HTTP only; needs
-    /// `--database-url`) or `worker` (runs jobs; serves health, readiness and metrics).
+    /// `--database-url`) or `worker` (runs jobs; its port serves the same routes, for probes and
+    /// metrics).
     #[arg(long, env = "ONNX_CLE_ROLE", value_enum, default_value_t = Role::All)]
     pub role: Role,
     /// Lease of a running job on a shared database: renewed every third of it; a job whose
