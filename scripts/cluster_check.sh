@@ -106,12 +106,13 @@ STATUS_LOG="$WORK/statuses.log"
 request() {
     local method="$1" u="$2" out="$3"
     shift 3
-    local hdr="$WORK/hdr.$$.$RANDOM" code ra pcode
-    code=$(curl -sS -X "$method" -o "$out" -D "$hdr" -w '%{http_code}' --max-time 90 "$@" "$u" 2>/dev/null || echo 000)
+    local hdr="$WORK/hdr.$$.$RANDOM" body="$WORK/body.$$.$RANDOM" code ra pcode
+    code=$(curl -sS -X "$method" -o "$body" -D "$hdr" -w '%{http_code}' --max-time 90 "$@" "$u" 2>/dev/null || echo 000)
     ra=$(grep -i '^retry-after:' "$hdr" 2>/dev/null | tr -d '\r' | awk '{print $2}' || true)
     pcode=""
-    if [[ "$code" =~ ^[45] ]]; then pcode=$(jq -r '.code // ""' "$out" 2>/dev/null || true); fi
-    rm -f "$hdr"
+    if [[ "$code" =~ ^[45] ]]; then pcode=$(jq -r '.code // ""' "$body" 2>/dev/null || true); fi
+    if [[ "$out" != /dev/null ]]; then mv -f "$body" "$out" 2>/dev/null || : > "$out"; fi
+    rm -f "$hdr" "$body"
     echo "$code ${ra:--} ${pcode:--} $method $u" >> "$STATUS_LOG"
     echo "$code"
 }
@@ -145,6 +146,13 @@ wait_done() {
 
 alive() { kill -0 "${PIDS[$1]}" 2>/dev/null; }
 
+# Jobs whose run was recorded as finished (succeeded, failed, canceled) more than once across
+# all replicas' logs; a requeue is not a finish.
+finished_twice() {
+    cat "$WORK"/replica*.log | sed 's/\x1b\[[0-9;]*m//g' | grep 'run recorded' | grep -v 'state="requeued"' \
+        | grep -o 'job=job_[0-9a-f]*' | sort | uniq -d | wc -l
+}
+
 # ---------------------------------------------------------------------------------------------
 say "phase 1: 30 jobs round-robin, polled and downloaded on other replicas"
 declare -a IDS KINDS
@@ -164,7 +172,6 @@ for j in $(seq 0 29); do
 done
 (( notdone == 0 )) && ok "30/30 jobs succeeded, polled on another replica" || bad "$notdone of 30 jobs did not succeed"
 (( mismatch == 0 )) && ok "30/30 models downloaded from a third replica equal the CLI's" || bad "$mismatch models differ from the CLI's"
-runners=$(cat "$WORK"/replica*.log | grep -c 'run recorded' || true)
 spread=$(for i in 0 1 2; do grep -c 'run recorded' "$WORK/replica$i.log" || true; done | tr '\n' ' ')
 echo "runs recorded per replica: $spread"
 
@@ -203,7 +210,7 @@ for j in $(seq 0 11); do
 done
 (( taken >= 1 )) && ok "$taken jobs of the killed replica were taken over (attempts >= 2)" \
     || bad "no job shows a second attempt"
-dups=$(cat "$WORK"/replica*.log | grep 'run recorded' | grep -o 'job=job_[0-9a-f]*' | sort | uniq -d | wc -l)
+dups=$(finished_twice)
 (( dups == 0 )) && ok "no job was recorded as finished twice" || bad "$dups jobs recorded twice"
 start_replica 0
 wait_ready 0 || die "replica 0 did not come back"
@@ -259,7 +266,7 @@ others=$(awk '$1 ~ /^5/ && !($1 == 503 && $2 != "-" && ($3 == "storage_unavailab
 n503=$(awk '$1 == 503' "$STATUS_LOG" | wc -l)
 (( others == 0 )) && ok "no 5xx but documented 503s ($n503 × 503 with Retry-After; $(wc -l < "$STATUS_LOG") requests)" \
     || { bad "$others undocumented 5xx answers"; awk '$1 ~ /^5/' "$STATUS_LOG" | sort | uniq -c | head >&2; }
-dups=$(cat "$WORK"/replica*.log | grep 'run recorded' | grep -o 'job=job_[0-9a-f]*' | sort | uniq -d | wc -l)
+dups=$(finished_twice)
 (( dups == 0 )) && ok "still no job recorded as finished twice" || bad "$dups jobs recorded twice"
 
 for i in 0 1 2; do

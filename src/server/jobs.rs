@@ -71,6 +71,10 @@ pub struct NewJob {
 pub struct Claim {
     /// The job.
     pub id: JobId,
+    /// This run's lease token: the run's handle for [`Jobs::finish_run`], [`Jobs::set_run_stage`]
+    /// and [`Jobs::holds_run`]. A replica may hold a stale run of a job whose lease it lost
+    /// while it runs the job again; each run is fenced by its own token.
+    pub run: String,
     /// Its options.
     pub options: Options,
     /// Set to stop the run at its next check (see [`crate::Control::cancel`]).
@@ -92,6 +96,7 @@ pub enum Outcome {
 }
 
 struct Running {
+    id: JobId,
     cancel: Arc<AtomicBool>,
     by_user: bool,
     timed_out: bool,
@@ -102,7 +107,8 @@ struct Running {
 
 #[derive(Default)]
 struct Local {
-    running: HashMap<JobId, Running>,
+    /// This replica's runs, by lease token.
+    running: HashMap<String, Running>,
     keys_in_flight: HashSet<String>,
     stopping: bool,
     draining: bool,
@@ -276,12 +282,7 @@ impl Jobs {
         match event {
             StoreEvent::Queued(_) => self.wake_workers(),
             StoreEvent::Changed(_) => {}
-            StoreEvent::CancelRequested(id) => {
-                if let Some(r) = self.lock().running.get_mut(&id) {
-                    r.by_user = true;
-                    r.cancel.store(true, Ordering::Relaxed);
-                }
-            }
+            StoreEvent::CancelRequested(id) => self.cancel_local(&id),
             StoreEvent::Resync => self.wake_workers(),
         }
         self.notify();
@@ -466,10 +467,12 @@ impl Jobs {
                         tracing::info!("the job store answers again");
                     }
                     let id = c.job.id.clone();
+                    let run = c.lease.token.clone();
                     let cancel = Arc::new(AtomicBool::new(false));
                     self.lock().running.insert(
-                        id.clone(),
+                        run.clone(),
                         Running {
+                            id: id.clone(),
                             cancel: Arc::clone(&cancel),
                             by_user: false,
                             timed_out: false,
@@ -481,6 +484,7 @@ impl Jobs {
                     self.notify();
                     return Some(Claim {
                         id,
+                        run,
                         options: c.job.options,
                         cancel,
                     });
@@ -506,23 +510,49 @@ impl Jobs {
         }
     }
 
-    fn lease_of(&self, id: &JobId) -> Option<Lease> {
-        self.lock().running.get(id).map(|r| r.lease.clone())
+    /// The token of this replica's newest run of `id`.
+    fn run_of(&self, id: &JobId) -> Option<String> {
+        let g = self.lock();
+        g.running
+            .iter()
+            .filter(|(_, r)| &r.id == id)
+            .max_by_key(|(_, r)| r.started)
+            .map(|(t, _)| t.clone())
+    }
+
+    fn cancel_local(&self, id: &JobId) {
+        for r in self.lock().running.values_mut().filter(|r| &r.id == id) {
+            r.by_user = true;
+            r.cancel.store(true, Ordering::Relaxed);
+        }
     }
 
     /// Records the stage a running job entered (memory only on the filesystem store).
     pub fn set_stage(&self, id: &JobId, stage: &str) {
-        if let Some(lease) = self.lease_of(id) {
+        if let Some(run) = self.run_of(id) {
+            self.set_run_stage(&run, stage);
+        }
+    }
+
+    /// Records the stage run `run` entered (fenced by its lease).
+    pub fn set_run_stage(&self, run: &str, stage: &str) {
+        let lease = self.lock().running.get(run).map(|r| r.lease.clone());
+        if let Some(lease) = lease {
             if let Err(e) = self.store.set_stage(&lease, stage) {
-                tracing::debug!(job = %id, "stage not recorded: {e}");
+                tracing::debug!(job = %lease.id, "stage not recorded: {e}");
             }
         }
         self.notify();
     }
 
-    /// Whether the run of `id` still holds its lease (as far as this replica knows).
+    /// Whether this replica's newest run of `id` still holds its lease (as far as it knows).
     pub fn holds(&self, id: &JobId) -> bool {
-        self.lock().running.get(id).is_some_and(|r| !r.lost)
+        self.run_of(id).is_some_and(|run| self.holds_run(&run))
+    }
+
+    /// Whether run `run` still holds its lease (as far as this replica knows).
+    pub fn holds_run(&self, run: &str) -> bool {
+        self.lock().running.get(run).is_some_and(|r| !r.lost)
     }
 
     /// Ends a run. A cancellation not asked for by a client (shutdown, a lost lease) puts the
@@ -531,21 +561,31 @@ impl Jobs {
     /// one lease, during which the lease keeps being renewed); after that the job runs again
     /// once its lease has run out.
     pub fn finish(&self, id: &JobId, outcome: Outcome) {
-        let Some((lease, by_user, timed_out, seconds)) = self.lock().running.get(id).map(|r| {
-            (
-                r.lease.clone(),
-                r.by_user,
-                r.timed_out,
-                r.started.elapsed().as_secs_f64(),
-            )
-        }) else {
+        if let Some(run) = self.run_of(id) {
+            self.finish_run(&run, outcome);
+        }
+    }
+
+    /// [`Jobs::finish`] for run `run` (its lease token), the form workers use.
+    pub fn finish_run(&self, run: &str, outcome: Outcome) {
+        let Some((id, lease, by_user, timed_out, seconds)) =
+            self.lock().running.get(run).map(|r| {
+                (
+                    r.id.clone(),
+                    r.lease.clone(),
+                    r.by_user,
+                    r.timed_out,
+                    r.started.elapsed().as_secs_f64(),
+                )
+            })
+        else {
             return;
         };
         let (finish, code) = match outcome {
             Outcome::Succeeded(result) => (Finish::Succeeded(result), String::new()),
             Outcome::Failed(p) => {
                 let code = p.code.clone();
-                (Finish::Failed(p.with_job(id)), code)
+                (Finish::Failed(p.with_job(&id)), code)
             }
             Outcome::Canceled if timed_out && !by_user => {
                 let p = Problem::new(
@@ -556,10 +596,10 @@ impl Jobs {
                         self.max_job_time.as_secs_f64()
                     ),
                 );
-                (Finish::Failed(p.with_job(id)), "job_timeout".to_string())
+                (Finish::Failed(p.with_job(&id)), "job_timeout".to_string())
             }
             Outcome::Canceled if by_user => (
-                Finish::Canceled(canceled_problem(id)),
+                Finish::Canceled(canceled_problem(&id)),
                 "canceled".to_string(),
             ),
             Outcome::Canceled => (Finish::Requeue, "interrupted".to_string()),
@@ -579,7 +619,7 @@ impl Jobs {
                 Err(e) => break Err(e),
             }
         };
-        self.lock().running.remove(id);
+        self.lock().running.remove(run);
         match written {
             Ok(Some(job)) => {
                 let state = if job.state == JobState::Queued {
@@ -629,7 +669,7 @@ impl Jobs {
             Ok(answers) => {
                 let mut g = self.lock();
                 for (lease, answer) in leases.iter().zip(answers) {
-                    let Some(r) = g.running.get_mut(&lease.id) else {
+                    let Some(r) = g.running.get_mut(&lease.token) else {
                         continue;
                     };
                     match answer {
@@ -689,10 +729,7 @@ impl Jobs {
                 Ok(job)
             }
             Some(CancelOutcome::Requested(job)) => {
-                if let Some(r) = self.lock().running.get_mut(id) {
-                    r.by_user = true;
-                    r.cancel.store(true, Ordering::Relaxed);
-                }
+                self.cancel_local(id);
                 Ok(job)
             }
             Some(CancelOutcome::Finished(job)) if job.state == JobState::Canceled => Ok(job),

@@ -137,6 +137,7 @@ fn internal(detail: &str) -> Problem {
 fn with_retries<T>(
     jobs: &Jobs,
     id: &JobId,
+    run: &str,
     what: &str,
     patience: Duration,
     mut op: impl FnMut() -> std::io::Result<T>,
@@ -145,7 +146,11 @@ fn with_retries<T>(
     let mut pause = Duration::from_millis(200);
     loop {
         match op() {
-            Err(e) if is_unavailable(&e) && Instant::now() + pause < give_up && jobs.holds(id) => {
+            Err(e)
+                if is_unavailable(&e)
+                    && Instant::now() + pause < give_up
+                    && jobs.holds_run(run) =>
+            {
                 tracing::warn!(job = %id, "{what}: {e}; retrying");
                 jobs.metrics().store_error("blobs");
                 std::thread::sleep(pause);
@@ -160,31 +165,32 @@ fn process(jobs: &Jobs, engine: &Engine, claim: Claim) {
     let id = claim.id.clone();
     tracing::info!(job = %id, "run started");
     let patience = jobs.lease().max(Duration::from_secs(30));
-    let input = match with_retries(jobs, &id, "reading the upload", patience, || {
+    let run = claim.run.clone();
+    let input = match with_retries(jobs, &id, &run, "reading the upload", patience, || {
         jobs.blobs().read(&id, BlobKind::Input)
     }) {
         Ok(data) => Bytes::from(data),
         Err(e) if is_unavailable(&e) => {
             tracing::warn!(job = %id, "cannot read the upload: {e}; the job goes back to the queue");
-            jobs.finish(&id, Outcome::Requeue);
+            jobs.finish_run(&run, Outcome::Requeue);
             return;
         }
         Err(e) => {
             tracing::error!(job = %id, "cannot read the upload: {e}");
-            jobs.finish(
-                &id,
+            jobs.finish_run(
+                &run,
                 Outcome::Failed(internal("the uploaded model could not be read")),
             );
             return;
         }
     };
-    let progress = |stage: &str| jobs.set_stage(&id, stage);
+    let progress = |stage: &str| jobs.set_run_stage(&run, stage);
     let ran = catch_unwind(AssertUnwindSafe(|| {
         engine(input, &claim.options, &claim.cancel, &progress)
     }));
     let outcome = match ran {
-        Ok(Ok(_)) if !jobs.holds(&id) => Outcome::Canceled,
-        Ok(Ok(out)) => match with_retries(jobs, &id, "storing the results", patience, || {
+        Ok(Ok(_)) if !jobs.holds_run(&run) => Outcome::Canceled,
+        Ok(Ok(out)) => match with_retries(jobs, &id, &run, "storing the results", patience, || {
             store_results(jobs, &claim, &out)
         }) {
             Ok(result) => Outcome::Succeeded(result),
@@ -215,7 +221,7 @@ fn process(jobs: &Jobs, engine: &Engine, claim: Claim) {
         }
     };
     tracing::info!(job = %id, outcome = outcome_name(&outcome), "run ended");
-    jobs.finish(&id, outcome);
+    jobs.finish_run(&run, outcome);
 }
 
 fn outcome_name(o: &Outcome) -> &'static str {
