@@ -12,6 +12,9 @@ COPY src ./src
 RUN cargo build --release --locked --bin onnx-cle
 
 FROM debian:bookworm-slim
+# CA certificates: TLS to an S3 endpoint (--blob-store s3://…) verifies against the system roots.
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates \
+    && rm -rf /var/lib/apt/lists/*
 RUN useradd --system --uid 10001 --user-group --home-dir /data --shell /usr/sbin/nologin cle \
     && mkdir -p /data && chown 10001:10001 /data
 COPY --from=build /src/target/release/onnx-cle /usr/local/bin/onnx-cle

@@ -1,5 +1,6 @@
 //! The `onnx-cle` binary: `equalize` (one-shot CLI), `serve` (HTTP service), `openapi` (print
-//! the service's OpenAPI document), `healthcheck` (probe a local server).
+//! the service's OpenAPI document), `healthcheck` (probe a local server), `migrate` (apply the
+//! PostgreSQL job store's schema).
 
 mod cli;
 
@@ -28,6 +29,16 @@ enum Command {
     Openapi,
     /// Exit 0 when the server at --addr answers its liveness probe (for container health checks).
     Healthcheck(HealthcheckArgs),
+    /// Apply the job store's schema migrations to the PostgreSQL database (`serve
+    /// --database-url` also applies them at start).
+    Migrate(MigrateArgs),
+}
+
+#[derive(Args)]
+struct MigrateArgs {
+    /// The database (`postgres://user:password@host:5432/db`).
+    #[arg(long, env = "ONNX_CLE_DATABASE_URL", hide_env_values = true)]
+    database_url: String,
 }
 
 #[derive(Args)]
@@ -64,6 +75,34 @@ fn serve(cfg: server::ServeConfig) -> ExitCode {
     }
 }
 
+fn migrate(url: &str) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("onnx-cle: error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(server::migrate(url)) {
+        Ok(applied) if applied.is_empty() => {
+            println!("database schema up to date");
+            ExitCode::SUCCESS
+        }
+        Ok(applied) => {
+            println!("applied migrations {applied:?}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("onnx-cle: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -73,6 +112,7 @@ fn main() -> ExitCode {
             print!("{}", server::openapi_json());
             ExitCode::SUCCESS
         }
+        Command::Migrate(a) => migrate(&a.database_url),
         Command::Healthcheck(a) => match server::healthcheck(a.addr) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -283,3 +283,341 @@ fn dockerfile_matches_the_code() {
     assert_eq!(instr("ENTRYPOINT"), [r#"["onnx-cle"]"#]);
     assert_eq!(instr("CMD"), [r#"["serve"]"#]);
 }
+
+/// The `AWS_*` variables the scale-out manifests set: all read by object_store's
+/// `AmazonS3Builder::from_env`.
+const AWS_VARS: &[&str] = &[
+    "AWS_ENDPOINT",
+    "AWS_REGION",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_ALLOW_HTTP",
+    "AWS_SESSION_TOKEN",
+];
+
+fn scale(rel: &str) -> Yaml {
+    yaml(&format!("deploy/k8s/scale-out/{rel}"))
+}
+
+/// A container's environment, secret references resolved from `secret` (which must hold
+/// every referenced key): (ONNX_CLE_* settings, AWS_* settings).
+fn container_env(
+    c: &Yaml,
+    secret: &Yaml,
+    what: &str,
+) -> (BTreeMap<String, String>, BTreeMap<String, String>) {
+    let (mut onnx, mut aws) = (BTreeMap::new(), BTreeMap::new());
+    for e in c["env"].as_vec().expect("env list") {
+        let name = s(&e["name"], "env name").to_string();
+        let value = if let Some(v) = e["value"].as_str() {
+            v.to_string()
+        } else {
+            let r = &e["valueFrom"]["secretKeyRef"];
+            assert_eq!(
+                r["name"], secret["metadata"]["name"],
+                "{what}: {name} from the Secret"
+            );
+            let key = s(&r["key"], "secret key");
+            s(&secret["stringData"][key], "secret value").to_string()
+        };
+        if name.starts_with("AWS_") {
+            assert!(AWS_VARS.contains(&name.as_str()), "{what}: unknown {name}");
+            aws.insert(name, value);
+        } else {
+            onnx.insert(name, value);
+        }
+    }
+    (onnx, aws)
+}
+
+fn labels_match(selector: &Yaml, labels: &Yaml) -> bool {
+    selector
+        .as_hash()
+        .expect("selector")
+        .iter()
+        .all(|(k, v)| &labels[s(k, "label")] == v)
+}
+
+#[test]
+fn scale_out_manifests_match_the_code() {
+    use config::Role;
+    let secret = scale("secret.yaml");
+    assert_eq!(s(&secret["kind"], "kind"), "Secret");
+    let single = yaml("deploy/k8s/deployment.yaml");
+    let image = &single["spec"]["template"]["spec"]["containers"][0]["image"];
+
+    let mut cfgs = BTreeMap::new();
+    for (file, role) in [
+        ("api-deployment.yaml", Role::Api),
+        ("worker-deployment.yaml", Role::Worker),
+    ] {
+        let d = scale(file);
+        assert_eq!(s(&d["kind"], "kind"), "Deployment");
+        let pod = &d["spec"]["template"]["spec"];
+        let c = &pod["containers"][0];
+        assert_eq!(&c["image"], image, "{file}: one image for every role");
+        let args: Vec<&str> = c["args"]
+            .as_vec()
+            .unwrap()
+            .iter()
+            .map(|a| s(a, "arg"))
+            .collect();
+        assert_eq!(args, ["serve"]);
+        let (env, aws) = container_env(c, &secret, file);
+        let cfg = parse_env(&env, file);
+        assert_eq!(cfg.role, role, "{file}");
+        assert!(cfg.database_url.is_some(), "{file}: shared database");
+        assert!(
+            matches!(
+                cfg.blob_store,
+                Some(onnx_cle::server::store::BlobUrl::S3 { .. })
+            ),
+            "{file}: S3 blobs"
+        );
+        for var in ["AWS_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"] {
+            assert!(aws.contains_key(var), "{file}: {var}");
+        }
+        assert!(
+            c["volumeMounts"].is_badvalue(),
+            "{file}: no volume: nothing is kept locally"
+        );
+        let port = c["ports"][0]["containerPort"].as_i64().unwrap() as u16;
+        assert_eq!(port, cfg.addr.port());
+        assert!(cfg.addr.ip().is_unspecified());
+        for (probe, path) in [
+            ("livenessProbe", config::HEALTH_PATH),
+            ("readinessProbe", config::READY_PATH),
+        ] {
+            assert_eq!(
+                s(&c[probe]["httpGet"]["path"], probe),
+                path,
+                "{file}: {probe}"
+            );
+        }
+        let grace = pod["terminationGracePeriodSeconds"].as_i64().unwrap() as u64;
+        assert!(
+            grace > cfg.shutdown_grace.as_secs(),
+            "{file}: k8s grace outlasts --shutdown-grace"
+        );
+        assert!(labels_match(
+            &d["spec"]["selector"]["matchLabels"],
+            &d["spec"]["template"]["metadata"]["labels"]
+        ));
+        assert_eq!(pod["securityContext"]["runAsNonRoot"].as_bool(), Some(true));
+        cfgs.insert(file, (cfg, d));
+    }
+    let (worker, worker_d) = &cfgs["worker-deployment.yaml"];
+    let (_, api_d) = &cfgs["api-deployment.yaml"];
+    assert!(
+        worker.shutdown_grace >= std::time::Duration::from_secs(300),
+        "workers drain longer than a typical job"
+    );
+    assert!(worker.job_lease < worker.shutdown_grace);
+    assert_eq!(
+        s(&api_d["spec"]["strategy"]["type"], "strategy"),
+        "RollingUpdate"
+    );
+
+    // The Service reaches the API pods only.
+    let svc = scale("api-service.yaml");
+    let sel = &svc["spec"]["selector"];
+    assert!(labels_match(
+        sel,
+        &api_d["spec"]["template"]["metadata"]["labels"]
+    ));
+    assert!(!labels_match(
+        sel,
+        &worker_d["spec"]["template"]["metadata"]["labels"]
+    ));
+
+    // KEDA scales the worker Deployment on the queue; one pod's share is its worker count.
+    let so = scale("keda-scaledobject.yaml");
+    assert_eq!(s(&so["kind"], "kind"), "ScaledObject");
+    assert_eq!(
+        so["spec"]["scaleTargetRef"]["name"],
+        worker_d["metadata"]["name"]
+    );
+    let trigger = &so["spec"]["triggers"][0];
+    assert_eq!(s(&trigger["type"], "trigger"), "postgresql");
+    let target: u16 = s(&trigger["metadata"]["targetQueryValue"], "target")
+        .parse()
+        .unwrap();
+    assert_eq!(
+        target, worker.workers,
+        "targetQueryValue = ONNX_CLE_WORKERS per pod"
+    );
+    let query = s(&trigger["metadata"]["query"], "query");
+    let schema =
+        std::fs::read_to_string(root().join("src/server/store/migrations/0001_jobs.sql")).unwrap();
+    assert!(query.contains("cle_jobs") && schema.contains("CREATE TABLE cle_jobs"));
+    for state in ["queued", "running"] {
+        assert!(query.contains(&format!("'{state}'")), "{query}");
+        assert!(onnx_cle::server::job::JobState::parse(state).is_some());
+    }
+    let auth = scale("keda-trigger-auth.yaml");
+    assert_eq!(
+        trigger["authenticationRef"]["name"],
+        auth["metadata"]["name"]
+    );
+    let target_ref = &auth["spec"]["secretTargetRef"][0];
+    assert_eq!(s(&target_ref["parameter"], "parameter"), "connection");
+    assert_eq!(target_ref["name"], secret["metadata"]["name"]);
+    assert!(secret["stringData"][s(&target_ref["key"], "key")]
+        .as_str()
+        .is_some());
+
+    // PodDisruptionBudgets cover each Deployment's pods.
+    for (file, d) in [("api-pdb.yaml", api_d), ("worker-pdb.yaml", worker_d)] {
+        let pdb = scale(file);
+        assert_eq!(s(&pdb["kind"], "kind"), "PodDisruptionBudget");
+        assert!(
+            labels_match(
+                &pdb["spec"]["selector"]["matchLabels"],
+                &d["spec"]["template"]["metadata"]["labels"]
+            ),
+            "{file}"
+        );
+    }
+
+    // The migration Job runs `onnx-cle migrate` on the same database, before upgrades.
+    let job = scale("migrate-job.yaml");
+    assert_eq!(s(&job["kind"], "kind"), "Job");
+    let c = &job["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(&c["image"], image);
+    let args: Vec<&str> = c["args"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .map(|a| s(a, "arg"))
+        .collect();
+    assert_eq!(args, ["migrate"]);
+    let (env, _) = container_env(c, &secret, "migrate-job.yaml");
+    assert_eq!(env.keys().collect::<Vec<_>>(), ["ONNX_CLE_DATABASE_URL"]);
+    let help = std::process::Command::new(env!("CARGO_BIN_EXE_onnx-cle"))
+        .args(["migrate", "--help"])
+        .output()
+        .expect("onnx-cle migrate --help");
+    assert!(String::from_utf8_lossy(&help.stdout).contains("[env: ONNX_CLE_DATABASE_URL"));
+    assert!(s(&job["metadata"]["annotations"]["helm.sh/hook"], "hook").contains("pre-upgrade"));
+}
+
+#[test]
+fn scale_out_compose_file_matches_the_code() {
+    use config::Role;
+    let compose = yaml("deploy/compose.scale.yaml");
+    let svcs = &compose["services"];
+    let env_of = |name: &str| -> (BTreeMap<String, String>, BTreeMap<String, String>) {
+        let mut onnx = BTreeMap::new();
+        let mut aws = BTreeMap::new();
+        for (k, v) in svcs[name]["environment"]
+            .as_hash()
+            .expect("environment map")
+        {
+            let (k, v) = (s(k, "name").to_string(), s(v, "value").to_string());
+            if k.starts_with("AWS_") {
+                assert!(AWS_VARS.contains(&k.as_str()), "{name}: unknown {k}");
+                aws.insert(k, v);
+            } else {
+                onnx.insert(k, v);
+            }
+        }
+        (onnx, aws)
+    };
+    let pg = &svcs["postgres"]["environment"];
+    let expected_db = format!(
+        "postgres://{}:{}@postgres:5432/{}",
+        s(&pg["POSTGRES_USER"], "user"),
+        s(&pg["POSTGRES_PASSWORD"], "password"),
+        s(&pg["POSTGRES_DB"], "db")
+    );
+    let s3_cmd: Vec<&str> = svcs["s3"]["command"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .map(|a| s(a, "cmd"))
+        .collect();
+    let s3_flag = |f: &str| -> String {
+        s3_cmd
+            .iter()
+            .find_map(|a| a.strip_prefix(&format!("-{f}=")))
+            .unwrap_or_else(|| panic!("s3 command lacks -{f}"))
+            .to_string()
+    };
+    for (name, role) in [("api", Role::Api), ("worker", Role::Worker)] {
+        let (env, aws) = env_of(name);
+        let cfg = parse_env(&env, name);
+        assert_eq!(cfg.role, role);
+        assert_eq!(
+            cfg.database_url.as_ref().map(|u| u.expose().to_string()),
+            Some(expected_db.clone()),
+            "{name}: the compose database"
+        );
+        match &cfg.blob_store {
+            Some(onnx_cle::server::store::BlobUrl::S3 { bucket, .. }) => {
+                assert_eq!(
+                    bucket,
+                    &s3_flag("bucket"),
+                    "{name}: the bucket SeaweedFS creates"
+                )
+            }
+            other => panic!("{name}: blob store {other:?}"),
+        }
+        assert_eq!(
+            aws["AWS_ENDPOINT"],
+            format!("http://s3:{}", s3_flag("s3.port"))
+        );
+        assert_eq!(aws["AWS_ALLOW_HTTP"], "true");
+        let command: Vec<&str> = svcs[name]["command"]
+            .as_vec()
+            .unwrap()
+            .iter()
+            .map(|a| s(a, "cmd"))
+            .collect();
+        assert_eq!(command, ["serve"]);
+        assert_eq!(
+            svcs[name]["depends_on"]["migrate"]["condition"].as_str(),
+            Some("service_completed_successfully")
+        );
+        let stop = s(&svcs[name]["stop_grace_period"], "stop_grace_period");
+        let stop = config::parse_duration(stop).expect("stop_grace_period");
+        assert!(
+            stop > cfg.shutdown_grace,
+            "{name}: compose waits for the drain"
+        );
+    }
+    let ports: Vec<&str> = svcs["api"]["ports"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .map(|p| s(p, "port"))
+        .collect();
+    assert_eq!(ports, [format!("{0}:{0}", config::DEFAULT_PORT)]);
+    let (migrate_env, _) = env_of("migrate");
+    assert_eq!(migrate_env["ONNX_CLE_DATABASE_URL"], expected_db);
+    let command: Vec<&str> = svcs["migrate"]["command"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .map(|a| s(a, "cmd"))
+        .collect();
+    assert_eq!(command, ["migrate"]);
+    let cfg_mount = s(&svcs["s3"]["volumes"][1], "s3 config volume");
+    let (host, inside) = cfg_mount.split_once(':').unwrap();
+    assert!(root().join("deploy").join(host).is_file(), "{host}");
+    assert_eq!(
+        format!("-s3.config={}", inside.trim_end_matches(":ro")),
+        format!("-s3.config={}", s3_flag("s3.config"))
+    );
+    let creds: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root().join("deploy").join(host)).unwrap())
+            .unwrap();
+    let (_, aws) = env_of("worker");
+    assert_eq!(
+        creds["identities"][0]["credentials"][0]["accessKey"],
+        aws["AWS_ACCESS_KEY_ID"]
+    );
+    assert_eq!(
+        creds["identities"][0]["credentials"][0]["secretKey"],
+        aws["AWS_SECRET_ACCESS_KEY"]
+    );
+}

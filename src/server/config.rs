@@ -93,6 +93,53 @@ pub struct ServeConfig {
     /// unset: no authentication.
     #[arg(long, env = "ONNX_CLE_AUTH_TOKEN", hide_env_values = true)]
     pub auth_token: Option<Secret>,
+    /// PostgreSQL holding job records, idempotency keys and the queue, shared by every replica
+    /// (`postgres://user:password@host:5432/db`); unset: the data directory (one replica).
+    #[arg(long, env = "ONNX_CLE_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<Secret>,
+    /// Where uploads and results go: `s3://BUCKET/PREFIX` (endpoint, region and credentials
+    /// from the standard `AWS_*` variables) or `file:///path`; unset: the data directory.
+    #[arg(long, env = "ONNX_CLE_BLOB_STORE")]
+    pub blob_store: Option<crate::server::store::BlobUrl>,
+    /// What this replica does: `all` (API and workers), `api` (HTTP only; needs
+    /// `--database-url`) or `worker` (runs jobs; its port serves the same routes, for probes and
+    /// metrics).
+    #[arg(long, env = "ONNX_CLE_ROLE", value_enum, default_value_t = Role::All)]
+    pub role: Role,
+    /// Lease of a running job on a shared database: renewed every third of it; a job whose
+    /// replica stops renewing goes back to the queue this long after the last renewal.
+    #[arg(long, env = "ONNX_CLE_JOB_LEASE", default_value = "30s", value_parser = parse_lease)]
+    pub job_lease: Duration,
+    /// Answer `GET /jobs/{id}/model` with `303` to a presigned object-store URL valid this long
+    /// (S3 blob store only; `--presign` alone: 15m; `0`: stream through the service).
+    #[arg(long, env = "ONNX_CLE_PRESIGN", default_value = "0", num_args = 0..=1, default_missing_value = "15m", value_parser = parse_duration)]
+    pub presign: Duration,
+}
+
+/// What one `onnx-cle serve` process does (`--role`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Role {
+    /// API and workers.
+    All,
+    /// HTTP API only: accepts, lists and serves jobs; runs none.
+    Api,
+    /// Runs jobs; its HTTP port serves the same routes (health probes, metrics).
+    Worker,
+}
+
+impl Role {
+    /// Whether this role runs a worker pool.
+    pub fn runs_jobs(self) -> bool {
+        self != Role::Api
+    }
+}
+
+fn parse_lease(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d < Duration::from_secs(1) {
+        return Err("the lease must be at least 1s".into());
+    }
+    Ok(d)
 }
 
 /// A secret setting: compared in constant time, never printed.
@@ -148,6 +195,11 @@ impl ServeConfig {
             max_tensor_elements: crate::limits::DEFAULT_MAX_TENSOR_ELEMENTS,
             max_model_memory: crate::limits::DEFAULT_MAX_DECODED_BYTES,
             auth_token: None,
+            database_url: None,
+            blob_store: None,
+            role: Role::All,
+            job_lease: Duration::from_secs(30),
+            presign: Duration::ZERO,
         }
     }
 

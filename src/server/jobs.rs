@@ -1,44 +1,55 @@
-//! The job registry and queue: the in-memory view of every job, written through to the
-//! [`JobStore`] before anything is acknowledged.
+//! The job registry of one replica: the [`JobStore`] (records, keys, the queue) plus what only
+//! this process knows: the runs it holds (their cancel flags, deadlines and leases), the
+//! idempotency keys its requests are using, and whether it is draining.
 //!
 //! Invariants:
-//! - the store is written before the memory view changes and before a client hears of it; a
-//!   state a client has seen survives a crash (progress stages excepted: they are memory-only);
-//! - the queue holds the `queued` jobs in id (= submission) order; at most `queue_size` jobs are
-//!   queued, beyond that submissions get 429;
+//! - the store is written before a client hears of a change; a state a client has seen survives
+//!   a crash of any replica (progress stages excepted on the filesystem store: memory-only);
 //! - a job moves `queued → running → succeeded | failed | canceled`, or `queued → canceled`;
-//!   the only way back is `running → queued`, when a run is interrupted by shutdown or a crash
-//!   (recovered at start; after [`MAX_ATTEMPTS`] interrupted runs the job fails instead of
-//!   looping on a model that kills the process);
+//!   the only way back is `running → queued`, when a run is interrupted (shutdown, storage
+//!   trouble, a crash, or a lease that ran out on a shared store); after [`MAX_ATTEMPTS`]
+//!   interrupted runs the job fails instead of looping on a model that kills the process;
+//! - every run ends with a fenced [`JobStore::finish`]: a run whose lease was lost (another
+//!   replica took the job over) writes nothing, so a finished job is never overwritten;
+//! - at most `queue_size` jobs are queued (across all replicas); beyond that submissions get 429;
 //! - the input blob is committed before the job record exists, so every record has its upload;
-//!   blobs without a record (a crash in between) are removed at start.
+//!   blobs without a record (a crash in between) are removed at start (filesystem) or by the
+//!   periodic orphan sweep (shared stores).
 //!
-//! Blocking: every method that writes goes through the store (fsync) and must be called from a
-//! blocking context (worker threads or `spawn_blocking`). Readers (`get`, `list`) only lock.
+//! Blocking: every method that touches the store must be called from a blocking context (worker
+//! threads or `spawn_blocking`); the network stores also tolerate runtime threads.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
 use tokio::sync::watch;
 
-use super::job::{now_ms, InputInfo, JobId, JobRecord, JobResult, JobState};
-use super::metrics::Metrics;
-use super::problem::{ApiError, Problem};
-use super::store::{BlobStore, IdempotencyRecord, JobStore};
-use crate::Options;
+pub use super::store::{Recovery, MAX_ATTEMPTS};
 
-/// Interrupted runs after which a job fails with `job_crashed` instead of running again.
-pub const MAX_ATTEMPTS: u32 = 3;
+use super::job::{now_ms, InputInfo, JobId, JobRecord, JobResult, JobState};
+use super::metrics::{Gauges, Metrics};
+use super::problem::{ApiError, Problem};
+use super::store::{
+    is_unavailable, BlobStore, CancelOutcome, Deleted, Finish, IdempotencyRecord, JobStore, Lease,
+    QueueStats, Renewal, StoreEvent, SubmitError, Submitted,
+};
+use crate::Options;
 
 /// Seconds clients are told to wait before asking again.
 pub const RETRY_AFTER_SECS: u64 = 2;
 
 /// Seconds a client is told to wait when the queue is full.
 pub const QUEUE_FULL_RETRY_SECS: u64 = 10;
+
+/// Seconds a client is told to wait when the database or object store is unreachable.
+pub const UNAVAILABLE_RETRY_SECS: u64 = 5;
+
+/// Default lease of a claimed job on a shared store (`--job-lease`).
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
 
 /// A job about to be queued.
 #[derive(Debug, Clone)]
@@ -60,6 +71,10 @@ pub struct NewJob {
 pub struct Claim {
     /// The job.
     pub id: JobId,
+    /// This run's lease token: the run's handle for [`Jobs::finish_run`], [`Jobs::set_run_stage`]
+    /// and [`Jobs::holds_run`]. A replica may hold a stale run of a job whose lease it lost
+    /// while it runs the job again; each run is fenced by its own token.
+    pub run: String,
     /// Its options.
     pub options: Options,
     /// Set to stop the run at its next check (see [`crate::Control::cancel`]).
@@ -75,73 +90,69 @@ pub enum Outcome {
     Failed(Problem),
     /// The run observed its cancel flag.
     Canceled,
+    /// The run could not go on for a reason outside the job (storage unreachable): back to
+    /// the queue, to run again.
+    Requeue,
 }
 
 struct Running {
+    id: JobId,
     cancel: Arc<AtomicBool>,
     by_user: bool,
     timed_out: bool,
-    started: std::time::Instant,
+    lost: bool,
+    started: Instant,
+    lease: Lease,
 }
 
 #[derive(Default)]
-struct Inner {
-    jobs: BTreeMap<JobId, JobRecord>,
-    queue: VecDeque<JobId>,
-    running: HashMap<JobId, Running>,
-    keys: HashMap<String, IdempotencyRecord>,
+struct Local {
+    /// This replica's runs, by lease token.
+    running: HashMap<String, Running>,
     keys_in_flight: HashSet<String>,
     stopping: bool,
     draining: bool,
+    /// Bumped whenever a claim might now succeed (a submission here, a notification).
+    wake: u64,
 }
 
-impl Inner {
-    fn queued(&self) -> usize {
-        self.queue
-            .iter()
-            .filter(|id| {
-                self.jobs
-                    .get(*id)
-                    .is_some_and(|j| j.state == JobState::Queued)
-            })
-            .count()
+/// The 503 problem for an unreachable backend, or a 500 for any other store error.
+pub fn store_error(what: &str, e: &io::Error) -> ApiError {
+    if is_unavailable(e) {
+        tracing::warn!("{what} unavailable: {e}");
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "storage_unavailable",
+            "the job database or object store is unreachable; retry shortly",
+        )
+        .retry_after(UNAVAILABLE_RETRY_SECS)
+    } else {
+        ApiError::internal(format!("{what}: {e}"))
     }
 }
 
-/// What recovery found at start.
-#[derive(Debug, Default)]
-pub struct Recovery {
-    /// Jobs loaded.
-    pub loaded: usize,
-    /// Jobs that were running and go back to the queue.
-    pub requeued: usize,
-    /// Jobs failed because they were interrupted too often or lost their upload.
-    pub failed: usize,
-    /// Records that could not be read (left on disk, ignored).
-    pub unreadable: Vec<String>,
-    /// Orphan blob folders removed.
-    pub orphans: usize,
+fn io_err(e: io::Error) -> ApiError {
+    store_error("job store", &e)
 }
 
-/// The job registry, queue and idempotency keys.
+/// The job registry, queue and idempotency keys of this replica.
 pub struct Jobs {
     store: Arc<dyn JobStore>,
     blobs: Arc<dyn BlobStore>,
-    inner: Mutex<Inner>,
+    local: Mutex<Local>,
     work: Condvar,
     changed: watch::Sender<u64>,
     queue_size: usize,
     retention: Duration,
     max_job_time: Duration,
     metrics: Arc<Metrics>,
-}
-
-fn io_err(e: io::Error) -> ApiError {
-    ApiError::internal(format!("job store: {e}"))
+    owner: String,
+    lease: Duration,
 }
 
 impl Jobs {
-    /// Loads every job, puts interrupted runs back in the queue and removes orphan blobs.
+    /// Opens the registry on `store` and `blobs`, after the store's recovery (interrupted runs
+    /// back in the queue, orphan blobs removed).
     pub fn open(
         store: Arc<dyn JobStore>,
         blobs: Arc<dyn BlobStore>,
@@ -149,78 +160,23 @@ impl Jobs {
         retention: Duration,
         metrics: Arc<Metrics>,
     ) -> io::Result<(Jobs, Recovery)> {
-        let (records, unreadable) = store.load_all()?;
-        let mut rec = Recovery {
-            loaded: records.len(),
-            unreadable: unreadable.iter().map(|u| u.reason.clone()).collect(),
-            ..Recovery::default()
-        };
-        let keep: HashSet<JobId> = unreadable.into_iter().filter_map(|u| u.id).collect();
-        let mut inner = Inner::default();
-        for mut job in records {
-            if job.state == JobState::Running {
-                job.stage = None;
-                if job.attempts >= MAX_ATTEMPTS {
-                    job.state = JobState::Failed;
-                    job.finished_ms = Some(now_ms());
-                    job.error = Some(
-                        Problem::new(
-                            StatusCode::INTERNAL_SERVER_ERROR,
-                            "job_crashed",
-                            format!("the job was interrupted {} times; giving up", job.attempts),
-                        )
-                        .with_job(&job.id),
-                    );
-                    rec.failed += 1;
-                } else {
-                    job.state = JobState::Queued;
-                    rec.requeued += 1;
-                }
-                store.save(&job)?;
-            }
-            if job.state == JobState::Queued
-                && blobs.open(&job.id, super::store::BlobKind::Input).is_err()
-            {
-                job.state = JobState::Failed;
-                job.finished_ms = Some(now_ms());
-                job.error = Some(
-                    Problem::new(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "input_missing",
-                        "the uploaded model is missing from storage",
-                    )
-                    .with_job(&job.id),
-                );
-                store.save(&job)?;
-                rec.failed += 1;
-            }
-            inner.jobs.insert(job.id.clone(), job);
-        }
-        inner.queue = inner
-            .jobs
-            .values()
-            .filter(|j| j.state == JobState::Queued)
-            .map(|j| j.id.clone())
-            .collect();
-        for id in blobs.jobs()? {
-            if !inner.jobs.contains_key(&id) && !keep.contains(&id) {
-                blobs.delete(&id)?;
-                rec.orphans += 1;
-            }
-        }
-        for k in store.load_keys()? {
-            inner.keys.insert(k.key_sha256.clone(), k);
-        }
+        let rec = store.recover(blobs.as_ref())?;
         let jobs = Jobs {
             store,
             blobs,
-            inner: Mutex::new(inner),
+            local: Mutex::new(Local::default()),
             work: Condvar::new(),
             changed: watch::channel(0).0,
             queue_size,
             retention,
             max_job_time: Duration::ZERO,
             metrics,
+            owner: format!(
+                "{}-{}",
+                std::process::id(),
+                &uuid::Uuid::new_v4().simple().to_string()[..8]
+            ),
+            lease: DEFAULT_LEASE,
         };
         Ok((jobs, rec))
     }
@@ -230,6 +186,43 @@ impl Jobs {
     pub fn with_max_job_time(mut self, max: Duration) -> Self {
         self.max_job_time = max;
         self
+    }
+
+    /// Sets the lease of claimed jobs (shared stores; renewed every third of it).
+    pub fn with_lease(mut self, lease: Duration) -> Self {
+        self.lease = lease.max(Duration::from_millis(300));
+        self
+    }
+
+    /// Names this replica in claims (`owner` of leases; logged).
+    pub fn with_owner(mut self, owner: impl Into<String>) -> Self {
+        self.owner = owner.into();
+        self
+    }
+
+    /// This replica's name in leases.
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    /// The lease of claimed jobs.
+    pub fn lease(&self) -> Duration {
+        self.lease
+    }
+
+    /// Whether other replicas share the store.
+    pub fn shared(&self) -> bool {
+        self.store.shared()
+    }
+
+    /// How often waiting code re-reads the store when no notification came (shared stores
+    /// only; a single-replica store notifies every change).
+    pub fn poll_interval(&self) -> Duration {
+        if self.store.shared() {
+            Duration::from_secs(1)
+        } else {
+            Duration::from_secs(5)
+        }
     }
 
     /// Cancels every run older than the maximum job time; such a run ends as a failed job with
@@ -250,12 +243,17 @@ impl Jobs {
         n
     }
 
-    fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    fn lock(&self) -> MutexGuard<'_, Local> {
+        self.local.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn notify(&self) {
         self.changed.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    fn wake_workers(&self) {
+        self.lock().wake += 1;
+        self.work.notify_all();
     }
 
     /// The blob store holding the jobs' files.
@@ -263,51 +261,104 @@ impl Jobs {
         &self.blobs
     }
 
+    /// The job store.
+    pub fn store(&self) -> &Arc<dyn JobStore> {
+        &self.store
+    }
+
     /// The metrics this registry updates.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
     }
 
-    /// A receiver that changes whenever any job does (for long-polls).
+    /// A receiver that changes whenever any job does (for long-polls; on a shared store also
+    /// when another replica reports a change).
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.changed.subscribe()
     }
 
-    /// A job's current record.
-    pub fn get(&self, id: &JobId) -> Option<JobRecord> {
-        self.lock().jobs.get(id).cloned()
-    }
-
-    /// Number of queued and of running jobs.
-    pub fn counts(&self) -> (usize, usize) {
-        let g = self.lock();
-        (g.queued(), g.running.len())
-    }
-
-    /// The 429 problem when the queue is full.
-    pub fn check_room(&self) -> Result<(), ApiError> {
-        let g = self.lock();
-        self.room(&g)
-    }
-
-    fn room(&self, g: &Inner) -> Result<(), ApiError> {
-        if g.draining {
-            return Err(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "shutting_down",
-                "the service is shutting down; retry shortly",
-            )
-            .retry_after(QUEUE_FULL_RETRY_SECS));
+    /// Handles a change another replica made (see [`JobStore::subscribe`]).
+    pub fn on_event(&self, event: StoreEvent) {
+        match event {
+            StoreEvent::Queued(_) => self.wake_workers(),
+            StoreEvent::Changed(_) => {}
+            StoreEvent::CancelRequested(id) => self.cancel_local(&id),
+            StoreEvent::Resync => self.wake_workers(),
         }
-        if g.queued() >= self.queue_size {
-            return Err(ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "queue_full",
-                format!("{} jobs are already waiting; retry later", self.queue_size),
-            )
-            .retry_after(QUEUE_FULL_RETRY_SECS));
+        self.notify();
+    }
+
+    /// A job's current record (`None` also when the store cannot be read; see [`Jobs::lookup`]).
+    pub fn get(&self, id: &JobId) -> Option<JobRecord> {
+        self.lookup(id).ok().flatten()
+    }
+
+    /// A job's current record; store errors are problems (503 when it is unreachable).
+    pub fn lookup(&self, id: &JobId) -> Result<Option<JobRecord>, ApiError> {
+        self.store.get(id).map_err(io_err)
+    }
+
+    /// Queue figures from the store (across replicas on a shared store).
+    pub fn stats(&self) -> io::Result<QueueStats> {
+        self.store.stats()
+    }
+
+    /// Number of queued and of running jobs (zeros when the store cannot be read).
+    pub fn counts(&self) -> (usize, usize) {
+        match self.store.stats() {
+            Ok(s) => (s.queued, s.running),
+            Err(_) => (0, self.local_running()),
+        }
+    }
+
+    /// The gauges of `/metrics`: queue figures from the store, runs of this replica.
+    pub fn gauges(&self, workers: usize) -> Gauges {
+        let replica_running = self.local_running();
+        match self.store.stats() {
+            Ok(s) => Gauges {
+                queued: s.queued,
+                running: s.running,
+                oldest_queued_seconds: s
+                    .oldest_queued_ms
+                    .map_or(0.0, |t| now_ms().saturating_sub(t) as f64 / 1000.0),
+                store_up: true,
+                replica_running,
+                workers,
+            },
+            Err(_) => Gauges {
+                running: replica_running,
+                replica_running,
+                workers,
+                ..Gauges::default()
+            },
+        }
+    }
+
+    /// Runs this replica holds.
+    pub fn local_running(&self) -> usize {
+        self.lock().running.len()
+    }
+
+    /// The 429 problem when the queue is full (503 while draining or when the store is
+    /// unreachable).
+    pub fn check_room(&self) -> Result<(), ApiError> {
+        if self.lock().draining {
+            return Err(draining());
+        }
+        let stats = self.store.stats().map_err(io_err)?;
+        if stats.queued >= self.queue_size {
+            return Err(self.queue_full());
         }
         Ok(())
+    }
+
+    fn queue_full(&self) -> ApiError {
+        ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "queue_full",
+            format!("{} jobs are already waiting; retry later", self.queue_size),
+        )
+        .retry_after(QUEUE_FULL_RETRY_SECS)
     }
 
     /// Marks an idempotency key as in use by a request; 409 when another request holds it.
@@ -334,28 +385,34 @@ impl Jobs {
         key_sha256: &str,
         fingerprint: &str,
     ) -> Result<Option<JobRecord>, ApiError> {
-        let g = self.lock();
-        let Some(k) = g.keys.get(key_sha256) else {
+        let Some(k) = self.store.find_key(key_sha256).map_err(io_err)? else {
             return Ok(None);
         };
-        let Some(job) = g.jobs.get(&k.job_id) else {
+        let Some(job) = self.store.get(&k.job_id).map_err(io_err)? else {
             return Ok(None);
         };
         if k.fingerprint != fingerprint {
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "idempotency_key_reused",
-                "this Idempotency-Key was used for a different model or options",
-            )
-            .job(job.id.as_str()));
+            return Err(key_reused(&job.id));
         }
-        Ok(Some(job.clone()))
+        Ok(Some(job))
     }
 
     /// Queues a job whose input blob is stored. On error the caller removes the blob.
     pub fn submit(&self, new: NewJob, key_sha256: Option<String>) -> Result<JobRecord, ApiError> {
-        let mut g = self.lock();
-        self.room(&g)?;
+        self.submit_or_replay(new, key_sha256).map(|(j, _)| j)
+    }
+
+    /// [`Jobs::submit`], also saying whether the key had already produced a job (another
+    /// replica may have queued it a moment ago): then nothing was queued and the caller removes
+    /// its blob.
+    pub fn submit_or_replay(
+        &self,
+        new: NewJob,
+        key_sha256: Option<String>,
+    ) -> Result<(JobRecord, bool), ApiError> {
+        if self.lock().draining {
+            return Err(draining());
+        }
         let job = JobRecord {
             id: new.id,
             name: new.name,
@@ -371,110 +428,166 @@ impl Jobs {
             error: None,
             attempts: 0,
         };
-        // The key first: a key whose job record never got written is ignored on replay,
-        // while a job record whose upload the caller deletes on error would be a broken job.
-        if let Some(key) = key_sha256 {
-            let rec = IdempotencyRecord {
-                key_sha256: key,
-                fingerprint: job.fingerprint.clone(),
-                job_id: job.id.clone(),
-                created_ms: job.created_ms,
-            };
-            self.store.save_key(&rec).map_err(io_err)?;
-            g.keys.insert(rec.key_sha256.clone(), rec);
+        let key = key_sha256.map(|k| IdempotencyRecord {
+            key_sha256: k,
+            fingerprint: job.fingerprint.clone(),
+            job_id: job.id.clone(),
+            created_ms: job.created_ms,
+        });
+        let out = match self.store.submit(&job, key.as_ref(), self.queue_size) {
+            Ok(Submitted::Created(j)) => (j, false),
+            Ok(Submitted::Replayed(j)) => return Ok((j, true)),
+            Err(SubmitError::QueueFull) => return Err(self.queue_full()),
+            Err(SubmitError::KeyReused(id)) => return Err(key_reused(&id)),
+            Err(SubmitError::Io(e)) => return Err(io_err(e)),
+        };
+        {
+            let mut g = self.lock();
+            g.wake += 1;
         }
-        self.store.save(&job).map_err(io_err)?;
-        g.jobs.insert(job.id.clone(), job.clone());
-        g.queue.push_back(job.id.clone());
-        drop(g);
         self.work.notify_one();
         self.notify();
-        Ok(job)
+        Ok(out)
     }
 
     /// Blocks until a queued job is available and marks it running; `None` once stopping.
     pub fn claim(&self) -> Option<Claim> {
-        let mut g = self.lock();
+        let mut failing = false;
         loop {
-            if g.stopping {
-                return None;
-            }
-            while let Some(id) = g.queue.pop_front() {
-                let Some(job) = g.jobs.get_mut(&id) else {
-                    continue;
-                };
-                if job.state != JobState::Queued {
-                    continue;
+            let seen = {
+                let g = self.lock();
+                if g.stopping {
+                    return None;
                 }
-                job.state = JobState::Running;
-                job.started_ms = Some(now_ms());
-                job.stage = None;
-                job.attempts += 1;
-                let snapshot = job.clone();
-                if let Err(e) = self.store.save(&snapshot) {
-                    tracing::error!(job = %id, "could not persist the running state: {e}");
+                g.wake
+            };
+            let wait = match self.store.claim(&self.owner, self.lease) {
+                Ok(Some(c)) => {
+                    if failing {
+                        tracing::info!("the job store answers again");
+                    }
+                    let id = c.job.id.clone();
+                    let run = c.lease.token.clone();
+                    let cancel = Arc::new(AtomicBool::new(false));
+                    self.lock().running.insert(
+                        run.clone(),
+                        Running {
+                            id: id.clone(),
+                            cancel: Arc::clone(&cancel),
+                            by_user: false,
+                            timed_out: false,
+                            lost: false,
+                            started: Instant::now(),
+                            lease: c.lease,
+                        },
+                    );
+                    self.notify();
+                    return Some(Claim {
+                        id,
+                        run,
+                        options: c.job.options,
+                        cancel,
+                    });
                 }
-                let cancel = Arc::new(AtomicBool::new(false));
-                g.running.insert(
-                    id.clone(),
-                    Running {
-                        cancel: Arc::clone(&cancel),
-                        by_user: false,
-                        timed_out: false,
-                        started: std::time::Instant::now(),
-                    },
-                );
-                drop(g);
-                self.notify();
-                return Some(Claim {
-                    id,
-                    options: snapshot.options,
-                    cancel,
-                });
-            }
-            g = self.work.wait(g).unwrap_or_else(PoisonError::into_inner);
+                Ok(None) => {
+                    failing = false;
+                    self.poll_interval()
+                }
+                Err(e) => {
+                    if !failing {
+                        tracing::warn!("cannot claim jobs: {e}");
+                    }
+                    failing = true;
+                    self.metrics.store_error("jobs");
+                    Duration::from_secs(1)
+                }
+            };
+            let g = self.lock();
+            let _ = self
+                .work
+                .wait_timeout_while(g, wait, |g| g.wake == seen && !g.stopping)
+                .unwrap_or_else(PoisonError::into_inner);
         }
     }
 
-    /// Records the stage a running job entered (memory only).
+    /// The token of this replica's newest run of `id`.
+    fn run_of(&self, id: &JobId) -> Option<String> {
+        let g = self.lock();
+        g.running
+            .iter()
+            .filter(|(_, r)| &r.id == id)
+            .max_by_key(|(_, r)| r.started)
+            .map(|(t, _)| t.clone())
+    }
+
+    fn cancel_local(&self, id: &JobId) {
+        for r in self.lock().running.values_mut().filter(|r| &r.id == id) {
+            r.by_user = true;
+            r.cancel.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Records the stage a running job entered (memory only on the filesystem store).
     pub fn set_stage(&self, id: &JobId, stage: &str) {
-        let mut g = self.lock();
-        if let Some(job) = g.jobs.get_mut(id) {
-            if job.state == JobState::Running {
-                job.stage = Some(stage.to_string());
+        if let Some(run) = self.run_of(id) {
+            self.set_run_stage(&run, stage);
+        }
+    }
+
+    /// Records the stage run `run` entered (fenced by its lease).
+    pub fn set_run_stage(&self, run: &str, stage: &str) {
+        let lease = self.lock().running.get(run).map(|r| r.lease.clone());
+        if let Some(lease) = lease {
+            if let Err(e) = self.store.set_stage(&lease, stage) {
+                tracing::debug!(job = %lease.id, "stage not recorded: {e}");
             }
         }
-        drop(g);
         self.notify();
     }
 
-    /// Ends a run. A cancellation not asked for by a client (shutdown) puts the job back in
-    /// the queue state, to run again after restart.
+    /// Whether this replica's newest run of `id` still holds its lease (as far as it knows).
+    pub fn holds(&self, id: &JobId) -> bool {
+        self.run_of(id).is_some_and(|run| self.holds_run(&run))
+    }
+
+    /// Whether run `run` still holds its lease (as far as this replica knows).
+    pub fn holds_run(&self, run: &str) -> bool {
+        self.lock().running.get(run).is_some_and(|r| !r.lost)
+    }
+
+    /// Ends a run. A cancellation not asked for by a client (shutdown, a lost lease) puts the
+    /// job back in the queue, to run again here after a restart or on another replica. The
+    /// write is fenced by the run's lease and retried while the store is unreachable (for up to
+    /// one lease, during which the lease keeps being renewed); after that the job runs again
+    /// once its lease has run out.
     pub fn finish(&self, id: &JobId, outcome: Outcome) {
-        let mut g = self.lock();
-        let run = g.running.remove(id);
-        let by_user = run.as_ref().is_some_and(|r| r.by_user);
-        let timed_out = run.as_ref().is_some_and(|r| r.timed_out);
-        let seconds = run.map_or(0.0, |r| r.started.elapsed().as_secs_f64());
-        let Some(job) = g.jobs.get_mut(id) else {
+        if let Some(run) = self.run_of(id) {
+            self.finish_run(&run, outcome);
+        }
+    }
+
+    /// [`Jobs::finish`] for run `run` (its lease token), the form workers use.
+    pub fn finish_run(&self, run: &str, outcome: Outcome) {
+        let Some((id, lease, by_user, timed_out, seconds)) =
+            self.lock().running.get(run).map(|r| {
+                (
+                    r.id.clone(),
+                    r.lease.clone(),
+                    r.by_user,
+                    r.timed_out,
+                    r.started.elapsed().as_secs_f64(),
+                )
+            })
+        else {
             return;
         };
-        job.stage = None;
-        let code = match outcome {
-            Outcome::Succeeded(result) => {
-                job.state = JobState::Succeeded;
-                job.result = Some(result);
-                job.error = None;
-                String::new()
-            }
+        let (finish, code) = match outcome {
+            Outcome::Succeeded(result) => (Finish::Succeeded(result), String::new()),
             Outcome::Failed(p) => {
-                job.state = JobState::Failed;
                 let code = p.code.clone();
-                job.error = Some(p.with_job(id));
-                code
+                (Finish::Failed(p.with_job(&id)), code)
             }
             Outcome::Canceled if timed_out && !by_user => {
-                job.state = JobState::Failed;
                 let p = Problem::new(
                     StatusCode::UNPROCESSABLE_ENTITY,
                     "job_timeout",
@@ -483,75 +596,147 @@ impl Jobs {
                         self.max_job_time.as_secs_f64()
                     ),
                 );
-                job.error = Some(p.with_job(id));
-                "job_timeout".to_string()
+                (Finish::Failed(p.with_job(&id)), "job_timeout".to_string())
             }
-            Outcome::Canceled if by_user => {
-                job.state = JobState::Canceled;
-                job.error = Some(canceled_problem(id));
-                "canceled".to_string()
-            }
-            Outcome::Canceled => {
-                job.state = JobState::Queued;
-                job.started_ms = None;
-                "interrupted".to_string()
+            Outcome::Canceled if by_user => (
+                Finish::Canceled(canceled_problem(&id)),
+                "canceled".to_string(),
+            ),
+            Outcome::Canceled => (Finish::Requeue, "interrupted".to_string()),
+            Outcome::Requeue => (Finish::Requeue, "storage_unavailable".to_string()),
+        };
+        let give_up = Instant::now() + self.lease.max(Duration::from_secs(5));
+        let mut pause = Duration::from_millis(200);
+        let written = loop {
+            match self.store.finish(&lease, &finish, now_ms()) {
+                Ok(r) => break Ok(r),
+                Err(e) if Instant::now() + pause < give_up && !self.lock().stopping => {
+                    tracing::warn!(job = %id, "cannot record the end of the run yet: {e}");
+                    self.metrics.store_error("jobs");
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_secs(2));
+                }
+                Err(e) => break Err(e),
             }
         };
-        if job.state.is_terminal() {
-            job.finished_ms = Some(now_ms());
+        self.lock().running.remove(run);
+        match written {
+            Ok(Some(job)) => {
+                let state = if job.state == JobState::Queued {
+                    "requeued"
+                } else {
+                    job.state.as_str()
+                };
+                tracing::info!(
+                    job = %id,
+                    state,
+                    attempt = job.attempts,
+                    owner = %self.owner,
+                    "run recorded"
+                );
+                self.metrics.finished(state, &code, seconds);
+                if job.state == JobState::Queued {
+                    self.wake_workers();
+                }
+            }
+            Ok(None) => {
+                tracing::warn!(job = %id, owner = %self.owner, "run discarded: its lease was lost (the job was taken over)");
+                self.metrics.lease_lost();
+            }
+            Err(e) => {
+                tracing::error!(job = %id, "could not record the end of the run ({e}); it runs again when its lease runs out");
+                self.metrics.store_error("jobs");
+            }
         }
-        let state = if job.state == JobState::Queued {
-            "requeued"
-        } else {
-            job.state.as_str()
-        };
-        let snapshot = job.clone();
-        if let Err(e) = self.store.save(&snapshot) {
-            tracing::error!(job = %id, "could not persist the final state: {e}");
-        }
-        if snapshot.state == JobState::Queued && !g.stopping {
-            g.queue.push_front(id.clone());
-            self.work.notify_one();
-        }
-        drop(g);
-        self.metrics.finished(state, &code, seconds);
         self.notify();
     }
 
+    /// Renews the leases of the runs this replica holds (shared stores; every third of the
+    /// lease). A lost lease stops its run at the next check; a cancellation requested on
+    /// another replica is passed on.
+    pub fn renew_leases(&self) {
+        let leases: Vec<Lease> = self
+            .lock()
+            .running
+            .values()
+            .filter(|r| !r.lost)
+            .map(|r| r.lease.clone())
+            .collect();
+        if leases.is_empty() {
+            return;
+        }
+        match self.store.renew(&leases, self.lease) {
+            Ok(answers) => {
+                let mut g = self.lock();
+                for (lease, answer) in leases.iter().zip(answers) {
+                    let Some(r) = g.running.get_mut(&lease.token) else {
+                        continue;
+                    };
+                    match answer {
+                        Renewal::Held { cancel: true } => {
+                            r.by_user = true;
+                            r.cancel.store(true, Ordering::Relaxed);
+                        }
+                        Renewal::Held { cancel: false } => {}
+                        Renewal::Lost => {
+                            tracing::warn!(job = %lease.id, "lease lost; stopping the run");
+                            r.lost = true;
+                            r.cancel.store(true, Ordering::Relaxed);
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!("cannot renew {} leases: {e}", leases.len());
+                self.metrics.store_error("jobs");
+            }
+        }
+    }
+
+    /// Puts jobs whose lease ran out back in the queue (or fails them after [`MAX_ATTEMPTS`]).
+    pub fn reap(&self) {
+        match self.store.reap() {
+            Ok((0, 0)) => {}
+            Ok((requeued, failed)) => {
+                tracing::warn!(
+                    requeued,
+                    failed,
+                    "took over jobs whose replica stopped renewing their lease"
+                );
+                self.metrics.reclaimed(requeued, failed);
+                self.wake_workers();
+                self.notify();
+            }
+            Err(e) => {
+                tracing::debug!("lease reaper: {e}");
+                self.metrics.store_error("jobs");
+            }
+        }
+    }
+
     /// Cancels a job: a queued one at once, a running one at its next check (stage boundary,
-    /// simulation run, or the end of the run).
+    /// simulation run, or the end of the run), on whichever replica runs it.
     pub fn cancel(&self, id: &JobId) -> Result<JobRecord, ApiError> {
-        let mut guard = self.lock();
-        let g = &mut *guard;
-        let job = g
-            .jobs
-            .get_mut(id)
-            .ok_or_else(|| ApiError::job_not_found(id.as_str()))?;
-        match job.state {
-            JobState::Queued => {
-                let mut next = job.clone();
-                next.state = JobState::Canceled;
-                next.finished_ms = Some(now_ms());
-                next.error = Some(canceled_problem(id));
-                self.store.save(&next).map_err(io_err)?;
-                *job = next.clone();
-                drop(guard);
+        match self
+            .store
+            .cancel(id, &canceled_problem(id), now_ms())
+            .map_err(io_err)?
+        {
+            None => Err(ApiError::job_not_found(id.as_str())),
+            Some(CancelOutcome::Canceled(job)) => {
                 self.metrics.finished("canceled", "canceled", 0.0);
                 self.notify();
-                Ok(next)
+                Ok(job)
             }
-            JobState::Running => {
-                if let Some(r) = g.running.get_mut(id) {
-                    r.by_user = true;
-                    r.cancel.store(true, Ordering::Relaxed);
-                }
-                Ok(job.clone())
+            Some(CancelOutcome::Requested(job)) => {
+                self.cancel_local(id);
+                Ok(job)
             }
-            JobState::Canceled => Ok(job.clone()),
-            state @ (JobState::Succeeded | JobState::Failed) => Err(ApiError::new(
+            Some(CancelOutcome::Finished(job)) if job.state == JobState::Canceled => Ok(job),
+            Some(CancelOutcome::Finished(job)) => Err(ApiError::new(
                 StatusCode::CONFLICT,
                 "job_finished",
-                format!("the job already {}", state.as_str()),
+                format!("the job already {}", job.state.as_str()),
             )
             .job(id.as_str())),
         }
@@ -559,93 +744,101 @@ impl Jobs {
 
     /// Deletes a finished or queued job and its files; 409 while it runs.
     pub fn delete(&self, id: &JobId) -> Result<(), ApiError> {
-        let mut g = self.lock();
-        let job = g
-            .jobs
-            .get(id)
-            .ok_or_else(|| ApiError::job_not_found(id.as_str()))?;
-        if job.state == JobState::Running {
-            return Err(ApiError::new(
+        match self.store.delete(id).map_err(io_err)? {
+            Deleted::NotFound => Err(ApiError::job_not_found(id.as_str())),
+            Deleted::Running => Err(ApiError::new(
                 StatusCode::CONFLICT,
                 "job_running",
                 "the job is running; cancel it first",
             )
-            .job(id.as_str()));
+            .job(id.as_str())),
+            Deleted::Removed => {
+                if let Err(e) = self.blobs.delete(id) {
+                    tracing::warn!(job = %id, "could not delete the job's files: {e}");
+                }
+                self.notify();
+                Ok(())
+            }
         }
-        self.store.remove(id).map_err(io_err)?;
-        g.jobs.remove(id);
-        drop(g);
-        if let Err(e) = self.blobs.delete(id) {
-            tracing::warn!(job = %id, "could not delete the job's files: {e}");
-        }
-        self.notify();
-        Ok(())
     }
 
-    /// One page of jobs, newest first, optionally filtered by state.
+    /// One page of jobs, newest first, optionally filtered by state (empty when the store
+    /// cannot be read; see [`Jobs::try_list`]).
     pub fn list(
         &self,
         page_size: usize,
         after: Option<&JobId>,
         state: Option<JobState>,
     ) -> (Vec<JobRecord>, Option<JobId>) {
-        let g = self.lock();
-        let iter: Box<dyn Iterator<Item = &JobRecord>> = match after {
-            Some(a) => Box::new(g.jobs.range(..a.clone()).rev().map(|(_, j)| j)),
-            None => Box::new(g.jobs.values().rev()),
-        };
-        let mut page: Vec<JobRecord> = iter
-            .filter(|j| state.is_none_or(|s| j.state == s))
-            .take(page_size + 1)
-            .cloned()
-            .collect();
-        let next = if page.len() > page_size {
-            page.truncate(page_size);
-            page.last().map(|j| j.id.clone())
-        } else {
-            None
-        };
-        (page, next)
+        self.try_list(page_size, after, state).unwrap_or_default()
+    }
+
+    /// [`Jobs::list`], with store errors as problems.
+    pub fn try_list(
+        &self,
+        page_size: usize,
+        after: Option<&JobId>,
+        state: Option<JobState>,
+    ) -> Result<(Vec<JobRecord>, Option<JobId>), ApiError> {
+        self.store.list(page_size, after, state).map_err(io_err)
     }
 
     /// Removes finished jobs (and their files) older than the retention, and old idempotency
-    /// keys. Returns how many jobs were removed. A zero retention keeps everything.
+    /// keys. Returns how many jobs were removed. A zero retention keeps everything. Safe with
+    /// several replicas: each expired job is removed by exactly one.
     pub fn expire(&self, now_ms: u64) -> usize {
         if self.retention.is_zero() {
             return 0;
         }
         let horizon = now_ms.saturating_sub(self.retention.as_millis() as u64);
-        let (old, keys): (Vec<JobId>, Vec<String>) = {
-            let g = self.lock();
-            (
-                g.jobs
-                    .values()
-                    .filter(|j| j.state.is_terminal() && j.finished_ms.is_some_and(|f| f < horizon))
-                    .map(|j| j.id.clone())
-                    .collect(),
-                g.keys
-                    .values()
-                    .filter(|k| k.created_ms < horizon)
-                    .map(|k| k.key_sha256.clone())
-                    .collect(),
-            )
-        };
         let mut removed = 0;
-        for id in old {
-            match self.delete(&id) {
-                Ok(()) => removed += 1,
-                Err(e) => tracing::warn!(job = %id, "expiry: {}", e.problem().code),
+        loop {
+            let ids = match self.store.expire(horizon, 500) {
+                Ok(ids) => ids,
+                Err(e) => {
+                    tracing::warn!("expiry: {e}");
+                    break;
+                }
+            };
+            for id in &ids {
+                if let Err(e) = self.blobs.delete(id) {
+                    tracing::warn!(job = %id, "expiry: could not delete the job's files: {e}");
+                }
+            }
+            removed += ids.len();
+            if ids.len() < 500 {
+                break;
             }
         }
-        for k in keys {
-            if self.store.remove_key(&k).is_ok() {
-                self.lock().keys.remove(&k);
-            }
+        if removed > 0 {
+            self.notify();
         }
         removed
     }
 
-    /// Readiness: not draining and both stores writable.
+    /// Removes blobs of jobs that have no record and were created more than `min_age` ago (an
+    /// upload whose replica died before queueing it, or files left by a replica that died while
+    /// expiring). Returns how many jobs' blobs were removed.
+    pub fn sweep_orphans(&self, now_ms: u64, min_age: Duration) -> io::Result<usize> {
+        let horizon = now_ms.saturating_sub(min_age.as_millis() as u64);
+        let old: Vec<JobId> = self
+            .blobs
+            .jobs()?
+            .into_iter()
+            .filter(|id| super::store::id_created_ms(id).is_some_and(|t| t < horizon))
+            .collect();
+        let mut removed = 0;
+        for chunk in old.chunks(500) {
+            let known = self.store.known(chunk)?;
+            for id in chunk.iter().filter(|id| !known.contains(*id)) {
+                self.blobs.delete(id)?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Readiness: not draining and both stores reachable and writable.
     pub fn ready(&self) -> Result<(), String> {
         if self.lock().draining {
             return Err("draining".into());
@@ -677,6 +870,24 @@ impl Jobs {
             r.cancel.store(true, Ordering::Relaxed);
         }
     }
+}
+
+fn draining() -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "shutting_down",
+        "the service is shutting down; retry shortly",
+    )
+    .retry_after(QUEUE_FULL_RETRY_SECS)
+}
+
+fn key_reused(id: &JobId) -> ApiError {
+    ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "idempotency_key_reused",
+        "this Idempotency-Key was used for a different model or options",
+    )
+    .job(id.as_str())
 }
 
 fn canceled_problem(id: &JobId) -> Problem {
@@ -724,7 +935,8 @@ mod tests {
         let dir =
             std::env::temp_dir().join(format!("onnx-cle-jobs-{}", uuid::Uuid::new_v4().simple()));
         let (js, bs) = fs::open(&dir).unwrap();
-        let (js, bs): (Arc<dyn JobStore>, Arc<dyn BlobStore>) = (Arc::new(js), Arc::new(bs));
+        let js = Arc::new(js);
+        let bs: Arc<dyn BlobStore> = Arc::new(bs);
         let record = |attempts| {
             let id = JobId::generate();
             bs.put(&id, BlobKind::Input, b"model").unwrap();
@@ -755,8 +967,14 @@ mod tests {
         let orphan = JobId::generate();
         bs.put(&orphan, BlobKind::Input, b"x").unwrap();
         let metrics = Arc::new(Metrics::default());
-        let (jobs, rec) =
-            Jobs::open(Arc::clone(&js), Arc::clone(&bs), 4, Duration::ZERO, metrics).unwrap();
+        let (jobs, rec) = Jobs::open(
+            Arc::clone(&js) as Arc<dyn JobStore>,
+            Arc::clone(&bs),
+            4,
+            Duration::ZERO,
+            metrics,
+        )
+        .unwrap();
         assert_eq!(
             (rec.loaded, rec.requeued, rec.failed, rec.orphans),
             (2, 1, 1, 1)
@@ -781,11 +999,18 @@ mod tests {
         let dir =
             std::env::temp_dir().join(format!("onnx-cle-expire-{}", uuid::Uuid::new_v4().simple()));
         let (js, bs) = fs::open(&dir).unwrap();
-        let (js, bs): (Arc<dyn JobStore>, Arc<dyn BlobStore>) = (Arc::new(js), Arc::new(bs));
+        let js = Arc::new(js);
+        let bs: Arc<dyn BlobStore> = Arc::new(bs);
         let metrics = Arc::new(Metrics::default());
         let retention = Duration::from_secs(60);
-        let (jobs, _) =
-            Jobs::open(Arc::clone(&js), Arc::clone(&bs), 4, retention, metrics).unwrap();
+        let (jobs, _) = Jobs::open(
+            Arc::clone(&js) as Arc<dyn JobStore>,
+            Arc::clone(&bs),
+            4,
+            retention,
+            metrics,
+        )
+        .unwrap();
         let mut ids = Vec::new();
         for i in 0..2 {
             let id = JobId::generate();

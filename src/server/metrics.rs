@@ -92,6 +92,26 @@ pub struct Metrics {
     upload_bytes: Histogram,
     http_total: Mutex<BTreeMap<(String, String, u16), u64>>,
     http_seconds: Mutex<BTreeMap<(String, String), Histogram>>,
+    store_errors: Mutex<BTreeMap<String, u64>>,
+    leases_lost: AtomicU64,
+    reclaimed: [AtomicU64; 2],
+}
+
+/// Gauges of the queue and of this replica, read when `/metrics` is scraped.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Gauges {
+    /// Jobs waiting (from the store: across every replica sharing it).
+    pub queued: usize,
+    /// Jobs running (from the store: across every replica sharing it).
+    pub running: usize,
+    /// Age of the oldest queued job in seconds (0 when none waits).
+    pub oldest_queued_seconds: f64,
+    /// Whether the figures above could be read from the store.
+    pub store_up: bool,
+    /// Runs this replica holds.
+    pub replica_running: usize,
+    /// Size of this replica's worker pool (0 for `--role api`).
+    pub workers: usize,
 }
 
 impl Default for Metrics {
@@ -103,6 +123,9 @@ impl Default for Metrics {
             upload_bytes: Histogram::new(BYTES_BUCKETS),
             http_total: Mutex::default(),
             http_seconds: Mutex::default(),
+            store_errors: Mutex::default(),
+            leases_lost: AtomicU64::new(0),
+            reclaimed: Default::default(),
         }
     }
 }
@@ -128,6 +151,83 @@ impl Metrics {
             .entry((state.to_string(), code.to_string()))
             .or_default() += 1;
         self.job_seconds.observe(seconds);
+    }
+
+    /// Counts a failed call to the `store` backend (`jobs` or `blobs`).
+    pub fn store_error(&self, store: &str) {
+        *locked(&self.store_errors)
+            .entry(store.to_string())
+            .or_default() += 1;
+    }
+
+    /// Counts a run whose lease was lost (its result discarded).
+    pub fn lease_lost(&self) {
+        self.leases_lost.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts jobs taken over after their lease ran out: put back in the queue, or failed.
+    pub fn reclaimed(&self, requeued: usize, failed: usize) {
+        self.reclaimed[0].fetch_add(requeued as u64, Ordering::Relaxed);
+        self.reclaimed[1].fetch_add(failed as u64, Ordering::Relaxed);
+    }
+
+    /// The exposition text with the queue gauges of `g` and this replica's counters.
+    pub fn render_gauges(&self, g: &Gauges) -> String {
+        let mut o = self.render(g.queued, g.running, g.workers);
+        let gauges = [
+            (
+                "cle_queue_oldest_age_seconds",
+                "Age of the oldest queued job (0 when none waits).",
+                g.oldest_queued_seconds,
+            ),
+            (
+                "cle_store_up",
+                "Whether the queue figures could be read from the job store.",
+                f64::from(u8::from(g.store_up)),
+            ),
+            (
+                "cle_replica_jobs_running",
+                "Jobs this replica is running.",
+                g.replica_running as f64,
+            ),
+        ];
+        for (name, help, v) in gauges {
+            let _ = writeln!(o, "# HELP {name} {help}");
+            let _ = writeln!(o, "# TYPE {name} gauge");
+            let _ = writeln!(o, "{name} {v}");
+        }
+        let _ = writeln!(
+            o,
+            "# HELP cle_store_errors_total Failed calls to the job store or the blob store."
+        );
+        let _ = writeln!(o, "# TYPE cle_store_errors_total counter");
+        for store in ["blobs", "jobs"] {
+            let n = locked(&self.store_errors).get(store).copied().unwrap_or(0);
+            let _ = writeln!(o, "cle_store_errors_total{{store=\"{store}\"}} {n}");
+        }
+        let _ = writeln!(
+            o,
+            "# HELP cle_leases_lost_total Runs of this replica whose lease was lost (result discarded)."
+        );
+        let _ = writeln!(o, "# TYPE cle_leases_lost_total counter");
+        let _ = writeln!(
+            o,
+            "cle_leases_lost_total {}",
+            self.leases_lost.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            o,
+            "# HELP cle_jobs_reclaimed_total Jobs this replica took over after their lease ran out."
+        );
+        let _ = writeln!(o, "# TYPE cle_jobs_reclaimed_total counter");
+        for (i, outcome) in ["requeued", "failed"].iter().enumerate() {
+            let _ = writeln!(
+                o,
+                "cle_jobs_reclaimed_total{{outcome=\"{outcome}\"}} {}",
+                self.reclaimed[i].load(Ordering::Relaxed)
+            );
+        }
+        o
     }
 
     fn http(&self, method: &str, route: &str, status: u16, seconds: f64) {

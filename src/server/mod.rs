@@ -18,6 +18,12 @@
 //! SIGTERM or Ctrl-C the service stops accepting connections and jobs (readiness turns 503),
 //! lets running jobs finish for `--shutdown-grace`, then interrupts them; interrupted jobs stay
 //! `queued` on disk and run after the next start. Finished jobs expire after `--retention`.
+//!
+//! Scale-out: with `--database-url` (and `--blob-store s3://…`) any number of replicas share one
+//! queue ([`store::pg`], [`store::s3`]); `--role api|worker` splits the HTTP API from the
+//! workers. Each replica renews the leases of the jobs it runs ([`jobs::Jobs::renew_leases`])
+//! and puts the jobs of replicas that stopped renewing back in the queue ([`jobs::Jobs::reap`]);
+//! interrupted jobs are taken over by the other replicas at once.
 
 pub mod auth;
 pub mod config;
@@ -69,6 +75,9 @@ pub enum ServeError {
     /// Any other I/O failure (worker threads, the server loop).
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// The database or object store could not be opened, or the settings combine badly.
+    #[error("{0}")]
+    Backend(String),
 }
 
 /// The OpenAPI document of the service.
@@ -163,6 +172,83 @@ async fn expire_loop(jobs: Arc<Jobs>, retention: Duration, stop: CancellationTok
     }
 }
 
+/// Renews this replica's leases every third of the lease (shared stores).
+async fn lease_loop(jobs: Arc<Jobs>, stop: CancellationToken) {
+    let period = jobs.lease() / 3;
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(period) => {},
+        }
+        let j = Arc::clone(&jobs);
+        let _ = tokio::task::spawn_blocking(move || j.renew_leases()).await;
+    }
+}
+
+/// Puts jobs of replicas that stopped renewing their leases back in the queue (shared stores;
+/// every replica runs it, each expired job is taken over once).
+async fn reap_loop(jobs: Arc<Jobs>, stop: CancellationToken) {
+    let period = (jobs.lease() / 4).clamp(Duration::from_millis(250), Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(period) => {},
+        }
+        let j = Arc::clone(&jobs);
+        let _ = tokio::task::spawn_blocking(move || j.reap()).await;
+    }
+}
+
+/// Removes blobs without a job record on a shared store (a replica that died between upload
+/// and queueing, or while expiring), every 10 minutes, for uploads older than `min_age`.
+async fn orphan_loop(jobs: Arc<Jobs>, min_age: Duration, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_secs(600)) => {},
+        }
+        let j = Arc::clone(&jobs);
+        match tokio::task::spawn_blocking(move || j.sweep_orphans(job::now_ms(), min_age)).await {
+            Ok(Ok(n)) if n > 0 => tracing::info!("removed the files of {n} jobs without a record"),
+            Ok(Err(e)) => tracing::warn!("orphan sweep: {e}"),
+            _ => {}
+        }
+    }
+}
+
+/// Opens the backends the settings select, retrying for up to a minute while the database or
+/// object store is unreachable (replicas may start before their database).
+async fn open_backends(cfg: &ServeConfig) -> Result<store::Backends, ServeError> {
+    if cfg.database_url.is_none() && cfg.role != config::Role::All {
+        return Err(ServeError::Backend(
+            "--role api and --role worker need a shared --database-url".into(),
+        ));
+    }
+    let bcfg = store::BackendConfig {
+        data_dir: cfg.data_dir.clone(),
+        database_url: cfg.database_url.as_ref().map(|s| s.expose().to_string()),
+        blob_store: cfg.blob_store.clone(),
+        pool_size: 4 + 2 * usize::from(cfg.workers),
+    };
+    let give_up = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        match store::open(&bcfg).await {
+            Ok(b) => return Ok(b),
+            Err(e) if store::is_unavailable(&e) && tokio::time::Instant::now() < give_up => {
+                tracing::warn!("storage not reachable yet ({e}); retrying");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+            Err(source) if cfg.database_url.is_none() && cfg.blob_store.is_none() => {
+                return Err(ServeError::Storage {
+                    path: cfg.data_dir.display().to_string(),
+                    source,
+                })
+            }
+            Err(e) => return Err(ServeError::Backend(e.to_string())),
+        }
+    }
+}
+
 /// Runs the service until SIGTERM or Ctrl-C.
 pub async fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
     let data_dir = cfg.data_dir.clone();
@@ -171,18 +257,21 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
         source,
     };
     let metrics = Arc::new(metrics::Metrics::default());
+    let backends = open_backends(&cfg).await?;
+    let describe = backends.describe.clone();
     let opened = {
-        let dir = cfg.data_dir.clone();
         let (queue_size, retention, metrics) =
             (cfg.queue_size as usize, cfg.retention, Arc::clone(&metrics));
-        tokio::task::spawn_blocking(move || {
-            let (js, bs) = store::fs::open(&dir)?;
-            Jobs::open(Arc::new(js), Arc::new(bs), queue_size, retention, metrics)
-        })
-        .await
-        .map_err(std::io::Error::other)?
+        let (js, bs) = (Arc::clone(&backends.jobs), Arc::clone(&backends.blobs));
+        tokio::task::spawn_blocking(move || Jobs::open(js, bs, queue_size, retention, metrics))
+            .await
+            .map_err(std::io::Error::other)?
     };
-    let (jobs, recovery) = opened.map_err(storage)?;
+    let (jobs, recovery) = match opened {
+        Ok(j) => j,
+        Err(e) if backends.jobs.shared() => return Err(ServeError::Backend(e.to_string())),
+        Err(e) => return Err(storage(e)),
+    };
     for bad in &recovery.unreadable {
         tracing::warn!("ignoring unreadable job record {bad}");
     }
@@ -191,23 +280,46 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
         requeued = recovery.requeued,
         failed = recovery.failed,
         orphans = recovery.orphans,
-        "job store opened at {}",
-        cfg.data_dir.display()
+        "{describe}"
     );
-    let jobs = Arc::new(jobs.with_max_job_time(cfg.max_job_time));
+    let jobs = Arc::new(
+        jobs.with_max_job_time(cfg.max_job_time)
+            .with_lease(cfg.job_lease),
+    );
+    if jobs.shared() {
+        let weak = Arc::downgrade(&jobs);
+        backends.jobs.subscribe(Arc::new(move |ev| {
+            if let Some(j) = weak.upgrade() {
+                j.on_event(ev);
+            }
+        }));
+        if cfg.blob_store.is_none() {
+            tracing::warn!(
+                "--database-url without --blob-store: uploads and results stay in {}; every \
+                 replica must share that folder",
+                cfg.data_dir.display()
+            );
+        }
+        tracing::info!(
+            replica = jobs.owner(),
+            role = ?cfg.role,
+            lease_s = jobs.lease().as_secs_f64(),
+            "sharing the queue with other replicas"
+        );
+    }
     let limits = cfg.limits();
     let engine: Arc<worker::Engine> = Arc::new(move |input, options, cancel, progress| {
         worker::run_core_within(input, options, &limits, cancel, progress)
     });
-    if !worker::init_compute_pool(cfg.worker_nice) {
+    let workers = if cfg.role.runs_jobs() {
+        usize::from(cfg.workers)
+    } else {
+        0
+    };
+    if workers > 0 && !worker::init_compute_pool(cfg.worker_nice) {
         tracing::warn!("the compute thread pool was already running: its priority is unchanged");
     }
-    let pool = worker::Pool::start(
-        Arc::clone(&jobs),
-        engine,
-        usize::from(cfg.workers),
-        cfg.worker_nice,
-    )?;
+    let pool = worker::Pool::start(Arc::clone(&jobs), engine, workers, cfg.worker_nice)?;
     let listener = tokio::net::TcpListener::bind(cfg.addr)
         .await
         .map_err(|source| ServeError::Bind {
@@ -217,25 +329,35 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
     let local = listener.local_addr()?;
     tracing::info!("listening on http://{local}");
     let shutdown = CancellationToken::new();
+    // Background loops stop only after the pool has drained (leases must be renewed until
+    // the last run is recorded).
+    let background = CancellationToken::new();
     tokio::spawn(expire_loop(
         Arc::clone(&jobs),
         cfg.retention,
-        shutdown.clone(),
+        background.clone(),
     ));
     if !cfg.max_job_time.is_zero() {
-        tokio::spawn(deadline_loop(Arc::clone(&jobs), shutdown.clone()));
+        tokio::spawn(deadline_loop(Arc::clone(&jobs), background.clone()));
+    }
+    if jobs.shared() {
+        tokio::spawn(lease_loop(Arc::clone(&jobs), background.clone()));
+        tokio::spawn(reap_loop(Arc::clone(&jobs), background.clone()));
+        let min_age = cfg.upload_timeout + Duration::from_secs(600);
+        tokio::spawn(orphan_loop(Arc::clone(&jobs), min_age, background.clone()));
     }
     let state = AppState {
         jobs: Arc::clone(&jobs),
         max_upload: cfg.max_upload,
         max_wait: cfg.max_wait,
-        workers: usize::from(cfg.workers),
+        workers,
         shutdown: shutdown.clone(),
         limits,
         uploads: Arc::new(tokio::sync::Semaphore::new(
             cfg.max_concurrent_uploads as usize,
         )),
         upload_timeout: cfg.upload_timeout,
+        presign: cfg.presign,
     };
     let auth = auth::Auth::new(cfg.auth_token.as_ref().map(config::Secret::expose));
     if auth.required() {
@@ -261,24 +383,34 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     if !pool.is_finished() {
-        tracing::info!(
-            "grace period over: interrupting running jobs (they will run after restart)"
-        );
+        tracing::info!("grace period over: interrupting running jobs (they go back to the queue)");
         jobs.interrupt_running();
         let hard = tokio::time::Instant::now() + Duration::from_secs(10);
         while !pool.is_finished() && tokio::time::Instant::now() < hard {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+    background.cancel();
     if pool.is_finished() {
         pool.join();
     } else {
         tracing::warn!(
-            "a job did not stop in time; it stays `running` on disk and re-runs after restart"
+            "a job did not stop in time; it stays `running` and runs again after a restart \
+             (or, on a shared database, once its lease runs out)"
         );
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// `onnx-cle migrate`: applies the embedded schema migrations to the database at `url`.
+pub async fn migrate(url: &str) -> Result<Vec<i32>, ServeError> {
+    let s = store::pg::PgJobStore::connect(url, 2)
+        .await
+        .map_err(|e| ServeError::Backend(e.to_string()))?;
+    s.migrate()
+        .await
+        .map_err(|e| ServeError::Backend(e.to_string()))
 }
 
 /// `onnx-cle healthcheck`: GETs the liveness path of a local server (for container health

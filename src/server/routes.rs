@@ -25,7 +25,7 @@ use utoipa_axum::routes;
 
 use super::config::{HEALTH_PATH, METRICS_PATH, READY_PATH};
 use super::job::{Job, JobId, JobList, JobRecord, JobState};
-use super::jobs::{Jobs, NewJob, RETRY_AFTER_SECS};
+use super::jobs::{store_error, Jobs, NewJob, RETRY_AFTER_SECS, UNAVAILABLE_RETRY_SECS};
 use super::metrics::Submission;
 use super::problem::{ApiError, FieldError, Problem, PROBLEM_JSON};
 use super::store::BlobKind;
@@ -51,6 +51,8 @@ pub struct AppState {
     pub uploads: Arc<Semaphore>,
     /// Longest an upload may take.
     pub upload_timeout: Duration,
+    /// Validity of presigned model URLs (`--presign`; zero: stream through the service).
+    pub presign: Duration,
 }
 
 /// The base document: info and tags; paths come from the routes.
@@ -132,7 +134,7 @@ fn job_id(raw: &str) -> Result<JobId, ApiError> {
 fn find(app: &AppState, raw: &str) -> Result<JobRecord, ApiError> {
     let id = job_id(raw)?;
     app.jobs
-        .get(&id)
+        .lookup(&id)?
         .ok_or_else(|| ApiError::job_not_found(raw))
 }
 
@@ -301,7 +303,7 @@ async fn submit(
             input: up.input,
             fingerprint,
         };
-        jobs.submit(new, key).map(|j| (j, false))
+        jobs.submit_or_replay(new, key)
     })
     .await;
     if !matches!(outcome, Ok((_, false))) {
@@ -361,7 +363,7 @@ async fn list_jobs(
             )
         })?),
     };
-    let (page, next) = app.jobs.list(size, after.as_ref(), p.state);
+    let (page, next) = app.jobs.try_list(size, after.as_ref(), p.state)?;
     Ok(Json(JobList {
         jobs: page.iter().map(Job::from).collect(),
         next_page_token: next.map(String::from),
@@ -413,7 +415,7 @@ async fn get_job(
     loop {
         let job = app
             .jobs
-            .get(&id)
+            .lookup(&id)?
             .ok_or_else(|| ApiError::job_not_found(&raw))?;
         if job.state.is_terminal() || tokio::time::Instant::now() >= deadline {
             return Ok(job_response(StatusCode::OK, &job));
@@ -421,6 +423,7 @@ async fn get_job(
         tokio::select! {
             r = changes.changed() => if r.is_err() { return Ok(job_response(StatusCode::OK, &job)); },
             () = tokio::time::sleep_until(deadline) => {},
+            () = tokio::time::sleep(app.jobs.poll_interval()) => {},
             () = app.shutdown.cancelled() => return Ok(job_response(StatusCode::OK, &job)),
         }
     }
@@ -541,6 +544,8 @@ fn download_name(job: &JobRecord) -> String {
                 ("ETag" = String, description = "Quoted sha256 of the model."),
                 ("Content-Disposition" = String, description = "attachment; filename=\"<upload>.cle.onnx\"")
             )),
+        (status = 303, description = "With `--presign` on an S3 blob store: the model is at the presigned URL in `Location`.",
+            headers(("Location" = String, description = "Presigned URL of the model."))),
         (status = 304, description = "Not modified (If-None-Match matched)."),
         (status = "4XX", description = "Unknown job (404) or not succeeded (409).", body = Problem, content_type = PROBLEM_JSON),
         (status = "5XX", description = "Server error.", body = Problem, content_type = PROBLEM_JSON)
@@ -567,12 +572,29 @@ async fn download_model(
     if matches {
         return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag_value)]).into_response());
     }
+    if !app.presign.is_zero() {
+        let (jobs, id, ttl) = (Arc::clone(&app.jobs), job.id.clone(), app.presign);
+        let url = blocking(move || {
+            jobs.blobs()
+                .presign(&id, BlobKind::Model, ttl)
+                .map_err(|e| store_error("blob store", &e))
+        })
+        .await?;
+        if let Some(url) = url {
+            let location = HeaderValue::from_str(&url).map_err(ApiError::internal)?;
+            return Ok((
+                StatusCode::SEE_OTHER,
+                [(header::LOCATION, location), (header::ETAG, etag_value)],
+            )
+                .into_response());
+        }
+    }
     let jobs = Arc::clone(&app.jobs);
     let id = job.id.clone();
     let (reader, len) = blocking(move || {
         jobs.blobs()
             .open(&id, BlobKind::Model)
-            .map_err(|e| ApiError::internal(format!("opening the model of {id}: {e}")))
+            .map_err(|e| store_error(&format!("opening the model of {id}"), &e))
     })
     .await?;
     let disposition = format!("attachment; filename=\"{}\"", download_name(&job));
@@ -626,7 +648,7 @@ async fn stored_report<T: Send + 'static>(
         let data = jobs
             .blobs()
             .read(&id, BlobKind::Report)
-            .map_err(|e| ApiError::internal(format!("reading the report of {id}: {e}")))?;
+            .map_err(|e| store_error(&format!("reading the report of {id}"), &e))?;
         then(data)
     })
     .await
@@ -694,7 +716,8 @@ async fn healthz() -> Json<Status> {
     })
 }
 
-/// Readiness: accepting jobs (not draining, data directory writable); 503 problem otherwise.
+/// Readiness: accepting jobs (not draining; job store and blob store reachable and writable);
+/// 503 problem with `Retry-After` otherwise.
 #[utoipa::path(
     get,
     path = READY_PATH,
@@ -717,9 +740,10 @@ async fn readyz(State(app): State<AppState>) -> Result<Json<Status>, ApiError> {
                 if draining {
                     "shutting down"
                 } else {
-                    "storage is not writable"
+                    "storage is not writable or not reachable"
                 },
-            );
+            )
+            .retry_after(if draining { 10 } else { UNAVAILABLE_RETRY_SECS });
             if !draining {
                 tracing::warn!("readiness: {reason}");
             }
@@ -744,8 +768,11 @@ async fn readyz(State(app): State<AppState>) -> Result<Json<Status>, ApiError> {
     )
 )]
 async fn metrics(State(app): State<AppState>) -> Response {
-    let (queued, running) = app.jobs.counts();
-    let text = app.jobs.metrics().render(queued, running, app.workers);
+    let (jobs, workers) = (Arc::clone(&app.jobs), app.workers);
+    let gauges = tokio::task::spawn_blocking(move || jobs.gauges(workers))
+        .await
+        .unwrap_or_default();
+    let text = app.jobs.metrics().render_gauges(&gauges);
     (
         [(
             header::CONTENT_TYPE,

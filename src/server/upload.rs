@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 use utoipa::{IntoParams, ToSchema};
 
 use super::job::{InputInfo, JobId};
-use super::jobs::Jobs;
+use super::jobs::{store_error, Jobs};
 use super::problem::ApiError;
 use super::store::{BlobKind, BlobSink};
 use crate::limits::Limits;
@@ -278,7 +278,7 @@ impl Staging {
         let sink = tokio::task::spawn_blocking(move || blobs.create(&id, BlobKind::Input))
             .await
             .map_err(ApiError::internal)?
-            .map_err(|e| ApiError::internal(format!("blob store: {e}")))?;
+            .map_err(|e| store_error("blob store", &e))?;
         Ok(Staging {
             sink: Some(sink),
             hasher: Some(Sha256::new()),
@@ -311,7 +311,7 @@ impl Staging {
         })
         .await
         .map_err(ApiError::internal)?
-        .map_err(|e| ApiError::internal(format!("writing the upload: {e}")))?;
+        .map_err(|e| store_error("writing the upload", &e))?;
         buf.clear();
         self.buf = buf;
         self.sink = Some(sink);
@@ -327,7 +327,7 @@ impl Staging {
         tokio::task::spawn_blocking(move || sink.commit())
             .await
             .map_err(ApiError::internal)?
-            .map_err(|e| ApiError::internal(format!("committing the upload: {e}")))?;
+            .map_err(|e| store_error("committing the upload", &e))?;
         Ok((self.total, hex::encode(hasher.finalize())))
     }
 }
@@ -368,7 +368,7 @@ pub async fn receive(
     tokio::task::spawn_blocking(move || {
         let (r, len) = blobs
             .open(&id, BlobKind::Input)
-            .map_err(|e| ApiError::internal(format!("reopening the upload: {e}")))?;
+            .map_err(|e| store_error("reopening the upload", &e))?;
         let r = std::io::BufReader::with_capacity(1 << 16, r);
         match crate::onnx::scan::scan(r, len, &limits, "upload") {
             Ok(_) => Ok(()),

@@ -10,15 +10,16 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
-use super::job::JobResult;
+use super::job::{JobId, JobResult};
 use super::jobs::{Claim, Jobs, Outcome};
 use super::problem::Problem;
-use super::store::BlobKind;
+use super::store::{is_unavailable, BlobKind};
 use crate::limits::Limits;
 use crate::{Control, CoreError, Options, Output};
 
@@ -131,27 +132,72 @@ fn internal(detail: &str) -> Problem {
     Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", detail)
 }
 
+/// Calls `op` until it succeeds, while its errors mean "the store is unreachable" and for at
+/// most `patience` (backing off up to 2 s); other errors end at once.
+fn with_retries<T>(
+    jobs: &Jobs,
+    id: &JobId,
+    run: &str,
+    what: &str,
+    patience: Duration,
+    mut op: impl FnMut() -> std::io::Result<T>,
+) -> std::io::Result<T> {
+    let give_up = Instant::now() + patience;
+    let mut pause = Duration::from_millis(200);
+    loop {
+        match op() {
+            Err(e)
+                if is_unavailable(&e)
+                    && Instant::now() + pause < give_up
+                    && jobs.holds_run(run) =>
+            {
+                tracing::warn!(job = %id, "{what}: {e}; retrying");
+                jobs.metrics().store_error("blobs");
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_secs(2));
+            }
+            other => return other,
+        }
+    }
+}
+
 fn process(jobs: &Jobs, engine: &Engine, claim: Claim) {
     let id = claim.id.clone();
     tracing::info!(job = %id, "run started");
-    let input = match jobs.blobs().read(&id, BlobKind::Input) {
+    let patience = jobs.lease().max(Duration::from_secs(30));
+    let run = claim.run.clone();
+    let input = match with_retries(jobs, &id, &run, "reading the upload", patience, || {
+        jobs.blobs().read(&id, BlobKind::Input)
+    }) {
         Ok(data) => Bytes::from(data),
+        Err(e) if is_unavailable(&e) => {
+            tracing::warn!(job = %id, "cannot read the upload: {e}; the job goes back to the queue");
+            jobs.finish_run(&run, Outcome::Requeue);
+            return;
+        }
         Err(e) => {
             tracing::error!(job = %id, "cannot read the upload: {e}");
-            jobs.finish(
-                &id,
+            jobs.finish_run(
+                &run,
                 Outcome::Failed(internal("the uploaded model could not be read")),
             );
             return;
         }
     };
-    let progress = |stage: &str| jobs.set_stage(&id, stage);
+    let progress = |stage: &str| jobs.set_run_stage(&run, stage);
     let ran = catch_unwind(AssertUnwindSafe(|| {
         engine(input, &claim.options, &claim.cancel, &progress)
     }));
     let outcome = match ran {
-        Ok(Ok(out)) => match store_results(jobs, &claim, &out) {
+        Ok(Ok(_)) if !jobs.holds_run(&run) => Outcome::Canceled,
+        Ok(Ok(out)) => match with_retries(jobs, &id, &run, "storing the results", patience, || {
+            store_results(jobs, &claim, &out)
+        }) {
             Ok(result) => Outcome::Succeeded(result),
+            Err(e) if is_unavailable(&e) => {
+                tracing::warn!(job = %id, "cannot store the results: {e}; the job goes back to the queue");
+                Outcome::Requeue
+            }
             Err(e) => {
                 tracing::error!(job = %id, "cannot store the results: {e}");
                 Outcome::Failed(internal("the results could not be stored"))
@@ -175,7 +221,7 @@ fn process(jobs: &Jobs, engine: &Engine, claim: Claim) {
         }
     };
     tracing::info!(job = %id, outcome = outcome_name(&outcome), "run ended");
-    jobs.finish(&id, outcome);
+    jobs.finish_run(&run, outcome);
 }
 
 fn outcome_name(o: &Outcome) -> &'static str {
@@ -183,6 +229,7 @@ fn outcome_name(o: &Outcome) -> &'static str {
         Outcome::Succeeded(_) => "succeeded",
         Outcome::Failed(_) => "failed",
         Outcome::Canceled => "canceled",
+        Outcome::Requeue => "requeued",
     }
 }
 
@@ -201,10 +248,8 @@ fn store_results(jobs: &Jobs, claim: &Claim, out: &Output) -> std::io::Result<Jo
 
 #[cfg(test)]
 mod tests {
-    use std::time::{Duration, Instant};
-
     use super::*;
-    use crate::server::job::{InputInfo, JobId, JobState};
+    use crate::server::job::{InputInfo, JobState};
     use crate::server::jobs::NewJob;
     use crate::server::metrics::Metrics;
     use crate::server::store;

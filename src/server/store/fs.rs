@@ -12,18 +12,30 @@
 //! Every write goes to `tmp/`, is fsynced, renamed into place and the target folder fsynced,
 //! so a crash leaves either the old file or the new one. Paths are built only from [`JobId`]s
 //! (validated, hex) and hex digests, never from client text.
+//!
+//! The queue is an index in memory, rebuilt from the records by [`JobStore::recover`]: one
+//! process owns the directory, so leases never expire while it runs (a crash is the only way a
+//! run is lost, and recovery at the next start puts it back in the queue).
 
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
-use super::{BlobKind, BlobSink, BlobStore, IdempotencyRecord, JobStore, Unreadable};
-use crate::server::job::{JobId, JobRecord};
+use axum::http::StatusCode;
 
-/// Opens (creating when needed) the stores of a data directory.
-pub fn open(data_dir: &Path) -> io::Result<(FsJobStore, FsBlobStore)> {
-    let root = data_dir.to_path_buf();
-    for sub in ["jobs", "keys", "blobs", "tmp"] {
+use super::{
+    BlobKind, BlobSink, BlobStore, CancelOutcome, Claimed, Deleted, Finish, IdempotencyRecord,
+    JobStore, Lease, QueueStats, Recovery, Renewal, SubmitError, Submitted, Unreadable,
+    MAX_ATTEMPTS,
+};
+use crate::server::job::{now_ms, JobId, JobRecord, JobState};
+use crate::server::problem::Problem;
+
+fn prepare(root: &Path, subs: &[&str]) -> io::Result<()> {
+    for sub in subs {
         fs::create_dir_all(root.join(sub))?;
     }
     for entry in fs::read_dir(root.join("tmp"))? {
@@ -32,7 +44,26 @@ pub fn open(data_dir: &Path) -> io::Result<(FsJobStore, FsBlobStore)> {
             fs::remove_file(path)?;
         }
     }
-    Ok((FsJobStore { root: root.clone() }, FsBlobStore { root }))
+    Ok(())
+}
+
+/// Opens (creating when needed) the stores of a data directory.
+pub fn open(data_dir: &Path) -> io::Result<(FsJobStore, FsBlobStore)> {
+    prepare(data_dir, &["jobs", "keys", "blobs", "tmp"])?;
+    Ok((FsJobStore::new(data_dir), FsBlobStore::new(data_dir)))
+}
+
+/// Opens only the job records of a data directory (blobs live elsewhere).
+pub fn open_jobs(data_dir: &Path) -> io::Result<FsJobStore> {
+    prepare(data_dir, &["jobs", "keys", "tmp"])?;
+    Ok(FsJobStore::new(data_dir))
+}
+
+/// Opens only the blobs of a folder (`--blob-store file:///path`, or the data directory when
+/// the records are in a database).
+pub fn open_blobs(dir: &Path) -> io::Result<FsBlobStore> {
+    prepare(dir, &["blobs", "tmp"])?;
+    Ok(FsBlobStore::new(dir))
 }
 
 fn tmp_path(root: &Path) -> PathBuf {
@@ -70,13 +101,57 @@ fn probe(root: &Path) -> io::Result<()> {
     write_atomic(root, &root.join("tmp").join("probe"), b"ok")
 }
 
-/// Job records as JSON files.
-#[derive(Debug, Clone)]
+/// Job records as JSON files, with the queue as an index in memory.
+#[derive(Debug)]
 pub struct FsJobStore {
     root: PathBuf,
+    index: Mutex<Index>,
+}
+
+#[derive(Debug, Default)]
+struct Index {
+    jobs: BTreeMap<JobId, JobRecord>,
+    queue: VecDeque<JobId>,
+    keys: HashMap<String, IdempotencyRecord>,
+    /// Token of the claim each running job is under, and whether a cancel was requested.
+    runs: HashMap<JobId, (String, bool)>,
+}
+
+impl Index {
+    fn queued(&self) -> usize {
+        self.queue
+            .iter()
+            .filter(|id| {
+                self.jobs
+                    .get(*id)
+                    .is_some_and(|j| j.state == JobState::Queued)
+            })
+            .count()
+    }
+
+    fn held(&self, lease: &Lease) -> bool {
+        self.runs
+            .get(&lease.id)
+            .is_some_and(|(t, _)| *t == lease.token)
+            && self
+                .jobs
+                .get(&lease.id)
+                .is_some_and(|j| j.state == JobState::Running)
+    }
 }
 
 impl FsJobStore {
+    fn new(root: &Path) -> Self {
+        FsJobStore {
+            root: root.to_path_buf(),
+            index: Mutex::new(Index::default()),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Index> {
+        self.index.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     fn job_path(&self, id: &JobId) -> PathBuf {
         self.root.join("jobs").join(format!("{id}.json"))
     }
@@ -85,27 +160,16 @@ impl FsJobStore {
         let safe = key_sha256.len() == 64 && key_sha256.bytes().all(|b| b.is_ascii_hexdigit());
         safe.then(|| self.root.join("keys").join(format!("{key_sha256}.json")))
     }
-}
 
-fn json_files(dir: &Path) -> io::Result<Vec<PathBuf>> {
-    let mut out = Vec::new();
-    for entry in fs::read_dir(dir)? {
-        let path = entry?.path();
-        if path.extension().is_some_and(|e| e == "json") {
-            out.push(path);
-        }
-    }
-    out.sort();
-    Ok(out)
-}
-
-impl JobStore for FsJobStore {
-    fn save(&self, job: &JobRecord) -> io::Result<()> {
+    /// Writes a record file (creating or replacing it); the index is not touched.
+    pub fn save(&self, job: &JobRecord) -> io::Result<()> {
         let data = serde_json::to_vec_pretty(job).map_err(io::Error::other)?;
         write_atomic(&self.root, &self.job_path(&job.id), &data)
     }
 
-    fn load_all(&self) -> io::Result<(Vec<JobRecord>, Vec<Unreadable>)> {
+    /// Every record file. Unreadable records are reported in the second list and skipped;
+    /// their files (and the job's blobs) are left alone.
+    pub fn load_all(&self) -> io::Result<(Vec<JobRecord>, Vec<Unreadable>)> {
         let mut jobs = Vec::new();
         let mut bad = Vec::new();
         for path in json_files(&self.root.join("jobs"))? {
@@ -126,7 +190,7 @@ impl JobStore for FsJobStore {
         Ok((jobs, bad))
     }
 
-    fn remove(&self, id: &JobId) -> io::Result<()> {
+    fn remove_file(&self, id: &JobId) -> io::Result<()> {
         remove_if_exists(&self.job_path(id))
     }
 
@@ -138,7 +202,8 @@ impl JobStore for FsJobStore {
         write_atomic(&self.root, &path, &data)
     }
 
-    fn load_keys(&self) -> io::Result<Vec<IdempotencyRecord>> {
+    /// Every idempotency record file.
+    pub fn load_keys(&self) -> io::Result<Vec<IdempotencyRecord>> {
         let mut out = Vec::new();
         for path in json_files(&self.root.join("keys"))? {
             if let Ok(rec) = fs::read(&path)
@@ -157,6 +222,362 @@ impl JobStore for FsJobStore {
             None => Ok(()),
         }
     }
+}
+
+fn json_files(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "json") {
+            out.push(path);
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// The problem of a job interrupted [`MAX_ATTEMPTS`] times.
+pub fn crashed_problem(id: &JobId, attempts: u32) -> Problem {
+    let mut p = Problem::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "job_crashed",
+        format!("the job was interrupted {attempts} times; giving up"),
+    );
+    p.job_id = Some(id.to_string());
+    p
+}
+
+/// The record `job` becomes when a run ends with `finish` at `now`.
+pub fn apply_finish(job: &mut JobRecord, finish: &Finish, now: u64) {
+    job.stage = None;
+    match finish {
+        Finish::Succeeded(result) => {
+            job.state = JobState::Succeeded;
+            job.result = Some(result.clone());
+            job.error = None;
+        }
+        Finish::Failed(p) => {
+            job.state = JobState::Failed;
+            job.error = Some(p.clone());
+        }
+        Finish::Canceled(p) => {
+            job.state = JobState::Canceled;
+            job.error = Some(p.clone());
+        }
+        Finish::Requeue => {
+            job.state = JobState::Queued;
+            job.started_ms = None;
+        }
+    }
+    if job.state.is_terminal() {
+        job.finished_ms = Some(now);
+    }
+}
+
+impl JobStore for FsJobStore {
+    fn shared(&self) -> bool {
+        false
+    }
+
+    fn recover(&self, blobs: &dyn BlobStore) -> io::Result<Recovery> {
+        let (records, unreadable) = self.load_all()?;
+        let mut rec = Recovery {
+            loaded: records.len(),
+            unreadable: unreadable.iter().map(|u| u.reason.clone()).collect(),
+            ..Recovery::default()
+        };
+        let keep: HashSet<JobId> = unreadable.into_iter().filter_map(|u| u.id).collect();
+        let mut index = Index::default();
+        for mut job in records {
+            if job.state == JobState::Running {
+                job.stage = None;
+                if job.attempts >= MAX_ATTEMPTS {
+                    job.state = JobState::Failed;
+                    job.finished_ms = Some(now_ms());
+                    job.error = Some(crashed_problem(&job.id, job.attempts));
+                    rec.failed += 1;
+                } else {
+                    job.state = JobState::Queued;
+                    rec.requeued += 1;
+                }
+                self.save(&job)?;
+            }
+            if job.state == JobState::Queued && blobs.open(&job.id, BlobKind::Input).is_err() {
+                job.state = JobState::Failed;
+                job.finished_ms = Some(now_ms());
+                let mut p = Problem::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "input_missing",
+                    "the uploaded model is missing from storage",
+                );
+                p.job_id = Some(job.id.to_string());
+                job.error = Some(p);
+                self.save(&job)?;
+                rec.failed += 1;
+            }
+            index.jobs.insert(job.id.clone(), job);
+        }
+        index.queue = index
+            .jobs
+            .values()
+            .filter(|j| j.state == JobState::Queued)
+            .map(|j| j.id.clone())
+            .collect();
+        for id in blobs.jobs()? {
+            if !index.jobs.contains_key(&id) && !keep.contains(&id) {
+                blobs.delete(&id)?;
+                rec.orphans += 1;
+            }
+        }
+        for k in self.load_keys()? {
+            index.keys.insert(k.key_sha256.clone(), k);
+        }
+        *self.lock() = index;
+        Ok(rec)
+    }
+
+    fn submit(
+        &self,
+        job: &JobRecord,
+        key: Option<&IdempotencyRecord>,
+        max_queued: usize,
+    ) -> Result<Submitted, SubmitError> {
+        let mut g = self.lock();
+        if let Some(k) = key {
+            if let Some(existing) = g.keys.get(&k.key_sha256) {
+                if let Some(prev) = g.jobs.get(&existing.job_id) {
+                    if existing.fingerprint != k.fingerprint {
+                        return Err(SubmitError::KeyReused(prev.id.clone()));
+                    }
+                    return Ok(Submitted::Replayed(prev.clone()));
+                }
+            }
+        }
+        if g.queued() >= max_queued {
+            return Err(SubmitError::QueueFull);
+        }
+        // The key first: a key whose job record never got written is ignored on replay,
+        // while a job record whose upload the caller deletes on error would be a broken job.
+        if let Some(k) = key {
+            self.save_key(k)?;
+            g.keys.insert(k.key_sha256.clone(), k.clone());
+        }
+        self.save(job)?;
+        g.jobs.insert(job.id.clone(), job.clone());
+        g.queue.push_back(job.id.clone());
+        Ok(Submitted::Created(job.clone()))
+    }
+
+    fn get(&self, id: &JobId) -> io::Result<Option<JobRecord>> {
+        Ok(self.lock().jobs.get(id).cloned())
+    }
+
+    fn list(
+        &self,
+        page_size: usize,
+        after: Option<&JobId>,
+        state: Option<JobState>,
+    ) -> io::Result<(Vec<JobRecord>, Option<JobId>)> {
+        let g = self.lock();
+        let iter: Box<dyn Iterator<Item = &JobRecord>> = match after {
+            Some(a) => Box::new(g.jobs.range(..a.clone()).rev().map(|(_, j)| j)),
+            None => Box::new(g.jobs.values().rev()),
+        };
+        let mut page: Vec<JobRecord> = iter
+            .filter(|j| state.is_none_or(|s| j.state == s))
+            .take(page_size + 1)
+            .cloned()
+            .collect();
+        let next = if page.len() > page_size {
+            page.truncate(page_size);
+            page.last().map(|j| j.id.clone())
+        } else {
+            None
+        };
+        Ok((page, next))
+    }
+
+    fn find_key(&self, key_sha256: &str) -> io::Result<Option<IdempotencyRecord>> {
+        Ok(self.lock().keys.get(key_sha256).cloned())
+    }
+
+    fn stats(&self) -> io::Result<QueueStats> {
+        let g = self.lock();
+        let oldest = g
+            .queue
+            .iter()
+            .filter_map(|id| g.jobs.get(id))
+            .filter(|j| j.state == JobState::Queued)
+            .map(|j| j.created_ms)
+            .min();
+        Ok(QueueStats {
+            queued: g.queued(),
+            running: g.runs.len(),
+            oldest_queued_ms: oldest,
+        })
+    }
+
+    fn claim(&self, owner: &str, _lease: Duration) -> io::Result<Option<Claimed>> {
+        let mut g = self.lock();
+        while let Some(id) = g.queue.pop_front() {
+            let Some(job) = g.jobs.get_mut(&id) else {
+                continue;
+            };
+            if job.state != JobState::Queued {
+                continue;
+            }
+            job.state = JobState::Running;
+            job.started_ms = Some(now_ms());
+            job.stage = None;
+            job.attempts += 1;
+            let snapshot = job.clone();
+            if let Err(e) = self.save(&snapshot) {
+                tracing::error!(job = %id, "could not persist the running state: {e}");
+            }
+            let token = uuid::Uuid::new_v4().simple().to_string();
+            g.runs.insert(id.clone(), (token.clone(), false));
+            return Ok(Some(Claimed {
+                job: snapshot,
+                lease: Lease {
+                    id,
+                    owner: owner.to_string(),
+                    token,
+                },
+            }));
+        }
+        Ok(None)
+    }
+
+    fn renew(&self, leases: &[Lease], _lease: Duration) -> io::Result<Vec<Renewal>> {
+        let g = self.lock();
+        Ok(leases
+            .iter()
+            .map(|l| match g.runs.get(&l.id) {
+                Some((t, cancel)) if *t == l.token && g.held(l) => {
+                    Renewal::Held { cancel: *cancel }
+                }
+                _ => Renewal::Lost,
+            })
+            .collect())
+    }
+
+    fn reap(&self) -> io::Result<(usize, usize)> {
+        Ok((0, 0))
+    }
+
+    fn set_stage(&self, lease: &Lease, stage: &str) -> io::Result<()> {
+        let mut g = self.lock();
+        if g.held(lease) {
+            if let Some(job) = g.jobs.get_mut(&lease.id) {
+                job.stage = Some(stage.to_string());
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(&self, lease: &Lease, finish: &Finish, now: u64) -> io::Result<Option<JobRecord>> {
+        let mut g = self.lock();
+        if !g.held(lease) {
+            return Ok(None);
+        }
+        let Some(job) = g.jobs.get(&lease.id) else {
+            return Ok(None);
+        };
+        let mut next = job.clone();
+        apply_finish(&mut next, finish, now);
+        if let Err(e) = self.save(&next) {
+            tracing::error!(job = %lease.id, "could not persist the final state: {e}");
+        }
+        g.runs.remove(&lease.id);
+        g.jobs.insert(lease.id.clone(), next.clone());
+        if next.state == JobState::Queued {
+            g.queue.push_front(lease.id.clone());
+        }
+        Ok(Some(next))
+    }
+
+    fn cancel(&self, id: &JobId, problem: &Problem, now: u64) -> io::Result<Option<CancelOutcome>> {
+        let mut g = self.lock();
+        let Some(job) = g.jobs.get(id) else {
+            return Ok(None);
+        };
+        match job.state {
+            JobState::Queued => {
+                let mut next = job.clone();
+                next.state = JobState::Canceled;
+                next.finished_ms = Some(now);
+                next.error = Some(problem.clone());
+                self.save(&next)?;
+                g.jobs.insert(id.clone(), next.clone());
+                Ok(Some(CancelOutcome::Canceled(next)))
+            }
+            JobState::Running => {
+                let job = job.clone();
+                if let Some(run) = g.runs.get_mut(id) {
+                    run.1 = true;
+                }
+                Ok(Some(CancelOutcome::Requested(job)))
+            }
+            _ => Ok(Some(CancelOutcome::Finished(job.clone()))),
+        }
+    }
+
+    fn delete(&self, id: &JobId) -> io::Result<Deleted> {
+        let mut g = self.lock();
+        match g.jobs.get(id).map(|j| j.state) {
+            None => Ok(Deleted::NotFound),
+            Some(JobState::Running) => Ok(Deleted::Running),
+            Some(_) => {
+                self.remove_file(id)?;
+                g.jobs.remove(id);
+                Ok(Deleted::Removed)
+            }
+        }
+    }
+
+    fn expire(&self, horizon_ms: u64, limit: usize) -> io::Result<Vec<JobId>> {
+        let (old, keys): (Vec<JobId>, Vec<String>) = {
+            let g = self.lock();
+            (
+                g.jobs
+                    .values()
+                    .filter(|j| {
+                        j.state.is_terminal() && j.finished_ms.is_some_and(|f| f < horizon_ms)
+                    })
+                    .take(limit)
+                    .map(|j| j.id.clone())
+                    .collect(),
+                g.keys
+                    .values()
+                    .filter(|k| k.created_ms < horizon_ms)
+                    .map(|k| k.key_sha256.clone())
+                    .collect(),
+            )
+        };
+        let mut removed = Vec::new();
+        for id in old {
+            match self.delete(&id) {
+                Ok(Deleted::Removed) => removed.push(id),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(job = %id, "expiry: {e}"),
+            }
+        }
+        for k in keys {
+            if self.remove_key(&k).is_ok() {
+                self.lock().keys.remove(&k);
+            }
+        }
+        Ok(removed)
+    }
+
+    fn known(&self, ids: &[JobId]) -> io::Result<HashSet<JobId>> {
+        let g = self.lock();
+        Ok(ids
+            .iter()
+            .filter(|id| g.jobs.contains_key(*id))
+            .cloned()
+            .collect())
+    }
 
     fn check(&self) -> io::Result<()> {
         probe(&self.root)
@@ -170,16 +591,18 @@ pub struct FsBlobStore {
 }
 
 impl FsBlobStore {
+    fn new(root: &Path) -> Self {
+        FsBlobStore {
+            root: root.to_path_buf(),
+        }
+    }
+
     fn dir(&self, job: &JobId) -> PathBuf {
         self.root.join("blobs").join(job.as_str())
     }
 
     fn path(&self, job: &JobId, kind: BlobKind) -> PathBuf {
-        self.dir(job).join(match kind {
-            BlobKind::Input => "input.onnx",
-            BlobKind::Model => "model.onnx",
-            BlobKind::Report => "report.json",
-        })
+        self.dir(job).join(kind.file_name())
     }
 }
 
