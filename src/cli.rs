@@ -209,6 +209,9 @@ pub fn equalize(a: EqualizeArgs) -> ExitCode {
             p
         }
     });
+    // The file's bytes describe the original only when its weights are inline; otherwise the
+    // resolved model is encoded for verification.
+    let original = (!onnx_cle::onnx::has_external_data(&model)).then_some(bytes);
     if let Err(e) = onnx_cle::onnx::resolve_external_data(&mut model, dir) {
         return fail(core_exit(&e), e);
     }
@@ -235,7 +238,7 @@ pub fn equalize(a: EqualizeArgs) -> ExitCode {
         progress: Some(&progress),
         cancel: None,
     };
-    let out = match onnx_cle::run(model, Some(bytes), &opts, samples.as_ref(), ctl) {
+    let out = match onnx_cle::run(model, original, &opts, samples.as_ref(), ctl) {
         Ok(o) => o,
         Err(e) => return fail(core_exit(&e), e),
     };
