@@ -60,7 +60,8 @@ pub struct EqualizeArgs {
     /// Output op (node or tensor name); repeatable. Only nodes upstream are touched.
     #[arg(long = "output-op", visible_alias = "output-name")]
     output_op: Vec<String>,
-    /// Steps to run, comma-separated (bn_fold,relu6,cls,hbf).
+    /// Steps to run, comma-separated (bn_fold,relu6,cls,hbf); `none` runs no pass (a lossless
+    /// decode + encode of the model).
     #[arg(long, value_delimiter = ',')]
     steps: Option<Vec<String>>,
     /// What to do with Clip(0, 6).
@@ -82,6 +83,16 @@ pub struct EqualizeArgs {
     /// Skip verification with tract.
     #[arg(long)]
     no_verify: bool,
+    /// Seconds verification may take (default: 0.2 s per MB of model, at least 10 s); past
+    /// it the report says `not_verified` (budget exceeded) and the model is still written.
+    #[arg(long, value_name = "SECONDS")]
+    verify_budget: Option<f64>,
+    /// Leave out the per-layer int8 weight table of the report.
+    #[arg(long)]
+    no_quant_table: bool,
+    /// Only the model: no verification, no int8 table (`--no-verify --no-quant-table`).
+    #[arg(long)]
+    fast: bool,
     /// Seed of the random verification inputs.
     #[arg(long, default_value_t = 0x5eed)]
     seed: u64,
@@ -149,6 +160,7 @@ fn options(a: &EqualizeArgs) -> Result<Options, CoreError> {
     if let Some(steps) = &a.steps {
         o.steps = steps
             .iter()
+            .filter(|s| !(steps.len() == 1 && s.trim() == "none"))
             .map(|s| Step::parse(s))
             .collect::<Result<_, _>>()?;
     }
@@ -170,13 +182,17 @@ fn options(a: &EqualizeArgs) -> Result<Options, CoreError> {
     o.output = a.output_op.clone();
     o.iterations = a.iterations;
     o.threshold = a.threshold;
-    o.verify.enabled = !a.no_verify;
+    o.verify.enabled = !(a.no_verify || a.fast);
+    o.verify.budget_s = a.verify_budget;
     o.verify.seed = a.seed;
     o.verify.dynamic_dim = a.dynamic_dim;
     o.balance = a.balance;
     o.quant.end_to_end = a.quant_e2e || a.samples.is_some() || a.sensitivity;
     o.quant.w8a8 = !a.no_w8a8;
     o.quant.sensitivity = a.sensitivity;
+    if a.no_quant_table || a.fast {
+        o.quant.layers = false;
+    }
     o.normalized()
 }
 
