@@ -122,6 +122,10 @@ pub struct EqualizeArgs {
     /// No progress or summary on stderr.
     #[arg(short, long)]
     quiet: bool,
+    /// Print where the time went on stderr (read, decode, passes, int8 table, encode, verify,
+    /// write), also with --quiet.
+    #[arg(long)]
+    timings: bool,
     /// Refuse models with more nodes than this (all graphs, subgraphs and functions).
     #[arg(long, env = "ONNX_CLE_MAX_NODES", default_value_t = onnx_cle::limits::DEFAULT_MAX_NODES)]
     max_nodes: u64,
@@ -207,6 +211,7 @@ pub fn equalize(a: EqualizeArgs) -> ExitCode {
         Ok(d) => d,
         Err(e) => return fail(exit::IO, format!("{}: {e}", a.input.display())),
     };
+    let read_ms = t0.elapsed().as_secs_f64() * 1e3;
     let size = data.len();
     let bytes = bytes::Bytes::from(data);
     let limits = onnx_cle::limits::Limits {
@@ -228,6 +233,7 @@ pub fn equalize(a: EqualizeArgs) -> ExitCode {
     if let Err(e) = onnx_cle::onnx::resolve_external_data(&mut model, dir) {
         return fail(core_exit(&e), e);
     }
+    let decode_ms = t0.elapsed().as_secs_f64() * 1e3 - read_ms;
     let verbose = !a.quiet && size >= 16 << 20;
     let progress = move |stage: &str| {
         if verbose {
@@ -255,9 +261,11 @@ pub fn equalize(a: EqualizeArgs) -> ExitCode {
         Ok(o) => o,
         Err(e) => return fail(core_exit(&e), e),
     };
+    let t_write = Instant::now();
     if let Err(e) = std::fs::write(&a.output, &out.model) {
         return fail(exit::IO, format!("{}: {e}", a.output.display()));
     }
+    let write_ms = t_write.elapsed().as_secs_f64() * 1e3;
     if let Some(path) = &a.report {
         let json = match serde_json::to_vec_pretty(&out.report) {
             Ok(j) => j,
@@ -273,6 +281,18 @@ pub fn equalize(a: EqualizeArgs) -> ExitCode {
         }
     }
     let r = &out.report;
+    if a.timings {
+        let t = &r.timings_ms;
+        eprintln!(
+            "onnx-cle: timings ms: read {read_ms:.1} decode {decode_ms:.1} passes {:.1} \
+             int8_table {:.1} encode {:.1} verify {:.1} write {write_ms:.1} total {:.1}",
+            t.prepare + t.bn_fold + t.relu6 + t.cls + t.hbf + t.finish,
+            t.quantization,
+            t.encode,
+            t.verify,
+            t0.elapsed().as_secs_f64() * 1e3
+        );
+    }
     if !a.quiet {
         let verdict = match r.verification.status {
             onnx_cle::report::VerifyStatus::Verified => {

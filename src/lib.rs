@@ -427,8 +427,10 @@ pub fn run(
     if let (None, Some(input)) = (&original_model, input) {
         onnx::release_input(&mut eq.model, input);
     }
+    let t = Instant::now();
     let bytes = onnx::encode(&eq.model);
     let mut report = eq.report;
+    report.timings_ms.encode = ms(t);
     if let Some(rows) = table {
         report
             .quantization
