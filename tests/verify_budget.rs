@@ -59,7 +59,10 @@ fn a_budget_is_an_option_checked_like_the_others() {
         let mut opts = Options::default();
         opts.verify.budget_s = Some(bad);
         let r = onnx_cle::run(small(), None, &opts, None, Control::default());
-        assert!(matches!(r, Err(CoreError::InvalidOptions(_))), "{bad}: {r:?}");
+        assert!(
+            matches!(r, Err(CoreError::InvalidOptions(_))),
+            "{bad}: {r:?}"
+        );
     }
     let json = r#"{"verify": {"budget_s": 2.5}}"#;
     let o: Options = serde_json::from_str(json).unwrap();
@@ -112,7 +115,11 @@ fn cancellation_reaches_a_running_verification() {
         });
         onnx_cle::run(model, None, &opts, None, ctl)
     });
-    assert!(matches!(r, Err(CoreError::Canceled)), "{:?}", r.map(|o| o.report.verification));
+    assert!(
+        matches!(r, Err(CoreError::Canceled)),
+        "{:?}",
+        r.map(|o| o.report.verification)
+    );
     let seen = stages.lock().unwrap().clone();
     assert_eq!(seen, vec!["verify_original".to_string()], "{seen:?}");
 }

@@ -3,10 +3,13 @@
 //!
 //! Each weight costs one range sweep (vectorized, [`WeightLayout::out_ranges`]) and one fused
 //! sweep ([`weight_sqnr`]) that quantizes every element for both schemes and adds up
-//! `Σw²` and `Σ(w − Q(w))²` per scheme, without a copy of the weight. The figures are those of
-//! [`super::fake_quant`] followed by [`super::sqnr_db`], bit for bit: the quantized values are
-//! the same f32 operations (rounding half away from zero, written so that it vectorizes), and
-//! every sum is accumulated in f64 in memory order, as `sqnr_db` does.
+//! `Σw²` and `Σ(w − Q(w))²` per scheme, without a copy of the weight. The quantized values are
+//! those of [`super::fake_quant`], bit for bit (rounding half away from zero, written so that
+//! it vectorizes); the sums are f64 in 8 interleaved partial sums added pairwise at the end, so
+//! they vectorize too. That is a different order of the same f64 additions than
+//! [`super::sqnr_db`]'s single running sum: the figures agree with it to about 1e-11 dB (the
+//! partial sums are, if anything, the more accurate; at most 3e-11 dB on the fixtures and the
+//! two ResNet-50s).
 
 use std::collections::{HashMap, HashSet};
 
@@ -169,7 +172,7 @@ pub(crate) fn weight_sqnr(
         .map(|r| if *r > 0.0 { r / 127.0 } else { 1.0 })
         .collect();
     let inv: Vec<f32> = steps.iter().map(|s| 1.0 / s).collect();
-    let mut sums = [0f64; 3];
+    let mut sums = Sums::default();
     let mut qt = [0f32; BATCH];
     let mut qc = [0f32; BATCH];
     layout.for_each_out_run(data, |run, first, stride| {
@@ -196,38 +199,86 @@ pub(crate) fn weight_sqnr(
                     }
                 }
             }
-            accumulate(&mut sums, chunk, &qt[..n], per_channel.then_some(&qc[..n]));
+            sums.add(chunk, &qt[..n], per_channel.then_some(&qc[..n]));
         }
     });
-    let [signal, tensor_noise, channel_noise] = sums;
+    let (signal, tensor_noise, channel_noise) = sums.totals();
     (
         ratio_db(signal, tensor_noise),
         per_channel.then(|| ratio_db(signal, channel_noise)),
     )
 }
 
-/// Adds `w²`, `(w − qt)²` and `(w − qc)²` to `sums`, element by element in order.
-#[inline(always)]
-fn accumulate(sums: &mut [f64; 3], w: &[f32], qt: &[f32], qc: Option<&[f32]>) {
-    let [mut s, mut nt, mut nc] = *sums;
-    match qc {
-        Some(qc) => {
-            for ((&a, &t), &c) in w.iter().zip(qt).zip(qc) {
-                let a = f64::from(a);
-                s += a * a;
-                nt += (a - f64::from(t)).powi(2);
-                nc += (a - f64::from(c)).powi(2);
+/// Independent f64 partial sums per sum (element `j` of every 8 goes to lane `j`), so the
+/// additions vectorize instead of waiting on each other.
+const LANES: usize = 8;
+
+/// `Σw²`, `Σ(w − qt)²`, `Σ(w − qc)²` in [`LANES`] partial sums each.
+#[derive(Default)]
+struct Sums {
+    signal: [f64; LANES],
+    tensor_noise: [f64; LANES],
+    channel_noise: [f64; LANES],
+}
+
+impl Sums {
+    /// Adds one batch (`qc`: the per-channel values, when computed).
+    #[inline(always)]
+    fn add(&mut self, w: &[f32], qt: &[f32], qc: Option<&[f32]>) {
+        let lanes = w.len() / LANES * LANES;
+        match qc {
+            Some(qc) => {
+                for ((a, t), c) in w[..lanes]
+                    .chunks_exact(LANES)
+                    .zip(qt.chunks_exact(LANES))
+                    .zip(qc.chunks_exact(LANES))
+                {
+                    for j in 0..LANES {
+                        let x = f64::from(a[j]);
+                        self.signal[j] += x * x;
+                        self.tensor_noise[j] += (x - f64::from(t[j])).powi(2);
+                        self.channel_noise[j] += (x - f64::from(c[j])).powi(2);
+                    }
+                }
+                for (j, ((&a, &t), &c)) in w[lanes..]
+                    .iter()
+                    .zip(&qt[lanes..])
+                    .zip(&qc[lanes..])
+                    .enumerate()
+                {
+                    let x = f64::from(a);
+                    self.signal[j] += x * x;
+                    self.tensor_noise[j] += (x - f64::from(t)).powi(2);
+                    self.channel_noise[j] += (x - f64::from(c)).powi(2);
+                }
             }
-        }
-        None => {
-            for (&a, &t) in w.iter().zip(qt) {
-                let a = f64::from(a);
-                s += a * a;
-                nt += (a - f64::from(t)).powi(2);
+            None => {
+                for (a, t) in w[..lanes].chunks_exact(LANES).zip(qt.chunks_exact(LANES)) {
+                    for j in 0..LANES {
+                        let x = f64::from(a[j]);
+                        self.signal[j] += x * x;
+                        self.tensor_noise[j] += (x - f64::from(t[j])).powi(2);
+                    }
+                }
+                for (j, (&a, &t)) in w[lanes..].iter().zip(&qt[lanes..]).enumerate() {
+                    let x = f64::from(a);
+                    self.signal[j] += x * x;
+                    self.tensor_noise[j] += (x - f64::from(t)).powi(2);
+                }
             }
         }
     }
-    *sums = [s, nt, nc];
+
+    /// `(Σw², Σ(w − qt)², Σ(w − qc)²)`, the lanes added pairwise.
+    fn totals(&self) -> (f64, f64, f64) {
+        let total =
+            |l: &[f64; LANES]| ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
+        (
+            total(&self.signal),
+            total(&self.tensor_noise),
+            total(&self.channel_noise),
+        )
+    }
 }
 
 #[cfg(test)]
@@ -268,8 +319,8 @@ mod tests {
         assert!(round_clamp127(f32::NAN).is_nan());
     }
 
-    /// The fused sweep gives exactly the figures of a quantized copy and `sqnr_db`, on every
-    /// layout path, with zeros, a zero channel, a NaN and an all-zero weight.
+    /// The fused sweep gives the figures of a quantized copy and `sqnr_db` (to rounding of the
+    /// sums), on every layout path, with zeros, a zero channel, a NaN and an all-zero weight.
     #[test]
     fn fused_figures_equal_the_reference() {
         let cases: [(LayerOp, &[usize], usize); 9] = [
@@ -306,8 +357,9 @@ mod tests {
                 };
                 let (t, c) = weight_sqnr(w, &l, true);
                 let (t2, c2) = weight_sqnr(w, &l, false);
-                let same =
-                    |a: f64, b: f64| a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan());
+                let same = |a: f64, b: f64| {
+                    a == b || (a.is_nan() && b.is_nan()) || (a - b).abs() <= 1e-9 * b.abs().max(1.0)
+                };
                 assert!(
                     same(t, reference(Scheme::PerTensorSymmetric)),
                     "case {ci}/{vi}"
