@@ -50,11 +50,17 @@ if [[ -z "${ONNX_CLE_BIN:-}" ]]; then
     FIXTURE_BIN="$CARGO_TARGET_DIR/debug/examples/load_fixture"
 else
     BIN="$ONNX_CLE_BIN"
-    (cd "$ROOT" && cargo build --locked --quiet --example load_fixture)
+    if [[ -z "${LOAD_MODEL:-}" ]]; then
+        (cd "$ROOT" && cargo build --locked --quiet --example load_fixture)
+    fi
     FIXTURE_BIN="$CARGO_TARGET_DIR/debug/examples/load_fixture"
 fi
 BUILT="$WORK/built.onnx"
-"$FIXTURE_BIN" "$BUILT"
+if [[ -n "${LOAD_MODEL:-}" ]]; then
+    [[ -f "$LOAD_MODEL" ]] || fail "LOAD_MODEL $LOAD_MODEL not found"
+else
+    "$FIXTURE_BIN" "$BUILT"
+fi
 
 say "starting the server (default settings, loopback)"
 "$BIN" serve --addr 127.0.0.1:0 --data-dir "$WORK/data" > "$WORK/server.log" 2>&1 &

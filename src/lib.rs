@@ -65,9 +65,10 @@ pub struct Equalized {
 pub struct Control<'a> {
     /// Called with the name of each stage as it starts.
     pub progress: Option<&'a (dyn Fn(&str) + Sync)>,
-    /// Checked between stages, between the model runs of the quantization simulation and when
-    /// the run ends; when set the run stops with [`CoreError::Canceled`] (a run canceled during
-    /// its last stage fails rather than succeeds late).
+    /// Checked between stages, between the model runs of the quantization simulation, every
+    /// 20 ms while verification waits for tract (see [`verify`]) and when the run ends; when set
+    /// the run stops with [`CoreError::Canceled`] (a run canceled during its last stage fails
+    /// rather than succeeds late).
     pub cancel: Option<&'a AtomicBool>,
 }
 
