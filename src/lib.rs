@@ -533,6 +533,10 @@ impl Verifier {
             .as_ref()
             .map_or(0, |g| g.node.len());
         let estimate = verify::tract_build_estimate(nodes) * 2;
+        if budget.is_zero() {
+            v.state = Err(v.stopped("starting"));
+            return Ok(v);
+        }
         if estimate > budget {
             v.state = Err(v.stopped(&format!(
                 "tract would take about {:.0} s just to build the two {nodes}-node graphs \
