@@ -8,6 +8,12 @@
 #   scripts/load_jobs.sh                    # 32 × 10 on a fresh server with default settings
 #   CLIENTS=8 JOBS=5 scripts/load_jobs.sh   # smaller
 #   ONNX_CLE_BIN=path/to/onnx-cle scripts/load_jobs.sh
+#   LOAD_MODEL=../shared/models/mobilenet_v2.onnx ONNX_CLE_BIN=… scripts/load_jobs.sh
+#                                           # every job on that model (the throughput figure of
+#                                           # BENCHMARKS.md: MobileNetV2, verification on)
+#
+# At the end it prints where the jobs' time went: the mean of each stage of `timings_ms` over
+# the succeeded jobs' reports.
 #
 # Bounded: the whole run is killed after LOAD_TIMEOUT seconds (default 900).
 set -euo pipefail
@@ -44,11 +50,17 @@ if [[ -z "${ONNX_CLE_BIN:-}" ]]; then
     FIXTURE_BIN="$CARGO_TARGET_DIR/debug/examples/load_fixture"
 else
     BIN="$ONNX_CLE_BIN"
-    (cd "$ROOT" && cargo build --locked --quiet --example load_fixture)
+    if [[ -z "${LOAD_MODEL:-}" ]]; then
+        (cd "$ROOT" && cargo build --locked --quiet --example load_fixture)
+    fi
     FIXTURE_BIN="$CARGO_TARGET_DIR/debug/examples/load_fixture"
 fi
 BUILT="$WORK/built.onnx"
-"$FIXTURE_BIN" "$BUILT"
+if [[ -n "${LOAD_MODEL:-}" ]]; then
+    [[ -f "$LOAD_MODEL" ]] || fail "LOAD_MODEL $LOAD_MODEL not found"
+else
+    "$FIXTURE_BIN" "$BUILT"
+fi
 
 say "starting the server (default settings, loopback)"
 "$BIN" serve --addr 127.0.0.1:0 --data-dir "$WORK/data" > "$WORK/server.log" 2>&1 &
@@ -71,7 +83,8 @@ client() {
     local c="$1" log="$WORK/client-$1.log" j model form code id state t0 body
     body="$WORK/client-$1.body"
     for j in $(seq 1 "$JOBS"); do
-        if (( (c + j) % 2 )); then model="$TINY"; else model="$BUILT"; fi
+        if [[ -n "${LOAD_MODEL:-}" ]]; then model="$LOAD_MODEL";
+        elif (( (c + j) % 2 )); then model="$TINY"; else model="$BUILT"; fi
         t0=$(now_ms)
         while :; do
             if (( j % 2 )); then
@@ -110,6 +123,10 @@ client() {
             code=$(curl -sS -o /dev/null -w '%{http_code}' --max-time 60 \
                 "$URL/jobs/$id/model" || echo 000)
             echo "status model $code" >> "$log"
+            if (( j == 1 )); then
+                curl -sS --max-time 60 "$URL/jobs/$id/report" 2>/dev/null \
+                    | jq -c '.timings_ms' > "$WORK/timings-$c.json" 2>/dev/null || true
+            fi
         fi
     done
 }
@@ -148,6 +165,13 @@ awk '$1=="job" && $2=="succeeded" { print $3 }' "$WORK/all.log" | sort -n | awk 
     END { if (NR) printf "    min %d  p50 %d  p95 %d  max %d  mean %d\n", v[1], at(0.5), at(0.95), v[NR], s / NR }'
 echo "  throughput: $(awk -v n="$OK" -v ms="$ELAPSED" 'BEGIN { printf "%.1f", n / (ms / 1000) }') jobs/s"
 curl -sS "$URL/metrics" | grep -E '^cle_jobs_(submitted|finished)_total' | sed 's/^/  /' || true
+if compgen -G "$WORK/timings-*.json" >/dev/null; then
+    echo "  where a job's run went (mean ms over the first job of each client, from its report):"
+    cat "$WORK"/timings-*.json | jq -s -r '
+        (length) as $n | (.[0] | keys_unsorted) as $k
+        | [$k[] as $s | "\($s) \(map(.[$s] // 0) | add / $n | . * 10 | round / 10)"] | join(", ")' \
+        | sed 's/^/    /'
+fi
 
 if grep -E " ERROR |panicked" "$WORK/server.log" >/dev/null; then
     grep -E " ERROR |panicked" "$WORK/server.log" | head -n 20 >&2

@@ -1286,6 +1286,21 @@ pub fn resnet50(width: f32, seed: u64) -> ModelProto {
     b.build()
 }
 
+/// One 3×3 Conv (3 → 8 channels, input `N×3×32×32`) followed by a chain of `identities`
+/// `Identity` nodes to the graph output: a valid model of `identities + 1` nodes whose size is
+/// in its graph, not its weights (the long-graph benchmark of `scripts/bench.sh`).
+pub fn identity_chain(identities: usize) -> ModelProto {
+    let mut b = ModelBuilder::new(13).seed(7);
+    let x = b.batched_input("input", "N", &[3, 32, 32]);
+    let mut y = b.conv("conv", &x, &ConvSpec::new(3, 8, &[3, 3]).same_pads());
+    b.graph_mut().node.reserve(identities);
+    for i in 0..identities {
+        y = b.node1("Identity", &format!("id{i}"), &[&y], vec![]);
+    }
+    b.output(&y);
+    b.build()
+}
+
 /// `w[o, …] *= f[o]` in the stored layout of `spec`.
 fn scale_out_channels(spec: &ConvSpec, w: &mut [f32], f: &[f32]) {
     let dims = spec.weight_dims();

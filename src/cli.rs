@@ -60,7 +60,8 @@ pub struct EqualizeArgs {
     /// Output op (node or tensor name); repeatable. Only nodes upstream are touched.
     #[arg(long = "output-op", visible_alias = "output-name")]
     output_op: Vec<String>,
-    /// Steps to run, comma-separated (bn_fold,relu6,cls,hbf).
+    /// Steps to run, comma-separated (bn_fold,relu6,cls,hbf); `none` runs no pass (a lossless
+    /// decode + encode of the model).
     #[arg(long, value_delimiter = ',')]
     steps: Option<Vec<String>>,
     /// What to do with Clip(0, 6).
@@ -82,6 +83,16 @@ pub struct EqualizeArgs {
     /// Skip verification with tract.
     #[arg(long)]
     no_verify: bool,
+    /// Seconds verification may take (default: 0.2 s per MB of model, at least 10 s); past
+    /// it the report says `not_verified` (budget exceeded) and the model is still written.
+    #[arg(long, value_name = "SECONDS")]
+    verify_budget: Option<f64>,
+    /// Leave out the per-layer int8 weight table of the report.
+    #[arg(long)]
+    no_quant_table: bool,
+    /// Only the model: no verification, no int8 table (`--no-verify --no-quant-table`).
+    #[arg(long)]
+    fast: bool,
     /// Seed of the random verification inputs.
     #[arg(long, default_value_t = 0x5eed)]
     seed: u64,
@@ -111,6 +122,10 @@ pub struct EqualizeArgs {
     /// No progress or summary on stderr.
     #[arg(short, long)]
     quiet: bool,
+    /// Print where the time went on stderr (read, decode, passes, int8 table, encode, verify,
+    /// write), also with --quiet.
+    #[arg(long)]
+    timings: bool,
     /// Refuse models with more nodes than this (all graphs, subgraphs and functions).
     #[arg(long, env = "ONNX_CLE_MAX_NODES", default_value_t = onnx_cle::limits::DEFAULT_MAX_NODES)]
     max_nodes: u64,
@@ -149,6 +164,7 @@ fn options(a: &EqualizeArgs) -> Result<Options, CoreError> {
     if let Some(steps) = &a.steps {
         o.steps = steps
             .iter()
+            .filter(|s| !(steps.len() == 1 && s.trim() == "none"))
             .map(|s| Step::parse(s))
             .collect::<Result<_, _>>()?;
     }
@@ -170,13 +186,17 @@ fn options(a: &EqualizeArgs) -> Result<Options, CoreError> {
     o.output = a.output_op.clone();
     o.iterations = a.iterations;
     o.threshold = a.threshold;
-    o.verify.enabled = !a.no_verify;
+    o.verify.enabled = !(a.no_verify || a.fast);
+    o.verify.budget_s = a.verify_budget;
     o.verify.seed = a.seed;
     o.verify.dynamic_dim = a.dynamic_dim;
     o.balance = a.balance;
     o.quant.end_to_end = a.quant_e2e || a.samples.is_some() || a.sensitivity;
     o.quant.w8a8 = !a.no_w8a8;
     o.quant.sensitivity = a.sensitivity;
+    if a.no_quant_table || a.fast {
+        o.quant.layers = false;
+    }
     o.normalized()
 }
 
@@ -191,6 +211,7 @@ pub fn equalize(a: EqualizeArgs) -> ExitCode {
         Ok(d) => d,
         Err(e) => return fail(exit::IO, format!("{}: {e}", a.input.display())),
     };
+    let read_ms = t0.elapsed().as_secs_f64() * 1e3;
     let size = data.len();
     let bytes = bytes::Bytes::from(data);
     let limits = onnx_cle::limits::Limits {
@@ -215,6 +236,7 @@ pub fn equalize(a: EqualizeArgs) -> ExitCode {
     if let Err(e) = onnx_cle::onnx::resolve_external_data(&mut model, dir) {
         return fail(core_exit(&e), e);
     }
+    let decode_ms = t0.elapsed().as_secs_f64() * 1e3 - read_ms;
     let verbose = !a.quiet && size >= 16 << 20;
     let progress = move |stage: &str| {
         if verbose {
@@ -242,9 +264,11 @@ pub fn equalize(a: EqualizeArgs) -> ExitCode {
         Ok(o) => o,
         Err(e) => return fail(core_exit(&e), e),
     };
+    let t_write = Instant::now();
     if let Err(e) = std::fs::write(&a.output, &out.model) {
         return fail(exit::IO, format!("{}: {e}", a.output.display()));
     }
+    let write_ms = t_write.elapsed().as_secs_f64() * 1e3;
     if let Some(path) = &a.report {
         let json = match serde_json::to_vec_pretty(&out.report) {
             Ok(j) => j,
@@ -260,6 +284,18 @@ pub fn equalize(a: EqualizeArgs) -> ExitCode {
         }
     }
     let r = &out.report;
+    if a.timings {
+        let t = &r.timings_ms;
+        eprintln!(
+            "onnx-cle: timings ms: read {read_ms:.1} decode {decode_ms:.1} passes {:.1} \
+             int8_table {:.1} encode {:.1} verify {:.1} write {write_ms:.1} total {:.1}",
+            t.prepare + t.bn_fold + t.relu6 + t.cls + t.hbf + t.finish,
+            t.quantization,
+            t.encode,
+            t.verify,
+            t0.elapsed().as_secs_f64() * 1e3
+        );
+    }
     if !a.quiet {
         let verdict = match r.verification.status {
             onnx_cle::report::VerifyStatus::Verified => {

@@ -256,6 +256,27 @@ impl WeightLayout {
         });
     }
 
+    /// Visits `w` in memory order as contiguous runs: `f(run, first, stride)`, where element `j`
+    /// of `run` belongs to output channel `first + j·stride` (`stride` is 0 or 1). Read-only
+    /// sweeps that must keep the memory order (sequential sums) use it instead of per-element
+    /// channel lookups.
+    pub fn for_each_out_run(&self, w: &[f32], mut f: impl FnMut(&[f32], usize, usize)) {
+        self.check(w);
+        if let Some(len) = self.out_rows() {
+            for (o, row) in w.chunks_exact(len).enumerate() {
+                f(row, o, 0);
+            }
+            return;
+        }
+        if self.k == 1 && matches!(self.op, LayerOp::Gemm { trans_b: false } | LayerOp::MatMul) {
+            for row in w.chunks_exact(self.b) {
+                f(row, 0, 1);
+            }
+            return;
+        }
+        self.for_each_block(|s, o, _| f(&w[s..s + self.k], o, 0));
+    }
+
     /// `w[…, i, …] *= f[i]` for every input channel `i`.
     pub fn scale_in(&self, w: &mut [f32], f: &[f32]) {
         if self.diagonal() {

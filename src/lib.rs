@@ -66,9 +66,10 @@ pub struct Equalized {
 pub struct Control<'a> {
     /// Called with the name of each stage as it starts.
     pub progress: Option<&'a (dyn Fn(&str) + Sync)>,
-    /// Checked between stages, between the model runs of the quantization simulation and when
-    /// the run ends; when set the run stops with [`CoreError::Canceled`] (a run canceled during
-    /// its last stage fails rather than succeeds late).
+    /// Checked between stages, between the model runs of the quantization simulation, every
+    /// 20 ms while verification waits for tract (see [`verify`]) and when the run ends; when set
+    /// the run stops with [`CoreError::Canceled`] (a run canceled during its last stage fails
+    /// rather than succeeds late).
     pub cancel: Option<&'a AtomicBool>,
 }
 
@@ -391,6 +392,11 @@ fn quantization_figures(
 /// The whole job shared by the CLI and the server: equalize, encode, verify.
 ///
 /// `original` is the input's encoded bytes when available (saves an encode for verification).
+///
+/// Verification runs the original model in tract first (while only the input is in memory),
+/// keeps its outputs, then equalizes, encodes, drops the decoded result and runs the equalized
+/// model: one tract model at a time, within the verification budget
+/// ([`VerifyOptions::budget_s`]) and the cancellation flag (see [`verify`]).
 pub fn run(
     model: ModelProto,
     original: Option<Bytes>,
@@ -400,20 +406,35 @@ pub fn run(
 ) -> Result<Output> {
     let verify_opts = options.verify.clone();
     let quant = &options.quant;
+    // Refused options and tensors fail before any model reaches tract.
+    options.clone().normalized()?;
+    onnx::validate::tensors(&model)?;
     // The per-layer figures need the BN-folded weights: taken during the run when it folds,
     // instead of a second, fold-only run on a copy of the original.
     let figures_in_run = quant.layers && !quant.end_to_end && options.steps.contains(&Step::BnFold);
-    let original_model =
-        (verify_opts.enabled || quant.end_to_end || (quant.layers && !figures_in_run))
-            .then(|| model.clone());
+    let needs_original = quant.end_to_end || (quant.layers && !figures_in_run);
+    let mut check = if verify_opts.enabled {
+        Some(Verifier::start(
+            &model,
+            original.as_ref(),
+            options,
+            samples,
+            ctl,
+        )?)
+    } else {
+        None
+    };
+    let original_model = needs_original.then(|| model.clone());
     let input = original.as_ref().map(|b| b.as_ptr_range());
-    let original = original.filter(|_| verify_opts.enabled);
+    drop(original);
     let (mut eq, table) = equalize_capturing(model, options, ctl, figures_in_run)?;
-    if let (None, None, Some(input)) = (&original_model, &original, input) {
+    if let (None, Some(input)) = (&original_model, input) {
         onnx::release_input(&mut eq.model, input);
     }
+    let t = Instant::now();
     let bytes = onnx::encode(&eq.model);
     let mut report = eq.report;
+    report.timings_ms.encode = ms(t);
     if let Some(rows) = table {
         report
             .quantization
@@ -433,37 +454,176 @@ pub fn run(
         )?;
         report.timings_ms.quantization = ms(t);
     }
-    if let Some(orig) = original_model.filter(|_| verify_opts.enabled) {
-        ctl.stage("verify")?;
-        let t = Instant::now();
-        let orig_bytes = match original {
-            Some(b) if !onnx::has_external_data(&orig) => b,
-            _ => Bytes::from(onnx::encode(&orig)),
-        };
-        report.verification = match samples {
-            Some(s) => verify::compare(&orig_bytes, &bytes, &s.tensors, s.source.clone()),
-            None => match verify::input_specs(&orig, verify_opts.dynamic_dim) {
-                Ok(mut specs) => {
-                    verify::fill_random(&mut specs, verify_opts.seed);
-                    verify::compare(
-                        &orig_bytes,
-                        &bytes,
-                        &specs,
-                        format!("random normal (seed {})", verify_opts.seed),
-                    )
-                }
-                Err(e) => report::Verification {
-                    status: VerifyStatus::NotVerified,
-                    reason: Some(e),
-                    ..Default::default()
-                },
-            },
-        };
-        report.timings_ms.verify = ms(t);
+    drop(original_model);
+    if let Some(check) = check.as_mut() {
+        check.simplify_equalized(&eq.model);
     }
+    drop(eq.model);
+    let bytes = match check {
+        Some(check) => {
+            ctl.stage("verify")?;
+            let (verification, spent, bytes) = check.finish(bytes, ctl)?;
+            report.verification = verification;
+            report.timings_ms.verify = spent;
+            bytes
+        }
+        None => bytes,
+    };
     ctl.check()?;
     Ok(Output {
         model: bytes,
         report,
     })
+}
+
+/// Verification in two halves around the passes (see [`run`]).
+struct Verifier {
+    inputs: std::sync::Arc<Vec<verify::InputTensor>>,
+    source: String,
+    budget: std::time::Duration,
+    spent: std::time::Duration,
+    /// The original's outputs, or why verification already stopped.
+    state: std::result::Result<verify::Reference, report::Verification>,
+    /// The copy of the equalized model handed to tract, when it differs from the output.
+    simplified: Option<Vec<u8>>,
+}
+
+impl Verifier {
+    /// Runs the original model (stage `verify_original`).
+    fn start(
+        model: &ModelProto,
+        original: Option<&Bytes>,
+        options: &Options,
+        samples: Option<&SampleInputs>,
+        ctl: Control,
+    ) -> Result<Self> {
+        let opts = &options.verify;
+        ctl.stage("verify_original")?;
+        let t = Instant::now();
+        let (inputs, source) = match samples {
+            Some(s) => (Ok(s.tensors.clone()), s.source.clone()),
+            None => (
+                verify::input_specs(model, opts.dynamic_dim).map(|mut specs| {
+                    verify::fill_random(&mut specs, opts.seed);
+                    specs
+                }),
+                format!("random normal (seed {})", opts.seed),
+            ),
+        };
+        let size = original.map_or_else(|| prost::Message::encoded_len(model), |b| b.len());
+        let budget = std::time::Duration::from_secs_f64(opts.budget_for(size));
+        let mut v = Verifier {
+            inputs: std::sync::Arc::new(inputs.clone().unwrap_or_default()),
+            source,
+            budget,
+            spent: std::time::Duration::ZERO,
+            state: Ok(Err(String::new())),
+            simplified: None,
+        };
+        if let Err(e) = inputs {
+            v.state = Err(report::Verification {
+                status: VerifyStatus::NotVerified,
+                reason: Some(e),
+                ..Default::default()
+            });
+            return Ok(v);
+        }
+        let simplified = verify::simplified(model);
+        let nodes = simplified
+            .as_ref()
+            .unwrap_or(model)
+            .graph
+            .as_ref()
+            .map_or(0, |g| g.node.len());
+        let estimate = verify::tract_build_estimate(nodes) * 2;
+        if budget.is_zero() {
+            v.state = Err(v.stopped("starting"));
+            return Ok(v);
+        }
+        if estimate > budget {
+            v.state = Err(v.stopped(&format!(
+                "tract would take about {:.0} s just to build the two {nodes}-node graphs \
+                 (its graph build grows with the square of the node count)",
+                estimate.as_secs_f64()
+            )));
+            return Ok(v);
+        }
+        let bytes = match (simplified, original) {
+            (Some(m), _) => Bytes::from(onnx::encode(&m)),
+            (None, Some(b)) if !onnx::has_external_data(model) => b.clone(),
+            (None, _) => Bytes::from(onnx::encode(model)),
+        };
+        let limits = v.limits(ctl);
+        let reference = verify::reference_within(bytes, &v.inputs, &limits);
+        v.spent += t.elapsed();
+        v.state = match reference {
+            Ok(r) => Ok(r),
+            Err(verify::Stopped::Canceled) => return Err(CoreError::Canceled),
+            Err(verify::Stopped::Budget(what)) => Err(v.stopped(&what)),
+        };
+        Ok(v)
+    }
+
+    fn limits<'a>(&self, ctl: Control<'a>) -> verify::Limits<'a> {
+        verify::Limits {
+            deadline: Some(Instant::now() + self.budget.saturating_sub(self.spent)),
+            budget: Some(self.budget),
+            cancel: ctl.cancel,
+        }
+    }
+
+    fn stopped(&self, what: &str) -> report::Verification {
+        verify::budget_exceeded(
+            &self.inputs,
+            self.source.clone(),
+            &verify::Limits {
+                budget: Some(self.budget),
+                ..Default::default()
+            },
+            what,
+        )
+    }
+
+    /// Prepares the copy of the equalized model tract will build, when the original needed
+    /// one ([`verify::simplified`]).
+    fn simplify_equalized(&mut self, equalized: &ModelProto) {
+        if matches!(self.state, Ok(Ok(_))) {
+            self.simplified = verify::simplified(equalized).map(|m| onnx::encode(&m));
+        }
+    }
+
+    /// Runs the equalized model `bytes` and compares (stage `verify`). Returns the report
+    /// section, the time verification took in milliseconds, and `bytes`.
+    fn finish(
+        mut self,
+        bytes: Vec<u8>,
+        ctl: Control,
+    ) -> Result<(report::Verification, f64, Vec<u8>)> {
+        let t = Instant::now();
+        let reference = match std::mem::replace(&mut self.state, Ok(Err(String::new()))) {
+            Ok(r) => r,
+            Err(v) => return Ok((v, self.spent.as_secs_f64() * 1e3, bytes)),
+        };
+        let limits = self.limits(ctl);
+        let (shared, output) = match self.simplified.take() {
+            Some(s) => (Bytes::from(s), Some(bytes)),
+            None => (Bytes::from(bytes), None),
+        };
+        let verified = verify::compare_within(
+            reference,
+            shared.clone(),
+            &self.inputs,
+            self.source.clone(),
+            &limits,
+        );
+        let spent = (self.spent + t.elapsed()).as_secs_f64() * 1e3;
+        let verification = match verified {
+            Ok(v) => v,
+            Err(verify::Stopped::Canceled) => return Err(CoreError::Canceled),
+            Err(verify::Stopped::Budget(what)) => self.stopped(&what),
+        };
+        // The output's bytes come back without a copy unless an abandoned run still holds them.
+        let bytes = output.unwrap_or_else(|| Vec::from(shared));
+        Ok((verification, spent, bytes))
+    }
 }

@@ -85,6 +85,12 @@ pub struct VerifyOptions {
     pub seed: u64,
     /// Value for every dynamic (symbolic or unknown) input dimension.
     pub dynamic_dim: usize,
+    /// Seconds verification may take (building and running both models); past it the report
+    /// says `not_verified` with the reason `budget exceeded…` and the run goes on. `None`: the
+    /// default, [`VerifyOptions::default_budget_s`] of the model size; `0` skips verification
+    /// at once.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub budget_s: Option<f64>,
 }
 
 impl Default for VerifyOptions {
@@ -93,7 +99,22 @@ impl Default for VerifyOptions {
             enabled: true,
             seed: 0x5eed,
             dynamic_dim: 1,
+            budget_s: None,
         }
+    }
+}
+
+impl VerifyOptions {
+    /// The default budget for a model of `bytes` bytes: 0.2 s per MB, at least 10 s (about
+    /// ten times what building and running both models in tract takes on a 2-core machine).
+    pub fn default_budget_s(bytes: usize) -> f64 {
+        (bytes as f64 / 1e6 * 0.2).max(10.0)
+    }
+
+    /// The budget in force for a model of `bytes` bytes.
+    pub fn budget_for(&self, bytes: usize) -> f64 {
+        self.budget_s
+            .unwrap_or_else(|| Self::default_budget_s(bytes))
     }
 }
 
@@ -192,6 +213,15 @@ impl Options {
         if self.verify.dynamic_dim == 0 || self.verify.dynamic_dim > 4096 {
             return Err(CoreError::InvalidOptions(
                 "verify.dynamic_dim must be between 1 and 4096".into(),
+            ));
+        }
+        if self
+            .verify
+            .budget_s
+            .is_some_and(|b| !(b.is_finite() && b >= 0.0))
+        {
+            return Err(CoreError::InvalidOptions(
+                "verify.budget_s must be a finite number of seconds >= 0".into(),
             ));
         }
         if let Some(g) = self.balance {

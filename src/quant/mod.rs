@@ -127,18 +127,17 @@ pub fn sqnr_db(reference: &[f32], x: &[f32]) -> f64 {
         s += (a as f64) * (a as f64);
         n += (a as f64 - b as f64).powi(2);
     }
-    if n == 0.0 {
-        f64::INFINITY
-    } else if s == 0.0 {
-        f64::NEG_INFINITY
-    } else {
-        10.0 * (s / n).log10()
-    }
+    ratio_db(s, n)
 }
 
-/// SQNR (dB) of one weight quantized by `scheme`.
-pub(crate) fn sqnr_of(data: &[f32], layout: &WeightLayout, scheme: Scheme) -> f64 {
-    let mut q = data.to_vec();
-    fake_quant(&mut q, layout, scheme);
-    sqnr_db(data, &q)
+/// `10·log10(signal / noise)` with [`sqnr_db`]'s conventions (∞ without noise, −∞ without
+/// signal).
+pub(crate) fn ratio_db(signal: f64, noise: f64) -> f64 {
+    if noise == 0.0 {
+        f64::INFINITY
+    } else if signal == 0.0 {
+        f64::NEG_INFINITY
+    } else {
+        10.0 * (signal / noise).log10()
+    }
 }

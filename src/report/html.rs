@@ -1706,7 +1706,7 @@ fn notes(o: &mut String, r: &Report) {
 }
 
 fn timings(o: &mut String, r: &Report) {
-    const ORDER: [&str; 8] = [
+    const ORDER: [&str; 9] = [
         "prepare",
         "bn_fold",
         "relu6",
@@ -1714,6 +1714,7 @@ fn timings(o: &mut String, r: &Report) {
         "hbf",
         "finish",
         "quantization",
+        "encode",
         "verify",
     ];
     let Ok(serde_json::Value::Object(map)) = serde_json::to_value(&r.timings_ms) else {

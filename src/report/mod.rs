@@ -363,6 +363,9 @@ pub struct Timings {
     pub verify: f64,
     /// Quantization-readiness figures.
     pub quantization: f64,
+    /// Encoding the equalized model.
+    #[serde(default)]
+    pub encode: f64,
 }
 
 /// How ready the model is for int8 deployment, before (BN-folded) and after equalization.

@@ -72,6 +72,12 @@ pub struct EqualizeParams {
     pub balance: Option<f32>,
     /// Simulate int8 end to end with tract (weights-only schemes and W8A8) on random inputs.
     pub quant_e2e: Option<bool>,
+    /// Seconds verification may take (default 0.2 s per MB of model, at least 10 s); past it
+    /// the report says `not_verified` (budget exceeded).
+    #[param(minimum = 0)]
+    pub verify_budget: Option<f64>,
+    /// Compute the per-layer int8 weight table (default true).
+    pub quant_table: Option<bool>,
     /// Label for the job.
     #[param(max_length = 200)]
     pub name: Option<String>,
@@ -187,6 +193,8 @@ pub fn parse_params(query: &str) -> Result<EqualizeParams, ApiError> {
             "dynamic_dim" => p.dynamic_dim = Some(number("dynamic_dim", &v)?),
             "verify" => p.verify = Some(boolean("verify", &v)?),
             "quant_e2e" => p.quant_e2e = Some(boolean("quant_e2e", &v)?),
+            "verify_budget" => p.verify_budget = Some(number("verify_budget", &v)?),
+            "quant_table" => p.quant_table = Some(boolean("quant_table", &v)?),
             "balance" => p.balance = Some(number("balance", &v)?),
             "name" => p.name = Some(v),
             other => {
@@ -238,6 +246,12 @@ impl EqualizeParams {
         }
         if let Some(q) = self.quant_e2e {
             o.quant.end_to_end = q;
+        }
+        if self.verify_budget.is_some() {
+            o.verify.budget_s = self.verify_budget;
+        }
+        if let Some(t) = self.quant_table {
+            o.quant.layers = t;
         }
         o.normalized().map_err(|e| invalid_options(e.to_string()))
     }
