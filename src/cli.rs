@@ -10,7 +10,9 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::{Args, ValueEnum};
-use onnx_cle::{CoreError, Options, Relu6Policy, Step};
+use onnx_cle::quant::encodings::EncodingsVersion;
+use onnx_cle::quant::plan::Calibration;
+use onnx_cle::{ArtifactKind, CoreError, Options, Relu6Policy, Step};
 
 #[derive(Clone, Copy, ValueEnum)]
 enum Relu6Arg {
@@ -30,6 +32,23 @@ enum HbfArg {
 enum CompatArg {
     None,
     Aimet,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum CalibrationArg {
+    #[value(alias = "data_free")]
+    DataFree,
+    Minmax,
+    Percentile,
+    Mse,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum EncodingsVersionArg {
+    #[value(name = "1.0.0")]
+    V1,
+    #[value(name = "0.6.1")]
+    V061,
 }
 
 /// Exit codes of `onnx-cle equalize` (also listed in the README).
@@ -111,6 +130,28 @@ pub struct EqualizeArgs {
     /// No progress or summary on stderr.
     #[arg(short, long)]
     quiet: bool,
+    /// Write the QDQ ONNX model (int8 weights, QuantizeLinear/DequantizeLinear activations,
+    /// int32 biases) for the target here.
+    #[arg(long)]
+    qdq_output: Option<PathBuf>,
+    /// Write AIMET encodings (for QNN's `--quantization_overrides`) here.
+    #[arg(long)]
+    encodings: Option<PathBuf>,
+    /// Version of the AIMET encodings format.
+    #[arg(long, value_enum, default_value = "1.0.0")]
+    encodings_version: EncodingsVersionArg,
+    /// Write onnxruntime `TensorQuantOverrides` (for `quantize_static`) here.
+    #[arg(long)]
+    ort_overrides: Option<PathBuf>,
+    /// Activation ranges of the int8 outputs: data-free, or calibrated on --samples.
+    #[arg(long, value_enum, default_value = "data-free")]
+    calibration: CalibrationArg,
+    /// Quantile kept by `--calibration percentile` (percent).
+    #[arg(long, default_value_t = 99.999)]
+    percentile: f32,
+    /// Quantize the graph outputs in the int8 outputs too (default: they stay float).
+    #[arg(long)]
+    quantize_outputs: bool,
     /// Refuse models with more nodes than this (all graphs, subgraphs and functions).
     #[arg(long, env = "ONNX_CLE_MAX_NODES", default_value_t = onnx_cle::limits::DEFAULT_MAX_NODES)]
     max_nodes: u64,
@@ -177,6 +218,25 @@ fn options(a: &EqualizeArgs) -> Result<Options, CoreError> {
     o.quant.end_to_end = a.quant_e2e || a.samples.is_some() || a.sensitivity;
     o.quant.w8a8 = !a.no_w8a8;
     o.quant.sensitivity = a.sensitivity;
+    o.exports.qdq = a.qdq_output.is_some();
+    o.exports.encodings = a.encodings.as_ref().map(|_| match a.encodings_version {
+        EncodingsVersionArg::V1 => EncodingsVersion::V1_0_0,
+        EncodingsVersionArg::V061 => EncodingsVersion::V0_6_1,
+    });
+    o.exports.ort_overrides = a.ort_overrides.is_some();
+    o.exports.calibration = match a.calibration {
+        CalibrationArg::DataFree => Calibration::DataFree,
+        CalibrationArg::Minmax => Calibration::Minmax,
+        CalibrationArg::Percentile => Calibration::Percentile,
+        CalibrationArg::Mse => Calibration::Mse,
+    };
+    if o.exports.calibration != Calibration::DataFree && a.samples.is_none() {
+        return Err(CoreError::InvalidOptions(
+            "--calibration other than data-free needs --samples".into(),
+        ));
+    }
+    o.exports.percentile = a.percentile;
+    o.exports.quantize_outputs = a.quantize_outputs;
     o.normalized()
 }
 
@@ -241,6 +301,19 @@ pub fn equalize(a: EqualizeArgs) -> ExitCode {
     };
     if let Err(e) = std::fs::write(&a.output, &out.model) {
         return fail(exit::IO, format!("{}: {e}", a.output.display()));
+    }
+    let outputs = [
+        (ArtifactKind::Qdq, &a.qdq_output),
+        (ArtifactKind::Encodings, &a.encodings),
+        (ArtifactKind::OrtOverrides, &a.ort_overrides),
+    ];
+    for (kind, path) in outputs {
+        let (Some(path), Some(art)) = (path, out.artifacts.iter().find(|x| x.kind == kind)) else {
+            continue;
+        };
+        if let Err(e) = std::fs::write(path, &art.data) {
+            return fail(exit::IO, format!("{}: {e}", path.display()));
+        }
     }
     if let Some(path) = &a.report {
         let json = match serde_json::to_vec_pretty(&out.report) {

@@ -152,6 +152,18 @@ impl WeightLayout {
         self.dims.len().saturating_sub(2)
     }
 
+    /// The stored axis that indexes output channels, when one axis does (per-channel
+    /// quantization: `DequantizeLinear`'s `axis`): 0 for `Conv` and `Gemm` with `transB`, 1 for
+    /// `ConvTranspose` with one group, `Gemm` without `transB` and `MatMul`. `None` for a grouped
+    /// `ConvTranspose`, whose output channel depends on two axes.
+    pub fn out_axis(&self) -> Option<usize> {
+        match self.op {
+            LayerOp::Conv | LayerOp::Gemm { trans_b: true } => Some(0),
+            LayerOp::ConvTranspose => (self.group == 1).then_some(1),
+            LayerOp::Gemm { trans_b: false } | LayerOp::MatMul => Some(1),
+        }
+    }
+
     /// The channel structure.
     pub fn kind(&self) -> ChannelKind {
         if self.group == 1 {

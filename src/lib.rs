@@ -303,6 +303,235 @@ pub struct Output {
     pub model: Vec<u8>,
     /// The report, verification included.
     pub report: Report,
+    /// The other requested outputs (QDQ model, encodings, overrides), in [`ArtifactKind`] order.
+    pub artifacts: Vec<Artifact>,
+}
+
+/// A requested output of a run besides the equalized model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ArtifactKind {
+    /// The deploy FP32 model.
+    Deploy,
+    /// The QDQ ONNX model ([`quant::qdq`]).
+    Qdq,
+    /// AIMET encodings ([`quant::encodings::aimet`]).
+    Encodings,
+    /// onnxruntime `TensorQuantOverrides` ([`quant::encodings::ort_overrides`]).
+    OrtOverrides,
+}
+
+impl ArtifactKind {
+    /// Every kind.
+    pub const ALL: [ArtifactKind; 4] = [
+        ArtifactKind::Deploy,
+        ArtifactKind::Qdq,
+        ArtifactKind::Encodings,
+        ArtifactKind::OrtOverrides,
+    ];
+
+    /// The artifact's name (also its file name in stores and downloads).
+    pub fn name(self) -> &'static str {
+        match self {
+            ArtifactKind::Deploy => "deploy.onnx",
+            ArtifactKind::Qdq => "qdq.onnx",
+            ArtifactKind::Encodings => "encodings.json",
+            ArtifactKind::OrtOverrides => "ort_overrides.json",
+        }
+    }
+
+    /// The kind named `name`.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.name() == name)
+    }
+
+    /// The media type it is served as.
+    pub fn media_type(self) -> &'static str {
+        match self {
+            ArtifactKind::Deploy | ArtifactKind::Qdq => "application/octet-stream",
+            ArtifactKind::Encodings | ArtifactKind::OrtOverrides => "application/json",
+        }
+    }
+}
+
+/// One requested output: its kind and its bytes.
+#[derive(Debug, Clone)]
+pub struct Artifact {
+    /// What it is.
+    pub kind: ArtifactKind,
+    /// Its content.
+    pub data: Vec<u8>,
+}
+
+/// The target the int8 outputs are written for.
+fn export_target(_options: &Options) -> quant::target::Target {
+    quant::target::Target::default()
+}
+
+/// Activation ranges without data, for `calibration = data_free`.
+fn data_free_ranges(
+    _model: &ModelProto,
+    _tensors: &[String],
+) -> Result<std::collections::HashMap<String, (f32, f32)>> {
+    Err(CoreError::InvalidOptions(
+        "data-free activation ranges are not available in this build: use a calibration \
+         (minmax, percentile, mse) with sample inputs"
+            .into(),
+    ))
+}
+
+/// The int8 outputs of `options.exports` for the FP32 model `fp32`, with their figures against
+/// `original` when sample inputs are given or `quant.end_to_end` is set.
+fn int8_exports(
+    original: Option<&ModelProto>,
+    fp32: &ModelProto,
+    options: &Options,
+    samples: Option<&SampleInputs>,
+    report: &mut Report,
+    ctl: Control,
+) -> Result<Vec<Artifact>> {
+    use quant::plan::{Calibration, RangeOrigin, Sites};
+    let ex = &options.exports;
+    let target = export_target(options);
+    let sites = Sites::find(fp32, target, ex.quantize_outputs)?;
+    let tensors = sites.tensors_to_range();
+    let (ranges, origin, calibration_samples) = match ex.calibration {
+        Calibration::DataFree => (data_free_ranges(fp32, &tensors)?, RangeOrigin::DataFree, 0),
+        method => {
+            let Some(s) = samples else {
+                return Err(CoreError::InvalidOptions(format!(
+                    "calibration {} needs sample inputs (--samples)",
+                    method.name()
+                )));
+            };
+            let per = quant::samples_of(&s.tensors);
+            let r = quant::calib::ranges(
+                fp32,
+                &tensors,
+                &per,
+                method,
+                target.activations(),
+                ex.percentile,
+            )
+            .map_err(|e| CoreError::Unsupported(format!("calibration: {e}")))?;
+            (r, RangeOrigin::Calibrated, per.len())
+        }
+    };
+    ctl.check()?;
+    let plan = sites.finish(&ranges, origin, ex.calibration.name());
+    let mut artifacts = Vec::new();
+    let mut files = Vec::new();
+    let mut push = |kind: ArtifactKind, format: String, data: Vec<u8>| {
+        files.push(report::ExportFile {
+            name: kind.name().into(),
+            format,
+            bytes: data.len() as u64,
+        });
+        artifacts.push(Artifact { kind, data });
+    };
+    if ex.qdq {
+        let m = quant::qdq::write(fp32, &plan)?;
+        push(ArtifactKind::Qdq, "qdq_onnx".into(), onnx::encode(&m));
+    }
+    if let Some(v) = ex.encodings {
+        let json = serde_json::to_vec_pretty(&quant::encodings::aimet(&plan, v))
+            .map_err(|e| CoreError::Unsupported(e.to_string()))?;
+        push(
+            ArtifactKind::Encodings,
+            format!("aimet_encodings_{}", v.as_str()),
+            json,
+        );
+    }
+    if ex.ort_overrides {
+        let json = serde_json::to_vec_pretty(&quant::encodings::ort_overrides(&plan))
+            .map_err(|e| CoreError::Unsupported(e.to_string()))?;
+        push(
+            ArtifactKind::OrtOverrides,
+            "ort_tensor_quant_overrides".into(),
+            json,
+        );
+    }
+    let mut exports = report::Exports {
+        target: target.describe(),
+        ranges: plan.ranges.clone(),
+        calibration_samples,
+        activations: plan.activations.len(),
+        weights: plan.weights.len(),
+        biases: plan.biases.len(),
+        folded_activations: plan.folded(),
+        tied: plan.tied(),
+        left_float: plan.left_float.clone(),
+        files,
+        figures: Vec::new(),
+    };
+    if let (Some(orig), true) = (original, samples.is_some() || options.quant.end_to_end) {
+        ctl.check()?;
+        let (inputs, source) = match samples {
+            Some(s) => (s.tensors.clone(), s.source.clone()),
+            None => {
+                let mut specs = verify::input_specs(orig, options.verify.dynamic_dim)
+                    .map_err(CoreError::InvalidOptions)?;
+                verify::fill_random(&mut specs, options.verify.seed);
+                (
+                    specs,
+                    format!("random normal (seed {}), 1 sample", options.verify.seed),
+                )
+            }
+        };
+        let per = quant::samples_of(&inputs);
+        let in_sample = calibration_samples > 0;
+        let figure = |output: &str, method: &str, reference: &[Vec<f32>], outs: &[Vec<f32>]| {
+            let (sqnr_db, top1_agreement) = quant::score(reference, outs);
+            let (median_sqnr_db, p10_sqnr_db) = quant::spread(reference, outs);
+            report::ExportFigure {
+                output: output.into(),
+                method: method.into(),
+                inputs: source.clone(),
+                samples: per.len(),
+                in_sample,
+                sqnr_db,
+                median_sqnr_db,
+                p10_sqnr_db,
+                top1_agreement,
+            }
+        };
+        let simulated = quant::reference_outputs(orig, &per).and_then(|r| {
+            let sim = quant::plan_model(fp32, &plan)?;
+            Ok((quant::first_outputs(&onnx::encode(&sim), &per)?, r))
+        });
+        match simulated {
+            Ok((outs, reference)) => {
+                for a in &artifacts {
+                    exports
+                        .figures
+                        .push(figure(a.kind.name(), "simulated", &reference, &outs));
+                }
+                ctl.check()?;
+                if let Some(q) = artifacts.iter().find(|a| a.kind == ArtifactKind::Qdq) {
+                    match quant::first_outputs(&q.data, &per) {
+                        Ok(run) => {
+                            exports
+                                .figures
+                                .push(figure(q.kind.name(), "tract", &reference, &run))
+                        }
+                        Err(e) => report.skipped.push(report::Skip {
+                            pass: "exports".into(),
+                            nodes: vec![],
+                            reason: "not_run".into(),
+                            detail: format!("tract could not run the QDQ model: {e}"),
+                        }),
+                    }
+                }
+            }
+            Err(e) => report.skipped.push(report::Skip {
+                pass: "exports".into(),
+                nodes: vec![],
+                reason: "not_simulated".into(),
+                detail: format!("int8 simulation of the plan failed: {e}"),
+            }),
+        }
+    }
+    report.exports = Some(exports);
+    Ok(artifacts)
 }
 
 fn quantization_figures(
@@ -400,9 +629,12 @@ pub fn run(
     // The per-layer figures need the BN-folded weights: taken during the run when it folds,
     // instead of a second, fold-only run on a copy of the original.
     let figures_in_run = quant.layers && !quant.end_to_end && options.steps.contains(&Step::BnFold);
-    let original_model =
-        (verify_opts.enabled || quant.end_to_end || (quant.layers && !figures_in_run))
-            .then(|| model.clone());
+    let export_figures = options.exports.any() && (samples.is_some() || options.quant.end_to_end);
+    let original_model = (verify_opts.enabled
+        || quant.end_to_end
+        || export_figures
+        || (quant.layers && !figures_in_run))
+        .then(|| model.clone());
     let input = original.as_ref().map(|b| b.as_ptr_range());
     let original = original.filter(|_| verify_opts.enabled);
     let (mut eq, table) = equalize_capturing(model, options, ctl, figures_in_run)?;
@@ -430,16 +662,16 @@ pub fn run(
         )?;
         report.timings_ms.quantization = ms(t);
     }
-    if let Some(orig) = original_model.filter(|_| verify_opts.enabled) {
+    if let Some(orig) = original_model.as_ref().filter(|_| verify_opts.enabled) {
         ctl.stage("verify")?;
         let t = Instant::now();
         let orig_bytes = match original {
-            Some(b) if !onnx::has_external_data(&orig) => b,
-            _ => Bytes::from(onnx::encode(&orig)),
+            Some(b) if !onnx::has_external_data(orig) => b,
+            _ => Bytes::from(onnx::encode(orig)),
         };
         report.verification = match samples {
             Some(s) => verify::compare(&orig_bytes, &bytes, &s.tensors, s.source.clone()),
-            None => match verify::input_specs(&orig, verify_opts.dynamic_dim) {
+            None => match verify::input_specs(orig, verify_opts.dynamic_dim) {
                 Ok(mut specs) => {
                     verify::fill_random(&mut specs, verify_opts.seed);
                     verify::compare(
@@ -458,9 +690,24 @@ pub fn run(
         };
         report.timings_ms.verify = ms(t);
     }
+    let mut artifacts = Vec::new();
+    if options.exports.any() {
+        ctl.stage("exports")?;
+        let t = Instant::now();
+        artifacts = int8_exports(
+            original_model.as_ref(),
+            &eq.model,
+            options,
+            samples,
+            &mut report,
+            ctl,
+        )?;
+        report.timings_ms.exports = ms(t);
+    }
     ctl.check()?;
     Ok(Output {
         model: bytes,
         report,
+        artifacts,
     })
 }

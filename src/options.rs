@@ -128,6 +128,9 @@ pub struct Options {
     pub balance: Option<f32>,
     /// Quantization-readiness figures in the report.
     pub quant: crate::quant::QuantOptions,
+    /// Int8 outputs (QDQ model, AIMET encodings, onnxruntime overrides) and their activation
+    /// ranges.
+    pub exports: crate::quant::plan::ExportOptions,
 }
 
 impl Default for Options {
@@ -144,6 +147,7 @@ impl Default for Options {
             verify: VerifyOptions::default(),
             balance: None,
             quant: crate::quant::QuantOptions::default(),
+            exports: crate::quant::plan::ExportOptions::default(),
         }
     }
 }
@@ -206,6 +210,7 @@ impl Options {
                 ));
             }
         }
+        self.exports.validate()?;
         if self.is_aimet() && passes != 1 {
             return Err(CoreError::InvalidOptions(
                 "compat=aimet runs a single CLS pass (iterations must be 1)".into(),

@@ -17,8 +17,14 @@
 //! Rooms: this file holds the schemes and the SQNR measure; [`table`] the per-layer weight
 //! figures; [`sim`] the end-to-end simulation with tract (weights and activations
 //! fake-quantized, calibration, scores); [`target`] the declared int8 grids every grid-tied
-//! edit uses.
+//! edit uses; [`plan`] what an int8 deployment quantizes (shared by the writers and the
+//! simulation), [`calib`] activation ranges from sample inputs, [`qdq`] the QDQ ONNX model,
+//! [`encodings`] AIMET encodings and onnxruntime overrides.
 
+pub mod calib;
+pub mod encodings;
+pub mod plan;
+pub mod qdq;
 pub mod sim;
 pub mod table;
 pub mod target;

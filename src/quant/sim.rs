@@ -5,6 +5,8 @@
 
 use std::collections::{HashMap, HashSet};
 
+use super::plan::QuantPlan;
+use super::target::{ActivationGrid, ActivationParams, ActivationType};
 use super::{fake_quant, sqnr_db, QuantOptions, Scheme};
 use crate::layout::WeightLayout;
 use crate::onnx::tensor::{self, F32Tensor};
@@ -65,23 +67,31 @@ fn quantize_layers(
     only: Option<&str>,
 ) -> ModelProto {
     let mut m = model.clone();
-    let Some(g) = m.graph.as_mut() else { return m };
-    let by_name: HashMap<&str, &LayerWeight> =
-        layers.iter().map(|l| (l.weight.as_str(), l)).collect();
-    let write = |t: &mut TensorProto| {
-        if let Some(l) = by_name.get(t.name()) {
-            if only.is_some_and(|o| o != l.weight) {
-                return;
-            }
+    let values = layers
+        .iter()
+        .filter(|l| only.is_none_or(|o| o == l.weight))
+        .map(|l| {
             let mut q = l.data.clone();
             fake_quant(&mut q, &l.layout, scheme);
-            tensor::write_f32(
-                t,
-                &F32Tensor {
+            (
+                l.weight.clone(),
+                F32Tensor {
                     dims: l.layout.dims.clone(),
                     data: q,
                 },
-            );
+            )
+        })
+        .collect();
+    replace_constants(&mut m, &values);
+    m
+}
+
+/// Overwrites the initializers and `Constant` values named in `values`.
+fn replace_constants(m: &mut ModelProto, values: &HashMap<String, F32Tensor>) {
+    let Some(g) = m.graph.as_mut() else { return };
+    let write = |t: &mut TensorProto| {
+        if let Some(v) = values.get(t.name()) {
+            tensor::write_f32(t, v);
         }
     };
     for t in g.initializer.iter_mut() {
@@ -98,7 +108,70 @@ fn quantize_layers(
             }
         }
     }
-    m
+}
+
+/// The int8 deployment `plan` describes, in float: every quantized weight and bias replaced by
+/// what `DequantizeLinear` makes of its levels, every activation point fake-quantized
+/// ([`with_fake_quant`]) — the simulation of the QDQ model ([`super::qdq`]) and of the
+/// encodings.
+pub fn plan_model(model: &ModelProto, plan: &QuantPlan) -> Result<ModelProto, String> {
+    let mut work = Work::new(model.clone()).map_err(|e| e.to_string())?;
+    let mut values = HashMap::new();
+    for w in &plan.weights {
+        let t = work.read(&w.weight)?;
+        let data = w.dequantized(&t.data);
+        let dims = t.dims.clone();
+        values.insert(w.weight.clone(), F32Tensor { dims, data });
+    }
+    // A bias read by several layers gets one copy per layer (their input scales differ).
+    let mut extra = Vec::new();
+    let mut rewire = Vec::new();
+    for b in &plan.biases {
+        let t = work.read(&b.bias)?;
+        let q = F32Tensor {
+            dims: t.dims.clone(),
+            data: b.dequantized(&t.data),
+        };
+        if work.index().use_count(&b.bias) > 1 {
+            let name = format!("{}__q{}", b.bias, b.node);
+            extra.push(tensor::new_f32(&name, &q));
+            rewire.push((b.node, name));
+        } else {
+            values.insert(b.bias.clone(), q);
+        }
+    }
+    let mut m = model.clone();
+    replace_constants(&mut m, &values);
+    if let Some(g) = m.graph.as_mut() {
+        g.initializer.extend(extra);
+        for (node, name) in rewire {
+            if let Some(slot) = g.node.get_mut(node).and_then(|n| n.input.get_mut(2)) {
+                *slot = name;
+            }
+        }
+    }
+    let grid = plan.target.activations();
+    let points = plan
+        .activations
+        .iter()
+        .map(|a| (a.tensor.clone(), FakeQuant::on(grid, a.params)))
+        .collect();
+    Ok(with_fake_quant(&m, &points))
+}
+
+/// Per-sample SQNR (dB) of `outs` against `reference`: `(median, 10th percentile)`.
+pub fn spread(reference: &[Vec<f32>], outs: &[Vec<f32>]) -> (f64, f64) {
+    let mut per: Vec<f64> = reference
+        .iter()
+        .zip(outs)
+        .map(|(r, o)| sqnr_db(r, o))
+        .collect();
+    if per.is_empty() {
+        return (f64::NAN, f64::NAN);
+    }
+    per.sort_by(f64::total_cmp);
+    let at = |q: f64| per[((per.len() - 1) as f64 * q).round() as usize];
+    (at(0.5), at(0.1))
 }
 
 /// The activations a W8A8 deployment quantizes: inputs of Conv/ConvTranspose/Gemm/MatMul/Add/
@@ -197,17 +270,47 @@ pub fn calibrate(
 
 /// A copy of `model` with per-tensor uint8 fake quantization on `ranges`' tensors.
 pub fn with_activation_qdq(model: &ModelProto, ranges: &HashMap<String, (f32, f32)>) -> ModelProto {
+    let grid = ActivationGrid {
+        ty: ActivationType::Uint8,
+        symmetric: false,
+    };
+    let points = ranges
+        .iter()
+        .map(|(t, &(lo, hi))| (t.clone(), FakeQuant::on(grid, grid.params(lo, hi))))
+        .collect();
+    with_fake_quant(model, &points)
+}
+
+/// Per-tensor fake quantization of one activation: `(clip(round(x / s) + zp, qmin, qmax) − zp)·s`,
+/// what `QuantizeLinear` → `DequantizeLinear` computes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FakeQuant {
+    /// Scale and zero point.
+    pub params: ActivationParams,
+    /// Lowest level.
+    pub qmin: i32,
+    /// Highest level.
+    pub qmax: i32,
+}
+
+impl FakeQuant {
+    /// `params` on `grid`'s levels.
+    pub fn on(grid: ActivationGrid, params: ActivationParams) -> Self {
+        let (qmin, qmax) = grid.levels();
+        FakeQuant { params, qmin, qmax }
+    }
+}
+
+/// A copy of `model` with the tensors of `points` fake-quantized (graph inputs included).
+pub fn with_fake_quant(model: &ModelProto, points: &HashMap<String, FakeQuant>) -> ModelProto {
     let mut m = model.clone();
     let Some(g) = m.graph.as_mut() else { return m };
     let inputs: HashSet<String> = g.input.iter().map(|v| v.name().to_string()).collect();
     let mut params = Vec::new();
     // Explicit arithmetic rather than QuantizeLinear/DequantizeLinear, so every runtime
-    // computes the same thing: y = (clip(round(x / s) + zp, 0, 255) − zp) · s.
+    // computes the same thing: y = (clip(round(x / s) + zp, qmin, qmax) − zp) · s.
     let qdq = |t: &str, src: &str, dst: &str, params: &mut Vec<TensorProto>| -> Vec<NodeProto> {
-        let (lo, hi) = ranges.get(t).copied().unwrap_or((0.0, 0.0));
-        let (lo, hi) = (lo.min(0.0), hi.max(0.0));
-        let scale = if hi > lo { (hi - lo) / 255.0 } else { 1.0 };
-        let zp = (-lo / scale).round().clamp(0.0, 255.0);
+        let q = points[t];
         let scalar = |name: String, v: f32, params: &mut Vec<TensorProto>| {
             params.push(tensor::new_f32(
                 &name,
@@ -218,10 +321,10 @@ pub fn with_activation_qdq(model: &ModelProto, ranges: &HashMap<String, (f32, f3
             ));
             name
         };
-        let s = scalar(format!("{t}__act_scale"), scale, params);
-        let z = scalar(format!("{t}__act_zp"), zp, params);
-        let lo_q = scalar(format!("{t}__act_qmin"), 0.0, params);
-        let hi_q = scalar(format!("{t}__act_qmax"), 255.0, params);
+        let s = scalar(format!("{t}__act_scale"), q.params.scale, params);
+        let z = scalar(format!("{t}__act_zp"), q.params.zero_point as f32, params);
+        let lo_q = scalar(format!("{t}__act_qmin"), q.qmin as f32, params);
+        let hi_q = scalar(format!("{t}__act_qmax"), q.qmax as f32, params);
         let step = |op: &str, inputs: Vec<String>, out: String| NodeProto {
             op_type: Some(op.into()),
             input: inputs,
@@ -240,7 +343,7 @@ pub fn with_activation_qdq(model: &ModelProto, ranges: &HashMap<String, (f32, f3
     };
     let mut nodes = Vec::with_capacity(g.node.len() * 2);
     let mut renamed_inputs = HashMap::new();
-    for t in ranges.keys().filter(|t| inputs.contains(*t)) {
+    for t in points.keys().filter(|t| inputs.contains(*t)) {
         let dst = format!("{t}__act_dq");
         nodes.extend(qdq(t, t, &dst, &mut params));
         renamed_inputs.insert(t.clone(), dst);
@@ -253,7 +356,7 @@ pub fn with_activation_qdq(model: &ModelProto, ranges: &HashMap<String, (f32, f3
         }
         let mut extra = Vec::new();
         for o in n.output.iter_mut() {
-            if ranges.contains_key(o.as_str()) && !inputs.contains(o.as_str()) {
+            if points.contains_key(o.as_str()) && !inputs.contains(o.as_str()) {
                 let t = o.clone();
                 let pre = format!("{t}__act_fp");
                 *o = pre.clone();

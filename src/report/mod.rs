@@ -80,6 +80,10 @@ pub struct Report {
     /// argument in Python's generated `from_dict`).
     #[schema(value_type = std::collections::BTreeMap<String, f64>)]
     pub timings_ms: Timings,
+    /// The int8 outputs (QDQ model, encodings, onnxruntime overrides) written from one
+    /// quantization plan, with their figures; absent when none was requested.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exports: Option<Exports>,
 }
 
 /// Facts about the model.
@@ -351,6 +355,9 @@ pub struct Timings {
     pub verify: f64,
     /// Quantization-readiness figures.
     pub quantization: f64,
+    /// Int8 outputs: plan, calibration, writers and their figures.
+    #[serde(default)]
+    pub exports: f64,
 }
 
 /// How ready the model is for int8 deployment, before (BN-folded) and after equalization.
@@ -443,6 +450,89 @@ pub struct ActivationGrowth {
     /// Per-tensor range after / before, measured on the inputs (when run).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub growth_measured: Option<f64>,
+}
+
+/// The int8 outputs written from one quantization plan (`quant::plan`): what it quantizes, the
+/// files, and their figures against the original FP32 model.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct Exports {
+    /// The declared target, e.g. `ort: weights int8 symmetric per_tensor; activations uint8
+    /// asymmetric`.
+    pub target: String,
+    /// Source of the activation ranges: `data_free`, `minmax`, `percentile`, `mse`.
+    pub ranges: String,
+    /// Sample inputs the ranges were calibrated on (0 when data-free).
+    pub calibration_samples: usize,
+    /// Quantized activation tensors.
+    pub activations: usize,
+    /// Quantized weights.
+    pub weights: usize,
+    /// int32 biases.
+    pub biases: usize,
+    /// Relu / Clip nodes whose function the output quantizer takes over (dropped from the QDQ
+    /// model).
+    pub folded_activations: usize,
+    /// Relu outputs feeding an exact ReLU6 `Min` that take the `Min`'s range (the tie).
+    pub tied: usize,
+    /// Tensors a runtime would quantize that stay float, and why.
+    pub left_float: Vec<LeftFloat>,
+    /// The files written.
+    pub files: Vec<ExportFile>,
+    /// Logits figures against the original FP32 model (with sample inputs or `quant.end_to_end`).
+    pub figures: Vec<ExportFigure>,
+}
+
+/// A tensor left in float, and why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct LeftFloat {
+    /// Tensor name.
+    pub tensor: String,
+    /// Why it is not quantized.
+    pub reason: String,
+}
+
+/// One written int8 output.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ExportFile {
+    /// Artifact name: `qdq.onnx`, `encodings.json`, `ort_overrides.json`.
+    pub name: String,
+    /// Format: `qdq_onnx`, `aimet_encodings_1.0.0`, `aimet_encodings_0.6.1`,
+    /// `ort_tensor_quant_overrides`.
+    pub format: String,
+    /// Size in bytes.
+    pub bytes: u64,
+}
+
+/// Logits SQNR of one int8 output against the original FP32 model.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ExportFigure {
+    /// The output: an artifact name.
+    pub output: String,
+    /// `simulated` (the plan in float, weights dequantized and activations fake-quantized,
+    /// run by tract) or `tract` (the QDQ model itself run by tract).
+    pub method: String,
+    /// Where the inputs came from.
+    pub inputs: String,
+    /// Number of samples.
+    pub samples: usize,
+    /// The evaluated samples are also the calibration samples (an optimistic figure).
+    pub in_sample: bool,
+    /// Logits SQNR over all samples (dB).
+    #[serde(deserialize_with = "nonfinite::f64")]
+    #[schema(value_type = Option<f64>, required = true)]
+    pub sqnr_db: f64,
+    /// Per-sample SQNR, median (dB).
+    #[serde(deserialize_with = "nonfinite::f64")]
+    #[schema(value_type = Option<f64>, required = true)]
+    pub median_sqnr_db: f64,
+    /// Per-sample SQNR, 10th percentile (dB).
+    #[serde(deserialize_with = "nonfinite::f64")]
+    #[schema(value_type = Option<f64>, required = true)]
+    pub p10_sqnr_db: f64,
+    /// Fraction of samples whose arg-max output matches the original model's.
+    #[serde(deserialize_with = "nonfinite::f64")]
+    #[schema(value_type = Option<f64>, required = true)]
+    pub top1_agreement: f64,
 }
 
 #[cfg(test)]
