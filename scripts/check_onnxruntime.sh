@@ -30,14 +30,8 @@ if [ -z "$bin" ]; then
     bin="$CARGO_TARGET_DIR/debug/onnx-cle"
 fi
 
-if ! "$venv/bin/python" -c 'import onnx, onnxruntime, numpy' >/dev/null 2>&1; then
-    echo "check_onnxruntime: creating venv $venv (onnx==1.23.2, onnxruntime, numpy)" >&2
-    rm -rf "$venv"
-    mkdir -p "$(dirname "$venv")"
-    python3 -m venv "$venv"
-    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
-        onnx==1.23.2 onnxruntime numpy
-fi
+. "$root/scripts/ort_venv.sh"
+ensure_ort_venv "$venv"
 
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT

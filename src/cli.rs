@@ -117,6 +117,10 @@ pub struct EqualizeArgs {
     /// Simulate int8 end to end with tract (weights-only schemes and W8A8).
     #[arg(long)]
     quant_e2e: bool,
+    /// No end-to-end simulation table, even with --samples (the int8 outputs' own figures are
+    /// still computed).
+    #[arg(long, conflicts_with_all = ["quant_e2e", "sensitivity"])]
+    no_quant_e2e: bool,
     /// Leave out the W8A8 rows of the end-to-end figures.
     #[arg(long)]
     no_w8a8: bool,
@@ -215,7 +219,7 @@ fn options(a: &EqualizeArgs) -> Result<Options, CoreError> {
     o.verify.seed = a.seed;
     o.verify.dynamic_dim = a.dynamic_dim;
     o.balance = a.balance;
-    o.quant.end_to_end = a.quant_e2e || a.samples.is_some() || a.sensitivity;
+    o.quant.end_to_end = !a.no_quant_e2e && (a.quant_e2e || a.samples.is_some() || a.sensitivity);
     o.quant.w8a8 = !a.no_w8a8;
     o.quant.sensitivity = a.sensitivity;
     o.exports.qdq = a.qdq_output.is_some();

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Checks onnx-cle's int8 outputs with onnxruntime, as a user deploying them would:
+#   onnx-cle equalize efficientnet_lite0.onnx -o eq.onnx --samples images.npy --calibration minmax \
+#       --qdq-output qdq.onnx --encodings enc.json --ort-overrides ort.json --report r.json
+# then scripts/check_int8.py: onnx.checker.check_model(full_check=True) on every model written,
+# the QDQ model in onnxruntime's int8 kernels and the overrides through onnxruntime's own
+# quantize_static, each within 0.5 dB of onnx-cle's simulation in the report; the encodings name
+# only tensors of the FP32 model (in both versions).
+#
+# Usage: scripts/check_int8.sh [ONNX_CLE_BINARY]
+#   The binary defaults to $ONNX_CLE_BIN, else it is built with `cargo build`.
+# Environment:
+#   ONNX_CLE_VENV_DIR  where throwaway venvs live (default ~/.cache/onnx-cle-venvs); this script
+#                      uses ONNX_CLE_VENV_DIR/ort (onnx==1.23.2, onnxruntime, numpy), created only
+#                      when missing or broken.
+#   ONNX_CLE_MODELS    fixture folder (default <repo>/../shared/models).
+#   ONNX_CLE_DATA      sample inputs folder (default <repo>/../shared/data).
+# Exit status: 0 all checks passed; non-zero otherwise.
+set -euo pipefail
+
+root="$(cd "$(dirname "$0")/.." && pwd)"
+models="${ONNX_CLE_MODELS:-$root/../shared/models}"
+data="${ONNX_CLE_DATA:-$root/../shared/data}"
+venv="${ONNX_CLE_VENV_DIR:-$HOME/.cache/onnx-cle-venvs}/ort"
+bin="${1:-${ONNX_CLE_BIN:-}}"
+model="$models/efficientnet_lite0.onnx"
+samples="$data/efficientnet_inputs_f32_nchw.npy"
+
+for f in "$model" "$samples"; do
+    if [ ! -f "$f" ]; then
+        echo "check_int8: $f not found" >&2
+        exit 2
+    fi
+done
+
+if [ -z "$bin" ]; then
+    export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/onnx-cle-target}"
+    (cd "$root" && cargo build --locked --quiet)
+    bin="$CARGO_TARGET_DIR/debug/onnx-cle"
+fi
+
+. "$root/scripts/ort_venv.sh"
+ensure_ort_venv "$venv"
+
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+
+echo "== onnx-cle equalize efficientnet_lite0.onnx: QDQ, encodings 1.0.0, overrides (minmax on 16 samples)"
+"$bin" equalize "$model" -o "$work/eq.onnx" --no-verify --no-quant-e2e -q \
+    --samples "$samples" --calibration minmax \
+    --qdq-output "$work/qdq.onnx" --encodings "$work/enc.json" --ort-overrides "$work/ort.json" \
+    --report "$work/r.json"
+"$venv/bin/python" "$root/scripts/check_int8.py" "$model" "$work/r.json" "$samples" \
+    --fp32 "$work/eq.onnx" --qdq "$work/qdq.onnx" --overrides "$work/ort.json" \
+    --encodings "$work/enc.json"
+
+echo "== encodings 0.6.1 of the same plan"
+"$bin" equalize "$model" -o "$work/eq.onnx" --no-verify --no-quant-e2e -q \
+    --samples "$samples" --calibration minmax \
+    --encodings "$work/enc061.json" --encodings-version 0.6.1 --report "$work/r061.json"
+"$venv/bin/python" "$root/scripts/check_int8.py" "$model" "$work/r061.json" "$samples" \
+    --fp32 "$work/eq.onnx" --encodings "$work/enc061.json"
+echo "check_int8: all checks passed"
