@@ -72,6 +72,14 @@ pub struct EqualizeParams {
     pub balance: Option<f32>,
     /// Simulate int8 end to end with tract (weights-only schemes and W8A8) on random inputs.
     pub quant_e2e: Option<bool>,
+    /// Also produce the QDQ ONNX model (artifact `qdq.onnx`), data-free activation ranges.
+    pub qdq: Option<bool>,
+    /// Also produce AIMET encodings in this version (artifact `encodings.json`).
+    pub encodings: Option<crate::quant::encodings::EncodingsVersion>,
+    /// Also produce onnxruntime `TensorQuantOverrides` (artifact `ort_overrides.json`).
+    pub ort_overrides: Option<bool>,
+    /// Quantize the graph outputs in the int8 outputs too.
+    pub quantize_outputs: Option<bool>,
     /// Label for the job.
     #[param(max_length = 200)]
     pub name: Option<String>,
@@ -188,6 +196,10 @@ pub fn parse_params(query: &str) -> Result<EqualizeParams, ApiError> {
             "verify" => p.verify = Some(boolean("verify", &v)?),
             "quant_e2e" => p.quant_e2e = Some(boolean("quant_e2e", &v)?),
             "balance" => p.balance = Some(number("balance", &v)?),
+            "qdq" => p.qdq = Some(boolean("qdq", &v)?),
+            "encodings" => p.encodings = Some(enum_value("encodings", &v)?),
+            "ort_overrides" => p.ort_overrides = Some(boolean("ort_overrides", &v)?),
+            "quantize_outputs" => p.quantize_outputs = Some(boolean("quantize_outputs", &v)?),
             "name" => p.name = Some(v),
             other => {
                 return Err(bad_query(
@@ -239,8 +251,34 @@ impl EqualizeParams {
         if let Some(q) = self.quant_e2e {
             o.quant.end_to_end = q;
         }
-        o.normalized().map_err(|e| invalid_options(e.to_string()))
+        if let Some(q) = self.qdq {
+            o.exports.qdq = q;
+        }
+        if self.encodings.is_some() {
+            o.exports.encodings = self.encodings;
+        }
+        if let Some(q) = self.ort_overrides {
+            o.exports.ort_overrides = q;
+        }
+        if let Some(q) = self.quantize_outputs {
+            o.exports.quantize_outputs = q;
+        }
+        let o = o.normalized().map_err(|e| invalid_options(e.to_string()))?;
+        service_options(o)
     }
+}
+
+/// What the service refuses although the core accepts it: calibrated activation ranges need
+/// sample inputs, which jobs do not carry.
+fn service_options(o: Options) -> Result<Options, ApiError> {
+    if o.exports.calibration != crate::quant::plan::Calibration::DataFree {
+        return Err(invalid_options(format!(
+            "exports.calibration `{}` needs sample inputs, which the service does not accept; \
+             use `data_free` or the CLI's --samples",
+            o.exports.calibration.name()
+        )));
+    }
+    Ok(o)
 }
 
 fn check_name(name: Option<String>) -> Result<Option<String>, ApiError> {
@@ -582,11 +620,11 @@ async fn receive_multipart(
                 let data = small_part(&mut field, MAX_OPTIONS_BYTES, "options", max_upload).await?;
                 let parsed: Options = serde_json::from_slice(&data)
                     .map_err(|e| invalid_options(format!("options JSON: {e}")))?;
-                options = Some(
+                options = Some(service_options(
                     parsed
                         .normalized()
                         .map_err(|e| invalid_options(e.to_string()))?,
-                );
+                )?);
             }
             "name" if name.is_none() => {
                 let data = small_part(&mut field, MAX_NAME_CHARS * 4, "name", max_upload).await?;
@@ -666,6 +704,24 @@ mod tests {
         );
         let aimet = parse_params("compat=aimet").unwrap().options().unwrap();
         assert_eq!(aimet, Options::aimet().normalized().unwrap());
+    }
+
+    #[test]
+    fn export_parameters_request_artifacts_and_calibration_is_refused() {
+        let o = parse_params("qdq=true&encodings=0.6.1&ort_overrides=1")
+            .unwrap()
+            .options()
+            .unwrap();
+        assert!(o.exports.qdq && o.exports.ort_overrides);
+        assert_eq!(
+            o.exports.encodings,
+            Some(crate::quant::encodings::EncodingsVersion::V0_6_1)
+        );
+        assert!(parse_params("encodings=2.0").is_err());
+        let mut calibrated = Options::default();
+        calibrated.exports.calibration = crate::quant::plan::Calibration::Minmax;
+        let e = service_options(calibrated).unwrap_err();
+        assert_eq!(e.problem().code, "invalid_options");
     }
 
     #[test]

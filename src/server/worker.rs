@@ -15,7 +15,7 @@ use axum::http::StatusCode;
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
-use super::job::JobResult;
+use super::job::{ArtifactInfo, JobResult};
 use super::jobs::{Claim, Jobs, Outcome};
 use super::problem::Problem;
 use super::store::BlobKind;
@@ -190,12 +190,24 @@ fn store_results(jobs: &Jobs, claim: &Claim, out: &Output) -> std::io::Result<Jo
     let report = serde_json::to_vec_pretty(&out.report).map_err(std::io::Error::other)?;
     jobs.blobs().put(&claim.id, BlobKind::Report, &report)?;
     jobs.blobs().put(&claim.id, BlobKind::Model, &out.model)?;
+    let mut artifacts = Vec::new();
+    for a in &out.artifacts {
+        jobs.blobs()
+            .put(&claim.id, BlobKind::Artifact(a.kind), &a.data)?;
+        artifacts.push(ArtifactInfo {
+            name: a.kind.name().to_string(),
+            bytes: a.data.len() as u64,
+            sha256: hex::encode(Sha256::digest(&a.data)),
+            media_type: a.kind.media_type().to_string(),
+        });
+    }
     Ok(JobResult {
         model_bytes: out.model.len() as u64,
         model_sha256: hex::encode(Sha256::digest(&out.model)),
         function_changed: out.report.function_changed,
         verification: out.report.verification.status,
         max_rel_l2: out.report.verification.max_rel_l2,
+        artifacts,
     })
 }
 

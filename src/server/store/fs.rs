@@ -6,6 +6,7 @@
 //! <data>/blobs/<job id>/input.onnx   upload
 //! <data>/blobs/<job id>/model.onnx   equalized model
 //! <data>/blobs/<job id>/report.json  report
+//! <data>/blobs/<job id>/<artifact>    requested outputs (qdq.onnx, encodings.json, …)
 //! <data>/tmp/                        files being written (emptied at start)
 //! ```
 //!
@@ -175,11 +176,7 @@ impl FsBlobStore {
     }
 
     fn path(&self, job: &JobId, kind: BlobKind) -> PathBuf {
-        self.dir(job).join(match kind {
-            BlobKind::Input => "input.onnx",
-            BlobKind::Model => "model.onnx",
-            BlobKind::Report => "report.json",
-        })
+        self.dir(job).join(kind.file_name())
     }
 }
 
