@@ -128,6 +128,11 @@ pub struct Options {
     pub balance: Option<f32>,
     /// Quantization-readiness figures in the report.
     pub quant: crate::quant::QuantOptions,
+    /// The declared int8 target: the grid every grid-tied output (deploy model, QDQ model,
+    /// encodings) uses and names.
+    pub target: crate::quant::target::Target,
+    /// The deploy model (weights on the target grid, bias correction); off by default.
+    pub deploy: crate::quant::deploy::DeployOptions,
 }
 
 impl Default for Options {
@@ -144,6 +149,8 @@ impl Default for Options {
             verify: VerifyOptions::default(),
             balance: None,
             quant: crate::quant::QuantOptions::default(),
+            target: crate::quant::target::Target::default(),
+            deploy: crate::quant::deploy::DeployOptions::default(),
         }
     }
 }
@@ -211,6 +218,8 @@ impl Options {
                 "compat=aimet runs a single CLS pass (iterations must be 1)".into(),
             ));
         }
+        self.target.validate()?;
+        self.deploy.validate()?;
         self.iterations = Some(passes);
         if self.is_aimet() {
             if self.relu6 == Relu6Policy::Exact {

@@ -17,9 +17,15 @@
 //! Rooms: this file holds the schemes and the SQNR measure; [`table`] the per-layer weight
 //! figures; [`sim`] the end-to-end simulation with tract (weights and activations
 //! fake-quantized, calibration, scores); [`target`] the declared int8 grids every grid-tied
-//! edit uses.
+//! edit uses; [`stats`] data-free activation statistics (`E[x]`, ranges); [`rounding`]
+//! data-free rounding onto the grid; [`bias_correction`] the correction for the weight error;
+//! [`deploy`] the deploy model built from them.
 
+pub mod bias_correction;
+pub mod deploy;
+pub mod rounding;
 pub mod sim;
+pub mod stats;
 pub mod table;
 pub mod target;
 

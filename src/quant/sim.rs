@@ -5,6 +5,7 @@
 
 use std::collections::{HashMap, HashSet};
 
+use super::target::ActivationGrid;
 use super::{fake_quant, sqnr_db, QuantOptions, Scheme};
 use crate::layout::WeightLayout;
 use crate::onnx::tensor::{self, F32Tensor};
@@ -197,17 +198,50 @@ pub fn calibrate(
 
 /// A copy of `model` with per-tensor uint8 fake quantization on `ranges`' tensors.
 pub fn with_activation_qdq(model: &ModelProto, ranges: &HashMap<String, (f32, f32)>) -> ModelProto {
+    let params = ranges
+        .iter()
+        .map(|(t, &(lo, hi))| {
+            let (lo, hi) = (lo.min(0.0), hi.max(0.0));
+            let scale = if hi > lo { (hi - lo) / 255.0 } else { 1.0 };
+            let zp = (-lo / scale).round().clamp(0.0, 255.0);
+            (t.clone(), (scale, zp, 0.0, 255.0))
+        })
+        .collect();
+    insert_qdq(model, &params)
+}
+
+/// A copy of `model` with per-tensor fake quantization on `ranges`' tensors, on the activation
+/// grid `grid` (scale and zero point from [`ActivationGrid::params`]).
+pub fn with_activation_qdq_on(
+    model: &ModelProto,
+    ranges: &HashMap<String, (f32, f32)>,
+    grid: &ActivationGrid,
+) -> ModelProto {
+    let (qmin, qmax) = grid.levels();
+    let params = ranges
+        .iter()
+        .map(|(t, &(lo, hi))| {
+            let p = grid.params(lo, hi);
+            (
+                t.clone(),
+                (p.scale, p.zero_point as f32, qmin as f32, qmax as f32),
+            )
+        })
+        .collect();
+    insert_qdq(model, &params)
+}
+
+/// Inserts `y = (clip(round(x / s) + zp, qmin, qmax) − zp) · s` on every tensor of `params`
+/// (`tensor → (s, zp, qmin, qmax)`).
+fn insert_qdq(model: &ModelProto, params_of: &HashMap<String, (f32, f32, f32, f32)>) -> ModelProto {
     let mut m = model.clone();
     let Some(g) = m.graph.as_mut() else { return m };
     let inputs: HashSet<String> = g.input.iter().map(|v| v.name().to_string()).collect();
     let mut params = Vec::new();
     // Explicit arithmetic rather than QuantizeLinear/DequantizeLinear, so every runtime
-    // computes the same thing: y = (clip(round(x / s) + zp, 0, 255) − zp) · s.
+    // computes the same thing: y = (clip(round(x / s) + zp, qmin, qmax) − zp) · s.
     let qdq = |t: &str, src: &str, dst: &str, params: &mut Vec<TensorProto>| -> Vec<NodeProto> {
-        let (lo, hi) = ranges.get(t).copied().unwrap_or((0.0, 0.0));
-        let (lo, hi) = (lo.min(0.0), hi.max(0.0));
-        let scale = if hi > lo { (hi - lo) / 255.0 } else { 1.0 };
-        let zp = (-lo / scale).round().clamp(0.0, 255.0);
+        let (scale, zp, qmin, qmax) = params_of.get(t).copied().unwrap_or((1.0, 0.0, 0.0, 255.0));
         let scalar = |name: String, v: f32, params: &mut Vec<TensorProto>| {
             params.push(tensor::new_f32(
                 &name,
@@ -220,8 +254,8 @@ pub fn with_activation_qdq(model: &ModelProto, ranges: &HashMap<String, (f32, f3
         };
         let s = scalar(format!("{t}__act_scale"), scale, params);
         let z = scalar(format!("{t}__act_zp"), zp, params);
-        let lo_q = scalar(format!("{t}__act_qmin"), 0.0, params);
-        let hi_q = scalar(format!("{t}__act_qmax"), 255.0, params);
+        let lo_q = scalar(format!("{t}__act_qmin"), qmin, params);
+        let hi_q = scalar(format!("{t}__act_qmax"), qmax, params);
         let step = |op: &str, inputs: Vec<String>, out: String| NodeProto {
             op_type: Some(op.into()),
             input: inputs,
@@ -240,7 +274,7 @@ pub fn with_activation_qdq(model: &ModelProto, ranges: &HashMap<String, (f32, f3
     };
     let mut nodes = Vec::with_capacity(g.node.len() * 2);
     let mut renamed_inputs = HashMap::new();
-    for t in ranges.keys().filter(|t| inputs.contains(*t)) {
+    for t in params_of.keys().filter(|t| inputs.contains(*t)) {
         let dst = format!("{t}__act_dq");
         nodes.extend(qdq(t, t, &dst, &mut params));
         renamed_inputs.insert(t.clone(), dst);
@@ -253,7 +287,7 @@ pub fn with_activation_qdq(model: &ModelProto, ranges: &HashMap<String, (f32, f3
         }
         let mut extra = Vec::new();
         for o in n.output.iter_mut() {
-            if ranges.contains_key(o.as_str()) && !inputs.contains(o.as_str()) {
+            if params_of.contains_key(o.as_str()) && !inputs.contains(o.as_str()) {
                 let t = o.clone();
                 let pre = format!("{t}__act_fp");
                 *o = pre.clone();
@@ -368,21 +402,29 @@ pub fn w8a8_outputs(
     scheme: Scheme,
     samples: &[Vec<InputTensor>],
 ) -> Result<Vec<Vec<f32>>, String> {
-    let points: Vec<String> = activation_points(model)
-        .into_iter()
-        .filter(|p| tensor_exists(model, p))
-        .collect();
     let q = quantized_weights(model, scheme, None);
+    cross_calibrated(&q, samples, &|m, ranges| with_activation_qdq(m, ranges))
+}
+
+/// Outputs of `q` (weights already quantized) with every activation point fake-quantized by
+/// `qdq(q, ranges)`, ranges min/max-calibrated on other samples than the one evaluated (two
+/// folds with 4 or more samples, all samples otherwise).
+fn cross_calibrated(
+    q: &ModelProto,
+    samples: &[Vec<InputTensor>],
+    qdq: &dyn Fn(&ModelProto, &HashMap<String, (f32, f32)>) -> ModelProto,
+) -> Result<Vec<Vec<f32>>, String> {
+    let points: Vec<String> = activation_points(q)
+        .into_iter()
+        .filter(|p| tensor_exists(q, p))
+        .collect();
     let run_with =
         |calib: &[Vec<InputTensor>], eval: &[Vec<InputTensor>]| -> Result<Vec<Vec<f32>>, String> {
-            let ranges: HashMap<String, (f32, f32)> = calibrate(&q, &points, calib)?
+            let ranges: HashMap<String, (f32, f32)> = calibrate(q, &points, calib)?
                 .into_iter()
                 .filter(|(k, _)| points.contains(k))
                 .collect();
-            first_outputs(
-                &crate::onnx::encode(&with_activation_qdq(&q, &ranges)),
-                eval,
-            )
+            first_outputs(&crate::onnx::encode(&qdq(q, &ranges)), eval)
         };
     if samples.len() < 4 {
         return run_with(samples, samples);
@@ -397,6 +439,55 @@ pub fn w8a8_outputs(
         out.extend(if k % 2 == 0 { e.next() } else { o.next() });
     }
     Ok(out)
+}
+
+/// Rows of the deploy model (its weights are on the target grid already), against
+/// `reference`: `target_weights` (as written: int8 weights, FP32 activations), `target_w8a8`
+/// (activations on the target grid, min/max calibrated as [`w8a8_outputs`]) and, with
+/// `data_free` ranges, `target_w8a8_data_free` (those ranges where known, calibrated elsewhere:
+/// graph inputs and tensors the statistics do not model).
+pub fn evaluate_deploy(
+    reference: &[Vec<f32>],
+    deploy: &ModelProto,
+    samples: &[Vec<InputTensor>],
+    grid: &ActivationGrid,
+    w8a8: bool,
+    data_free: Option<&HashMap<String, (f32, f32)>>,
+) -> Result<Vec<QuantRow>, String> {
+    let mut rows = Vec::new();
+    let mut push = |scheme: &str, outs: Vec<Vec<f32>>| {
+        let (sqnr_db, top1_agreement) = score(reference, &outs);
+        rows.push(QuantRow {
+            model: "deploy".into(),
+            scheme: scheme.into(),
+            sqnr_db,
+            top1_agreement,
+        });
+    };
+    push(
+        "target_weights",
+        first_outputs(&crate::onnx::encode(deploy), samples)?,
+    );
+    if !w8a8 {
+        return Ok(rows);
+    }
+    push(
+        "target_w8a8",
+        cross_calibrated(deploy, samples, &|m, r| with_activation_qdq_on(m, r, grid))?,
+    );
+    if let Some(df) = data_free {
+        let outs = cross_calibrated(deploy, samples, &|m, calibrated| {
+            let mut r = calibrated.clone();
+            for (k, v) in r.iter_mut() {
+                if let Some(d) = df.get(k) {
+                    *v = *d;
+                }
+            }
+            with_activation_qdq_on(m, &r, grid)
+        })?;
+        push("target_w8a8_data_free", outs);
+    }
+    Ok(rows)
 }
 
 /// Why [`end_to_end`] stopped when `canceled()` turned true.

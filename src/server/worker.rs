@@ -221,6 +221,7 @@ mod tests {
         Ok(Output {
             model: input.to_vec(),
             report: crate::Report::default(),
+            ..Default::default()
         })
     }
 
