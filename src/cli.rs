@@ -156,6 +156,10 @@ pub struct EqualizeArgs {
     /// Quantize the graph outputs in the int8 outputs too (default: they stay float).
     #[arg(long)]
     quantize_outputs: bool,
+    /// Range of the graph inputs for the int8 outputs, `LO,HI` (e.g. `-1,1`); without it a graph
+    /// input stays float under data-free ranges.
+    #[arg(long, value_delimiter = ',', allow_hyphen_values = true)]
+    input_range: Option<Vec<f32>>,
     /// Refuse models with more nodes than this (all graphs, subgraphs and functions).
     #[arg(long, env = "ONNX_CLE_MAX_NODES", default_value_t = onnx_cle::limits::DEFAULT_MAX_NODES)]
     max_nodes: u64,
@@ -165,6 +169,45 @@ pub struct EqualizeArgs {
     /// Refuse models whose decoded form would take more memory than this (e.g. `4GiB`).
     #[arg(long, env = "ONNX_CLE_MAX_MODEL_MEMORY", default_value = "4GiB", value_parser = onnx_cle::server::config::parse_size)]
     max_model_memory: u64,
+    /// Declared int8 target of the deploy model (and every grid-tied output): onnxruntime, QNN
+    /// or TensorRT defaults; the flags below override single fields.
+    #[arg(long, value_parser = ["ort", "qnn", "trt"])]
+    target: Option<String>,
+    /// Target weight scale granularity.
+    #[arg(long, value_parser = ["per-tensor", "per-channel"])]
+    weight_granularity: Option<String>,
+    /// Target weight bits (2..=8, symmetric).
+    #[arg(long)]
+    weight_bits: Option<u8>,
+    /// Target activation integer type.
+    #[arg(long, value_parser = ["uint8", "int8", "uint16"])]
+    activation_type: Option<String>,
+    /// Symmetric activations (zero point 0; int8 only).
+    #[arg(long)]
+    activation_symmetric: bool,
+    /// Correct the deploy model's biases for the weight error on the target grid: E[x] from
+    /// the folded BN statistics (analytic, data-free) or measured on --samples (empirical, at
+    /// least 100 samples).
+    #[arg(long, value_parser = ["off", "analytic", "empirical"])]
+    bias_correction: Option<String>,
+    /// How the deploy model's weights are put on the target grid: nearest, or squant
+    /// (data-free error-sum flips per kernel and per channel).
+    #[arg(long, value_parser = ["nearest", "squant"])]
+    rounding: Option<String>,
+    /// Write the deploy model here (FP32, weights on the target grid, biases corrected on
+    /// request; its function differs from the input's by design). `-o` stays the exact model.
+    #[arg(long)]
+    deploy_output: Option<PathBuf>,
+    /// Per-channel mean of the model input for analytic bias correction (comma-separated; one
+    /// value for every channel); default 0.
+    #[arg(long, value_delimiter = ',', allow_hyphen_values = true)]
+    input_mean: Option<Vec<f32>>,
+}
+
+/// A kebab-case CLI value as the snake_case serde enum it names.
+fn enum_arg<T: serde::de::DeserializeOwned>(flag: &str, v: &str) -> Result<T, CoreError> {
+    serde_json::from_value(serde_json::Value::String(v.replace('-', "_")))
+        .map_err(|_| CoreError::InvalidOptions(format!("invalid value `{v}` for --{flag}")))
 }
 
 fn fail(code: u8, msg: impl std::fmt::Display) -> ExitCode {
@@ -241,6 +284,36 @@ fn options(a: &EqualizeArgs) -> Result<Options, CoreError> {
     }
     o.exports.percentile = a.percentile;
     o.exports.quantize_outputs = a.quantize_outputs;
+    o.exports.input_range = match a.input_range.as_deref() {
+        None => None,
+        Some(&[lo, hi]) => Some([lo, hi]),
+        Some(_) => {
+            return Err(CoreError::InvalidOptions(
+                "--input-range takes two numbers: LO,HI".into(),
+            ))
+        }
+    };
+    if let Some(t) = &a.target {
+        o.target.preset = enum_arg("target", t)?;
+    }
+    if let Some(g) = &a.weight_granularity {
+        o.target.weight_granularity = Some(enum_arg("weight-granularity", g)?);
+    }
+    o.target.weight_bits = a.weight_bits.or(o.target.weight_bits);
+    if let Some(t) = &a.activation_type {
+        o.target.activation_type = Some(enum_arg("activation-type", t)?);
+    }
+    if a.activation_symmetric {
+        o.target.activation_symmetric = Some(true);
+    }
+    if let Some(b) = &a.bias_correction {
+        o.deploy.bias_correction = enum_arg("bias-correction", b)?;
+    }
+    if let Some(r) = &a.rounding {
+        o.deploy.rounding = enum_arg("rounding", r)?;
+    }
+    o.deploy.model = a.deploy_output.is_some();
+    o.deploy.input_mean = a.input_mean.clone();
     o.normalized()
 }
 
@@ -306,6 +379,11 @@ pub fn equalize(a: EqualizeArgs) -> ExitCode {
     if let Err(e) = std::fs::write(&a.output, &out.model) {
         return fail(exit::IO, format!("{}: {e}", a.output.display()));
     }
+    if let (Some(path), Some(deploy)) = (&a.deploy_output, &out.deploy) {
+        if let Err(e) = std::fs::write(path, deploy) {
+            return fail(exit::IO, format!("{}: {e}", path.display()));
+        }
+    }
     let outputs = [
         (ArtifactKind::Qdq, &a.qdq_output),
         (ArtifactKind::Encodings, &a.encodings),
@@ -359,6 +437,29 @@ pub fn equalize(a: EqualizeArgs) -> ExitCode {
             r.skipped.len(),
             t0.elapsed().as_secs_f64()
         );
+        if let Some(d) = &r.deploy {
+            let measured = d
+                .measured
+                .as_ref()
+                .and_then(|v| v.max_rel_l2)
+                .map_or("not verified".to_string(), |m| {
+                    format!("measured rel L2 {m:.3e}")
+                });
+            eprintln!(
+                "onnx-cle: deploy model ({}): {} layers on the grid ({} rounding, {} flips), {} \
+                 biases corrected ({}); function changed by design: predicted rel L2 {:.3e}, {measured}",
+                d.target,
+                d.summary.layers,
+                d.rounding,
+                d.summary.flips,
+                d.summary.corrected,
+                d.bias_correction,
+                d.predicted.rel_l2,
+            );
+            if a.deploy_output.is_none() {
+                eprintln!("onnx-cle: note: the deploy model is not written (no --deploy-output)");
+            }
+        }
         if r.function_changed {
             eprintln!(
                 "onnx-cle: note: the model's function was changed on request: {}",

@@ -194,6 +194,13 @@ impl WeightLayout {
         }
     }
 
+    /// Calls `f(start, out, in)` for every kernel of the weight: the `kernel_len()` contiguous
+    /// elements from flat index `start` connect input channel `in` to output channel `out`
+    /// (the kernels that data-free rounding balances).
+    pub fn for_each_kernel(&self, f: impl FnMut(usize, usize, usize)) {
+        self.for_each_block(f);
+    }
+
     fn check(&self, w: &[f32]) {
         debug_assert_eq!(w.len(), self.a * self.b * self.k, "weight length vs layout");
     }

@@ -104,18 +104,28 @@ pub fn equalize(model: ModelProto, options: &Options) -> Result<Equalized> {
 
 /// [`equalize`] with progress and cancellation.
 pub fn equalize_with(model: ModelProto, options: &Options, ctl: Control) -> Result<Equalized> {
-    equalize_capturing(model, options, ctl, false).map(|(eq, _)| eq)
+    equalize_capturing(model, options, ctl, false).map(|(eq, _, _)| eq)
 }
+
+/// What [`equalize_capturing`] returns: the equalized model, the per-layer int8 table when
+/// asked, and the activation origins when a deploy model was asked for.
+type Captured = (
+    Equalized,
+    Option<Vec<report::LayerQuant>>,
+    Option<quant::stats::Origins>,
+);
 
 /// [`equalize_with`]; with `folded_figures` (and a BN-fold step) it also returns the per-layer
 /// int8 table ([`quant::layer_table_in`]): the BN-folded figures taken right after the fold,
-/// the equalized ones from the weights still in memory before they are written back.
+/// the equalized ones from the weights still in memory before they are written back. With a
+/// deploy model requested it also returns the data-free activation origins
+/// ([`quant::stats::Origins::from_pipeline`]).
 fn equalize_capturing(
     model: ModelProto,
     options: &Options,
     ctl: Control,
     folded_figures: bool,
-) -> Result<(Equalized, Option<Vec<report::LayerQuant>>)> {
+) -> Result<Captured> {
     let opts = options.clone().normalized()?;
     let mut figures = None;
     let t = Instant::now();
@@ -200,6 +210,9 @@ fn equalize_capturing(
         }
         None => None,
     };
+    let origins = opts
+        .builds_deploy()
+        .then(|| quant::stats::Origins::from_pipeline(&state, &report));
     let t = Instant::now();
     report.model.nodes_after = work.node_count();
     let labels = (0..work.node_count())
@@ -215,6 +228,7 @@ fn equalize_capturing(
             labels,
         },
         table,
+        origins,
     ))
 }
 
@@ -297,7 +311,7 @@ impl SampleInputs {
 }
 
 /// A finished run: the encoded model and the report.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Output {
     /// The equalized model, protobuf-encoded.
     pub model: Vec<u8>,
@@ -305,6 +319,9 @@ pub struct Output {
     pub report: Report,
     /// The other requested outputs (QDQ model, encodings, overrides), in [`ArtifactKind`] order.
     pub artifacts: Vec<Artifact>,
+    /// The deploy model (weights on the target grid, bias-corrected on request),
+    /// protobuf-encoded, when [`quant::deploy::DeployOptions::requested`].
+    pub deploy: Option<Vec<u8>>,
 }
 
 /// A requested output of a run besides the equalized model.
@@ -362,28 +379,12 @@ pub struct Artifact {
     pub data: Vec<u8>,
 }
 
-/// The target the int8 outputs are written for.
-fn export_target(_options: &Options) -> quant::target::Target {
-    quant::target::Target::default()
-}
-
-/// Activation ranges without data, for `calibration = data_free`.
-fn data_free_ranges(
-    _model: &ModelProto,
-    _tensors: &[String],
-) -> Result<std::collections::HashMap<String, (f32, f32)>> {
-    Err(CoreError::InvalidOptions(
-        "data-free activation ranges are not available in this build: use a calibration \
-         (minmax, percentile, mse) with sample inputs"
-            .into(),
-    ))
-}
-
 /// The int8 outputs of `options.exports` for the FP32 model `fp32`, with their figures against
 /// `original` when sample inputs are given or `quant.end_to_end` is set.
 fn int8_exports(
     original: Option<&ModelProto>,
     fp32: &ModelProto,
+    stats: Option<&quant::stats::ActivationStats>,
     options: &Options,
     samples: Option<&SampleInputs>,
     report: &mut Report,
@@ -391,11 +392,15 @@ fn int8_exports(
 ) -> Result<Vec<Artifact>> {
     use quant::plan::{Calibration, RangeOrigin, Sites};
     let ex = &options.exports;
-    let target = export_target(options);
+    let target = options.target;
     let sites = Sites::find(fp32, target, ex.quantize_outputs)?;
     let tensors = sites.tensors_to_range();
     let (ranges, origin, calibration_samples) = match ex.calibration {
-        Calibration::DataFree => (data_free_ranges(fp32, &tensors)?, RangeOrigin::DataFree, 0),
+        Calibration::DataFree => (
+            stats.map(|s| s.ranges()).unwrap_or_default(),
+            RangeOrigin::DataFree,
+            0,
+        ),
         method => {
             let Some(s) = samples else {
                 return Err(CoreError::InvalidOptions(format!(
@@ -416,6 +421,12 @@ fn int8_exports(
             (r, RangeOrigin::Calibrated, per.len())
         }
     };
+    let mut ranges = ranges;
+    if let Some([lo, hi]) = ex.input_range {
+        for t in sites.graph_inputs() {
+            ranges.insert(t, (lo, hi));
+        }
+    }
     ctl.check()?;
     let plan = sites.finish(&ranges, origin, ex.calibration.name());
     let mut artifacts = Vec::new();
@@ -614,7 +625,8 @@ fn quantization_figures(
     Ok(())
 }
 
-/// The whole job shared by the CLI and the server: equalize, encode, verify.
+/// The whole job shared by the CLI and the server: equalize, encode, verify; and the deploy
+/// model when asked ([`quant::deploy`]).
 ///
 /// `original` is the input's encoded bytes when available (saves an encode for verification).
 pub fn run(
@@ -626,6 +638,20 @@ pub fn run(
 ) -> Result<Output> {
     let verify_opts = options.verify.clone();
     let quant = &options.quant;
+    let deploy_opts = &options.deploy;
+    let empirical = options.builds_deploy()
+        && deploy_opts.bias_correction == quant::bias_correction::BiasCorrection::Empirical;
+    if empirical {
+        let n = samples.map_or(0, |s| quant::samples_of(&s.tensors).len());
+        if n < quant::bias_correction::MIN_EMPIRICAL_SAMPLES {
+            return Err(CoreError::InvalidOptions(format!(
+                "empirical bias correction needs at least {} sample inputs (got {n}): per-channel \
+                 means of fewer images fit the samples rather than the data; use \
+                 bias_correction analytic (data-free) instead",
+                quant::bias_correction::MIN_EMPIRICAL_SAMPLES
+            )));
+        }
+    }
     // The per-layer figures need the BN-folded weights: taken during the run when it folds,
     // instead of a second, fold-only run on a copy of the original.
     let figures_in_run = quant.layers && !quant.end_to_end && options.steps.contains(&Step::BnFold);
@@ -637,7 +663,7 @@ pub fn run(
         .then(|| model.clone());
     let input = original.as_ref().map(|b| b.as_ptr_range());
     let original = original.filter(|_| verify_opts.enabled);
-    let (mut eq, table) = equalize_capturing(model, options, ctl, figures_in_run)?;
+    let (mut eq, table, origins) = equalize_capturing(model, options, ctl, figures_in_run)?;
     if let (None, None, Some(input)) = (&original_model, &original, input) {
         onnx::release_input(&mut eq.model, input);
     }
@@ -662,6 +688,32 @@ pub fn run(
         )?;
         report.timings_ms.quantization = ms(t);
     }
+    let mut deploy = None;
+    if let Some(origins) = origins {
+        ctl.stage("deploy")?;
+        let t = Instant::now();
+        let measured = match samples.filter(|_| empirical) {
+            Some(s) => Some(quant::deploy::measured_input_means(
+                &eq.model,
+                &quant::samples_of(&s.tensors),
+            )?),
+            None => None,
+        };
+        let d = quant::deploy::build(
+            &eq.model,
+            &eq.labels,
+            &origins,
+            &options.target,
+            deploy_opts,
+            measured.as_ref(),
+        )?;
+        let d_bytes = onnx::encode(&d.model);
+        if let (Some(orig), true) = (&original_model, quant.end_to_end) {
+            deploy_figures(orig, &d, options, samples, &mut report, ctl)?;
+        }
+        report.timings_ms.deploy = ms(t);
+        deploy = Some((d, d_bytes));
+    }
     if let Some(orig) = original_model.as_ref().filter(|_| verify_opts.enabled) {
         ctl.stage("verify")?;
         let t = Instant::now();
@@ -669,34 +721,49 @@ pub fn run(
             Some(b) if !onnx::has_external_data(orig) => b,
             _ => Bytes::from(onnx::encode(orig)),
         };
-        report.verification = match samples {
-            Some(s) => verify::compare(&orig_bytes, &bytes, &s.tensors, s.source.clone()),
+        let random;
+        let inputs: std::result::Result<(&[verify::InputTensor], String), String> = match samples {
+            Some(s) => Ok((&s.tensors, s.source.clone())),
             None => match verify::input_specs(orig, verify_opts.dynamic_dim) {
                 Ok(mut specs) => {
                     verify::fill_random(&mut specs, verify_opts.seed);
-                    verify::compare(
-                        &orig_bytes,
-                        &bytes,
-                        &specs,
+                    random = specs;
+                    Ok((
+                        &random,
                         format!("random normal (seed {})", verify_opts.seed),
-                    )
+                    ))
                 }
-                Err(e) => report::Verification {
-                    status: VerifyStatus::NotVerified,
-                    reason: Some(e),
-                    ..Default::default()
-                },
+                Err(e) => Err(e),
             },
         };
+        let verification = |model: &[u8]| match &inputs {
+            Ok((tensors, source)) => verify::compare(&orig_bytes, model, tensors, source.clone()),
+            Err(e) => report::Verification {
+                status: VerifyStatus::NotVerified,
+                reason: Some(e.clone()),
+                ..Default::default()
+            },
+        };
+        report.verification = verification(&bytes);
         report.timings_ms.verify = ms(t);
+        if let Some((d, d_bytes)) = deploy.as_mut() {
+            let t = Instant::now();
+            d.report.measured = Some(verification(d_bytes));
+            report.timings_ms.deploy += ms(t);
+        }
     }
     let mut artifacts = Vec::new();
     if options.exports.any() {
         ctl.stage("exports")?;
         let t = Instant::now();
+        let (fp32, stats) = match &deploy {
+            Some((d, _)) => (&d.model, Some(&d.stats)),
+            None => (&eq.model, None),
+        };
         artifacts = int8_exports(
             original_model.as_ref(),
-            &eq.model,
+            fp32,
+            stats,
             options,
             samples,
             &mut report,
@@ -704,10 +771,69 @@ pub fn run(
         )?;
         report.timings_ms.exports = ms(t);
     }
+    let deploy = deploy.map(|(d, d_bytes)| {
+        report.deploy = Some(d.report);
+        d_bytes
+    });
     ctl.check()?;
     Ok(Output {
         model: bytes,
         report,
         artifacts,
+        deploy,
     })
+}
+
+/// The deploy model's simulated int8 rows ([`quant::evaluate_deploy`]), appended to the
+/// end-to-end figures (same inputs as [`quantization_figures`]).
+fn deploy_figures(
+    original: &ModelProto,
+    deploy: &quant::deploy::Deploy,
+    options: &Options,
+    samples: Option<&SampleInputs>,
+    report: &mut Report,
+    ctl: Control,
+) -> Result<()> {
+    let inputs = match samples {
+        Some(s) => s.tensors.clone(),
+        None => {
+            let mut specs = verify::input_specs(original, options.verify.dynamic_dim)
+                .map_err(CoreError::InvalidOptions)?;
+            verify::fill_random(&mut specs, options.verify.seed);
+            specs
+        }
+    };
+    let per_sample = quant::samples_of(&inputs);
+    ctl.check()?;
+    let ranges = deploy.stats.ranges();
+    let rows = quant::reference_outputs(original, &per_sample).and_then(|reference| {
+        quant::evaluate_deploy(
+            &reference,
+            &deploy.model,
+            &per_sample,
+            &options.target.activations(),
+            options.quant.w8a8,
+            Some(&ranges),
+        )
+    });
+    match rows {
+        Ok(rows) => {
+            if let Some(e) = report
+                .quantization
+                .get_or_insert_with(Default::default)
+                .end_to_end
+                .as_mut()
+            {
+                e.rows.extend(rows);
+            }
+        }
+        Err(_) if ctl.canceled() => return Err(CoreError::Canceled),
+        Err(e) => report.skipped.push(report::Skip {
+            pass: "deploy".into(),
+            nodes: vec![],
+            reason: "not_simulated".into(),
+            detail: format!("deploy model simulation failed: {e}"),
+        }),
+    }
+    Ok(())
 }

@@ -128,6 +128,11 @@ pub struct Options {
     pub balance: Option<f32>,
     /// Quantization-readiness figures in the report.
     pub quant: crate::quant::QuantOptions,
+    /// The declared int8 target: the grid every grid-tied output (deploy model, QDQ model,
+    /// encodings) uses and names.
+    pub target: crate::quant::target::Target,
+    /// The deploy model (weights on the target grid, bias correction); off by default.
+    pub deploy: crate::quant::deploy::DeployOptions,
     /// Int8 outputs (QDQ model, AIMET encodings, onnxruntime overrides) and their activation
     /// ranges.
     pub exports: crate::quant::plan::ExportOptions,
@@ -147,6 +152,8 @@ impl Default for Options {
             verify: VerifyOptions::default(),
             balance: None,
             quant: crate::quant::QuantOptions::default(),
+            target: crate::quant::target::Target::default(),
+            deploy: crate::quant::deploy::DeployOptions::default(),
             exports: crate::quant::plan::ExportOptions::default(),
         }
     }
@@ -172,6 +179,12 @@ impl Options {
     /// Whether `step` is enabled.
     pub fn runs(&self, step: Step) -> bool {
         self.steps.contains(&step)
+    }
+
+    /// Whether the run builds a deploy model: asked for, or needed by the int8 outputs (their
+    /// FP32 model and data-free activation statistics).
+    pub fn builds_deploy(&self) -> bool {
+        self.deploy.requested() || self.exports.any()
     }
 
     /// Whether AIMET compatibility is on.
@@ -216,6 +229,8 @@ impl Options {
                 "compat=aimet runs a single CLS pass (iterations must be 1)".into(),
             ));
         }
+        self.target.validate()?;
+        self.deploy.validate()?;
         self.iterations = Some(passes);
         if self.is_aimet() {
             if self.relu6 == Relu6Policy::Exact {

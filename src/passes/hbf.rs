@@ -274,8 +274,8 @@ fn shift(
             "a Gemm ignores its bias (beta = 0)".into(),
         ));
     }
-    let b1_name = ensure_bias(cx, l1)?;
-    let b2_name = ensure_bias(cx, l2)?;
+    let b1_name = super::ensure_bias(cx.work, l1);
+    let b2_name = super::ensure_bias(cx.work, l2);
     let mut b1 = cx.work.take(&b1_name).map_err(|e| ("bias_unreadable", e))?;
     for (v, k) in b1.data.iter_mut().zip(c) {
         *v -= k / beta1;
@@ -287,23 +287,4 @@ fn shift(
     }
     cx.work.put(&b2_name, b2);
     Ok(())
-}
-
-fn ensure_bias(cx: &mut Ctx, l: &super::Layer) -> Result<String, (&'static str, String)> {
-    if let Some(b) = &l.bias {
-        return Ok(b.clone());
-    }
-    let label = cx.work.label(l.node).to_string();
-    let name = cx.work.fresh_name(&format!("{label}.bias"));
-    cx.work.add_initializer(
-        &name,
-        crate::onnx::tensor::F32Tensor::filled(vec![l.layout.out_channels()], 0.0),
-    );
-    let n = cx.work.node_mut(l.node);
-    while n.input.len() < 2 {
-        n.input.push(String::new());
-    }
-    n.input.truncate(2);
-    n.input.push(name.clone());
-    Ok(name)
 }

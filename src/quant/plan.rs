@@ -86,6 +86,10 @@ pub struct ExportOptions {
     pub percentile: f32,
     /// Quantize the graph outputs too (default: they stay float).
     pub quantize_outputs: bool,
+    /// `[lo, hi]` of every graph input (e.g. `[-1, 1]` for pixels scaled to [−1, 1]): the
+    /// statistics cannot know it, so without it a graph input stays float under data-free
+    /// ranges. Overrides calibrated ranges too.
+    pub input_range: Option<[f32; 2]>,
 }
 
 impl Default for ExportOptions {
@@ -97,6 +101,7 @@ impl Default for ExportOptions {
             calibration: Calibration::default(),
             percentile: 99.999,
             quantize_outputs: false,
+            input_range: None,
         }
     }
 }
@@ -113,6 +118,13 @@ impl ExportOptions {
             return Err(crate::CoreError::InvalidOptions(
                 "exports.percentile must be between 50 and 100".into(),
             ));
+        }
+        if let Some([lo, hi]) = self.input_range {
+            if !(lo.is_finite() && hi.is_finite() && lo < hi) {
+                return Err(crate::CoreError::InvalidOptions(
+                    "exports.input_range must be two finite numbers lo < hi".into(),
+                ));
+            }
         }
         Ok(())
     }
@@ -339,6 +351,7 @@ pub struct Sites {
     weights: Vec<WeightQuant>,
     biases: Vec<(usize, String, String, String)>,
     left_float: Vec<LeftFloat>,
+    graph_inputs: HashSet<String>,
 }
 
 const OWN_IO_OPS: &[&str] = &[
@@ -381,6 +394,12 @@ impl Sites {
             weights: Vec::new(),
             biases: Vec::new(),
             left_float: Vec::new(),
+            graph_inputs: work
+                .graph()
+                .input
+                .iter()
+                .map(|v| v.name().to_string())
+                .collect(),
         };
         let mut at: HashMap<String, usize> = HashMap::new();
         let mut weights_seen = HashSet::new();
@@ -490,6 +509,15 @@ impl Sites {
         Ok(s)
     }
 
+    /// The graph inputs among the quantization points.
+    pub fn graph_inputs(&self) -> Vec<String> {
+        self.sites
+            .iter()
+            .filter(|s| self.graph_inputs.contains(&s.tensor))
+            .map(|s| s.tensor.clone())
+            .collect()
+    }
+
     /// The tensors whose ranges [`Sites::finish`] uses: every own quantization point, plus the
     /// `Min` outputs ties take their range from.
     pub fn tensors_to_range(&self) -> Vec<String> {
@@ -538,7 +566,13 @@ impl Sites {
             let Some((lo, hi)) = range else {
                 left.push(LeftFloat {
                     tensor: site.tensor.clone(),
-                    reason: "no activation range for this tensor".into(),
+                    reason: if self.graph_inputs.contains(&site.tensor) {
+                        "graph input: no data-free range (give exports.input_range, \
+                         --input-range)"
+                            .into()
+                    } else {
+                        "no activation range for this tensor".into()
+                    },
                 });
                 dropped.insert(site.tensor.clone());
                 continue;

@@ -281,6 +281,20 @@ pub fn with_activation_qdq(model: &ModelProto, ranges: &HashMap<String, (f32, f3
     with_fake_quant(model, &points)
 }
 
+/// A copy of `model` with per-tensor fake quantization on `ranges`' tensors, on the activation
+/// grid `grid` (scale and zero point from [`ActivationGrid::params`]).
+pub fn with_activation_qdq_on(
+    model: &ModelProto,
+    ranges: &HashMap<String, (f32, f32)>,
+    grid: &ActivationGrid,
+) -> ModelProto {
+    let points = ranges
+        .iter()
+        .map(|(t, &(lo, hi))| (t.clone(), FakeQuant::on(*grid, grid.params(lo, hi))))
+        .collect();
+    with_fake_quant(model, &points)
+}
+
 /// Per-tensor fake quantization of one activation: `(clip(round(x / s) + zp, qmin, qmax) − zp)·s`,
 /// what `QuantizeLinear` → `DequantizeLinear` computes.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -471,21 +485,29 @@ pub fn w8a8_outputs(
     scheme: Scheme,
     samples: &[Vec<InputTensor>],
 ) -> Result<Vec<Vec<f32>>, String> {
-    let points: Vec<String> = activation_points(model)
-        .into_iter()
-        .filter(|p| tensor_exists(model, p))
-        .collect();
     let q = quantized_weights(model, scheme, None);
+    cross_calibrated(&q, samples, &|m, ranges| with_activation_qdq(m, ranges))
+}
+
+/// Outputs of `q` (weights already quantized) with every activation point fake-quantized by
+/// `qdq(q, ranges)`, ranges min/max-calibrated on other samples than the one evaluated (two
+/// folds with 4 or more samples, all samples otherwise).
+fn cross_calibrated(
+    q: &ModelProto,
+    samples: &[Vec<InputTensor>],
+    qdq: &dyn Fn(&ModelProto, &HashMap<String, (f32, f32)>) -> ModelProto,
+) -> Result<Vec<Vec<f32>>, String> {
+    let points: Vec<String> = activation_points(q)
+        .into_iter()
+        .filter(|p| tensor_exists(q, p))
+        .collect();
     let run_with =
         |calib: &[Vec<InputTensor>], eval: &[Vec<InputTensor>]| -> Result<Vec<Vec<f32>>, String> {
-            let ranges: HashMap<String, (f32, f32)> = calibrate(&q, &points, calib)?
+            let ranges: HashMap<String, (f32, f32)> = calibrate(q, &points, calib)?
                 .into_iter()
                 .filter(|(k, _)| points.contains(k))
                 .collect();
-            first_outputs(
-                &crate::onnx::encode(&with_activation_qdq(&q, &ranges)),
-                eval,
-            )
+            first_outputs(&crate::onnx::encode(&qdq(q, &ranges)), eval)
         };
     if samples.len() < 4 {
         return run_with(samples, samples);
@@ -500,6 +522,55 @@ pub fn w8a8_outputs(
         out.extend(if k % 2 == 0 { e.next() } else { o.next() });
     }
     Ok(out)
+}
+
+/// Rows of the deploy model (its weights are on the target grid already), against
+/// `reference`: `target_weights` (as written: int8 weights, FP32 activations), `target_w8a8`
+/// (activations on the target grid, min/max calibrated as [`w8a8_outputs`]) and, with
+/// `data_free` ranges, `target_w8a8_data_free` (those ranges where known, calibrated elsewhere:
+/// graph inputs and tensors the statistics do not model).
+pub fn evaluate_deploy(
+    reference: &[Vec<f32>],
+    deploy: &ModelProto,
+    samples: &[Vec<InputTensor>],
+    grid: &ActivationGrid,
+    w8a8: bool,
+    data_free: Option<&HashMap<String, (f32, f32)>>,
+) -> Result<Vec<QuantRow>, String> {
+    let mut rows = Vec::new();
+    let mut push = |scheme: &str, outs: Vec<Vec<f32>>| {
+        let (sqnr_db, top1_agreement) = score(reference, &outs);
+        rows.push(QuantRow {
+            model: "deploy".into(),
+            scheme: scheme.into(),
+            sqnr_db,
+            top1_agreement,
+        });
+    };
+    push(
+        "target_weights",
+        first_outputs(&crate::onnx::encode(deploy), samples)?,
+    );
+    if !w8a8 {
+        return Ok(rows);
+    }
+    push(
+        "target_w8a8",
+        cross_calibrated(deploy, samples, &|m, r| with_activation_qdq_on(m, r, grid))?,
+    );
+    if let Some(df) = data_free {
+        let outs = cross_calibrated(deploy, samples, &|m, calibrated| {
+            let mut r = calibrated.clone();
+            for (k, v) in r.iter_mut() {
+                if let Some(d) = df.get(k) {
+                    *v = *d;
+                }
+            }
+            with_activation_qdq_on(m, &r, grid)
+        })?;
+        push("target_w8a8_data_free", outs);
+    }
+    Ok(rows)
 }
 
 /// Why [`end_to_end`] stopped when `canceled()` turned true.

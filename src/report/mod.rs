@@ -80,6 +80,9 @@ pub struct Report {
     /// argument in Python's generated `from_dict`).
     #[schema(value_type = std::collections::BTreeMap<String, f64>)]
     pub timings_ms: Timings,
+    /// The deploy model (on-grid weights, bias correction): present when one was produced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deploy: Option<DeployReport>,
     /// The int8 outputs (QDQ model, encodings, onnxruntime overrides) written from one
     /// quantization plan, with their figures; absent when none was requested.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -355,6 +358,9 @@ pub struct Timings {
     pub verify: f64,
     /// Quantization-readiness figures.
     pub quantization: f64,
+    /// Deploy model: statistics, rounding, bias correction and its verification.
+    #[serde(default)]
+    pub deploy: f64,
     /// Int8 outputs: plan, calibration, writers and their figures.
     #[serde(default)]
     pub exports: f64,
@@ -450,6 +456,119 @@ pub struct ActivationGrowth {
     /// Per-tensor range after / before, measured on the inputs (when run).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub growth_measured: Option<f64>,
+}
+
+/// The deploy model: the equalized model with its layer weights written on the declared int8
+/// target's grid (rounded to nearest or by data-free rounding) and, on request, biases corrected
+/// for the weight error. Its function differs from the input's on purpose (it is the int8
+/// model's function with FP32 activations), so `function_changed` is always true; the exact
+/// equalized model stays the main output.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct DeployReport {
+    /// The declared target (`metadata_props` `onnx_cle.target` carries the same text).
+    pub target: String,
+    /// `nearest` or `squant`.
+    pub rounding: String,
+    /// `off`, `analytic` or `empirical`.
+    pub bias_correction: String,
+    /// Where `E[x]` came from (bias correction only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expectation: Option<String>,
+    /// Always true: the deploy model is tied to its grid and does not compute the input's function.
+    pub function_changed: bool,
+    /// Layers whose weights were put on the grid, in graph order.
+    pub layers: Vec<DeployLayer>,
+    /// Layers left out (not quantizable) or not corrected, with the reason.
+    pub skipped: Vec<Skip>,
+    /// Totals over layers.
+    pub summary: DeploySummary,
+    /// Output deviation from the original model predicted from the per-layer weight errors.
+    pub predicted: PredictedDeviation,
+    /// Deploy model vs the original, run by tract on the verification inputs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub measured: Option<Verification>,
+    /// The `metadata_props` written into the deploy model.
+    pub metadata: Vec<MetadataEntry>,
+}
+
+/// One layer of the deploy model.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DeployLayer {
+    /// Layer label.
+    pub layer: String,
+    /// Op type.
+    pub op: String,
+    /// Weight tensor.
+    pub weight: String,
+    /// Output channels.
+    pub channels: usize,
+    /// SQNR (dB) of the written weight against the equalized FP32 weight.
+    #[serde(deserialize_with = "nonfinite::f64")]
+    #[schema(value_type = Option<f64>, required = true)]
+    pub weight_sqnr_db: f64,
+    /// The same with round-to-nearest on the same grid (for comparison).
+    #[serde(deserialize_with = "nonfinite::f64")]
+    #[schema(value_type = Option<f64>, required = true)]
+    pub nearest_sqnr_db: f64,
+    /// Elements moved to their second-nearest level by data-free rounding.
+    pub flips: usize,
+    /// Largest per-channel error sum (LSB) after rounding.
+    #[serde(deserialize_with = "nonfinite::f32")]
+    #[schema(value_type = Option<f32>, required = true)]
+    pub max_channel_error_lsb: f32,
+    /// Bias correction applied to this layer.
+    pub corrected: bool,
+    /// RMS over output channels of the bias change.
+    #[serde(deserialize_with = "nonfinite::f64")]
+    #[schema(value_type = Option<f64>, required = true)]
+    pub correction_rms: f64,
+    /// Largest |bias change|.
+    #[serde(deserialize_with = "nonfinite::f64")]
+    #[schema(value_type = Option<f64>, required = true)]
+    pub correction_max_abs: f64,
+    /// RMS of the bias change over the RMS of the corrected bias (0 when uncorrected).
+    #[serde(deserialize_with = "nonfinite::f64")]
+    #[schema(value_type = Option<f64>, required = true)]
+    pub correction_relative: f64,
+}
+
+/// Totals of the deploy edits.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct DeploySummary {
+    /// Layers on the grid.
+    pub layers: usize,
+    /// Layers whose bias was corrected.
+    pub corrected: usize,
+    /// Biases created for layers that had none.
+    pub biases_created: usize,
+    /// Weight elements moved by data-free rounding.
+    pub flips: usize,
+    /// Weight elements on the grid.
+    pub elements: usize,
+}
+
+/// A deviation predicted without running the model.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct PredictedDeviation {
+    /// How it is computed.
+    pub method: String,
+    /// Predicted output SQNR (dB) against the original.
+    #[serde(deserialize_with = "nonfinite::f64")]
+    #[schema(value_type = Option<f64>, required = true)]
+    pub sqnr_db: f64,
+    /// Predicted relative L2 deviation `‖a − b‖ / ‖a‖`.
+    #[serde(deserialize_with = "nonfinite::f64")]
+    #[schema(value_type = Option<f64>, required = true)]
+    pub rel_l2: f64,
+}
+
+/// A `metadata_props` entry.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct MetadataEntry {
+    /// Key.
+    pub key: String,
+    /// Value.
+    pub value: String,
 }
 
 /// The int8 outputs written from one quantization plan (`quant::plan`): what it quantizes, the

@@ -83,6 +83,23 @@ pub struct EqualizeParams {
     /// Label for the job.
     #[param(max_length = 200)]
     pub name: Option<String>,
+    /// Declared int8 target preset (onnxruntime, QNN, TensorRT).
+    pub target: Option<crate::quant::target::TargetPreset>,
+    /// Target weight scale granularity (overrides the preset).
+    pub weight_granularity: Option<crate::quant::target::Granularity>,
+    /// Target weight bits, 2..=8 (overrides the preset).
+    #[param(minimum = 2, maximum = 8)]
+    pub weight_bits: Option<u8>,
+    /// Target activation type (overrides the preset).
+    pub activation_type: Option<crate::quant::target::ActivationType>,
+    /// Symmetric activations (overrides the preset; int8 only).
+    pub activation_symmetric: Option<bool>,
+    /// Bias correction of the deploy model (`empirical` needs samples: refused by the service).
+    pub bias_correction: Option<crate::quant::bias_correction::BiasCorrection>,
+    /// Rounding of the deploy model's weights onto the target grid.
+    pub rounding: Option<crate::quant::rounding::Rounding>,
+    /// Produce the deploy model even without bias correction or data-free rounding.
+    pub deploy: Option<bool>,
 }
 
 /// The multipart form of `POST /equalize`.
@@ -200,6 +217,18 @@ pub fn parse_params(query: &str) -> Result<EqualizeParams, ApiError> {
             "encodings" => p.encodings = Some(enum_value("encodings", &v)?),
             "ort_overrides" => p.ort_overrides = Some(boolean("ort_overrides", &v)?),
             "quantize_outputs" => p.quantize_outputs = Some(boolean("quantize_outputs", &v)?),
+            "target" => p.target = Some(enum_value("target", &v)?),
+            "weight_granularity" => {
+                p.weight_granularity = Some(enum_value("weight_granularity", &v)?)
+            }
+            "weight_bits" => p.weight_bits = Some(number("weight_bits", &v)?),
+            "activation_type" => p.activation_type = Some(enum_value("activation_type", &v)?),
+            "activation_symmetric" => {
+                p.activation_symmetric = Some(boolean("activation_symmetric", &v)?)
+            }
+            "bias_correction" => p.bias_correction = Some(enum_value("bias_correction", &v)?),
+            "rounding" => p.rounding = Some(enum_value("rounding", &v)?),
+            "deploy" => p.deploy = Some(boolean("deploy", &v)?),
             "name" => p.name = Some(v),
             other => {
                 return Err(bad_query(
@@ -263,22 +292,52 @@ impl EqualizeParams {
         if let Some(q) = self.quantize_outputs {
             o.exports.quantize_outputs = q;
         }
-        let o = o.normalized().map_err(|e| invalid_options(e.to_string()))?;
+        if let Some(t) = self.target {
+            o.target.preset = t;
+        }
+        if self.weight_granularity.is_some() {
+            o.target.weight_granularity = self.weight_granularity;
+        }
+        if self.weight_bits.is_some() {
+            o.target.weight_bits = self.weight_bits;
+        }
+        if self.activation_type.is_some() {
+            o.target.activation_type = self.activation_type;
+        }
+        if self.activation_symmetric.is_some() {
+            o.target.activation_symmetric = self.activation_symmetric;
+        }
+        if let Some(b) = self.bias_correction {
+            o.deploy.bias_correction = b;
+        }
+        if let Some(r) = self.rounding {
+            o.deploy.rounding = r;
+        }
+        if let Some(d) = self.deploy {
+            o.deploy.model = d;
+        }
         service_options(o)
     }
 }
 
-/// What the service refuses although the core accepts it: calibrated activation ranges need
-/// sample inputs, which jobs do not carry.
+/// Normalizes options for a job: the service takes no sample inputs, so empirical bias
+/// correction and calibrated activation ranges are refused here rather than failing the job
+/// later.
 fn service_options(o: Options) -> Result<Options, ApiError> {
     if o.exports.calibration != crate::quant::plan::Calibration::DataFree {
         return Err(invalid_options(format!(
-            "exports.calibration `{}` needs sample inputs, which the service does not accept; \
+            "exports.calibration `{}` needs sample inputs, which the service does not take; \
              use `data_free` or the CLI's --samples",
             o.exports.calibration.name()
         )));
     }
-    Ok(o)
+    if o.deploy.bias_correction == crate::quant::bias_correction::BiasCorrection::Empirical {
+        return Err(invalid_options(
+            "deploy.bias_correction empirical needs sample inputs, which the service does not \
+             take; use analytic (data-free)",
+        ));
+    }
+    o.normalized().map_err(|e| invalid_options(e.to_string()))
 }
 
 fn check_name(name: Option<String>) -> Result<Option<String>, ApiError> {
@@ -620,11 +679,7 @@ async fn receive_multipart(
                 let data = small_part(&mut field, MAX_OPTIONS_BYTES, "options", max_upload).await?;
                 let parsed: Options = serde_json::from_slice(&data)
                     .map_err(|e| invalid_options(format!("options JSON: {e}")))?;
-                options = Some(service_options(
-                    parsed
-                        .normalized()
-                        .map_err(|e| invalid_options(e.to_string()))?,
-                )?);
+                options = Some(service_options(parsed)?);
             }
             "name" if name.is_none() => {
                 let data = small_part(&mut field, MAX_NAME_CHARS * 4, "name", max_upload).await?;

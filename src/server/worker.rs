@@ -191,14 +191,15 @@ fn store_results(jobs: &Jobs, claim: &Claim, out: &Output) -> std::io::Result<Jo
     jobs.blobs().put(&claim.id, BlobKind::Report, &report)?;
     jobs.blobs().put(&claim.id, BlobKind::Model, &out.model)?;
     let mut artifacts = Vec::new();
-    for a in &out.artifacts {
+    let deploy = out.deploy.iter().map(|d| (crate::ArtifactKind::Deploy, d));
+    for (kind, data) in deploy.chain(out.artifacts.iter().map(|a| (a.kind, &a.data))) {
         jobs.blobs()
-            .put(&claim.id, BlobKind::Artifact(a.kind), &a.data)?;
+            .put(&claim.id, BlobKind::Artifact(kind), data)?;
         artifacts.push(ArtifactInfo {
-            name: a.kind.name().to_string(),
-            bytes: a.data.len() as u64,
-            sha256: hex::encode(Sha256::digest(&a.data)),
-            media_type: a.kind.media_type().to_string(),
+            name: kind.name().to_string(),
+            bytes: data.len() as u64,
+            sha256: hex::encode(Sha256::digest(data)),
+            media_type: kind.media_type().to_string(),
         });
     }
     Ok(JobResult {
@@ -233,7 +234,7 @@ mod tests {
         Ok(Output {
             model: input.to_vec(),
             report: crate::Report::default(),
-            artifacts: Vec::new(),
+            ..Default::default()
         })
     }
 
