@@ -265,12 +265,16 @@ fn analytic_means_match_measured_means() {
 }
 
 fn deploy_options(target: Target, bias: BiasCorrection, rounding: Rounding) -> Options {
-    let mut o = Options::default();
-    o.target = target;
-    o.deploy.model = true;
-    o.deploy.bias_correction = bias;
-    o.deploy.rounding = rounding;
-    o
+    Options {
+        target,
+        deploy: onnx_cle::quant::deploy::DeployOptions {
+            model: true,
+            bias_correction: bias,
+            rounding,
+            input_mean: None,
+        },
+        ..Options::default()
+    }
 }
 
 fn run(model: &ModelProto, opts: &Options, samples: Option<&SampleInputs>) -> onnx_cle::Output {
@@ -439,6 +443,9 @@ fn zero_error_correction_is_a_no_op_and_the_exact_model_is_untouched() {
         None,
     );
     assert_eq!(default.model, full.model, "the exact model changed");
+    let html = onnx_cle::report::html::render(&full.report);
+    assert!(html.contains("<section id=\"deploy\">") && html.contains("href=\"#deploy\""));
+    assert!(!onnx_cle::report::html::render(&default.report).contains("id=\"deploy\""));
     // A model already on the grid: ε = 0, so rounding and correction change nothing.
     let on_grid = onnx::decode(full.deploy.unwrap().into()).unwrap();
     let mut opts = deploy_options(
