@@ -107,6 +107,24 @@ pub fn equalize_with(model: ModelProto, options: &Options, ctl: Control) -> Resu
     equalize_capturing(model, options, ctl, false).map(|(eq, _, _)| eq)
 }
 
+/// [`equalize`] and the data-free activation statistics of the equalized model
+/// ([`quant::stats::propagate`] with `stats` options): per-channel `E[x]` and ranges of every
+/// tensor it models.
+pub fn equalize_with_stats(
+    model: ModelProto,
+    options: &Options,
+    stats: &quant::stats::StatsOptions,
+) -> Result<(Equalized, quant::stats::ActivationStats)> {
+    let mut opts = options.clone();
+    opts.deploy.model = true;
+    let (eq, _, origins) = equalize_capturing(model, &opts, Control::default(), false)?;
+    let mut eq = eq;
+    eq.report.options.deploy.model = options.deploy.model;
+    let mut work = Work::new(eq.model.clone())?;
+    let s = quant::stats::propagate(&mut work, &eq.labels, &origins.unwrap_or_default(), stats);
+    Ok((eq, s))
+}
+
 /// What [`equalize_capturing`] returns: the equalized model, the per-layer int8 table when
 /// asked, and the activation origins when a deploy model was asked for.
 type Captured = (

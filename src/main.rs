@@ -21,7 +21,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Equalize one model and write the result (and optionally a JSON report).
-    Equalize(cli::EqualizeArgs),
+    Equalize(Box<cli::EqualizeArgs>),
     /// Run the HTTP job service (POST /equalize, GET /jobs/{id}, /docs, /metrics…).
     Serve(server::ServeConfig),
     /// Print the service's OpenAPI 3.1 document.
@@ -67,7 +67,7 @@ fn serve(cfg: server::ServeConfig) -> ExitCode {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Equalize(args) => cli::equalize(args),
+        Command::Equalize(args) => cli::equalize(*args),
         Command::Serve(cfg) => serve(cfg),
         Command::Openapi => {
             print!("{}", server::openapi_json());

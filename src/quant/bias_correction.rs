@@ -93,6 +93,10 @@ pub fn correct(
         ));
     }
     let delta: Vec<f32> = shift.iter().map(|s| -s * alpha / beta).collect();
+    if delta.iter().all(|&d| d == 0.0) {
+        // ε·E[x] = 0 (weights already on the grid): nothing to correct, nothing created.
+        return Ok(delta);
+    }
     if l.layout.op == LayerOp::MatMul {
         return correct_matmul(work, l, &delta, edits).map(|()| delta);
     }

@@ -78,8 +78,12 @@ pub struct Deploy {
     pub report: DeployReport,
 }
 
-/// The quantizable layers of a model: `(node, layer)` for every node [`layer_of`] accepts.
-fn layers(work: &mut Work) -> (Vec<(usize, Layer)>, Vec<(usize, String, String)>) {
+/// `(node, reason code, detail)` of a layer op that is not quantizable.
+type NotQuantized = (usize, String, String);
+
+/// The quantizable layers of a model: `(node, layer)` for every node [`layer_of`] accepts, and
+/// the layer ops it refuses.
+fn layers(work: &mut Work) -> (Vec<(usize, Layer)>, Vec<NotQuantized>) {
     let mut ok = Vec::new();
     let mut not = Vec::new();
     for i in 0..work.node_count() {

@@ -258,9 +258,7 @@ mod tests {
                     assert_eq!(steps, r.steps);
                     let mut o_of = vec![0usize; n];
                     layout.for_each_kernel(|st, o, _| {
-                        for j in st..st + layout.kernel_len() {
-                            o_of[j] = o;
-                        }
+                        o_of[st..st + layout.kernel_len()].fill(o);
                     });
                     for j in 0..n {
                         let s = steps[o_of[j]];

@@ -489,13 +489,16 @@ pub fn w8a8_outputs(
     cross_calibrated(&q, samples, &|m, ranges| with_activation_qdq(m, ranges))
 }
 
+/// Builds a model with activation fake quantization on the given per-tensor ranges.
+type QdqBuilder<'a> = &'a dyn Fn(&ModelProto, &HashMap<String, (f32, f32)>) -> ModelProto;
+
 /// Outputs of `q` (weights already quantized) with every activation point fake-quantized by
 /// `qdq(q, ranges)`, ranges min/max-calibrated on other samples than the one evaluated (two
 /// folds with 4 or more samples, all samples otherwise).
 fn cross_calibrated(
     q: &ModelProto,
     samples: &[Vec<InputTensor>],
-    qdq: &dyn Fn(&ModelProto, &HashMap<String, (f32, f32)>) -> ModelProto,
+    qdq: QdqBuilder,
 ) -> Result<Vec<Vec<f32>>, String> {
     let points: Vec<String> = activation_points(q)
         .into_iter()

@@ -500,7 +500,7 @@ pub fn expand_channels(v: &[f32], k: usize) -> Option<Vec<f32>> {
         0 => None,
         n if n == k => Some(v.to_vec()),
         1 => Some(vec![v[0]; k]),
-        n if k % n == 0 => Some(
+        n if k.is_multiple_of(n) => Some(
             v.iter()
                 .flat_map(|&x| std::iter::repeat_n(x, k / n))
                 .collect(),

@@ -19,7 +19,8 @@
 use std::fmt::{self, Display, Write};
 
 use crate::report::{
-    ClsKind, ClsPair, ClsSet, EndToEnd, LayerQuant, Quantization, Relu6Action, Report, VerifyStatus,
+    ClsKind, ClsPair, ClsSet, DeployReport, EndToEnd, LayerQuant, Quantization, Relu6Action,
+    Report, VerifyStatus,
 };
 
 /// `write!` into a `String`, which cannot fail.
@@ -37,6 +38,9 @@ pub fn render(report: &Report) -> String {
     header(&mut o, report);
     summary(&mut o, report);
     int8(&mut o, report.quantization.as_ref());
+    if let Some(d) = &report.deploy {
+        deploy(&mut o, d);
+    }
     cls(&mut o, report);
     hbf(&mut o, report);
     skipped(&mut o, report);
@@ -166,8 +170,12 @@ fn header(o: &mut String, r: &Report) {
         "<nav><a href=\"#summary\">Summary</a><a href=\"#int8\">Int8 readiness</a>\
          <a href=\"#cls\">CLS sets</a><a href=\"#hbf\">High-bias fold</a>\
          <a href=\"#skipped\">Skipped</a><a href=\"#bn-folds\">BN folds</a>\
-         <a href=\"#relu6\">ReLU6</a><a href=\"#notes\">Notes</a></nav></header>\n",
+         <a href=\"#relu6\">ReLU6</a><a href=\"#notes\">Notes</a>",
     );
+    if r.deploy.is_some() {
+        o.push_str("<a href=\"#deploy\">Deploy model</a>");
+    }
+    o.push_str("</nav></header>\n");
     if r.function_changed {
         o.push_str(
             "<div class=\"banner warn\" id=\"function\"><strong>Function changed on request.</strong> \
@@ -618,10 +626,154 @@ fn end_to_end(o: &mut String, e: &EndToEnd) {
     }
 }
 
+/// The deploy model: target, edits, predicted and measured deviation, per-layer table.
+fn deploy(o: &mut String, d: &DeployReport) {
+    w!(
+        o,
+        "<section id=\"deploy\"><h2>Deploy model</h2>\n<div class=\"banner warn\">\
+         <strong>Function changed by design.</strong> The deploy model's weights lie on the \
+         grid of <code>{}</code>{}; it is tied to that grid. The exact equalized model is the \
+         main output.</div>\n<div class=\"tiles wide\">",
+        esc(&d.target),
+        if d.bias_correction == "off" {
+            String::new()
+        } else {
+            format!(
+                " and its biases are corrected for the weight error ({})",
+                esc(&d.bias_correction)
+            )
+        }
+    );
+    let s = &d.summary;
+    w!(
+        o,
+        "<div class=\"tile\"><b>{} layers</b><span>on the grid, {} rounding, {} of {} weights \
+         flipped</span></div>",
+        s.layers,
+        esc(&d.rounding),
+        s.flips,
+        s.elements
+    );
+    w!(
+        o,
+        "<div class=\"tile\"><b>{} corrected</b><span>bias correction {}{}</span></div>",
+        s.corrected,
+        esc(&d.bias_correction),
+        if s.biases_created > 0 {
+            format!(", {} biases created", s.biases_created)
+        } else {
+            String::new()
+        }
+    );
+    w!(
+        o,
+        "<div class=\"tile\"><b>{}</b><span>predicted output SQNR against the original \
+         (<span class=\"hint\" title=\"{}\">estimate</span>)</span></div>",
+        db(d.predicted.sqnr_db),
+        esc(&d.predicted.method)
+    );
+    let measured = d.measured.as_ref();
+    let measured_db = measured
+        .and_then(|m| m.max_rel_l2)
+        .map(|r| -20.0 * r.log10());
+    w!(
+        o,
+        "<div class=\"tile\"><b>{}</b><span>measured (tract{}): {}</span></div>",
+        db_opt(measured_db),
+        measured.map_or_else(String::new, |m| format!(", {}", esc(&m.inputs))),
+        match measured {
+            Some(m) if m.status == VerifyStatus::Verified => format!(
+                "max relative L2 {}",
+                m.max_rel_l2.map_or_else(|| "n/a".to_string(), sci)
+            ),
+            Some(m) => format!(
+                "not verified: {}",
+                esc(m.reason.as_deref().unwrap_or("no reason given"))
+            ),
+            None => "verification off".to_string(),
+        }
+    );
+    o.push_str("</div>\n");
+    if let Some(e) = &d.expectation {
+        w!(o, "<p class=\"muted\">E[x]: {}</p>\n", esc(e));
+    }
+    w!(
+        o,
+        "<details><summary>Per-layer table ({} layers)</summary><div class=\"body\"><table>\
+         <thead><tr><th>#</th><th>Layer</th><th>Op</th><th class=\"n\">Channels</th>\
+         <th class=\"n\">Weight SQNR nearest → written</th><th class=\"n\">Flips</th>\
+         <th class=\"n\">Max channel error</th><th class=\"n\">Correction RMS</th>\
+         <th class=\"n\">Max |Δb|</th><th class=\"n\">Δb / b</th></tr></thead><tbody>",
+        d.layers.len()
+    );
+    for (i, l) in d.layers.iter().enumerate() {
+        w!(
+            o,
+            "<tr><td class=\"n\">{}</td><td><code>{}</code></td><td>{}</td>\
+             <td class=\"n\">{}</td><td class=\"n\">{} → {}</td><td class=\"n\">{}</td>\
+             <td class=\"n\">{} LSB</td><td class=\"n\">{}</td><td class=\"n\">{}</td>\
+             <td class=\"n\">{}</td></tr>",
+            i + 1,
+            name(&l.layer),
+            esc(&l.op),
+            l.channels,
+            db(l.nearest_sqnr_db),
+            db(l.weight_sqnr_db),
+            l.flips,
+            num(f64::from(l.max_channel_error_lsb)),
+            if l.corrected {
+                num(l.correction_rms)
+            } else {
+                "—".into()
+            },
+            if l.corrected {
+                num(l.correction_max_abs)
+            } else {
+                "—".into()
+            },
+            if l.corrected {
+                pct(l.correction_relative)
+            } else {
+                "—".into()
+            },
+        );
+    }
+    o.push_str("</tbody></table></div></details>\n");
+    if !d.skipped.is_empty() {
+        w!(
+            o,
+            "<details><summary>Left out: {}</summary><div class=\"body\"><table><thead><tr>\
+             <th>Nodes</th><th>Step</th><th>Reason</th><th>Detail</th></tr></thead><tbody>",
+            d.skipped.len()
+        );
+        for k in &d.skipped {
+            let nodes: Vec<String> = k.nodes.iter().map(|n| name(n).to_string()).collect();
+            w!(
+                o,
+                "<tr><td><code>{}</code></td><td>{}</td><td><code>{}</code></td><td>{}</td></tr>",
+                nodes.join(", "),
+                esc(&k.pass),
+                esc(&k.reason),
+                esc(&k.detail)
+            );
+        }
+        o.push_str("</tbody></table></div></details>\n");
+    }
+    if !d.metadata.is_empty() {
+        o.push_str("<h3>metadata_props</h3><dl class=\"kv\">");
+        for m in &d.metadata {
+            kv(o, &m.key, &m.value);
+        }
+        o.push_str("</dl>\n");
+    }
+    o.push_str("</section>\n");
+}
+
 fn model_label(m: &str) -> String {
     match m {
         "bn_folded" => "BN-folded".into(),
         "equalized" => "Equalized".into(),
+        "deploy" => "Deploy".into(),
         other => other.replace('_', " "),
     }
 }
