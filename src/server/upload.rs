@@ -80,6 +80,8 @@ pub struct EqualizeParams {
     pub ort_overrides: Option<bool>,
     /// Quantize the graph outputs in the int8 outputs too.
     pub quantize_outputs: Option<bool>,
+    /// Range of the graph inputs for the int8 outputs, `lo,hi` (e.g. `-1,1`).
+    pub input_range: Option<String>,
     /// Label for the job.
     #[param(max_length = 200)]
     pub name: Option<String>,
@@ -217,6 +219,19 @@ pub fn parse_params(query: &str) -> Result<EqualizeParams, ApiError> {
             "encodings" => p.encodings = Some(enum_value("encodings", &v)?),
             "ort_overrides" => p.ort_overrides = Some(boolean("ort_overrides", &v)?),
             "quantize_outputs" => p.quantize_outputs = Some(boolean("quantize_outputs", &v)?),
+            "input_range" => {
+                let r: Vec<f32> = v
+                    .split(',')
+                    .map(|x| number("input_range", x))
+                    .collect::<Result<_, _>>()?;
+                if r.len() != 2 {
+                    return Err(bad_query(
+                        "input_range",
+                        "`input_range` is two numbers: lo,hi",
+                    ));
+                }
+                p.input_range = Some(v);
+            }
             "target" => p.target = Some(enum_value("target", &v)?),
             "weight_granularity" => {
                 p.weight_granularity = Some(enum_value("weight_granularity", &v)?)
@@ -291,6 +306,12 @@ impl EqualizeParams {
         }
         if let Some(q) = self.quantize_outputs {
             o.exports.quantize_outputs = q;
+        }
+        if let Some(r) = &self.input_range {
+            let v: Vec<f32> = r.split(',').filter_map(|x| x.trim().parse().ok()).collect();
+            if let [lo, hi] = v[..] {
+                o.exports.input_range = Some([lo, hi]);
+            }
         }
         if let Some(t) = self.target {
             o.target.preset = t;
@@ -763,7 +784,7 @@ mod tests {
 
     #[test]
     fn export_parameters_request_artifacts_and_calibration_is_refused() {
-        let o = parse_params("qdq=true&encodings=0.6.1&ort_overrides=1")
+        let o = parse_params("qdq=true&encodings=0.6.1&ort_overrides=1&input_range=-1,1")
             .unwrap()
             .options()
             .unwrap();
@@ -772,7 +793,9 @@ mod tests {
             o.exports.encodings,
             Some(crate::quant::encodings::EncodingsVersion::V0_6_1)
         );
+        assert_eq!(o.exports.input_range, Some([-1.0, 1.0]));
         assert!(parse_params("encodings=2.0").is_err());
+        assert!(parse_params("input_range=1").is_err());
         let mut calibrated = Options::default();
         calibrated.exports.calibration = crate::quant::plan::Calibration::Minmax;
         let e = service_options(calibrated).unwrap_err();
