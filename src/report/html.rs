@@ -19,8 +19,8 @@
 use std::fmt::{self, Display, Write};
 
 use crate::report::{
-    ClsKind, ClsPair, ClsSet, DeployReport, EndToEnd, LayerQuant, Quantization, Relu6Action,
-    Report, VerifyStatus,
+    ClsKind, ClsPair, ClsSet, DeployReport, EndToEnd, Exports, LayerQuant, Quantization,
+    Relu6Action, Report, VerifyStatus,
 };
 
 /// `write!` into a `String`, which cannot fail.
@@ -40,6 +40,9 @@ pub fn render(report: &Report) -> String {
     int8(&mut o, report.quantization.as_ref());
     if let Some(d) = &report.deploy {
         deploy(&mut o, d);
+    }
+    if let Some(e) = &report.exports {
+        exports(&mut o, e);
     }
     cls(&mut o, report);
     hbf(&mut o, report);
@@ -174,6 +177,9 @@ fn header(o: &mut String, r: &Report) {
     );
     if r.deploy.is_some() {
         o.push_str("<a href=\"#deploy\">Deploy model</a>");
+    }
+    if r.exports.is_some() {
+        o.push_str("<a href=\"#exports\">Int8 outputs</a>");
     }
     o.push_str("</nav></header>\n");
     if r.function_changed {
@@ -765,6 +771,114 @@ fn deploy(o: &mut String, d: &DeployReport) {
             kv(o, &m.key, &m.value);
         }
         o.push_str("</dl>\n");
+    }
+    o.push_str("</section>\n");
+}
+
+fn exports(o: &mut String, e: &Exports) {
+    let ranges = if e.calibration_samples > 0 {
+        format!(
+            "{} calibration on {} samples",
+            esc(&e.ranges),
+            e.calibration_samples
+        )
+    } else {
+        format!("{} activation ranges", esc(&e.ranges))
+    };
+    w!(
+        o,
+        "<section id=\"exports\"><h2>Int8 outputs</h2>\n<p>One quantization plan for \
+         <code>{}</code>, {ranges}: what a QDQ runtime quantizes, the placement of onnxruntime's \
+         QDQ quantizer; every file below is written from it.</p>\n<div class=\"tiles wide\">",
+        esc(&e.target)
+    );
+    tile(
+        o,
+        e.activations,
+        "activations",
+        &format!(
+            "quantized; {} Relu/Clip folded into their quantizer, {} tied to their ReLU6 bound",
+            e.folded_activations, e.tied
+        ),
+    );
+    tile(o, e.weights, "weights", "on the target grid");
+    tile(o, e.biases, "biases", "int32, scale = input × weight scale");
+    tile(
+        o,
+        e.left_float.len(),
+        "left float",
+        "tensors a runtime would quantize that have no range",
+    );
+    o.push_str(
+        "</div>\n<table><thead><tr><th>File</th><th>Format</th><th class=\"n\">Bytes</th>\
+                </tr></thead><tbody>",
+    );
+    for f in &e.files {
+        w!(
+            o,
+            "<tr><td><code>{}</code></td><td>{}</td><td class=\"n\">{}</td></tr>",
+            esc(&f.name),
+            esc(&f.format),
+            f.bytes
+        );
+    }
+    o.push_str("</tbody></table>\n");
+    if e.figures.is_empty() {
+        o.push_str(
+            "<p class=\"muted\">No figures: give sample inputs (<code>--samples</code>) or \
+             <code>--quant-e2e</code> to simulate the outputs and run the QDQ model.</p>\n",
+        );
+    } else {
+        o.push_str(
+            "<h3>Logits against the original FP32 model</h3><table><thead><tr><th>Output</th>\
+             <th>How</th><th class=\"n\">SQNR</th><th class=\"n\">Per-sample median</th>\
+             <th class=\"n\">10th percentile</th><th class=\"n\">Top-1 agreement</th>\
+             <th>Inputs</th></tr></thead><tbody>",
+        );
+        for f in &e.figures {
+            let how = match f.method.as_str() {
+                "simulated" => "simulated (plan in float, tract)",
+                "tract" => "run by tract (QuantizeLinear / DequantizeLinear)",
+                other => other,
+            };
+            w!(
+                o,
+                "<tr><td><code>{}</code></td><td>{}</td><td class=\"n\">{}</td>\
+                 <td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td>\
+                 <td>{} ({} samples{})</td></tr>",
+                esc(&f.output),
+                esc(how),
+                db(f.sqnr_db),
+                db(f.median_sqnr_db),
+                db(f.p10_sqnr_db),
+                pct(f.top1_agreement),
+                esc(&f.inputs),
+                f.samples,
+                if f.in_sample {
+                    ", also the calibration samples: optimistic"
+                } else {
+                    ""
+                }
+            );
+        }
+        o.push_str("</tbody></table>\n");
+    }
+    if !e.left_float.is_empty() {
+        w!(
+            o,
+            "<details><summary>Left float: {}</summary><div class=\"body\"><table><thead><tr>\
+             <th>Tensor</th><th>Reason</th></tr></thead><tbody>",
+            e.left_float.len()
+        );
+        for l in &e.left_float {
+            w!(
+                o,
+                "<tr><td><code>{}</code></td><td>{}</td></tr>",
+                name(&l.tensor),
+                esc(&l.reason)
+            );
+        }
+        o.push_str("</tbody></table></div></details>\n");
     }
     o.push_str("</section>\n");
 }
