@@ -41,14 +41,10 @@ INT8_KERNELS = {"QLinearConv", "QLinearAdd", "QLinearMatMul", "QLinearGlobalAver
 def load_overrides(path):
     """The README's loader: JSON -> what quantize_static expects."""
     raw = json.load(open(path))
-    for entries in raw.values():
-        for d in entries:
-            if "quant_type" in d:
-                d["quant_type"] = QuantType.from_string(d["quant_type"])
-            if "scale" in d:
-                d["scale"] = np.array(d["scale"], dtype=np.float32)
-            if "zero_point" in d:
-                d["zero_point"] = np.array(d["zero_point"])
+    for d in (d for entries in raw.values() for d in entries):
+        if "quant_type" in d:
+            d["quant_type"] = QuantType.from_string(d["quant_type"])
+        d["scale"], d["zero_point"] = np.array(d["scale"], np.float32), np.array(d["zero_point"])
     return raw
 
 
