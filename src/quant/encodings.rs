@@ -96,8 +96,11 @@ fn activation_bits(ty: ActivationType) -> u32 {
     }
 }
 
-/// `(name, encodings, per_channel)` of every activation, then every weight.
-fn entries(plan: &QuantPlan) -> (Vec<(String, Vec<Enc>)>, Vec<(String, Vec<Enc>, bool)>) {
+/// A tensor's name, its encodings (one per channel when per-channel) and whether per-channel.
+type Entry = (String, Vec<Enc>, bool);
+
+/// The entries of every activation, then of every weight.
+fn entries(plan: &QuantPlan) -> (Vec<Entry>, Vec<Entry>) {
     let a = plan.target.activations();
     let bw = activation_bits(a.ty);
     let acts = plan
@@ -117,6 +120,7 @@ fn entries(plan: &QuantPlan) -> (Vec<(String, Vec<Enc>)>, Vec<(String, Vec<Enc>,
                     scale: x.params.scale,
                     offset,
                 }],
+                false,
             )
         })
         .collect();
@@ -172,22 +176,22 @@ pub fn aimet(plan: &QuantPlan, version: EncodingsVersion) -> Value {
             };
             json!({
                 "version": "1.0.0",
-                "activation_encodings": acts.iter().map(|(n, e)| v1(n, e, false)).collect::<Vec<_>>(),
+                "activation_encodings": acts.iter().map(|(n, e, pc)| v1(n, e, *pc)).collect::<Vec<_>>(),
                 "param_encodings": params.iter().map(|(n, e, pc)| v1(n, e, *pc)).collect::<Vec<_>>(),
                 "excluded_layers": [],
                 "quantizer_args": quantizer_args(plan),
             })
         }
         EncodingsVersion::V0_6_1 => {
-            let map = |list: Vec<(String, Vec<Enc>)>| {
+            let map = |list: Vec<Entry>| {
                 list.into_iter()
-                    .map(|(n, e)| (n, Value::Array(e.iter().map(Enc::legacy).collect())))
+                    .map(|(n, e, _)| (n, Value::Array(e.iter().map(Enc::legacy).collect())))
                     .collect::<Map<String, Value>>()
             };
             json!({
                 "version": "0.6.1",
                 "activation_encodings": map(acts),
-                "param_encodings": map(params.into_iter().map(|(n, e, _)| (n, e)).collect()),
+                "param_encodings": map(params),
                 "excluded_layers": [],
                 "quantizer_args": quantizer_args(plan),
             })

@@ -498,10 +498,11 @@ impl Sites {
                         own(&mut s, &mut at, t, &work);
                     }
                 }
-                _ if SHARED_OPS.contains(&op) => {
-                    if at.contains_key(&input(0)) && floats.contains(&output) {
-                        share(&mut s, &mut at, &output, &input(0), &work, quantize_outputs);
-                    }
+                _ if SHARED_OPS.contains(&op)
+                    && at.contains_key(&input(0))
+                    && floats.contains(&output) =>
+                {
+                    share(&mut s, &mut at, &output, &input(0), &work, quantize_outputs);
                 }
                 _ => {}
             }
