@@ -368,35 +368,48 @@ pub fn w8a8_outputs(
     scheme: Scheme,
     samples: &[Vec<InputTensor>],
 ) -> Result<Vec<Vec<f32>>, String> {
-    let points: Vec<String> = activation_points(model)
-        .into_iter()
-        .filter(|p| tensor_exists(model, p))
-        .collect();
     let q = quantized_weights(model, scheme, None);
-    let run_with =
-        |calib: &[Vec<InputTensor>], eval: &[Vec<InputTensor>]| -> Result<Vec<Vec<f32>>, String> {
-            let ranges: HashMap<String, (f32, f32)> = calibrate(&q, &points, calib)?
-                .into_iter()
-                .filter(|(k, _)| points.contains(k))
-                .collect();
-            first_outputs(
-                &crate::onnx::encode(&with_activation_qdq(&q, &ranges)),
-                eval,
-            )
-        };
     if samples.len() < 4 {
-        return run_with(samples, samples);
+        return w8a8_quantized_outputs(&q, samples, samples);
     }
     let even: Vec<Vec<InputTensor>> = samples.iter().step_by(2).cloned().collect();
     let odd: Vec<Vec<InputTensor>> = samples.iter().skip(1).step_by(2).cloned().collect();
-    let on_odd = run_with(&even, &odd)?;
-    let on_even = run_with(&odd, &even)?;
+    let on_odd = w8a8_quantized_outputs(&q, &even, &odd)?;
+    let on_even = w8a8_quantized_outputs(&q, &odd, &even)?;
     let mut out = Vec::with_capacity(samples.len());
     let (mut e, mut o) = (on_even.into_iter(), on_odd.into_iter());
     for k in 0..samples.len() {
         out.extend(if k % 2 == 0 { e.next() } else { o.next() });
     }
     Ok(out)
+}
+
+/// W8A8 outputs of `model` on `eval` with activation ranges calibrated (min/max) on `calib`:
+/// weights quantized by `scheme`, every activation point per-tensor uint8.
+pub fn w8a8_calibrated_outputs(
+    model: &ModelProto,
+    scheme: Scheme,
+    calib: &[Vec<InputTensor>],
+    eval: &[Vec<InputTensor>],
+) -> Result<Vec<Vec<f32>>, String> {
+    w8a8_quantized_outputs(&quantized_weights(model, scheme, None), calib, eval)
+}
+
+/// [`w8a8_calibrated_outputs`] on a model whose weights are already quantized.
+fn w8a8_quantized_outputs(
+    q: &ModelProto,
+    calib: &[Vec<InputTensor>],
+    eval: &[Vec<InputTensor>],
+) -> Result<Vec<Vec<f32>>, String> {
+    let points: Vec<String> = activation_points(q)
+        .into_iter()
+        .filter(|p| tensor_exists(q, p))
+        .collect();
+    let ranges: HashMap<String, (f32, f32)> = calibrate(q, &points, calib)?
+        .into_iter()
+        .filter(|(k, _)| points.contains(k))
+        .collect();
+    first_outputs(&crate::onnx::encode(&with_activation_qdq(q, &ranges)), eval)
 }
 
 /// Why [`end_to_end`] stopped when `canceled()` turned true.
