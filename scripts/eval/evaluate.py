@@ -141,8 +141,9 @@ def cached(path, make):
     if os.path.exists(path):
         return np.load(path)
     a = make()
-    np.save(path + ".tmp.npy", a)
-    os.replace(path + ".tmp.npy", path)
+    tmp = f"{path}.{os.getpid()}.tmp.npy"
+    np.save(tmp, a)
+    os.replace(tmp, path)
     return a
 
 
