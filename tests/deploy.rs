@@ -18,13 +18,13 @@
 
 mod common;
 
-use onnx_cle::builder::{ConvSpec, GemmSpec, ModelBuilder};
-use onnx_cle::onnx::{self, tensor, ModelProto};
+use onnx_cle::builder::{calibrate_batch_norms, ConvSpec, GemmSpec, ModelBuilder};
+use onnx_cle::onnx::{self, ModelProto};
 use onnx_cle::quant::bias_correction::BiasCorrection;
 use onnx_cle::quant::rounding::Rounding;
 use onnx_cle::quant::stats::{self, ChannelAxis, StatsOptions};
 use onnx_cle::quant::target::{Granularity, Target, TargetPreset};
-use onnx_cle::verify::{self, InputTensor, Runner};
+use onnx_cle::verify::{self, InputTensor};
 use onnx_cle::{Control, Options, SampleInputs};
 
 /// `n` single-sample standard-normal inputs of `model`, seeded from `seed`.
@@ -54,59 +54,9 @@ fn batched(samples: &[Vec<InputTensor>]) -> SampleInputs {
     }
 }
 
-/// Per-channel `(mean, var)` of a `[1, C, …]` tensor over all samples and positions.
-fn moments(
-    model: &ModelProto,
-    tensor: &str,
-    c: usize,
-    samples: &[Vec<InputTensor>],
-) -> (Vec<f64>, Vec<f64>) {
-    let probe = onnx_cle::quant::with_extra_outputs(model, &[tensor.to_string()]);
-    let runner = Runner::new(&onnx::encode(&probe), &samples[0]).unwrap();
-    let (mut s1, mut s2, mut n) = (vec![0f64; c], vec![0f64; c], 0f64);
-    for s in samples {
-        let out = runner.run(s).unwrap();
-        let v = &out.iter().find(|o| o.0 == tensor).unwrap().1;
-        let inner = v.len() / c;
-        for (j, x) in v.iter().enumerate() {
-            s1[j / inner] += f64::from(*x);
-            s2[j / inner] += f64::from(*x).powi(2);
-        }
-        n += inner as f64;
-    }
-    let mean: Vec<f64> = s1.iter().map(|s| s / n).collect();
-    let var = s2.iter().zip(&mean).map(|(s, m)| s / n - m * m).collect();
-    (mean, var)
-}
-
-/// The model with every BatchNormalization's running mean and variance set to the measured
-/// moments of its input on `samples` (in graph order, so each sees the calibrated ones before).
-fn calibrated(mut model: ModelProto, samples: &[Vec<InputTensor>]) -> ModelProto {
-    let bns: Vec<(String, String, String)> = model
-        .graph
-        .as_ref()
-        .unwrap()
-        .node
-        .iter()
-        .filter(|n| n.op_type() == "BatchNormalization")
-        .map(|n| (n.input[0].clone(), n.input[3].clone(), n.input[4].clone()))
-        .collect();
-    for (x, mean, var) in bns {
-        let c = common::values(&model, &mean).len();
-        let (m, v) = moments(&model, &x, c, samples);
-        let g = model.graph.as_mut().unwrap();
-        for (name, vals) in [(mean, m), (var, v)] {
-            let t = g.initializer.iter_mut().find(|t| t.name() == name).unwrap();
-            tensor::write_f32(
-                t,
-                &tensor::F32Tensor {
-                    dims: vec![c],
-                    data: vals.iter().map(|&x| x as f32).collect(),
-                },
-            );
-        }
-    }
-    model
+/// The model with BN statistics calibrated on `samples` ([`calibrate_batch_norms`]).
+fn calibrated(model: ModelProto, samples: &[Vec<InputTensor>]) -> ModelProto {
+    calibrate_batch_norms(model, samples).unwrap()
 }
 
 fn conv_bn(b: &mut ModelBuilder, name: &str, x: &str, spec: ConvSpec) -> String {

@@ -489,36 +489,59 @@ pub fn w8a8_outputs(
     cross_calibrated(&q, samples, &|m, ranges| with_activation_qdq(m, ranges))
 }
 
+/// W8A8 outputs of `model` on `eval` with activation ranges calibrated (min/max) on `calib`:
+/// weights quantized by `scheme`, every activation point per-tensor uint8.
+pub fn w8a8_calibrated_outputs(
+    model: &ModelProto,
+    scheme: Scheme,
+    calib: &[Vec<InputTensor>],
+    eval: &[Vec<InputTensor>],
+) -> Result<Vec<Vec<f32>>, String> {
+    calibrated_outputs(
+        &quantized_weights(model, scheme, None),
+        calib,
+        eval,
+        &|m, ranges| with_activation_qdq(m, ranges),
+    )
+}
+
 /// Builds a model with activation fake quantization on the given per-tensor ranges.
 type QdqBuilder<'a> = &'a dyn Fn(&ModelProto, &HashMap<String, (f32, f32)>) -> ModelProto;
 
-/// Outputs of `q` (weights already quantized) with every activation point fake-quantized by
-/// `qdq(q, ranges)`, ranges min/max-calibrated on other samples than the one evaluated (two
-/// folds with 4 or more samples, all samples otherwise).
-fn cross_calibrated(
+/// Outputs on `eval` of `q` (weights already quantized) with every activation point
+/// fake-quantized by `qdq(q, ranges)`, ranges min/max-calibrated on `calib`.
+fn calibrated_outputs(
     q: &ModelProto,
-    samples: &[Vec<InputTensor>],
+    calib: &[Vec<InputTensor>],
+    eval: &[Vec<InputTensor>],
     qdq: QdqBuilder,
 ) -> Result<Vec<Vec<f32>>, String> {
     let points: Vec<String> = activation_points(q)
         .into_iter()
         .filter(|p| tensor_exists(q, p))
         .collect();
-    let run_with =
-        |calib: &[Vec<InputTensor>], eval: &[Vec<InputTensor>]| -> Result<Vec<Vec<f32>>, String> {
-            let ranges: HashMap<String, (f32, f32)> = calibrate(q, &points, calib)?
-                .into_iter()
-                .filter(|(k, _)| points.contains(k))
-                .collect();
-            first_outputs(&crate::onnx::encode(&qdq(q, &ranges)), eval)
-        };
+    let ranges: HashMap<String, (f32, f32)> = calibrate(q, &points, calib)?
+        .into_iter()
+        .filter(|(k, _)| points.contains(k))
+        .collect();
+    first_outputs(&crate::onnx::encode(&qdq(q, &ranges)), eval)
+}
+
+/// [`calibrated_outputs`] with ranges calibrated on other samples than the one evaluated: two
+/// folds with 4 or more samples (even samples calibrate the odd ones and vice versa), all
+/// samples otherwise.
+fn cross_calibrated(
+    q: &ModelProto,
+    samples: &[Vec<InputTensor>],
+    qdq: QdqBuilder,
+) -> Result<Vec<Vec<f32>>, String> {
     if samples.len() < 4 {
-        return run_with(samples, samples);
+        return calibrated_outputs(q, samples, samples, qdq);
     }
     let even: Vec<Vec<InputTensor>> = samples.iter().step_by(2).cloned().collect();
     let odd: Vec<Vec<InputTensor>> = samples.iter().skip(1).step_by(2).cloned().collect();
-    let on_odd = run_with(&even, &odd)?;
-    let on_even = run_with(&odd, &even)?;
+    let on_odd = calibrated_outputs(q, &even, &odd, qdq)?;
+    let on_even = calibrated_outputs(q, &odd, &even, qdq)?;
     let mut out = Vec::with_capacity(samples.len());
     let (mut e, mut o) = (on_even.into_iter(), on_odd.into_iter());
     for k in 0..samples.len() {
