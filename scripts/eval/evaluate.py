@@ -30,6 +30,11 @@ MODELS = {
     "mobilenet_v2": ("MobileNetV2", "imagenet"),
 }
 
+# `{input_range}`: the range of each preprocessing's pixels, `lo,hi` (for --input-range): [-1, 1]
+# for EfficientNet-Lite's scaling, [(0 - 0.485) / 0.229, (1 - 0.406) / 0.225] for ImageNet
+# mean/std normalization.
+INPUT_RANGES = {"efficientnet": "-1,1", "imagenet": "-2.1179,2.64"}
+
 
 def log(msg):
     print(f"eval: {msg}", file=sys.stderr, flush=True)
@@ -262,7 +267,8 @@ def main(argv):
         original = os.path.join(a.models, f"{stem}.onnx")
         ref = cached(os.path.join(a.work, stem, f"reference.{file_hash(original)}.{a.split}.npy"),
                      lambda: ort_logits(original, x, a.threads))
-        ctx = dict(models=a.models, stem=stem, calib=calib, inputs=inputs)
+        ctx = dict(models=a.models, stem=stem, calib=calib, inputs=inputs,
+                   input_range=INPUT_RANGES[prep])
         rows = []
         for v in variants:
             t = time.time()
