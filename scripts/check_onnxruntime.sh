@@ -24,13 +24,8 @@ if [ ! -f "$models/mobilenet_v2.onnx" ]; then
     exit 2
 fi
 
-if [ -z "$bin" ]; then
-    export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/onnx-cle-target}"
-    (cd "$root" && cargo build --locked --quiet)
-    bin="$CARGO_TARGET_DIR/debug/onnx-cle"
-fi
-
-. "$root/scripts/ort_venv.sh"
+. "$root/scripts/checks_common.sh"
+bin="$(onnx_cle_bin "$root" "$bin")"
 ensure_ort_venv "$venv"
 
 work="$(mktemp -d)"

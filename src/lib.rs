@@ -494,18 +494,7 @@ fn int8_exports(
     };
     if let (Some(orig), true) = (original, samples.is_some() || options.quant.end_to_end) {
         ctl.check()?;
-        let (inputs, source) = match samples {
-            Some(s) => (s.tensors.clone(), s.source.clone()),
-            None => {
-                let mut specs = verify::input_specs(orig, options.verify.dynamic_dim)
-                    .map_err(CoreError::InvalidOptions)?;
-                verify::fill_random(&mut specs, options.verify.seed);
-                (
-                    specs,
-                    format!("random normal (seed {}), 1 sample", options.verify.seed),
-                )
-            }
-        };
+        let (inputs, source) = figure_inputs(orig, options, samples)?;
         let per = quant::samples_of(&inputs);
         let in_sample = calibration_samples > 0;
         let figure = |output: &str, method: &str, reference: &[Vec<f32>], outs: &[Vec<f32>]| {
@@ -563,6 +552,27 @@ fn int8_exports(
     Ok(artifacts)
 }
 
+/// The inputs of the int8 figures: the sample inputs, else one seeded random sample of
+/// `original`'s inputs; with a description for the report.
+fn figure_inputs(
+    original: &ModelProto,
+    options: &Options,
+    samples: Option<&SampleInputs>,
+) -> Result<(Vec<verify::InputTensor>, String)> {
+    Ok(match samples {
+        Some(s) => (s.tensors.clone(), s.source.clone()),
+        None => {
+            let mut specs = verify::input_specs(original, options.verify.dynamic_dim)
+                .map_err(CoreError::InvalidOptions)?;
+            verify::fill_random(&mut specs, options.verify.seed);
+            (
+                specs,
+                format!("random normal (seed {}), 1 sample", options.verify.seed),
+            )
+        }
+    })
+}
+
 fn quantization_figures(
     original: &ModelProto,
     equalized: &ModelProto,
@@ -593,18 +603,7 @@ fn quantization_figures(
     if !options.quant.end_to_end {
         return Ok(());
     }
-    let (inputs, source) = match samples {
-        Some(s) => (s.tensors.clone(), s.source.clone()),
-        None => {
-            let mut specs = verify::input_specs(original, options.verify.dynamic_dim)
-                .map_err(CoreError::InvalidOptions)?;
-            verify::fill_random(&mut specs, options.verify.seed);
-            (
-                specs,
-                format!("random normal (seed {}), 1 sample", options.verify.seed),
-            )
-        }
-    };
+    let (inputs, source) = figure_inputs(original, options, samples)?;
     let per_sample = quant::samples_of(&inputs);
     let models = quant::Compared {
         original,

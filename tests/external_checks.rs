@@ -16,8 +16,29 @@
 
 mod common;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
+
+/// Runs `script` (relative to the repo) with the freshly built binary and `env`; returns its
+/// stdout, failing the test with both streams when it fails.
+fn run_script(script: &str, env: &[(&str, &Path)]) -> String {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let mut cmd = Command::new("bash");
+    cmd.arg(root.join(script))
+        .arg(env!("CARGO_BIN_EXE_onnx-cle"));
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap_or_else(|e| panic!("run {script}: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "{script} failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+        out.status
+    );
+    stdout
+}
 
 #[test]
 fn onnx_checker_and_onnxruntime_accept_the_output() {
@@ -34,19 +55,9 @@ fn onnx_checker_and_onnxruntime_accept_the_output() {
         common::say("\n*** SKIPPED: external_checks: python3 not found ***\n");
         return;
     }
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let out = Command::new("bash")
-        .arg(root.join("scripts/check_onnxruntime.sh"))
-        .arg(env!("CARGO_BIN_EXE_onnx-cle"))
-        .env("ONNX_CLE_MODELS", &models)
-        .output()
-        .expect("run scripts/check_onnxruntime.sh");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "scripts/check_onnxruntime.sh failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
-        out.status
+    let stdout = run_script(
+        "scripts/check_onnxruntime.sh",
+        &[("ONNX_CLE_MODELS", models.as_path())],
     );
     for line in stdout.lines().filter(|l| l.contains("rel L2")) {
         common::say(&format!("external_checks: {line}"));
@@ -69,20 +80,12 @@ fn onnxruntime_int8_kernels_agree_with_the_simulation_of_the_int8_outputs() {
         common::say("\n*** SKIPPED: external_checks: python3 not found ***\n");
         return;
     }
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let out = Command::new("bash")
-        .arg(root.join("scripts/check_int8.sh"))
-        .arg(env!("CARGO_BIN_EXE_onnx-cle"))
-        .env("ONNX_CLE_MODELS", &models)
-        .env("ONNX_CLE_DATA", &data)
-        .output()
-        .expect("run scripts/check_int8.sh");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "scripts/check_int8.sh failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
-        out.status
+    let stdout = run_script(
+        "scripts/check_int8.sh",
+        &[
+            ("ONNX_CLE_MODELS", models.as_path()),
+            ("ONNX_CLE_DATA", data.as_path()),
+        ],
     );
     for line in stdout.lines().filter(|l| l.contains(" dB")) {
         common::say(&format!("external_checks: {line}"));

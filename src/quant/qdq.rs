@@ -168,22 +168,14 @@ pub fn write(model: &ModelProto, plan: &QuantPlan) -> Result<ModelProto> {
         let levels = w.levels(&t.data);
         let dims = t.dims.clone();
         let raw: Vec<u8> = levels.iter().map(|&l| (l as i8) as u8).collect();
-        let q = names.fresh(&format!("{}_quantized", w.weight));
-        let s = names.fresh(&format!("{}_scale", w.weight));
-        let z = names.fresh(&format!("{}_zero_point", w.weight));
-        new_inits.push(int_tensor(&q, &dims, DataType::Int8, raw));
-        let sdims = if w.axis.is_some() {
-            vec![w.scales.len()]
-        } else {
-            vec![]
-        };
-        new_inits.push(f32_tensor(&s, sdims.clone(), w.scales.clone()));
-        new_inits.push(int_tensor(
-            &z,
-            &sdims,
-            DataType::Int8,
-            vec![0u8; w.scales.len()],
-        ));
+        let [q, s, z] = quantized_constant(
+            &mut names,
+            &mut new_inits,
+            &w.weight,
+            (&dims, DataType::Int8, raw),
+            &w.scales,
+            w.axis.is_some(),
+        );
         let mut dq = node(
             names.fresh(&format!("{}_DequantizeLinear", w.weight)),
             "DequantizeLinear",
@@ -204,23 +196,15 @@ pub fn write(model: &ModelProto, plan: &QuantPlan) -> Result<ModelProto> {
         let dims = t.dims.clone();
         let levels = b.levels(&t.data);
         let raw: Vec<u8> = levels.iter().flat_map(|l| l.to_le_bytes()).collect();
-        let q = names.fresh(&format!("{}_quantized", b.bias));
-        let s = names.fresh(&format!("{}_scale", b.bias));
-        let z = names.fresh(&format!("{}_zero_point", b.bias));
-        new_inits.push(int_tensor(&q, &dims, DataType::Int32, raw));
         let per_channel = b.scales.len() > 1;
-        let sdims = if per_channel {
-            vec![b.scales.len()]
-        } else {
-            vec![]
-        };
-        new_inits.push(f32_tensor(&s, sdims.clone(), b.scales.clone()));
-        new_inits.push(int_tensor(
-            &z,
-            &sdims,
-            DataType::Int32,
-            vec![0u8; 4 * b.scales.len()],
-        ));
+        let [q, s, z] = quantized_constant(
+            &mut names,
+            &mut new_inits,
+            &b.bias,
+            (&dims, DataType::Int32, raw),
+            &b.scales,
+            per_channel,
+        );
         let alone = bias_uses[b.bias.as_str()] == 1 && index.use_count(&b.bias) == 1;
         let out = if alone {
             remove_constant(g, &index, &b.bias, &mut drop_inits, &mut removed);
@@ -337,6 +321,35 @@ pub fn write(model: &ModelProto, plan: &QuantPlan) -> Result<ModelProto> {
     set_metadata(&mut m, META_RANGES, &plan.ranges);
     set_metadata(&mut m, META_FORMAT, "qdq");
     Ok(m)
+}
+
+/// Adds the initializers `DequantizeLinear` reads for constant `base`: its levels
+/// (`(dims, type, raw little-endian data)`), its scales (a scalar, or one per channel when
+/// `per_channel`) and zero points of the levels' type; returns their names.
+fn quantized_constant(
+    names: &mut Names,
+    inits: &mut Vec<TensorProto>,
+    base: &str,
+    (dims, ty, raw): (&[usize], DataType, Vec<u8>),
+    scales: &[f32],
+    per_channel: bool,
+) -> [String; 3] {
+    let q = names.fresh(&format!("{base}_quantized"));
+    let s = names.fresh(&format!("{base}_scale"));
+    let z = names.fresh(&format!("{base}_zero_point"));
+    let width = match ty {
+        DataType::Int32 => 4,
+        _ => 1,
+    };
+    inits.push(int_tensor(&q, dims, ty, raw));
+    let sdims = if per_channel {
+        vec![scales.len()]
+    } else {
+        vec![]
+    };
+    inits.push(f32_tensor(&s, sdims.clone(), scales.to_vec()));
+    inits.push(int_tensor(&z, &sdims, ty, vec![0u8; width * scales.len()]));
+    [q, s, z]
 }
 
 /// Removes the float constant `name` (its initializer, graph-input entry or `Constant` node): a
