@@ -588,3 +588,76 @@ fn run_writes_the_requested_int8_outputs_with_their_figures() {
     let out = onnx_cle::run(model, None, &plain, Some(&samples), Control::default()).unwrap();
     assert!(out.artifacts.is_empty() && out.report.exports.is_none());
 }
+
+#[test]
+fn qdq_weights_dequantize_exactly_to_the_deploy_models_weights() {
+    let Some(models) = common::shared_models("int8_outputs") else {
+        return;
+    };
+    for (file, preset) in [
+        ("tiny.onnx", TargetPreset::Ort),
+        ("tiny.onnx", TargetPreset::Trt),
+        ("mobilenet_v2.onnx", TargetPreset::Ort),
+    ] {
+        let model = common::load(&models.join(file));
+        let mut opts = Options::default();
+        opts.verify.enabled = false;
+        opts.target.preset = preset;
+        opts.deploy.rounding = onnx_cle::quant::rounding::Rounding::Squant;
+        opts.deploy.bias_correction = onnx_cle::quant::bias_correction::BiasCorrection::Analytic;
+        opts.exports.qdq = true;
+        let out = onnx_cle::run(model, None, &opts, None, Control::default()).unwrap();
+        let deploy = onnx_cle::onnx::decode(out.deploy.unwrap().into()).unwrap();
+        let qdq_bytes = out.artifacts[0].data.clone();
+        let q = onnx_cle::onnx::decode(qdq_bytes.into()).unwrap();
+        let init = |m: &ModelProto| -> HashMap<String, onnx_cle::onnx::TensorProto> {
+            m.graph
+                .as_ref()
+                .unwrap()
+                .initializer
+                .iter()
+                .map(|t| (t.name().to_string(), t.clone()))
+                .collect()
+        };
+        let (d, qi) = (init(&deploy), init(&q));
+        let g = q.graph.as_ref().unwrap();
+        let mut checked = 0;
+        for n in g.node.iter().filter(|n| n.op_type() == "DequantizeLinear") {
+            let Some(levels) = qi.get(&n.input[0]) else {
+                continue;
+            };
+            if levels.data_type() != DataType::Int8 as i32 {
+                continue;
+            }
+            let want = onnx_cle::onnx::tensor::to_f32(&d[&n.output[0]]).unwrap();
+            let scales = onnx_cle::onnx::tensor::to_f32(&qi[&n.input[1]])
+                .unwrap()
+                .data;
+            let l = raw_i8(levels);
+            let axis = n
+                .attribute
+                .iter()
+                .find(|a| a.name() == "axis")
+                .map(|a| a.i());
+            let inner: usize = match axis {
+                Some(a) => want.dims[a as usize + 1..].iter().product(),
+                None => want.data.len(),
+            };
+            let per = axis.map_or(1, |a| want.dims[a as usize]);
+            for (k, (&level, w)) in l.iter().zip(&want.data).enumerate() {
+                let s = scales[(k / inner) % per];
+                let dq = f32::from(level) * s;
+                assert!(
+                    dq.to_bits() == w.to_bits() || (dq == 0.0 && *w == 0.0),
+                    "{file} {preset:?} {}[{k}]: {dq} != deploy {w}",
+                    n.output[0]
+                );
+            }
+            checked += 1;
+        }
+        assert!(checked > 0, "{file}: no weight checked");
+        common::say(&format!(
+            "int8_outputs {file} {preset:?}: {checked} QDQ weights dequantize bit for bit to the deploy model's"
+        ));
+    }
+}
