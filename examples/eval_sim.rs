@@ -65,7 +65,10 @@ fn batches(t: InputTensor) -> Vec<Vec<InputTensor>> {
 fn rows(outs: Vec<Vec<f32>>, n: usize) -> Vec<Vec<f32>> {
     let total: usize = outs.iter().map(Vec::len).sum();
     let k = total / n.max(1);
-    outs.concat().chunks(k.max(1)).map(<[f32]>::to_vec).collect()
+    outs.concat()
+        .chunks(k.max(1))
+        .map(<[f32]>::to_vec)
+        .collect()
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -72,8 +72,8 @@ pub struct EqualizeArgs {
     /// Reproduce aimet_onnx 2.42's numbers.
     #[arg(long, value_enum, default_value = "none")]
     compat: CompatArg,
-    /// Cross-layer-scaling passes (stops early once max |1 − s| < threshold); default 2, or 1
-    /// with `--compat aimet`.
+    /// Most cross-layer-scaling passes (stops once max |1 − s| < threshold); default: until
+    /// converged (at most 100), or 1 with `--compat aimet`.
     #[arg(long)]
     iterations: Option<u32>,
     /// Convergence threshold for --iterations.
