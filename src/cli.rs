@@ -27,6 +27,12 @@ enum HbfArg {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+enum SelectArg {
+    None,
+    Auto,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
 enum CompatArg {
     None,
     Aimet,
@@ -108,6 +114,11 @@ pub struct EqualizeArgs {
     /// this factor (≥ 1).
     #[arg(long)]
     balance: Option<f32>,
+    /// `auto`: try candidate scalings (the given options, --iterations 1/3/5, --balance 2) and
+    /// keep the best per-tensor int8 SQNR on the odd-indexed --samples (used for nothing else;
+    /// the even-indexed ones verify and feed the report). Needs --samples.
+    #[arg(long, value_enum, default_value = "none")]
+    select: SelectArg,
     /// No progress or summary on stderr.
     #[arg(short, long)]
     quiet: bool,
@@ -174,6 +185,10 @@ fn options(a: &EqualizeArgs) -> Result<Options, CoreError> {
     o.verify.seed = a.seed;
     o.verify.dynamic_dim = a.dynamic_dim;
     o.balance = a.balance;
+    o.select = match a.select {
+        SelectArg::None => onnx_cle::Select::None,
+        SelectArg::Auto => onnx_cle::Select::Auto,
+    };
     o.quant.end_to_end = a.quant_e2e || a.samples.is_some() || a.sensitivity;
     o.quant.w8a8 = !a.no_w8a8;
     o.quant.sensitivity = a.sensitivity;

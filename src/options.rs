@@ -75,6 +75,19 @@ pub enum Compat {
     Aimet,
 }
 
+/// Whether to choose the scaling from the given samples.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Select {
+    /// Use the options as given.
+    #[default]
+    None,
+    /// Try a few candidate scalings (the given options, `iterations` 1, 3 and 5, `balance` 2)
+    /// and keep the one with the best per-tensor int8 output SQNR on half of the samples
+    /// (needs sample inputs; those samples are used for nothing else). Data-driven, opt-in.
+    Auto,
+}
+
 /// Verification settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(default, deny_unknown_fields)]
@@ -135,6 +148,8 @@ pub struct Options {
     pub balance: Option<f32>,
     /// Quantization-readiness figures in the report.
     pub quant: crate::quant::QuantOptions,
+    /// `auto`: choose among candidate scalings on held-out samples ([`Select::Auto`]).
+    pub select: Select,
 }
 
 impl Default for Options {
@@ -151,6 +166,7 @@ impl Default for Options {
             verify: VerifyOptions::default(),
             balance: None,
             quant: crate::quant::QuantOptions::default(),
+            select: Select::None,
         }
     }
 }
@@ -219,6 +235,11 @@ impl Options {
                     "balance is not an AIMET option (compat=aimet)".into(),
                 ));
             }
+        }
+        if self.is_aimet() && self.select == Select::Auto {
+            return Err(CoreError::InvalidOptions(
+                "select=auto is not an AIMET option (compat=aimet)".into(),
+            ));
         }
         if self.is_aimet() && passes != 1 {
             return Err(CoreError::InvalidOptions(
