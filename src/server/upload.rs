@@ -72,6 +72,9 @@ pub struct EqualizeParams {
     pub balance: Option<f32>,
     /// Simulate int8 end to end with tract (weights-only schemes and W8A8) on random inputs.
     pub quant_e2e: Option<bool>,
+    /// `auto`: choose among candidate scalings on sample inputs. The service takes no sample
+    /// inputs, so `auto` is refused here (422 `invalid_options`); use the CLI's `--samples`.
+    pub select: Option<crate::Select>,
     /// Label for the job.
     #[param(max_length = 200)]
     pub name: Option<String>,
@@ -188,6 +191,7 @@ pub fn parse_params(query: &str) -> Result<EqualizeParams, ApiError> {
             "verify" => p.verify = Some(boolean("verify", &v)?),
             "quant_e2e" => p.quant_e2e = Some(boolean("quant_e2e", &v)?),
             "balance" => p.balance = Some(number("balance", &v)?),
+            "select" => p.select = Some(enum_value("select", &v)?),
             "name" => p.name = Some(v),
             other => {
                 return Err(bad_query(
@@ -239,8 +243,23 @@ impl EqualizeParams {
         if let Some(q) = self.quant_e2e {
             o.quant.end_to_end = q;
         }
-        o.normalized().map_err(|e| invalid_options(e.to_string()))
+        if let Some(s) = self.select {
+            o.select = s;
+        }
+        service_options(o.normalized().map_err(|e| invalid_options(e.to_string()))?)
     }
+}
+
+/// Options the service can run: it takes no sample inputs, so `select = auto` (which needs
+/// them) is refused at submission rather than failing the job later.
+fn service_options(o: Options) -> Result<Options, ApiError> {
+    if o.select == crate::Select::Auto {
+        return Err(invalid_options(
+            "select=auto needs sample inputs, which the service does not take; use the CLI's --samples"
+                .to_string(),
+        ));
+    }
+    Ok(o)
 }
 
 fn check_name(name: Option<String>) -> Result<Option<String>, ApiError> {
@@ -582,11 +601,11 @@ async fn receive_multipart(
                 let data = small_part(&mut field, MAX_OPTIONS_BYTES, "options", max_upload).await?;
                 let parsed: Options = serde_json::from_slice(&data)
                     .map_err(|e| invalid_options(format!("options JSON: {e}")))?;
-                options = Some(
+                options = Some(service_options(
                     parsed
                         .normalized()
                         .map_err(|e| invalid_options(e.to_string()))?,
-                );
+                )?);
             }
             "name" if name.is_none() => {
                 let data = small_part(&mut field, MAX_NAME_CHARS * 4, "name", max_upload).await?;
@@ -687,6 +706,18 @@ mod tests {
             .unwrap();
         assert_eq!(e.problem().code, "invalid_options");
         assert_eq!(e.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    }
+
+    #[test]
+    fn select_auto_is_refused_without_samples() {
+        let e = parse_params("select=auto")
+            .unwrap()
+            .options()
+            .err()
+            .unwrap();
+        assert_eq!(e.problem().code, "invalid_options");
+        let o = parse_params("select=none").unwrap().options().unwrap();
+        assert_eq!(o.select, crate::Select::None);
     }
 
     #[test]
