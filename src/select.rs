@@ -132,12 +132,13 @@ pub fn run(
             opts,
         ));
     }
-    let best = (0..found.len())
-        .fold(None, |b: Option<usize>, k| match b {
-            Some(b) if !(found[k].0.sqnr_db > found[b].0.sqnr_db) => Some(b),
-            _ => Some(k),
-        })
-        .unwrap_or(0);
+    // The first best: a later candidate replaces it only when strictly better (NaN never is).
+    let mut best = 0;
+    for k in 1..found.len() {
+        if found[k].0.sqnr_db > found[best].0.sqnr_db {
+            best = k;
+        }
+    }
     found[best].0.chosen = true;
     let chosen = found[best].1.clone();
     let mut out = crate::run(model, original, &chosen, Some(&rest), ctl)?;
