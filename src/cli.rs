@@ -297,6 +297,19 @@ pub fn equalize(a: EqualizeArgs) -> ExitCode {
             r.skipped.len(),
             t0.elapsed().as_secs_f64()
         );
+        if let Some(sel) = &r.selection {
+            let all: Vec<String> = sel
+                .candidates
+                .iter()
+                .map(|c| format!("{} {:.2} dB", c.label, c.sqnr_db))
+                .collect();
+            eprintln!(
+                "onnx-cle: select auto kept `{}` (per-tensor int8 SQNR on {} held-out samples: {})",
+                sel.chosen,
+                sel.scored_samples,
+                all.join(", ")
+            );
+        }
         if r.function_changed {
             eprintln!(
                 "onnx-cle: note: the model's function was changed on request: {}",
