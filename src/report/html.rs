@@ -531,7 +531,7 @@ fn selection(o: &mut String, sel: &crate::report::Selection) {
         "<section><h2>Scaling chosen on held-out samples</h2>\
          <p class=\"muted\">select = auto: {} candidates scored on {} samples used for nothing \
          else ({}); verification and the figures above use the other {}. Kept: <b>{}</b>.</p>\n\
-         <table><thead><tr><th>Candidate</th><th class=\"n\">Passes</th><th class=\"n\">Balance</th>\
+         <table><thead><tr><th>Candidate</th><th class=\"n\">Pass cap</th><th class=\"n\">Balance</th>\
          <th class=\"n\">SQNR</th><th class=\"n\">Per-sample median</th><th class=\"n\">Top-1</th></tr></thead><tbody>",
         sel.candidates.len(),
         sel.scored_samples,
