@@ -322,6 +322,36 @@ impl WeightLayout {
         (ro, self.fold_columns(&acc))
     }
 
+    /// Kernel maxima `m[a·b + b'] = max_k |w[a, b', k…]|` of every stored block, in storage
+    /// order: all that [`WeightLayout::scaled_out_ranges`] and
+    /// [`WeightLayout::scaled_in_ranges`] need to range the weight under any per-channel
+    /// scaling. A positive factor commutes with the maximum (f32 rounding is monotonic), so
+    /// `max_k |f·w_k| = f·max_k |w_k|`.
+    pub fn block_maxima(&self, w: &[f32]) -> Vec<f32> {
+        self.check(w);
+        w.chunks_exact(self.k).map(row_max).collect()
+    }
+
+    /// `max |W'|` per output channel of `W'[o, i, …] = fo[o]·fi[i]·W[o, i, …]`, from the
+    /// [`WeightLayout::block_maxima`] `m` of `W`.
+    pub fn scaled_out_ranges(&self, m: &[f32], fo: &[f32], fi: &[f32]) -> Vec<f32> {
+        debug_assert_eq!(m.len(), self.a * self.b);
+        let mut ro = vec![0f32; self.out_ch];
+        self.for_each_block(|s, o, i| ro[o] = vmax(ro[o], fi[i] * m[s / self.k]));
+        ro.iter_mut().zip(fo).for_each(|(r, f)| *r *= f);
+        ro
+    }
+
+    /// `max |W'|` per input channel of `W'[o, i, …] = fo[o]·fi[i]·W[o, i, …]`, from the
+    /// [`WeightLayout::block_maxima`] `m` of `W`.
+    pub fn scaled_in_ranges(&self, m: &[f32], fo: &[f32], fi: &[f32]) -> Vec<f32> {
+        debug_assert_eq!(m.len(), self.a * self.b);
+        let mut ri = vec![0f32; self.in_ch];
+        self.for_each_block(|s, o, i| ri[i] = vmax(ri[i], fo[o] * m[s / self.k]));
+        ri.iter_mut().zip(fi).for_each(|(r, f)| *r *= f);
+        ri
+    }
+
     /// [`WeightLayout::scale_out`], then the ranges of the result ([`WeightLayout::ranges`]),
     /// each row ranged while it is still in cache.
     pub fn scale_out_ranged(&self, w: &mut [f32], f: &[f32]) -> (Vec<f32>, Vec<f32>) {

@@ -159,21 +159,6 @@ pub fn plan_model(model: &ModelProto, plan: &QuantPlan) -> Result<ModelProto, St
     Ok(with_fake_quant(&m, &points))
 }
 
-/// Per-sample SQNR (dB) of `outs` against `reference`: `(median, 10th percentile)`.
-pub fn spread(reference: &[Vec<f32>], outs: &[Vec<f32>]) -> (f64, f64) {
-    let mut per: Vec<f64> = reference
-        .iter()
-        .zip(outs)
-        .map(|(r, o)| sqnr_db(r, o))
-        .collect();
-    if per.is_empty() {
-        return (f64::NAN, f64::NAN);
-    }
-    per.sort_by(f64::total_cmp);
-    let at = |q: f64| per[((per.len() - 1) as f64 * q).round() as usize];
-    (at(0.5), at(0.1))
-}
-
 /// The activations a W8A8 deployment quantizes: inputs of Conv/ConvTranspose/Gemm/MatMul/Add/
 /// Concat/GlobalAveragePool (not constants), Add outputs and graph outputs.
 pub fn activation_points(model: &ModelProto) -> Vec<String> {
@@ -429,6 +414,25 @@ pub fn score(reference: &[Vec<f32>], outs: &[Vec<f32>]) -> (f64, f64) {
     )
 }
 
+/// `(median, 10th percentile)` over samples of each sample's output SQNR (dB, capped at 300).
+pub fn spread(reference: &[Vec<f32>], outs: &[Vec<f32>]) -> (f64, f64) {
+    let mut per: Vec<f64> = reference
+        .iter()
+        .zip(outs)
+        .map(|(r, o)| sqnr_db(r, o).min(300.0))
+        .collect();
+    per.sort_by(f64::total_cmp);
+    let at = |q: f64| -> f64 {
+        if per.is_empty() {
+            return f64::NAN;
+        }
+        let x = q * (per.len() - 1) as f64;
+        let (lo, hi) = (x.floor() as usize, x.ceil() as usize);
+        per[lo] + (per[hi] - per[lo]) * (x - lo as f64)
+    };
+    (at(0.5), at(0.1))
+}
+
 /// The original model's first output per sample: the reference of every figure.
 pub fn reference_outputs(
     original: &ModelProto,
@@ -449,11 +453,15 @@ pub fn evaluate_model(
     let mut rows = Vec::new();
     let mut push = |scheme: &str, outs: Vec<Vec<f32>>| {
         let (sqnr_db, top1_agreement) = score(reference, &outs);
+        let (median, p10) = spread(reference, &outs);
+        let several = reference.len() > 1;
         rows.push(QuantRow {
             model: label.into(),
             scheme: scheme.into(),
             sqnr_db,
             top1_agreement,
+            per_sample_median_db: several.then_some(median),
+            per_sample_p10_db: several.then_some(p10),
         });
     };
     push("fp32", first_outputs(&crate::onnx::encode(model), samples)?);
@@ -566,11 +574,15 @@ pub fn evaluate_deploy(
     let mut rows = Vec::new();
     let mut push = |scheme: &str, outs: Vec<Vec<f32>>| {
         let (sqnr_db, top1_agreement) = score(reference, &outs);
+        let (median, p10) = spread(reference, &outs);
+        let several = reference.len() > 1;
         rows.push(QuantRow {
             model: "deploy".into(),
             scheme: scheme.into(),
             sqnr_db,
             top1_agreement,
+            per_sample_median_db: several.then_some(median),
+            per_sample_p10_db: several.then_some(p10),
         });
     };
     push(

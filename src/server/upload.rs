@@ -82,6 +82,9 @@ pub struct EqualizeParams {
     pub quantize_outputs: Option<bool>,
     /// Range of the graph inputs for the int8 outputs, `lo,hi` (e.g. `-1,1`).
     pub input_range: Option<String>,
+    /// `auto`: choose among candidate scalings on sample inputs. The service takes no sample
+    /// inputs, so `auto` is refused here (422 `invalid_options`); use the CLI's `--samples`.
+    pub select: Option<crate::Select>,
     /// Label for the job.
     #[param(max_length = 200)]
     pub name: Option<String>,
@@ -244,6 +247,7 @@ pub fn parse_params(query: &str) -> Result<EqualizeParams, ApiError> {
             "bias_correction" => p.bias_correction = Some(enum_value("bias_correction", &v)?),
             "rounding" => p.rounding = Some(enum_value("rounding", &v)?),
             "deploy" => p.deploy = Some(boolean("deploy", &v)?),
+            "select" => p.select = Some(enum_value("select", &v)?),
             "name" => p.name = Some(v),
             other => {
                 return Err(bad_query(
@@ -337,14 +341,23 @@ impl EqualizeParams {
         if let Some(d) = self.deploy {
             o.deploy.model = d;
         }
+        if let Some(s) = self.select {
+            o.select = s;
+        }
         service_options(o)
     }
 }
 
 /// Normalizes options for a job: the service takes no sample inputs, so empirical bias
-/// correction and calibrated activation ranges are refused here rather than failing the job
-/// later.
+/// correction, calibrated activation ranges and `select = auto` are refused here rather than
+/// failing the job later.
 fn service_options(o: Options) -> Result<Options, ApiError> {
+    if o.select == crate::Select::Auto {
+        return Err(invalid_options(
+            "select=auto needs sample inputs, which the service does not take; use the CLI's --samples"
+                .to_string(),
+        ));
+    }
     if o.exports.calibration != crate::quant::plan::Calibration::DataFree {
         return Err(invalid_options(format!(
             "exports.calibration `{}` needs sample inputs, which the service does not take; \
@@ -821,6 +834,18 @@ mod tests {
             .unwrap();
         assert_eq!(e.problem().code, "invalid_options");
         assert_eq!(e.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    }
+
+    #[test]
+    fn select_auto_is_refused_without_samples() {
+        let e = parse_params("select=auto")
+            .unwrap()
+            .options()
+            .err()
+            .unwrap();
+        assert_eq!(e.problem().code, "invalid_options");
+        let o = parse_params("select=none").unwrap().options().unwrap();
+        assert_eq!(o.select, crate::Select::None);
     }
 
     #[test]
