@@ -661,3 +661,42 @@ fn qdq_weights_dequantize_exactly_to_the_deploy_models_weights() {
         ));
     }
 }
+
+#[test]
+fn quantized_graph_outputs_keep_their_names() {
+    let Some(model) = tiny() else { return };
+    let eq = equalized(&model);
+    let samples = verify::split_batch(&random_samples(&model, 4, 13));
+    let target = Target::default();
+    let sites = Sites::find(&eq, target, true).unwrap();
+    let ranges = calib::ranges(
+        &eq,
+        &sites.tensors_to_range(),
+        &samples,
+        Calibration::Minmax,
+        target.activations(),
+        99.999,
+    )
+    .unwrap();
+    let plan = sites.finish(&ranges, RangeOrigin::Calibrated, "minmax");
+    let out = eq.graph.as_ref().unwrap().output[0].name().to_string();
+    assert!(plan.activation(&out).is_some(), "the logits are quantized");
+    let q = qdq::write(&eq, &plan).unwrap();
+    let g = q.graph.as_ref().unwrap();
+    assert_eq!(g.output[0].name(), out);
+    let producer = g.node.iter().find(|n| n.output.iter().any(|o| *o == out));
+    assert_eq!(producer.map(|n| n.op_type()), Some("DequantizeLinear"));
+    let reference = quant::reference_outputs(&model, &samples).unwrap();
+    let sim = quant::plan_model(&eq, &plan).unwrap();
+    let a = quant::score(
+        &reference,
+        &quant::first_outputs(&onnx_cle::onnx::encode(&sim), &samples).unwrap(),
+    )
+    .0;
+    let b = quant::score(
+        &reference,
+        &quant::first_outputs(&onnx_cle::onnx::encode(&q), &samples).unwrap(),
+    )
+    .0;
+    assert!((a - b).abs() < 0.05, "simulated {a} vs QDQ {b}");
+}
