@@ -104,6 +104,7 @@ fn main() {
         function_changed: false,
         verification: onnx_cle::report::VerifyStatus::Verified,
         max_rel_l2: Some(1e-7),
+        artifacts: Vec::new(),
     };
     let claim_ms = Mutex::new(Vec::with_capacity(jobs));
     let cycle_ms = Mutex::new(Vec::with_capacity(jobs));

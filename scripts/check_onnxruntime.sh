@@ -24,20 +24,9 @@ if [ ! -f "$models/mobilenet_v2.onnx" ]; then
     exit 2
 fi
 
-if [ -z "$bin" ]; then
-    export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/onnx-cle-target}"
-    (cd "$root" && cargo build --locked --quiet)
-    bin="$CARGO_TARGET_DIR/debug/onnx-cle"
-fi
-
-if ! "$venv/bin/python" -c 'import onnx, onnxruntime, numpy' >/dev/null 2>&1; then
-    echo "check_onnxruntime: creating venv $venv (onnx==1.23.2, onnxruntime, numpy)" >&2
-    rm -rf "$venv"
-    mkdir -p "$(dirname "$venv")"
-    python3 -m venv "$venv"
-    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
-        onnx==1.23.2 onnxruntime numpy
-fi
+. "$root/scripts/checks_common.sh"
+bin="$(onnx_cle_bin "$root" "$bin")"
+ensure_ort_venv "$venv"
 
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT

@@ -10,7 +10,9 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::{Args, ValueEnum};
-use onnx_cle::{CoreError, Options, Relu6Policy, Step};
+use onnx_cle::quant::encodings::EncodingsVersion;
+use onnx_cle::quant::plan::Calibration;
+use onnx_cle::{ArtifactKind, CoreError, Options, Relu6Policy, Step};
 
 #[derive(Clone, Copy, ValueEnum)]
 enum Relu6Arg {
@@ -27,9 +29,32 @@ enum HbfArg {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+enum SelectArg {
+    None,
+    Auto,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
 enum CompatArg {
     None,
     Aimet,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum CalibrationArg {
+    #[value(alias = "data_free")]
+    DataFree,
+    Minmax,
+    Percentile,
+    Mse,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum EncodingsVersionArg {
+    #[value(name = "1.0.0")]
+    V1,
+    #[value(name = "0.6.1")]
+    V061,
 }
 
 /// Exit codes of `onnx-cle equalize` (also listed in the README).
@@ -73,8 +98,8 @@ pub struct EqualizeArgs {
     /// Reproduce aimet_onnx 2.42's numbers.
     #[arg(long, value_enum, default_value = "none")]
     compat: CompatArg,
-    /// Cross-layer-scaling passes (stops early once max |1 − s| < threshold); default 2, or 1
-    /// with `--compat aimet`.
+    /// Most cross-layer-scaling passes (stops once max |1 − s| < threshold); default: until
+    /// converged (at most 100), or 1 with `--compat aimet`.
     #[arg(long)]
     iterations: Option<u32>,
     /// Convergence threshold for --iterations.
@@ -109,6 +134,10 @@ pub struct EqualizeArgs {
     /// Simulate int8 end to end with tract (weights-only schemes and W8A8).
     #[arg(long)]
     quant_e2e: bool,
+    /// No end-to-end simulation table, even with --samples (the int8 outputs' own figures are
+    /// still computed).
+    #[arg(long, conflicts_with_all = ["quant_e2e", "sensitivity"])]
+    no_quant_e2e: bool,
     /// Leave out the W8A8 rows of the end-to-end figures.
     #[arg(long)]
     no_w8a8: bool,
@@ -119,6 +148,11 @@ pub struct EqualizeArgs {
     /// this factor (≥ 1).
     #[arg(long)]
     balance: Option<f32>,
+    /// `auto`: try candidate scalings (the given options, --iterations 1/3/5, --balance 2) and
+    /// keep the best per-tensor int8 SQNR on the odd-indexed --samples (used for nothing else;
+    /// the even-indexed ones verify and feed the report). Needs --samples.
+    #[arg(long, value_enum, default_value = "none")]
+    select: SelectArg,
     /// No progress or summary on stderr.
     #[arg(short, long)]
     quiet: bool,
@@ -126,6 +160,32 @@ pub struct EqualizeArgs {
     /// write), also with --quiet.
     #[arg(long)]
     timings: bool,
+    /// Write the QDQ ONNX model (int8 weights, QuantizeLinear/DequantizeLinear activations,
+    /// int32 biases) for the target here.
+    #[arg(long)]
+    qdq_output: Option<PathBuf>,
+    /// Write AIMET encodings (for QNN's `--quantization_overrides`) here.
+    #[arg(long)]
+    encodings: Option<PathBuf>,
+    /// Version of the AIMET encodings format.
+    #[arg(long, value_enum, default_value = "1.0.0")]
+    encodings_version: EncodingsVersionArg,
+    /// Write onnxruntime `TensorQuantOverrides` (for `quantize_static`) here.
+    #[arg(long)]
+    ort_overrides: Option<PathBuf>,
+    /// Activation ranges of the int8 outputs: data-free, or calibrated on --samples.
+    #[arg(long, value_enum, default_value = "data-free")]
+    calibration: CalibrationArg,
+    /// Quantile kept by `--calibration percentile` (percent).
+    #[arg(long, default_value_t = 99.999)]
+    percentile: f32,
+    /// Quantize the graph outputs in the int8 outputs too (default: they stay float).
+    #[arg(long)]
+    quantize_outputs: bool,
+    /// Range of the graph inputs for the int8 outputs, `LO,HI` (e.g. `-1,1`); without it a graph
+    /// input stays float under data-free ranges.
+    #[arg(long, value_delimiter = ',', allow_hyphen_values = true)]
+    input_range: Option<Vec<f32>>,
     /// Refuse models with more nodes than this (all graphs, subgraphs and functions).
     #[arg(long, env = "ONNX_CLE_MAX_NODES", default_value_t = onnx_cle::limits::DEFAULT_MAX_NODES)]
     max_nodes: u64,
@@ -135,6 +195,45 @@ pub struct EqualizeArgs {
     /// Refuse models whose decoded form would take more memory than this (e.g. `4GiB`).
     #[arg(long, env = "ONNX_CLE_MAX_MODEL_MEMORY", default_value = "4GiB", value_parser = onnx_cle::server::config::parse_size)]
     max_model_memory: u64,
+    /// Declared int8 target of the deploy model (and every grid-tied output): onnxruntime, QNN
+    /// or TensorRT defaults; the flags below override single fields.
+    #[arg(long, value_parser = ["ort", "qnn", "trt"])]
+    target: Option<String>,
+    /// Target weight scale granularity.
+    #[arg(long, value_parser = ["per-tensor", "per-channel"])]
+    weight_granularity: Option<String>,
+    /// Target weight bits (2..=8, symmetric).
+    #[arg(long)]
+    weight_bits: Option<u8>,
+    /// Target activation integer type.
+    #[arg(long, value_parser = ["uint8", "int8", "uint16"])]
+    activation_type: Option<String>,
+    /// Symmetric activations (zero point 0; int8 only).
+    #[arg(long)]
+    activation_symmetric: bool,
+    /// Correct the deploy model's biases for the weight error on the target grid: E[x] from
+    /// the folded BN statistics (analytic, data-free) or measured on --samples (empirical, at
+    /// least 100 samples).
+    #[arg(long, value_parser = ["off", "analytic", "empirical"])]
+    bias_correction: Option<String>,
+    /// How the deploy model's weights are put on the target grid: nearest, or squant
+    /// (data-free error-sum flips per kernel and per channel).
+    #[arg(long, value_parser = ["nearest", "squant"])]
+    rounding: Option<String>,
+    /// Write the deploy model here (FP32, weights on the target grid, biases corrected on
+    /// request; its function differs from the input's by design). `-o` stays the exact model.
+    #[arg(long)]
+    deploy_output: Option<PathBuf>,
+    /// Per-channel mean of the model input for analytic bias correction (comma-separated; one
+    /// value for every channel); default 0.
+    #[arg(long, value_delimiter = ',', allow_hyphen_values = true)]
+    input_mean: Option<Vec<f32>>,
+}
+
+/// A kebab-case CLI value as the snake_case serde enum it names.
+fn enum_arg<T: serde::de::DeserializeOwned>(flag: &str, v: &str) -> Result<T, CoreError> {
+    serde_json::from_value(serde_json::Value::String(v.replace('-', "_")))
+        .map_err(|_| CoreError::InvalidOptions(format!("invalid value `{v}` for --{flag}")))
 }
 
 fn fail(code: u8, msg: impl std::fmt::Display) -> ExitCode {
@@ -191,12 +290,65 @@ fn options(a: &EqualizeArgs) -> Result<Options, CoreError> {
     o.verify.seed = a.seed;
     o.verify.dynamic_dim = a.dynamic_dim;
     o.balance = a.balance;
-    o.quant.end_to_end = a.quant_e2e || a.samples.is_some() || a.sensitivity;
+    o.select = match a.select {
+        SelectArg::None => onnx_cle::Select::None,
+        SelectArg::Auto => onnx_cle::Select::Auto,
+    };
+    o.quant.end_to_end = !a.no_quant_e2e && (a.quant_e2e || a.samples.is_some() || a.sensitivity);
     o.quant.w8a8 = !a.no_w8a8;
     o.quant.sensitivity = a.sensitivity;
     if a.no_quant_table || a.fast {
         o.quant.layers = false;
     }
+    o.exports.qdq = a.qdq_output.is_some();
+    o.exports.encodings = a.encodings.as_ref().map(|_| match a.encodings_version {
+        EncodingsVersionArg::V1 => EncodingsVersion::V1_0_0,
+        EncodingsVersionArg::V061 => EncodingsVersion::V0_6_1,
+    });
+    o.exports.ort_overrides = a.ort_overrides.is_some();
+    o.exports.calibration = match a.calibration {
+        CalibrationArg::DataFree => Calibration::DataFree,
+        CalibrationArg::Minmax => Calibration::Minmax,
+        CalibrationArg::Percentile => Calibration::Percentile,
+        CalibrationArg::Mse => Calibration::Mse,
+    };
+    if o.exports.calibration != Calibration::DataFree && a.samples.is_none() {
+        return Err(CoreError::InvalidOptions(
+            "--calibration other than data-free needs --samples".into(),
+        ));
+    }
+    o.exports.percentile = a.percentile;
+    o.exports.quantize_outputs = a.quantize_outputs;
+    o.exports.input_range = match a.input_range.as_deref() {
+        None => None,
+        Some(&[lo, hi]) => Some([lo, hi]),
+        Some(_) => {
+            return Err(CoreError::InvalidOptions(
+                "--input-range takes two numbers: LO,HI".into(),
+            ))
+        }
+    };
+    if let Some(t) = &a.target {
+        o.target.preset = enum_arg("target", t)?;
+    }
+    if let Some(g) = &a.weight_granularity {
+        o.target.weight_granularity = Some(enum_arg("weight-granularity", g)?);
+    }
+    o.target.weight_bits = a.weight_bits.or(o.target.weight_bits);
+    if let Some(t) = &a.activation_type {
+        o.target.activation_type = Some(enum_arg("activation-type", t)?);
+    }
+    if a.activation_symmetric {
+        o.target.activation_symmetric = Some(true);
+    }
+    if let Some(b) = &a.bias_correction {
+        o.deploy.bias_correction = enum_arg("bias-correction", b)?;
+    }
+    if let Some(r) = &a.rounding {
+        o.deploy.rounding = enum_arg("rounding", r)?;
+    }
+    o.deploy.model = a.deploy_output.is_some();
+    o.deploy.input_mean = a.input_mean.clone();
     o.normalized()
 }
 
@@ -268,6 +420,24 @@ pub fn equalize(a: EqualizeArgs) -> ExitCode {
     if let Err(e) = std::fs::write(&a.output, &out.model) {
         return fail(exit::IO, format!("{}: {e}", a.output.display()));
     }
+    if let (Some(path), Some(deploy)) = (&a.deploy_output, &out.deploy) {
+        if let Err(e) = std::fs::write(path, deploy) {
+            return fail(exit::IO, format!("{}: {e}", path.display()));
+        }
+    }
+    let outputs = [
+        (ArtifactKind::Qdq, &a.qdq_output),
+        (ArtifactKind::Encodings, &a.encodings),
+        (ArtifactKind::OrtOverrides, &a.ort_overrides),
+    ];
+    for (kind, path) in outputs {
+        let (Some(path), Some(art)) = (path, out.artifacts.iter().find(|x| x.kind == kind)) else {
+            continue;
+        };
+        if let Err(e) = std::fs::write(path, &art.data) {
+            return fail(exit::IO, format!("{}: {e}", path.display()));
+        }
+    }
     let write_ms = t_write.elapsed().as_secs_f64() * 1e3;
     if let Some(path) = &a.report {
         let json = match serde_json::to_vec_pretty(&out.report) {
@@ -329,6 +499,42 @@ pub fn equalize(a: EqualizeArgs) -> ExitCode {
             extra += &format!("; {} shared tensors copied", r.tensor_copies.len());
         }
         eprintln!("onnx-cle: coverage: {}{extra}", r.coverage.summary);
+        if let Some(d) = &r.deploy {
+            let measured = d
+                .measured
+                .as_ref()
+                .and_then(|v| v.max_rel_l2)
+                .map_or("not verified".to_string(), |m| {
+                    format!("measured rel L2 {m:.3e}")
+                });
+            eprintln!(
+                "onnx-cle: deploy model ({}): {} layers on the grid ({} rounding, {} flips), {} \
+                 biases corrected ({}); function changed by design: predicted rel L2 {:.3e}, {measured}",
+                d.target,
+                d.summary.layers,
+                d.rounding,
+                d.summary.flips,
+                d.summary.corrected,
+                d.bias_correction,
+                d.predicted.rel_l2,
+            );
+            if a.deploy_output.is_none() {
+                eprintln!("onnx-cle: note: the deploy model is not written (no --deploy-output)");
+            }
+        }
+        if let Some(sel) = &r.selection {
+            let all: Vec<String> = sel
+                .candidates
+                .iter()
+                .map(|c| format!("{} {:.2} dB", c.label, c.sqnr_db))
+                .collect();
+            eprintln!(
+                "onnx-cle: select auto kept `{}` (per-tensor int8 SQNR on {} held-out samples: {})",
+                sel.chosen,
+                sel.scored_samples,
+                all.join(", ")
+            );
+        }
         if r.function_changed {
             eprintln!(
                 "onnx-cle: note: the model's function was changed on request: {}",

@@ -152,6 +152,18 @@ impl WeightLayout {
         self.dims.len().saturating_sub(2)
     }
 
+    /// The stored axis that indexes output channels, when one axis does (per-channel
+    /// quantization: `DequantizeLinear`'s `axis`): 0 for `Conv` and `Gemm` with `transB`, 1 for
+    /// `ConvTranspose` with one group, `Gemm` without `transB` and `MatMul`. `None` for a grouped
+    /// `ConvTranspose`, whose output channel depends on two axes.
+    pub fn out_axis(&self) -> Option<usize> {
+        match self.op {
+            LayerOp::Conv | LayerOp::Gemm { trans_b: true } => Some(0),
+            LayerOp::ConvTranspose => (self.group == 1).then_some(1),
+            LayerOp::Gemm { trans_b: false } | LayerOp::MatMul => Some(1),
+        }
+    }
+
     /// The channel structure.
     pub fn kind(&self) -> ChannelKind {
         if self.group == 1 {
@@ -180,6 +192,13 @@ impl WeightLayout {
                 f((ia * self.b + ib) * self.k, o, i);
             }
         }
+    }
+
+    /// Calls `f(start, out, in)` for every kernel of the weight: the `kernel_len()` contiguous
+    /// elements from flat index `start` connect input channel `in` to output channel `out`
+    /// (the kernels that data-free rounding balances).
+    pub fn for_each_kernel(&self, f: impl FnMut(usize, usize, usize)) {
+        self.for_each_block(f);
     }
 
     fn check(&self, w: &[f32]) {
@@ -322,6 +341,36 @@ impl WeightLayout {
             .map(|row| row_mags(row, &mut acc))
             .collect();
         (ro, self.fold_columns(&acc))
+    }
+
+    /// Kernel maxima `m[a·b + b'] = max_k |w[a, b', k…]|` of every stored block, in storage
+    /// order: all that [`WeightLayout::scaled_out_ranges`] and
+    /// [`WeightLayout::scaled_in_ranges`] need to range the weight under any per-channel
+    /// scaling. A positive factor commutes with the maximum (f32 rounding is monotonic), so
+    /// `max_k |f·w_k| = f·max_k |w_k|`.
+    pub fn block_maxima(&self, w: &[f32]) -> Vec<f32> {
+        self.check(w);
+        w.chunks_exact(self.k).map(row_max).collect()
+    }
+
+    /// `max |W'|` per output channel of `W'[o, i, …] = fo[o]·fi[i]·W[o, i, …]`, from the
+    /// [`WeightLayout::block_maxima`] `m` of `W`.
+    pub fn scaled_out_ranges(&self, m: &[f32], fo: &[f32], fi: &[f32]) -> Vec<f32> {
+        debug_assert_eq!(m.len(), self.a * self.b);
+        let mut ro = vec![0f32; self.out_ch];
+        self.for_each_block(|s, o, i| ro[o] = vmax(ro[o], fi[i] * m[s / self.k]));
+        ro.iter_mut().zip(fo).for_each(|(r, f)| *r *= f);
+        ro
+    }
+
+    /// `max |W'|` per input channel of `W'[o, i, …] = fo[o]·fi[i]·W[o, i, …]`, from the
+    /// [`WeightLayout::block_maxima`] `m` of `W`.
+    pub fn scaled_in_ranges(&self, m: &[f32], fo: &[f32], fi: &[f32]) -> Vec<f32> {
+        debug_assert_eq!(m.len(), self.a * self.b);
+        let mut ri = vec![0f32; self.in_ch];
+        self.for_each_block(|s, o, i| ri[i] = vmax(ri[i], fo[o] * m[s / self.k]));
+        ri.iter_mut().zip(fi).for_each(|(r, f)| *r *= f);
+        ri
     }
 
     /// [`WeightLayout::scale_out`], then the ranges of the result ([`WeightLayout::ranges`]),

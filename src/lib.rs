@@ -31,6 +31,7 @@ pub mod options;
 pub mod passes;
 pub mod quant;
 pub mod report;
+pub mod select;
 pub mod server;
 pub mod verify;
 pub mod work;
@@ -41,7 +42,7 @@ use std::time::Instant;
 use bytes::Bytes;
 
 pub use error::{CoreError, Result};
-pub use options::{Compat, HbfMode, Options, Relu6Policy, Step, VerifyOptions};
+pub use options::{Compat, HbfMode, Options, Relu6Policy, Select, Step, VerifyOptions};
 pub use report::Report;
 
 use onnx::ModelProto;
@@ -106,18 +107,46 @@ pub fn equalize(model: ModelProto, options: &Options) -> Result<Equalized> {
 
 /// [`equalize`] with progress and cancellation.
 pub fn equalize_with(model: ModelProto, options: &Options, ctl: Control) -> Result<Equalized> {
-    equalize_capturing(model, options, ctl, false).map(|(eq, _)| eq)
+    equalize_capturing(model, options, ctl, false).map(|(eq, _, _)| eq)
 }
+
+/// [`equalize`] and the data-free activation statistics of the equalized model
+/// ([`quant::stats::propagate`] with `stats` options): per-channel `E[x]` and ranges of every
+/// tensor it models.
+pub fn equalize_with_stats(
+    model: ModelProto,
+    options: &Options,
+    stats: &quant::stats::StatsOptions,
+) -> Result<(Equalized, quant::stats::ActivationStats)> {
+    let mut opts = options.clone();
+    opts.deploy.model = true;
+    let (eq, _, origins) = equalize_capturing(model, &opts, Control::default(), false)?;
+    let mut eq = eq;
+    eq.report.options.deploy.model = options.deploy.model;
+    let mut work = Work::new(eq.model.clone())?;
+    let s = quant::stats::propagate(&mut work, &eq.labels, &origins.unwrap_or_default(), stats);
+    Ok((eq, s))
+}
+
+/// What [`equalize_capturing`] returns: the equalized model, the per-layer int8 table when
+/// asked, and the activation origins when a deploy model was asked for.
+type Captured = (
+    Equalized,
+    Option<Vec<report::LayerQuant>>,
+    Option<quant::stats::Origins>,
+);
 
 /// [`equalize_with`]; with `folded_figures` (and a BN-fold step) it also returns the per-layer
 /// int8 table ([`quant::layer_table_in`]): the BN-folded figures taken right after the fold,
-/// the equalized ones from the weights still in memory before they are written back.
+/// the equalized ones from the weights still in memory before they are written back. With a
+/// deploy model requested it also returns the data-free activation origins
+/// ([`quant::stats::Origins::from_pipeline`]).
 fn equalize_capturing(
     model: ModelProto,
     options: &Options,
     ctl: Control,
     folded_figures: bool,
-) -> Result<(Equalized, Option<Vec<report::LayerQuant>>)> {
+) -> Result<Captured> {
     let opts = options.clone().normalized()?;
     let mut figures = None;
     let t = Instant::now();
@@ -204,6 +233,9 @@ fn equalize_capturing(
         }
         None => None,
     };
+    let origins = opts
+        .builds_deploy()
+        .then(|| quant::stats::Origins::from_pipeline(&state, &report));
     let t = Instant::now();
     report.model.nodes_after = work.node_count();
     let labels = (0..work.node_count())
@@ -219,6 +251,7 @@ fn equalize_capturing(
             labels,
         },
         table,
+        origins,
     ))
 }
 
@@ -301,12 +334,248 @@ impl SampleInputs {
 }
 
 /// A finished run: the encoded model and the report.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Output {
     /// The equalized model, protobuf-encoded.
     pub model: Vec<u8>,
     /// The report, verification included.
     pub report: Report,
+    /// The other requested outputs (QDQ model, encodings, overrides), in [`ArtifactKind`] order.
+    pub artifacts: Vec<Artifact>,
+    /// The deploy model (weights on the target grid, bias-corrected on request),
+    /// protobuf-encoded, when [`quant::deploy::DeployOptions::requested`].
+    pub deploy: Option<Vec<u8>>,
+}
+
+/// A requested output of a run besides the equalized model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ArtifactKind {
+    /// The deploy FP32 model.
+    Deploy,
+    /// The QDQ ONNX model ([`quant::qdq`]).
+    Qdq,
+    /// AIMET encodings ([`quant::encodings::aimet`]).
+    Encodings,
+    /// onnxruntime `TensorQuantOverrides` ([`quant::encodings::ort_overrides`]).
+    OrtOverrides,
+}
+
+impl ArtifactKind {
+    /// Every kind.
+    pub const ALL: [ArtifactKind; 4] = [
+        ArtifactKind::Deploy,
+        ArtifactKind::Qdq,
+        ArtifactKind::Encodings,
+        ArtifactKind::OrtOverrides,
+    ];
+
+    /// The artifact's name (also its file name in stores and downloads).
+    pub fn name(self) -> &'static str {
+        match self {
+            ArtifactKind::Deploy => "deploy.onnx",
+            ArtifactKind::Qdq => "qdq.onnx",
+            ArtifactKind::Encodings => "encodings.json",
+            ArtifactKind::OrtOverrides => "ort_overrides.json",
+        }
+    }
+
+    /// The kind named `name`.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.name() == name)
+    }
+
+    /// The media type it is served as.
+    pub fn media_type(self) -> &'static str {
+        match self {
+            ArtifactKind::Deploy | ArtifactKind::Qdq => "application/octet-stream",
+            ArtifactKind::Encodings | ArtifactKind::OrtOverrides => "application/json",
+        }
+    }
+}
+
+/// One requested output: its kind and its bytes.
+#[derive(Debug, Clone)]
+pub struct Artifact {
+    /// What it is.
+    pub kind: ArtifactKind,
+    /// Its content.
+    pub data: Vec<u8>,
+}
+
+/// The int8 outputs of `options.exports` for the FP32 model `fp32`, with their figures against
+/// `original` when sample inputs are given or `quant.end_to_end` is set.
+fn int8_exports(
+    original: Option<&ModelProto>,
+    fp32: &ModelProto,
+    stats: Option<&quant::stats::ActivationStats>,
+    options: &Options,
+    samples: Option<&SampleInputs>,
+    report: &mut Report,
+    ctl: Control,
+) -> Result<Vec<Artifact>> {
+    use quant::plan::{Calibration, RangeOrigin, Sites};
+    let ex = &options.exports;
+    let target = options.target;
+    let sites = Sites::find(fp32, target, ex.quantize_outputs)?;
+    let tensors = sites.tensors_to_range();
+    let (ranges, origin, calibration_samples) = match ex.calibration {
+        Calibration::DataFree => (
+            stats.map(|s| s.ranges()).unwrap_or_default(),
+            RangeOrigin::DataFree,
+            0,
+        ),
+        method => {
+            let Some(s) = samples else {
+                return Err(CoreError::InvalidOptions(format!(
+                    "calibration {} needs sample inputs (--samples)",
+                    method.name()
+                )));
+            };
+            let per = quant::samples_of(&s.tensors);
+            let r = quant::calib::ranges(
+                fp32,
+                &tensors,
+                &per,
+                method,
+                target.activations(),
+                ex.percentile,
+            )
+            .map_err(|e| CoreError::Unsupported(format!("calibration: {e}")))?;
+            (r, RangeOrigin::Calibrated, per.len())
+        }
+    };
+    let mut ranges = ranges;
+    if let Some([lo, hi]) = ex.input_range {
+        for t in sites.graph_inputs() {
+            ranges.insert(t, (lo, hi));
+        }
+    }
+    ctl.check()?;
+    let plan = sites.finish(&ranges, origin, ex.calibration.name());
+    let mut artifacts = Vec::new();
+    let mut files = Vec::new();
+    let mut push = |kind: ArtifactKind, format: String, data: Vec<u8>| {
+        files.push(report::ExportFile {
+            name: kind.name().into(),
+            format,
+            bytes: data.len() as u64,
+        });
+        artifacts.push(Artifact { kind, data });
+    };
+    if ex.qdq {
+        let m = quant::qdq::write(fp32, &plan)?;
+        push(ArtifactKind::Qdq, "qdq_onnx".into(), onnx::encode(&m));
+    }
+    if let Some(v) = ex.encodings {
+        let json = serde_json::to_vec_pretty(&quant::encodings::aimet(&plan, v))
+            .map_err(|e| CoreError::Unsupported(e.to_string()))?;
+        push(
+            ArtifactKind::Encodings,
+            format!("aimet_encodings_{}", v.as_str()),
+            json,
+        );
+    }
+    if ex.ort_overrides {
+        let json = serde_json::to_vec_pretty(&quant::encodings::ort_overrides(&plan))
+            .map_err(|e| CoreError::Unsupported(e.to_string()))?;
+        push(
+            ArtifactKind::OrtOverrides,
+            "ort_tensor_quant_overrides".into(),
+            json,
+        );
+    }
+    let mut exports = report::Exports {
+        target: target.describe(),
+        ranges: plan.ranges.clone(),
+        calibration_samples,
+        activations: plan.activations.len(),
+        weights: plan.weights.len(),
+        biases: plan.biases.len(),
+        folded_activations: plan.folded(),
+        tied: plan.tied(),
+        left_float: plan.left_float.clone(),
+        files,
+        figures: Vec::new(),
+    };
+    if let (Some(orig), true) = (original, samples.is_some() || options.quant.end_to_end) {
+        ctl.check()?;
+        let (inputs, source) = figure_inputs(orig, options, samples)?;
+        let per = quant::samples_of(&inputs);
+        let in_sample = calibration_samples > 0;
+        let figure = |output: &str, method: &str, reference: &[Vec<f32>], outs: &[Vec<f32>]| {
+            let (sqnr_db, top1_agreement) = quant::score(reference, outs);
+            let (median_sqnr_db, p10_sqnr_db) = quant::spread(reference, outs);
+            report::ExportFigure {
+                output: output.into(),
+                method: method.into(),
+                inputs: source.clone(),
+                samples: per.len(),
+                in_sample,
+                sqnr_db,
+                median_sqnr_db,
+                p10_sqnr_db,
+                top1_agreement,
+            }
+        };
+        let simulated = quant::reference_outputs(orig, &per).and_then(|r| {
+            let sim = quant::plan_model(fp32, &plan)?;
+            Ok((quant::first_outputs(&onnx::encode(&sim), &per)?, r))
+        });
+        match simulated {
+            Ok((outs, reference)) => {
+                for a in &artifacts {
+                    exports
+                        .figures
+                        .push(figure(a.kind.name(), "simulated", &reference, &outs));
+                }
+                ctl.check()?;
+                if let Some(q) = artifacts.iter().find(|a| a.kind == ArtifactKind::Qdq) {
+                    match quant::first_outputs(&q.data, &per) {
+                        Ok(run) => {
+                            exports
+                                .figures
+                                .push(figure(q.kind.name(), "tract", &reference, &run))
+                        }
+                        Err(e) => report.skipped.push(report::Skip {
+                            pass: "exports".into(),
+                            nodes: vec![],
+                            reason: "not_run".into(),
+                            detail: format!("tract could not run the QDQ model: {e}"),
+                        }),
+                    }
+                }
+            }
+            Err(e) => report.skipped.push(report::Skip {
+                pass: "exports".into(),
+                nodes: vec![],
+                reason: "not_simulated".into(),
+                detail: format!("int8 simulation of the plan failed: {e}"),
+            }),
+        }
+    }
+    report.exports = Some(exports);
+    Ok(artifacts)
+}
+
+/// The inputs of the int8 figures: the sample inputs, else one seeded random sample of
+/// `original`'s inputs; with a description for the report.
+fn figure_inputs(
+    original: &ModelProto,
+    options: &Options,
+    samples: Option<&SampleInputs>,
+) -> Result<(Vec<verify::InputTensor>, String)> {
+    Ok(match samples {
+        Some(s) => (s.tensors.clone(), s.source.clone()),
+        None => {
+            let mut specs = verify::input_specs(original, options.verify.dynamic_dim)
+                .map_err(CoreError::InvalidOptions)?;
+            verify::fill_random(&mut specs, options.verify.seed);
+            (
+                specs,
+                format!("random normal (seed {}), 1 sample", options.verify.seed),
+            )
+        }
+    })
 }
 
 fn quantization_figures(
@@ -339,18 +608,7 @@ fn quantization_figures(
     if !options.quant.end_to_end {
         return Ok(());
     }
-    let (inputs, source) = match samples {
-        Some(s) => (s.tensors.clone(), s.source.clone()),
-        None => {
-            let mut specs = verify::input_specs(original, options.verify.dynamic_dim)
-                .map_err(CoreError::InvalidOptions)?;
-            verify::fill_random(&mut specs, options.verify.seed);
-            (
-                specs,
-                format!("random normal (seed {}), 1 sample", options.verify.seed),
-            )
-        }
-    };
+    let (inputs, source) = figure_inputs(original, options, samples)?;
     let per_sample = quant::samples_of(&inputs);
     let models = quant::Compared {
         original,
@@ -389,7 +647,8 @@ fn quantization_figures(
     Ok(())
 }
 
-/// The whole job shared by the CLI and the server: equalize, encode, verify.
+/// The whole job shared by the CLI and the server: equalize, encode, verify; and the deploy
+/// model when asked ([`quant::deploy`]).
 ///
 /// `original` is the input's encoded bytes when available (saves an encode for verification).
 ///
@@ -404,15 +663,33 @@ pub fn run(
     samples: Option<&SampleInputs>,
     ctl: Control,
 ) -> Result<Output> {
+    if options.select == Select::Auto {
+        return select::run(model, original, options, samples, ctl);
+    }
     let verify_opts = options.verify.clone();
     let quant = &options.quant;
     // Refused options and tensors fail before any model reaches tract.
     options.clone().normalized()?;
     onnx::validate::tensors(&model)?;
+    let deploy_opts = &options.deploy;
+    let empirical = options.builds_deploy()
+        && deploy_opts.bias_correction == quant::bias_correction::BiasCorrection::Empirical;
+    if empirical {
+        let n = samples.map_or(0, |s| quant::samples_of(&s.tensors).len());
+        if n < quant::bias_correction::MIN_EMPIRICAL_SAMPLES {
+            return Err(CoreError::InvalidOptions(format!(
+                "empirical bias correction needs at least {} sample inputs (got {n}): per-channel \
+                 means of fewer images fit the samples rather than the data; use \
+                 bias_correction analytic (data-free) instead",
+                quant::bias_correction::MIN_EMPIRICAL_SAMPLES
+            )));
+        }
+    }
     // The per-layer figures need the BN-folded weights: taken during the run when it folds,
     // instead of a second, fold-only run on a copy of the original.
     let figures_in_run = quant.layers && !quant.end_to_end && options.steps.contains(&Step::BnFold);
-    let needs_original = quant.end_to_end || (quant.layers && !figures_in_run);
+    let export_figures = options.exports.any() && (samples.is_some() || options.quant.end_to_end);
+    let needs_original = quant.end_to_end || export_figures || (quant.layers && !figures_in_run);
     let mut check = if verify_opts.enabled {
         Some(Verifier::start(
             &model,
@@ -427,7 +704,7 @@ pub fn run(
     let original_model = needs_original.then(|| model.clone());
     let input = original.as_ref().map(|b| b.as_ptr_range());
     drop(original);
-    let (mut eq, table) = equalize_capturing(model, options, ctl, figures_in_run)?;
+    let (mut eq, table, origins) = equalize_capturing(model, options, ctl, figures_in_run)?;
     if let (None, Some(input)) = (&original_model, input) {
         onnx::release_input(&mut eq.model, input);
     }
@@ -454,8 +731,59 @@ pub fn run(
         )?;
         report.timings_ms.quantization = ms(t);
     }
+    let mut deploy = None;
+    if let Some(origins) = origins {
+        ctl.stage("deploy")?;
+        let t = Instant::now();
+        let measured = match samples.filter(|_| empirical) {
+            Some(s) => Some(quant::deploy::measured_input_means(
+                &eq.model,
+                &quant::samples_of(&s.tensors),
+            )?),
+            None => None,
+        };
+        let d = quant::deploy::build(
+            &eq.model,
+            &eq.labels,
+            &origins,
+            &options.target,
+            deploy_opts,
+            measured.as_ref(),
+        )?;
+        let d_bytes = onnx::encode(&d.model);
+        if let (Some(orig), true) = (&original_model, quant.end_to_end) {
+            deploy_figures(orig, &d, options, samples, &mut report, ctl)?;
+        }
+        report.timings_ms.deploy = ms(t);
+        deploy = Some((d, d_bytes));
+    }
+    let mut artifacts = Vec::new();
+    if options.exports.any() {
+        ctl.stage("exports")?;
+        let t = Instant::now();
+        let (fp32, stats) = match &deploy {
+            Some((d, _)) => (&d.model, Some(&d.stats)),
+            None => (&eq.model, None),
+        };
+        artifacts = int8_exports(
+            original_model.as_ref(),
+            fp32,
+            stats,
+            options,
+            samples,
+            &mut report,
+            ctl,
+        )?;
+        report.timings_ms.exports = ms(t);
+    }
     drop(original_model);
     if let Some(check) = check.as_mut() {
+        if let Some((d, d_bytes)) = deploy.as_mut() {
+            ctl.stage("verify_deploy")?;
+            let t = Instant::now();
+            d.report.measured = Some(check.measure(d_bytes, ctl)?);
+            report.timings_ms.deploy += ms(t);
+        }
         check.simplify_equalized(&eq.model);
     }
     drop(eq.model);
@@ -469,10 +797,16 @@ pub fn run(
         }
         None => bytes,
     };
+    let deploy = deploy.map(|(d, d_bytes)| {
+        report.deploy = Some(d.report);
+        d_bytes
+    });
     ctl.check()?;
     Ok(Output {
         model: bytes,
         report,
+        artifacts,
+        deploy,
     })
 }
 
@@ -592,6 +926,30 @@ impl Verifier {
         }
     }
 
+    /// Runs another model (the deploy model) against the same reference; its deviation is the
+    /// report's figure, not a verdict on the equalized output.
+    fn measure(&mut self, bytes: &[u8], ctl: Control) -> Result<report::Verification> {
+        let t = Instant::now();
+        let reference = match &self.state {
+            Ok(r) => r.clone(),
+            Err(v) => return Ok(v.clone()),
+        };
+        let limits = self.limits(ctl);
+        let measured = verify::compare_within(
+            reference,
+            Bytes::copy_from_slice(bytes),
+            &self.inputs,
+            self.source.clone(),
+            &limits,
+        );
+        self.spent += t.elapsed();
+        match measured {
+            Ok(v) => Ok(v),
+            Err(verify::Stopped::Canceled) => Err(CoreError::Canceled),
+            Err(verify::Stopped::Budget(what)) => Ok(self.stopped(&what)),
+        }
+    }
+
     /// Runs the equalized model `bytes` and compares (stage `verify`). Returns the report
     /// section, the time verification took in milliseconds, and `bytes`.
     fn finish(
@@ -626,4 +984,58 @@ impl Verifier {
         let bytes = output.unwrap_or_else(|| Vec::from(shared));
         Ok((verification, spent, bytes))
     }
+}
+
+/// The deploy model's simulated int8 rows ([`quant::evaluate_deploy`]), appended to the
+/// end-to-end figures (same inputs as [`quantization_figures`]).
+fn deploy_figures(
+    original: &ModelProto,
+    deploy: &quant::deploy::Deploy,
+    options: &Options,
+    samples: Option<&SampleInputs>,
+    report: &mut Report,
+    ctl: Control,
+) -> Result<()> {
+    let inputs = match samples {
+        Some(s) => s.tensors.clone(),
+        None => {
+            let mut specs = verify::input_specs(original, options.verify.dynamic_dim)
+                .map_err(CoreError::InvalidOptions)?;
+            verify::fill_random(&mut specs, options.verify.seed);
+            specs
+        }
+    };
+    let per_sample = quant::samples_of(&inputs);
+    ctl.check()?;
+    let ranges = deploy.stats.ranges();
+    let rows = quant::reference_outputs(original, &per_sample).and_then(|reference| {
+        quant::evaluate_deploy(
+            &reference,
+            &deploy.model,
+            &per_sample,
+            &options.target.activations(),
+            options.quant.w8a8,
+            Some(&ranges),
+        )
+    });
+    match rows {
+        Ok(rows) => {
+            if let Some(e) = report
+                .quantization
+                .get_or_insert_with(Default::default)
+                .end_to_end
+                .as_mut()
+            {
+                e.rows.extend(rows);
+            }
+        }
+        Err(_) if ctl.canceled() => return Err(CoreError::Canceled),
+        Err(e) => report.skipped.push(report::Skip {
+            pass: "deploy".into(),
+            nodes: vec![],
+            reason: "not_simulated".into(),
+            detail: format!("deploy model simulation failed: {e}"),
+        }),
+    }
+    Ok(())
 }

@@ -22,9 +22,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Equalize one model and write the result (and optionally a JSON report).
-    Equalize(cli::EqualizeArgs),
+    Equalize(Box<cli::EqualizeArgs>),
     /// Run the HTTP job service (POST /equalize, GET /jobs/{id}, /docs, /metrics…).
-    Serve(server::ServeConfig),
+    Serve(Box<server::ServeConfig>),
     /// Print the service's OpenAPI 3.1 document.
     Openapi,
     /// Exit 0 when the server at --addr answers its liveness probe (for container health checks).
@@ -106,8 +106,8 @@ fn migrate(url: &str) -> ExitCode {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Equalize(args) => cli::equalize(args),
-        Command::Serve(cfg) => serve(cfg),
+        Command::Equalize(args) => cli::equalize(*args),
+        Command::Serve(cfg) => serve(*cfg),
         Command::Openapi => {
             print!("{}", server::openapi_json());
             ExitCode::SUCCESS

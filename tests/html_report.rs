@@ -7,8 +7,9 @@ use std::process::Command;
 
 use onnx_cle::report::html::render;
 use onnx_cle::report::{
-    ActivationGrowth, BnFold, ClsKind, ClsPair, ClsSet, EndToEnd, FoldDirection, LayerQuant,
-    LayerSensitivity, PairRanges, QuantRow, Quantization, Relu6Action, Relu6Decision, Report, Skip,
+    ActivationGrowth, BnFold, ClsKind, ClsPair, ClsSet, EndToEnd, ExportFigure, ExportFile,
+    Exports, FoldDirection, LayerQuant, LayerSensitivity, LeftFloat, PairRanges, QuantRow,
+    Quantization, Relu6Action, Relu6Decision, Report, Skip,
 };
 
 const HOSTILE: &str = "<img src=x onerror=alert(1)>";
@@ -112,12 +113,16 @@ fn synthetic() -> Report {
                         scheme: "per_tensor_symmetric".into(),
                         sqnr_db: 12.0,
                         top1_agreement: 0.5,
+                        per_sample_median_db: Some(12.5),
+                        per_sample_p10_db: Some(f64::NEG_INFINITY),
                     },
                     QuantRow {
                         model: "equalized".into(),
                         scheme: "per_tensor_symmetric".into(),
                         sqnr_db: 21.5,
                         top1_agreement: 1.0,
+                        per_sample_median_db: None,
+                        per_sample_p10_db: None,
                     },
                 ],
                 sensitivity: vec![LayerSensitivity {
@@ -131,6 +136,36 @@ fn synthetic() -> Report {
                 growth_data_free: 2.5,
                 growth_measured: Some(f64::NAN),
             }],
+        }),
+        exports: Some(Exports {
+            target: format!("ort {HOSTILE}"),
+            ranges: "data_free".into(),
+            activations: 12,
+            weights: 4,
+            biases: 4,
+            folded_activations: 3,
+            tied: 2,
+            left_float: vec![LeftFloat {
+                tensor: HOSTILE.into(),
+                reason: "graph input: no data-free range".into(),
+            }],
+            files: vec![ExportFile {
+                name: "qdq.onnx".into(),
+                format: "qdq_onnx".into(),
+                bytes: 1234,
+            }],
+            figures: vec![ExportFigure {
+                output: "qdq.onnx".into(),
+                method: "tract".into(),
+                inputs: HOSTILE.into(),
+                samples: 3,
+                in_sample: true,
+                sqnr_db: f64::NAN,
+                median_sqnr_db: 21.5,
+                p10_sqnr_db: f64::NEG_INFINITY,
+                top1_agreement: 1.0,
+            }],
+            ..Default::default()
         }),
         ..Default::default()
     }
@@ -310,4 +345,22 @@ fn mobilenet_report_in_headless_chromium() {
         .expect("run scripts/html_report_check.sh");
     assert!(status.success(), "html_report_check.sh failed: {status}");
     assert!(shot.is_file());
+}
+
+#[test]
+fn int8_outputs_section_lists_files_figures_and_what_stays_float() {
+    let html = render(&synthetic());
+    let section = &html[html
+        .find("id=\"exports\"")
+        .expect("an Int8 outputs section")..];
+    let section = &section[..section.find("</section>").unwrap()];
+    assert!(section.contains("<code>qdq.onnx</code>") && section.contains("qdq_onnx"));
+    assert!(section.contains("run by tract"));
+    assert!(section.contains("optimistic"), "in-sample figures say so");
+    assert!(section.contains("Left float: 1"));
+    assert!(!section.contains(HOSTILE), "escaped");
+    assert!(html.contains("href=\"#exports\""));
+    let mut plain = synthetic();
+    plain.exports = None;
+    assert!(!render(&plain).contains("id=\"exports\""));
 }

@@ -68,6 +68,12 @@ fn result() -> JobResult {
         function_changed: false,
         verification: onnx_cle::report::VerifyStatus::Verified,
         max_rel_l2: Some(1e-7),
+        artifacts: vec![onnx_cle::server::job::ArtifactInfo {
+            name: "qdq.onnx".into(),
+            bytes: 3,
+            sha256: "ab".repeat(32),
+            media_type: "application/octet-stream".into(),
+        }],
     }
 }
 
@@ -374,6 +380,17 @@ fn blobs(bs: &dyn BlobStore) {
     bs.put(&id, BlobKind::Report, b"{\"a\":1}").unwrap();
     bs.put(&id, BlobKind::Report, b"{\"a\":2}").unwrap();
     assert_eq!(bs.read(&id, BlobKind::Report).unwrap(), b"{\"a\":2}");
+    // Every artifact kind is its own blob of the job, deleted with it.
+    for (i, kind) in onnx_cle::ArtifactKind::ALL.iter().enumerate() {
+        bs.put(&id, BlobKind::Artifact(*kind), &[i as u8; 3])
+            .unwrap();
+    }
+    for (i, kind) in onnx_cle::ArtifactKind::ALL.iter().enumerate() {
+        assert_eq!(
+            bs.read(&id, BlobKind::Artifact(*kind)).unwrap(),
+            [i as u8; 3]
+        );
+    }
     let mut dropped = bs.create(&id, BlobKind::Model).unwrap();
     dropped.write_all(&big[..(9 << 20)]).unwrap();
     drop(dropped);
@@ -390,6 +407,12 @@ fn blobs(bs: &dyn BlobStore) {
     );
     bs.delete(&id).unwrap();
     bs.delete(&id).unwrap();
+    assert_eq!(
+        bs.open(&id, BlobKind::Artifact(onnx_cle::ArtifactKind::Qdq))
+            .err()
+            .map(|e| e.kind()),
+        Some(ErrorKind::NotFound)
+    );
     assert_eq!(
         bs.open(&id, BlobKind::Input).err().map(|e| e.kind()),
         Some(ErrorKind::NotFound)

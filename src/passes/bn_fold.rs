@@ -18,7 +18,7 @@ use crate::onnx::tensor::F32Tensor;
 use crate::report::{BnFold, FoldDirection};
 use crate::work::Edits;
 
-use super::{has_no_padding, is_layer_op, layer_of, BnStats, Ctx, Layer};
+use super::{has_no_padding, is_layer_op, layer_of, BnInputStats, BnStats, Ctx, Layer};
 
 const PASS: &str = "bn_fold";
 
@@ -658,6 +658,8 @@ fn apply(cx: &mut Ctx, plan: &Plan, edits: &mut Edits) -> crate::Result<()> {
                 BnStats {
                     gamma: p.gamma.clone(),
                     beta: p.beta.clone(),
+                    var: p.var.clone(),
+                    eps: p.eps,
                 },
             );
         }
@@ -665,6 +667,13 @@ fn apply(cx: &mut Ctx, plan: &Plan, edits: &mut Edits) -> crate::Result<()> {
             let target = plan.through.unwrap_or(l);
             let bn_in = bn_node.input[0].clone();
             let bn_out = bn_node.output[0].clone();
+            cx.state.bn_inputs.insert(
+                bn_in.clone(),
+                BnInputStats {
+                    mean: p.mean.clone(),
+                    var: p.var.clone(),
+                },
+            );
             cx.work.node_mut(target).input[0] = bn_in;
             drop_value_info(cx, &bn_out);
             edits.remove(plan.bn);

@@ -298,17 +298,5 @@ fn ensure_bias(cx: &mut Ctx, l: &super::Layer) -> Result<String, (&'static str, 
             .own(PASS, l.node, 2, "bias")
             .map_err(|e| ("bias_unreadable", e.to_string()));
     }
-    let label = cx.work.label(l.node).to_string();
-    let name = cx.work.fresh_name(&format!("{label}.bias"));
-    cx.work.add_initializer(
-        &name,
-        crate::onnx::tensor::F32Tensor::filled(vec![l.layout.out_channels()], 0.0),
-    );
-    let n = cx.work.node_mut(l.node);
-    while n.input.len() < 2 {
-        n.input.push(String::new());
-    }
-    n.input.truncate(2);
-    n.input.push(name.clone());
-    Ok(name)
+    Ok(super::ensure_bias(cx.work, l))
 }

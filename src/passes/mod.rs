@@ -28,13 +28,29 @@ use crate::report::{Report, Skip, TensorCopy};
 use crate::work::Work;
 
 /// The per-channel γ and β of a BatchNormalization folded backward into a layer: what the
-/// high-bias fold needs (cle-spec §3.2.4).
+/// high-bias fold needs (cle-spec §3.2.4), with the running variance and ε that give the
+/// spread of its output (`σ = |γ|·√(var / (var + ε))`, used by the data-free activation
+/// statistics of [`crate::quant::stats`]).
 #[derive(Debug, Clone)]
 pub struct BnStats {
     /// γ (original).
     pub gamma: Vec<f32>,
     /// β (original).
     pub beta: Vec<f32>,
+    /// Running variance (original).
+    pub var: Vec<f32>,
+    /// ε used by the fold.
+    pub eps: f32,
+}
+
+/// The running statistics of a BatchNormalization folded forward into the layer after it: the
+/// per-channel mean and variance of the tensor that layer now reads.
+#[derive(Debug, Clone)]
+pub struct BnInputStats {
+    /// Running mean.
+    pub mean: Vec<f32>,
+    /// Running variance.
+    pub var: Vec<f32>,
 }
 
 /// A Clip(0, 6) crossed by cross-layer scaling: its channels were divided by `scale` (cumulative)
@@ -97,6 +113,8 @@ pub struct State {
     pub crossed_clips: HashMap<String, CrossedClip>,
     /// Scaled pairs in application order (merged over iterations).
     pub pairs: Vec<ScaledPair>,
+    /// Statistics of forward-folded BNs, by the name of the tensor they normalized.
+    pub bn_inputs: HashMap<String, BnInputStats>,
 }
 
 /// Everything a pass works with.
@@ -286,6 +304,27 @@ pub fn layer_of(work: &mut Work, i: usize) -> Result<Layer, NotALayer> {
         bias,
         layout,
     })
+}
+
+/// The name of layer `l`'s bias, creating a zero `<label>.bias` initializer as its bias input
+/// when it has none (Conv / ConvTranspose / Gemm; not for MatMul, which has no bias input).
+pub fn ensure_bias(work: &mut Work, l: &Layer) -> String {
+    if let Some(b) = &l.bias {
+        return b.clone();
+    }
+    let label = work.label(l.node).to_string();
+    let name = work.fresh_name(&format!("{label}.bias"));
+    work.add_initializer(
+        &name,
+        crate::onnx::tensor::F32Tensor::filled(vec![l.layout.out_channels()], 0.0),
+    );
+    let n = work.node_mut(l.node);
+    while n.input.len() < 2 {
+        n.input.push(String::new());
+    }
+    n.input.truncate(2);
+    n.input.push(name.clone());
+    name
 }
 
 /// All pads of a Conv-like node are zero and `auto_pad` does not pad.

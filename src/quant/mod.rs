@@ -17,9 +17,21 @@
 //! Rooms: this file holds the schemes and the SQNR measure; [`table`] the per-layer weight
 //! figures; [`sim`] the end-to-end simulation with tract (weights and activations
 //! fake-quantized, calibration, scores); [`target`] the declared int8 grids every grid-tied
-//! edit uses.
+//! edit uses; [`stats`] data-free activation statistics (`E[x]`, ranges); [`rounding`]
+//! data-free rounding onto the grid; [`bias_correction`] the correction for the weight error;
+//! [`deploy`] the deploy model built from them; [`plan`] what an int8 deployment quantizes
+//! (shared by the writers and the simulation), [`calib`] activation ranges from sample inputs,
+//! [`qdq`] the QDQ ONNX model, [`encodings`] AIMET encodings and onnxruntime overrides.
 
+pub mod bias_correction;
+pub mod calib;
+pub mod deploy;
+pub mod encodings;
+pub mod plan;
+pub mod qdq;
+pub mod rounding;
 pub mod sim;
+pub mod stats;
 pub mod table;
 pub mod target;
 

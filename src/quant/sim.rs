@@ -5,6 +5,8 @@
 
 use std::collections::{HashMap, HashSet};
 
+use super::plan::QuantPlan;
+use super::target::{ActivationGrid, ActivationParams, ActivationType};
 use super::{fake_quant, sqnr_db, QuantOptions, Scheme};
 use crate::layout::WeightLayout;
 use crate::onnx::tensor::{self, F32Tensor};
@@ -65,23 +67,31 @@ fn quantize_layers(
     only: Option<&str>,
 ) -> ModelProto {
     let mut m = model.clone();
-    let Some(g) = m.graph.as_mut() else { return m };
-    let by_name: HashMap<&str, &LayerWeight> =
-        layers.iter().map(|l| (l.weight.as_str(), l)).collect();
-    let write = |t: &mut TensorProto| {
-        if let Some(l) = by_name.get(t.name()) {
-            if only.is_some_and(|o| o != l.weight) {
-                return;
-            }
+    let values = layers
+        .iter()
+        .filter(|l| only.is_none_or(|o| o == l.weight))
+        .map(|l| {
             let mut q = l.data.clone();
             fake_quant(&mut q, &l.layout, scheme);
-            tensor::write_f32(
-                t,
-                &F32Tensor {
+            (
+                l.weight.clone(),
+                F32Tensor {
                     dims: l.layout.dims.clone(),
                     data: q,
                 },
-            );
+            )
+        })
+        .collect();
+    replace_constants(&mut m, &values);
+    m
+}
+
+/// Overwrites the initializers and `Constant` values named in `values`.
+fn replace_constants(m: &mut ModelProto, values: &HashMap<String, F32Tensor>) {
+    let Some(g) = m.graph.as_mut() else { return };
+    let write = |t: &mut TensorProto| {
+        if let Some(v) = values.get(t.name()) {
+            tensor::write_f32(t, v);
         }
     };
     for t in g.initializer.iter_mut() {
@@ -98,7 +108,55 @@ fn quantize_layers(
             }
         }
     }
-    m
+}
+
+/// The int8 deployment `plan` describes, in float: every quantized weight and bias replaced by
+/// what `DequantizeLinear` makes of its levels, every activation point fake-quantized
+/// ([`with_fake_quant`]) — the simulation of the QDQ model ([`super::qdq`]) and of the
+/// encodings.
+pub fn plan_model(model: &ModelProto, plan: &QuantPlan) -> Result<ModelProto, String> {
+    let mut work = Work::new(model.clone()).map_err(|e| e.to_string())?;
+    let mut values = HashMap::new();
+    for w in &plan.weights {
+        let t = work.read(&w.weight)?;
+        let data = w.dequantized(&t.data);
+        let dims = t.dims.clone();
+        values.insert(w.weight.clone(), F32Tensor { dims, data });
+    }
+    // A bias read by several layers gets one copy per layer (their input scales differ).
+    let mut extra = Vec::new();
+    let mut rewire = Vec::new();
+    for b in &plan.biases {
+        let t = work.read(&b.bias)?;
+        let q = F32Tensor {
+            dims: t.dims.clone(),
+            data: b.dequantized(&t.data),
+        };
+        if work.index().use_count(&b.bias) > 1 {
+            let name = format!("{}__q{}", b.bias, b.node);
+            extra.push(tensor::new_f32(&name, &q));
+            rewire.push((b.node, name));
+        } else {
+            values.insert(b.bias.clone(), q);
+        }
+    }
+    let mut m = model.clone();
+    replace_constants(&mut m, &values);
+    if let Some(g) = m.graph.as_mut() {
+        g.initializer.extend(extra);
+        for (node, name) in rewire {
+            if let Some(slot) = g.node.get_mut(node).and_then(|n| n.input.get_mut(2)) {
+                *slot = name;
+            }
+        }
+    }
+    let grid = plan.target.activations();
+    let points = plan
+        .activations
+        .iter()
+        .map(|a| (a.tensor.clone(), FakeQuant::on(grid, a.params)))
+        .collect();
+    Ok(with_fake_quant(&m, &points))
 }
 
 /// The activations a W8A8 deployment quantizes: inputs of Conv/ConvTranspose/Gemm/MatMul/Add/
@@ -197,17 +255,61 @@ pub fn calibrate(
 
 /// A copy of `model` with per-tensor uint8 fake quantization on `ranges`' tensors.
 pub fn with_activation_qdq(model: &ModelProto, ranges: &HashMap<String, (f32, f32)>) -> ModelProto {
+    let grid = ActivationGrid {
+        ty: ActivationType::Uint8,
+        symmetric: false,
+    };
+    let points = ranges
+        .iter()
+        .map(|(t, &(lo, hi))| (t.clone(), FakeQuant::on(grid, grid.params(lo, hi))))
+        .collect();
+    with_fake_quant(model, &points)
+}
+
+/// A copy of `model` with per-tensor fake quantization on `ranges`' tensors, on the activation
+/// grid `grid` (scale and zero point from [`ActivationGrid::params`]).
+pub fn with_activation_qdq_on(
+    model: &ModelProto,
+    ranges: &HashMap<String, (f32, f32)>,
+    grid: &ActivationGrid,
+) -> ModelProto {
+    let points = ranges
+        .iter()
+        .map(|(t, &(lo, hi))| (t.clone(), FakeQuant::on(*grid, grid.params(lo, hi))))
+        .collect();
+    with_fake_quant(model, &points)
+}
+
+/// Per-tensor fake quantization of one activation: `(clip(round(x / s) + zp, qmin, qmax) − zp)·s`,
+/// what `QuantizeLinear` → `DequantizeLinear` computes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FakeQuant {
+    /// Scale and zero point.
+    pub params: ActivationParams,
+    /// Lowest level.
+    pub qmin: i32,
+    /// Highest level.
+    pub qmax: i32,
+}
+
+impl FakeQuant {
+    /// `params` on `grid`'s levels.
+    pub fn on(grid: ActivationGrid, params: ActivationParams) -> Self {
+        let (qmin, qmax) = grid.levels();
+        FakeQuant { params, qmin, qmax }
+    }
+}
+
+/// A copy of `model` with the tensors of `points` fake-quantized (graph inputs included).
+pub fn with_fake_quant(model: &ModelProto, points: &HashMap<String, FakeQuant>) -> ModelProto {
     let mut m = model.clone();
     let Some(g) = m.graph.as_mut() else { return m };
     let inputs: HashSet<String> = g.input.iter().map(|v| v.name().to_string()).collect();
     let mut params = Vec::new();
     // Explicit arithmetic rather than QuantizeLinear/DequantizeLinear, so every runtime
-    // computes the same thing: y = (clip(round(x / s) + zp, 0, 255) − zp) · s.
+    // computes the same thing: y = (clip(round(x / s) + zp, qmin, qmax) − zp) · s.
     let qdq = |t: &str, src: &str, dst: &str, params: &mut Vec<TensorProto>| -> Vec<NodeProto> {
-        let (lo, hi) = ranges.get(t).copied().unwrap_or((0.0, 0.0));
-        let (lo, hi) = (lo.min(0.0), hi.max(0.0));
-        let scale = if hi > lo { (hi - lo) / 255.0 } else { 1.0 };
-        let zp = (-lo / scale).round().clamp(0.0, 255.0);
+        let q = points[t];
         let scalar = |name: String, v: f32, params: &mut Vec<TensorProto>| {
             params.push(tensor::new_f32(
                 &name,
@@ -218,10 +320,10 @@ pub fn with_activation_qdq(model: &ModelProto, ranges: &HashMap<String, (f32, f3
             ));
             name
         };
-        let s = scalar(format!("{t}__act_scale"), scale, params);
-        let z = scalar(format!("{t}__act_zp"), zp, params);
-        let lo_q = scalar(format!("{t}__act_qmin"), 0.0, params);
-        let hi_q = scalar(format!("{t}__act_qmax"), 255.0, params);
+        let s = scalar(format!("{t}__act_scale"), q.params.scale, params);
+        let z = scalar(format!("{t}__act_zp"), q.params.zero_point as f32, params);
+        let lo_q = scalar(format!("{t}__act_qmin"), q.qmin as f32, params);
+        let hi_q = scalar(format!("{t}__act_qmax"), q.qmax as f32, params);
         let step = |op: &str, inputs: Vec<String>, out: String| NodeProto {
             op_type: Some(op.into()),
             input: inputs,
@@ -240,7 +342,7 @@ pub fn with_activation_qdq(model: &ModelProto, ranges: &HashMap<String, (f32, f3
     };
     let mut nodes = Vec::with_capacity(g.node.len() * 2);
     let mut renamed_inputs = HashMap::new();
-    for t in ranges.keys().filter(|t| inputs.contains(*t)) {
+    for t in points.keys().filter(|t| inputs.contains(*t)) {
         let dst = format!("{t}__act_dq");
         nodes.extend(qdq(t, t, &dst, &mut params));
         renamed_inputs.insert(t.clone(), dst);
@@ -253,7 +355,7 @@ pub fn with_activation_qdq(model: &ModelProto, ranges: &HashMap<String, (f32, f3
         }
         let mut extra = Vec::new();
         for o in n.output.iter_mut() {
-            if ranges.contains_key(o.as_str()) && !inputs.contains(o.as_str()) {
+            if points.contains_key(o.as_str()) && !inputs.contains(o.as_str()) {
                 let t = o.clone();
                 let pre = format!("{t}__act_fp");
                 *o = pre.clone();
@@ -312,6 +414,25 @@ pub fn score(reference: &[Vec<f32>], outs: &[Vec<f32>]) -> (f64, f64) {
     )
 }
 
+/// `(median, 10th percentile)` over samples of each sample's output SQNR (dB, capped at 300).
+pub fn spread(reference: &[Vec<f32>], outs: &[Vec<f32>]) -> (f64, f64) {
+    let mut per: Vec<f64> = reference
+        .iter()
+        .zip(outs)
+        .map(|(r, o)| sqnr_db(r, o).min(300.0))
+        .collect();
+    per.sort_by(f64::total_cmp);
+    let at = |q: f64| -> f64 {
+        if per.is_empty() {
+            return f64::NAN;
+        }
+        let x = q * (per.len() - 1) as f64;
+        let (lo, hi) = (x.floor() as usize, x.ceil() as usize);
+        per[lo] + (per[hi] - per[lo]) * (x - lo as f64)
+    };
+    (at(0.5), at(0.1))
+}
+
 /// The original model's first output per sample: the reference of every figure.
 pub fn reference_outputs(
     original: &ModelProto,
@@ -332,11 +453,15 @@ pub fn evaluate_model(
     let mut rows = Vec::new();
     let mut push = |scheme: &str, outs: Vec<Vec<f32>>| {
         let (sqnr_db, top1_agreement) = score(reference, &outs);
+        let (median, p10) = spread(reference, &outs);
+        let several = reference.len() > 1;
         rows.push(QuantRow {
             model: label.into(),
             scheme: scheme.into(),
             sqnr_db,
             top1_agreement,
+            per_sample_median_db: several.then_some(median),
+            per_sample_p10_db: several.then_some(p10),
         });
     };
     push("fp32", first_outputs(&crate::onnx::encode(model), samples)?);
@@ -368,35 +493,122 @@ pub fn w8a8_outputs(
     scheme: Scheme,
     samples: &[Vec<InputTensor>],
 ) -> Result<Vec<Vec<f32>>, String> {
-    let points: Vec<String> = activation_points(model)
-        .into_iter()
-        .filter(|p| tensor_exists(model, p))
-        .collect();
     let q = quantized_weights(model, scheme, None);
-    let run_with =
-        |calib: &[Vec<InputTensor>], eval: &[Vec<InputTensor>]| -> Result<Vec<Vec<f32>>, String> {
-            let ranges: HashMap<String, (f32, f32)> = calibrate(&q, &points, calib)?
-                .into_iter()
-                .filter(|(k, _)| points.contains(k))
-                .collect();
-            first_outputs(
-                &crate::onnx::encode(&with_activation_qdq(&q, &ranges)),
-                eval,
-            )
-        };
+    cross_calibrated(&q, samples, &|m, ranges| with_activation_qdq(m, ranges))
+}
+
+/// W8A8 outputs of `model` on `eval` with activation ranges calibrated (min/max) on `calib`:
+/// weights quantized by `scheme`, every activation point per-tensor uint8.
+pub fn w8a8_calibrated_outputs(
+    model: &ModelProto,
+    scheme: Scheme,
+    calib: &[Vec<InputTensor>],
+    eval: &[Vec<InputTensor>],
+) -> Result<Vec<Vec<f32>>, String> {
+    calibrated_outputs(
+        &quantized_weights(model, scheme, None),
+        calib,
+        eval,
+        &|m, ranges| with_activation_qdq(m, ranges),
+    )
+}
+
+/// Builds a model with activation fake quantization on the given per-tensor ranges.
+type QdqBuilder<'a> = &'a dyn Fn(&ModelProto, &HashMap<String, (f32, f32)>) -> ModelProto;
+
+/// Outputs on `eval` of `q` (weights already quantized) with every activation point
+/// fake-quantized by `qdq(q, ranges)`, ranges min/max-calibrated on `calib`.
+fn calibrated_outputs(
+    q: &ModelProto,
+    calib: &[Vec<InputTensor>],
+    eval: &[Vec<InputTensor>],
+    qdq: QdqBuilder,
+) -> Result<Vec<Vec<f32>>, String> {
+    let points: Vec<String> = activation_points(q)
+        .into_iter()
+        .filter(|p| tensor_exists(q, p))
+        .collect();
+    let ranges: HashMap<String, (f32, f32)> = calibrate(q, &points, calib)?
+        .into_iter()
+        .filter(|(k, _)| points.contains(k))
+        .collect();
+    first_outputs(&crate::onnx::encode(&qdq(q, &ranges)), eval)
+}
+
+/// [`calibrated_outputs`] with ranges calibrated on other samples than the one evaluated: two
+/// folds with 4 or more samples (even samples calibrate the odd ones and vice versa), all
+/// samples otherwise.
+fn cross_calibrated(
+    q: &ModelProto,
+    samples: &[Vec<InputTensor>],
+    qdq: QdqBuilder,
+) -> Result<Vec<Vec<f32>>, String> {
     if samples.len() < 4 {
-        return run_with(samples, samples);
+        return calibrated_outputs(q, samples, samples, qdq);
     }
     let even: Vec<Vec<InputTensor>> = samples.iter().step_by(2).cloned().collect();
     let odd: Vec<Vec<InputTensor>> = samples.iter().skip(1).step_by(2).cloned().collect();
-    let on_odd = run_with(&even, &odd)?;
-    let on_even = run_with(&odd, &even)?;
+    let on_odd = calibrated_outputs(q, &even, &odd, qdq)?;
+    let on_even = calibrated_outputs(q, &odd, &even, qdq)?;
     let mut out = Vec::with_capacity(samples.len());
     let (mut e, mut o) = (on_even.into_iter(), on_odd.into_iter());
     for k in 0..samples.len() {
         out.extend(if k % 2 == 0 { e.next() } else { o.next() });
     }
     Ok(out)
+}
+
+/// Rows of the deploy model (its weights are on the target grid already), against
+/// `reference`: `target_weights` (as written: int8 weights, FP32 activations), `target_w8a8`
+/// (activations on the target grid, min/max calibrated as [`w8a8_outputs`]) and, with
+/// `data_free` ranges, `target_w8a8_data_free` (those ranges where known, calibrated elsewhere:
+/// graph inputs and tensors the statistics do not model).
+pub fn evaluate_deploy(
+    reference: &[Vec<f32>],
+    deploy: &ModelProto,
+    samples: &[Vec<InputTensor>],
+    grid: &ActivationGrid,
+    w8a8: bool,
+    data_free: Option<&HashMap<String, (f32, f32)>>,
+) -> Result<Vec<QuantRow>, String> {
+    let mut rows = Vec::new();
+    let mut push = |scheme: &str, outs: Vec<Vec<f32>>| {
+        let (sqnr_db, top1_agreement) = score(reference, &outs);
+        let (median, p10) = spread(reference, &outs);
+        let several = reference.len() > 1;
+        rows.push(QuantRow {
+            model: "deploy".into(),
+            scheme: scheme.into(),
+            sqnr_db,
+            top1_agreement,
+            per_sample_median_db: several.then_some(median),
+            per_sample_p10_db: several.then_some(p10),
+        });
+    };
+    push(
+        "target_weights",
+        first_outputs(&crate::onnx::encode(deploy), samples)?,
+    );
+    if !w8a8 {
+        return Ok(rows);
+    }
+    push(
+        "target_w8a8",
+        cross_calibrated(deploy, samples, &|m, r| with_activation_qdq_on(m, r, grid))?,
+    );
+    if let Some(df) = data_free {
+        let outs = cross_calibrated(deploy, samples, &|m, calibrated| {
+            let mut r = calibrated.clone();
+            for (k, v) in r.iter_mut() {
+                if let Some(d) = df.get(k) {
+                    *v = *d;
+                }
+            }
+            with_activation_qdq_on(m, &r, grid)
+        })?;
+        push("target_w8a8_data_free", outs);
+    }
+    Ok(rows)
 }
 
 /// Why [`end_to_end`] stopped when `canceled()` turned true.

@@ -19,8 +19,8 @@
 use std::fmt::{self, Display, Write};
 
 use crate::report::{
-    ClsKind, ClsPair, ClsSet, CoverageCount, EndToEnd, LayerQuant, Quantization, Relu6Action,
-    Report, VerifyStatus,
+    ClsKind, ClsPair, ClsSet, CoverageCount, DeployReport, EndToEnd, Exports, LayerQuant,
+    Quantization, Relu6Action, Report, VerifyStatus,
 };
 
 /// `write!` into a `String`, which cannot fail.
@@ -39,6 +39,15 @@ pub fn render(report: &Report) -> String {
     summary(&mut o, report);
     coverage(&mut o, report);
     int8(&mut o, report.quantization.as_ref());
+    if let Some(d) = &report.deploy {
+        deploy(&mut o, d);
+    }
+    if let Some(e) = &report.exports {
+        exports(&mut o, e);
+    }
+    if let Some(sel) = &report.selection {
+        selection(&mut o, sel);
+    }
     cls(&mut o, report);
     hbf(&mut o, report);
     skipped(&mut o, report);
@@ -172,8 +181,15 @@ fn header(o: &mut String, r: &Report) {
          <a href=\"#int8\">Int8 readiness</a>\
          <a href=\"#cls\">CLS sets</a><a href=\"#hbf\">High-bias fold</a>\
          <a href=\"#skipped\">Skipped</a><a href=\"#bn-folds\">BN folds</a>\
-         <a href=\"#relu6\">ReLU6</a><a href=\"#notes\">Notes</a></nav></header>\n",
+         <a href=\"#relu6\">ReLU6</a><a href=\"#notes\">Notes</a>",
     );
+    if r.deploy.is_some() {
+        o.push_str("<a href=\"#deploy\">Deploy model</a>");
+    }
+    if r.exports.is_some() {
+        o.push_str("<a href=\"#exports\">Int8 outputs</a>");
+    }
+    o.push_str("</nav></header>\n");
     if r.function_changed {
         o.push_str(
             "<div class=\"banner warn\" id=\"function\"><strong>Function changed on request.</strong> \
@@ -692,12 +708,44 @@ fn int8(o: &mut String, q: Option<&Quantization>) {
     o.push_str("</section>\n");
 }
 
+fn selection(o: &mut String, sel: &crate::report::Selection) {
+    w!(
+        o,
+        "<section><h2>Scaling chosen on held-out samples</h2>\
+         <p class=\"muted\">select = auto: {} candidates scored on {} samples used for nothing \
+         else ({}); verification and the figures above use the other {}. Kept: <b>{}</b>.</p>\n\
+         <table><thead><tr><th>Candidate</th><th class=\"n\">Pass cap</th><th class=\"n\">Balance</th>\
+         <th class=\"n\">SQNR</th><th class=\"n\">Per-sample median</th><th class=\"n\">Top-1</th></tr></thead><tbody>",
+        sel.candidates.len(),
+        sel.scored_samples,
+        esc(&sel.score),
+        sel.other_samples,
+        esc(&sel.chosen)
+    );
+    for c in &sel.candidates {
+        w!(
+            o,
+            "<tr><td>{}{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td>\
+             <td class=\"n\">{}</td><td class=\"n\">{}</td></tr>",
+            esc(&c.label),
+            if c.chosen { " ✓" } else { "" },
+            c.iterations,
+            c.balance.map_or("—".to_string(), |b| num(f64::from(b))),
+            db(c.sqnr_db),
+            db(c.per_sample_median_db),
+            pct(c.top1_agreement)
+        );
+    }
+    o.push_str("</tbody></table></section>\n");
+}
+
 fn end_to_end(o: &mut String, e: &EndToEnd) {
     w!(
         o,
         "<h3>End to end (simulated int8 against the FP32 original)</h3>\
-         <p class=\"muted\">{} sample{} from {}. Each cell: output SQNR (higher is better) · \
-         top-1 agreement with the original.</p>\n",
+         <p class=\"muted\">{} sample{} from {}. Each cell: output SQNR over all samples (higher \
+         is better) · top-1 agreement with the original; with several samples also the median and \
+         10th percentile of the per-sample SQNR.</p>\n",
         e.samples,
         if e.samples == 1 { "" } else { "s" },
         esc(&e.inputs)
@@ -729,12 +777,23 @@ fn end_to_end(o: &mut String, e: &EndToEnd) {
             w!(o, "<tr><td>{}</td>", esc(&s.replace('_', " ")));
             for m in &models {
                 match find(m, s) {
-                    Some(r) => w!(
-                        o,
-                        "<td class=\"n\">{} · {}</td>",
-                        db(r.sqnr_db),
-                        pct(r.top1_agreement)
-                    ),
+                    Some(r) => {
+                        w!(
+                            o,
+                            "<td class=\"n\">{} · {}",
+                            db(r.sqnr_db),
+                            pct(r.top1_agreement)
+                        );
+                        if let (Some(m), Some(p)) = (r.per_sample_median_db, r.per_sample_p10_db) {
+                            w!(
+                                o,
+                                "<br><span class=\"muted\">per image: median {} · p10 {}</span>",
+                                db(m),
+                                db(p)
+                            );
+                        }
+                        o.push_str("</td>");
+                    }
                     None => o.push_str("<td class=\"n\">—</td>"),
                 }
             }
@@ -788,10 +847,262 @@ fn end_to_end(o: &mut String, e: &EndToEnd) {
     }
 }
 
+/// The deploy model: target, edits, predicted and measured deviation, per-layer table.
+fn deploy(o: &mut String, d: &DeployReport) {
+    w!(
+        o,
+        "<section id=\"deploy\"><h2>Deploy model</h2>\n<div class=\"banner warn\">\
+         <strong>Function changed by design.</strong> The deploy model's weights lie on the \
+         grid of <code>{}</code>{}; it is tied to that grid. The exact equalized model is the \
+         main output.</div>\n<div class=\"tiles wide\">",
+        esc(&d.target),
+        if d.bias_correction == "off" {
+            String::new()
+        } else {
+            format!(
+                " and its biases are corrected for the weight error ({})",
+                esc(&d.bias_correction)
+            )
+        }
+    );
+    let s = &d.summary;
+    w!(
+        o,
+        "<div class=\"tile\"><b>{} layers</b><span>on the grid, {} rounding, {} of {} weights \
+         flipped</span></div>",
+        s.layers,
+        esc(&d.rounding),
+        s.flips,
+        s.elements
+    );
+    w!(
+        o,
+        "<div class=\"tile\"><b>{} corrected</b><span>bias correction {}{}</span></div>",
+        s.corrected,
+        esc(&d.bias_correction),
+        if s.biases_created > 0 {
+            format!(", {} biases created", s.biases_created)
+        } else {
+            String::new()
+        }
+    );
+    w!(
+        o,
+        "<div class=\"tile\"><b>{}</b><span>predicted output SQNR against the original \
+         (<span class=\"hint\" title=\"{}\">estimate</span>)</span></div>",
+        db(d.predicted.sqnr_db),
+        esc(&d.predicted.method)
+    );
+    let measured = d.measured.as_ref();
+    let measured_db = measured
+        .and_then(|m| m.max_rel_l2)
+        .map(|r| -20.0 * r.log10());
+    w!(
+        o,
+        "<div class=\"tile\"><b>{}</b><span>measured (tract{}): {}</span></div>",
+        db_opt(measured_db),
+        measured.map_or_else(String::new, |m| format!(", {}", esc(&m.inputs))),
+        match measured {
+            Some(m) if m.status == VerifyStatus::Verified => format!(
+                "max relative L2 {}",
+                m.max_rel_l2.map_or_else(|| "n/a".to_string(), sci)
+            ),
+            Some(m) => format!(
+                "not verified: {}",
+                esc(m.reason.as_deref().unwrap_or("no reason given"))
+            ),
+            None => "verification off".to_string(),
+        }
+    );
+    o.push_str("</div>\n");
+    if let Some(e) = &d.expectation {
+        w!(o, "<p class=\"muted\">E[x]: {}</p>\n", esc(e));
+    }
+    w!(
+        o,
+        "<details><summary>Per-layer table ({} layers)</summary><div class=\"body\"><table>\
+         <thead><tr><th>#</th><th>Layer</th><th>Op</th><th class=\"n\">Channels</th>\
+         <th class=\"n\">Weight SQNR nearest → written</th><th class=\"n\">Flips</th>\
+         <th class=\"n\">Max channel error</th><th class=\"n\">Correction RMS</th>\
+         <th class=\"n\">Max |Δb|</th><th class=\"n\">Δb / b</th></tr></thead><tbody>",
+        d.layers.len()
+    );
+    for (i, l) in d.layers.iter().enumerate() {
+        w!(
+            o,
+            "<tr><td class=\"n\">{}</td><td><code>{}</code></td><td>{}</td>\
+             <td class=\"n\">{}</td><td class=\"n\">{} → {}</td><td class=\"n\">{}</td>\
+             <td class=\"n\">{} LSB</td><td class=\"n\">{}</td><td class=\"n\">{}</td>\
+             <td class=\"n\">{}</td></tr>",
+            i + 1,
+            name(&l.layer),
+            esc(&l.op),
+            l.channels,
+            db(l.nearest_sqnr_db),
+            db(l.weight_sqnr_db),
+            l.flips,
+            num(f64::from(l.max_channel_error_lsb)),
+            if l.corrected {
+                num(l.correction_rms)
+            } else {
+                "—".into()
+            },
+            if l.corrected {
+                num(l.correction_max_abs)
+            } else {
+                "—".into()
+            },
+            if l.corrected {
+                pct(l.correction_relative)
+            } else {
+                "—".into()
+            },
+        );
+    }
+    o.push_str("</tbody></table></div></details>\n");
+    if !d.skipped.is_empty() {
+        w!(
+            o,
+            "<details><summary>Left out: {}</summary><div class=\"body\"><table><thead><tr>\
+             <th>Nodes</th><th>Step</th><th>Reason</th><th>Detail</th></tr></thead><tbody>",
+            d.skipped.len()
+        );
+        for k in &d.skipped {
+            let nodes: Vec<String> = k.nodes.iter().map(|n| name(n).to_string()).collect();
+            w!(
+                o,
+                "<tr><td><code>{}</code></td><td>{}</td><td><code>{}</code></td><td>{}</td></tr>",
+                nodes.join(", "),
+                esc(&k.pass),
+                esc(&k.reason),
+                esc(&k.detail)
+            );
+        }
+        o.push_str("</tbody></table></div></details>\n");
+    }
+    if !d.metadata.is_empty() {
+        o.push_str("<h3>metadata_props</h3><dl class=\"kv\">");
+        for m in &d.metadata {
+            kv(o, &m.key, &m.value);
+        }
+        o.push_str("</dl>\n");
+    }
+    o.push_str("</section>\n");
+}
+
+fn exports(o: &mut String, e: &Exports) {
+    let ranges = if e.calibration_samples > 0 {
+        format!(
+            "{} calibration on {} samples",
+            esc(&e.ranges),
+            e.calibration_samples
+        )
+    } else {
+        format!("{} activation ranges", esc(&e.ranges))
+    };
+    w!(
+        o,
+        "<section id=\"exports\"><h2>Int8 outputs</h2>\n<p>One quantization plan for \
+         <code>{}</code>, {ranges}: what a QDQ runtime quantizes, the placement of onnxruntime's \
+         QDQ quantizer; every file below is written from it.</p>\n<div class=\"tiles wide\">",
+        esc(&e.target)
+    );
+    tile(
+        o,
+        e.activations,
+        "activations",
+        &format!(
+            "quantized; {} Relu/Clip folded into their quantizer, {} tied to their ReLU6 bound",
+            e.folded_activations, e.tied
+        ),
+    );
+    tile(o, e.weights, "weights", "on the target grid");
+    tile(o, e.biases, "biases", "int32, scale = input × weight scale");
+    tile(
+        o,
+        e.left_float.len(),
+        "left float",
+        "tensors a runtime would quantize that have no range",
+    );
+    o.push_str(
+        "</div>\n<table><thead><tr><th>File</th><th>Format</th><th class=\"n\">Bytes</th>\
+                </tr></thead><tbody>",
+    );
+    for f in &e.files {
+        w!(
+            o,
+            "<tr><td><code>{}</code></td><td>{}</td><td class=\"n\">{}</td></tr>",
+            esc(&f.name),
+            esc(&f.format),
+            f.bytes
+        );
+    }
+    o.push_str("</tbody></table>\n");
+    if e.figures.is_empty() {
+        o.push_str(
+            "<p class=\"muted\">No figures: give sample inputs (<code>--samples</code>) or \
+             <code>--quant-e2e</code> to simulate the outputs and run the QDQ model.</p>\n",
+        );
+    } else {
+        o.push_str(
+            "<h3>Logits against the original FP32 model</h3><table><thead><tr><th>Output</th>\
+             <th>How</th><th class=\"n\">SQNR</th><th class=\"n\">Per-sample median</th>\
+             <th class=\"n\">10th percentile</th><th class=\"n\">Top-1 agreement</th>\
+             <th>Inputs</th></tr></thead><tbody>",
+        );
+        for f in &e.figures {
+            let how = match f.method.as_str() {
+                "simulated" => "simulated (plan in float, tract)",
+                "tract" => "run by tract (QuantizeLinear / DequantizeLinear)",
+                other => other,
+            };
+            w!(
+                o,
+                "<tr><td><code>{}</code></td><td>{}</td><td class=\"n\">{}</td>\
+                 <td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td>\
+                 <td>{} ({} samples{})</td></tr>",
+                esc(&f.output),
+                esc(how),
+                db(f.sqnr_db),
+                db(f.median_sqnr_db),
+                db(f.p10_sqnr_db),
+                pct(f.top1_agreement),
+                esc(&f.inputs),
+                f.samples,
+                if f.in_sample {
+                    ", also the calibration samples: optimistic"
+                } else {
+                    ""
+                }
+            );
+        }
+        o.push_str("</tbody></table>\n");
+    }
+    if !e.left_float.is_empty() {
+        w!(
+            o,
+            "<details><summary>Left float: {}</summary><div class=\"body\"><table><thead><tr>\
+             <th>Tensor</th><th>Reason</th></tr></thead><tbody>",
+            e.left_float.len()
+        );
+        for l in &e.left_float {
+            w!(
+                o,
+                "<tr><td><code>{}</code></td><td>{}</td></tr>",
+                name(&l.tensor),
+                esc(&l.reason)
+            );
+        }
+        o.push_str("</tbody></table></div></details>\n");
+    }
+    o.push_str("</section>\n");
+}
+
 fn model_label(m: &str) -> String {
     match m {
         "bn_folded" => "BN-folded".into(),
         "equalized" => "Equalized".into(),
+        "deploy" => "Deploy".into(),
         other => other.replace('_', " "),
     }
 }

@@ -92,6 +92,57 @@ pub struct Report {
     /// alone (grouped by reason), and the share of weights covered.
     #[serde(default)]
     pub coverage: Coverage,
+    /// The deploy model (on-grid weights, bias correction): present when one was produced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deploy: Option<DeployReport>,
+    /// The int8 outputs (QDQ model, encodings, onnxruntime overrides) written from one
+    /// quantization plan, with their figures; absent when none was requested.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exports: Option<Exports>,
+    /// `select = auto`: every candidate scaling tried and the one kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selection: Option<Selection>,
+}
+
+/// How `select = auto` chose the scaling: each candidate's per-tensor int8 figures on the
+/// samples held out for the choice (used for nothing else).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct Selection {
+    /// Samples the candidates were scored on (the odd-indexed given samples).
+    pub scored_samples: usize,
+    /// Samples left for verification and the quantization figures (the even-indexed ones).
+    pub other_samples: usize,
+    /// What the score is.
+    pub score: String,
+    /// The candidates in the order tried.
+    pub candidates: Vec<SelectionCandidate>,
+    /// Label of the kept candidate.
+    pub chosen: String,
+}
+
+/// One candidate of `select = auto`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SelectionCandidate {
+    /// `default`, `iterations 1`, `balance 2`, …
+    pub label: String,
+    /// CLS passes the candidate allowed.
+    pub iterations: u32,
+    /// Its activation-growth cap, if any.
+    pub balance: Option<f32>,
+    /// Per-tensor symmetric int8 weights: output SQNR on the scored samples (dB).
+    #[serde(deserialize_with = "nonfinite::f64")]
+    #[schema(value_type = Option<f64>, required = true)]
+    pub sqnr_db: f64,
+    /// Median per-sample SQNR (dB).
+    #[serde(deserialize_with = "nonfinite::f64")]
+    #[schema(value_type = Option<f64>, required = true)]
+    pub per_sample_median_db: f64,
+    /// Top-1 agreement with the original on the scored samples.
+    #[serde(deserialize_with = "nonfinite::f64")]
+    #[schema(value_type = Option<f64>, required = true)]
+    pub top1_agreement: f64,
+    /// Whether this candidate was kept.
+    pub chosen: bool,
 }
 
 /// Facts about the model.
@@ -366,6 +417,12 @@ pub struct Timings {
     /// Encoding the equalized model.
     #[serde(default)]
     pub encode: f64,
+    /// Deploy model: statistics, rounding, bias correction and its verification.
+    #[serde(default)]
+    pub deploy: f64,
+    /// Int8 outputs: plan, calibration, writers and their figures.
+    #[serde(default)]
+    pub exports: f64,
 }
 
 /// How ready the model is for int8 deployment, before (BN-folded) and after equalization.
@@ -431,6 +488,13 @@ pub struct QuantRow {
     #[serde(deserialize_with = "nonfinite::f64")]
     #[schema(value_type = Option<f64>, required = true)]
     pub top1_agreement: f64,
+    /// Median over samples of each sample's output SQNR (dB, capped at 300), when there are
+    /// several samples: the typical image, where the aggregate is dominated by loud ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_sample_median_db: Option<f64>,
+    /// 10th percentile over samples of each sample's output SQNR (dB): the bad tail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_sample_p10_db: Option<f64>,
 }
 
 /// Sensitivity of one layer.
@@ -554,6 +618,202 @@ pub struct Coverage {
     /// One line for people, e.g. `4 of 82 layers scaled (14.9% of weights), 49 BN folded; not
     /// scaled: 47 fan_out (SiLU), 16 chain_break (Sigmoid), 9 chain_break (Add), …`.
     pub summary: String,
+}
+
+/// The deploy model: the equalized model with its layer weights written on the declared int8
+/// target's grid (rounded to nearest or by data-free rounding) and, on request, biases corrected
+/// for the weight error. Its function differs from the input's on purpose (it is the int8
+/// model's function with FP32 activations), so `function_changed` is always true; the exact
+/// equalized model stays the main output.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct DeployReport {
+    /// The declared target (`metadata_props` `onnx_cle.target` carries the same text).
+    pub target: String,
+    /// `nearest` or `squant`.
+    pub rounding: String,
+    /// `off`, `analytic` or `empirical`.
+    pub bias_correction: String,
+    /// Where `E[x]` came from (bias correction only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expectation: Option<String>,
+    /// Always true: the deploy model is tied to its grid and does not compute the input's function.
+    pub function_changed: bool,
+    /// Layers whose weights were put on the grid, in graph order.
+    pub layers: Vec<DeployLayer>,
+    /// Layers left out (not quantizable) or not corrected, with the reason.
+    pub skipped: Vec<Skip>,
+    /// Totals over layers.
+    pub summary: DeploySummary,
+    /// Output deviation from the original model predicted from the per-layer weight errors.
+    pub predicted: PredictedDeviation,
+    /// Deploy model vs the original, run by tract on the verification inputs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub measured: Option<Verification>,
+    /// The `metadata_props` written into the deploy model.
+    pub metadata: Vec<MetadataEntry>,
+}
+
+/// One layer of the deploy model.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DeployLayer {
+    /// Layer label.
+    pub layer: String,
+    /// Op type.
+    pub op: String,
+    /// Weight tensor.
+    pub weight: String,
+    /// Output channels.
+    pub channels: usize,
+    /// SQNR (dB) of the written weight against the equalized FP32 weight.
+    #[serde(deserialize_with = "nonfinite::f64")]
+    #[schema(value_type = Option<f64>, required = true)]
+    pub weight_sqnr_db: f64,
+    /// The same with round-to-nearest on the same grid (for comparison).
+    #[serde(deserialize_with = "nonfinite::f64")]
+    #[schema(value_type = Option<f64>, required = true)]
+    pub nearest_sqnr_db: f64,
+    /// Elements moved to their second-nearest level by data-free rounding.
+    pub flips: usize,
+    /// Largest per-channel error sum (LSB) after rounding.
+    #[serde(deserialize_with = "nonfinite::f32")]
+    #[schema(value_type = Option<f32>, required = true)]
+    pub max_channel_error_lsb: f32,
+    /// Bias correction applied to this layer.
+    pub corrected: bool,
+    /// RMS over output channels of the bias change.
+    #[serde(deserialize_with = "nonfinite::f64")]
+    #[schema(value_type = Option<f64>, required = true)]
+    pub correction_rms: f64,
+    /// Largest |bias change|.
+    #[serde(deserialize_with = "nonfinite::f64")]
+    #[schema(value_type = Option<f64>, required = true)]
+    pub correction_max_abs: f64,
+    /// RMS of the bias change over the RMS of the corrected bias (0 when uncorrected).
+    #[serde(deserialize_with = "nonfinite::f64")]
+    #[schema(value_type = Option<f64>, required = true)]
+    pub correction_relative: f64,
+}
+
+/// Totals of the deploy edits.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct DeploySummary {
+    /// Layers on the grid.
+    pub layers: usize,
+    /// Layers whose bias was corrected.
+    pub corrected: usize,
+    /// Biases created for layers that had none.
+    pub biases_created: usize,
+    /// Weight elements moved by data-free rounding.
+    pub flips: usize,
+    /// Weight elements on the grid.
+    pub elements: usize,
+}
+
+/// A deviation predicted without running the model.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct PredictedDeviation {
+    /// How it is computed.
+    pub method: String,
+    /// Predicted output SQNR (dB) against the original.
+    #[serde(deserialize_with = "nonfinite::f64")]
+    #[schema(value_type = Option<f64>, required = true)]
+    pub sqnr_db: f64,
+    /// Predicted relative L2 deviation `‖a − b‖ / ‖a‖`.
+    #[serde(deserialize_with = "nonfinite::f64")]
+    #[schema(value_type = Option<f64>, required = true)]
+    pub rel_l2: f64,
+}
+
+/// A `metadata_props` entry.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct MetadataEntry {
+    /// Key.
+    pub key: String,
+    /// Value.
+    pub value: String,
+}
+
+/// The int8 outputs written from one quantization plan (`quant::plan`): what it quantizes, the
+/// files, and their figures against the original FP32 model.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct Exports {
+    /// The declared target, e.g. `ort: weights int8 symmetric per_tensor; activations uint8
+    /// asymmetric`.
+    pub target: String,
+    /// Source of the activation ranges: `data_free`, `minmax`, `percentile`, `mse`.
+    pub ranges: String,
+    /// Sample inputs the ranges were calibrated on (0 when data-free).
+    pub calibration_samples: usize,
+    /// Quantized activation tensors.
+    pub activations: usize,
+    /// Quantized weights.
+    pub weights: usize,
+    /// int32 biases.
+    pub biases: usize,
+    /// Relu / Clip nodes whose function the output quantizer takes over (dropped from the QDQ
+    /// model).
+    pub folded_activations: usize,
+    /// Relu outputs feeding an exact ReLU6 `Min` that take the `Min`'s range (the tie).
+    pub tied: usize,
+    /// Tensors a runtime would quantize that stay float, and why.
+    pub left_float: Vec<LeftFloat>,
+    /// The files written.
+    pub files: Vec<ExportFile>,
+    /// Logits figures against the original FP32 model (with sample inputs or `quant.end_to_end`).
+    pub figures: Vec<ExportFigure>,
+}
+
+/// A tensor left in float, and why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct LeftFloat {
+    /// Tensor name.
+    pub tensor: String,
+    /// Why it is not quantized.
+    pub reason: String,
+}
+
+/// One written int8 output.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ExportFile {
+    /// Artifact name: `qdq.onnx`, `encodings.json`, `ort_overrides.json`.
+    pub name: String,
+    /// Format: `qdq_onnx`, `aimet_encodings_1.0.0`, `aimet_encodings_0.6.1`,
+    /// `ort_tensor_quant_overrides`.
+    pub format: String,
+    /// Size in bytes.
+    pub bytes: u64,
+}
+
+/// Logits SQNR of one int8 output against the original FP32 model.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ExportFigure {
+    /// The output: an artifact name.
+    pub output: String,
+    /// `simulated` (the plan in float, weights dequantized and activations fake-quantized,
+    /// run by tract) or `tract` (the QDQ model itself run by tract).
+    pub method: String,
+    /// Where the inputs came from.
+    pub inputs: String,
+    /// Number of samples.
+    pub samples: usize,
+    /// The evaluated samples are also the calibration samples (an optimistic figure).
+    pub in_sample: bool,
+    /// Logits SQNR over all samples (dB).
+    #[serde(deserialize_with = "nonfinite::f64")]
+    #[schema(value_type = Option<f64>, required = true)]
+    pub sqnr_db: f64,
+    /// Per-sample SQNR, median (dB).
+    #[serde(deserialize_with = "nonfinite::f64")]
+    #[schema(value_type = Option<f64>, required = true)]
+    pub median_sqnr_db: f64,
+    /// Per-sample SQNR, 10th percentile (dB).
+    #[serde(deserialize_with = "nonfinite::f64")]
+    #[schema(value_type = Option<f64>, required = true)]
+    pub p10_sqnr_db: f64,
+    /// Fraction of samples whose arg-max output matches the original model's.
+    #[serde(deserialize_with = "nonfinite::f64")]
+    #[schema(value_type = Option<f64>, required = true)]
+    pub top1_agreement: f64,
 }
 
 #[cfg(test)]

@@ -136,6 +136,22 @@ pub struct JobResult {
     /// Worst relative L2 deviation measured by verification.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_rel_l2: Option<f64>,
+    /// The requested outputs besides the model (`links.artifacts` has their URLs).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub artifacts: Vec<ArtifactInfo>,
+}
+
+/// One stored output of a succeeded job, served at `/jobs/{id}/artifacts/{name}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ArtifactInfo {
+    /// `deploy.onnx`, `qdq.onnx`, `encodings.json` or `ort_overrides.json`.
+    pub name: String,
+    /// Size in bytes.
+    pub bytes: u64,
+    /// SHA-256, lower-case hex (also its `ETag`).
+    pub sha256: String,
+    /// Media type it is served as.
+    pub media_type: String,
 }
 
 /// The persisted form of a job (timestamps in Unix milliseconds).
@@ -201,6 +217,9 @@ pub struct JobLinks {
     /// Cancel (while not finished).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cancel: Option<String>,
+    /// The requested outputs besides the model, by name (when succeeded).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub artifacts: std::collections::BTreeMap<String, String>,
 }
 
 /// A CLE job.
@@ -268,6 +287,13 @@ impl From<&JobRecord> for Job {
                 report: ok.then(|| format!("{base}/report")),
                 report_html: ok.then(|| format!("{base}/report.html")),
                 cancel: (!r.state.is_terminal()).then(|| format!("{base}/cancel")),
+                artifacts: r
+                    .result
+                    .iter()
+                    .filter(|_| ok)
+                    .flat_map(|res| &res.artifacts)
+                    .map(|a| (a.name.clone(), format!("{base}/artifacts/{}", a.name)))
+                    .collect(),
                 self_: base,
             },
         }

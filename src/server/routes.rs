@@ -106,6 +106,7 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(get_job, delete_job))
         .routes(routes!(cancel_job))
         .routes(routes!(download_model))
+        .routes(routes!(download_artifact))
         .routes(routes!(get_report))
         .routes(routes!(get_report_html))
         .routes(routes!(healthz))
@@ -563,6 +564,30 @@ async fn download_model(
         .as_ref()
         .map(|r| r.model_sha256.clone())
         .unwrap_or_default();
+    let name = download_name(&job);
+    serve_blob(
+        &app,
+        &job,
+        BlobKind::Model,
+        &sha,
+        "application/octet-stream",
+        &name,
+        &headers,
+    )
+    .await
+}
+
+/// Streams blob `kind` of `job` with its ETag (`sha`), answering 304 to a matching
+/// `If-None-Match`.
+async fn serve_blob(
+    app: &AppState,
+    job: &JobRecord,
+    kind: BlobKind,
+    sha: &str,
+    media_type: &'static str,
+    filename: &str,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
     let etag = format!("\"{sha}\"");
     let matches = headers
         .get(header::IF_NONE_MATCH)
@@ -593,17 +618,14 @@ async fn download_model(
     let id = job.id.clone();
     let (reader, len) = blocking(move || {
         jobs.blobs()
-            .open(&id, BlobKind::Model)
-            .map_err(|e| store_error(&format!("opening the model of {id}"), &e))
+            .open(&id, kind)
+            .map_err(|e| store_error(&format!("opening {} of {id}", kind.file_name()), &e))
     })
     .await?;
-    let disposition = format!("attachment; filename=\"{}\"", download_name(&job));
+    let disposition = format!("attachment; filename=\"{filename}\"");
     let mut res = Response::new(reader_body(reader));
     let h = res.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/octet-stream"),
-    );
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(media_type));
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     h.insert(header::ETAG, etag_value);
     h.insert(
@@ -611,6 +633,79 @@ async fn download_model(
         HeaderValue::from_str(&disposition).map_err(ApiError::internal)?,
     );
     Ok(res)
+}
+
+/// Download one requested output of a succeeded job: `deploy.onnx`, `qdq.onnx` (the QDQ ONNX
+/// model), `encodings.json` (AIMET encodings) or `ort_overrides.json` (onnxruntime
+/// `TensorQuantOverrides`), as listed in the job's `links.artifacts`. With `ETag` (its sha256)
+/// and `Content-Disposition`; `If-None-Match` with the ETag answers 304. An output the job did not
+/// produce is `404 artifact_not_found`.
+#[utoipa::path(
+    get,
+    path = "/jobs/{id}/artifacts/{name}",
+    operation_id = "download_artifact",
+    tag = "jobs",
+    params(
+        ("id" = String, Path, description = "Job id."),
+        ("name" = String, Path, description = "Artifact name, as in `links.artifacts`.")
+    ),
+    responses(
+        (status = 200, description = "The artifact: an ONNX model (`application/octet-stream`) or JSON (`application/json`).",
+            content(
+                (OnnxFile = "application/octet-stream"),
+                (serde_json::Value = "application/json")
+            ),
+            headers(
+                ("ETag" = String, description = "Quoted sha256 of the artifact."),
+                ("Content-Disposition" = String, description = "attachment; filename=\"<upload>.<name>\"")
+            )),
+        (status = 304, description = "Not modified (If-None-Match matched)."),
+        (status = "4XX", description = "Unknown job or artifact (404) or not succeeded (409).", body = Problem, content_type = PROBLEM_JSON),
+        (status = "5XX", description = "Server error.", body = Problem, content_type = PROBLEM_JSON)
+    )
+)]
+async fn download_artifact(
+    State(app): State<AppState>,
+    Path((raw, name)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let job = find(&app, &raw)?;
+    require_succeeded(&job)?;
+    let listed = job
+        .result
+        .as_ref()
+        .map(|r| r.artifacts.as_slice())
+        .unwrap_or_default();
+    let found = crate::ArtifactKind::parse(&name)
+        .and_then(|kind| Some((kind, listed.iter().find(|a| a.name == name)?)));
+    let Some((kind, info)) = found else {
+        let available: Vec<&str> = listed.iter().map(|a| a.name.as_str()).collect();
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "artifact_not_found",
+            if available.is_empty() {
+                format!("the job has no artifact `{name}`; it produced none (request them in the options' `exports`)")
+            } else {
+                format!(
+                    "the job has no artifact `{name}`; it has {}",
+                    available.join(", ")
+                )
+            },
+        )
+        .job(job.id.as_str()));
+    };
+    let stem = download_name(&job);
+    let stem = stem.strip_suffix(".cle.onnx").unwrap_or(&stem);
+    serve_blob(
+        &app,
+        &job,
+        BlobKind::Artifact(kind),
+        &info.sha256.clone(),
+        kind.media_type(),
+        &format!("{stem}.{name}"),
+        &headers,
+    )
+    .await
 }
 
 /// Get the JSON report of a succeeded job (per-layer folds, scales, skips, verification).

@@ -78,9 +78,39 @@ pub struct EqualizeParams {
     pub verify_budget: Option<f64>,
     /// Compute the per-layer int8 weight table (default true).
     pub quant_table: Option<bool>,
+    /// Also produce the QDQ ONNX model (artifact `qdq.onnx`), data-free activation ranges.
+    pub qdq: Option<bool>,
+    /// Also produce AIMET encodings in this version (artifact `encodings.json`).
+    pub encodings: Option<crate::quant::encodings::EncodingsVersion>,
+    /// Also produce onnxruntime `TensorQuantOverrides` (artifact `ort_overrides.json`).
+    pub ort_overrides: Option<bool>,
+    /// Quantize the graph outputs in the int8 outputs too.
+    pub quantize_outputs: Option<bool>,
+    /// Range of the graph inputs for the int8 outputs, `lo,hi` (e.g. `-1,1`).
+    pub input_range: Option<String>,
+    /// `auto`: choose among candidate scalings on sample inputs. The service takes no sample
+    /// inputs, so `auto` is refused here (422 `invalid_options`); use the CLI's `--samples`.
+    pub select: Option<crate::Select>,
     /// Label for the job.
     #[param(max_length = 200)]
     pub name: Option<String>,
+    /// Declared int8 target preset (onnxruntime, QNN, TensorRT).
+    pub target: Option<crate::quant::target::TargetPreset>,
+    /// Target weight scale granularity (overrides the preset).
+    pub weight_granularity: Option<crate::quant::target::Granularity>,
+    /// Target weight bits, 2..=8 (overrides the preset).
+    #[param(minimum = 2, maximum = 8)]
+    pub weight_bits: Option<u8>,
+    /// Target activation type (overrides the preset).
+    pub activation_type: Option<crate::quant::target::ActivationType>,
+    /// Symmetric activations (overrides the preset; int8 only).
+    pub activation_symmetric: Option<bool>,
+    /// Bias correction of the deploy model (`empirical` needs samples: refused by the service).
+    pub bias_correction: Option<crate::quant::bias_correction::BiasCorrection>,
+    /// Rounding of the deploy model's weights onto the target grid.
+    pub rounding: Option<crate::quant::rounding::Rounding>,
+    /// Produce the deploy model even without bias correction or data-free rounding.
+    pub deploy: Option<bool>,
 }
 
 /// The multipart form of `POST /equalize`.
@@ -196,6 +226,36 @@ pub fn parse_params(query: &str) -> Result<EqualizeParams, ApiError> {
             "verify_budget" => p.verify_budget = Some(number("verify_budget", &v)?),
             "quant_table" => p.quant_table = Some(boolean("quant_table", &v)?),
             "balance" => p.balance = Some(number("balance", &v)?),
+            "qdq" => p.qdq = Some(boolean("qdq", &v)?),
+            "encodings" => p.encodings = Some(enum_value("encodings", &v)?),
+            "ort_overrides" => p.ort_overrides = Some(boolean("ort_overrides", &v)?),
+            "quantize_outputs" => p.quantize_outputs = Some(boolean("quantize_outputs", &v)?),
+            "input_range" => {
+                let r: Vec<f32> = v
+                    .split(',')
+                    .map(|x| number("input_range", x))
+                    .collect::<Result<_, _>>()?;
+                if r.len() != 2 {
+                    return Err(bad_query(
+                        "input_range",
+                        "`input_range` is two numbers: lo,hi",
+                    ));
+                }
+                p.input_range = Some(v);
+            }
+            "target" => p.target = Some(enum_value("target", &v)?),
+            "weight_granularity" => {
+                p.weight_granularity = Some(enum_value("weight_granularity", &v)?)
+            }
+            "weight_bits" => p.weight_bits = Some(number("weight_bits", &v)?),
+            "activation_type" => p.activation_type = Some(enum_value("activation_type", &v)?),
+            "activation_symmetric" => {
+                p.activation_symmetric = Some(boolean("activation_symmetric", &v)?)
+            }
+            "bias_correction" => p.bias_correction = Some(enum_value("bias_correction", &v)?),
+            "rounding" => p.rounding = Some(enum_value("rounding", &v)?),
+            "deploy" => p.deploy = Some(boolean("deploy", &v)?),
+            "select" => p.select = Some(enum_value("select", &v)?),
             "name" => p.name = Some(v),
             other => {
                 return Err(bad_query(
@@ -253,8 +313,79 @@ impl EqualizeParams {
         if let Some(t) = self.quant_table {
             o.quant.layers = t;
         }
-        o.normalized().map_err(|e| invalid_options(e.to_string()))
+        if let Some(q) = self.qdq {
+            o.exports.qdq = q;
+        }
+        if self.encodings.is_some() {
+            o.exports.encodings = self.encodings;
+        }
+        if let Some(q) = self.ort_overrides {
+            o.exports.ort_overrides = q;
+        }
+        if let Some(q) = self.quantize_outputs {
+            o.exports.quantize_outputs = q;
+        }
+        if let Some(r) = &self.input_range {
+            let v: Vec<f32> = r.split(',').filter_map(|x| x.trim().parse().ok()).collect();
+            if let [lo, hi] = v[..] {
+                o.exports.input_range = Some([lo, hi]);
+            }
+        }
+        if let Some(t) = self.target {
+            o.target.preset = t;
+        }
+        if self.weight_granularity.is_some() {
+            o.target.weight_granularity = self.weight_granularity;
+        }
+        if self.weight_bits.is_some() {
+            o.target.weight_bits = self.weight_bits;
+        }
+        if self.activation_type.is_some() {
+            o.target.activation_type = self.activation_type;
+        }
+        if self.activation_symmetric.is_some() {
+            o.target.activation_symmetric = self.activation_symmetric;
+        }
+        if let Some(b) = self.bias_correction {
+            o.deploy.bias_correction = b;
+        }
+        if let Some(r) = self.rounding {
+            o.deploy.rounding = r;
+        }
+        if let Some(d) = self.deploy {
+            o.deploy.model = d;
+        }
+        if let Some(s) = self.select {
+            o.select = s;
+        }
+        service_options(o)
     }
+}
+
+/// Normalizes options for a job: the service takes no sample inputs, so empirical bias
+/// correction, calibrated activation ranges and `select = auto` are refused here rather than
+/// failing the job later.
+fn service_options(o: Options) -> Result<Options, ApiError> {
+    if o.select == crate::Select::Auto {
+        return Err(invalid_options(
+            "select=auto needs sample inputs, which the service does not take; use the CLI's --samples"
+                .to_string(),
+        ));
+    }
+    if o.exports.calibration != crate::quant::plan::Calibration::DataFree {
+        return Err(invalid_options(format!(
+            "exports.calibration `{}` needs sample inputs, which the service does not take; \
+             use `data_free` or the CLI's --samples",
+            o.exports.calibration.name()
+        )));
+    }
+    if o.deploy.bias_correction == crate::quant::bias_correction::BiasCorrection::Empirical {
+        return Err(invalid_options(
+            "deploy.bias_correction empirical needs sample inputs, which the service does not \
+             take; use analytic (data-free)",
+        ));
+    }
+    o.normalized().map_err(|e| invalid_options(e.to_string()))
 }
 
 fn check_name(name: Option<String>) -> Result<Option<String>, ApiError> {
@@ -596,11 +727,7 @@ async fn receive_multipart(
                 let data = small_part(&mut field, MAX_OPTIONS_BYTES, "options", max_upload).await?;
                 let parsed: Options = serde_json::from_slice(&data)
                     .map_err(|e| invalid_options(format!("options JSON: {e}")))?;
-                options = Some(
-                    parsed
-                        .normalized()
-                        .map_err(|e| invalid_options(e.to_string()))?,
-                );
+                options = Some(service_options(parsed)?);
             }
             "name" if name.is_none() => {
                 let data = small_part(&mut field, MAX_NAME_CHARS * 4, "name", max_upload).await?;
@@ -683,6 +810,26 @@ mod tests {
     }
 
     #[test]
+    fn export_parameters_request_artifacts_and_calibration_is_refused() {
+        let o = parse_params("qdq=true&encodings=0.6.1&ort_overrides=1&input_range=-1,1")
+            .unwrap()
+            .options()
+            .unwrap();
+        assert!(o.exports.qdq && o.exports.ort_overrides);
+        assert_eq!(
+            o.exports.encodings,
+            Some(crate::quant::encodings::EncodingsVersion::V0_6_1)
+        );
+        assert_eq!(o.exports.input_range, Some([-1.0, 1.0]));
+        assert!(parse_params("encodings=2.0").is_err());
+        assert!(parse_params("input_range=1").is_err());
+        let mut calibrated = Options::default();
+        calibrated.exports.calibration = crate::quant::plan::Calibration::Minmax;
+        let e = service_options(calibrated).unwrap_err();
+        assert_eq!(e.problem().code, "invalid_options");
+    }
+
+    #[test]
     fn bad_queries_are_problems() {
         for (q, code) in [
             ("relu6=maybe", "invalid_query"),
@@ -701,6 +848,18 @@ mod tests {
             .unwrap();
         assert_eq!(e.problem().code, "invalid_options");
         assert_eq!(e.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    }
+
+    #[test]
+    fn select_auto_is_refused_without_samples() {
+        let e = parse_params("select=auto")
+            .unwrap()
+            .options()
+            .err()
+            .unwrap();
+        assert_eq!(e.problem().code, "invalid_options");
+        let o = parse_params("select=none").unwrap().options().unwrap();
+        assert_eq!(o.select, crate::Select::None);
     }
 
     #[test]

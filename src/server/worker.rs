@@ -16,7 +16,7 @@ use axum::http::StatusCode;
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
-use super::job::{JobId, JobResult};
+use super::job::{ArtifactInfo, JobId, JobResult};
 use super::jobs::{Claim, Jobs, Outcome};
 use super::problem::Problem;
 use super::store::{is_unavailable, BlobKind};
@@ -237,12 +237,25 @@ fn store_results(jobs: &Jobs, claim: &Claim, out: &Output) -> std::io::Result<Jo
     let report = serde_json::to_vec_pretty(&out.report).map_err(std::io::Error::other)?;
     jobs.blobs().put(&claim.id, BlobKind::Report, &report)?;
     jobs.blobs().put(&claim.id, BlobKind::Model, &out.model)?;
+    let mut artifacts = Vec::new();
+    let deploy = out.deploy.iter().map(|d| (crate::ArtifactKind::Deploy, d));
+    for (kind, data) in deploy.chain(out.artifacts.iter().map(|a| (a.kind, &a.data))) {
+        jobs.blobs()
+            .put(&claim.id, BlobKind::Artifact(kind), data)?;
+        artifacts.push(ArtifactInfo {
+            name: kind.name().to_string(),
+            bytes: data.len() as u64,
+            sha256: hex::encode(Sha256::digest(data)),
+            media_type: kind.media_type().to_string(),
+        });
+    }
     Ok(JobResult {
         model_bytes: out.model.len() as u64,
         model_sha256: hex::encode(Sha256::digest(&out.model)),
         function_changed: out.report.function_changed,
         verification: out.report.verification.status,
         max_rel_l2: out.report.verification.max_rel_l2,
+        artifacts,
     })
 }
 
@@ -266,6 +279,7 @@ mod tests {
         Ok(Output {
             model: input.to_vec(),
             report: crate::Report::default(),
+            ..Default::default()
         })
     }
 

@@ -6,6 +6,7 @@
 //! <data>/blobs/<job id>/input.onnx   upload
 //! <data>/blobs/<job id>/model.onnx   equalized model
 //! <data>/blobs/<job id>/report.json  report
+//! <data>/blobs/<job id>/<artifact>    requested outputs (qdq.onnx, encodings.json, …)
 //! <data>/tmp/                        files being written (emptied at start)
 //! ```
 //!

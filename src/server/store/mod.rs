@@ -48,15 +48,20 @@ pub enum BlobKind {
     Model,
     /// The JSON report.
     Report,
+    /// A requested output besides the model (QDQ model, encodings…), stored as
+    /// [`crate::ArtifactKind::name`].
+    Artifact(crate::ArtifactKind),
 }
 
 impl BlobKind {
-    /// The blob's file name inside its job's folder (or object prefix).
+    /// A file-name-safe key for the blob within its job (`input.onnx`, `model.onnx`,
+    /// `report.json`, or the artifact's name), for backends that key blobs by name.
     pub fn file_name(self) -> &'static str {
         match self {
             BlobKind::Input => "input.onnx",
             BlobKind::Model => "model.onnx",
             BlobKind::Report => "report.json",
+            BlobKind::Artifact(kind) => kind.name(),
         }
     }
 }

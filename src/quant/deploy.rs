@@ -1,0 +1,347 @@
+//! The deploy model: the equalized model made ready for one int8 target, in the order that
+//! worked (int8-output.md §3): exact CLE → weights onto the target grid ([`super::rounding`],
+//! nearest or data-free) → bias correction against the rounded weights
+//! ([`super::bias_correction`], `ε = W̃ − W`).
+//!
+//! Invariants: it is built from a copy of the equalized model, which stays byte-identical to a
+//! run without these options; only layer weights, biases (new ones named `<label>.bias`, a new
+//! `Add` after a bias-less MatMul) and `metadata_props` change; every layer weight of the deploy
+//! model quantizes back to itself under the target grid; `E[x]` is taken on the FP32
+//! equalized model (after the correction, each layer's output mean is the FP32 one in
+//! expectation, so downstream `E[x]` hold).
+
+use std::collections::{HashMap, HashSet};
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::bias_correction::{self, BiasCorrection};
+use super::rounding::{self, Rounding};
+use super::stats::{self, ActivationStats, ChannelAxis, Origins, StatsOptions};
+use super::target::Target;
+use super::{sqnr_db, target::WeightGrid};
+use crate::error::{CoreError, Result};
+use crate::onnx::proto::StringStringEntryProto;
+use crate::onnx::ModelProto;
+use crate::passes::{is_layer_op, layer_of, Layer};
+use crate::report::{DeployLayer, DeployReport, MetadataEntry, PredictedDeviation, Skip};
+use crate::verify::InputTensor;
+use crate::work::{Edits, Work};
+
+/// What the deploy model gets (all off by default: no deploy model is made).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct DeployOptions {
+    /// Produce the deploy model even with nearest rounding and no bias correction (weights
+    /// rounded to nearest on the target grid). Implied by `bias_correction` other than `off`
+    /// and by `rounding = squant`. CLI: `--deploy-output PATH`.
+    pub model: bool,
+    /// Bias correction for the weight error on the target grid.
+    pub bias_correction: BiasCorrection,
+    /// How weights are put on the grid.
+    pub rounding: Rounding,
+    /// Per-channel mean of the graph input, for analytic `E[x]` (one value: every channel);
+    /// default 0.
+    #[schema(nullable = false)]
+    pub input_mean: Option<Vec<f32>>,
+}
+
+impl DeployOptions {
+    /// Whether a deploy model is produced.
+    pub fn requested(&self) -> bool {
+        self.model
+            || self.bias_correction != BiasCorrection::Off
+            || self.rounding != Rounding::Nearest
+    }
+
+    /// Checks the values.
+    pub fn validate(&self) -> Result<()> {
+        if let Some(m) = &self.input_mean {
+            if m.is_empty() || m.len() > 1 << 16 || m.iter().any(|v| !v.is_finite()) {
+                return Err(CoreError::InvalidOptions(
+                    "deploy.input_mean must be 1 to 65536 finite numbers".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A built deploy model.
+#[derive(Debug)]
+pub struct Deploy {
+    /// The model.
+    pub model: ModelProto,
+    /// Data-free statistics of the equalized model (the same means hold for the deploy model).
+    pub stats: ActivationStats,
+    /// What was done.
+    pub report: DeployReport,
+}
+
+/// `(node, reason code, detail)` of a layer op that is not quantizable.
+type NotQuantized = (usize, String, String);
+
+/// The quantizable layers of a model: `(node, layer)` for every node [`layer_of`] accepts, and
+/// the layer ops it refuses.
+fn layers(work: &mut Work) -> (Vec<(usize, Layer)>, Vec<NotQuantized>) {
+    let mut ok = Vec::new();
+    let mut not = Vec::new();
+    for i in 0..work.node_count() {
+        match layer_of(work, i) {
+            Ok(l) => ok.push((i, l)),
+            Err((code, detail)) if is_layer_op(work.node(i)) => {
+                not.push((i, code.to_string(), detail));
+            }
+            Err(_) => {}
+        }
+    }
+    (ok, not)
+}
+
+/// Per-channel means of every quantizable layer's input in `equalized`, measured on
+/// `samples` (empirical bias correction).
+pub fn measured_input_means(
+    equalized: &ModelProto,
+    samples: &[Vec<InputTensor>],
+) -> Result<HashMap<String, Vec<f32>>> {
+    let mut work = Work::new(equalized.clone())?;
+    let (ls, _) = layers(&mut work);
+    let mut seen = HashSet::new();
+    let tensors: Vec<(String, usize, ChannelAxis)> = ls
+        .iter()
+        .map(|(i, l)| {
+            (
+                work.input(*i, 0).to_string(),
+                l.layout.in_channels(),
+                ChannelAxis::of(&l.layout.op),
+            )
+        })
+        .filter(|t| seen.insert(t.0.clone()))
+        .collect();
+    stats::measure_means(equalized, &tensors, samples).map_err(|e| {
+        CoreError::InvalidOptions(format!(
+            "empirical bias correction: cannot run the model: {e}"
+        ))
+    })
+}
+
+fn rms(v: &[f32]) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    (v.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>() / v.len() as f64).sqrt()
+}
+
+/// Builds the deploy model from the equalized model (`labels`: its nodes' report labels).
+/// `measured`: per-tensor input means for empirical correction ([`measured_input_means`]).
+pub fn build(
+    equalized: &ModelProto,
+    labels: &[String],
+    origins: &Origins,
+    target: &Target,
+    opts: &DeployOptions,
+    measured: Option<&HashMap<String, Vec<f32>>>,
+) -> Result<Deploy> {
+    let mut work = Work::new(equalized.clone())?;
+    let stats = stats::propagate(
+        &mut work,
+        labels,
+        origins,
+        &StatsOptions {
+            input_mean: opts.input_mean.clone(),
+            ..StatsOptions::default()
+        },
+    );
+    let grid: WeightGrid = target.weights();
+    let label = |work: &Work, i: usize| {
+        labels
+            .get(i)
+            .cloned()
+            .unwrap_or_else(|| work.label(i).to_string())
+    };
+    let mut report = DeployReport {
+        target: target.describe(),
+        rounding: opts.rounding.name().into(),
+        bias_correction: opts.bias_correction.name().into(),
+        expectation: match opts.bias_correction {
+            BiasCorrection::Off => None,
+            BiasCorrection::Analytic => Some(format!(
+                "data-free: folded BN statistics through the equalized graph ({} of {} tensors \
+                 modelled; graph input mean {})",
+                stats.known(),
+                work.index().topo().len() + work.graph().input.len(),
+                match &opts.input_mean {
+                    Some(m) => format!("{m:?}"),
+                    None => "0".into(),
+                }
+            )),
+            BiasCorrection::Empirical => Some("measured on the sample inputs".into()),
+        },
+        function_changed: true,
+        ..Default::default()
+    };
+    let (ls, not) = layers(&mut work);
+    for (i, code, detail) in not {
+        report.skipped.push(Skip {
+            pass: "deploy".into(),
+            nodes: vec![label(&work, i)],
+            reason: code,
+            detail: format!("not quantized: {detail}"),
+        });
+    }
+    let mut by_weight: Vec<(String, Vec<(usize, Layer)>)> = Vec::new();
+    let mut slot: HashMap<String, usize> = HashMap::new();
+    for (i, l) in ls {
+        let k = *slot.entry(l.weight.clone()).or_insert_with(|| {
+            by_weight.push((l.weight.clone(), Vec::new()));
+            by_weight.len() - 1
+        });
+        by_weight[k].1.push((i, l));
+    }
+    let mut edits = Edits::default();
+    let mut nsr = 0f64;
+    for (weight, nodes) in &by_weight {
+        let layout = nodes[0].1.layout.clone();
+        let w = match work.read(weight) {
+            Ok(t) if layout.matches(t) => t.data.clone(),
+            Ok(_) | Err(_) => continue,
+        };
+        let mut q = w.clone();
+        let r = rounding::round_to_grid(&mut q, &layout, &grid, opts.rounding);
+        let nearest_db = if opts.rounding == Rounding::Nearest {
+            sqnr_db(&w, &q)
+        } else {
+            let mut n = w.clone();
+            rounding::round_to_grid(&mut n, &layout, &grid, Rounding::Nearest);
+            sqnr_db(&w, &n)
+        };
+        let weight_db = sqnr_db(&w, &q);
+        if weight_db.is_finite() {
+            nsr += 10f64.powf(-weight_db / 10.0);
+        }
+        let eps: Vec<f32> = q.iter().zip(&w).map(|(a, b)| a - b).collect();
+        work.put(
+            weight,
+            crate::onnx::tensor::F32Tensor {
+                dims: layout.dims.clone(),
+                data: q,
+            },
+        );
+        report.summary.elements += eps.len();
+        report.summary.flips += r.kernel_flips + r.channel_flips;
+        for (i, l) in nodes {
+            let mut row = DeployLayer {
+                layer: label(&work, *i),
+                op: work.node(*i).op_type().to_string(),
+                weight: weight.clone(),
+                channels: layout.out_channels(),
+                weight_sqnr_db: weight_db,
+                nearest_sqnr_db: nearest_db,
+                flips: r.kernel_flips + r.channel_flips,
+                max_channel_error_lsb: r.max_channel_error_after,
+                corrected: false,
+                correction_rms: 0.0,
+                correction_max_abs: 0.0,
+                correction_relative: 0.0,
+            };
+            if opts.bias_correction != BiasCorrection::Off {
+                let input = work.input(*i, 0).to_string();
+                let mean = match opts.bias_correction {
+                    BiasCorrection::Empirical => measured
+                        .and_then(|m| m.get(&input))
+                        .and_then(|m| stats::expand_channels(m, layout.in_channels()))
+                        .ok_or_else(|| format!("`{input}` was not measured")),
+                    _ => stats.input_mean(&input, layout.in_channels()),
+                };
+                match mean {
+                    Ok(mean) => {
+                        let share = stats::taps_per_output(&work, *i, &layout.op);
+                        let shift = bias_correction::expected_shift(&eps, &layout, &mean, share);
+                        let had_bias = l.bias.is_some()
+                            || (layout.op == crate::layout::LayerOp::MatMul
+                                && stats::matmul_bias_after(&mut work, *i).is_some());
+                        let old = match &l.bias {
+                            Some(b) => work.read(b).map(|t| rms(&t.data)).unwrap_or(0.0),
+                            None => 0.0,
+                        };
+                        match bias_correction::correct(&mut work, l, &shift, &mut edits) {
+                            Ok(delta) => {
+                                row.corrected = true;
+                                row.correction_rms = rms(&delta);
+                                row.correction_max_abs =
+                                    delta.iter().fold(0f64, |m, &d| m.max(f64::from(d).abs()));
+                                row.correction_relative = if old > 0.0 {
+                                    row.correction_rms / old
+                                } else {
+                                    0.0
+                                };
+                                report.summary.corrected += 1;
+                                if !had_bias {
+                                    report.summary.biases_created += 1;
+                                }
+                            }
+                            Err((code, detail)) => report.skipped.push(Skip {
+                                pass: "bias_correction".into(),
+                                nodes: vec![row.layer.clone()],
+                                reason: code.into(),
+                                detail,
+                            }),
+                        }
+                    }
+                    Err(why) => report.skipped.push(Skip {
+                        pass: "bias_correction".into(),
+                        nodes: vec![row.layer.clone()],
+                        reason: "no_input_mean".into(),
+                        detail: format!("E[x] of its input is unknown: {why}"),
+                    }),
+                }
+            }
+            report.layers.push(row);
+        }
+    }
+    report.summary.layers = report.layers.len();
+    report.predicted = PredictedDeviation {
+        method: "additive noise: the per-layer weight noise-to-signal ratios summed \
+                 (independent errors, unit gain)"
+            .into(),
+        sqnr_db: if nsr > 0.0 {
+            -10.0 * nsr.log10()
+        } else {
+            f64::INFINITY
+        },
+        rel_l2: nsr.sqrt(),
+    };
+    work.apply(edits)?;
+    let mut model = work.finish();
+    let mut edits_text = vec![format!(
+        "weights on the target grid ({})",
+        opts.rounding.name()
+    )];
+    if opts.bias_correction != BiasCorrection::Off {
+        edits_text.push(format!("bias correction ({})", opts.bias_correction.name()));
+    }
+    let metadata = [
+        ("onnx_cle.target", target.describe()),
+        ("onnx_cle.deploy_edits", edits_text.join("; ")),
+        (
+            "onnx_cle.function_changed",
+            "true: tied to the target grid; the exact equalized model is the main output".into(),
+        ),
+    ];
+    for (k, v) in metadata {
+        model.metadata_props.retain(|e| e.key() != k);
+        model.metadata_props.push(StringStringEntryProto {
+            key: Some(k.into()),
+            value: Some(v.clone()),
+        });
+        report.metadata.push(MetadataEntry {
+            key: k.into(),
+            value: v,
+        });
+    }
+    Ok(Deploy {
+        model,
+        stats,
+        report,
+    })
+}

@@ -1,0 +1,371 @@
+//! The QDQ ONNX model of a [`QuantPlan`]: what onnxruntime's `quantize_static` (QDQ format)
+//! writes, from onnx-cle's own plan instead of its calibration, so it runs in onnxruntime's int8
+//! kernels (its optimizer fuses `DequantizeLinear → op → QuantizeLinear` into QLinearConv,
+//! QLinearAdd, …) and in any QDQ consumer (TensorRT, QNN's ONNX path).
+//!
+//! Layout (the names follow onnxruntime's quantizer):
+//! - weight `W`: int8 initializer `W_quantized` + `W_scale` (scalar, or one per output channel
+//!   with `axis`) + `W_zero_point` (zeros) → `DequantizeLinear` → `W`; the float initializer is
+//!   gone, every reader of `W` reads the dequantized weight;
+//! - bias `B`: int32 `B_quantized` with `scale = input scale × weight scale`, zero point 0 →
+//!   `DequantizeLinear` → `B` (a bias read by several layers gets one copy per layer);
+//! - activation `t`: `t → QuantizeLinear → t_QuantizeLinear_Output → DequantizeLinear →
+//!   t_DequantizeLinear_Output`, read by every consumer of `t`; a quantized graph output keeps
+//!   its name (the producer's output is renamed);
+//! - a folded Relu/Clip ([`super::plan::ActivationQuant::folded`]) is removed and its
+//!   producer writes the activation's name directly;
+//! - `metadata_props`: `onnx_cle.int8_target` ([`super::target::Target::describe`]),
+//!   `onnx_cle.int8_ranges`, `onnx_cle.int8_format = qdq`.
+//!
+//! Invariants: the weights dequantize to exactly what [`super::sim::plan_model`] simulates (both
+//! use [`super::plan::WeightQuant::dequantized`]'s levels and scales); everything the plan does
+//! not name is left as it was. Per-channel `axis` needs opset ≥ 13, QDQ itself opset ≥ 10; 16-bit
+//! activations below opset 21 use onnxruntime's `com.microsoft` Q/DQ.
+
+use std::collections::{HashMap, HashSet};
+
+use bytes::Bytes;
+
+use super::plan::QuantPlan;
+use super::target::ActivationType;
+use crate::error::{CoreError, Result};
+use crate::graph::GraphIndex;
+use crate::onnx::proto::attribute_proto::AttributeType;
+use crate::onnx::proto::tensor_proto::DataType;
+use crate::onnx::proto::{OperatorSetIdProto, StringStringEntryProto};
+use crate::onnx::tensor::{self, F32Tensor};
+use crate::onnx::{AttributeProto, ModelProto, NodeProto, TensorProto};
+use crate::work::Work;
+
+/// Metadata key naming the target.
+pub const META_TARGET: &str = "onnx_cle.int8_target";
+/// Metadata key naming the activation ranges' source.
+pub const META_RANGES: &str = "onnx_cle.int8_ranges";
+/// Metadata key naming the format.
+pub const META_FORMAT: &str = "onnx_cle.int8_format";
+
+struct Names(HashSet<String>);
+
+impl Names {
+    fn fresh(&mut self, base: &str) -> String {
+        let mut name = base.to_string();
+        let mut k = 1;
+        while self.0.contains(&name) {
+            name = format!("{base}_{k}");
+            k += 1;
+        }
+        self.0.insert(name.clone());
+        name
+    }
+}
+
+fn int_tensor(name: &str, dims: &[usize], ty: DataType, raw: Vec<u8>) -> TensorProto {
+    TensorProto {
+        name: Some(name.to_string()),
+        dims: dims.iter().map(|&d| d as i64).collect(),
+        data_type: Some(ty as i32),
+        raw_data: Some(Bytes::from(raw)),
+        ..Default::default()
+    }
+}
+
+fn f32_tensor(name: &str, dims: Vec<usize>, data: Vec<f32>) -> TensorProto {
+    tensor::new_f32(name, &F32Tensor { dims, data })
+}
+
+fn node(name: String, op: &str, domain: &str, inputs: Vec<String>, output: String) -> NodeProto {
+    NodeProto {
+        name: Some(name),
+        op_type: Some(op.into()),
+        domain: (!domain.is_empty()).then(|| domain.to_string()),
+        input: inputs,
+        output: vec![output],
+        ..Default::default()
+    }
+}
+
+fn axis_attr(axis: usize) -> AttributeProto {
+    AttributeProto {
+        name: Some("axis".into()),
+        i: Some(axis as i64),
+        r#type: Some(AttributeType::Int as i32),
+        ..Default::default()
+    }
+}
+
+/// Sets `key = value` in the model's `metadata_props` (replacing an earlier value).
+pub fn set_metadata(model: &mut ModelProto, key: &str, value: &str) {
+    model.metadata_props.retain(|e| e.key() != key);
+    model.metadata_props.push(StringStringEntryProto {
+        key: Some(key.to_string()),
+        value: Some(value.to_string()),
+    });
+}
+
+/// Writes the QDQ model of `plan` for `model` (the FP32 model the plan was made for).
+pub fn write(model: &ModelProto, plan: &QuantPlan) -> Result<ModelProto> {
+    let opset = crate::onnx::onnx_opset(model).unwrap_or(0);
+    if opset < 10 {
+        return Err(CoreError::InvalidOptions(format!(
+            "the QDQ model needs opset >= 10 (QuantizeLinear); the model declares opset {opset}"
+        )));
+    }
+    let per_channel = plan.weights.iter().any(|w| w.axis.is_some())
+        || plan.biases.iter().any(|b| b.scales.len() > 1);
+    if per_channel && opset < 13 {
+        return Err(CoreError::InvalidOptions(format!(
+            "per-channel weights in a QDQ model need opset >= 13 (DequantizeLinear axis); the \
+             model declares opset {opset}: use a per-tensor target or re-export the model"
+        )));
+    }
+    let act = plan.target.activations();
+    let (zp_type, act_domain) = match act.ty {
+        ActivationType::Uint8 => (DataType::Uint8, ""),
+        ActivationType::Int8 => (DataType::Int8, ""),
+        ActivationType::Uint16 if opset >= 21 => (DataType::Uint16, ""),
+        ActivationType::Uint16 => (DataType::Uint16, "com.microsoft"),
+    };
+    let mut work = Work::new(model.clone())?;
+    let mut m = model.clone();
+    let g = m.graph.as_mut().expect("Work::new checked the graph");
+    let index = GraphIndex::build(g)?;
+    let mut names = Names(HashSet::new());
+    for n in &g.node {
+        names.0.insert(n.name().to_string());
+        names.0.extend(n.input.iter().cloned());
+        names.0.extend(n.output.iter().cloned());
+    }
+    for v in g.input.iter().chain(&g.output).chain(&g.value_info) {
+        names.0.insert(v.name().to_string());
+    }
+    names
+        .0
+        .extend(g.initializer.iter().map(|t| t.name().to_string()));
+
+    let mut removed: HashSet<usize> = HashSet::new();
+    let mut dropped_tensors: HashSet<String> = HashSet::new();
+    // Folded Relu/Clip: the producer of its input writes its output.
+    let mut attach: HashMap<String, usize> = HashMap::new();
+    for a in &plan.activations {
+        if let Some(r) = a.folded {
+            let x = g.node[r].input.first().cloned().unwrap_or_default();
+            if let Some(p) = index.producer(&x) {
+                for o in g.node[p].output.iter_mut().filter(|o| **o == x) {
+                    *o = a.tensor.clone();
+                }
+                removed.insert(r);
+                dropped_tensors.insert(x);
+                attach.insert(a.tensor.clone(), p);
+            }
+        }
+    }
+
+    let mut prelude: Vec<NodeProto> = Vec::new();
+    let mut new_inits: Vec<TensorProto> = Vec::new();
+    let mut drop_inits: HashSet<String> = HashSet::new();
+    for w in &plan.weights {
+        let t = work.read(&w.weight).map_err(CoreError::InvalidModel)?;
+        let levels = w.levels(&t.data);
+        let dims = t.dims.clone();
+        let raw: Vec<u8> = levels.iter().map(|&l| (l as i8) as u8).collect();
+        let [q, s, z] = quantized_constant(
+            &mut names,
+            &mut new_inits,
+            &w.weight,
+            (&dims, DataType::Int8, raw),
+            &w.scales,
+            w.axis.is_some(),
+        );
+        let mut dq = node(
+            names.fresh(&format!("{}_DequantizeLinear", w.weight)),
+            "DequantizeLinear",
+            "",
+            vec![q, s, z],
+            w.weight.clone(),
+        );
+        dq.attribute.extend(w.axis.map(axis_attr));
+        prelude.push(dq);
+        remove_constant(g, &index, &w.weight, &mut drop_inits, &mut removed);
+    }
+    let mut bias_uses: HashMap<&str, usize> = HashMap::new();
+    for b in &plan.biases {
+        *bias_uses.entry(b.bias.as_str()).or_default() += 1;
+    }
+    for b in &plan.biases {
+        let t = work.read(&b.bias).map_err(CoreError::InvalidModel)?;
+        let dims = t.dims.clone();
+        let levels = b.levels(&t.data);
+        let raw: Vec<u8> = levels.iter().flat_map(|l| l.to_le_bytes()).collect();
+        let per_channel = b.scales.len() > 1;
+        let [q, s, z] = quantized_constant(
+            &mut names,
+            &mut new_inits,
+            &b.bias,
+            (&dims, DataType::Int32, raw),
+            &b.scales,
+            per_channel,
+        );
+        let alone = bias_uses[b.bias.as_str()] == 1 && index.use_count(&b.bias) == 1;
+        let out = if alone {
+            remove_constant(g, &index, &b.bias, &mut drop_inits, &mut removed);
+            b.bias.clone()
+        } else {
+            let out = names.fresh(&format!("{}_dequantized", b.bias));
+            if let Some(slot) = g.node[b.node].input.get_mut(2) {
+                *slot = out.clone();
+            }
+            out
+        };
+        let mut dq = node(
+            names.fresh(&format!("{}_DequantizeLinear", b.bias)),
+            "DequantizeLinear",
+            "",
+            vec![q, s, z],
+            out,
+        );
+        if per_channel {
+            let axis = dims.iter().rposition(|&d| d == b.scales.len()).unwrap_or(0);
+            dq.attribute.push(axis_attr(axis));
+        }
+        prelude.push(dq);
+    }
+    g.initializer.retain(|t| !drop_inits.contains(t.name()));
+    g.input.retain(|v| !drop_inits.contains(v.name()));
+    g.initializer.extend(new_inits);
+
+    // Activations.
+    let graph_inputs: HashSet<String> = g.input.iter().map(|v| v.name().to_string()).collect();
+    let graph_outputs: HashSet<String> = g.output.iter().map(|v| v.name().to_string()).collect();
+    let mut after: HashMap<usize, Vec<NodeProto>> = HashMap::new();
+    let mut at_start: Vec<NodeProto> = Vec::new();
+    let mut rename: HashMap<String, String> = HashMap::new();
+    for a in &plan.activations {
+        let t = &a.tensor;
+        let producer = attach.get(t).copied().or_else(|| index.producer(t));
+        let s = names.fresh(&format!("{t}_scale"));
+        let z = names.fresh(&format!("{t}_zero_point"));
+        g.initializer
+            .push(f32_tensor(&s, vec![], vec![a.params.scale]));
+        let zp = match zp_type {
+            DataType::Uint8 => vec![a.params.zero_point as u8],
+            DataType::Int8 => vec![(a.params.zero_point as i8) as u8],
+            _ => (a.params.zero_point as u16).to_le_bytes().to_vec(),
+        };
+        g.initializer.push(int_tensor(&z, &[], zp_type, zp));
+        let qout = names.fresh(&format!("{t}_QuantizeLinear_Output"));
+        let (qin, dqout) = if graph_outputs.contains(t) {
+            let inner = names.fresh(&format!("{t}_float"));
+            if let Some(p) = producer {
+                for o in g.node[p].output.iter_mut().filter(|o| *o == t) {
+                    *o = inner.clone();
+                }
+            }
+            (inner, t.clone())
+        } else {
+            let dq = names.fresh(&format!("{t}_DequantizeLinear_Output"));
+            rename.insert(t.clone(), dq.clone());
+            (t.clone(), dq)
+        };
+        let pair = vec![
+            node(
+                names.fresh(&format!("{t}_QuantizeLinear")),
+                "QuantizeLinear",
+                act_domain,
+                vec![qin, s.clone(), z.clone()],
+                qout.clone(),
+            ),
+            node(
+                names.fresh(&format!("{t}_DequantizeLinear")),
+                "DequantizeLinear",
+                act_domain,
+                vec![qout, s, z],
+                dqout,
+            ),
+        ];
+        match producer {
+            Some(p) => after.entry(p).or_default().extend(pair),
+            None if graph_inputs.contains(t) => at_start.extend(pair),
+            None => {}
+        }
+    }
+    let rewire = |n: &mut NodeProto| {
+        for i in n.input.iter_mut() {
+            if let Some(r) = rename.get(i) {
+                *i = r.clone();
+            }
+        }
+    };
+    let old = std::mem::take(&mut g.node);
+    let mut nodes = Vec::with_capacity(old.len() + prelude.len() + 2 * plan.activations.len());
+    nodes.extend(prelude);
+    nodes.extend(at_start);
+    let mut old: Vec<Option<NodeProto>> = old.into_iter().map(Some).collect();
+    for &i in index.topo() {
+        let Some(mut n) = old[i].take() else { continue };
+        if removed.contains(&i) {
+            continue;
+        }
+        rewire(&mut n);
+        nodes.push(n);
+        nodes.extend(after.remove(&i).unwrap_or_default());
+    }
+    g.node = nodes;
+    g.value_info.retain(|v| !dropped_tensors.contains(v.name()));
+    if !act_domain.is_empty() && !m.opset_import.iter().any(|o| o.domain() == act_domain) {
+        m.opset_import.push(OperatorSetIdProto {
+            domain: Some(act_domain.to_string()),
+            version: Some(1),
+        });
+    }
+    set_metadata(&mut m, META_TARGET, &plan.target.describe());
+    set_metadata(&mut m, META_RANGES, &plan.ranges);
+    set_metadata(&mut m, META_FORMAT, "qdq");
+    Ok(m)
+}
+
+/// Adds the initializers `DequantizeLinear` reads for constant `base`: its levels
+/// (`(dims, type, raw little-endian data)`), its scales (a scalar, or one per channel when
+/// `per_channel`) and zero points of the levels' type; returns their names.
+fn quantized_constant(
+    names: &mut Names,
+    inits: &mut Vec<TensorProto>,
+    base: &str,
+    (dims, ty, raw): (&[usize], DataType, Vec<u8>),
+    scales: &[f32],
+    per_channel: bool,
+) -> [String; 3] {
+    let q = names.fresh(&format!("{base}_quantized"));
+    let s = names.fresh(&format!("{base}_scale"));
+    let z = names.fresh(&format!("{base}_zero_point"));
+    let width = match ty {
+        DataType::Int32 => 4,
+        _ => 1,
+    };
+    inits.push(int_tensor(&q, dims, ty, raw));
+    let sdims = if per_channel {
+        vec![scales.len()]
+    } else {
+        vec![]
+    };
+    inits.push(f32_tensor(&s, sdims.clone(), scales.to_vec()));
+    inits.push(int_tensor(&z, &sdims, ty, vec![0u8; width * scales.len()]));
+    [q, s, z]
+}
+
+/// Removes the float constant `name` (its initializer, graph-input entry or `Constant` node): a
+/// `DequantizeLinear` now produces it.
+fn remove_constant(
+    g: &crate::onnx::GraphProto,
+    index: &GraphIndex,
+    name: &str,
+    drop_inits: &mut HashSet<String>,
+    removed: &mut HashSet<usize>,
+) {
+    if index.initializer(name).is_some() {
+        drop_inits.insert(name.to_string());
+    } else if let Some(p) = index.producer(name) {
+        if g.node[p].op_type() == "Constant" && g.node[p].output.len() == 1 {
+            removed.insert(p);
+        }
+    }
+}

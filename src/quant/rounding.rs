@@ -1,0 +1,291 @@
+//! Data-free rounding of layer weights onto the declared target grid (after SQuant, Guo et al.,
+//! ICLR 2022; int8-output.md §3; the paper is per-channel, this port also runs per tensor).
+//!
+//! 1. Steps: `max|w| / qmax` per tensor or per output channel ([`WeightGrid::steps`]), nudged by
+//!    at most a few ULP to a step `s` with `fl(fl(qmax·s) / qmax) == s` ([`stable_step`]): a
+//!    max-abs quantizer applied to the written weights then finds `s` again, bit for bit.
+//! 2. Round to nearest: `l = clamp(round(w / s), −qmax, qmax)`; error `e = l − w/s` in LSB
+//!    (`|e| ≤ 0.5`).
+//! 3. Kernel step (kernels of more than one element): while a kernel's `|Σ e| > 0.5`, flip its
+//!    `round(|Σ e|)` elements with the largest error in the direction of the sum
+//!    (`l −= sign`, `e −= sign`), which leaves `|Σ e| ≤ 0.5`.
+//! 4. Channel step: while an output channel's `|Σ e| > 0.5`, flip one more element per kernel,
+//!    in the kernels where that costs least (smallest growth of the kernel's `|Σ e|`, then the
+//!    largest element error), `round(|Σ e|)` of them.
+//!
+//! Invariants: a flip only moves an element whose error has the sign of the sum, so every
+//! weight ends on one of the two grid levels around it (`|l − w/s| < 1`: never more than one
+//! step from its value); elements on `±qmax` (the max-|w| element among them) are never
+//! flipped, so the step does not change; written weights are `l·s` in f32, exactly on the grid.
+//! With [`Rounding::Nearest`] only steps 1, 2 and the write-back run.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::target::WeightGrid;
+use crate::layout::WeightLayout;
+
+/// How weights are rounded onto the target grid in the deploy model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Rounding {
+    /// Round to nearest.
+    #[default]
+    Nearest,
+    /// Data-free error-sum flips per kernel and per output channel (SQuant-style).
+    Squant,
+}
+
+impl Rounding {
+    /// Report name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Rounding::Nearest => "nearest",
+            Rounding::Squant => "squant",
+        }
+    }
+}
+
+/// What rounding did to one weight.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Rounded {
+    /// The step of each output channel (all equal for a per-tensor grid).
+    pub steps: Vec<f32>,
+    /// Elements flipped by the kernel step.
+    pub kernel_flips: usize,
+    /// Elements flipped by the channel step.
+    pub channel_flips: usize,
+    /// Largest `|Σ e|` (LSB) over output channels after round-to-nearest.
+    pub max_channel_error_before: f32,
+    /// The same after rounding.
+    pub max_channel_error_after: f32,
+}
+
+/// The step nearest to `step` (within 64 ULP) that a max-abs quantizer reproduces:
+/// `fl(fl(q·s) / q) == s`. `step` itself when it is not positive and finite or no such step
+/// is near.
+pub fn stable_step(step: f32, q: f32) -> f32 {
+    let ok = |s: f32| (q * s) / q == s;
+    if !(step > 0.0 && step.is_finite()) || ok(step) {
+        return step;
+    }
+    let (mut up, mut down) = (step, step);
+    for _ in 0..64 {
+        up = up.next_up();
+        if ok(up) {
+            return up;
+        }
+        down = down.next_down();
+        if down > 0.0 && ok(down) {
+            return down;
+        }
+    }
+    step
+}
+
+/// Rounds `w` (stored as `layout`) in place onto `grid` with `mode`; every value written is
+/// `level · step` exactly.
+pub fn round_to_grid(
+    w: &mut [f32],
+    layout: &WeightLayout,
+    grid: &WeightGrid,
+    mode: Rounding,
+) -> Rounded {
+    let q = grid.qmax();
+    let steps: Vec<f32> = grid
+        .steps(w, layout)
+        .into_iter()
+        .map(|s| stable_step(s, q))
+        .collect();
+    let k = layout.kernel_len();
+    // Kernels (start of `k` contiguous elements) grouped by output channel.
+    let mut kernels: Vec<Vec<usize>> = vec![Vec::new(); layout.out_channels()];
+    layout.for_each_kernel(|start, o, _| kernels[o].push(start));
+    let mut level = vec![0f32; w.len()];
+    let mut err = vec![0f32; w.len()];
+    for (o, starts) in kernels.iter().enumerate() {
+        let s = steps[o];
+        for &start in starts {
+            for j in start..start + k {
+                level[j] = grid.level(w[j], s);
+                err[j] = if s > 0.0 { level[j] - w[j] / s } else { 0.0 };
+            }
+        }
+    }
+    let channel_error = |err: &[f32], starts: &[usize]| -> f32 {
+        starts
+            .iter()
+            .map(|&st| err[st..st + k].iter().map(|&e| f64::from(e)).sum::<f64>())
+            .sum::<f64>() as f32
+    };
+    let mut out = Rounded {
+        max_channel_error_before: kernels
+            .iter()
+            .map(|st| channel_error(&err, st).abs())
+            .fold(0f32, f32::max),
+        ..Default::default()
+    };
+    if mode == Rounding::Squant {
+        // May element `j` move one level in direction `−dir` (its error has the sign `dir`)?
+        let movable = |level: &[f32], err: &[f32], j: usize, dir: f32| {
+            err[j] * dir > 0.0 && level[j].abs() < q && (level[j] - dir).abs() <= q
+        };
+        if k > 1 {
+            for starts in &kernels {
+                for &start in starts {
+                    let sum: f32 = err[start..start + k].iter().sum();
+                    if sum.abs() <= 0.5 {
+                        continue;
+                    }
+                    let dir = sum.signum();
+                    let n = (sum.abs() + 0.5).floor() as usize;
+                    let mut cand: Vec<usize> = (start..start + k)
+                        .filter(|&j| movable(&level, &err, j, dir))
+                        .collect();
+                    cand.sort_by(|&a, &b| (err[b] * dir).total_cmp(&(err[a] * dir)));
+                    for &j in cand.iter().take(n) {
+                        level[j] -= dir;
+                        err[j] -= dir;
+                        out.kernel_flips += 1;
+                    }
+                }
+            }
+        }
+        for starts in &kernels {
+            let sum = channel_error(&err, starts);
+            if sum.abs() <= 0.5 {
+                continue;
+            }
+            let dir = sum.signum();
+            let n = (sum.abs() + 0.5).floor() as usize;
+            // One candidate per kernel: its element with the largest error in direction `dir`.
+            let mut cand: Vec<(f32, f32, usize)> = starts
+                .iter()
+                .filter_map(|&start| {
+                    let j = (start..start + k)
+                        .filter(|&j| movable(&level, &err, j, dir))
+                        .max_by(|&a, &b| (err[a] * dir).total_cmp(&(err[b] * dir)))?;
+                    let ks: f32 = err[start..start + k].iter().sum();
+                    Some(((ks - dir).abs() - ks.abs(), -(err[j] * dir), j))
+                })
+                .collect();
+            cand.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.total_cmp(&b.1)));
+            for &(_, _, j) in cand.iter().take(n) {
+                level[j] -= dir;
+                err[j] -= dir;
+                out.channel_flips += 1;
+            }
+        }
+    }
+    out.max_channel_error_after = kernels
+        .iter()
+        .map(|st| channel_error(&err, st).abs())
+        .fold(0f32, f32::max);
+    for (o, starts) in kernels.iter().enumerate() {
+        let s = steps[o];
+        for &start in starts {
+            for j in start..start + k {
+                w[j] = level[j] * s;
+            }
+        }
+    }
+    out.steps = steps;
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::builder::SplitMix64;
+    use crate::layout::LayerOp;
+    use crate::quant::target::Granularity;
+
+    fn grids() -> [WeightGrid; 3] {
+        [
+            WeightGrid {
+                granularity: Granularity::PerTensor,
+                bits: 8,
+            },
+            WeightGrid {
+                granularity: Granularity::PerChannel,
+                bits: 8,
+            },
+            WeightGrid {
+                granularity: Granularity::PerTensor,
+                bits: 4,
+            },
+        ]
+    }
+
+    fn layouts() -> Vec<WeightLayout> {
+        vec![
+            WeightLayout::new(LayerOp::Conv, &[8, 6, 3, 3], 1).unwrap(),
+            WeightLayout::new(LayerOp::Conv, &[16, 1, 3, 3], 16).unwrap(),
+            WeightLayout::new(LayerOp::Conv, &[12, 10, 1, 1], 1).unwrap(),
+            WeightLayout::new(LayerOp::Gemm { trans_b: false }, &[20, 7], 1).unwrap(),
+            WeightLayout::new(LayerOp::ConvTranspose, &[4, 3, 2, 2], 2).unwrap(),
+        ]
+    }
+
+    #[test]
+    fn stable_steps_round_trip() {
+        let mut rng = SplitMix64::new(7);
+        for _ in 0..20_000 {
+            let m = rng.uniform(1e-6, 50.0);
+            let s = stable_step(m / 127.0, 127.0);
+            assert_eq!((127.0 * s) / 127.0, s, "{m}");
+            assert!((s - m / 127.0).abs() <= 64.0 * f32::EPSILON * s);
+        }
+    }
+
+    /// On the grid, at most one step from the original value, reproduced bit for bit by the
+    /// grid's own max-abs quantizer, and the error sums within 0.5 LSB per channel.
+    #[test]
+    fn squant_stays_on_the_grid_within_one_step() {
+        let mut rng = SplitMix64::new(11);
+        for layout in layouts() {
+            let n: usize = layout.dims.iter().product();
+            for grid in grids() {
+                for mode in [Rounding::Nearest, Rounding::Squant] {
+                    let w0: Vec<f32> = (0..n).map(|_| rng.normal() * 0.3).collect();
+                    let mut w = w0.clone();
+                    let r = round_to_grid(&mut w, &layout, &grid, mode);
+                    let mut again = w.clone();
+                    grid.fake_quant(&mut again, &layout);
+                    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(&again), bits(&w), "{layout:?} {grid:?} {mode:?}");
+                    let steps = grid.steps(&w, &layout);
+                    assert_eq!(steps, r.steps);
+                    let mut o_of = vec![0usize; n];
+                    layout.for_each_kernel(|st, o, _| {
+                        o_of[st..st + layout.kernel_len()].fill(o);
+                    });
+                    for j in 0..n {
+                        let s = steps[o_of[j]];
+                        let l = w[j] / s;
+                        assert_eq!(l, l.round(), "off grid");
+                        assert!((l - w0[j] / s).abs() < 1.0, "moved more than one step");
+                    }
+                    if mode == Rounding::Squant {
+                        assert!(r.max_channel_error_after <= 0.5 + 1e-4, "{r:?}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn squant_lowers_the_error_sums() {
+        let layout = WeightLayout::new(LayerOp::Conv, &[32, 1, 3, 3], 32).unwrap();
+        let mut rng = SplitMix64::new(5);
+        let w0: Vec<f32> = (0..32 * 9).map(|_| rng.normal()).collect();
+        let grid = WeightGrid {
+            granularity: Granularity::PerTensor,
+            bits: 8,
+        };
+        let mut w = w0.clone();
+        let r = round_to_grid(&mut w, &layout, &grid, Rounding::Squant);
+        assert!(r.max_channel_error_before > 0.5);
+        assert!(r.kernel_flips > 0);
+    }
+}
