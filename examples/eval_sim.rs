@@ -61,6 +61,9 @@ fn batches(t: InputTensor) -> Vec<Vec<InputTensor>> {
         .collect()
 }
 
+/// Batches of one input file, and its image count.
+type Loaded = (Vec<Vec<InputTensor>>, usize);
+
 /// One row per image from the per-batch outputs.
 fn rows(outs: Vec<Vec<f32>>, n: usize) -> Vec<Vec<f32>> {
     let total: usize = outs.iter().map(Vec::len).sum();
@@ -88,7 +91,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Scheme::PerTensorSymmetric
     };
     let model = onnx::load_file(std::path::Path::new(model.as_str()))?;
-    let load = |p: &str| -> Result<(Vec<Vec<InputTensor>>, usize), Box<dyn std::error::Error>> {
+    let load = |p: &str| -> Result<Loaded, Box<dyn std::error::Error>> {
         let s = SampleInputs::from_npy(&model, &std::fs::read(p)?, p)?;
         let t = s.tensors.into_iter().next().ok_or("no input")?;
         let n = t.shape[0];

@@ -27,6 +27,12 @@ enum HbfArg {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+enum SelectArg {
+    None,
+    Auto,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
 enum CompatArg {
     None,
     Aimet,
@@ -72,8 +78,8 @@ pub struct EqualizeArgs {
     /// Reproduce aimet_onnx 2.42's numbers.
     #[arg(long, value_enum, default_value = "none")]
     compat: CompatArg,
-    /// Cross-layer-scaling passes (stops early once max |1 − s| < threshold); default 2, or 1
-    /// with `--compat aimet`.
+    /// Most cross-layer-scaling passes (stops once max |1 − s| < threshold); default: until
+    /// converged (at most 100), or 1 with `--compat aimet`.
     #[arg(long)]
     iterations: Option<u32>,
     /// Convergence threshold for --iterations.
@@ -108,6 +114,11 @@ pub struct EqualizeArgs {
     /// this factor (≥ 1).
     #[arg(long)]
     balance: Option<f32>,
+    /// `auto`: try candidate scalings (the given options, --iterations 1/3/5, --balance 2) and
+    /// keep the best per-tensor int8 SQNR on the odd-indexed --samples (used for nothing else;
+    /// the even-indexed ones verify and feed the report). Needs --samples.
+    #[arg(long, value_enum, default_value = "none")]
+    select: SelectArg,
     /// No progress or summary on stderr.
     #[arg(short, long)]
     quiet: bool,
@@ -213,6 +224,10 @@ fn options(a: &EqualizeArgs) -> Result<Options, CoreError> {
     o.verify.seed = a.seed;
     o.verify.dynamic_dim = a.dynamic_dim;
     o.balance = a.balance;
+    o.select = match a.select {
+        SelectArg::None => onnx_cle::Select::None,
+        SelectArg::Auto => onnx_cle::Select::Auto,
+    };
     o.quant.end_to_end = a.quant_e2e || a.samples.is_some() || a.sensitivity;
     o.quant.w8a8 = !a.no_w8a8;
     o.quant.sensitivity = a.sensitivity;
@@ -369,6 +384,19 @@ pub fn equalize(a: EqualizeArgs) -> ExitCode {
             if a.deploy_output.is_none() {
                 eprintln!("onnx-cle: note: the deploy model is not written (no --deploy-output)");
             }
+        }
+        if let Some(sel) = &r.selection {
+            let all: Vec<String> = sel
+                .candidates
+                .iter()
+                .map(|c| format!("{} {:.2} dB", c.label, c.sqnr_db))
+                .collect();
+            eprintln!(
+                "onnx-cle: select auto kept `{}` (per-tensor int8 SQNR on {} held-out samples: {})",
+                sel.chosen,
+                sel.scored_samples,
+                all.join(", ")
+            );
         }
         if r.function_changed {
             eprintln!(

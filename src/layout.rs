@@ -310,6 +310,36 @@ impl WeightLayout {
         (ro, self.fold_columns(&acc))
     }
 
+    /// Kernel maxima `m[a·b + b'] = max_k |w[a, b', k…]|` of every stored block, in storage
+    /// order: all that [`WeightLayout::scaled_out_ranges`] and
+    /// [`WeightLayout::scaled_in_ranges`] need to range the weight under any per-channel
+    /// scaling. A positive factor commutes with the maximum (f32 rounding is monotonic), so
+    /// `max_k |f·w_k| = f·max_k |w_k|`.
+    pub fn block_maxima(&self, w: &[f32]) -> Vec<f32> {
+        self.check(w);
+        w.chunks_exact(self.k).map(row_max).collect()
+    }
+
+    /// `max |W'|` per output channel of `W'[o, i, …] = fo[o]·fi[i]·W[o, i, …]`, from the
+    /// [`WeightLayout::block_maxima`] `m` of `W`.
+    pub fn scaled_out_ranges(&self, m: &[f32], fo: &[f32], fi: &[f32]) -> Vec<f32> {
+        debug_assert_eq!(m.len(), self.a * self.b);
+        let mut ro = vec![0f32; self.out_ch];
+        self.for_each_block(|s, o, i| ro[o] = vmax(ro[o], fi[i] * m[s / self.k]));
+        ro.iter_mut().zip(fo).for_each(|(r, f)| *r *= f);
+        ro
+    }
+
+    /// `max |W'|` per input channel of `W'[o, i, …] = fo[o]·fi[i]·W[o, i, …]`, from the
+    /// [`WeightLayout::block_maxima`] `m` of `W`.
+    pub fn scaled_in_ranges(&self, m: &[f32], fo: &[f32], fi: &[f32]) -> Vec<f32> {
+        debug_assert_eq!(m.len(), self.a * self.b);
+        let mut ri = vec![0f32; self.in_ch];
+        self.for_each_block(|s, o, i| ri[i] = vmax(ri[i], fo[o] * m[s / self.k]));
+        ri.iter_mut().zip(fi).for_each(|(r, f)| *r *= f);
+        ri
+    }
+
     /// [`WeightLayout::scale_out`], then the ranges of the result ([`WeightLayout::ranges`]),
     /// each row ranged while it is still in cache.
     pub fn scale_out_ranged(&self, w: &mut [f32], f: &[f32]) -> (Vec<f32>, Vec<f32>) {
@@ -480,6 +510,45 @@ fn row_mags(row: &[f32], acc: &mut [f32]) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scaled_ranges_from_block_maxima_match_a_scaled_weight() {
+        let cases = [
+            (LayerOp::Conv, vec![4, 3, 3, 3], 1),
+            (LayerOp::Conv, vec![4, 2, 3, 3], 2),
+            (LayerOp::Conv, vec![4, 1, 3, 3], 4),
+            (LayerOp::ConvTranspose, vec![4, 3, 2, 2], 2),
+            (LayerOp::Gemm { trans_b: false }, vec![3, 5], 1),
+            (LayerOp::MatMul, vec![5, 2], 1),
+        ];
+        for (op, dims, group) in cases {
+            let l = WeightLayout::new(op, &dims, group).unwrap();
+            let n: usize = dims.iter().product();
+            let w: Vec<f32> = (0..n).map(|j| ((j * 37 % 11) as f32 - 5.0) * 0.3).collect();
+            let fo: Vec<f32> = (0..l.out_channels())
+                .map(|o| 0.5 + o as f32 * 0.7)
+                .collect();
+            let fi: Vec<f32> = (0..l.in_channels()).map(|i| 2.0 - i as f32 * 0.3).collect();
+            let mut scaled = w.clone();
+            l.scale_out(&mut scaled, &fo);
+            l.scale_in(&mut scaled, &fi);
+            let (ro, ri) = l.ranges(&scaled);
+            let m = l.block_maxima(&w);
+            let close = |a: &[f32], b: &[f32]| {
+                a.iter()
+                    .zip(b)
+                    .all(|(x, y)| (x - y).abs() <= 1e-6 * x.abs().max(1.0))
+            };
+            assert!(
+                close(&ro, &l.scaled_out_ranges(&m, &fo, &fi)),
+                "{op:?} {dims:?} out"
+            );
+            assert!(
+                close(&ri, &l.scaled_in_ranges(&m, &fo, &fi)),
+                "{op:?} {dims:?} in"
+            );
+        }
+    }
 
     #[test]
     fn conv_transpose_grouped_channels() {

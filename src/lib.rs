@@ -30,6 +30,7 @@ pub mod options;
 pub mod passes;
 pub mod quant;
 pub mod report;
+pub mod select;
 pub mod server;
 pub mod verify;
 pub mod work;
@@ -40,7 +41,7 @@ use std::time::Instant;
 use bytes::Bytes;
 
 pub use error::{CoreError, Result};
-pub use options::{Compat, HbfMode, Options, Relu6Policy, Step, VerifyOptions};
+pub use options::{Compat, HbfMode, Options, Relu6Policy, Select, Step, VerifyOptions};
 pub use report::Report;
 
 use onnx::ModelProto;
@@ -432,6 +433,9 @@ pub fn run(
     samples: Option<&SampleInputs>,
     ctl: Control,
 ) -> Result<Output> {
+    if options.select == Select::Auto {
+        return select::run(model, original, options, samples, ctl);
+    }
     let verify_opts = options.verify.clone();
     let quant = &options.quant;
     let deploy_opts = &options.deploy;

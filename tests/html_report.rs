@@ -112,12 +112,16 @@ fn synthetic() -> Report {
                         scheme: "per_tensor_symmetric".into(),
                         sqnr_db: 12.0,
                         top1_agreement: 0.5,
+                        per_sample_median_db: Some(12.5),
+                        per_sample_p10_db: Some(f64::NEG_INFINITY),
                     },
                     QuantRow {
                         model: "equalized".into(),
                         scheme: "per_tensor_symmetric".into(),
                         sqnr_db: 21.5,
                         top1_agreement: 1.0,
+                        per_sample_median_db: None,
+                        per_sample_p10_db: None,
                     },
                 ],
                 sensitivity: vec![LayerSensitivity {

@@ -270,7 +270,7 @@ def main(argv):
             log(f"{stem} / {v['label']}: {time.time() - t:.0f} s" + (f" ({r['error']})" if "error" in r else ""))
             rows.append((v["label"], r))
         results[stem] = {label: r for label, r in rows}
-        print(table(title, len(x), n_photos, a.split, rows))
+        print(table(title, len(x), n_photos, a.split, rows), flush=True)
         print()
     if a.json:
         with open(a.json, "w", encoding="utf-8") as f:

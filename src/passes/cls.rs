@@ -15,12 +15,18 @@
 //! `s = r1 / √(r1·r2)`, guard(NaN, ∞, 0 → 1), `W1[c] *= 1/s`, `b1[c] *= 1/s`, `W2[:,c] *= s`
 //! (paper eq. 11: both ranges become `√(r1·r2)`). Triple: `P = (r0·r1·r2)^(1/3)`,
 //! `s12 = r0/P`, `s23 = P/r2`, `W1 *= s12` then `*= 1/s23`. Sets are applied in chain order;
-//! consecutive sets share layers, so later sets see earlier results. With `iterations > 1` the
-//! whole pass repeats until `max |1 − s| < threshold`.
+//! consecutive sets share layers, so later sets see earlier results.
 //!
-//! Cost: each weight's ranges are scanned once; every scaling sweep recomputes both ranges of the
-//! weight it scales while each row is in cache ([`Ranges`]), so a pass over a set costs one
-//! read-modify-write of its weights.
+//! Passes: `compat = aimet` runs one pass on the weights in AIMET's order ([`direct_passes`]).
+//! The default mode iterates until the stop rule `max |1 − s| < threshold` holds ([`converged`],
+//! the paper's "iterate until convergence"): sets that share a layer form a component iterated on
+//! its own (an isolated set is exact after one pass), ranges are kept as `fo·fi·max_k|W|` from
+//! the kernel maxima ([`crate::layout::WeightLayout::block_maxima`]; a positive factor commutes
+//! with the maximum), and every weight is scaled once, by its cumulative factors, at the end.
+//!
+//! Cost: each weight's ranges are scanned once; layers scaled on both sides also keep their
+//! kernel maxima (one value per `(out, in)` block); a pass costs one sweep over those maxima;
+//! the weights get one read-modify-write.
 
 use std::collections::HashMap;
 
@@ -461,40 +467,10 @@ pub fn run(cx: &mut Ctx) -> crate::Result<()> {
     }
     let act_ranges: Vec<Vec<Option<Vec<f32>>>> =
         sets.iter().map(|s| activation_ranges(cx, s)).collect();
-    for it in 1..=cx.opts.passes() {
-        let mut worst = 0f32;
-        for (k, set) in sets.iter().enumerate() {
-            let scales = scale_set(
-                cx,
-                &mut ranges,
-                set,
-                cx.opts
-                    .balance
-                    .map(|g| (g, act_ranges[k].as_slice(), cumulative[k].as_slice())),
-            )?;
-            for (p, s) in scales.iter().enumerate() {
-                for (c, &v) in s.iter().enumerate() {
-                    cumulative[k][p][c] *= v;
-                    worst = worst.max((1.0 - v).abs());
-                }
-                for &t in &set.throughs[p] {
-                    let label = cx.work.label(t).to_string();
-                    if let Some(clip) = cx.state.crossed_clips.get_mut(&label) {
-                        for (c, &v) in s.iter().enumerate() {
-                            clip.scale[c] *= v;
-                        }
-                    }
-                }
-            }
-        }
-        cx.report.cls_iterations.push(ClsIteration {
-            iteration: it,
-            sets: sets.len(),
-            max_abs_one_minus_s: worst,
-        });
-        if worst < cx.opts.threshold {
-            break;
-        }
+    if cx.opts.is_aimet() {
+        direct_passes(cx, &sets, &mut ranges, &mut cumulative, &act_ranges)?;
+    } else {
+        converged(cx, &sets, &mut ranges, &mut cumulative, &act_ranges)?;
     }
     let iterations = cx.report.cls_iterations.len() as u32;
     for (k, set) in sets.iter().enumerate() {
@@ -553,6 +529,275 @@ pub fn run(cx: &mut Ctx) -> crate::Result<()> {
         });
     }
     Ok(())
+}
+
+/// AIMET's order (`compat = aimet`): every pass scales the weights set by set, each set seeing
+/// the weights as the sets before it left them (cle-spec §4.2).
+fn direct_passes(
+    cx: &mut Ctx,
+    sets: &[Set],
+    ranges: &mut Ranges,
+    cumulative: &mut [Vec<Vec<f32>>],
+    act_ranges: &[Vec<Option<Vec<f32>>>],
+) -> crate::Result<()> {
+    for it in 1..=cx.opts.passes() {
+        let mut worst = 0f32;
+        for (k, set) in sets.iter().enumerate() {
+            let scales = scale_set(
+                cx,
+                ranges,
+                set,
+                cx.opts
+                    .balance
+                    .map(|g| (g, act_ranges[k].as_slice(), cumulative[k].as_slice())),
+            )?;
+            for (p, s) in scales.iter().enumerate() {
+                for (c, &v) in s.iter().enumerate() {
+                    cumulative[k][p][c] *= v;
+                    worst = worst.max((1.0 - v).abs());
+                }
+                for &t in &set.throughs[p] {
+                    let label = cx.work.label(t).to_string();
+                    if let Some(clip) = cx.state.crossed_clips.get_mut(&label) {
+                        for (c, &v) in s.iter().enumerate() {
+                            clip.scale[c] *= v;
+                        }
+                    }
+                }
+            }
+        }
+        cx.report.cls_iterations.push(ClsIteration {
+            iteration: it,
+            sets: sets.len(),
+            max_abs_one_minus_s: worst,
+        });
+        if worst < cx.opts.threshold {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// A layer's cumulative scaling in the default mode: `W' = fo[o]·fi[i]·W`.
+struct Track {
+    layer: Layer,
+    fo: Vec<f32>,
+    fi: Vec<f32>,
+    /// Ranges of the unscaled weight.
+    base: (Vec<f32>, Vec<f32>),
+    /// Kernel maxima, for layers scaled on both sides (their ranges depend on both factors).
+    maxima: Option<Vec<f32>>,
+}
+
+impl Track {
+    fn out_ranges(&self) -> Vec<f32> {
+        match &self.maxima {
+            Some(m) => self.layer.layout.scaled_out_ranges(m, &self.fo, &self.fi),
+            None => self
+                .base
+                .0
+                .iter()
+                .zip(&self.fo)
+                .map(|(r, f)| r * f)
+                .collect(),
+        }
+    }
+
+    fn in_ranges(&self) -> Vec<f32> {
+        match &self.maxima {
+            Some(m) => self.layer.layout.scaled_in_ranges(m, &self.fo, &self.fi),
+            None => self
+                .base
+                .1
+                .iter()
+                .zip(&self.fi)
+                .map(|(r, f)| r * f)
+                .collect(),
+        }
+    }
+}
+
+/// Default mode: iterate until the stop rule holds, on per-channel range bookkeeping instead of
+/// the weights (cle-spec §3.3–3.4 math, paper §4.1 "iterated until convergence").
+///
+/// Sets that share a layer form a component; components are independent and each iterates until
+/// `max |1 − s| < threshold` over its sets (or `iterations` passes). A component of one set is
+/// equalized exactly by its first pass (pair: both ranges `√(r1·r2)`; triple: all three `P`),
+/// so it runs once. Ranges come from the cumulative factors: `fo·fi·max_k |W|` ([`Track`]);
+/// the weights are scaled once at the end.
+fn converged(
+    cx: &mut Ctx,
+    sets: &[Set],
+    ranges: &mut Ranges,
+    cumulative: &mut [Vec<Vec<f32>>],
+    act_ranges: &[Vec<Option<Vec<f32>>>],
+) -> crate::Result<()> {
+    let mut index: HashMap<String, usize> = HashMap::new();
+    let mut tracks: Vec<Track> = Vec::new();
+    let mut out_scaled: Vec<bool> = Vec::new();
+    let mut in_scaled: Vec<bool> = Vec::new();
+    let members: Vec<Vec<usize>> = sets
+        .iter()
+        .map(|set| {
+            let n = set.layers.len();
+            set.layers
+                .iter()
+                .enumerate()
+                .map(|(p, l)| {
+                    let t = *index.entry(l.weight.clone()).or_insert_with(|| {
+                        let base = ranges.of(cx, l).clone();
+                        tracks.push(Track {
+                            layer: l.clone(),
+                            fo: vec![1.0; l.layout.out_channels()],
+                            fi: vec![1.0; l.layout.in_channels()],
+                            base,
+                            maxima: None,
+                        });
+                        out_scaled.push(false);
+                        in_scaled.push(false);
+                        tracks.len() - 1
+                    });
+                    out_scaled[t] |= p + 1 < n;
+                    in_scaled[t] |= p > 0;
+                    t
+                })
+                .collect()
+        })
+        .collect();
+    for (t, track) in tracks.iter_mut().enumerate() {
+        if out_scaled[t] && in_scaled[t] {
+            let w = cx
+                .work
+                .read(&track.layer.weight)
+                .map_err(crate::CoreError::InvalidModel)?;
+            track.maxima = Some(track.layer.layout.block_maxima(&w.data));
+        }
+    }
+    // Components: sets linked by a shared layer (union-find over the layers).
+    let mut parent: Vec<usize> = (0..tracks.len()).collect();
+    fn root(parent: &mut [usize], mut i: usize) -> usize {
+        while parent[i] != i {
+            parent[i] = parent[parent[i]];
+            i = parent[i];
+        }
+        i
+    }
+    for m in &members {
+        for w in m.windows(2) {
+            let (a, b) = (root(&mut parent, w[0]), root(&mut parent, w[1]));
+            parent[a] = b;
+        }
+    }
+    let mut components: Vec<Vec<usize>> = Vec::new();
+    let mut by_root: HashMap<usize, usize> = HashMap::new();
+    for (k, m) in members.iter().enumerate() {
+        let r = root(&mut parent, m[0]);
+        let c = *by_root.entry(r).or_insert_with(|| {
+            components.push(Vec::new());
+            components.len() - 1
+        });
+        components[c].push(k);
+    }
+    let mut per_iteration: Vec<(usize, f32)> = Vec::new();
+    for comp in &components {
+        for it in 0..cx.opts.passes() as usize {
+            let mut worst = 0f32;
+            for &k in comp {
+                let balance = cx
+                    .opts
+                    .balance
+                    .map(|g| (g, act_ranges[k].as_slice(), cumulative[k].as_slice()));
+                let scales = equalize_set(&mut tracks, &members[k], balance);
+                for (p, s) in scales.iter().enumerate() {
+                    for (c, &v) in s.iter().enumerate() {
+                        cumulative[k][p][c] *= v;
+                        worst = worst.max((1.0 - v).abs());
+                    }
+                    for &t in &sets[k].throughs[p] {
+                        let label = cx.work.label(t).to_string();
+                        if let Some(clip) = cx.state.crossed_clips.get_mut(&label) {
+                            for (c, &v) in s.iter().enumerate() {
+                                clip.scale[c] *= v;
+                            }
+                        }
+                    }
+                }
+            }
+            if per_iteration.len() <= it {
+                per_iteration.push((0, 0.0));
+            }
+            per_iteration[it].0 += comp.len();
+            per_iteration[it].1 = per_iteration[it].1.max(worst);
+            if comp.len() == 1 || worst < cx.opts.threshold {
+                break;
+            }
+        }
+    }
+    for (it, (n, worst)) in per_iteration.into_iter().enumerate() {
+        cx.report.cls_iterations.push(ClsIteration {
+            iteration: it as u32 + 1,
+            sets: n,
+            max_abs_one_minus_s: worst,
+        });
+    }
+    for track in &tracks {
+        let ident = |f: &[f32]| f.iter().all(|&v| v == 1.0);
+        if ident(&track.fo) && ident(&track.fi) {
+            continue;
+        }
+        let l = &track.layer;
+        let mut w = take(cx, &l.weight)?;
+        if !ident(&track.fo) {
+            l.layout.scale_out(&mut w.data, &track.fo);
+        }
+        ranges.set(l, l.layout.scale_in_ranged(&mut w.data, &track.fi));
+        cx.work.put(&l.weight, w);
+        scale_bias(cx, l, &track.fo)?;
+    }
+    Ok(())
+}
+
+/// One equalization step of a set on its [`Track`]s; returns the per-pair factors (`s`, or
+/// `(s12, s23)` for a triple), as [`scale_set`] does on the weights.
+fn equalize_set(tracks: &mut [Track], m: &[usize], balance: Option<Balance>) -> Vec<Vec<f32>> {
+    let limit = |p: usize, s: &mut Vec<f32>| {
+        if let Some((g, ranges, prev)) = balance {
+            if let Some(hi) = &ranges[p] {
+                limit_activation_growth(s, hi, &prev[p], g);
+            }
+        }
+    };
+    let mul = |f: &mut [f32], by: &[f32]| f.iter_mut().zip(by).for_each(|(v, b)| *v *= b);
+    let inv = |s: &[f32]| s.iter().map(|&v| 1.0f32 / v).collect::<Vec<f32>>();
+    if m.len() == 2 {
+        let r1 = tracks[m[0]].out_ranges();
+        let r2 = tracks[m[1]].in_ranges();
+        let mut s: Vec<f32> = r1
+            .iter()
+            .zip(&r2)
+            .map(|(&a, &b)| guard(a / (a * b).sqrt()))
+            .collect();
+        limit(0, &mut s);
+        mul(&mut tracks[m[0]].fo, &inv(&s));
+        mul(&mut tracks[m[1]].fi, &s);
+        return vec![s];
+    }
+    let r0 = tracks[m[0]].out_ranges();
+    let r1 = tracks[m[1]].out_ranges();
+    let r2 = tracks[m[2]].in_ranges();
+    let third = 1.0f32 / 3.0;
+    let p: Vec<f32> = (0..r0.len())
+        .map(|c| (r0[c] * r1[c] * r2[c]).powf(third))
+        .collect();
+    let mut s12: Vec<f32> = (0..r0.len()).map(|c| guard(r0[c] / p[c])).collect();
+    let mut s23: Vec<f32> = (0..r0.len()).map(|c| guard(p[c] / r2[c])).collect();
+    limit(0, &mut s12);
+    limit(1, &mut s23);
+    mul(&mut tracks[m[0]].fo, &inv(&s12));
+    mul(&mut tracks[m[1]].fi, &s12);
+    mul(&mut tracks[m[1]].fo, &inv(&s23));
+    mul(&mut tracks[m[2]].fi, &s23);
+    vec![s12, s23]
 }
 
 /// `MatMul` scales its last axis, `Conv`/`ConvTranspose` axis 1 (a 2-D `Gemm` both): a pair

@@ -346,6 +346,25 @@ pub fn score(reference: &[Vec<f32>], outs: &[Vec<f32>]) -> (f64, f64) {
     )
 }
 
+/// `(median, 10th percentile)` over samples of each sample's output SQNR (dB, capped at 300).
+pub fn spread(reference: &[Vec<f32>], outs: &[Vec<f32>]) -> (f64, f64) {
+    let mut per: Vec<f64> = reference
+        .iter()
+        .zip(outs)
+        .map(|(r, o)| sqnr_db(r, o).min(300.0))
+        .collect();
+    per.sort_by(f64::total_cmp);
+    let at = |q: f64| -> f64 {
+        if per.is_empty() {
+            return f64::NAN;
+        }
+        let x = q * (per.len() - 1) as f64;
+        let (lo, hi) = (x.floor() as usize, x.ceil() as usize);
+        per[lo] + (per[hi] - per[lo]) * (x - lo as f64)
+    };
+    (at(0.5), at(0.1))
+}
+
 /// The original model's first output per sample: the reference of every figure.
 pub fn reference_outputs(
     original: &ModelProto,
@@ -366,11 +385,15 @@ pub fn evaluate_model(
     let mut rows = Vec::new();
     let mut push = |scheme: &str, outs: Vec<Vec<f32>>| {
         let (sqnr_db, top1_agreement) = score(reference, &outs);
+        let (median, p10) = spread(reference, &outs);
+        let several = reference.len() > 1;
         rows.push(QuantRow {
             model: label.into(),
             scheme: scheme.into(),
             sqnr_db,
             top1_agreement,
+            per_sample_median_db: several.then_some(median),
+            per_sample_p10_db: several.then_some(p10),
         });
     };
     push("fp32", first_outputs(&crate::onnx::encode(model), samples)?);
@@ -483,11 +506,15 @@ pub fn evaluate_deploy(
     let mut rows = Vec::new();
     let mut push = |scheme: &str, outs: Vec<Vec<f32>>| {
         let (sqnr_db, top1_agreement) = score(reference, &outs);
+        let (median, p10) = spread(reference, &outs);
+        let several = reference.len() > 1;
         rows.push(QuantRow {
             model: "deploy".into(),
             scheme: scheme.into(),
             sqnr_db,
             top1_agreement,
+            per_sample_median_db: several.then_some(median),
+            per_sample_p10_db: several.then_some(p10),
         });
     };
     push(

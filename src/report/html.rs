@@ -41,6 +41,9 @@ pub fn render(report: &Report) -> String {
     if let Some(d) = &report.deploy {
         deploy(&mut o, d);
     }
+    if let Some(sel) = &report.selection {
+        selection(&mut o, sel);
+    }
     cls(&mut o, report);
     hbf(&mut o, report);
     skipped(&mut o, report);
@@ -530,12 +533,44 @@ fn int8(o: &mut String, q: Option<&Quantization>) {
     o.push_str("</section>\n");
 }
 
+fn selection(o: &mut String, sel: &crate::report::Selection) {
+    w!(
+        o,
+        "<section><h2>Scaling chosen on held-out samples</h2>\
+         <p class=\"muted\">select = auto: {} candidates scored on {} samples used for nothing \
+         else ({}); verification and the figures above use the other {}. Kept: <b>{}</b>.</p>\n\
+         <table><thead><tr><th>Candidate</th><th class=\"n\">Pass cap</th><th class=\"n\">Balance</th>\
+         <th class=\"n\">SQNR</th><th class=\"n\">Per-sample median</th><th class=\"n\">Top-1</th></tr></thead><tbody>",
+        sel.candidates.len(),
+        sel.scored_samples,
+        esc(&sel.score),
+        sel.other_samples,
+        esc(&sel.chosen)
+    );
+    for c in &sel.candidates {
+        w!(
+            o,
+            "<tr><td>{}{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td>\
+             <td class=\"n\">{}</td><td class=\"n\">{}</td></tr>",
+            esc(&c.label),
+            if c.chosen { " ✓" } else { "" },
+            c.iterations,
+            c.balance.map_or("—".to_string(), |b| num(f64::from(b))),
+            db(c.sqnr_db),
+            db(c.per_sample_median_db),
+            pct(c.top1_agreement)
+        );
+    }
+    o.push_str("</tbody></table></section>\n");
+}
+
 fn end_to_end(o: &mut String, e: &EndToEnd) {
     w!(
         o,
         "<h3>End to end (simulated int8 against the FP32 original)</h3>\
-         <p class=\"muted\">{} sample{} from {}. Each cell: output SQNR (higher is better) · \
-         top-1 agreement with the original.</p>\n",
+         <p class=\"muted\">{} sample{} from {}. Each cell: output SQNR over all samples (higher \
+         is better) · top-1 agreement with the original; with several samples also the median and \
+         10th percentile of the per-sample SQNR.</p>\n",
         e.samples,
         if e.samples == 1 { "" } else { "s" },
         esc(&e.inputs)
@@ -567,12 +602,23 @@ fn end_to_end(o: &mut String, e: &EndToEnd) {
             w!(o, "<tr><td>{}</td>", esc(&s.replace('_', " ")));
             for m in &models {
                 match find(m, s) {
-                    Some(r) => w!(
-                        o,
-                        "<td class=\"n\">{} · {}</td>",
-                        db(r.sqnr_db),
-                        pct(r.top1_agreement)
-                    ),
+                    Some(r) => {
+                        w!(
+                            o,
+                            "<td class=\"n\">{} · {}",
+                            db(r.sqnr_db),
+                            pct(r.top1_agreement)
+                        );
+                        if let (Some(m), Some(p)) = (r.per_sample_median_db, r.per_sample_p10_db) {
+                            w!(
+                                o,
+                                "<br><span class=\"muted\">per image: median {} · p10 {}</span>",
+                                db(m),
+                                db(p)
+                            );
+                        }
+                        o.push_str("</td>");
+                    }
                     None => o.push_str("<td class=\"n\">—</td>"),
                 }
             }

@@ -83,6 +83,50 @@ pub struct Report {
     /// The deploy model (on-grid weights, bias correction): present when one was produced.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deploy: Option<DeployReport>,
+    /// `select = auto`: every candidate scaling tried and the one kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selection: Option<Selection>,
+}
+
+/// How `select = auto` chose the scaling: each candidate's per-tensor int8 figures on the
+/// samples held out for the choice (used for nothing else).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct Selection {
+    /// Samples the candidates were scored on (the odd-indexed given samples).
+    pub scored_samples: usize,
+    /// Samples left for verification and the quantization figures (the even-indexed ones).
+    pub other_samples: usize,
+    /// What the score is.
+    pub score: String,
+    /// The candidates in the order tried.
+    pub candidates: Vec<SelectionCandidate>,
+    /// Label of the kept candidate.
+    pub chosen: String,
+}
+
+/// One candidate of `select = auto`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SelectionCandidate {
+    /// `default`, `iterations 1`, `balance 2`, …
+    pub label: String,
+    /// CLS passes the candidate allowed.
+    pub iterations: u32,
+    /// Its activation-growth cap, if any.
+    pub balance: Option<f32>,
+    /// Per-tensor symmetric int8 weights: output SQNR on the scored samples (dB).
+    #[serde(deserialize_with = "nonfinite::f64")]
+    #[schema(value_type = Option<f64>, required = true)]
+    pub sqnr_db: f64,
+    /// Median per-sample SQNR (dB).
+    #[serde(deserialize_with = "nonfinite::f64")]
+    #[schema(value_type = Option<f64>, required = true)]
+    pub per_sample_median_db: f64,
+    /// Top-1 agreement with the original on the scored samples.
+    #[serde(deserialize_with = "nonfinite::f64")]
+    #[schema(value_type = Option<f64>, required = true)]
+    pub top1_agreement: f64,
+    /// Whether this candidate was kept.
+    pub chosen: bool,
 }
 
 /// Facts about the model.
@@ -422,6 +466,13 @@ pub struct QuantRow {
     #[serde(deserialize_with = "nonfinite::f64")]
     #[schema(value_type = Option<f64>, required = true)]
     pub top1_agreement: f64,
+    /// Median over samples of each sample's output SQNR (dB, capped at 300), when there are
+    /// several samples: the typical image, where the aggregate is dominated by loud ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_sample_median_db: Option<f64>,
+    /// 10th percentile over samples of each sample's output SQNR (dB): the bad tail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_sample_p10_db: Option<f64>,
 }
 
 /// Sensitivity of one layer.

@@ -72,6 +72,9 @@ pub struct EqualizeParams {
     pub balance: Option<f32>,
     /// Simulate int8 end to end with tract (weights-only schemes and W8A8) on random inputs.
     pub quant_e2e: Option<bool>,
+    /// `auto`: choose among candidate scalings on sample inputs. The service takes no sample
+    /// inputs, so `auto` is refused here (422 `invalid_options`); use the CLI's `--samples`.
+    pub select: Option<crate::Select>,
     /// Label for the job.
     #[param(max_length = 200)]
     pub name: Option<String>,
@@ -217,6 +220,7 @@ pub fn parse_params(query: &str) -> Result<EqualizeParams, ApiError> {
             "bias_correction" => p.bias_correction = Some(enum_value("bias_correction", &v)?),
             "rounding" => p.rounding = Some(enum_value("rounding", &v)?),
             "deploy" => p.deploy = Some(boolean("deploy", &v)?),
+            "select" => p.select = Some(enum_value("select", &v)?),
             "name" => p.name = Some(v),
             other => {
                 return Err(bad_query(
@@ -292,12 +296,16 @@ impl EqualizeParams {
         if let Some(d) = self.deploy {
             o.deploy.model = d;
         }
-        service_options(o)
+        if let Some(s) = self.select {
+            o.select = s;
+        }
+        service_options(o.normalized().map_err(|e| invalid_options(e.to_string()))?)
     }
 }
 
-/// Normalizes options for a job: the service takes no sample inputs, so empirical bias
-/// correction is refused here rather than failing the job later.
+/// Options the service can run: it takes no sample inputs, so `select = auto` (which needs
+/// them) and empirical bias correction (which measures on them) are refused at submission
+/// rather than failing the job later.
 fn service_options(o: Options) -> Result<Options, ApiError> {
     if o.deploy.bias_correction == crate::quant::bias_correction::BiasCorrection::Empirical {
         return Err(invalid_options(
@@ -305,7 +313,13 @@ fn service_options(o: Options) -> Result<Options, ApiError> {
              take; use analytic (data-free)",
         ));
     }
-    o.normalized().map_err(|e| invalid_options(e.to_string()))
+    if o.select == crate::Select::Auto {
+        return Err(invalid_options(
+            "select=auto needs sample inputs, which the service does not take; use the CLI's --samples"
+                .to_string(),
+        ));
+    }
+    Ok(o)
 }
 
 fn check_name(name: Option<String>) -> Result<Option<String>, ApiError> {
@@ -647,7 +661,11 @@ async fn receive_multipart(
                 let data = small_part(&mut field, MAX_OPTIONS_BYTES, "options", max_upload).await?;
                 let parsed: Options = serde_json::from_slice(&data)
                     .map_err(|e| invalid_options(format!("options JSON: {e}")))?;
-                options = Some(service_options(parsed)?);
+                options = Some(service_options(
+                    parsed
+                        .normalized()
+                        .map_err(|e| invalid_options(e.to_string()))?,
+                )?);
             }
             "name" if name.is_none() => {
                 let data = small_part(&mut field, MAX_NAME_CHARS * 4, "name", max_upload).await?;
@@ -748,6 +766,18 @@ mod tests {
             .unwrap();
         assert_eq!(e.problem().code, "invalid_options");
         assert_eq!(e.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    }
+
+    #[test]
+    fn select_auto_is_refused_without_samples() {
+        let e = parse_params("select=auto")
+            .unwrap()
+            .options()
+            .err()
+            .unwrap();
+        assert_eq!(e.problem().code, "invalid_options");
+        let o = parse_params("select=none").unwrap().options().unwrap();
+        assert_eq!(o.select, crate::Select::None);
     }
 
     #[test]

@@ -1,0 +1,154 @@
+//! `select = auto`: choose the scaling on samples held out for the choice.
+//!
+//! The given samples are split: the odd-indexed ones score the candidates and are used for
+//! nothing else; the even-indexed ones go to the chosen run (verification, quantization
+//! figures, W8A8 calibration). Candidates: the options as given, then `iterations` 1, 3 and 5
+//! and `balance` 2 on top of them (duplicates of the given options skipped). The score is the
+//! output SQNR of per-tensor symmetric int8 weights against the original FP32 model; ties keep
+//! the earlier candidate. Every candidate's figures land in [`crate::report::Selection`].
+
+use bytes::Bytes;
+
+use crate::error::{CoreError, Result};
+use crate::options::{Options, Select};
+use crate::quant::{self, Scheme};
+use crate::report::{Selection, SelectionCandidate};
+use crate::verify::InputTensor;
+use crate::{equalize, onnx, Control, Output, SampleInputs};
+
+/// The candidate options for `base`: `(label, options)`, the base first.
+pub fn candidates(base: &Options) -> Vec<(String, Options)> {
+    let plain = Options {
+        select: Select::None,
+        ..base.clone()
+    };
+    let mut out = vec![("given options".to_string(), plain.clone())];
+    for it in [1u32, 3, 5] {
+        out.push((
+            format!("iterations {it}"),
+            Options {
+                iterations: Some(it),
+                ..plain.clone()
+            },
+        ));
+    }
+    out.push((
+        "balance 2".to_string(),
+        Options {
+            balance: Some(2.0),
+            ..plain.clone()
+        },
+    ));
+    let mut seen: Vec<Options> = Vec::new();
+    out.retain(|(_, o)| {
+        let n = o.clone().normalized().ok();
+        match n {
+            Some(n) if !seen.contains(&n) => {
+                seen.push(n);
+                true
+            }
+            _ => false,
+        }
+    });
+    out
+}
+
+fn part(t: &InputTensor, odd: bool) -> InputTensor {
+    let n = t.shape[0];
+    let per = t.data.len() / n.max(1);
+    let keep: Vec<usize> = (0..n).filter(|k| (k % 2 == 1) == odd).collect();
+    let mut data = Vec::with_capacity(keep.len() * per);
+    for &k in &keep {
+        data.extend_from_slice(&t.data[k * per..(k + 1) * per]);
+    }
+    let mut shape = t.shape.clone();
+    shape[0] = keep.len();
+    InputTensor {
+        data,
+        shape,
+        ..t.clone()
+    }
+}
+
+/// [`crate::run`] with `select = auto`.
+pub fn run(
+    model: onnx::ModelProto,
+    original: Option<Bytes>,
+    options: &Options,
+    samples: Option<&SampleInputs>,
+    ctl: Control,
+) -> Result<Output> {
+    let Some(samples) = samples else {
+        return Err(CoreError::InvalidOptions(
+            "select=auto needs sample inputs (--samples)".into(),
+        ));
+    };
+    let n = samples.tensors.first().map_or(0, |t| t.shape[0]);
+    if n < 2 || samples.tensors.iter().any(|t| t.shape.first() != Some(&n)) {
+        return Err(CoreError::InvalidOptions(
+            "select=auto needs at least 2 samples, batched on the first axis".into(),
+        ));
+    }
+    options.clone().normalized()?;
+    let scored: Vec<InputTensor> = samples.tensors.iter().map(|t| part(t, true)).collect();
+    let rest = SampleInputs {
+        tensors: samples.tensors.iter().map(|t| part(t, false)).collect(),
+        source: format!("{} (even-indexed samples)", samples.source),
+    };
+    let per_sample = quant::samples_of(&scored);
+    let reference =
+        quant::reference_outputs(&model, &per_sample).map_err(CoreError::InvalidOptions)?;
+    let mut found: Vec<(SelectionCandidate, Options)> = Vec::new();
+    for (label, opts) in candidates(options) {
+        ctl.check()?;
+        let quiet = Options {
+            verify: crate::VerifyOptions {
+                enabled: false,
+                ..opts.verify.clone()
+            },
+            quant: quant::QuantOptions {
+                layers: false,
+                end_to_end: false,
+                ..opts.quant.clone()
+            },
+            ..opts.clone()
+        };
+        let eq = equalize(model.clone(), &quiet)?;
+        let q = quant::quantized_weights(&eq.model, Scheme::PerTensorSymmetric, None);
+        let outs = quant::first_outputs(&onnx::encode(&q), &per_sample)
+            .map_err(CoreError::InvalidOptions)?;
+        let (sqnr_db, top1_agreement) = quant::score(&reference, &outs);
+        let (median, _) = quant::spread(&reference, &outs);
+        found.push((
+            SelectionCandidate {
+                label,
+                iterations: eq.report.options.passes(),
+                balance: opts.balance,
+                sqnr_db,
+                per_sample_median_db: median,
+                top1_agreement,
+                chosen: false,
+            },
+            opts,
+        ));
+    }
+    // The first best: a later candidate replaces it only when strictly better (NaN never is).
+    let mut best = 0;
+    for k in 1..found.len() {
+        if found[k].0.sqnr_db > found[best].0.sqnr_db {
+            best = k;
+        }
+    }
+    found[best].0.chosen = true;
+    let chosen = found[best].1.clone();
+    let mut out = crate::run(model, original, &chosen, Some(&rest), ctl)?;
+    out.report.selection = Some(Selection {
+        scored_samples: per_sample.len(),
+        other_samples: n - per_sample.len(),
+        score: "per-tensor symmetric int8 weights: output SQNR against the original FP32 model"
+            .into(),
+        chosen: found[best].0.label.clone(),
+        candidates: found.into_iter().map(|(c, _)| c).collect(),
+    });
+    Ok(out)
+}
