@@ -545,6 +545,45 @@ mod tests {
     use super::*;
 
     #[test]
+    fn scaled_ranges_from_block_maxima_match_a_scaled_weight() {
+        let cases = [
+            (LayerOp::Conv, vec![4, 3, 3, 3], 1),
+            (LayerOp::Conv, vec![4, 2, 3, 3], 2),
+            (LayerOp::Conv, vec![4, 1, 3, 3], 4),
+            (LayerOp::ConvTranspose, vec![4, 3, 2, 2], 2),
+            (LayerOp::Gemm { trans_b: false }, vec![3, 5], 1),
+            (LayerOp::MatMul, vec![5, 2], 1),
+        ];
+        for (op, dims, group) in cases {
+            let l = WeightLayout::new(op, &dims, group).unwrap();
+            let n: usize = dims.iter().product();
+            let w: Vec<f32> = (0..n).map(|j| ((j * 37 % 11) as f32 - 5.0) * 0.3).collect();
+            let fo: Vec<f32> = (0..l.out_channels())
+                .map(|o| 0.5 + o as f32 * 0.7)
+                .collect();
+            let fi: Vec<f32> = (0..l.in_channels()).map(|i| 2.0 - i as f32 * 0.3).collect();
+            let mut scaled = w.clone();
+            l.scale_out(&mut scaled, &fo);
+            l.scale_in(&mut scaled, &fi);
+            let (ro, ri) = l.ranges(&scaled);
+            let m = l.block_maxima(&w);
+            let close = |a: &[f32], b: &[f32]| {
+                a.iter()
+                    .zip(b)
+                    .all(|(x, y)| (x - y).abs() <= 1e-6 * x.abs().max(1.0))
+            };
+            assert!(
+                close(&ro, &l.scaled_out_ranges(&m, &fo, &fi)),
+                "{op:?} {dims:?} out"
+            );
+            assert!(
+                close(&ri, &l.scaled_in_ranges(&m, &fo, &fi)),
+                "{op:?} {dims:?} in"
+            );
+        }
+    }
+
+    #[test]
     fn conv_transpose_grouped_channels() {
         // ConvTranspose, I=4, O/g=3, g=2 → O=6; element [a=3, b=1] is in channel 3 (group 1),
         // out channel 1*3+1 = 4.

@@ -12,7 +12,8 @@
 //! Module map, in data-flow order: [`onnx`] (lossless protobuf I/O), [`graph`]
 //! (producers/consumers/topological order), [`layout`] (the one home of weight layouts),
 //! [`work`] (the model under edit), [`passes`] (one file per pass), [`quant`] (int8 analysis:
-//! per-layer table, simulation), [`report`] (and its HTML rendering, [`report::html`]),
+//! per-layer table, simulation; and the deploy model: data-free activation statistics, rounding
+//! onto the declared target grid, bias correction), [`report`] (and its HTML rendering, [`report::html`]),
 //! [`verify`] (tract). [`server`] is the HTTP transport; [`options`] and [`report`] types sit
 //! at the bottom of the imports.
 

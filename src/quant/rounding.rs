@@ -262,8 +262,8 @@ mod tests {
                     });
                     for j in 0..n {
                         let s = steps[o_of[j]];
-                        let l = w[j] / s;
-                        assert_eq!(l, l.round(), "off grid");
+                        let l = (w[j] / s).round();
+                        assert_eq!((l * s).to_bits(), w[j].to_bits(), "off grid");
                         assert!((l - w0[j] / s).abs() < 1.0, "moved more than one step");
                     }
                     if mode == Rounding::Squant {
