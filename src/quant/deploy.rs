@@ -41,8 +41,7 @@ pub struct DeployOptions {
     /// How weights are put on the grid.
     pub rounding: Rounding,
     /// Per-channel mean of the graph input, for analytic `E[x]` (one value: every channel);
-    /// default 0.
-    #[schema(nullable = false)]
+    /// default 0 (`null`).
     pub input_mean: Option<Vec<f32>>,
 }
 
