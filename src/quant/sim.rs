@@ -451,19 +451,8 @@ pub fn evaluate_model(
     w8a8: bool,
 ) -> Result<Vec<QuantRow>, String> {
     let mut rows = Vec::new();
-    let mut push = |scheme: &str, outs: Vec<Vec<f32>>| {
-        let (sqnr_db, top1_agreement) = score(reference, &outs);
-        let (median, p10) = spread(reference, &outs);
-        let several = reference.len() > 1;
-        rows.push(QuantRow {
-            model: label.into(),
-            scheme: scheme.into(),
-            sqnr_db,
-            top1_agreement,
-            per_sample_median_db: several.then_some(median),
-            per_sample_p10_db: several.then_some(p10),
-        });
-    };
+    let mut push =
+        |scheme: &str, outs: Vec<Vec<f32>>| rows.push(quant_row(reference, label, scheme, &outs));
     push("fp32", first_outputs(&crate::onnx::encode(model), samples)?);
     for s in [
         Scheme::PerTensorSymmetric,
@@ -573,17 +562,7 @@ pub fn evaluate_deploy(
 ) -> Result<Vec<QuantRow>, String> {
     let mut rows = Vec::new();
     let mut push = |scheme: &str, outs: Vec<Vec<f32>>| {
-        let (sqnr_db, top1_agreement) = score(reference, &outs);
-        let (median, p10) = spread(reference, &outs);
-        let several = reference.len() > 1;
-        rows.push(QuantRow {
-            model: "deploy".into(),
-            scheme: scheme.into(),
-            sqnr_db,
-            top1_agreement,
-            per_sample_median_db: several.then_some(median),
-            per_sample_p10_db: several.then_some(p10),
-        });
+        rows.push(quant_row(reference, "deploy", scheme, &outs))
     };
     push(
         "target_weights",
@@ -706,4 +685,20 @@ pub fn measured_abs_max(
 /// Splits sample inputs into single samples.
 pub fn samples_of(inputs: &[InputTensor]) -> Vec<Vec<InputTensor>> {
     verify::split_batch(inputs)
+}
+
+/// One end-to-end row: `outs` scored against `reference` (aggregate SQNR, top-1 agreement and,
+/// with several samples, the per-sample median and 10th percentile).
+fn quant_row(reference: &[Vec<f32>], model: &str, scheme: &str, outs: &[Vec<f32>]) -> QuantRow {
+    let (sqnr_db, top1_agreement) = score(reference, outs);
+    let (median, p10) = spread(reference, outs);
+    let several = reference.len() > 1;
+    QuantRow {
+        model: model.into(),
+        scheme: scheme.into(),
+        sqnr_db,
+        top1_agreement,
+        per_sample_median_db: several.then_some(median),
+        per_sample_p10_db: several.then_some(p10),
+    }
 }
