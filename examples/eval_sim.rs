@@ -39,17 +39,23 @@ fn write_npy(path: &str, rows: &[Vec<f32>]) -> std::io::Result<()> {
     f.flush()
 }
 
-/// Images per model run: batching amortizes tract's per-run allocations; per-tensor activation
-/// ranges (min/max) and every output row are the same as one image at a time.
+/// Most images per model run: batching amortizes tract's per-run allocations; per-tensor
+/// activation ranges (min/max) and every output row are the same as one image at a time.
 const BATCH: usize = 10;
 
+/// Equal batches (the model is typed for one batch size): the largest size up to [`BATCH`]
+/// that divides `n` (32 calibration images: 4 × 8).
 fn batches(t: InputTensor) -> Vec<Vec<InputTensor>> {
     let n = t.shape[0];
     let per = t.data.len() / n.max(1);
+    let size = (1..=BATCH.min(n.max(1)))
+        .rev()
+        .find(|b| n % b == 0)
+        .unwrap_or(1);
     (0..n)
-        .step_by(BATCH)
+        .step_by(size)
         .map(|k| {
-            let b = BATCH.min(n - k);
+            let b = size;
             let mut shape = t.shape.clone();
             shape[0] = b;
             vec![InputTensor {

@@ -83,16 +83,27 @@ fn exact_relu6_pad_gemm_pair_and_exact_hbf() {
         let d = r.relu6.iter().find(|d| d.node == clip).expect("decision");
         assert_eq!(d.action, Relu6Action::RewrittenExact, "{clip}: {d:?}");
     }
-    let ops: Vec<&str> = m
-        .graph
-        .as_ref()
-        .unwrap()
-        .node
-        .iter()
-        .map(|n| n.op_type())
-        .collect();
-    assert_eq!(ops.iter().filter(|o| **o == "Min").count(), 3);
-    assert!(!ops.contains(&"Clip"));
+    let g = m.graph.as_ref().unwrap();
+    let mins: Vec<_> = g.node.iter().filter(|n| n.op_type() == "Min").collect();
+    assert_eq!(mins.len(), 3);
+    // Each Min reads a scalar Clip(0, M) with M the largest of its per-channel bounds.
+    let value = |name: &str| -> Vec<f32> {
+        let t = g.initializer.iter().find(|t| t.name() == name).expect(name);
+        onnx_cle::onnx::tensor::to_f32(t).unwrap().data
+    };
+    for min in &mins {
+        let clip = g
+            .node
+            .iter()
+            .find(|n| n.output.first() == min.input.first())
+            .expect("the Min's producer");
+        assert_eq!(clip.op_type(), "Clip", "{}", min.name());
+        assert_eq!(value(&clip.input[1]), vec![0.0]);
+        let bound = value(&min.input[1]);
+        let top = bound.iter().copied().fold(0.0f32, f32::max);
+        assert_eq!(value(&clip.input[2]), vec![top]);
+        assert!(bound.iter().any(|b| *b < top), "per-channel bounds");
+    }
     let sets: Vec<Vec<String>> = r.cls_sets.iter().map(|s| s.layers.clone()).collect();
     assert!(
         sets.contains(&vec!["stem".into(), "dw".into(), "pw".into()]),

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Builds the evaluation images from the natural photos that pinned PyPI packages ship.
 
-Usage: build_set.py --photos DIR --out DIR [--crops N] [--calib-crops N]
+Usage: build_set.py --photos DIR --out DIR [--crops N] [--calib N]
 
   --photos DIR   where the photo packages are installed (pip --target; see scripts/eval/env.sh)
   --out DIR      output folder (the caller picks a cache folder named after the inputs' hash)
@@ -10,8 +10,10 @@ Reads scripts/eval/photos.tsv (source photo -> split, package, file). For every 
 draws `--crops` random-resized crops (area 20-100 % of the photo, aspect 3/4-4/3, resized to
 224 x 224 with PIL's antialiased bilinear filter, horizontally flipped with probability 1/2),
 seeded by the photo's name, so the set is identical on every machine. Grayscale photos become
-3-channel gray. `--calib-crops` extra crops of every `tune` photo form the calibration set
-(never evaluated, never from a held-out photo).
+3-channel gray. `--calib` extra crops of the `tune` photos form the calibration set (never
+evaluated, never from a held-out photo): spread over the tune photos in photos.tsv order, each
+gets `N // photos` crops and the first `N % photos` one more (32 over 15 photos: 2 each, 3 for
+the first two).
 
 Writes, per set S in {tune, heldout, calib}:
   S_u8.npy            uint8   [N, 224, 224, 3]
@@ -134,12 +136,15 @@ def main(argv):
     ap.add_argument("--photos", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--crops", type=int, default=20)
-    ap.add_argument("--calib-crops", type=int, default=2)
+    ap.add_argument("--calib", type=int, default=32)
     ap.add_argument("--sources", default=os.path.join(HERE, "photos.tsv"))
     a = ap.parse_args(argv)
     os.makedirs(a.out, exist_ok=True)
     sets = {"tune": [], "heldout": [], "calib": []}
-    for src in read_sources(a.sources):
+    sources = read_sources(a.sources)
+    n_tune = sum(1 for src in sources if src["split"] == "tune")
+    tune_seen = 0
+    for src in sources:
         images = []
         for rel in src["files"]:
             img, digest = load(a.photos, rel)
@@ -149,7 +154,9 @@ def main(argv):
             images.append((os.path.basename(rel), img, digest))
         sets[src["split"]] += crops(src, images, "eval", a.crops)
         if src["split"] == "tune":
-            sets["calib"] += crops(src, images, "calib", a.calib_crops)
+            count = a.calib // n_tune + (1 if tune_seen < a.calib % n_tune else 0)
+            sets["calib"] += crops(src, images, "calib", count)
+            tune_seen += 1
     lines = ["index\tset\tsource\tfile\tbox_x_y_w_h\tflip\tsha256"]
     for name, items in sets.items():
         save(a.out, name, items)

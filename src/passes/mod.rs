@@ -55,7 +55,7 @@ pub struct BnInputStats {
 
 /// A Clip(0, 6) crossed by cross-layer scaling: its channels were divided by `scale` (cumulative)
 /// and shifted down by `offset` (exact high-bias fold). Rewritten at the end to
-/// `Relu → Min(x, (6 − offset·…)/scale)` (see [`relu6::materialize`]).
+/// `Clip(x, 0, max B) → Min(x, B)`, `B = (6 − offset·…)/scale` (see [`relu6::materialize`]).
 #[derive(Debug, Clone)]
 pub struct CrossedClip {
     /// Cumulative per-channel divisor.

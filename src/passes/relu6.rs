@@ -6,8 +6,13 @@
 //! Policies:
 //! - `exact` (default): CLS may cross the clip. Scaling channel c of its input by `1/s_c` turns
 //!   `min(relu(y), 6)` into `min(relu(y/s_c), 6/s_c)`, so [`materialize`] rewrites every crossed
-//!   clip as `Relu → Min(x, B)` with a `[1, C, 1, …]` bound `B_c = 6/S_c − offset_c` (S the
-//!   cumulative divisor, offset what an exact high-bias fold absorbed). Same function.
+//!   clip as `Clip(x, 0, M) → Min(x, B)` with a `[1, C, 1, …]` bound `B_c = 6/S_c − offset_c`
+//!   (S the cumulative divisor, offset what an exact high-bias fold absorbed) and the scalar
+//!   `M = max(0, max_c B_c)`: `min(clip(y, 0, M), B_c) = min(relu(y), B_c)` bit for bit, as
+//!   `B_c ≤ M`. Same function. The scalar clip is for per-tensor activation quantizers
+//!   (onnxruntime's `quantize_static` folds a Clip into its producer's output quantizer and
+//!   calibrates it on the Clip's output): the producer's range ends at `M` instead of at the
+//!   unclipped maximum. Without a finite `M` the first node is a `Relu`.
 //! - `replace`: AIMET's ReLU6 → ReLU (changes the function; reported).
 //! - `keep`: the clip stays and ends every chain.
 //!
@@ -251,6 +256,15 @@ fn drop_dead_constants(cx: &mut Ctx, i: usize, from: usize, edits: &mut Edits) {
     }
 }
 
+/// `max(0, max_c B_c)` over the finite bounds, if any is finite: the tightest scalar upper
+/// clip that leaves `Min(x, B)` exact.
+fn outer_bound(bound: &[f32]) -> Option<f32> {
+    if bound.iter().any(|b| !b.is_finite()) {
+        return None;
+    }
+    Some(bound.iter().copied().fold(0.0f32, f32::max))
+}
+
 fn replace_with_relu(cx: &mut Ctx, i: usize, aimet: bool, edits: &mut Edits) {
     if !aimet {
         drop_dead_constants(cx, i, 1, edits);
@@ -264,8 +278,8 @@ fn replace_with_relu(cx: &mut Ctx, i: usize, aimet: bool, edits: &mut Edits) {
     }
 }
 
-/// Rewrites every crossed Clip(0, 6) whose channels were rescaled as `Relu → Min(x, B)`, and
-/// records the decision for every crossable clip. Runs after CLS and HBF.
+/// Rewrites every crossed Clip(0, 6) whose channels were rescaled as `Clip(x, 0, max B) →
+/// Min(x, B)`, and records the decision for every crossable clip. Runs after CLS and HBF.
 pub fn materialize(cx: &mut Ctx) -> crate::Result<()> {
     if cx.state.relu6_crossable.is_empty() {
         return Ok(());
@@ -300,6 +314,7 @@ pub fn materialize(cx: &mut Ctx) -> crate::Result<()> {
             Some(c) => {
                 let bound = c.bound();
                 let channels = bound.len();
+                let upper = outer_bound(&bound);
                 let mut dims = vec![1usize; c.rank.max(2)];
                 dims[1] = channels;
                 let base = format!("{label}.bound");
@@ -310,10 +325,44 @@ pub fn materialize(cx: &mut Ctx) -> crate::Result<()> {
                 let out = cx.work.out(i).to_string();
                 let mid = cx.work.fresh_name(&format!("{out}_relu"));
                 let min_name = cx.work.fresh_name(&format!("{label}_min"));
+                let opset = onnx_opset(cx.work.model()).unwrap_or(13);
+                let clip_inputs = match upper {
+                    Some(hi) if opset >= 11 => {
+                        let lo_name = cx.work.fresh_name(&format!("{label}.lo"));
+                        let hi_name = cx.work.fresh_name(&format!("{label}.hi"));
+                        cx.work.add_initializer(
+                            &lo_name,
+                            F32Tensor {
+                                dims: vec![],
+                                data: vec![0.0],
+                            },
+                        );
+                        cx.work.add_initializer(
+                            &hi_name,
+                            F32Tensor {
+                                dims: vec![],
+                                data: vec![hi],
+                            },
+                        );
+                        Some(vec![lo_name, hi_name])
+                    }
+                    _ => None,
+                };
                 let n = cx.work.node_mut(i);
-                n.op_type = Some("Relu".into());
                 n.input.truncate(1);
                 n.attribute.clear();
+                match (upper, clip_inputs) {
+                    (Some(_), Some(bounds)) => {
+                        n.op_type = Some("Clip".into());
+                        n.input.extend(bounds);
+                    }
+                    (Some(hi), None) => {
+                        n.op_type = Some("Clip".into());
+                        attr::set_float(n, "min", 0.0);
+                        attr::set_float(n, "max", hi);
+                    }
+                    (None, _) => n.op_type = Some("Relu".into()),
+                }
                 n.output = vec![mid.clone()];
                 edits.insert_after(
                     i,
@@ -328,7 +377,8 @@ pub fn materialize(cx: &mut Ctx) -> crate::Result<()> {
                 cx.report.relu6.push(d(
                     Relu6Action::RewrittenExact,
                     format!(
-                        "crossed by CLS: Relu + per-channel Min over {channels} channels (exact)"
+                        "crossed by CLS: Clip(0, max bound) + per-channel Min over {channels} \
+                         channels (exact)"
                     ),
                 ));
             }

@@ -16,9 +16,9 @@
 //!   its input carries the quantizer); otherwise both sides are quantized. The fold is exact:
 //!   it is taken only when the output's lowest level is at or below the clip's lower bound and the
 //!   highest at or above its upper bound, so `Q(clip(x)) = Q(x)` for every `x`;
-//! - **the tie**: a Relu output whose only consumer is onnx-cle's exact ReLU6 `Min(x, B)` takes
-//!   the range of the `Min`'s output (else `max B`): values above it are clipped by the `Min`
-//!   anyway, so the coarse range of the unbounded Relu output is never used (+0.9 to +4.3 dB,
+//! - **the tie**: a Relu or Clip(0, ·) output whose only consumer is onnx-cle's exact ReLU6
+//!   `Min(x, B)` takes the range of the `Min`'s output (else `max B`): values above it are clipped
+//!   by the `Min` anyway, so the coarse range of the clip's output is never used (+0.9 to +4.3 dB,
 //!   int8-output.md §5);
 //! - graph outputs (logits) stay float unless asked: quantizing logits saturates the top ones
 //!   into ties (top-1 collapses while SQNR holds).
@@ -138,7 +138,7 @@ pub enum RangeOrigin {
     DataFree,
     /// Calibrated on sample inputs.
     Calibrated,
-    /// A Relu output feeding an exact ReLU6 `Min`: the `Min`'s range (the tie).
+    /// A Relu or Clip output feeding an exact ReLU6 `Min`: the `Min`'s range (the tie).
     Tied,
     /// A data-movement op's output: its input's parameters.
     Shared,
@@ -478,7 +478,7 @@ impl Sites {
                             hi,
                         });
                     }
-                    if op == "Relu" {
+                    if bounds.is_some_and(|(lo, _)| lo == 0.0) {
                         s.sites[k].tie = relu6_min(&mut work, &output);
                     }
                 }
@@ -762,7 +762,7 @@ fn clip_bounds(work: &Work, i: usize) -> Option<(f32, f32)> {
     Some((bound(1, f32::NEG_INFINITY)?, bound(2, f32::INFINITY)?))
 }
 
-/// The exact-ReLU6 `Min(relu, B)` that is the only consumer of Relu output `t`.
+/// The exact-ReLU6 `Min(x, B)` that is the only consumer of Relu/Clip output `t`.
 fn relu6_min(work: &mut Work, t: &str) -> Option<Tie> {
     let ix = work.index();
     if ix.use_count(t) != 1 {

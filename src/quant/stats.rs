@@ -8,7 +8,7 @@
 //! onnx-cle's own rewrite is then replayed exactly ([`Origins::from_pipeline`]): cross-layer
 //! scaling divides channel `c` by its cumulative `s_c` (`N(β/s, (σ/s)²)`), the high-bias fold
 //! subtracts the absorbed amount, and the exact ReLU6 rewrite appears in the graph as
-//! `Relu → Min(x, 6/s_c − offset_c)`, which is read like any other clamp.
+//! `Clip(x, 0, M) → Min(x, 6/s_c − offset_c)`, both read like any other clamp.
 //!
 //! Representation: each channel of a tensor is `X = clamp(Z, a, b)` with `Z ~ N(μ, σ²)`, plus a
 //! data-free range `[lo, hi]`. The clamp form is exact through `Relu`, `Clip`, `Min`/`Max` with

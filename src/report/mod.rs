@@ -207,7 +207,7 @@ pub struct BnFold {
 pub enum Relu6Action {
     /// Replaced by Relu (changes the function).
     Replaced,
-    /// Rewritten to Relu + per-channel Min after scaling (exact).
+    /// Rewritten to Clip(0, max bound) + per-channel Min after scaling (exact).
     RewrittenExact,
     /// Recognised and crossed, but no channel was rescaled, so it stays as it was.
     Unchanged,
