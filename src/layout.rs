@@ -179,6 +179,12 @@ impl WeightLayout {
     /// `kernel_len()` contiguous elements of that block.
     #[inline]
     fn for_each_block(&self, mut f: impl FnMut(usize, usize, usize)) {
+        let k = self.k;
+        self.for_each_block_index(|blk, o, i| f(blk * k, o, i));
+    }
+
+    /// [`WeightLayout::for_each_block`] with the block's index (`start / kernel_len()`).
+    fn for_each_block_index(&self, mut f: impl FnMut(usize, usize, usize)) {
         let per_group = self.a / self.group;
         for ia in 0..self.a {
             let base = (ia / per_group) * self.b;
@@ -189,9 +195,16 @@ impl WeightLayout {
                     LayerOp::Gemm { trans_b: true } => (ia, ib),
                     LayerOp::Gemm { trans_b: false } | LayerOp::MatMul => (ib, ia),
                 };
-                f((ia * self.b + ib) * self.k, o, i);
+                f(ia * self.b + ib, o, i);
             }
         }
+    }
+
+    /// Layouts whose block row `a` is output channel `a` with input channels
+    /// `(a / per_group)·b ..` in order (Conv, Gemm with `transB`): `Some(per_group)`.
+    fn row_blocks(&self) -> Option<usize> {
+        matches!(self.op, LayerOp::Conv | LayerOp::Gemm { trans_b: true })
+            .then(|| self.a / self.group)
     }
 
     /// Calls `f(start, out, in)` for every kernel of the weight: the `kernel_len()` contiguous
@@ -350,6 +363,9 @@ impl WeightLayout {
     /// `max_k |f·w_k| = f·max_k |w_k|`.
     pub fn block_maxima(&self, w: &[f32]) -> Vec<f32> {
         self.check(w);
+        if self.k == 1 {
+            return w.iter().map(|v| vmax(0.0, v.abs())).collect();
+        }
         w.chunks_exact(self.k).map(row_max).collect()
     }
 
@@ -358,7 +374,15 @@ impl WeightLayout {
     pub fn scaled_out_ranges(&self, m: &[f32], fo: &[f32], fi: &[f32]) -> Vec<f32> {
         debug_assert_eq!(m.len(), self.a * self.b);
         let mut ro = vec![0f32; self.out_ch];
-        self.for_each_block(|s, o, i| ro[o] = vmax(ro[o], fi[i] * m[s / self.k]));
+        if let Some(per_group) = self.row_blocks() {
+            // Row `o` of the maxima holds output channel `o`'s blocks, in input order.
+            for (o, row) in m.chunks_exact(self.b).enumerate() {
+                let base = (o / per_group) * self.b;
+                ro[o] = scaled_row_max(row, &fi[base..base + self.b]);
+            }
+        } else {
+            self.for_each_block_index(|s, o, i| ro[o] = vmax(ro[o], fi[i] * m[s]));
+        }
         ro.iter_mut().zip(fo).for_each(|(r, f)| *r *= f);
         ro
     }
@@ -368,7 +392,17 @@ impl WeightLayout {
     pub fn scaled_in_ranges(&self, m: &[f32], fo: &[f32], fi: &[f32]) -> Vec<f32> {
         debug_assert_eq!(m.len(), self.a * self.b);
         let mut ri = vec![0f32; self.in_ch];
-        self.for_each_block(|s, o, i| ri[i] = vmax(ri[i], fo[o] * m[s / self.k]));
+        if let Some(per_group) = self.row_blocks() {
+            for (o, row) in m.chunks_exact(self.b).enumerate() {
+                let base = (o / per_group) * self.b;
+                let g = fo[o];
+                for (r, &x) in ri[base..base + self.b].iter_mut().zip(row) {
+                    *r = vmax(*r, g * x);
+                }
+            }
+        } else {
+            self.for_each_block_index(|s, o, i| ri[i] = vmax(ri[i], fo[o] * m[s]));
+        }
         ri.iter_mut().zip(fi).for_each(|(r, f)| *r *= f);
         ri
     }
@@ -503,6 +537,26 @@ const LANES: usize = 8;
 
 /// Maximum `|v|` over `row`, in independent lanes so the loop vectorizes.
 #[inline]
+/// `max_j f[j]·m[j]` (from 0) in [`LANES`] independent maxima: the same value as the sequential
+/// fold, as a maximum of non-negative values (NaN products are skipped either way) does not
+/// depend on the order.
+fn scaled_row_max(m: &[f32], f: &[f32]) -> f32 {
+    let mut lanes = [0f32; LANES];
+    let mut ms = m.chunks_exact(LANES);
+    let mut fs = f.chunks_exact(LANES);
+    for (a, b) in (&mut ms).zip(&mut fs) {
+        for j in 0..LANES {
+            lanes[j] = vmax(lanes[j], b[j] * a[j]);
+        }
+    }
+    let tail = ms
+        .remainder()
+        .iter()
+        .zip(fs.remainder())
+        .fold(0f32, |r, (&a, &b)| vmax(r, b * a));
+    lanes.iter().fold(tail, |r, &v| vmax(r, v))
+}
+
 fn row_max(row: &[f32]) -> f32 {
     let mut lanes = [0f32; LANES];
     let mut chunks = row.chunks_exact(LANES);

@@ -120,12 +120,22 @@ pub fn to_f32(t: &TensorProto) -> Result<F32Tensor, TensorReadError> {
     Ok(F32Tensor { dims, data })
 }
 
-/// Little-endian f32 bytes (`len` a multiple of 4) as values, written straight into a fresh
-/// vector (no zero-fill first).
+/// Little-endian f32 bytes (`len` a multiple of 4) as values: one copy on little-endian
+/// targets (any alignment), a per-value conversion elsewhere.
 fn le_f32s(raw: &[u8]) -> Vec<f32> {
-    raw.chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect()
+    #[cfg(target_endian = "little")]
+    {
+        let n = raw.len() / 4;
+        let mut data = vec![0f32; n];
+        bytemuck::cast_slice_mut::<f32, u8>(&mut data).copy_from_slice(&raw[..n * 4]);
+        data
+    }
+    #[cfg(not(target_endian = "little"))]
+    {
+        raw.chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect()
+    }
 }
 
 /// `data` as little-endian bytes.
