@@ -30,6 +30,8 @@
 
 use std::collections::{HashMap, HashSet};
 
+use rayon::prelude::*;
+
 use crate::layout::{ChannelKind, LayerOp};
 use crate::onnx::{attr, NodeProto};
 use crate::report::{ClsIteration, ClsKind, ClsPair, ClsSet, PairRanges};
@@ -733,41 +735,113 @@ fn converged(
         });
         components[c].push(k);
     }
-    let mut per_iteration: Vec<(usize, f32)> = Vec::new();
-    for comp in &components {
-        for it in 0..cx.opts.passes() as usize {
+    // Components share nothing (tracks, sets, crossed clips), so they iterate in parallel; each
+    // one's arithmetic is the sequential one, so the result does not depend on the scheduling.
+    let mut slots: Vec<Option<Track>> = tracks.into_iter().map(Some).collect();
+    let mut jobs: Vec<Component> = components
+        .iter()
+        .map(|comp| {
+            let mut local: HashMap<usize, usize> = HashMap::new();
+            let mut owned = Vec::new();
+            let mut global = Vec::new();
+            let mut clip_at: HashMap<String, usize> = HashMap::new();
+            let mut clips: Vec<(String, Vec<f32>)> = Vec::new();
+            let sets_local = comp
+                .iter()
+                .map(|&k| {
+                    let m = members[k]
+                        .iter()
+                        .map(|&t| {
+                            *local.entry(t).or_insert_with(|| {
+                                owned.push(slots[t].take().expect("a track is in one component"));
+                                global.push(t);
+                                owned.len() - 1
+                            })
+                        })
+                        .collect();
+                    let pair_clips = sets[k]
+                        .throughs
+                        .iter()
+                        .map(|ts| {
+                            ts.iter()
+                                .filter_map(|&t| {
+                                    let label = cx.work.label(t).to_string();
+                                    let scale = &cx.state.crossed_clips.get(&label)?.scale;
+                                    Some(*clip_at.entry(label.clone()).or_insert_with(|| {
+                                        clips.push((label, scale.clone()));
+                                        clips.len() - 1
+                                    }))
+                                })
+                                .collect()
+                        })
+                        .collect();
+                    LocalSet {
+                        set: k,
+                        members: m,
+                        cumulative: std::mem::take(&mut cumulative[k]),
+                        clips: pair_clips,
+                    }
+                })
+                .collect();
+            Component {
+                tracks: owned,
+                global,
+                sets: sets_local,
+                clips,
+                worst: Vec::new(),
+            }
+        })
+        .collect();
+    let passes = cx.opts.passes() as usize;
+    let threshold = cx.opts.threshold;
+    let gain = cx.opts.balance;
+    jobs.par_iter_mut().for_each(|c| {
+        for _ in 0..passes {
             let mut worst = 0f32;
-            for &k in comp {
-                let balance = cx
-                    .opts
-                    .balance
-                    .map(|g| (g, act_ranges[k].as_slice(), cumulative[k].as_slice()));
-                let scales = equalize_set(&mut tracks, &members[k], balance);
+            for ls in c.sets.iter_mut() {
+                let balance =
+                    gain.map(|g| (g, act_ranges[ls.set].as_slice(), ls.cumulative.as_slice()));
+                let scales = equalize_set(&mut c.tracks, &ls.members, balance);
                 for (p, s) in scales.iter().enumerate() {
-                    for (c, &v) in s.iter().enumerate() {
-                        cumulative[k][p][c] *= v;
+                    for (ch, &v) in s.iter().enumerate() {
+                        ls.cumulative[p][ch] *= v;
                         worst = worst.max((1.0 - v).abs());
                     }
-                    for &t in &sets[k].throughs[p] {
-                        let label = cx.work.label(t).to_string();
-                        if let Some(clip) = cx.state.crossed_clips.get_mut(&label) {
-                            for (c, &v) in s.iter().enumerate() {
-                                clip.scale[c] *= v;
-                            }
+                    for &at in &ls.clips[p] {
+                        for (ch, &v) in s.iter().enumerate() {
+                            c.clips[at].1[ch] *= v;
                         }
                     }
                 }
             }
-            if per_iteration.len() <= it {
-                per_iteration.push((0, 0.0));
-            }
-            per_iteration[it].0 += comp.len();
-            per_iteration[it].1 = per_iteration[it].1.max(worst);
-            if comp.len() == 1 || worst < cx.opts.threshold {
+            c.worst.push(worst);
+            if c.sets.len() == 1 || worst < threshold {
                 break;
             }
         }
+    });
+    let mut per_iteration: Vec<(usize, f32)> = Vec::new();
+    for c in jobs {
+        for (it, &worst) in c.worst.iter().enumerate() {
+            if per_iteration.len() <= it {
+                per_iteration.push((0, 0.0));
+            }
+            per_iteration[it].0 += c.sets.len();
+            per_iteration[it].1 = per_iteration[it].1.max(worst);
+        }
+        for ls in c.sets {
+            cumulative[ls.set] = ls.cumulative;
+        }
+        for (label, scale) in c.clips {
+            if let Some(clip) = cx.state.crossed_clips.get_mut(&label) {
+                clip.scale = scale;
+            }
+        }
+        for (t, track) in c.global.into_iter().zip(c.tracks) {
+            slots[t] = Some(track);
+        }
     }
+    let tracks: Vec<Track> = slots.into_iter().flatten().collect();
     for (it, (n, worst)) in per_iteration.into_iter().enumerate() {
         cx.report.cls_iterations.push(ClsIteration {
             iteration: it as u32 + 1,
@@ -790,6 +864,28 @@ fn converged(
         scale_bias(cx, l, &track.fo)?;
     }
     Ok(())
+}
+
+/// One component of [`converged`]: its tracks (moved out of the global list; `global` maps
+/// them back), its sets with their cumulative factors and crossed-clip scales, and the worst
+/// `|1 − s|` of each of its passes.
+struct Component {
+    tracks: Vec<Track>,
+    global: Vec<usize>,
+    sets: Vec<LocalSet>,
+    /// The crossed clips between the component's layers: label and cumulative scale.
+    clips: Vec<(String, Vec<f32>)>,
+    worst: Vec<f32>,
+}
+
+/// A set inside a [`Component`]: its index, its layers as component-local track indices, its
+/// cumulative factors per pair and, per pair, the crossed clips between them (indices into the
+/// component's `clips`).
+struct LocalSet {
+    set: usize,
+    members: Vec<usize>,
+    cumulative: Vec<Vec<f32>>,
+    clips: Vec<Vec<usize>>,
 }
 
 /// One equalization step of a set on its [`Track`]s; returns the per-pair factors (`s`, or
