@@ -50,7 +50,7 @@ fn batches(t: InputTensor) -> Vec<Vec<InputTensor>> {
     let per = t.data.len() / n.max(1);
     let size = (1..=BATCH.min(n.max(1)))
         .rev()
-        .find(|b| n % b == 0)
+        .find(|b| n.is_multiple_of(*b))
         .unwrap_or(1);
     (0..n)
         .step_by(size)
