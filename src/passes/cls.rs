@@ -849,19 +849,30 @@ fn converged(
             max_abs_one_minus_s: worst,
         });
     }
-    for track in &tracks {
-        let ident = |f: &[f32]| f.iter().all(|&v| v == 1.0);
-        if ident(&track.fo) && ident(&track.fi) {
-            continue;
+    let ident = |f: &[f32]| f.iter().all(|&v| v == 1.0);
+    let mut scaled = Vec::new();
+    for (t, track) in tracks.iter().enumerate() {
+        if !(ident(&track.fo) && ident(&track.fi)) {
+            scaled.push((t, take(cx, &track.layer.weight)?));
         }
-        let l = &track.layer;
-        let mut w = take(cx, &l.weight)?;
-        if !ident(&track.fo) {
-            l.layout.scale_out(&mut w.data, &track.fo);
-        }
-        ranges.set(l, l.layout.scale_in_ranged(&mut w.data, &track.fi));
+    }
+    let scaled: Vec<_> = scaled
+        .into_par_iter()
+        .map(|(t, mut w)| {
+            let track = &tracks[t];
+            let layout = &track.layer.layout;
+            if !ident(&track.fo) {
+                layout.scale_out(&mut w.data, &track.fo);
+            }
+            let r = layout.scale_in_ranged(&mut w.data, &track.fi);
+            (t, w, r)
+        })
+        .collect();
+    for (t, w, r) in scaled {
+        let l = &tracks[t].layer;
+        ranges.set(l, r);
         cx.work.put(&l.weight, w);
-        scale_bias(cx, l, &track.fo)?;
+        scale_bias(cx, l, &tracks[t].fo)?;
     }
     Ok(())
 }
