@@ -256,8 +256,8 @@ fn drop_dead_constants(cx: &mut Ctx, i: usize, from: usize, edits: &mut Edits) {
     }
 }
 
-/// `max(0, max_c B_c)` over the finite bounds, if any is finite: the tightest scalar upper
-/// clip that leaves `Min(x, B)` exact.
+/// `max(0, max_c B_c)` when every bound is finite (else `None`): the tightest scalar upper clip
+/// that leaves `Min(x, B)` exact.
 fn outer_bound(bound: &[f32]) -> Option<f32> {
     if bound.iter().any(|b| !b.is_finite()) {
         return None;
