@@ -546,6 +546,7 @@ impl Session {
             let outputs = run_samples_checked(&bytes, &inputs, &stopped);
             // Released before the caller hears back, so it gets its buffer back uncopied.
             drop((bytes, inputs));
+            release_free_memory();
             let _ = tx.send(outputs);
         };
         if rayon::current_thread_index().is_none() {
@@ -582,6 +583,24 @@ impl Session {
                     return Ok(Err("tract panicked".into()))
                 }
             }
+        }
+    }
+}
+
+/// Hands the memory tract freed back to the system before the next model is built. glibc keeps
+/// what a thread frees in that thread's arena, and the next model may be built on another pool
+/// thread: without this the default run's peak on a torchvision ResNet-50 varied between 3.4×
+/// and 4.7× the model (BENCHMARKS.md). No-op elsewhere.
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        extern "C" {
+            fn malloc_trim(pad: usize) -> std::ffi::c_int;
+        }
+        // SAFETY: glibc's `malloc_trim` takes no pointers and only returns free pages of its
+        // own arenas to the kernel; it is thread-safe (it locks each arena).
+        unsafe {
+            malloc_trim(0);
         }
     }
 }
