@@ -142,6 +142,16 @@ impl WeightLayout {
         self.in_ch
     }
 
+    /// Elements of the weight.
+    pub fn len(&self) -> usize {
+        self.a * self.b * self.k
+    }
+
+    /// Whether the weight has no element.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Elements per (output, input) pair: the kernel size.
     pub fn kernel_len(&self) -> usize {
         self.k

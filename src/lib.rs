@@ -133,13 +133,13 @@ pub fn equalize_with_stats(
 /// asked, and the activation origins when a deploy model was asked for.
 type Captured = (
     Equalized,
-    Option<Vec<report::LayerQuant>>,
+    Option<quant::TablePlan>,
     Option<quant::stats::Origins>,
 );
 
 /// [`equalize_with`]; with `folded_figures` (and a BN-fold step) it also returns the per-layer
-/// int8 table ([`quant::layer_table_in`]): the BN-folded figures taken right after the fold,
-/// the equalized ones from the weights still in memory before they are written back. With a
+/// int8 table's plan ([`quant::TablePlan`]): the BN-folded figures taken right after the fold;
+/// the equalized ones are computed on the finished model, beside its encode. With a
 /// deploy model requested it also returns the data-free activation origins
 /// ([`quant::stats::Origins::from_pipeline`]).
 fn equalize_capturing(
@@ -224,16 +224,7 @@ fn equalize_capturing(
             ..Default::default()
         });
     }
-    let table = match figures {
-        Some(before) => {
-            ctl.stage("quantization")?;
-            let t = Instant::now();
-            let rows = quant::layer_table_in(&before, &mut work);
-            report.timings_ms.quantization += ms(t);
-            Some(rows)
-        }
-        None => None,
-    };
+    let table = figures.map(|before| quant::TablePlan::new(&before, &mut work));
     let origins = opts
         .builds_deploy()
         .then(|| quant::stats::Origins::from_pipeline(&state, &report));
@@ -709,11 +700,24 @@ pub fn run(
     if let (None, Some(input)) = (&original_model, input) {
         onnx::release_input(&mut eq.model, input);
     }
+    if table.is_some() {
+        ctl.stage("quantization")?;
+    }
+    // The equalized half of the int8 table runs beside the encode (which is one thread).
     let t = Instant::now();
-    let bytes = onnx::encode(&eq.model);
+    let ((bytes, encode_ms), rows) = rayon::join(
+        || (onnx::encode(&eq.model), ms(t)),
+        || {
+            table.map(|plan| {
+                let t = Instant::now();
+                (plan.rows(&eq.model), ms(t))
+            })
+        },
+    );
     let mut report = eq.report;
-    report.timings_ms.encode = ms(t);
-    if let Some(rows) = table {
+    report.timings_ms.encode = encode_ms;
+    if let Some((rows, table_ms)) = rows {
+        report.timings_ms.quantization += table_ms;
         report
             .quantization
             .get_or_insert_with(Default::default)

@@ -89,11 +89,89 @@ pub fn layer_table(
     })
 }
 
-/// [`layer_table`] on the equalized model still under edit (before [`Work::finish`]), with the
-/// BN-folded side already computed ([`folded_figures`]): the modified weights are read from its
-/// cache instead of being encoded and decoded again.
-pub fn layer_table_in(before: &HashMap<String, FoldedFigures>, work: &mut Work) -> Vec<LayerQuant> {
-    table_rows(before, work, |work, i| work.label(i).to_string())
+/// [`layer_table`]'s rows for a run that folds, before their "after" figures: planned on the
+/// model still under edit with the BN-folded side already computed ([`folded_figures`]), and
+/// completed by [`TablePlan::rows`] on the finished model, so that the caller can run that sweep
+/// beside the encode (no fold-only copy of the model, no second decode of the weights the passes
+/// wrote).
+#[derive(Debug, Clone)]
+pub struct TablePlan {
+    rows: Vec<(LayerQuant, String, WeightLayout, bool)>,
+}
+
+impl TablePlan {
+    /// One planned row per layer weight of `work` (the first layer reading it), with the
+    /// BN-folded side from `before`.
+    pub fn new(before: &HashMap<String, FoldedFigures>, work: &mut Work) -> Self {
+        let mut rows = Vec::new();
+        let mut seen = HashSet::new();
+        for i in 0..work.node_count() {
+            let Ok(l) = layer_of(work, i) else {
+                continue;
+            };
+            if !seen.insert(l.weight.clone()) {
+                continue;
+            }
+            let b = before.get(&l.weight);
+            let row = LayerQuant {
+                layer: work.label(i).to_string(),
+                op: work.node(i).op_type().to_string(),
+                channels: l.layout.out_channels(),
+                sqnr_before_db: b.map_or(f64::NAN, |b| b.per_tensor_db),
+                sqnr_after_db: f64::NAN,
+                sqnr_per_channel_db: b.map_or(f64::NAN, |b| b.per_channel_db),
+            };
+            rows.push((row, l.weight, l.layout, b.is_none()));
+        }
+        TablePlan { rows }
+    }
+
+    /// The rows, with the "after" figures of `model`'s weights (rows whose weight cannot be read
+    /// are left out, as in [`layer_table`]).
+    pub fn rows(&self, model: &ModelProto) -> Vec<LayerQuant> {
+        let by_name: HashMap<&str, &crate::onnx::TensorProto> = model
+            .graph
+            .iter()
+            .flat_map(|g| g.initializer.iter())
+            .map(|t| (t.name(), t))
+            .collect();
+        self.rows
+            .par_iter()
+            .filter_map(|(row, weight, layout, channel)| {
+                let t = by_name.get(weight.as_str())?;
+                let decoded;
+                let data: &[f32] = match f32_view(t) {
+                    Some(d) => d,
+                    None => {
+                        decoded = crate::onnx::tensor::to_f32(t).ok()?.data;
+                        &decoded
+                    }
+                };
+                if data.len() != layout.len() {
+                    return None;
+                }
+                let (after_db, after_channel_db) = weight_sqnr(data, layout, *channel);
+                let mut row = row.clone();
+                row.sqnr_after_db = after_db;
+                if *channel {
+                    row.sqnr_per_channel_db = after_channel_db.unwrap_or(f64::NAN);
+                }
+                Some(row)
+            })
+            .collect()
+    }
+}
+
+/// A FLOAT tensor's `raw_data` as values without a copy, when it is aligned (the tensors the
+/// passes wrote are their own f32 vectors) on a little-endian target.
+fn f32_view(t: &crate::onnx::TensorProto) -> Option<&[f32]> {
+    if !cfg!(target_endian = "little")
+        || t.data_type() != crate::onnx::proto::tensor_proto::DataType::Float as i32
+        || crate::onnx::tensor::is_external(t)
+    {
+        return None;
+    }
+    bytemuck::try_cast_slice(t.raw_data()).ok()
 }
 
 fn table_rows(
