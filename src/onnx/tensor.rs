@@ -120,6 +120,17 @@ pub fn to_f32(t: &TensorProto) -> Result<F32Tensor, TensorReadError> {
     Ok(F32Tensor { dims, data })
 }
 
+/// A FLOAT tensor's `raw_data` as values without a copy, when it is aligned (the tensors the
+/// passes wrote are their own f32 vectors) on a little-endian target; `None` otherwise (use
+/// [`to_f32`]).
+pub fn f32_view(t: &TensorProto) -> Option<&[f32]> {
+    if !cfg!(target_endian = "little") || t.data_type() != DataType::Float as i32 || is_external(t)
+    {
+        return None;
+    }
+    bytemuck::try_cast_slice(t.raw_data()).ok()
+}
+
 /// Little-endian f32 bytes (`len` a multiple of 4) as values: one copy on little-endian
 /// targets (any alignment), a per-value conversion elsewhere.
 fn le_f32s(raw: &[u8]) -> Vec<f32> {

@@ -82,11 +82,12 @@ pub fn layer_table(
     let Ok(mut work) = Work::new(equalized.clone()) else {
         return Vec::new();
     };
-    table_rows(&before, &mut work, |work, i| {
+    TablePlan::labelled(&before, &mut work, |work, i| {
         labels
             .get(i)
             .map_or_else(|| work.label(i).to_string(), Clone::clone)
     })
+    .rows(equalized)
 }
 
 /// [`layer_table`]'s rows for a run that folds, before their "after" figures: planned on the
@@ -94,15 +95,48 @@ pub fn layer_table(
 /// completed by [`TablePlan::rows`] on the finished model, so that the caller can run that sweep
 /// beside the encode (no fold-only copy of the model, no second decode of the weights the passes
 /// wrote).
+///
+/// A weight that is not an initializer of the model under edit (a `Constant` node's, or one
+/// computed by a chain of constant ops) is measured at planning time, from the model under edit,
+/// as it will not be found by name among the finished model's initializers.
 #[derive(Debug, Clone)]
 pub struct TablePlan {
-    rows: Vec<(LayerQuant, String, WeightLayout, bool)>,
+    /// Row, weight name, layout, whether the per-channel figure is the equalized weight's, and
+    /// whether the row is already complete.
+    rows: Vec<(LayerQuant, String, WeightLayout, bool, bool)>,
+}
+
+/// `row` with the equalized weight's figures from `data` (and its per-channel figure when
+/// `channel`, i.e. no BN-folded figure stands for it).
+fn completed(row: &LayerQuant, data: &[f32], layout: &WeightLayout, channel: bool) -> LayerQuant {
+    let (after_db, after_channel_db) = weight_sqnr(data, layout, channel);
+    let mut row = row.clone();
+    row.sqnr_after_db = after_db;
+    if channel {
+        row.sqnr_per_channel_db = after_channel_db.unwrap_or(f64::NAN);
+    }
+    row
 }
 
 impl TablePlan {
     /// One planned row per layer weight of `work` (the first layer reading it), with the
     /// BN-folded side from `before`.
     pub fn new(before: &HashMap<String, FoldedFigures>, work: &mut Work) -> Self {
+        Self::labelled(before, work, |work, i| work.label(i).to_string())
+    }
+
+    /// [`TablePlan::new`] with the rows' labels from `label(work, node)`.
+    fn labelled(
+        before: &HashMap<String, FoldedFigures>,
+        work: &mut Work,
+        label: impl Fn(&Work, usize) -> String,
+    ) -> Self {
+        let initializers: HashSet<String> = work
+            .graph()
+            .initializer
+            .iter()
+            .map(|t| t.name().to_string())
+            .collect();
         let mut rows = Vec::new();
         let mut seen = HashSet::new();
         for i in 0..work.node_count() {
@@ -114,20 +148,36 @@ impl TablePlan {
             }
             let b = before.get(&l.weight);
             let row = LayerQuant {
-                layer: work.label(i).to_string(),
+                layer: label(work, i),
                 op: work.node(i).op_type().to_string(),
                 channels: l.layout.out_channels(),
                 sqnr_before_db: b.map_or(f64::NAN, |b| b.per_tensor_db),
                 sqnr_after_db: f64::NAN,
                 sqnr_per_channel_db: b.map_or(f64::NAN, |b| b.per_channel_db),
             };
-            rows.push((row, l.weight, l.layout, b.is_none()));
+            if initializers.contains(&l.weight) {
+                rows.push((row, l.weight, l.layout, b.is_none(), false));
+                continue;
+            }
+            let decoded;
+            let data = match work.cached(&l.weight) {
+                Some(t) => &t.data,
+                None => match work.decode(&l.weight) {
+                    Ok(t) => {
+                        decoded = t;
+                        &decoded.data
+                    }
+                    Err(_) => continue,
+                },
+            };
+            let row = completed(&row, data, &l.layout, b.is_none());
+            rows.push((row, l.weight, l.layout, false, true));
         }
         TablePlan { rows }
     }
 
     /// The rows, with the "after" figures of `model`'s weights (rows whose weight cannot be read
-    /// are left out, as in [`layer_table`]).
+    /// are left out).
     pub fn rows(&self, model: &ModelProto) -> Vec<LayerQuant> {
         let by_name: HashMap<&str, &crate::onnx::TensorProto> = model
             .graph
@@ -137,85 +187,23 @@ impl TablePlan {
             .collect();
         self.rows
             .par_iter()
-            .filter_map(|(row, weight, layout, channel)| {
+            .filter_map(|(row, weight, layout, channel, done)| {
+                if *done {
+                    return Some(row.clone());
+                }
                 let t = by_name.get(weight.as_str())?;
                 let decoded;
-                let data: &[f32] = match f32_view(t) {
+                let data: &[f32] = match crate::onnx::tensor::f32_view(t) {
                     Some(d) => d,
                     None => {
                         decoded = crate::onnx::tensor::to_f32(t).ok()?.data;
                         &decoded
                     }
                 };
-                if data.len() != layout.len() {
-                    return None;
-                }
-                let (after_db, after_channel_db) = weight_sqnr(data, layout, *channel);
-                let mut row = row.clone();
-                row.sqnr_after_db = after_db;
-                if *channel {
-                    row.sqnr_per_channel_db = after_channel_db.unwrap_or(f64::NAN);
-                }
-                Some(row)
+                (data.len() == layout.len()).then(|| completed(row, data, layout, *channel))
             })
             .collect()
     }
-}
-
-/// A FLOAT tensor's `raw_data` as values without a copy, when it is aligned (the tensors the
-/// passes wrote are their own f32 vectors) on a little-endian target.
-fn f32_view(t: &crate::onnx::TensorProto) -> Option<&[f32]> {
-    if !cfg!(target_endian = "little")
-        || t.data_type() != crate::onnx::proto::tensor_proto::DataType::Float as i32
-        || crate::onnx::tensor::is_external(t)
-    {
-        return None;
-    }
-    bytemuck::try_cast_slice(t.raw_data()).ok()
-}
-
-fn table_rows(
-    before: &HashMap<String, FoldedFigures>,
-    work: &mut Work,
-    label: impl Fn(&Work, usize) -> String + Sync,
-) -> Vec<LayerQuant> {
-    let mut layers = Vec::new();
-    let mut seen = HashSet::new();
-    for i in 0..work.node_count() {
-        let Ok(l) = layer_of(work, i) else {
-            continue;
-        };
-        if seen.insert(l.weight.clone()) {
-            layers.push((i, l));
-        }
-    }
-    let work = &*work;
-    layers
-        .par_iter()
-        .filter_map(|(i, l)| {
-            let decoded;
-            let after = match work.cached(&l.weight) {
-                Some(t) => &t.data,
-                None => {
-                    decoded = work.decode(&l.weight).ok()?;
-                    &decoded.data
-                }
-            };
-            let b = before.get(&l.weight);
-            let (after_db, after_channel_db) = weight_sqnr(after, &l.layout, b.is_none());
-            Some(LayerQuant {
-                layer: label(work, *i),
-                op: work.node(*i).op_type().to_string(),
-                channels: l.layout.out_channels(),
-                sqnr_before_db: b.map_or(f64::NAN, |b| b.per_tensor_db),
-                sqnr_after_db: after_db,
-                sqnr_per_channel_db: b.map_or_else(
-                    || after_channel_db.unwrap_or(f64::NAN),
-                    |b| b.per_channel_db,
-                ),
-            })
-        })
-        .collect()
 }
 
 /// Elements quantized in one batch before their squares are added up (the batch vectorizes; the
