@@ -15,11 +15,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use criterion::{Criterion, SamplingMode};
+use onnx_cle::graph::work::Work;
 use onnx_cle::onnx::{self, ModelProto};
 use onnx_cle::passes::{self, Ctx, State};
 use onnx_cle::report::Report;
-use onnx_cle::work::Work;
-use onnx_cle::{verify, Control, Options};
+use onnx_cle::{runtime, verify, Control, Options};
 
 /// One benchmarked model.
 struct Model {
@@ -210,14 +210,14 @@ fn bench_model(c: &mut Criterion, m: &Model, verification: bool) {
     );
     if verification {
         let eq_bytes = onnx::encode(&equalized);
-        let mut inputs = verify::input_specs(&decoded, 1).expect("inputs");
-        verify::fill_random(&mut inputs, 0x5eed);
+        let mut inputs = runtime::input_specs(&decoded, 1).expect("inputs");
+        runtime::fill_random(&mut inputs, 0x5eed);
         bench(
             &mut g,
             id,
             "tract_once",
             || (),
-            |_| verify::run_model(&m.bytes, &inputs).expect("tract"),
+            |_| runtime::run_model(&m.bytes, &inputs).expect("tract"),
         );
         bench(
             &mut g,

@@ -12,17 +12,17 @@
 
 use onnx_cle::builder::{calibrate_batch_norms, resnet18};
 use onnx_cle::onnx::{self, ModelProto};
-use onnx_cle::quant::bias_correction::BiasCorrection;
-use onnx_cle::quant::rounding::Rounding;
+use onnx_cle::options::BiasCorrection;
+use onnx_cle::options::Rounding;
 use onnx_cle::quant::{self, Scheme};
-use onnx_cle::verify::{self, InputTensor};
+use onnx_cle::runtime::{self, InputTensor};
 use onnx_cle::{Control, Options};
 
 fn samples(model: &ModelProto, n: usize, seed: u64) -> Vec<Vec<InputTensor>> {
     (0..n as u64)
         .map(|k| {
-            let mut s = verify::input_specs(model, 1).expect("input shape");
-            verify::fill_random(&mut s, seed * 10_000 + k);
+            let mut s = runtime::input_specs(model, 1).expect("input shape");
+            runtime::fill_random(&mut s, seed * 10_000 + k);
             s
         })
         .collect()

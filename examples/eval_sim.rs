@@ -14,7 +14,7 @@
 use std::io::Write;
 
 use onnx_cle::quant::{self, Scheme};
-use onnx_cle::verify::InputTensor;
+use onnx_cle::runtime::InputTensor;
 use onnx_cle::{onnx, SampleInputs};
 
 fn write_npy(path: &str, rows: &[Vec<f32>]) -> std::io::Result<()> {

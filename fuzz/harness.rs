@@ -17,7 +17,7 @@
 use onnx_cle::builder::{
     attr_float, attr_int, attr_ints, tensor_f32, ClipForm, ConvSpec, GemmSpec, ModelBuilder,
 };
-use onnx_cle::limits::Limits;
+use onnx_cle::onnx::limits::Limits;
 use onnx_cle::onnx::{self, AttributeProto, ModelProto, NodeProto};
 use onnx_cle::{CoreError, Options, Relu6Policy};
 

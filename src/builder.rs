@@ -1367,7 +1367,7 @@ pub fn resnet18(width: f32, size: usize, seed: u64) -> ModelProto {
 /// distribution, so the data-free statistics derived from BNs hold on such inputs.
 pub fn calibrate_batch_norms(
     mut model: ModelProto,
-    samples: &[Vec<crate::verify::InputTensor>],
+    samples: &[Vec<crate::runtime::InputTensor>],
 ) -> Result<ModelProto, String> {
     let first = samples.first().ok_or("no samples")?;
     let bns: Vec<(String, String, String)> = model
@@ -1381,7 +1381,7 @@ pub fn calibrate_batch_norms(
         .collect();
     for (x, mean, var) in bns {
         let probe = crate::quant::with_extra_outputs(&model, std::slice::from_ref(&x));
-        let runner = crate::verify::Runner::new(&crate::onnx::encode(&probe), first)?;
+        let runner = crate::runtime::Runner::new(&crate::onnx::encode(&probe), first)?;
         let g = model.graph.as_mut().ok_or("no graph")?;
         let c = g
             .initializer

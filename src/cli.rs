@@ -10,8 +10,8 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::{Args, ValueEnum};
-use onnx_cle::quant::encodings::EncodingsVersion;
-use onnx_cle::quant::plan::Calibration;
+use onnx_cle::options::Calibration;
+use onnx_cle::options::EncodingsVersion;
 use onnx_cle::{ArtifactKind, CoreError, Options, Relu6Policy, Step};
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -187,13 +187,13 @@ pub struct EqualizeArgs {
     #[arg(long, value_delimiter = ',', allow_hyphen_values = true)]
     input_range: Option<Vec<f32>>,
     /// Refuse models with more nodes than this (all graphs, subgraphs and functions).
-    #[arg(long, env = "ONNX_CLE_MAX_NODES", default_value_t = onnx_cle::limits::DEFAULT_MAX_NODES)]
+    #[arg(long, env = "ONNX_CLE_MAX_NODES", default_value_t = onnx_cle::onnx::limits::DEFAULT_MAX_NODES)]
     max_nodes: u64,
     /// Refuse models declaring a tensor with more elements than this.
-    #[arg(long, env = "ONNX_CLE_MAX_TENSOR_ELEMENTS", default_value_t = onnx_cle::limits::DEFAULT_MAX_TENSOR_ELEMENTS)]
+    #[arg(long, env = "ONNX_CLE_MAX_TENSOR_ELEMENTS", default_value_t = onnx_cle::onnx::limits::DEFAULT_MAX_TENSOR_ELEMENTS)]
     max_tensor_elements: u64,
     /// Refuse models whose decoded form would take more memory than this (e.g. `4GiB`).
-    #[arg(long, env = "ONNX_CLE_MAX_MODEL_MEMORY", default_value = "4GiB", value_parser = onnx_cle::server::config::parse_size)]
+    #[arg(long, env = "ONNX_CLE_MAX_MODEL_MEMORY", default_value = "4GiB", value_parser = onnx_cle::onnx::limits::parse_size)]
     max_model_memory: u64,
     /// Declared int8 target of the deploy model (and every grid-tied output): onnxruntime, QNN
     /// or TensorRT defaults; the flags below override single fields.
@@ -366,12 +366,12 @@ pub fn equalize(a: EqualizeArgs) -> ExitCode {
     let read_ms = t0.elapsed().as_secs_f64() * 1e3;
     let size = data.len();
     let bytes = bytes::Bytes::from(data);
-    let limits = onnx_cle::limits::Limits {
+    let limits = onnx_cle::onnx::limits::Limits {
         max_nodes: a.max_nodes,
         max_tensor_elements: a.max_tensor_elements,
         max_decoded_bytes: a.max_model_memory,
     };
-    let mut model = match onnx_cle::limits::decode(bytes.clone(), &limits) {
+    let mut model = match onnx_cle::onnx::scan::decode_within(bytes.clone(), &limits) {
         Ok(m) => m,
         Err(e) => return fail(core_exit(&e), format!("{}: {e}", a.input.display())),
     };

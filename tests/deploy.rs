@@ -20,19 +20,19 @@ mod common;
 
 use onnx_cle::builder::{calibrate_batch_norms, ConvSpec, GemmSpec, ModelBuilder};
 use onnx_cle::onnx::{self, ModelProto};
-use onnx_cle::quant::bias_correction::BiasCorrection;
-use onnx_cle::quant::rounding::Rounding;
-use onnx_cle::quant::stats::{self, ChannelAxis, StatsOptions};
-use onnx_cle::quant::target::{Granularity, Target, TargetPreset};
-use onnx_cle::verify::{self, InputTensor};
+use onnx_cle::options::BiasCorrection;
+use onnx_cle::options::Rounding;
+use onnx_cle::options::{Granularity, Target, TargetPreset};
+use onnx_cle::quant::deploy::stats::{self, ChannelAxis, StatsOptions};
+use onnx_cle::runtime::{self, InputTensor};
 use onnx_cle::{Control, Options, SampleInputs};
 
 /// `n` single-sample standard-normal inputs of `model`, seeded from `seed`.
 fn random_samples(model: &ModelProto, n: usize, seed: u64) -> Vec<Vec<InputTensor>> {
     (0..n as u64)
         .map(|k| {
-            let mut specs = verify::input_specs(model, 1).unwrap();
-            verify::fill_random(&mut specs, seed.wrapping_mul(1000).wrapping_add(k));
+            let mut specs = runtime::input_specs(model, 1).unwrap();
+            runtime::fill_random(&mut specs, seed.wrapping_mul(1000).wrapping_add(k));
             specs
         })
         .collect()
@@ -158,10 +158,10 @@ fn resnet_like(seed: u64) -> ModelProto {
 
 /// Layers of `model` with a constant weight: `(node index, input tensor, in channels, axis)`.
 fn layer_inputs(model: &ModelProto) -> Vec<(String, usize, ChannelAxis)> {
-    let mut work = onnx_cle::work::Work::new(model.clone()).unwrap();
+    let mut work = onnx_cle::graph::work::Work::new(model.clone()).unwrap();
     let mut out = Vec::new();
     for i in 0..work.node_count() {
-        if let Ok(l) = onnx_cle::passes::layer_of(&mut work, i) {
+        if let Ok(l) = onnx_cle::graph::layer_of(&mut work, i) {
             let t = work.input(i, 0).to_string();
             if !out
                 .iter()
@@ -217,7 +217,7 @@ fn analytic_means_match_measured_means() {
 fn deploy_options(target: Target, bias: BiasCorrection, rounding: Rounding) -> Options {
     Options {
         target,
-        deploy: onnx_cle::quant::deploy::DeployOptions {
+        deploy: onnx_cle::options::DeployOptions {
             model: true,
             bias_correction: bias,
             rounding,
@@ -232,16 +232,16 @@ fn run(model: &ModelProto, opts: &Options, samples: Option<&SampleInputs>) -> on
 }
 
 /// Every `(weight name, layout)` of the model's quantizable layers.
-fn weights(model: &ModelProto) -> Vec<(String, onnx_cle::layout::WeightLayout)> {
-    let mut work = onnx_cle::work::Work::new(model.clone()).unwrap();
+fn weights(model: &ModelProto) -> Vec<(String, onnx_cle::graph::layout::WeightLayout)> {
+    let mut work = onnx_cle::graph::work::Work::new(model.clone()).unwrap();
     (0..work.node_count())
-        .filter_map(|i| onnx_cle::passes::layer_of(&mut work, i).ok())
+        .filter_map(|i| onnx_cle::graph::layer_of(&mut work, i).ok())
         .map(|l| (l.weight, l.layout))
         .collect()
 }
 
 fn const_values(model: &ModelProto, name: &str) -> Vec<f32> {
-    let work = onnx_cle::work::Work::new(model.clone()).unwrap();
+    let work = onnx_cle::graph::work::Work::new(model.clone()).unwrap();
     work.decode(name).unwrap().data
 }
 

@@ -307,7 +307,7 @@ fn sample_inputs_drive_sensitivity_and_measured_activation_growth() {
     let mut rng = onnx_cle::builder::SplitMix64::new(5);
     let data = rng.normal_vec(4 * 4 * 10 * 10, 1.0);
     let samples = SampleInputs {
-        tensors: vec![onnx_cle::verify::InputTensor {
+        tensors: vec![onnx_cle::runtime::InputTensor {
             name: "x".into(),
             shape: vec![4, 4, 10, 10],
             elem_type: 1,
@@ -470,7 +470,7 @@ fn samples(model: &ModelProto, n: usize, seed: u64) -> SampleInputs {
     let _ = model;
     let mut rng = onnx_cle::builder::SplitMix64::new(seed);
     SampleInputs {
-        tensors: vec![onnx_cle::verify::InputTensor {
+        tensors: vec![onnx_cle::runtime::InputTensor {
             name: "x".into(),
             shape: vec![n, 3, 9, 9],
             elem_type: 1,
@@ -505,7 +505,7 @@ fn select_auto_keeps_the_best_candidate_on_the_held_out_samples() {
     let odd: Vec<_> = per.iter().skip(1).step_by(2).cloned().collect();
     let reference = onnx_cle::quant::reference_outputs(&model, &odd).unwrap();
     let mut best = (f64::NEG_INFINITY, String::new());
-    for (label, o) in onnx_cle::select::candidates(&opts) {
+    for (label, o) in onnx_cle::pipeline::candidates(&opts) {
         let mut o = o;
         o.verify.enabled = false;
         let eq = onnx_cle::equalize(model.clone(), &o).unwrap().model;

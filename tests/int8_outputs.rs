@@ -1,4 +1,4 @@
-//! The int8 outputs (`quant::plan`, `quant::qdq`, `quant::encodings`) on the shared fixtures:
+//! The int8 outputs (`quant::plan`, `quant::export::qdq`, `quant::export::encodings`) on the shared fixtures:
 //! - the QDQ model, run by tract, computes what onnx-cle's simulation of the plan computes;
 //! - its int8 weights dequantize to the FP32 model's weights exactly when those are on the
 //!   target grid (the deploy model's), and its biases are int32 with `input scale × weight
@@ -18,11 +18,14 @@ use std::collections::{HashMap, HashSet};
 
 use onnx_cle::onnx::proto::tensor_proto::DataType;
 use onnx_cle::onnx::ModelProto;
-use onnx_cle::quant::encodings::{self, EncodingsVersion};
-use onnx_cle::quant::plan::{Calibration, QuantPlan, RangeOrigin, Sites};
-use onnx_cle::quant::target::{Target, TargetPreset};
-use onnx_cle::quant::{self, calib, qdq};
-use onnx_cle::verify::{self, InputTensor};
+use onnx_cle::options::Calibration;
+use onnx_cle::options::EncodingsVersion;
+use onnx_cle::options::{Target, TargetPreset};
+use onnx_cle::quant::export::encodings;
+use onnx_cle::quant::export::qdq;
+use onnx_cle::quant::plan::{QuantPlan, RangeOrigin, Sites};
+use onnx_cle::quant::{self, calib};
+use onnx_cle::runtime::{self, InputTensor};
 use onnx_cle::{ArtifactKind, Control, Options, SampleInputs};
 use serde_json::Value;
 
@@ -32,8 +35,8 @@ fn tiny() -> Option<ModelProto> {
 }
 
 fn random_samples(model: &ModelProto, n: usize, seed: u64) -> Vec<InputTensor> {
-    let mut specs = verify::input_specs(model, n).unwrap();
-    verify::fill_random(&mut specs, seed);
+    let mut specs = runtime::input_specs(model, n).unwrap();
+    runtime::fill_random(&mut specs, seed);
     specs
 }
 
@@ -81,7 +84,7 @@ fn raw_i8(t: &onnx_cle::onnx::TensorProto) -> Vec<i8> {
 fn the_qdq_model_runs_in_tract_as_the_plan_is_simulated() {
     let Some(model) = tiny() else { return };
     let eq = equalized(&model);
-    let samples = verify::split_batch(&random_samples(&model, 8, 7));
+    let samples = runtime::split_batch(&random_samples(&model, 8, 7));
     let reference = quant::reference_outputs(&model, &samples).unwrap();
     for preset in [TargetPreset::Ort, TargetPreset::Trt] {
         let target = Target {
@@ -135,7 +138,7 @@ fn the_plan_ties_relu_outputs_to_the_relu6_min_and_folds_relu() {
     let g = eq.graph.as_ref().unwrap();
     let mins: Vec<_> = g.node.iter().filter(|n| n.op_type() == "Min").collect();
     assert!(!mins.is_empty(), "tiny's ReLU6 become Relu + Min");
-    let samples = verify::split_batch(&random_samples(&model, 4, 3));
+    let samples = runtime::split_batch(&random_samples(&model, 4, 3));
     let plan = plan_for(&eq, Target::default(), &samples);
     for m in &mins {
         let relu_out = &m.input[0];
@@ -161,7 +164,7 @@ fn the_plan_ties_relu_outputs_to_the_relu6_min_and_folds_relu() {
 fn qdq_weights_dequantize_exactly_to_on_grid_fp32_weights() {
     let Some(model) = tiny() else { return };
     let eq = equalized(&model);
-    let samples = verify::split_batch(&random_samples(&model, 4, 5));
+    let samples = runtime::split_batch(&random_samples(&model, 4, 5));
     for preset in [TargetPreset::Ort, TargetPreset::Trt] {
         let target = Target {
             preset,
@@ -170,7 +173,7 @@ fn qdq_weights_dequantize_exactly_to_on_grid_fp32_weights() {
         // Put the weights on the grid (what the deploy model's rounding writes), then plan again.
         let first = plan_for(&eq, target, &samples);
         let mut on_grid = eq.clone();
-        let mut work = onnx_cle::work::Work::new(eq.clone()).unwrap();
+        let mut work = onnx_cle::graph::work::Work::new(eq.clone()).unwrap();
         let values: HashMap<String, Vec<f32>> = first
             .weights
             .iter()
@@ -484,7 +487,7 @@ fn encodings_validate_against_their_documented_formats() {
     let Some(model) = tiny() else { return };
     let eq = equalized(&model);
     let names = tensor_names(&eq);
-    let samples = verify::split_batch(&random_samples(&model, 4, 11));
+    let samples = runtime::split_batch(&random_samples(&model, 4, 11));
     for preset in [TargetPreset::Ort, TargetPreset::Qnn, TargetPreset::Trt] {
         let target = Target {
             preset,
@@ -605,8 +608,8 @@ fn qdq_weights_dequantize_exactly_to_the_deploy_models_weights() {
         let mut opts = Options::default();
         opts.verify.enabled = false;
         opts.target.preset = preset;
-        opts.deploy.rounding = onnx_cle::quant::rounding::Rounding::Squant;
-        opts.deploy.bias_correction = onnx_cle::quant::bias_correction::BiasCorrection::Analytic;
+        opts.deploy.rounding = onnx_cle::options::Rounding::Squant;
+        opts.deploy.bias_correction = onnx_cle::options::BiasCorrection::Analytic;
         opts.exports.qdq = true;
         let out = onnx_cle::run(model, None, &opts, None, Control::default()).unwrap();
         let deploy = onnx_cle::onnx::decode(out.deploy.unwrap().into()).unwrap();
@@ -668,7 +671,7 @@ fn qdq_weights_dequantize_exactly_to_the_deploy_models_weights() {
 fn quantized_graph_outputs_keep_their_names() {
     let Some(model) = tiny() else { return };
     let eq = equalized(&model);
-    let samples = verify::split_batch(&random_samples(&model, 4, 13));
+    let samples = runtime::split_batch(&random_samples(&model, 4, 13));
     let target = Target::default();
     let sites = Sites::find(&eq, target, true).unwrap();
     let ranges = calib::ranges(

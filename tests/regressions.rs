@@ -240,8 +240,8 @@ fn duplicate_node_names() {
     let r = &eq.report;
     assert_eq!(r.bn_folds.len(), 2);
     assert_eq!(r.cls_sets.len(), 2);
-    let mut specs = onnx_cle::verify::input_specs(&m, 1).unwrap();
-    onnx_cle::verify::fill_random(&mut specs, 3);
+    let mut specs = onnx_cle::runtime::input_specs(&m, 1).unwrap();
+    onnx_cle::runtime::fill_random(&mut specs, 3);
     let v = onnx_cle::verify::compare(
         &uniquely_named(&m),
         &uniquely_named(&eq.model),

@@ -127,7 +127,7 @@ fn cancellation_reaches_a_running_verification() {
 #[test]
 fn a_long_identity_chain_is_verified_on_a_simplified_copy() {
     let model = onnx_cle::builder::identity_chain(3_000);
-    let simplified = onnx_cle::verify::simplified(&model).expect("simplified");
+    let simplified = onnx_cle::runtime::simplified(&model).expect("simplified");
     let g = simplified.graph.as_ref().unwrap();
     // The Conv and the Identity that names the graph output remain, reading the Conv.
     assert_eq!(g.node.len(), 2);

@@ -9,6 +9,7 @@
 //! written back as it was read.
 
 pub mod attr;
+pub mod limits;
 pub mod scan;
 pub mod tensor;
 pub mod validate;

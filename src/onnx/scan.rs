@@ -23,9 +23,9 @@
 
 use std::io::{BufRead, ErrorKind};
 
+use super::limits::Limits;
 use super::proto;
 use crate::error::{CoreError, Result};
-use crate::limits::Limits;
 
 /// Deepest message nesting `prost` decodes (its recursion limit is 100); deeper inputs fail to
 /// decode anyway, so the scan stops there too (with a margin, so it never refuses first).
@@ -650,6 +650,15 @@ pub fn scan<R: BufRead>(r: R, total: u64, limits: &Limits, what: &str) -> Result
 /// [`scan`] over an in-memory buffer.
 pub fn scan_bytes(data: &[u8], limits: &Limits) -> Result<ScanSummary> {
     scan(data, data.len() as u64, limits, "<memory>")
+}
+
+/// Decodes a model within `limits`: [`scan_bytes`] (refuses malformed or oversized input
+/// before allocating), [`super::decode`], then [`Limits::check`].
+pub fn decode_within(bytes: bytes::Bytes, limits: &Limits) -> Result<super::ModelProto> {
+    scan_bytes(&bytes, limits)?;
+    let model = super::decode(bytes)?;
+    limits.check(&model)?;
+    Ok(model)
 }
 
 #[cfg(test)]

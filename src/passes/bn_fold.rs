@@ -12,13 +12,14 @@
 //! backward folds win over forward folds; a BN with shared or non-constant parameters, or a
 //! layer with a shared weight, is skipped with its reason and stays as it was.
 
-use crate::layout::LayerOp;
+use crate::graph::layout::LayerOp;
+use crate::graph::work::Edits;
 use crate::onnx::attr;
 use crate::onnx::tensor::F32Tensor;
 use crate::report::{BnFold, FoldDirection};
-use crate::work::Edits;
 
-use super::{has_no_padding, is_layer_op, layer_of, BnInputStats, BnStats, Ctx, Layer};
+use super::{BnInputStats, BnStats, Ctx};
+use crate::graph::{has_no_padding, is_layer_op, layer_of, Layer};
 
 const PASS: &str = "bn_fold";
 

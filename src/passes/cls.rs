@@ -21,7 +21,7 @@
 //! The default mode iterates until the stop rule `max |1 − s| < threshold` holds ([`converged`],
 //! the paper's "iterate until convergence"): sets that share a layer form a component iterated on
 //! its own (an isolated set is exact after one pass), ranges are kept as `fo·fi·max_k|W|` from
-//! the kernel maxima ([`crate::layout::WeightLayout::block_maxima`]; a positive factor commutes
+//! the kernel maxima ([`crate::graph::layout::WeightLayout::block_maxima`]; a positive factor commutes
 //! with the maximum), and every weight is scaled once, by its cumulative factors, at the end.
 //!
 //! Cost: each weight's ranges are scanned once; layers scaled on both sides also keep their
@@ -32,11 +32,12 @@ use std::collections::{HashMap, HashSet};
 
 use rayon::prelude::*;
 
-use crate::layout::{ChannelKind, LayerOp};
+use crate::graph::layout::{ChannelKind, LayerOp};
 use crate::onnx::{attr, NodeProto};
 use crate::report::{ClsIteration, ClsKind, ClsPair, ClsSet, PairRanges};
 
-use super::{guard, layer_of, CrossedClip, Ctx, Layer, ScaledPair};
+use super::{guard, CrossedClip, Ctx, ScaledPair};
+use crate::graph::{layer_of, Layer};
 
 const PASS: &str = "cls";
 
@@ -65,7 +66,7 @@ struct Set {
 }
 
 /// Exact `(out, in)` ranges of every weight as it currently is. Each scaling recomputes both in
-/// the same sweep ([`crate::layout::WeightLayout::scale_out_ranged`]); ranges are maxima, so
+/// the same sweep ([`crate::graph::layout::WeightLayout::scale_out_ranged`]); ranges are maxima, so
 /// they do not depend on the order of the sweep and equal a fresh scan bit for bit.
 #[derive(Default)]
 struct Ranges(HashMap<String, (Vec<f32>, Vec<f32>)>);
@@ -165,7 +166,10 @@ fn pad_is_channel_safe(cx: &Ctx, i: usize) -> bool {
             },
             None => 0.0,
         };
-        (crate::consteval::ints(cx.work, cx.work.input(i, 1)), value)
+        (
+            crate::graph::consteval::ints(cx.work, cx.work.input(i, 1)),
+            value,
+        )
     };
     let Some(pads) = pads else { return false };
     if value != 0.0 || pads.len() % 2 != 0 || pads.len() < 4 {
@@ -565,7 +569,7 @@ fn own_members(cx: &mut Ctx, sets: &mut [Set]) -> crate::Result<()> {
             l.bias = b.clone();
         }
     }
-    cx.work.apply(crate::work::Edits::default())
+    cx.work.apply(crate::graph::work::Edits::default())
 }
 
 /// AIMET's order (`compat = aimet`): every pass scales the weights set by set, each set seeing

@@ -16,7 +16,8 @@ use std::collections::{HashMap, HashSet};
 use crate::options::Step;
 use crate::report::{Coverage, CoverageCount, CoverageGroup};
 
-use super::{cls, is_layer_op, Ctx};
+use super::{cls, Ctx};
+use crate::graph::is_layer_op;
 
 /// Layers listed per group.
 const EXAMPLES: usize = 5;

@@ -17,7 +17,8 @@
 use crate::options::HbfMode;
 use crate::report::HbfPair;
 
-use super::{has_no_padding, layer_of, Ctx, ScaledPair};
+use super::{Ctx, ScaledPair};
+use crate::graph::{has_no_padding, layer_of, Layer};
 
 const PASS: &str = "hbf";
 
@@ -86,7 +87,7 @@ fn biases(
     n1: usize,
     n2: usize,
     create: bool,
-) -> Result<(super::Layer, super::Layer), (&'static str, String)> {
+) -> Result<(Layer, Layer), (&'static str, String)> {
     let l1 = layer_of(cx.work, n1)?;
     let l2 = layer_of(cx.work, n2)?;
     if !create && (l1.bias.is_none() || l2.bias.is_none()) {
@@ -179,7 +180,7 @@ fn absorb_exact(cx: &mut Ctx, pair: &ScaledPair, n1: usize, n2: usize) -> Absorb
     };
     // A Gemm's pre-activation is `alpha·W1·x + beta·b1`.
     let (b1, neg): (Vec<f32>, Vec<f32>) = match l1.layout.op {
-        crate::layout::LayerOp::Gemm { .. } => {
+        crate::graph::layout::LayerOp::Gemm { .. } => {
             let node = cx.work.node(n1);
             let alpha = crate::onnx::attr::float(node, "alpha").unwrap_or(1.0);
             let beta = crate::onnx::attr::float(node, "beta").unwrap_or(1.0);
@@ -246,12 +247,7 @@ fn input_box(cx: &Ctx, n1: usize) -> Option<Vec<f32>> {
     None
 }
 
-fn shift(
-    cx: &mut Ctx,
-    l1: &super::Layer,
-    l2: &super::Layer,
-    c: &[f32],
-) -> Result<(), (&'static str, String)> {
+fn shift(cx: &mut Ctx, l1: &Layer, l2: &Layer, c: &[f32]) -> Result<(), (&'static str, String)> {
     let corr = l2.layout.kernel_sum_times(
         &cx.work
             .read(&l2.weight)
@@ -261,8 +257,8 @@ fn shift(
     );
     // Gemm computes `alpha·A·B + beta·C`: the bias moves the output by `beta·Δb`, an input shift
     // moves it by `alpha·ΔA·B` (1 for every other layer; dividing by 1 is exact).
-    let gemm = |l: &super::Layer, a: &str| match l.layout.op {
-        crate::layout::LayerOp::Gemm { .. } => {
+    let gemm = |l: &Layer, a: &str| match l.layout.op {
+        crate::graph::layout::LayerOp::Gemm { .. } => {
             crate::onnx::attr::float(cx.work.node(l.node), a).unwrap_or(1.0)
         }
         _ => 1.0,
@@ -289,14 +285,14 @@ fn shift(
     Ok(())
 }
 
-fn ensure_bias(cx: &mut Ctx, l: &super::Layer) -> Result<String, (&'static str, String)> {
+fn ensure_bias(cx: &mut Ctx, l: &Layer) -> Result<String, (&'static str, String)> {
     if let Some(b) = &l.bias {
-        if l.layout.op == crate::layout::LayerOp::MatMul {
+        if l.layout.op == crate::graph::layout::LayerOp::MatMul {
             return Ok(b.clone());
         }
         return cx
             .own(PASS, l.node, 2, "bias")
             .map_err(|e| ("bias_unreadable", e.to_string()));
     }
-    Ok(super::ensure_bias(cx.work, l))
+    Ok(crate::graph::ensure_bias(cx.work, l))
 }

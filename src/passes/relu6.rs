@@ -20,11 +20,11 @@
 //! comes from a `Constant` node (or the opset < 11 attribute), between a Conv/ConvTranspose parent
 //! and a Conv/ConvTranspose child, becomes `Relu_<name>` whatever its max (AIMET bug 6).
 
+use crate::graph::work::Edits;
 use crate::onnx::tensor::F32Tensor;
 use crate::onnx::{attr, onnx_opset, NodeProto};
 use crate::options::Relu6Policy;
 use crate::report::{Relu6Action, Relu6Decision};
-use crate::work::Edits;
 
 use super::Ctx;
 
@@ -196,10 +196,10 @@ pub fn run(cx: &mut Ctx) -> crate::Result<()> {
                         )
                     }
                 } else {
-                    let around = parent.as_ref().is_some_and(super::is_layer_op)
+                    let around = parent.as_ref().is_some_and(crate::graph::is_layer_op)
                         && child
                             .as_ref()
-                            .is_some_and(|c| super::is_layer_op(c) || c.op_type() == "Pad");
+                            .is_some_and(|c| crate::graph::is_layer_op(c) || c.op_type() == "Pad");
                     if !exact {
                         (false, bounds_text(lo, hi))
                     } else if !around {

@@ -13,10 +13,9 @@
 
 use std::collections::HashMap;
 
-use super::plan::Calibration;
-use super::target::ActivationGrid;
 use crate::onnx::ModelProto;
-use crate::verify::{InputTensor, Runner};
+use crate::options::{ActivationGrid, Calibration};
+use crate::runtime::{InputTensor, Runner};
 
 const BINS: usize = 2048;
 
@@ -201,7 +200,7 @@ impl Histogram {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::quant::target::ActivationType;
+    use crate::options::ActivationType;
 
     #[test]
     fn percentile_cuts_the_tails_and_mse_clips_outliers() {

@@ -23,50 +23,18 @@
 //! (shared by the writers and the simulation), [`calib`] activation ranges from sample inputs,
 //! [`qdq`] the QDQ ONNX model, [`encodings`] AIMET encodings and onnxruntime overrides.
 
-pub mod bias_correction;
 pub mod calib;
 pub mod deploy;
-pub mod encodings;
+pub mod export;
 pub mod plan;
-pub mod qdq;
-pub mod rounding;
 pub mod sim;
-pub mod stats;
 pub mod table;
 pub mod target;
 
 pub use sim::*;
 pub use table::*;
 
-use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
-
-use crate::layout::WeightLayout;
-
-/// What the quantization-readiness section computes.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(default, deny_unknown_fields)]
-pub struct QuantOptions {
-    /// Per-layer int8 weight SQNR (cheap: no inference).
-    pub layers: bool,
-    /// End-to-end simulated int8 with tract (one model build per variant).
-    pub end_to_end: bool,
-    /// Include the W8A8 rows (activation fake-quant) in the end-to-end figures.
-    pub w8a8: bool,
-    /// Quantize one layer at a time (one model build per layer: slow on big models).
-    pub sensitivity: bool,
-}
-
-impl Default for QuantOptions {
-    fn default() -> Self {
-        QuantOptions {
-            layers: true,
-            end_to_end: false,
-            w8a8: true,
-            sensitivity: false,
-        }
-    }
-}
+use crate::graph::layout::WeightLayout;
 
 /// A weight quantization scheme.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

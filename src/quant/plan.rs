@@ -1,5 +1,5 @@
 //! The quantization plan: one description of an int8 deployment of an FP32 model, shared by every
-//! writer ([`super::qdq`], [`super::encodings`]) and by the simulation ([`super::sim`]), so what
+//! writer ([`super::export::qdq`], [`super::export::encodings`]) and by the simulation ([`super::sim`]), so what
 //! is simulated is what is written.
 //!
 //! What is quantized follows onnxruntime's QDQ quantizer (`quantize_static`, QDQ format), the
@@ -31,104 +31,15 @@ use std::collections::{HashMap, HashSet};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::encodings::EncodingsVersion;
-use super::target::{ActivationGrid, ActivationParams, Granularity, Target};
+use super::target::ActivationParams;
 use crate::error::Result;
-use crate::layout::WeightLayout;
+use crate::graph::layer_of;
+use crate::graph::layout::WeightLayout;
+use crate::graph::work::Work;
 use crate::onnx::proto::tensor_proto::DataType;
 use crate::onnx::{attr, GraphProto, ModelProto};
-use crate::passes::layer_of;
+use crate::options::{ActivationGrid, Granularity, Target, WeightGrid};
 pub use crate::report::LeftFloat;
-use crate::work::Work;
-
-/// Where activation ranges come from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Calibration {
-    /// From the folded BatchNorm statistics and the ReLU6 bounds, no data (default).
-    #[default]
-    DataFree,
-    /// Minimum and maximum over the sample inputs.
-    Minmax,
-    /// The `percentile` quantiles (both tails) of the values over the sample inputs.
-    Percentile,
-    /// The range, shrunk from min/max, that minimizes the expected quantization error on the
-    /// target grid over the histogram of the sample inputs.
-    Mse,
-}
-
-impl Calibration {
-    /// Report name.
-    pub fn name(self) -> &'static str {
-        match self {
-            Calibration::DataFree => "data_free",
-            Calibration::Minmax => "minmax",
-            Calibration::Percentile => "percentile",
-            Calibration::Mse => "mse",
-        }
-    }
-}
-
-/// The int8 outputs to write and how their activation ranges are chosen.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(default, deny_unknown_fields)]
-pub struct ExportOptions {
-    /// Write the QDQ ONNX model (artifact `qdq.onnx`).
-    pub qdq: bool,
-    /// Write AIMET encodings in this version (artifact `encodings.json`).
-    pub encodings: Option<EncodingsVersion>,
-    /// Write onnxruntime `TensorQuantOverrides` (artifact `ort_overrides.json`).
-    pub ort_overrides: bool,
-    /// Source of the activation ranges; every method but `data_free` needs sample inputs.
-    pub calibration: Calibration,
-    /// Quantile kept by `calibration = percentile`, in percent (each tail loses half the rest).
-    #[schema(minimum = 50, maximum = 100)]
-    pub percentile: f32,
-    /// Quantize the graph outputs too (default: they stay float).
-    pub quantize_outputs: bool,
-    /// `[lo, hi]` of every graph input (e.g. `[-1, 1]` for pixels scaled to [−1, 1]): the
-    /// statistics cannot know it, so without it a graph input stays float under data-free
-    /// ranges. Overrides calibrated ranges too.
-    pub input_range: Option<[f32; 2]>,
-}
-
-impl Default for ExportOptions {
-    fn default() -> Self {
-        ExportOptions {
-            qdq: false,
-            encodings: None,
-            ort_overrides: false,
-            calibration: Calibration::default(),
-            percentile: 99.999,
-            quantize_outputs: false,
-            input_range: None,
-        }
-    }
-}
-
-impl ExportOptions {
-    /// Whether any int8 output is requested.
-    pub fn any(&self) -> bool {
-        self.qdq || self.encodings.is_some() || self.ort_overrides
-    }
-
-    /// Checks the values.
-    pub fn validate(&self) -> Result<()> {
-        if !(self.percentile.is_finite() && (50.0..=100.0).contains(&self.percentile)) {
-            return Err(crate::CoreError::InvalidOptions(
-                "exports.percentile must be between 50 and 100".into(),
-            ));
-        }
-        if let Some([lo, hi]) = self.input_range {
-            if !(lo.is_finite() && hi.is_finite() && lo < hi) {
-                return Err(crate::CoreError::InvalidOptions(
-                    "exports.input_range must be two finite numbers lo < hi".into(),
-                ));
-            }
-        }
-        Ok(())
-    }
-}
 
 /// How a quantized activation got its range.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -715,7 +626,7 @@ fn weight_quant(
     node: usize,
     weight: &str,
     layout: &WeightLayout,
-    grid: super::target::WeightGrid,
+    grid: WeightGrid,
 ) -> std::result::Result<WeightQuant, String> {
     let data = &work.read(weight)?.data;
     let steps = grid.steps(data, layout);
@@ -876,7 +787,7 @@ pub fn float_tensors(graph: &GraphProto) -> HashSet<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::quant::target::{ActivationType, TargetPreset};
+    use crate::options::{ActivationType, TargetPreset};
 
     #[test]
     fn saturation_decides_the_fold() {

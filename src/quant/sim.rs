@@ -6,15 +6,16 @@
 use std::collections::{HashMap, HashSet};
 
 use super::plan::QuantPlan;
-use super::target::{ActivationGrid, ActivationParams, ActivationType};
-use super::{fake_quant, sqnr_db, QuantOptions, Scheme};
-use crate::layout::WeightLayout;
+use super::target::ActivationParams;
+use super::{fake_quant, sqnr_db, Scheme};
+use crate::graph::layer_of;
+use crate::graph::layout::WeightLayout;
+use crate::graph::work::Work;
 use crate::onnx::tensor::{self, F32Tensor};
 use crate::onnx::{ModelProto, NodeProto, TensorProto, ValueInfoProto};
-use crate::passes::layer_of;
+use crate::options::{ActivationGrid, ActivationType, QuantOptions};
 use crate::report::{EndToEnd, LayerSensitivity, QuantRow};
-use crate::verify::{self, InputTensor, Runner};
-use crate::work::Work;
+use crate::runtime::{self, InputTensor, Runner};
 
 /// A layer's weight as found in a model.
 struct LayerWeight {
@@ -112,7 +113,7 @@ fn replace_constants(m: &mut ModelProto, values: &HashMap<String, F32Tensor>) {
 
 /// The int8 deployment `plan` describes, in float: every quantized weight and bias replaced by
 /// what `DequantizeLinear` makes of its levels, every activation point fake-quantized
-/// ([`with_fake_quant`]) — the simulation of the QDQ model ([`super::qdq`]) and of the
+/// ([`with_fake_quant`]) — the simulation of the QDQ model ([`super::export::qdq`]) and of the
 /// encodings.
 pub fn plan_model(model: &ModelProto, plan: &QuantPlan) -> Result<ModelProto, String> {
     let mut work = Work::new(model.clone()).map_err(|e| e.to_string())?;
@@ -684,7 +685,7 @@ pub fn measured_abs_max(
 
 /// Splits sample inputs into single samples.
 pub fn samples_of(inputs: &[InputTensor]) -> Vec<Vec<InputTensor>> {
-    verify::split_batch(inputs)
+    runtime::split_batch(inputs)
 }
 
 /// One end-to-end row: `outs` scored against `reference` (aggregate SQNR, top-1 agreement and,

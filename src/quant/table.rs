@@ -16,11 +16,11 @@ use std::collections::{HashMap, HashSet};
 use rayon::prelude::*;
 
 use super::ratio_db;
-use crate::layout::WeightLayout;
+use crate::graph::layer_of;
+use crate::graph::layout::WeightLayout;
+use crate::graph::work::Work;
 use crate::onnx::ModelProto;
-use crate::passes::layer_of;
 use crate::report::LayerQuant;
-use crate::work::Work;
 
 /// The int8 figures of one BN-folded layer weight: the "before" side of [`layer_table`].
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -350,7 +350,7 @@ impl Sums {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::layout::LayerOp;
+    use crate::graph::layout::LayerOp;
     use crate::quant::{fake_quant, sqnr_db, Scheme};
 
     #[test]

@@ -19,83 +19,8 @@
 //! grids), `trt` (TensorRT explicit quantization: per-channel int8 symmetric weights, int8
 //! symmetric activations). Each field can be overridden.
 
-use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
-
-use crate::error::{CoreError, Result};
-use crate::layout::WeightLayout;
-
-/// A named runtime whose defaults a [`Target`] starts from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum TargetPreset {
-    /// onnxruntime `quantize_static` (CPU, QDQ): int8 symmetric per-tensor weights, uint8
-    /// asymmetric activations.
-    #[default]
-    Ort,
-    /// Qualcomm QNN (HTP) / AIMET defaults: int8 symmetric per-tensor weights, uint8 asymmetric
-    /// activations.
-    Qnn,
-    /// TensorRT explicit quantization: int8 symmetric per-channel weights, int8 symmetric
-    /// activations.
-    Trt,
-}
-
-/// One scale per tensor or one per output channel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Granularity {
-    /// One scale for the whole tensor.
-    PerTensor,
-    /// One scale per output channel.
-    PerChannel,
-}
-
-/// The integer type of quantized activations.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum ActivationType {
-    /// 0..255 with a zero point.
-    Uint8,
-    /// −128..127 (symmetric: zero point 0, levels −127..127 used).
-    Int8,
-    /// 0..65535 with a zero point (QNN A16).
-    Uint16,
-}
-
-/// The int8 target: a preset with optional per-field overrides (`None` = the preset's value).
-#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize, ToSchema)]
-#[serde(default, deny_unknown_fields)]
-pub struct Target {
-    /// The runtime whose defaults apply.
-    pub preset: TargetPreset,
-    /// Weight scale granularity.
-    pub weight_granularity: Option<Granularity>,
-    /// Weight bits (2..=8; weights are always symmetric).
-    pub weight_bits: Option<u8>,
-    /// Activation integer type.
-    pub activation_type: Option<ActivationType>,
-    /// Symmetric activations (zero point 0). Required by TensorRT; only meaningful for `int8`.
-    pub activation_symmetric: Option<bool>,
-}
-
-/// A weight grid: symmetric, `2^(bits−1) − 1` levels each side.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct WeightGrid {
-    /// Per tensor or per output channel.
-    pub granularity: Granularity,
-    /// Bits (2..=8).
-    pub bits: u8,
-}
-
-/// An activation grid.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ActivationGrid {
-    /// Integer type.
-    pub ty: ActivationType,
-    /// Zero point 0 (signed types only).
-    pub symmetric: bool,
-}
+use crate::graph::layout::WeightLayout;
+use crate::options::{ActivationGrid, ActivationType, Granularity, WeightGrid};
 
 /// `(scale, zero_point)` of one quantized activation tensor: `x ≈ (q − zero_point) · scale`.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -104,84 +29,6 @@ pub struct ActivationParams {
     pub scale: f32,
     /// Zero point, in the integer type's range.
     pub zero_point: i32,
-}
-
-impl Target {
-    /// The resolved weight grid.
-    pub fn weights(&self) -> WeightGrid {
-        WeightGrid {
-            granularity: self.weight_granularity.unwrap_or(match self.preset {
-                TargetPreset::Trt => Granularity::PerChannel,
-                TargetPreset::Ort | TargetPreset::Qnn => Granularity::PerTensor,
-            }),
-            bits: self.weight_bits.unwrap_or(8),
-        }
-    }
-
-    /// The resolved activation grid.
-    pub fn activations(&self) -> ActivationGrid {
-        let ty = self.activation_type.unwrap_or(match self.preset {
-            TargetPreset::Trt => ActivationType::Int8,
-            TargetPreset::Ort | TargetPreset::Qnn => ActivationType::Uint8,
-        });
-        let symmetric = self
-            .activation_symmetric
-            .unwrap_or(ty == ActivationType::Int8);
-        ActivationGrid { ty, symmetric }
-    }
-
-    /// Checks the overrides against each other and the preset.
-    pub fn validate(&self) -> Result<()> {
-        let bits = self.weights().bits;
-        if !(2..=8).contains(&bits) {
-            return Err(CoreError::InvalidOptions(format!(
-                "target.weight_bits must be between 2 and 8 (got {bits})"
-            )));
-        }
-        let a = self.activations();
-        if a.symmetric && a.ty != ActivationType::Int8 {
-            return Err(CoreError::InvalidOptions(
-                "target.activation_symmetric needs activation_type int8".into(),
-            ));
-        }
-        if self.preset == TargetPreset::Trt && !a.symmetric {
-            return Err(CoreError::InvalidOptions(
-                "target trt: TensorRT explicit quantization needs symmetric int8 activations"
-                    .into(),
-            ));
-        }
-        Ok(())
-    }
-
-    /// A one-line description for `metadata_props` and the report, e.g.
-    /// `ort: weights int8 symmetric per_tensor; activations uint8 asymmetric`.
-    pub fn describe(&self) -> String {
-        let w = self.weights();
-        let a = self.activations();
-        let g = match w.granularity {
-            Granularity::PerTensor => "per_tensor",
-            Granularity::PerChannel => "per_channel",
-        };
-        let preset = match self.preset {
-            TargetPreset::Ort => "ort",
-            TargetPreset::Qnn => "qnn",
-            TargetPreset::Trt => "trt",
-        };
-        let ty = match a.ty {
-            ActivationType::Uint8 => "uint8",
-            ActivationType::Int8 => "int8",
-            ActivationType::Uint16 => "uint16",
-        };
-        let sym = if a.symmetric {
-            "symmetric"
-        } else {
-            "asymmetric"
-        };
-        format!(
-            "{preset}: weights int{} symmetric {g}; activations {ty} {sym}",
-            w.bits
-        )
-    }
 }
 
 impl WeightGrid {
@@ -281,34 +128,7 @@ impl ActivationGrid {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::layout::LayerOp;
-
-    #[test]
-    fn presets_resolve_and_validate() {
-        let ort = Target::default();
-        assert_eq!(ort.weights().granularity, Granularity::PerTensor);
-        assert_eq!(ort.activations().ty, ActivationType::Uint8);
-        assert!(!ort.activations().symmetric);
-        let trt = Target {
-            preset: TargetPreset::Trt,
-            ..Target::default()
-        };
-        assert_eq!(trt.weights().granularity, Granularity::PerChannel);
-        assert_eq!(trt.activations().levels(), (-127, 127));
-        trt.validate().unwrap();
-        let bad = Target {
-            preset: TargetPreset::Trt,
-            activation_type: Some(ActivationType::Uint8),
-            ..Target::default()
-        };
-        assert!(bad.validate().is_err());
-        assert!(Target {
-            weight_bits: Some(9),
-            ..Target::default()
-        }
-        .validate()
-        .is_err());
-    }
+    use crate::graph::layout::LayerOp;
 
     #[test]
     fn weight_grid_levels_are_on_the_grid() {

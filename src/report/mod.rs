@@ -425,6 +425,19 @@ pub struct Timings {
     pub exports: f64,
 }
 
+impl Timings {
+    /// The time field of a pass.
+    pub fn pass_mut(&mut self, step: crate::options::Step) -> &mut f64 {
+        use crate::options::Step;
+        match step {
+            Step::BnFold => &mut self.bn_fold,
+            Step::Relu6 => &mut self.relu6,
+            Step::Cls => &mut self.cls,
+            Step::Hbf => &mut self.hbf,
+        }
+    }
+}
+
 /// How ready the model is for int8 deployment, before (BN-folded) and after equalization.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 pub struct Quantization {

@@ -43,7 +43,7 @@ pub struct ServeConfig {
     #[arg(long, env = "ONNX_CLE_QUEUE_SIZE", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
     pub queue_size: u32,
     /// Largest accepted model upload (e.g. `512MiB`, `2GiB`, `1000000`); larger bodies get 413.
-    #[arg(long, env = "ONNX_CLE_MAX_UPLOAD", default_value = "1GiB", value_parser = parse_size)]
+    #[arg(long, env = "ONNX_CLE_MAX_UPLOAD", default_value = "1GiB", value_parser = crate::onnx::limits::parse_size)]
     pub max_upload: u64,
     /// How long finished jobs and their files are kept (e.g. `24h`, `7d`; `0` keeps them forever).
     #[arg(long, env = "ONNX_CLE_RETENTION", default_value = "24h", value_parser = parse_duration)]
@@ -79,15 +79,15 @@ pub struct ServeConfig {
     pub max_connections: u32,
     /// Largest accepted model in nodes (all graphs, subgraphs and functions); larger models get
     /// 413 `limit_exceeded`.
-    #[arg(long, env = "ONNX_CLE_MAX_NODES", default_value_t = crate::limits::DEFAULT_MAX_NODES, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "ONNX_CLE_MAX_NODES", default_value_t = crate::onnx::limits::DEFAULT_MAX_NODES, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_nodes: u64,
     /// Largest accepted tensor in elements (product of its dimensions); larger ones get 413
     /// `limit_exceeded`.
-    #[arg(long, env = "ONNX_CLE_MAX_TENSOR_ELEMENTS", default_value_t = crate::limits::DEFAULT_MAX_TENSOR_ELEMENTS, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "ONNX_CLE_MAX_TENSOR_ELEMENTS", default_value_t = crate::onnx::limits::DEFAULT_MAX_TENSOR_ELEMENTS, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_tensor_elements: u64,
     /// Most memory one decoded model may take (estimated from the upload before decoding, e.g.
     /// `4GiB`); larger ones get 413 `limit_exceeded`.
-    #[arg(long, env = "ONNX_CLE_MAX_MODEL_MEMORY", default_value = "4GiB", value_parser = parse_size)]
+    #[arg(long, env = "ONNX_CLE_MAX_MODEL_MEMORY", default_value = "4GiB", value_parser = crate::onnx::limits::parse_size)]
     pub max_model_memory: u64,
     /// Bearer token required on every route but the health checks (`/healthz`, `/readyz`);
     /// unset: no authentication.
@@ -191,9 +191,9 @@ impl ServeConfig {
             worker_nice: DEFAULT_WORKER_NICE,
             header_timeout: Duration::from_secs(30),
             max_connections: 512,
-            max_nodes: crate::limits::DEFAULT_MAX_NODES,
-            max_tensor_elements: crate::limits::DEFAULT_MAX_TENSOR_ELEMENTS,
-            max_model_memory: crate::limits::DEFAULT_MAX_DECODED_BYTES,
+            max_nodes: crate::onnx::limits::DEFAULT_MAX_NODES,
+            max_tensor_elements: crate::onnx::limits::DEFAULT_MAX_TENSOR_ELEMENTS,
+            max_model_memory: crate::onnx::limits::DEFAULT_MAX_DECODED_BYTES,
             auth_token: None,
             database_url: None,
             blob_store: None,
@@ -204,39 +204,13 @@ impl ServeConfig {
     }
 
     /// The model limits these settings give.
-    pub fn limits(&self) -> crate::limits::Limits {
-        crate::limits::Limits {
+    pub fn limits(&self) -> crate::onnx::limits::Limits {
+        crate::onnx::limits::Limits {
             max_nodes: self.max_nodes,
             max_tensor_elements: self.max_tensor_elements,
             max_decoded_bytes: self.max_model_memory,
         }
     }
-}
-
-/// Parses a byte size: a number with an optional unit (`B`, `KB`, `KiB`, `MB`, `MiB`, `GB`,
-/// `GiB`, `k`, `M`, `G`; binary units for the one-letter forms).
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !c.is_ascii_digit() && c != '_')
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num
-        .replace('_', "")
-        .parse()
-        .map_err(|_| format!("`{s}` is not a size (e.g. 512MiB)"))?;
-    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "kb" => 1000,
-        "mb" => 1000 * 1000,
-        "gb" => 1000 * 1000 * 1000,
-        "k" | "kib" => 1 << 10,
-        "m" | "mib" => 1 << 20,
-        "g" | "gib" => 1 << 30,
-        other => return Err(format!("unknown size unit `{other}`")),
-    };
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("`{s}` is too large"))
 }
 
 /// Parses a duration: a number with an optional unit (`ms`, `s`, `m`, `h`, `d`; seconds when
@@ -264,17 +238,6 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sizes() {
-        assert_eq!(parse_size("512MiB"), Ok(512 << 20));
-        assert_eq!(parse_size("1GB"), Ok(1_000_000_000));
-        assert_eq!(parse_size("64k"), Ok(65536));
-        assert_eq!(parse_size("1_000"), Ok(1000));
-        assert!(parse_size("lots").is_err());
-        assert!(parse_size("5XB").is_err());
-        assert!(parse_size("99999999999999999999G").is_err());
-    }
 
     #[test]
     fn durations() {

@@ -30,7 +30,7 @@ use super::metrics::Submission;
 use super::problem::{ApiError, FieldError, Problem, PROBLEM_JSON};
 use super::store::BlobKind;
 use super::upload::{self, EqualizeForm, EqualizeParams, OnnxFile};
-use crate::limits::Limits;
+use crate::onnx::limits::Limits;
 
 /// Shared state of the handlers.
 #[derive(Clone)]

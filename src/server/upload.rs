@@ -23,7 +23,7 @@ use super::job::{InputInfo, JobId};
 use super::jobs::{store_error, Jobs};
 use super::problem::ApiError;
 use super::store::{BlobKind, BlobSink};
-use crate::limits::Limits;
+use crate::onnx::limits::Limits;
 use crate::{Compat, HbfMode, Options, Relu6Policy, Step};
 
 const FLUSH_BYTES: usize = 1 << 20;
@@ -81,7 +81,7 @@ pub struct EqualizeParams {
     /// Also produce the QDQ ONNX model (artifact `qdq.onnx`), data-free activation ranges.
     pub qdq: Option<bool>,
     /// Also produce AIMET encodings in this version (artifact `encodings.json`).
-    pub encodings: Option<crate::quant::encodings::EncodingsVersion>,
+    pub encodings: Option<crate::options::EncodingsVersion>,
     /// Also produce onnxruntime `TensorQuantOverrides` (artifact `ort_overrides.json`).
     pub ort_overrides: Option<bool>,
     /// Quantize the graph outputs in the int8 outputs too.
@@ -95,20 +95,20 @@ pub struct EqualizeParams {
     #[param(max_length = 200)]
     pub name: Option<String>,
     /// Declared int8 target preset (onnxruntime, QNN, TensorRT).
-    pub target: Option<crate::quant::target::TargetPreset>,
+    pub target: Option<crate::options::TargetPreset>,
     /// Target weight scale granularity (overrides the preset).
-    pub weight_granularity: Option<crate::quant::target::Granularity>,
+    pub weight_granularity: Option<crate::options::Granularity>,
     /// Target weight bits, 2..=8 (overrides the preset).
     #[param(minimum = 2, maximum = 8)]
     pub weight_bits: Option<u8>,
     /// Target activation type (overrides the preset).
-    pub activation_type: Option<crate::quant::target::ActivationType>,
+    pub activation_type: Option<crate::options::ActivationType>,
     /// Symmetric activations (overrides the preset; int8 only).
     pub activation_symmetric: Option<bool>,
     /// Bias correction of the deploy model (`empirical` needs samples: refused by the service).
-    pub bias_correction: Option<crate::quant::bias_correction::BiasCorrection>,
+    pub bias_correction: Option<crate::options::BiasCorrection>,
     /// Rounding of the deploy model's weights onto the target grid.
-    pub rounding: Option<crate::quant::rounding::Rounding>,
+    pub rounding: Option<crate::options::Rounding>,
     /// Produce the deploy model even without bias correction or data-free rounding.
     pub deploy: Option<bool>,
 }
@@ -372,14 +372,14 @@ fn service_options(o: Options) -> Result<Options, ApiError> {
                 .to_string(),
         ));
     }
-    if o.exports.calibration != crate::quant::plan::Calibration::DataFree {
+    if o.exports.calibration != crate::options::Calibration::DataFree {
         return Err(invalid_options(format!(
             "exports.calibration `{}` needs sample inputs, which the service does not take; \
              use `data_free` or the CLI's --samples",
             o.exports.calibration.name()
         )));
     }
-    if o.deploy.bias_correction == crate::quant::bias_correction::BiasCorrection::Empirical {
+    if o.deploy.bias_correction == crate::options::BiasCorrection::Empirical {
         return Err(invalid_options(
             "deploy.bias_correction empirical needs sample inputs, which the service does not \
              take; use analytic (data-free)",
@@ -818,13 +818,13 @@ mod tests {
         assert!(o.exports.qdq && o.exports.ort_overrides);
         assert_eq!(
             o.exports.encodings,
-            Some(crate::quant::encodings::EncodingsVersion::V0_6_1)
+            Some(crate::options::EncodingsVersion::V0_6_1)
         );
         assert_eq!(o.exports.input_range, Some([-1.0, 1.0]));
         assert!(parse_params("encodings=2.0").is_err());
         assert!(parse_params("input_range=1").is_err());
         let mut calibrated = Options::default();
-        calibrated.exports.calibration = crate::quant::plan::Calibration::Minmax;
+        calibrated.exports.calibration = crate::options::Calibration::Minmax;
         let e = service_options(calibrated).unwrap_err();
         assert_eq!(e.problem().code, "invalid_options");
     }

@@ -20,7 +20,7 @@ use super::job::{ArtifactInfo, JobId, JobResult};
 use super::jobs::{Claim, Jobs, Outcome};
 use super::problem::Problem;
 use super::store::{is_unavailable, BlobKind};
-use crate::limits::Limits;
+use crate::onnx::limits::Limits;
 use crate::{Control, CoreError, Options, Output};
 
 /// What a worker runs on an upload: the core by default ([`run_core`]), a stand-in in tests.
@@ -40,7 +40,7 @@ pub fn run_core(
 }
 
 /// [`run_core`] within `limits`: the upload is scanned before it is decoded (see
-/// [`crate::limits::decode`]), so a hostile model never gets to allocate.
+/// [`crate::onnx::limits::decode`]), so a hostile model never gets to allocate.
 pub fn run_core_within(
     input: Bytes,
     options: &Options,
@@ -48,7 +48,7 @@ pub fn run_core_within(
     cancel: &AtomicBool,
     progress: &(dyn Fn(&str) + Sync),
 ) -> crate::Result<Output> {
-    let mut model = crate::limits::decode(input.clone(), limits)?;
+    let mut model = crate::onnx::scan::decode_within(input.clone(), limits)?;
     crate::onnx::resolve_external_data(&mut model, None)?;
     let ctl = Control {
         progress: Some(progress),

@@ -14,44 +14,10 @@
 //! high-bias fold). After the correction a layer's output mean is the FP32 one in expectation,
 //! so the `E[x]` of the layers after it stay as computed on the FP32 model.
 
-use crate::layout::{LayerOp, WeightLayout};
+use crate::graph::layout::{LayerOp, WeightLayout};
+use crate::graph::work::{Edits, Work};
+use crate::graph::{ensure_bias, Layer};
 use crate::onnx::{attr, NodeProto};
-use crate::passes::{ensure_bias, Layer};
-use crate::work::{Edits, Work};
-
-/// How the deploy model's biases are corrected for the weight quantization error.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Default,
-    serde::Serialize,
-    serde::Deserialize,
-    utoipa::ToSchema,
-)]
-#[serde(rename_all = "snake_case")]
-pub enum BiasCorrection {
-    /// No correction.
-    #[default]
-    Off,
-    /// `E[x]` from the folded BN statistics through the equalized graph (data-free).
-    Analytic,
-    /// `E[x]` measured on the sample inputs (at least [`MIN_EMPIRICAL_SAMPLES`]).
-    Empirical,
-}
-
-impl BiasCorrection {
-    /// Report name.
-    pub fn name(self) -> &'static str {
-        match self {
-            BiasCorrection::Off => "off",
-            BiasCorrection::Analytic => "analytic",
-            BiasCorrection::Empirical => "empirical",
-        }
-    }
-}
 
 /// Fewest samples empirical correction accepts: per-channel means of fewer images fit the
 /// sample set rather than the data (AIMET asks for 500–1000; with 32 images it lost 4.6 dB to

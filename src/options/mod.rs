@@ -3,7 +3,17 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+pub mod deploy;
+pub mod exports;
+pub mod figures;
+pub mod target;
+
 use crate::error::{CoreError, Result};
+
+pub use deploy::{BiasCorrection, DeployOptions, Rounding};
+pub use exports::{Calibration, EncodingsVersion, ExportOptions};
+pub use figures::QuantOptions;
+pub use target::{ActivationGrid, ActivationType, Granularity, Target, TargetPreset, WeightGrid};
 
 /// One pipeline step. Steps always run in this order (cle-spec §8.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
@@ -22,6 +32,16 @@ pub enum Step {
 impl Step {
     /// All steps in pipeline order.
     pub const ALL: [Step; 4] = [Step::BnFold, Step::Relu6, Step::Cls, Step::Hbf];
+
+    /// Its name: `bn_fold`, `relu6`, `cls`, `hbf`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Step::BnFold => "bn_fold",
+            Step::Relu6 => "relu6",
+            Step::Cls => "cls",
+            Step::Hbf => "hbf",
+        }
+    }
 
     /// Parses `bn_fold`, `relu6`, `cls`, `hbf`.
     pub fn parse(s: &str) -> Result<Step> {
@@ -167,15 +187,15 @@ pub struct Options {
     /// the folded BN statistics and ReLU6 bounds). Trades weight-range gains for W8A8 accuracy.
     pub balance: Option<f32>,
     /// Quantization-readiness figures in the report.
-    pub quant: crate::quant::QuantOptions,
+    pub quant: QuantOptions,
     /// The declared int8 target: the grid every grid-tied output (deploy model, QDQ model,
     /// encodings) uses and names.
-    pub target: crate::quant::target::Target,
+    pub target: Target,
     /// The deploy model (weights on the target grid, bias correction); off by default.
-    pub deploy: crate::quant::deploy::DeployOptions,
+    pub deploy: DeployOptions,
     /// Int8 outputs (QDQ model, AIMET encodings, onnxruntime overrides) and their activation
     /// ranges.
-    pub exports: crate::quant::plan::ExportOptions,
+    pub exports: ExportOptions,
     /// `auto`: choose among candidate scalings on held-out samples ([`Select::Auto`]).
     pub select: Select,
 }
@@ -193,10 +213,10 @@ impl Default for Options {
             threshold: 1e-3,
             verify: VerifyOptions::default(),
             balance: None,
-            quant: crate::quant::QuantOptions::default(),
-            target: crate::quant::target::Target::default(),
-            deploy: crate::quant::deploy::DeployOptions::default(),
-            exports: crate::quant::plan::ExportOptions::default(),
+            quant: QuantOptions::default(),
+            target: Target::default(),
+            deploy: DeployOptions::default(),
+            exports: ExportOptions::default(),
             select: Select::None,
         }
     }

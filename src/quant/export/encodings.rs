@@ -21,43 +21,10 @@
 //! wants `QuantType` members and `numpy.float32` arrays, so load the file with the six lines in
 //! the README (`QuantType.from_string`, `np.float32`).
 
-use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
-use utoipa::ToSchema;
 
-use super::plan::QuantPlan;
-use super::target::{ActivationType, Granularity};
-
-/// Version of the AIMET encodings format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
-pub enum EncodingsVersion {
-    /// Lists of named entries (AIMET ≥ 1.31 `export`, QNN ≥ 2.x).
-    #[default]
-    #[serde(rename = "1.0.0")]
-    V1_0_0,
-    /// Maps from tensor name to entries (older AIMET and QNN).
-    #[serde(rename = "0.6.1")]
-    V0_6_1,
-}
-
-impl EncodingsVersion {
-    /// The version string.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EncodingsVersion::V1_0_0 => "1.0.0",
-            EncodingsVersion::V0_6_1 => "0.6.1",
-        }
-    }
-
-    /// Parses `1.0.0` or `0.6.1`.
-    pub fn parse(s: &str) -> Option<Self> {
-        match s.trim() {
-            "1.0.0" | "1" => Some(EncodingsVersion::V1_0_0),
-            "0.6.1" => Some(EncodingsVersion::V0_6_1),
-            _ => None,
-        }
-    }
-}
+use crate::options::{ActivationType, EncodingsVersion, Granularity};
+use crate::quant::plan::QuantPlan;
 
 /// One encoding: `x ≈ (q + offset) · scale`, `q ∈ [0, 2^bw − 1]`.
 struct Enc {

@@ -4,7 +4,7 @@
 //! initializer and read through `Identity` nodes, …).
 //!
 //! This module holds the pure part: what each node of such a chain does ([`Step`]), its effect on
-//! the shape and element type ([`dims_after`]) and on the data ([`evaluate`]). [`crate::work`]
+//! the shape and element type ([`dims_after`]) and on the data ([`evaluate`]). [`crate::graph::work`]
 //! finds chains in the graph, lets the passes read and write their value as if it were an
 //! initializer, and folds only the chains whose value a pass rewrote.
 //!

@@ -10,61 +10,22 @@
 //! equalized model (after the correction, each layer's output mean is the FP32 one in
 //! expectation, so downstream `E[x]` hold).
 
+pub mod bias_correction;
+pub mod rounding;
+pub mod stats;
+
 use std::collections::{HashMap, HashSet};
 
-use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
-
-use super::bias_correction::{self, BiasCorrection};
-use super::rounding::{self, Rounding};
-use super::stats::{self, ActivationStats, ChannelAxis, Origins, StatsOptions};
-use super::target::Target;
-use super::{sqnr_db, target::WeightGrid};
 use crate::error::{CoreError, Result};
+use crate::graph::work::{Edits, Work};
+use crate::graph::{is_layer_op, layer_of, Layer};
 use crate::onnx::proto::StringStringEntryProto;
 use crate::onnx::ModelProto;
-use crate::passes::{is_layer_op, layer_of, Layer};
+use crate::options::{BiasCorrection, DeployOptions, Rounding, Target, WeightGrid};
+use crate::quant::sqnr_db;
 use crate::report::{DeployLayer, DeployReport, MetadataEntry, PredictedDeviation, Skip};
-use crate::verify::InputTensor;
-use crate::work::{Edits, Work};
-
-/// What the deploy model gets (all off by default: no deploy model is made).
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, ToSchema)]
-#[serde(default, deny_unknown_fields)]
-pub struct DeployOptions {
-    /// Produce the deploy model even with nearest rounding and no bias correction (weights
-    /// rounded to nearest on the target grid). Implied by `bias_correction` other than `off`
-    /// and by `rounding = squant`. CLI: `--deploy-output PATH`.
-    pub model: bool,
-    /// Bias correction for the weight error on the target grid.
-    pub bias_correction: BiasCorrection,
-    /// How weights are put on the grid.
-    pub rounding: Rounding,
-    /// Per-channel mean of the graph input, for analytic `E[x]` (one value: every channel);
-    /// default 0 (`null`).
-    pub input_mean: Option<Vec<f32>>,
-}
-
-impl DeployOptions {
-    /// Whether a deploy model is produced.
-    pub fn requested(&self) -> bool {
-        self.model
-            || self.bias_correction != BiasCorrection::Off
-            || self.rounding != Rounding::Nearest
-    }
-
-    /// Checks the values.
-    pub fn validate(&self) -> Result<()> {
-        if let Some(m) = &self.input_mean {
-            if m.is_empty() || m.len() > 1 << 16 || m.iter().any(|v| !v.is_finite()) {
-                return Err(CoreError::InvalidOptions(
-                    "deploy.input_mean must be 1 to 65536 finite numbers".into(),
-                ));
-            }
-        }
-        Ok(())
-    }
-}
+use crate::runtime::InputTensor;
+use stats::{ActivationStats, ChannelAxis, Origins, StatsOptions};
 
 /// A built deploy model.
 #[derive(Debug)]
@@ -257,7 +218,7 @@ pub fn build(
                         let share = stats::taps_per_output(&work, *i, &layout.op);
                         let shift = bias_correction::expected_shift(&eps, &layout, &mean, share);
                         let had_bias = l.bias.is_some()
-                            || (layout.op == crate::layout::LayerOp::MatMul
+                            || (layout.op == crate::graph::layout::LayerOp::MatMul
                                 && stats::matmul_bias_after(&mut work, *i).is_some());
                         let old = match &l.bias {
                             Some(b) => work.read(b).map(|t| rms(&t.data)).unwrap_or(0.0),

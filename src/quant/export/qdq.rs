@@ -12,13 +12,13 @@
 //! - activation `t`: `t → QuantizeLinear → t_QuantizeLinear_Output → DequantizeLinear →
 //!   t_DequantizeLinear_Output`, read by every consumer of `t`; a quantized graph output keeps
 //!   its name (the producer's output is renamed);
-//! - a folded Relu/Clip ([`super::plan::ActivationQuant::folded`]) is removed and its
+//! - a folded Relu/Clip ([`crate::quant::plan::ActivationQuant::folded`]) is removed and its
 //!   producer writes the activation's name directly;
-//! - `metadata_props`: `onnx_cle.int8_target` ([`super::target::Target::describe`]),
+//! - `metadata_props`: `onnx_cle.int8_target` ([`crate::quant::target::Target::describe`]),
 //!   `onnx_cle.int8_ranges`, `onnx_cle.int8_format = qdq`.
 //!
-//! Invariants: the weights dequantize to exactly what [`super::sim::plan_model`] simulates (both
-//! use [`super::plan::WeightQuant::dequantized`]'s levels and scales); everything the plan does
+//! Invariants: the weights dequantize to exactly what [`crate::quant::sim::plan_model`] simulates (both
+//! use [`crate::quant::plan::WeightQuant::dequantized`]'s levels and scales); everything the plan does
 //! not name is left as it was. Per-channel `axis` needs opset ≥ 13, QDQ itself opset ≥ 10; 16-bit
 //! activations below opset 21 use onnxruntime's `com.microsoft` Q/DQ.
 
@@ -26,16 +26,16 @@ use std::collections::{HashMap, HashSet};
 
 use bytes::Bytes;
 
-use super::plan::QuantPlan;
-use super::target::ActivationType;
 use crate::error::{CoreError, Result};
+use crate::graph::work::Work;
 use crate::graph::GraphIndex;
 use crate::onnx::proto::attribute_proto::AttributeType;
 use crate::onnx::proto::tensor_proto::DataType;
 use crate::onnx::proto::{OperatorSetIdProto, StringStringEntryProto};
 use crate::onnx::tensor::{self, F32Tensor};
 use crate::onnx::{AttributeProto, ModelProto, NodeProto, TensorProto};
-use crate::work::Work;
+use crate::options::ActivationType;
+use crate::quant::plan::QuantPlan;
 
 /// Metadata key naming the target.
 pub const META_TARGET: &str = "onnx_cle.int8_target";

@@ -6,10 +6,10 @@
 //! channels alone. Only integer tensors of at most [`MAX_ELEMENTS`] elements are evaluated; any
 //! other op, or anything data-dependent, gives `None`.
 
-use crate::fold::{self, norm_axis};
+use super::chains::{self, norm_axis};
+use super::work::Work;
 use crate::onnx::attr;
 use crate::onnx::tensor;
-use crate::work::Work;
 
 /// Largest tensor the evaluator builds.
 pub const MAX_ELEMENTS: usize = 4096;
@@ -114,7 +114,7 @@ fn eval(work: &Work, name: &str, depth: usize) -> Option<ITensor> {
         "Reshape" => {
             let data = input(0)?;
             let shape = input(1)?;
-            let dims = fold::reshape_dims(&data.dims, &shape.data)?;
+            let dims = chains::reshape_dims(&data.dims, &shape.data)?;
             ITensor {
                 dims,
                 data: data.data,
@@ -127,9 +127,9 @@ fn eval(work: &Work, name: &str, depth: usize) -> Option<ITensor> {
                 None => input(1).map(|t| t.data),
             };
             let dims = if node.op_type() == "Unsqueeze" {
-                fold::unsqueeze_dims(&data.dims, &axes?)?
+                chains::unsqueeze_dims(&data.dims, &axes?)?
             } else {
-                fold::squeeze_dims(&data.dims, axes.as_deref())?
+                chains::squeeze_dims(&data.dims, axes.as_deref())?
             };
             ITensor {
                 dims,
@@ -138,10 +138,10 @@ fn eval(work: &Work, name: &str, depth: usize) -> Option<ITensor> {
         }
         "Transpose" => {
             let data = input(0)?;
-            let perm = fold::permutation(attr::ints(node, "perm"), data.dims.len())?;
+            let perm = chains::permutation(attr::ints(node, "perm"), data.dims.len())?;
             let dims: Vec<usize> = perm.iter().map(|&a| data.dims[a]).collect();
             ITensor {
-                data: fold::transpose(&data.data, &data.dims, &perm),
+                data: chains::transpose(&data.data, &data.dims, &perm),
                 dims,
             }
         }
@@ -221,8 +221,8 @@ fn eval(work: &Work, name: &str, depth: usize) -> Option<ITensor> {
 
 fn const_dims(work: &Work, name: &str) -> Option<Vec<usize>> {
     let proto = match work.const_source(name)? {
-        crate::work::ConstSource::Initializer(i) => &work.graph().initializer[i],
-        crate::work::ConstSource::Constant(p) => attr::get(work.node(p), "value")?.t.as_ref()?,
+        super::work::ConstSource::Initializer(i) => &work.graph().initializer[i],
+        super::work::ConstSource::Constant(p) => attr::get(work.node(p), "value")?.t.as_ref()?,
     };
     tensor::shape_of(proto).ok().map(|(d, _)| d)
 }

@@ -36,12 +36,13 @@
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
-use crate::layout::LayerOp;
+use crate::graph::layer_of;
+use crate::graph::layout::LayerOp;
+use crate::graph::work::Work;
 use crate::onnx::{attr, onnx_opset, ModelProto};
-use crate::passes::{layer_of, State};
+use crate::passes::State;
 use crate::report::Report;
-use crate::verify::{InputTensor, Runner};
-use crate::work::Work;
+use crate::runtime::{InputTensor, Runner};
 
 /// Width of the data-free ranges, in σ (int8-output.md §5: 4 to 6 is flat on EfficientNet-Lite0).
 pub const DEFAULT_N_SIGMA: f32 = 4.0;
@@ -1032,7 +1033,7 @@ pub fn measure_means(
     samples: &[Vec<InputTensor>],
 ) -> Result<HashMap<String, Vec<f32>>, String> {
     let names: Vec<String> = tensors.iter().map(|t| t.0.clone()).collect();
-    let probe = super::with_extra_outputs(model, &names);
+    let probe = crate::quant::with_extra_outputs(model, &names);
     let bytes = crate::onnx::encode(&probe);
     let runner = Runner::new(&bytes, samples.first().ok_or("no samples")?)?;
     let want: HashMap<&str, (usize, ChannelAxis)> = tensors

@@ -9,12 +9,13 @@
 
 use bytes::Bytes;
 
+use super::{equalize, run_stages, Control, Output, SampleInputs};
 use crate::error::{CoreError, Result};
-use crate::options::{Options, Select};
+use crate::onnx;
+use crate::options::{Options, QuantOptions, Select, VerifyOptions};
 use crate::quant::{self, Scheme};
 use crate::report::{Selection, SelectionCandidate};
-use crate::verify::InputTensor;
-use crate::{equalize, onnx, Control, Output, SampleInputs};
+use crate::runtime::InputTensor;
 
 /// The candidate options for `base`: `(label, options)`, the base first.
 pub fn candidates(base: &Options) -> Vec<(String, Options)> {
@@ -70,7 +71,8 @@ fn part(t: &InputTensor, odd: bool) -> InputTensor {
     }
 }
 
-/// [`crate::run`] with `select = auto`.
+/// [`super::run`] with `select = auto`: the equalize stage per candidate, then the whole run
+/// with the chosen options.
 pub fn run(
     model: onnx::ModelProto,
     original: Option<Bytes>,
@@ -102,11 +104,11 @@ pub fn run(
     for (label, opts) in candidates(options) {
         ctl.check()?;
         let quiet = Options {
-            verify: crate::VerifyOptions {
+            verify: VerifyOptions {
                 enabled: false,
                 ..opts.verify.clone()
             },
-            quant: quant::QuantOptions {
+            quant: QuantOptions {
                 layers: false,
                 end_to_end: false,
                 ..opts.quant.clone()
@@ -141,7 +143,7 @@ pub fn run(
     }
     found[best].0.chosen = true;
     let chosen = found[best].1.clone();
-    let mut out = crate::run(model, original, &chosen, Some(&rest), ctl)?;
+    let mut out = run_stages(model, original, &chosen, Some(&rest), ctl)?;
     out.report.selection = Some(Selection {
         scored_samples: per_sample.len(),
         other_samples: n - per_sample.len(),

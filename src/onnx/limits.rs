@@ -9,14 +9,12 @@
 //! --max-nodes …`, `onnx-cle serve --max-nodes …`), never by the client of a job, so they are not
 //! part of [`crate::Options`]. They are checked before the run:
 //!
-//! - on encoded bytes by [`decode`] (a [`crate::onnx::scan`] first, so a hostile input is
-//!   refused before `prost` allocates anything, then [`crate::onnx::decode`]);
+//! - on encoded bytes by [`super::scan::decode_within`] (a scan first, so a hostile input is
+//!   refused before `prost` allocates anything, then [`super::decode`]);
 //! - on a decoded model by [`Limits::check`].
 
-use bytes::Bytes;
-
+use super::{tensor, GraphProto, ModelProto, NodeProto, TensorProto};
 use crate::error::{CoreError, Result};
-use crate::onnx::{self, scan, GraphProto, ModelProto, NodeProto, TensorProto};
 
 /// Default of [`Limits::max_nodes`].
 pub const DEFAULT_MAX_NODES: u64 = 500_000;
@@ -91,7 +89,7 @@ impl Limits {
             }
         }
         for t in tensors {
-            let (_, count) = onnx::tensor::shape_of(t).map_err(|e| CoreError::InvalidTensor {
+            let (_, count) = tensor::shape_of(t).map_err(|e| CoreError::InvalidTensor {
                 name: t.name().to_string(),
                 detail: e.to_string(),
             })?;
@@ -107,19 +105,47 @@ impl Limits {
     }
 }
 
-/// Decodes a model within `limits`: [`scan::scan_bytes`] (refuses malformed or oversized input
-/// before allocating), [`onnx::decode`], then [`Limits::check`].
-pub fn decode(bytes: Bytes, limits: &Limits) -> Result<ModelProto> {
-    scan::scan_bytes(&bytes, limits)?;
-    let model = onnx::decode(bytes)?;
-    limits.check(&model)?;
-    Ok(model)
+/// Parses a byte size: a number with an optional unit (`B`, `KB`, `KiB`, `MB`, `MiB`, `GB`,
+/// `GiB`, `k`, `M`, `G`; binary units for the one-letter forms).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '_')
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .replace('_', "")
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size (e.g. 512MiB)"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" => 1000,
+        "mb" => 1000 * 1000,
+        "gb" => 1000 * 1000 * 1000,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        other => return Err(format!("unknown size unit `{other}`")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("`{s}` is too large"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::builder::{ConvSpec, ModelBuilder};
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_size("1GB"), Ok(1_000_000_000));
+        assert_eq!(parse_size("64k"), Ok(65536));
+        assert_eq!(parse_size("1_000"), Ok(1000));
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("5XB").is_err());
+        assert!(parse_size("99999999999999999999G").is_err());
+    }
 
     #[test]
     fn check_counts_nodes_in_subgraphs() {

@@ -9,7 +9,7 @@
 //!   `meta` parallel to `graph.node` and rebuilds the index;
 //! - initializers that a pass made unused are removed at the end; initializers that were
 //!   already unused in the input stay (nothing is dropped that was not meant to change);
-//! - a tensor computed from a constant by a weight chain ([`crate::fold`]) reads like a constant
+//! - a tensor computed from a constant by a weight chain ([`crate::graph::chains`]) reads like a constant
 //!   ([`Work::is_const`], [`Work::read`]…); the chain is folded into an initializer only when a
 //!   pass wrote its value ([`Work::fold_chains`]), so untouched chains stay byte-identical;
 //! - [`Work::own_input`] gives one user of a shared tensor its own copy before a pass rewrites
@@ -19,8 +19,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use rayon::prelude::*;
 
+use super::chains::{self, Step};
 use crate::error::{CoreError, Result};
-use crate::fold::{self, Step};
 use crate::graph::GraphIndex;
 use crate::onnx::proto::attribute_proto::AttributeType;
 use crate::onnx::tensor::{self, F32Tensor};
@@ -262,7 +262,7 @@ impl Work {
     }
 
     /// Whether `name` is a constant tensor: an initializer, a `Constant` node, or computed from
-    /// one by a weight chain ([`crate::fold`]).
+    /// one by a weight chain ([`crate::graph::chains`]).
     pub fn is_const(&self, name: &str) -> bool {
         self.const_source(name).is_some() || self.chain(name).is_some()
     }
@@ -281,7 +281,7 @@ impl Work {
         }
         let mut nodes = Vec::new();
         let mut cur = name;
-        for _ in 0..fold::MAX_DEPTH {
+        for _ in 0..chains::MAX_DEPTH {
             let p = self.index.producer(cur)?;
             let node = self.node(p);
             let step = Step::of(node, |n| self.const_ints(n))?;
@@ -318,7 +318,7 @@ impl Work {
             return tensor::to_f32(proto).map_err(|e| format!("`{name}`: {e}"));
         }
         let (source, steps) = self.chain_of(name)?;
-        fold::evaluate(source, &steps).map_err(|e| format!("`{name}`: {e}"))
+        chains::evaluate(source, &steps).map_err(|e| format!("`{name}`: {e}"))
     }
 
     fn proto_of(&self, name: &str) -> Option<&crate::onnx::TensorProto> {
@@ -443,7 +443,7 @@ impl Work {
             return tensor::f32_dims(proto).map_err(|e| format!("`{name}`: {e}"));
         }
         let (source, steps) = self.chain_of(name)?;
-        fold::dims_after(source, &steps).map_err(|e| format!("`{name}`: {e}"))
+        chains::dims_after(source, &steps).map_err(|e| format!("`{name}`: {e}"))
     }
 
     /// Stores a modified constant (written back by [`Work::finish`]).

@@ -19,32 +19,8 @@
 //! flipped, so the step does not change; written weights are `l·s` in f32, exactly on the grid.
 //! With [`Rounding::Nearest`] only steps 1, 2 and the write-back run.
 
-use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
-
-use super::target::WeightGrid;
-use crate::layout::WeightLayout;
-
-/// How weights are rounded onto the target grid in the deploy model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Rounding {
-    /// Round to nearest.
-    #[default]
-    Nearest,
-    /// Data-free error-sum flips per kernel and per output channel (SQuant-style).
-    Squant,
-}
-
-impl Rounding {
-    /// Report name.
-    pub fn name(self) -> &'static str {
-        match self {
-            Rounding::Nearest => "nearest",
-            Rounding::Squant => "squant",
-        }
-    }
-}
+use crate::graph::layout::WeightLayout;
+use crate::options::{Rounding, WeightGrid};
 
 /// What rounding did to one weight.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -197,8 +173,8 @@ pub fn round_to_grid(
 mod tests {
     use super::*;
     use crate::builder::SplitMix64;
-    use crate::layout::LayerOp;
-    use crate::quant::target::Granularity;
+    use crate::graph::layout::LayerOp;
+    use crate::options::Granularity;
 
     fn grids() -> [WeightGrid; 3] {
         [

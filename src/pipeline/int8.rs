@@ -1,0 +1,288 @@
+//! The int8 stages: the per-layer table and the end-to-end simulation of the equalized model,
+//! the deploy model's simulated rows, and the int8 outputs (QDQ model, AIMET encodings,
+//! onnxruntime overrides) with their figures.
+
+use super::{Artifact, ArtifactKind, Control, SampleInputs};
+use crate::error::{CoreError, Result};
+use crate::onnx::{self, ModelProto};
+use crate::options::{Calibration, ExportOptions, QuantOptions, Target};
+use crate::quant::{
+    self,
+    deploy::{stats::ActivationStats, Deploy},
+    plan::{RangeOrigin, Sites},
+};
+use crate::report::Report;
+use crate::runtime::InputTensor;
+
+/// The int8 outputs `ex` asks for, on `target`'s grid, for the FP32 model `fp32` (the deploy
+/// model when one was built, with its data-free statistics `stats`); with their figures against
+/// the original model when `measured` gives it with the inputs to run (and their description).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn exports(
+    fp32: &ModelProto,
+    stats: Option<&ActivationStats>,
+    ex: &ExportOptions,
+    target: &Target,
+    samples: Option<&SampleInputs>,
+    measured: Option<(&ModelProto, &[InputTensor], &str)>,
+    report: &mut Report,
+    ctl: Control,
+) -> Result<Vec<Artifact>> {
+    let target = *target;
+    let sites = Sites::find(fp32, target, ex.quantize_outputs)?;
+    let tensors = sites.tensors_to_range();
+    let (ranges, origin, calibration_samples) = match ex.calibration {
+        Calibration::DataFree => (
+            stats.map(|s| s.ranges()).unwrap_or_default(),
+            RangeOrigin::DataFree,
+            0,
+        ),
+        method => {
+            let Some(s) = samples else {
+                return Err(CoreError::InvalidOptions(format!(
+                    "calibration {} needs sample inputs (--samples)",
+                    method.name()
+                )));
+            };
+            let per = quant::samples_of(&s.tensors);
+            let r = quant::calib::ranges(
+                fp32,
+                &tensors,
+                &per,
+                method,
+                target.activations(),
+                ex.percentile,
+            )
+            .map_err(|e| CoreError::Unsupported(format!("calibration: {e}")))?;
+            (r, RangeOrigin::Calibrated, per.len())
+        }
+    };
+    let mut ranges = ranges;
+    if let Some([lo, hi]) = ex.input_range {
+        for t in sites.graph_inputs() {
+            ranges.insert(t, (lo, hi));
+        }
+    }
+    ctl.check()?;
+    let plan = sites.finish(&ranges, origin, ex.calibration.name());
+    let mut artifacts = Vec::new();
+    let mut files = Vec::new();
+    let mut push = |kind: ArtifactKind, format: String, data: Vec<u8>| {
+        files.push(crate::report::ExportFile {
+            name: kind.name().into(),
+            format,
+            bytes: data.len() as u64,
+        });
+        artifacts.push(Artifact { kind, data });
+    };
+    if ex.qdq {
+        let m = quant::export::qdq::write(fp32, &plan)?;
+        push(ArtifactKind::Qdq, "qdq_onnx".into(), onnx::encode(&m));
+    }
+    if let Some(v) = ex.encodings {
+        let json = serde_json::to_vec_pretty(&quant::export::encodings::aimet(&plan, v))
+            .map_err(|e| CoreError::Unsupported(e.to_string()))?;
+        push(
+            ArtifactKind::Encodings,
+            format!("aimet_encodings_{}", v.as_str()),
+            json,
+        );
+    }
+    if ex.ort_overrides {
+        let json = serde_json::to_vec_pretty(&quant::export::encodings::ort_overrides(&plan))
+            .map_err(|e| CoreError::Unsupported(e.to_string()))?;
+        push(
+            ArtifactKind::OrtOverrides,
+            "ort_tensor_quant_overrides".into(),
+            json,
+        );
+    }
+    let mut exports = crate::report::Exports {
+        target: target.describe(),
+        ranges: plan.ranges.clone(),
+        calibration_samples,
+        activations: plan.activations.len(),
+        weights: plan.weights.len(),
+        biases: plan.biases.len(),
+        folded_activations: plan.folded(),
+        tied: plan.tied(),
+        left_float: plan.left_float.clone(),
+        files,
+        figures: Vec::new(),
+    };
+    if let Some((orig, inputs, source)) = measured {
+        ctl.check()?;
+        let per = quant::samples_of(inputs);
+        let in_sample = calibration_samples > 0;
+        let figure = |output: &str, method: &str, reference: &[Vec<f32>], outs: &[Vec<f32>]| {
+            let (sqnr_db, top1_agreement) = quant::score(reference, outs);
+            let (median_sqnr_db, p10_sqnr_db) = quant::spread(reference, outs);
+            crate::report::ExportFigure {
+                output: output.into(),
+                method: method.into(),
+                inputs: source.to_string(),
+                samples: per.len(),
+                in_sample,
+                sqnr_db,
+                median_sqnr_db,
+                p10_sqnr_db,
+                top1_agreement,
+            }
+        };
+        let simulated = quant::reference_outputs(orig, &per).and_then(|r| {
+            let sim = quant::plan_model(fp32, &plan)?;
+            Ok((quant::first_outputs(&onnx::encode(&sim), &per)?, r))
+        });
+        match simulated {
+            Ok((outs, reference)) => {
+                for a in &artifacts {
+                    exports
+                        .figures
+                        .push(figure(a.kind.name(), "simulated", &reference, &outs));
+                }
+                ctl.check()?;
+                if let Some(q) = artifacts.iter().find(|a| a.kind == ArtifactKind::Qdq) {
+                    match quant::first_outputs(&q.data, &per) {
+                        Ok(run) => {
+                            exports
+                                .figures
+                                .push(figure(q.kind.name(), "tract", &reference, &run))
+                        }
+                        Err(e) => report.skipped.push(crate::report::Skip {
+                            pass: "exports".into(),
+                            nodes: vec![],
+                            reason: "not_run".into(),
+                            detail: format!("tract could not run the QDQ model: {e}"),
+                        }),
+                    }
+                }
+            }
+            Err(e) => report.skipped.push(crate::report::Skip {
+                pass: "exports".into(),
+                nodes: vec![],
+                reason: "not_simulated".into(),
+                detail: format!("int8 simulation of the plan failed: {e}"),
+            }),
+        }
+    }
+    report.exports = Some(exports);
+    Ok(artifacts)
+}
+
+/// The models the int8 figures compare.
+pub(super) struct Models<'a> {
+    /// The input model.
+    pub original: &'a ModelProto,
+    /// The input with its BatchNorms folded: the baseline.
+    pub folded: &'a ModelProto,
+    /// The equalized model.
+    pub equalized: &'a ModelProto,
+    /// The equalized model's node labels.
+    pub labels: &'a [String],
+}
+
+/// The per-layer int8 table and, with `inputs`, the end-to-end simulation (`quant` says which)
+/// of the equalized model against its BN-folded original; `measured_growth` also measures the
+/// activation growth on those inputs (they are the user's samples).
+pub(super) fn quantization_figures(
+    m: Models,
+    quant: &QuantOptions,
+    inputs: Option<(Vec<InputTensor>, String)>,
+    measured_growth: bool,
+    report: &mut Report,
+    ctl: Control,
+) -> Result<()> {
+    let Models {
+        original,
+        folded,
+        equalized,
+        labels,
+    } = m;
+    let q = report.quantization.get_or_insert_with(Default::default);
+    if quant.layers {
+        q.layers = quant::layer_table(folded, equalized, labels);
+    }
+    let Some((inputs, source)) = inputs.filter(|_| quant.end_to_end) else {
+        return Ok(());
+    };
+    let per_sample = quant::samples_of(&inputs);
+    let models = quant::Compared {
+        original,
+        folded,
+        equalized,
+        labels,
+    };
+    match quant::end_to_end(&models, &per_sample, source, quant, &|| ctl.canceled()) {
+        Ok(e) => q.end_to_end = Some(e),
+        Err(_) if ctl.canceled() => return Err(CoreError::Canceled),
+        Err(e) => report.skipped.push(crate::report::Skip {
+            pass: "quantization".into(),
+            nodes: vec![],
+            reason: "not_simulated".into(),
+            detail: format!("end-to-end simulation failed: {e}"),
+        }),
+    }
+    let q = report.quantization.get_or_insert_with(Default::default);
+    let tensors: Vec<String> = q.activations.iter().map(|a| a.tensor.clone()).collect();
+    if measured_growth && !tensors.is_empty() {
+        if let (Ok(before), Ok(after)) = (
+            quant::measured_abs_max(folded, &tensors, &per_sample),
+            quant::measured_abs_max(equalized, &tensors, &per_sample),
+        ) {
+            for a in q.activations.iter_mut() {
+                if let (Some(b), Some(x)) = (before.get(&a.tensor), after.get(&a.tensor)) {
+                    if *b > 0.0 {
+                        a.growth_measured = Some(f64::from(*x) / f64::from(*b));
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The deploy model's simulated int8 rows ([`quant::evaluate_deploy`]) on `inputs` on
+/// `target`'s activation grid, appended to the end-to-end figures.
+pub(super) fn deploy_figures(
+    original: &ModelProto,
+    deploy: &Deploy,
+    target: &Target,
+    quant: &QuantOptions,
+    inputs: &[InputTensor],
+    report: &mut Report,
+    ctl: Control,
+) -> Result<()> {
+    let per_sample = quant::samples_of(inputs);
+    ctl.check()?;
+    let ranges = deploy.stats.ranges();
+    let rows = quant::reference_outputs(original, &per_sample).and_then(|reference| {
+        quant::evaluate_deploy(
+            &reference,
+            &deploy.model,
+            &per_sample,
+            &target.activations(),
+            quant.w8a8,
+            Some(&ranges),
+        )
+    });
+    match rows {
+        Ok(rows) => {
+            if let Some(e) = report
+                .quantization
+                .get_or_insert_with(Default::default)
+                .end_to_end
+                .as_mut()
+            {
+                e.rows.extend(rows);
+            }
+        }
+        Err(_) if ctl.canceled() => return Err(CoreError::Canceled),
+        Err(e) => report.skipped.push(crate::report::Skip {
+            pass: "deploy".into(),
+            nodes: vec![],
+            reason: "not_simulated".into(),
+            detail: format!("deploy model simulation failed: {e}"),
+        }),
+    }
+    Ok(())
+}

@@ -1,0 +1,348 @@
+//! The whole job shared by the CLI and the server ([`run`]), as stages in data-flow order:
+//!
+//! 1. [`equalize`]: validate, then the passes ([`crate::passes::PIPELINE`]) on a [`Work`];
+//! 2. [`verifier`]: the original model runs in tract first (while only the input is in memory);
+//! 3. encode the equalized model, beside the per-layer int8 table ([`int8`]);
+//! 4. [`int8`]: the deploy model, the int8 outputs (QDQ model, encodings) and their figures;
+//! 5. [`verifier`]: the equalized (and the deploy) model against the original's outputs.
+//!
+//! `select = auto` ([`select`]) scores candidate option sets on held-out samples with the
+//! equalize stage alone, then runs the stages once with the chosen set. [`samples`] reads the
+//! sample inputs and picks the inputs of the figures.
+//!
+//! Each stage takes the part of the [`Options`] it reads (`&options.verify`, `&options.exports`
+//! and the target, …); only [`equalize`] takes the whole set, because the passes read it.
+
+mod equalize;
+mod int8;
+pub mod npy;
+mod samples;
+mod select;
+mod verifier;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use bytes::Bytes;
+
+pub use equalize::{equalize, equalize_with, equalize_with_stats, Equalized};
+pub use samples::SampleInputs;
+pub use select::candidates;
+
+use crate::error::{CoreError, Result};
+use crate::onnx::{self, ModelProto};
+use crate::options::{BiasCorrection, Options, Select, Step};
+use crate::quant;
+use crate::report::Report;
+use verifier::Verifier;
+
+/// Progress reporting and cooperative cancellation for long runs.
+#[derive(Default, Clone, Copy)]
+pub struct Control<'a> {
+    /// Called with the name of each stage as it starts.
+    pub progress: Option<&'a (dyn Fn(&str) + Sync)>,
+    /// Checked between stages, between the model runs of the quantization simulation, every
+    /// 20 ms while verification waits for tract (see [`crate::runtime`]) and when the run ends; when set
+    /// the run stops with [`CoreError::Canceled`] (a run canceled during its last stage fails
+    /// rather than succeeds late).
+    pub cancel: Option<&'a AtomicBool>,
+}
+
+impl Control<'_> {
+    pub(crate) fn canceled(&self) -> bool {
+        self.cancel.is_some_and(|c| c.load(Ordering::Relaxed))
+    }
+
+    /// Fails with [`CoreError::Canceled`] once cancellation was requested.
+    pub(crate) fn check(&self) -> Result<()> {
+        if self.canceled() {
+            return Err(CoreError::Canceled);
+        }
+        Ok(())
+    }
+
+    pub(crate) fn stage(&self, name: &str) -> Result<()> {
+        self.check()?;
+        if let Some(p) = self.progress {
+            p(name);
+        }
+        Ok(())
+    }
+}
+
+pub(crate) fn ms(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1e3
+}
+
+/// A finished run: the encoded model and the report.
+#[derive(Debug, Default)]
+pub struct Output {
+    /// The equalized model, protobuf-encoded.
+    pub model: Vec<u8>,
+    /// The report, verification included.
+    pub report: Report,
+    /// The other requested outputs (QDQ model, encodings, overrides), in [`ArtifactKind`] order.
+    pub artifacts: Vec<Artifact>,
+    /// The deploy model (weights on the target grid, bias-corrected on request),
+    /// protobuf-encoded, when [`crate::options::DeployOptions::requested`].
+    pub deploy: Option<Vec<u8>>,
+}
+
+/// A requested output of a run besides the equalized model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ArtifactKind {
+    /// The deploy FP32 model.
+    Deploy,
+    /// The QDQ ONNX model ([`quant::export::qdq`]).
+    Qdq,
+    /// AIMET encodings ([`quant::export::encodings::aimet`]).
+    Encodings,
+    /// onnxruntime `TensorQuantOverrides` ([`quant::export::encodings::ort_overrides`]).
+    OrtOverrides,
+}
+
+impl ArtifactKind {
+    /// Every kind.
+    pub const ALL: [ArtifactKind; 4] = [
+        ArtifactKind::Deploy,
+        ArtifactKind::Qdq,
+        ArtifactKind::Encodings,
+        ArtifactKind::OrtOverrides,
+    ];
+
+    /// The artifact's name (also its file name in stores and downloads).
+    pub fn name(self) -> &'static str {
+        match self {
+            ArtifactKind::Deploy => "deploy.onnx",
+            ArtifactKind::Qdq => "qdq.onnx",
+            ArtifactKind::Encodings => "encodings.json",
+            ArtifactKind::OrtOverrides => "ort_overrides.json",
+        }
+    }
+
+    /// The kind named `name`.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.name() == name)
+    }
+
+    /// The media type it is served as.
+    pub fn media_type(self) -> &'static str {
+        match self {
+            ArtifactKind::Deploy | ArtifactKind::Qdq => "application/octet-stream",
+            ArtifactKind::Encodings | ArtifactKind::OrtOverrides => "application/json",
+        }
+    }
+}
+
+/// One requested output: its kind and its bytes.
+#[derive(Debug, Clone)]
+pub struct Artifact {
+    /// What it is.
+    pub kind: ArtifactKind,
+    /// Its content.
+    pub data: Vec<u8>,
+}
+
+/// The whole job shared by the CLI and the server: equalize, encode, verify; and the deploy
+/// model and the int8 outputs when asked ([`quant::deploy`], [`quant::export`]).
+///
+/// `original` is the input's encoded bytes when available (saves an encode for verification).
+///
+/// Verification runs the original model in tract first (while only the input is in memory),
+/// keeps its outputs, then equalizes, encodes, drops the decoded result and runs the equalized
+/// model: one tract model at a time, within the verification budget
+/// ([`crate::VerifyOptions::budget_s`]) and the cancellation flag (see [`crate::runtime`]).
+pub fn run(
+    model: ModelProto,
+    original: Option<Bytes>,
+    options: &Options,
+    samples: Option<&SampleInputs>,
+    ctl: Control,
+) -> Result<Output> {
+    if options.select == Select::Auto {
+        return select::run(model, original, options, samples, ctl);
+    }
+    run_stages(model, original, options, samples, ctl)
+}
+
+/// [`run`] with the options as given (no selection).
+fn run_stages(
+    model: ModelProto,
+    original: Option<Bytes>,
+    options: &Options,
+    samples: Option<&SampleInputs>,
+    ctl: Control,
+) -> Result<Output> {
+    let quant = &options.quant;
+    // Refused options and tensors fail before any model reaches tract.
+    options.clone().normalized()?;
+    onnx::validate::tensors(&model)?;
+    let empirical =
+        options.builds_deploy() && options.deploy.bias_correction == BiasCorrection::Empirical;
+    if empirical {
+        let n = samples.map_or(0, |s| quant::samples_of(&s.tensors).len());
+        if n < quant::deploy::bias_correction::MIN_EMPIRICAL_SAMPLES {
+            return Err(CoreError::InvalidOptions(format!(
+                "empirical bias correction needs at least {} sample inputs (got {n}): per-channel \
+                 means of fewer images fit the samples rather than the data; use \
+                 bias_correction analytic (data-free) instead",
+                quant::deploy::bias_correction::MIN_EMPIRICAL_SAMPLES
+            )));
+        }
+    }
+    // The per-layer figures need the BN-folded weights: taken during the run when it folds,
+    // instead of a second, fold-only run on a copy of the original.
+    let figures_in_run = quant.layers && !quant.end_to_end && options.steps.contains(&Step::BnFold);
+    let export_figures = options.exports.any() && (samples.is_some() || quant.end_to_end);
+    let needs_original = quant.end_to_end || export_figures || (quant.layers && !figures_in_run);
+    let mut check = if options.verify.enabled {
+        Some(Verifier::start(
+            &model,
+            original.as_ref(),
+            &options.verify,
+            samples,
+            ctl,
+        )?)
+    } else {
+        None
+    };
+    let original_model = needs_original.then(|| model.clone());
+    let input = original.as_ref().map(|b| b.as_ptr_range());
+    drop(original);
+    let (mut eq, table, origins) = equalize::capturing(model, options, ctl, figures_in_run)?;
+    if let (None, Some(input)) = (&original_model, input) {
+        onnx::release_input(&mut eq.model, input);
+    }
+    if table.is_some() {
+        ctl.stage("quantization")?;
+    }
+    // The equalized half of the int8 table runs beside the encode (which is one thread).
+    let t = Instant::now();
+    let ((bytes, encode_ms), rows) = rayon::join(
+        || (onnx::encode(&eq.model), ms(t)),
+        || {
+            table.map(|plan| {
+                let t = Instant::now();
+                (plan.rows(&eq.model), ms(t))
+            })
+        },
+    );
+    let mut report = eq.report;
+    report.timings_ms.encode = encode_ms;
+    let figure_inputs = |m: &ModelProto| samples::figure_inputs(m, &options.verify, samples);
+    if let Some((rows, table_ms)) = rows {
+        report.timings_ms.quantization += table_ms;
+        report
+            .quantization
+            .get_or_insert_with(Default::default)
+            .layers = rows;
+    } else if let (Some(orig), true) = (&original_model, quant.layers || quant.end_to_end) {
+        ctl.stage("quantization")?;
+        let t = Instant::now();
+        let folded = equalize::bn_folded(orig, options)?;
+        let inputs = if quant.end_to_end {
+            Some(figure_inputs(orig)?)
+        } else {
+            None
+        };
+        int8::quantization_figures(
+            int8::Models {
+                original: orig,
+                folded: &folded,
+                equalized: &eq.model,
+                labels: &eq.labels,
+            },
+            quant,
+            inputs,
+            samples.is_some(),
+            &mut report,
+            ctl,
+        )?;
+        report.timings_ms.quantization = ms(t);
+    }
+    let mut deploy = None;
+    if let Some(origins) = origins {
+        ctl.stage("deploy")?;
+        let t = Instant::now();
+        let measured = match samples.filter(|_| empirical) {
+            Some(s) => Some(quant::deploy::measured_input_means(
+                &eq.model,
+                &quant::samples_of(&s.tensors),
+            )?),
+            None => None,
+        };
+        let d = quant::deploy::build(
+            &eq.model,
+            &eq.labels,
+            &origins,
+            &options.target,
+            &options.deploy,
+            measured.as_ref(),
+        )?;
+        let d_bytes = onnx::encode(&d.model);
+        if let (Some(orig), true) = (&original_model, quant.end_to_end) {
+            let (inputs, _) = figure_inputs(orig)?;
+            int8::deploy_figures(orig, &d, &options.target, quant, &inputs, &mut report, ctl)?;
+        }
+        report.timings_ms.deploy = ms(t);
+        deploy = Some((d, d_bytes));
+    }
+    let mut artifacts = Vec::new();
+    if options.exports.any() {
+        ctl.stage("exports")?;
+        let t = Instant::now();
+        let (fp32, stats) = match &deploy {
+            Some((d, _)) => (&d.model, Some(&d.stats)),
+            None => (&eq.model, None),
+        };
+        let measured = match (&original_model, export_figures) {
+            (Some(orig), true) => Some((orig, figure_inputs(orig)?)),
+            _ => None,
+        };
+        artifacts = int8::exports(
+            fp32,
+            stats,
+            &options.exports,
+            &options.target,
+            samples,
+            measured
+                .as_ref()
+                .map(|(o, (i, s))| (*o, i.as_slice(), s.as_str())),
+            &mut report,
+            ctl,
+        )?;
+        report.timings_ms.exports = ms(t);
+    }
+    drop(original_model);
+    if let Some(check) = check.as_mut() {
+        if let Some((d, d_bytes)) = deploy.as_mut() {
+            ctl.stage("verify_deploy")?;
+            let t = Instant::now();
+            d.report.measured = Some(check.measure(d_bytes, ctl)?);
+            report.timings_ms.deploy += ms(t);
+        }
+        check.simplify_equalized(&eq.model);
+    }
+    drop(eq.model);
+    let bytes = match check {
+        Some(check) => {
+            ctl.stage("verify")?;
+            let (verification, spent, bytes) = check.finish(bytes, ctl)?;
+            report.verification = verification;
+            report.timings_ms.verify = spent;
+            bytes
+        }
+        None => bytes,
+    };
+    let deploy = deploy.map(|(d, d_bytes)| {
+        report.deploy = Some(d.report);
+        d_bytes
+    });
+    ctl.check()?;
+    Ok(Output {
+        model: bytes,
+        report,
+        artifacts,
+        deploy,
+    })
+}

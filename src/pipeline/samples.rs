@@ -1,0 +1,86 @@
+//! Sample inputs: a `.npy` array checked against the model's input ([`SampleInputs`]), and the
+//! inputs the int8 figures run on (the samples, else one seeded random sample).
+
+use super::npy;
+use crate::error::{CoreError, Result};
+use crate::onnx::{self, ModelProto};
+use crate::options::VerifyOptions;
+use crate::runtime::{self, InputTensor};
+
+/// Inputs used by verification instead of random data.
+#[derive(Debug, Clone)]
+pub struct SampleInputs {
+    /// One tensor per graph input, in graph order.
+    pub tensors: Vec<InputTensor>,
+    /// Where they came from (for the report).
+    pub source: String,
+}
+
+impl SampleInputs {
+    /// Sample inputs from a `.npy` array for a single-input model: the array is `[N, …]` with
+    /// `…` the model input's shape without its batch dimension (dynamic dims accept any size).
+    pub fn from_npy(model: &ModelProto, npy: &[u8], source: &str) -> Result<Self> {
+        let array = npy::parse(npy)?;
+        let specs = runtime::input_specs(model, 1).map_err(CoreError::InvalidOptions)?;
+        let [spec] = specs.as_slice() else {
+            return Err(CoreError::InvalidOptions(format!(
+                "sample inputs from one .npy need a model with exactly one input (it has {})",
+                specs.len()
+            )));
+        };
+        let declared: Vec<Option<usize>> = model
+            .graph
+            .as_ref()
+            .and_then(|g| g.input.iter().find(|v| v.name() == spec.name))
+            .and_then(onnx::declared_dims)
+            .map(|dims| {
+                dims.into_iter()
+                    .map(|d| d.filter(|&n| n > 0).map(|n| n as usize))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let ok = array.shape.len() == declared.len()
+            && array
+                .shape
+                .iter()
+                .zip(&declared)
+                .skip(1)
+                .all(|(a, d)| d.is_none_or(|d| d == *a));
+        if !ok || array.shape.is_empty() || array.shape[0] == 0 {
+            return Err(CoreError::InvalidOptions(format!(
+                "sample array shape {:?} does not match input `{}` ({:?}; batch first)",
+                array.shape, spec.name, declared
+            )));
+        }
+        Ok(SampleInputs {
+            tensors: vec![InputTensor {
+                name: spec.name.clone(),
+                shape: array.shape,
+                elem_type: spec.elem_type,
+                data: array.data,
+            }],
+            source: source.to_string(),
+        })
+    }
+}
+
+/// The inputs of the int8 figures: the sample inputs, else one seeded random sample of
+/// `original`'s inputs; with a description for the report.
+pub(super) fn figure_inputs(
+    original: &ModelProto,
+    verify: &VerifyOptions,
+    samples: Option<&SampleInputs>,
+) -> Result<(Vec<InputTensor>, String)> {
+    Ok(match samples {
+        Some(s) => (s.tensors.clone(), s.source.clone()),
+        None => {
+            let mut specs = runtime::input_specs(original, verify.dynamic_dim)
+                .map_err(CoreError::InvalidOptions)?;
+            runtime::fill_random(&mut specs, verify.seed);
+            (
+                specs,
+                format!("random normal (seed {}), 1 sample", verify.seed),
+            )
+        }
+    })
+}

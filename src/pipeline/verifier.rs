@@ -1,0 +1,191 @@
+//! Verification as a stage of the run: the original model runs in tract before the passes
+//! (while only the input is in memory), the equalized and the deploy model after them, against
+//! the same reference and within one budget ([`crate::VerifyOptions::budget_s`]).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::{Control, SampleInputs};
+use crate::error::{CoreError, Result};
+use crate::onnx::{self, ModelProto};
+use crate::options::VerifyOptions;
+use crate::report::{self, VerifyStatus};
+use crate::runtime::{self, Deadline, InputTensor, Stopped};
+use crate::verify;
+
+/// Verification in two halves around the passes (see [`super::run`]).
+pub(super) struct Verifier {
+    inputs: Arc<Vec<InputTensor>>,
+    source: String,
+    budget: Duration,
+    spent: Duration,
+    /// The original's outputs, or why verification already stopped.
+    state: std::result::Result<verify::Reference, report::Verification>,
+    /// The copy of the equalized model handed to tract, when it differs from the output.
+    simplified: Option<Vec<u8>>,
+}
+
+impl Verifier {
+    /// Runs the original model (stage `verify_original`).
+    pub(super) fn start(
+        model: &ModelProto,
+        original: Option<&Bytes>,
+        opts: &VerifyOptions,
+        samples: Option<&SampleInputs>,
+        ctl: Control,
+    ) -> Result<Self> {
+        ctl.stage("verify_original")?;
+        let t = Instant::now();
+        let (inputs, source) = match samples {
+            Some(s) => (Ok(s.tensors.clone()), s.source.clone()),
+            None => (
+                runtime::input_specs(model, opts.dynamic_dim).map(|mut specs| {
+                    runtime::fill_random(&mut specs, opts.seed);
+                    specs
+                }),
+                format!("random normal (seed {})", opts.seed),
+            ),
+        };
+        let size = original.map_or_else(|| prost::Message::encoded_len(model), |b| b.len());
+        let budget = Duration::from_secs_f64(opts.budget_for(size));
+        let mut v = Verifier {
+            inputs: Arc::new(inputs.clone().unwrap_or_default()),
+            source,
+            budget,
+            spent: Duration::ZERO,
+            state: Ok(Err(String::new())),
+            simplified: None,
+        };
+        if let Err(e) = inputs {
+            v.state = Err(report::Verification {
+                status: VerifyStatus::NotVerified,
+                reason: Some(e),
+                ..Default::default()
+            });
+            return Ok(v);
+        }
+        let simplified = runtime::simplified(model);
+        let nodes = simplified
+            .as_ref()
+            .unwrap_or(model)
+            .graph
+            .as_ref()
+            .map_or(0, |g| g.node.len());
+        let estimate = runtime::tract_build_estimate(nodes) * 2;
+        if budget.is_zero() {
+            v.state = Err(v.stopped("starting"));
+            return Ok(v);
+        }
+        if estimate > budget {
+            v.state = Err(v.stopped(&format!(
+                "tract would take about {:.0} s just to build the two {nodes}-node graphs \
+                 (its graph build grows with the square of the node count)",
+                estimate.as_secs_f64()
+            )));
+            return Ok(v);
+        }
+        let bytes = match (simplified, original) {
+            (Some(m), _) => Bytes::from(onnx::encode(&m)),
+            (None, Some(b)) if !onnx::has_external_data(model) => b.clone(),
+            (None, _) => Bytes::from(onnx::encode(model)),
+        };
+        let limits = v.limits(ctl);
+        let reference = verify::reference_within(bytes, &v.inputs, &limits);
+        v.spent += t.elapsed();
+        v.state = match reference {
+            Ok(r) => Ok(r),
+            Err(Stopped::Canceled) => return Err(CoreError::Canceled),
+            Err(Stopped::Budget(what)) => Err(v.stopped(&what)),
+        };
+        Ok(v)
+    }
+
+    fn limits<'a>(&self, ctl: Control<'a>) -> Deadline<'a> {
+        Deadline {
+            deadline: Some(Instant::now() + self.budget.saturating_sub(self.spent)),
+            budget: Some(self.budget),
+            cancel: ctl.cancel,
+        }
+    }
+
+    fn stopped(&self, what: &str) -> report::Verification {
+        verify::budget_exceeded(
+            &self.inputs,
+            self.source.clone(),
+            &Deadline {
+                budget: Some(self.budget),
+                ..Default::default()
+            },
+            what,
+        )
+    }
+
+    /// Prepares the copy of the equalized model tract will build, when the original needed
+    /// one ([`runtime::simplified`]).
+    pub(super) fn simplify_equalized(&mut self, equalized: &ModelProto) {
+        if matches!(self.state, Ok(Ok(_))) {
+            self.simplified = runtime::simplified(equalized).map(|m| onnx::encode(&m));
+        }
+    }
+
+    /// Runs another model (the deploy model) against the same reference; its deviation is the
+    /// report's figure, not a verdict on the equalized output.
+    pub(super) fn measure(&mut self, bytes: &[u8], ctl: Control) -> Result<report::Verification> {
+        let t = Instant::now();
+        let reference = match &self.state {
+            Ok(r) => r.clone(),
+            Err(v) => return Ok(v.clone()),
+        };
+        let limits = self.limits(ctl);
+        let measured = verify::compare_within(
+            reference,
+            Bytes::copy_from_slice(bytes),
+            &self.inputs,
+            self.source.clone(),
+            &limits,
+        );
+        self.spent += t.elapsed();
+        match measured {
+            Ok(v) => Ok(v),
+            Err(Stopped::Canceled) => Err(CoreError::Canceled),
+            Err(Stopped::Budget(what)) => Ok(self.stopped(&what)),
+        }
+    }
+
+    /// Runs the equalized model `bytes` and compares (stage `verify`). Returns the report
+    /// section, the time verification took in milliseconds, and `bytes`.
+    pub(super) fn finish(
+        mut self,
+        bytes: Vec<u8>,
+        ctl: Control,
+    ) -> Result<(report::Verification, f64, Vec<u8>)> {
+        let t = Instant::now();
+        let reference = match std::mem::replace(&mut self.state, Ok(Err(String::new()))) {
+            Ok(r) => r,
+            Err(v) => return Ok((v, self.spent.as_secs_f64() * 1e3, bytes)),
+        };
+        let limits = self.limits(ctl);
+        let (shared, output) = match self.simplified.take() {
+            Some(s) => (Bytes::from(s), Some(bytes)),
+            None => (Bytes::from(bytes), None),
+        };
+        let verified = verify::compare_within(
+            reference,
+            shared.clone(),
+            &self.inputs,
+            self.source.clone(),
+            &limits,
+        );
+        let spent = (self.spent + t.elapsed()).as_secs_f64() * 1e3;
+        let verification = match verified {
+            Ok(v) => v,
+            Err(Stopped::Canceled) => return Err(CoreError::Canceled),
+            Err(Stopped::Budget(what)) => self.stopped(&what),
+        };
+        // The output's bytes come back without a copy unless an abandoned run still holds them.
+        let bytes = output.unwrap_or_else(|| Vec::from(shared));
+        Ok((verification, spent, bytes))
+    }
+}
