@@ -9,45 +9,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use clap::{Args, ValueEnum};
-use onnx_cle::options::Calibration;
-use onnx_cle::options::EncodingsVersion;
-use onnx_cle::{ArtifactKind, CoreError, Options, Relu6Policy, Step};
-
-#[derive(Clone, Copy, ValueEnum)]
-enum Relu6Arg {
-    Exact,
-    Replace,
-    Keep,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum HbfArg {
-    Off,
-    Exact,
-    Aimet,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum SelectArg {
-    None,
-    Auto,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum CompatArg {
-    None,
-    Aimet,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum CalibrationArg {
-    #[value(alias = "data_free")]
-    DataFree,
-    Minmax,
-    Percentile,
-    Mse,
-}
+use clap::builder::PossibleValue;
+use clap::{Arg, ArgAction, ArgMatches, Args, FromArgMatches, ValueEnum};
+use onnx_cle::options::flags::{self, Cli, Flag, FlagError, Kind, FLAGS};
+use onnx_cle::options::{Calibration, EncodingsVersion, Options};
+use onnx_cle::{ArtifactKind, CoreError};
 
 #[derive(Clone, Copy, ValueEnum)]
 enum EncodingsVersionArg {
@@ -60,6 +26,7 @@ enum EncodingsVersionArg {
 /// Exit codes of `onnx-cle equalize` (also listed in the README).
 mod exit {
     pub const INTERNAL: u8 = 1;
+    pub const USAGE: u8 = 2;
     pub const BAD_MODEL: u8 = 3;
     pub const BAD_REQUEST: u8 = 4;
     pub const IO: u8 = 5;
@@ -79,80 +46,20 @@ pub struct EqualizeArgs {
     /// Write the visual report (a self-contained HTML page) here.
     #[arg(long)]
     html: Option<PathBuf>,
-    /// Start op (node or tensor name); repeatable. Only nodes downstream are touched.
-    #[arg(long = "start")]
-    start: Vec<String>,
-    /// Output op (node or tensor name); repeatable. Only nodes upstream are touched.
-    #[arg(long = "output-op", visible_alias = "output-name")]
-    output_op: Vec<String>,
-    /// Steps to run, comma-separated (bn_fold,relu6,cls,hbf); `none` runs no pass (a lossless
-    /// decode + encode of the model).
-    #[arg(long, value_delimiter = ',')]
-    steps: Option<Vec<String>>,
-    /// What to do with Clip(0, 6).
-    #[arg(long, value_enum)]
-    relu6: Option<Relu6Arg>,
-    /// High-bias fold mode.
-    #[arg(long, value_enum)]
-    hbf: Option<HbfArg>,
-    /// Reproduce aimet_onnx 2.42's numbers.
-    #[arg(long, value_enum, default_value = "none")]
-    compat: CompatArg,
-    /// Most cross-layer-scaling passes (stops once max |1 − s| < threshold); default: until
-    /// converged (at most 100), or 1 with `--compat aimet`.
-    #[arg(long)]
-    iterations: Option<u32>,
-    /// Convergence threshold for --iterations.
-    #[arg(long, default_value_t = 1e-3)]
-    threshold: f32,
-    /// Skip verification with tract.
-    #[arg(long)]
-    no_verify: bool,
-    /// Seconds verification may take (default: 0.2 s per MB of model, at least 10 s); past
-    /// it the report says `not_verified` (budget exceeded) and the model is still written.
-    #[arg(long, value_name = "SECONDS")]
-    verify_budget: Option<f64>,
-    /// Leave out the per-layer int8 weight table of the report.
-    #[arg(long)]
-    no_quant_table: bool,
-    /// Only the model: no verification, no int8 table (`--no-verify --no-quant-table`).
-    #[arg(long)]
-    fast: bool,
-    /// Seed of the random verification inputs.
-    #[arg(long, default_value_t = 0x5eed)]
-    seed: u64,
-    /// Value of every dynamic input dimension during verification.
-    #[arg(long, default_value_t = 1)]
-    dynamic_dim: usize,
-    /// Exit with code 6 when an output's relative L2 deviation exceeds this.
-    #[arg(long)]
-    max_rel_l2: Option<f64>,
     /// Sample inputs (`.npy`, float32, `[N, …]` the model input's shape) for verification and
     /// the quantization figures, instead of random data. Implies `--quant-e2e`.
     #[arg(long)]
     samples: Option<PathBuf>,
-    /// Simulate int8 end to end with tract (weights-only schemes and W8A8).
+    /// Exit with code 6 when an output's relative L2 deviation exceeds this.
     #[arg(long)]
-    quant_e2e: bool,
+    max_rel_l2: Option<f64>,
+    /// Only the model: no verification, no int8 table (`--no-verify --no-quant-table`).
+    #[arg(long)]
+    fast: bool,
     /// No end-to-end simulation table, even with --samples (the int8 outputs' own figures are
     /// still computed).
-    #[arg(long, conflicts_with_all = ["quant_e2e", "sensitivity"])]
+    #[arg(long, conflicts_with_all = ["quant-e2e", "sensitivity"])]
     no_quant_e2e: bool,
-    /// Leave out the W8A8 rows of the end-to-end figures.
-    #[arg(long)]
-    no_w8a8: bool,
-    /// Also quantize one layer at a time (one tract run per layer).
-    #[arg(long)]
-    sensitivity: bool,
-    /// Activation-aware balancing: cap every scaled activation's per-tensor range growth at
-    /// this factor (≥ 1).
-    #[arg(long)]
-    balance: Option<f32>,
-    /// `auto`: try candidate scalings (the given options, --iterations 1/3/5, --balance 2) and
-    /// keep the best per-tensor int8 SQNR on the odd-indexed --samples (used for nothing else;
-    /// the even-indexed ones verify and feed the report). Needs --samples.
-    #[arg(long, value_enum, default_value = "none")]
-    select: SelectArg,
     /// No progress or summary on stderr.
     #[arg(short, long)]
     quiet: bool,
@@ -173,19 +80,10 @@ pub struct EqualizeArgs {
     /// Write onnxruntime `TensorQuantOverrides` (for `quantize_static`) here.
     #[arg(long)]
     ort_overrides: Option<PathBuf>,
-    /// Activation ranges of the int8 outputs: data-free, or calibrated on --samples.
-    #[arg(long, value_enum, default_value = "data-free")]
-    calibration: CalibrationArg,
-    /// Quantile kept by `--calibration percentile` (percent).
-    #[arg(long, default_value_t = 99.999)]
-    percentile: f32,
-    /// Quantize the graph outputs in the int8 outputs too (default: they stay float).
+    /// Write the deploy model here (FP32, weights on the target grid, biases corrected on
+    /// request; its function differs from the input's by design). `-o` stays the exact model.
     #[arg(long)]
-    quantize_outputs: bool,
-    /// Range of the graph inputs for the int8 outputs, `LO,HI` (e.g. `-1,1`); without it a graph
-    /// input stays float under data-free ranges.
-    #[arg(long, value_delimiter = ',', allow_hyphen_values = true)]
-    input_range: Option<Vec<f32>>,
+    deploy_output: Option<PathBuf>,
     /// Refuse models with more nodes than this (all graphs, subgraphs and functions).
     #[arg(long, env = "ONNX_CLE_MAX_NODES", default_value_t = onnx_cle::onnx::limits::DEFAULT_MAX_NODES)]
     max_nodes: u64,
@@ -195,45 +93,162 @@ pub struct EqualizeArgs {
     /// Refuse models whose decoded form would take more memory than this (e.g. `4GiB`).
     #[arg(long, env = "ONNX_CLE_MAX_MODEL_MEMORY", default_value = "4GiB", value_parser = onnx_cle::onnx::limits::parse_size)]
     max_model_memory: u64,
-    /// Declared int8 target of the deploy model (and every grid-tied output): onnxruntime, QNN
-    /// or TensorRT defaults; the flags below override single fields.
-    #[arg(long, value_parser = ["ort", "qnn", "trt"])]
-    target: Option<String>,
-    /// Target weight scale granularity.
-    #[arg(long, value_parser = ["per-tensor", "per-channel"])]
-    weight_granularity: Option<String>,
-    /// Target weight bits (2..=8, symmetric).
-    #[arg(long)]
-    weight_bits: Option<u8>,
-    /// Target activation integer type.
-    #[arg(long, value_parser = ["uint8", "int8", "uint16"])]
-    activation_type: Option<String>,
-    /// Symmetric activations (zero point 0; int8 only).
-    #[arg(long)]
-    activation_symmetric: bool,
-    /// Correct the deploy model's biases for the weight error on the target grid: E[x] from
-    /// the folded BN statistics (analytic, data-free) or measured on --samples (empirical, at
-    /// least 100 samples).
-    #[arg(long, value_parser = ["off", "analytic", "empirical"])]
-    bias_correction: Option<String>,
-    /// How the deploy model's weights are put on the target grid: nearest, or squant
-    /// (data-free error-sum flips per kernel and per channel).
-    #[arg(long, value_parser = ["nearest", "squant"])]
-    rounding: Option<String>,
-    /// Write the deploy model here (FP32, weights on the target grid, biases corrected on
-    /// request; its function differs from the input's by design). `-o` stays the exact model.
-    #[arg(long)]
-    deploy_output: Option<PathBuf>,
-    /// Per-channel mean of the model input for analytic bias correction (comma-separated; one
-    /// value for every channel); default 0.
-    #[arg(long, value_delimiter = ',', allow_hyphen_values = true)]
-    input_mean: Option<Vec<f32>>,
+    /// The equalize options ([`FLAGS`]).
+    #[command(flatten)]
+    options: OptionFlags,
 }
 
-/// A kebab-case CLI value as the snake_case serde enum it names.
-fn enum_arg<T: serde::de::DeserializeOwned>(flag: &str, v: &str) -> Result<T, CoreError> {
-    serde_json::from_value(serde_json::Value::String(v.replace('-', "_")))
-        .map_err(|_| CoreError::InvalidOptions(format!("invalid value `{v}` for --{flag}")))
+/// The equalize options as the CLI gives them: every flag of [`FLAGS`] that has a CLI
+/// spelling, with its raw values. The help text is the option's own documentation.
+#[derive(Default)]
+struct OptionFlags(Vec<(&'static Flag, Vec<String>)>);
+
+impl OptionFlags {
+    /// Gives `field` the value `raw` (after whatever the flags gave it).
+    fn set(&mut self, field: &str, raw: &str) {
+        let Some(flag) = Flag::of(field) else { return };
+        match self.0.iter_mut().find(|(f, _)| f.field == field) {
+            Some((_, values)) => values.push(raw.to_string()),
+            None => self.0.push((flag, vec![raw.to_string()])),
+        }
+    }
+}
+
+/// The first sentence of a doc comment (the short help), rustdoc links as plain code.
+fn first_sentence(doc: &str) -> String {
+    let flat = doc
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .replace("[`", "`")
+        .replace("`]", "`");
+    let end = flat.match_indices(". ").find(|(i, _)| {
+        let next = flat[i + 2..].chars().next();
+        !flat[..*i].ends_with("e.g") && next.is_some_and(|c| c.is_uppercase() || c == '`')
+    });
+    match end {
+        Some((i, _)) => flat[..=i].to_string(),
+        None => flat,
+    }
+}
+
+/// `doc` as the continuation of a sentence (its first letter lower-cased).
+fn continued(doc: &str) -> String {
+    let mut c = doc.chars();
+    c.next()
+        .map(|f| f.to_lowercase().chain(c).collect())
+        .unwrap_or_default()
+}
+
+/// The CLI argument of `f`, its help the field's documentation.
+fn flag_arg(f: &'static Flag) -> Option<Arg> {
+    let cli = f.cli?;
+    let doc = f.doc();
+    let where_ = match f.query {
+        Some(q) => format!("(options `{}`, query `{q}`)", f.field),
+        None => format!("(options `{}`)", f.field),
+    };
+    let arg = match cli {
+        Cli::On(long) => Arg::new(long)
+            .long(long)
+            .action(ArgAction::SetTrue)
+            .help(first_sentence(&doc)),
+        Cli::Off(long) => Arg::new(long)
+            .long(long)
+            .action(ArgAction::SetTrue)
+            .help(format!(
+                "Sets `{}` to false: {}",
+                f.field,
+                continued(&first_sentence(&doc))
+            )),
+        Cli::Value {
+            long,
+            alias,
+            value_name,
+        } => {
+            let mut a = Arg::new(long)
+                .long(long)
+                .action(ArgAction::Append)
+                .num_args(1)
+                .value_name(long.replace('-', "_").to_uppercase())
+                .help(with_default(first_sentence(&doc), f));
+            if let Some(alias) = alias {
+                a = a.visible_alias(alias);
+            }
+            if let Some(v) = value_name {
+                a = a.value_name(v);
+            }
+            if matches!(f.kind, Kind::Range | Kind::Numbers) {
+                a = a.allow_hyphen_values(true);
+            }
+            if let Some(c) = f.choices() {
+                let values = c.values.iter().map(|v| {
+                    let kebab = v.replace('_', "-");
+                    let pv = PossibleValue::new(kebab.clone());
+                    if kebab == *v {
+                        pv
+                    } else {
+                        pv.alias(v.clone())
+                    }
+                });
+                a = a.value_parser(clap::builder::PossibleValuesParser::new(values));
+            }
+            a
+        }
+    };
+    Some(arg.long_help(format!("{}\n{where_}", doc.trim_end())))
+}
+
+/// `help` with the option's default, when it has one worth showing.
+fn with_default(help: String, f: &Flag) -> String {
+    let default = serde_json::to_value(Options::default())
+        .ok()
+        .and_then(|o| o.pointer(&format!("/{}", f.field.replace('.', "/"))).cloned());
+    match default {
+        Some(serde_json::Value::Number(n)) => match n.as_f64() {
+            // An f32 field reads back as the f64 nearest to it: show the f32.
+            Some(x) if n.is_f64() && f64::from(x as f32) == x => {
+                format!("{help} [default: {}]", x as f32)
+            }
+            _ => format!("{help} [default: {n}]"),
+        },
+        Some(serde_json::Value::String(s)) => format!("{help} [default: {}]", s.replace('_', "-")),
+        _ => help,
+    }
+}
+
+impl FromArgMatches for OptionFlags {
+    fn from_arg_matches(m: &ArgMatches) -> Result<Self, clap::Error> {
+        let mut given = OptionFlags::default();
+        for f in FLAGS {
+            match f.cli {
+                Some(Cli::On(long)) if m.get_flag(long) => given.set(f.field, "true"),
+                Some(Cli::Off(long)) if m.get_flag(long) => given.set(f.field, "false"),
+                Some(Cli::Value { long, .. }) => {
+                    for v in m.get_many::<String>(long).into_iter().flatten() {
+                        given.set(f.field, v);
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(given)
+    }
+
+    fn update_from_arg_matches(&mut self, m: &ArgMatches) -> Result<(), clap::Error> {
+        *self = Self::from_arg_matches(m)?;
+        Ok(())
+    }
+}
+
+impl Args for OptionFlags {
+    fn augment_args(cmd: clap::Command) -> clap::Command {
+        FLAGS.iter().filter_map(flag_arg).fold(cmd, |c, a| c.arg(a))
+    }
+
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        Self::augment_args(cmd)
+    }
 }
 
 fn fail(code: u8, msg: impl std::fmt::Display) -> ExitCode {
@@ -255,101 +270,60 @@ fn core_exit(e: &CoreError) -> u8 {
     }
 }
 
-fn options(a: &EqualizeArgs) -> Result<Options, CoreError> {
-    let mut o = match a.compat {
-        CompatArg::Aimet => Options::aimet(),
-        CompatArg::None => Options::default(),
-    };
-    if let Some(steps) = &a.steps {
-        o.steps = steps
-            .iter()
-            .filter(|s| !(steps.len() == 1 && s.trim() == "none"))
-            .map(|s| Step::parse(s))
-            .collect::<Result<_, _>>()?;
+/// Why the options of a command line are refused: a usage error (a value of the wrong type,
+/// exit 2) or invalid options (exit 4).
+enum Refused {
+    Usage(String),
+    Invalid(CoreError),
+}
+
+/// The options of a command line: its option flags, then what its output paths and shorthands
+/// imply.
+fn options(a: &EqualizeArgs) -> Result<Options, Refused> {
+    let mut given = OptionFlags(a.options.0.clone());
+    if a.fast {
+        given.set("verify.enabled", "false");
+        given.set("quant.layers", "false");
     }
-    if let Some(r) = a.relu6 {
-        o.relu6 = match r {
-            Relu6Arg::Exact => Relu6Policy::Exact,
-            Relu6Arg::Replace => Relu6Policy::Replace,
-            Relu6Arg::Keep => Relu6Policy::Keep,
+    if a.samples.is_some() || given.0.iter().any(|(f, _)| f.field == "quant.sensitivity") {
+        given.set("quant.end_to_end", "true");
+    }
+    if a.no_quant_e2e {
+        given.set("quant.end_to_end", "false");
+    }
+    if a.qdq_output.is_some() {
+        given.set("exports.qdq", "true");
+    }
+    if a.ort_overrides.is_some() {
+        given.set("exports.ort_overrides", "true");
+    }
+    if a.encodings.is_some() {
+        let version = match a.encodings_version {
+            EncodingsVersionArg::V1 => EncodingsVersion::V1_0_0,
+            EncodingsVersionArg::V061 => EncodingsVersion::V0_6_1,
         };
+        given.set("exports.encodings", version.as_str());
     }
-    if let Some(h) = a.hbf {
-        o.hbf = match h {
-            HbfArg::Off => onnx_cle::HbfMode::Off,
-            HbfArg::Exact => onnx_cle::HbfMode::Exact,
-            HbfArg::Aimet => onnx_cle::HbfMode::Aimet,
-        };
+    if a.deploy_output.is_some() {
+        given.set("deploy.model", "true");
     }
-    o.start = a.start.clone();
-    o.output = a.output_op.clone();
-    o.iterations = a.iterations;
-    o.threshold = a.threshold;
-    o.verify.enabled = !(a.no_verify || a.fast);
-    o.verify.budget_s = a.verify_budget;
-    o.verify.seed = a.seed;
-    o.verify.dynamic_dim = a.dynamic_dim;
-    o.balance = a.balance;
-    o.select = match a.select {
-        SelectArg::None => onnx_cle::Select::None,
-        SelectArg::Auto => onnx_cle::Select::Auto,
-    };
-    o.quant.end_to_end = !a.no_quant_e2e && (a.quant_e2e || a.samples.is_some() || a.sensitivity);
-    o.quant.w8a8 = !a.no_w8a8;
-    o.quant.sensitivity = a.sensitivity;
-    if a.no_quant_table || a.fast {
-        o.quant.layers = false;
-    }
-    o.exports.qdq = a.qdq_output.is_some();
-    o.exports.encodings = a.encodings.as_ref().map(|_| match a.encodings_version {
-        EncodingsVersionArg::V1 => EncodingsVersion::V1_0_0,
-        EncodingsVersionArg::V061 => EncodingsVersion::V0_6_1,
-    });
-    o.exports.ort_overrides = a.ort_overrides.is_some();
-    o.exports.calibration = match a.calibration {
-        CalibrationArg::DataFree => Calibration::DataFree,
-        CalibrationArg::Minmax => Calibration::Minmax,
-        CalibrationArg::Percentile => Calibration::Percentile,
-        CalibrationArg::Mse => Calibration::Mse,
-    };
-    if o.exports.calibration != Calibration::DataFree && a.samples.is_none() {
-        return Err(CoreError::InvalidOptions(
-            "--calibration other than data-free needs --samples".into(),
-        ));
-    }
-    o.exports.percentile = a.percentile;
-    o.exports.quantize_outputs = a.quantize_outputs;
-    o.exports.input_range = match a.input_range.as_deref() {
-        None => None,
-        Some(&[lo, hi]) => Some([lo, hi]),
-        Some(_) => {
-            return Err(CoreError::InvalidOptions(
-                "--input-range takes two numbers: LO,HI".into(),
-            ))
+    let o = flags::apply(&given.0).map_err(|e: FlagError| {
+        let name = Flag::of(e.field)
+            .and_then(Flag::long)
+            .map_or_else(|| e.field.to_string(), |l| format!("--{l}"));
+        let message = format!("{name}: {}", e.message);
+        if e.out_of_range {
+            Refused::Invalid(CoreError::InvalidOptions(message))
+        } else {
+            Refused::Usage(message)
         }
-    };
-    if let Some(t) = &a.target {
-        o.target.preset = enum_arg("target", t)?;
+    })?;
+    if o.exports.calibration != Calibration::DataFree && a.samples.is_none() {
+        return Err(Refused::Invalid(CoreError::InvalidOptions(
+            "--calibration other than data-free needs --samples".into(),
+        )));
     }
-    if let Some(g) = &a.weight_granularity {
-        o.target.weight_granularity = Some(enum_arg("weight-granularity", g)?);
-    }
-    o.target.weight_bits = a.weight_bits.or(o.target.weight_bits);
-    if let Some(t) = &a.activation_type {
-        o.target.activation_type = Some(enum_arg("activation-type", t)?);
-    }
-    if a.activation_symmetric {
-        o.target.activation_symmetric = Some(true);
-    }
-    if let Some(b) = &a.bias_correction {
-        o.deploy.bias_correction = enum_arg("bias-correction", b)?;
-    }
-    if let Some(r) = &a.rounding {
-        o.deploy.rounding = enum_arg("rounding", r)?;
-    }
-    o.deploy.model = a.deploy_output.is_some();
-    o.deploy.input_mean = a.input_mean.clone();
-    o.normalized()
+    o.normalized().map_err(Refused::Invalid)
 }
 
 /// Runs `onnx-cle equalize`.
@@ -357,7 +331,8 @@ pub fn equalize(a: EqualizeArgs) -> ExitCode {
     let t0 = Instant::now();
     let opts = match options(&a) {
         Ok(o) => o,
-        Err(e) => return fail(core_exit(&e), e),
+        Err(Refused::Usage(e)) => return fail(exit::USAGE, e),
+        Err(Refused::Invalid(e)) => return fail(core_exit(&e), e),
     };
     let data = match std::fs::read(&a.input) {
         Ok(d) => d,

@@ -6,6 +6,7 @@ use utoipa::ToSchema;
 pub mod deploy;
 pub mod exports;
 pub mod figures;
+pub mod flags;
 pub mod target;
 
 use crate::error::{CoreError, Result};
@@ -159,7 +160,9 @@ pub const DEFAULT_MAX_PASSES: u32 = 100;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct Options {
-    /// Steps to run (in pipeline order whatever the order given).
+    /// Steps to run, in pipeline order whatever the order given: `bn_fold`, `relu6`, `cls`,
+    /// `hbf` (as a flag or query parameter: comma-separated or repeated; `none` runs no pass, a
+    /// lossless decode + encode).
     pub steps: Vec<Step>,
     /// ReLU6 policy. With `compat = aimet` it is `replace`.
     pub relu6: Relu6Policy,

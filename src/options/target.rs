@@ -48,13 +48,14 @@ pub enum ActivationType {
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize, ToSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct Target {
-    /// The runtime whose defaults apply.
+    /// The runtime whose grids the int8 outputs use (onnxruntime, QNN, TensorRT); the fields
+    /// below override single parts of it.
     pub preset: TargetPreset,
-    /// Weight scale granularity.
+    /// Weight scale granularity (default: the preset's).
     pub weight_granularity: Option<Granularity>,
-    /// Weight bits (2..=8; weights are always symmetric).
+    /// Weight bits (2..=8; weights are always symmetric; default: the preset's).
     pub weight_bits: Option<u8>,
-    /// Activation integer type.
+    /// Activation integer type (default: the preset's).
     pub activation_type: Option<ActivationType>,
     /// Symmetric activations (zero point 0). Required by TensorRT; only meaningful for `int8`.
     pub activation_symmetric: Option<bool>,

@@ -15,7 +15,6 @@ use axum::extract::{FromRequest, Multipart, Request};
 use axum::http::{header, HeaderMap, StatusCode};
 use bytes::Bytes;
 use futures_util::StreamExt;
-use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use utoipa::{IntoParams, ToSchema};
 
@@ -24,7 +23,8 @@ use super::jobs::{store_error, Jobs};
 use super::problem::ApiError;
 use super::store::{BlobKind, BlobSink};
 use crate::onnx::limits::Limits;
-use crate::{Compat, HbfMode, Options, Relu6Policy, Step};
+use crate::options::flags::{self, Flag, FLAGS};
+use crate::Options;
 
 const FLUSH_BYTES: usize = 1 << 20;
 const MAX_OPTIONS_BYTES: usize = 64 << 10;
@@ -35,82 +35,47 @@ pub const MULTIPART_OVERHEAD: u64 = 1 << 20;
 /// client gets the 413 instead of a connection reset.
 const DRAIN_BYTES: u64 = 16 << 20;
 
-/// Options of a raw-body upload, as query parameters. Unset parameters keep the defaults of
-/// `onnx-cle equalize` (`compat=aimet` starts from AIMET's defaults).
-#[derive(Debug, Default, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
+/// Options of a raw-body upload, as query parameters: every row of [`FLAGS`] with a query
+/// name, plus the job's `name`. Unset parameters keep the defaults of `onnx-cle equalize`
+/// (`compat=aimet` starts from AIMET's defaults); repeated parameters accumulate (lists) or the
+/// last one wins.
+#[derive(Debug, Default)]
 pub struct EqualizeParams {
-    /// Steps to run (repeat the parameter or separate with commas); default all.
-    pub steps: Option<Vec<Step>>,
-    /// ReLU6 policy.
-    pub relu6: Option<Relu6Policy>,
-    /// High-bias fold mode.
-    pub hbf: Option<HbfMode>,
-    /// Compatibility target.
-    pub compat: Option<Compat>,
-    /// Start op (node or tensor name); repeatable.
-    pub start: Option<Vec<String>>,
-    /// Output op (node or tensor name); repeatable.
-    pub output: Option<Vec<String>>,
-    /// Cross-layer-scaling passes.
-    #[param(minimum = 1, maximum = 1000)]
-    pub iterations: Option<u32>,
-    /// Convergence threshold for `iterations`.
-    #[param(minimum = 0)]
-    pub threshold: Option<f32>,
-    /// Verify the result with tract (default true).
-    pub verify: Option<bool>,
-    /// Seed of the random verification inputs.
-    #[param(minimum = 0)]
-    pub seed: Option<u64>,
-    /// Value of every dynamic input dimension during verification.
-    #[param(minimum = 1, maximum = 4096)]
-    pub dynamic_dim: Option<usize>,
-    /// Activation-aware balancing: cap every scaled activation's per-tensor range growth at
-    /// this factor (≥ 1).
-    #[param(minimum = 1)]
-    pub balance: Option<f32>,
-    /// Simulate int8 end to end with tract (weights-only schemes and W8A8) on random inputs.
-    pub quant_e2e: Option<bool>,
-    /// Seconds verification may take (default 0.2 s per MB of model, at least 10 s); past it
-    /// the report says `not_verified` (budget exceeded).
-    #[param(minimum = 0)]
-    pub verify_budget: Option<f64>,
-    /// Compute the per-layer int8 weight table (default true).
-    pub quant_table: Option<bool>,
-    /// Also produce the QDQ ONNX model (artifact `qdq.onnx`), data-free activation ranges.
-    pub qdq: Option<bool>,
-    /// Also produce AIMET encodings in this version (artifact `encodings.json`).
-    pub encodings: Option<crate::options::EncodingsVersion>,
-    /// Also produce onnxruntime `TensorQuantOverrides` (artifact `ort_overrides.json`).
-    pub ort_overrides: Option<bool>,
-    /// Quantize the graph outputs in the int8 outputs too.
-    pub quantize_outputs: Option<bool>,
-    /// Range of the graph inputs for the int8 outputs, `lo,hi` (e.g. `-1,1`).
-    pub input_range: Option<String>,
-    /// `auto`: choose among candidate scalings on sample inputs. The service takes no sample
-    /// inputs, so `auto` is refused here (422 `invalid_options`); use the CLI's `--samples`.
-    pub select: Option<crate::Select>,
+    /// The options given, with their raw values.
+    given: Vec<(&'static Flag, Vec<String>)>,
     /// Label for the job.
-    #[param(max_length = 200)]
     pub name: Option<String>,
-    /// Declared int8 target preset (onnxruntime, QNN, TensorRT).
-    pub target: Option<crate::options::TargetPreset>,
-    /// Target weight scale granularity (overrides the preset).
-    pub weight_granularity: Option<crate::options::Granularity>,
-    /// Target weight bits, 2..=8 (overrides the preset).
-    #[param(minimum = 2, maximum = 8)]
-    pub weight_bits: Option<u8>,
-    /// Target activation type (overrides the preset).
-    pub activation_type: Option<crate::options::ActivationType>,
-    /// Symmetric activations (overrides the preset; int8 only).
-    pub activation_symmetric: Option<bool>,
-    /// Bias correction of the deploy model (`empirical` needs samples: refused by the service).
-    pub bias_correction: Option<crate::options::BiasCorrection>,
-    /// Rounding of the deploy model's weights onto the target grid.
-    pub rounding: Option<crate::options::Rounding>,
-    /// Produce the deploy model even without bias correction or data-free rounding.
-    pub deploy: Option<bool>,
+}
+
+impl IntoParams for EqualizeParams {
+    fn into_params(
+        _: impl Fn() -> Option<utoipa::openapi::path::ParameterIn>,
+    ) -> Vec<utoipa::openapi::path::Parameter> {
+        use utoipa::openapi::path::{ParameterBuilder, ParameterIn};
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        use utoipa::openapi::Required;
+        let param = |name: &str, doc: String, schema| {
+            ParameterBuilder::new()
+                .name(name)
+                .parameter_in(ParameterIn::Query)
+                .required(Required::False)
+                .description(Some(doc))
+                .schema(Some(schema))
+                .build()
+        };
+        FLAGS
+            .iter()
+            .filter_map(|f| Some(param(f.query?, f.doc(), f.query_schema())))
+            .chain([param(
+                "name",
+                "Label for the job.".into(),
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .max_length(Some(MAX_NAME_CHARS))
+                    .into(),
+            )])
+            .collect()
+    }
 }
 
 /// The multipart form of `POST /equalize`.
@@ -179,186 +144,46 @@ fn invalid_options(detail: impl Into<String>) -> ApiError {
     .field("/options", detail)
 }
 
-fn enum_value<T: serde::de::DeserializeOwned>(name: &str, v: &str) -> Result<T, ApiError> {
-    serde_json::from_value(serde_json::Value::String(v.to_string()))
-        .map_err(|_| bad_query(name, format!("invalid value `{v}` for `{name}`")))
-}
-
-fn number<T: std::str::FromStr>(name: &str, v: &str) -> Result<T, ApiError> {
-    v.trim()
-        .parse()
-        .map_err(|_| bad_query(name, format!("`{name}` must be a number, not `{v}`")))
-}
-
-fn boolean(key: &str, v: &str) -> Result<bool, ApiError> {
-    match v {
-        "true" | "1" | "yes" | "on" => Ok(true),
-        "false" | "0" | "no" | "off" => Ok(false),
-        _ => Err(bad_query(key, format!("`{key}` must be true or false"))),
-    }
-}
-
-/// Parses the query string of a raw upload into [`EqualizeParams`]. Repeated parameters
-/// accumulate; unknown parameters are an error (typos must not be ignored).
+/// Parses the query string of a raw upload into [`EqualizeParams`], checking every value
+/// against its option. Unknown parameters are an error (typos must not be ignored).
 pub fn parse_params(query: &str) -> Result<EqualizeParams, ApiError> {
     let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query)
         .map_err(|e| bad_query("", format!("malformed query string: {e}")))?;
     let mut p = EqualizeParams::default();
     for (k, v) in pairs {
-        match k.as_str() {
-            "steps" => {
-                let list = p.steps.get_or_insert_with(Vec::new);
-                for s in v.split(',').filter(|s| !s.trim().is_empty()) {
-                    list.push(Step::parse(s).map_err(|e| bad_query("steps", e.to_string()))?);
-                }
-            }
-            "relu6" => p.relu6 = Some(enum_value("relu6", &v)?),
-            "hbf" => p.hbf = Some(enum_value("hbf", &v)?),
-            "compat" => p.compat = Some(enum_value("compat", &v)?),
-            "start" => p.start.get_or_insert_with(Vec::new).push(v),
-            "output" => p.output.get_or_insert_with(Vec::new).push(v),
-            "iterations" => p.iterations = Some(number("iterations", &v)?),
-            "threshold" => p.threshold = Some(number("threshold", &v)?),
-            "seed" => p.seed = Some(number("seed", &v)?),
-            "dynamic_dim" => p.dynamic_dim = Some(number("dynamic_dim", &v)?),
-            "verify" => p.verify = Some(boolean("verify", &v)?),
-            "quant_e2e" => p.quant_e2e = Some(boolean("quant_e2e", &v)?),
-            "verify_budget" => p.verify_budget = Some(number("verify_budget", &v)?),
-            "quant_table" => p.quant_table = Some(boolean("quant_table", &v)?),
-            "balance" => p.balance = Some(number("balance", &v)?),
-            "qdq" => p.qdq = Some(boolean("qdq", &v)?),
-            "encodings" => p.encodings = Some(enum_value("encodings", &v)?),
-            "ort_overrides" => p.ort_overrides = Some(boolean("ort_overrides", &v)?),
-            "quantize_outputs" => p.quantize_outputs = Some(boolean("quantize_outputs", &v)?),
-            "input_range" => {
-                let r: Vec<f32> = v
-                    .split(',')
-                    .map(|x| number("input_range", x))
-                    .collect::<Result<_, _>>()?;
-                if r.len() != 2 {
-                    return Err(bad_query(
-                        "input_range",
-                        "`input_range` is two numbers: lo,hi",
-                    ));
-                }
-                p.input_range = Some(v);
-            }
-            "target" => p.target = Some(enum_value("target", &v)?),
-            "weight_granularity" => {
-                p.weight_granularity = Some(enum_value("weight_granularity", &v)?)
-            }
-            "weight_bits" => p.weight_bits = Some(number("weight_bits", &v)?),
-            "activation_type" => p.activation_type = Some(enum_value("activation_type", &v)?),
-            "activation_symmetric" => {
-                p.activation_symmetric = Some(boolean("activation_symmetric", &v)?)
-            }
-            "bias_correction" => p.bias_correction = Some(enum_value("bias_correction", &v)?),
-            "rounding" => p.rounding = Some(enum_value("rounding", &v)?),
-            "deploy" => p.deploy = Some(boolean("deploy", &v)?),
-            "select" => p.select = Some(enum_value("select", &v)?),
-            "name" => p.name = Some(v),
-            other => {
-                return Err(bad_query(
-                    other,
-                    format!("unknown query parameter `{other}`"),
-                ))
-            }
+        if k == "name" {
+            p.name = Some(v);
+            continue;
+        }
+        let Some(flag) = Flag::by_query(&k) else {
+            return Err(bad_query(&k, format!("unknown query parameter `{k}`")));
+        };
+        match p.given.iter_mut().find(|(f, _)| f.field == flag.field) {
+            Some((_, values)) => values.push(v),
+            None => p.given.push((flag, vec![v])),
         }
     }
+    p.checked()?;
     Ok(p)
 }
 
 impl EqualizeParams {
+    /// The options these parameters select, not yet normalized.
+    fn checked(&self) -> Result<Options, ApiError> {
+        flags::apply(&self.given).map_err(|e| {
+            let name = Flag::of(e.field).and_then(|f| f.query).unwrap_or("");
+            let detail = format!("`{name}`: {}", e.message);
+            if e.out_of_range {
+                invalid_options(detail)
+            } else {
+                bad_query(name, detail)
+            }
+        })
+    }
+
     /// The options these parameters select, with the CLI's defaults, normalized.
     pub fn options(&self) -> Result<Options, ApiError> {
-        let mut o = match self.compat {
-            Some(Compat::Aimet) => Options::aimet(),
-            _ => Options::default(),
-        };
-        if let Some(s) = &self.steps {
-            o.steps = s.clone();
-        }
-        if let Some(r) = self.relu6 {
-            o.relu6 = r;
-        }
-        if let Some(h) = self.hbf {
-            o.hbf = h;
-        }
-        o.start = self.start.clone().unwrap_or_default();
-        o.output = self.output.clone().unwrap_or_default();
-        if self.iterations.is_some() {
-            o.iterations = self.iterations;
-        }
-        if let Some(t) = self.threshold {
-            o.threshold = t;
-        }
-        if let Some(v) = self.verify {
-            o.verify.enabled = v;
-        }
-        if let Some(s) = self.seed {
-            o.verify.seed = s;
-        }
-        if let Some(d) = self.dynamic_dim {
-            o.verify.dynamic_dim = d;
-        }
-        if self.balance.is_some() {
-            o.balance = self.balance;
-        }
-        if let Some(q) = self.quant_e2e {
-            o.quant.end_to_end = q;
-        }
-        if self.verify_budget.is_some() {
-            o.verify.budget_s = self.verify_budget;
-        }
-        if let Some(t) = self.quant_table {
-            o.quant.layers = t;
-        }
-        if let Some(q) = self.qdq {
-            o.exports.qdq = q;
-        }
-        if self.encodings.is_some() {
-            o.exports.encodings = self.encodings;
-        }
-        if let Some(q) = self.ort_overrides {
-            o.exports.ort_overrides = q;
-        }
-        if let Some(q) = self.quantize_outputs {
-            o.exports.quantize_outputs = q;
-        }
-        if let Some(r) = &self.input_range {
-            let v: Vec<f32> = r.split(',').filter_map(|x| x.trim().parse().ok()).collect();
-            if let [lo, hi] = v[..] {
-                o.exports.input_range = Some([lo, hi]);
-            }
-        }
-        if let Some(t) = self.target {
-            o.target.preset = t;
-        }
-        if self.weight_granularity.is_some() {
-            o.target.weight_granularity = self.weight_granularity;
-        }
-        if self.weight_bits.is_some() {
-            o.target.weight_bits = self.weight_bits;
-        }
-        if self.activation_type.is_some() {
-            o.target.activation_type = self.activation_type;
-        }
-        if self.activation_symmetric.is_some() {
-            o.target.activation_symmetric = self.activation_symmetric;
-        }
-        if let Some(b) = self.bias_correction {
-            o.deploy.bias_correction = b;
-        }
-        if let Some(r) = self.rounding {
-            o.deploy.rounding = r;
-        }
-        if let Some(d) = self.deploy {
-            o.deploy.model = d;
-        }
-        if let Some(s) = self.select {
-            o.select = s;
-        }
-        service_options(o)
+        service_options(self.checked()?)
     }
 }
 
@@ -784,6 +609,7 @@ async fn receive_multipart(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{Relu6Policy, Step};
 
     #[test]
     fn query_parameters_map_to_options_like_the_cli() {

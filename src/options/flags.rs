@@ -1,0 +1,705 @@
+//! The one table of how the equalize options are spelled outside JSON: each row names a field of
+//! [`Options`] by its JSON path and says how `onnx-cle equalize` (a CLI flag) and `POST /equalize`
+//! (a query parameter) take it.
+//!
+//! Everything else about an option is the field's own: its doc comment (read back from the
+//! OpenAPI schema of [`Options`], [`doc`]), its type and its default. A value given as a flag or a
+//! query parameter is turned into JSON at the field's path and read with serde ([`apply`]), so the
+//! CLI, the query string and the JSON `options` part of a job accept exactly the same values; the
+//! CLI builds its arguments from this table and the service its query parameters and their
+//! OpenAPI description. Adding an option: its field (doc, type, default) and, when the CLI or the
+//! query takes it, its row here.
+
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+
+use serde_json::{Map, Value as Json};
+use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Schema, SchemaFormat, Type};
+use utoipa::openapi::{KnownFormat, Ref, RefOr};
+use utoipa::{PartialSchema, ToSchema};
+
+use super::{
+    ActivationType, BiasCorrection, Calibration, Compat, EncodingsVersion, Granularity, HbfMode,
+    Options, Relu6Policy, Rounding, Select, Step, TargetPreset,
+};
+
+/// One option as the CLI and the query string spell it.
+#[derive(Debug, Clone, Copy)]
+pub struct Flag {
+    /// The field's JSON path in [`Options`] (`verify.budget_s`).
+    pub field: &'static str,
+    /// Its query parameter of `POST /equalize`; `None`: jobs take it only in the JSON options.
+    pub query: Option<&'static str>,
+    /// Its CLI flag; `None`: the CLI sets it otherwise (an output path) or not at all.
+    pub cli: Option<Cli>,
+    /// The shape of its values.
+    pub kind: Kind,
+}
+
+/// How the CLI spells a flag.
+#[derive(Debug, Clone, Copy)]
+pub enum Cli {
+    /// `--long VALUE` (lists: comma-separated or repeated).
+    Value {
+        /// The long flag.
+        long: &'static str,
+        /// Another spelling (shown in the help).
+        alias: Option<&'static str>,
+        /// The placeholder in the help.
+        value_name: Option<&'static str>,
+    },
+    /// `--long` sets the field to `true`.
+    On(&'static str),
+    /// `--long` sets the field to `false`.
+    Off(&'static str),
+}
+
+/// The shape of a flag's values, and of its query parameter in the OpenAPI document.
+#[derive(Debug, Clone, Copy)]
+pub enum Kind {
+    /// `true` / `false` (`1`, `yes`, `on` / `0`, `no`, `off` in a query).
+    Bool,
+    /// An integer (`format` and bounds of the query parameter's schema).
+    Integer {
+        /// OpenAPI format (`int32`, `int64`).
+        format: Option<Format>,
+        /// Least value.
+        min: Option<i64>,
+        /// Largest value.
+        max: Option<i64>,
+    },
+    /// A number.
+    Number {
+        /// OpenAPI format (`float`, `double`).
+        format: Format,
+        /// Least value.
+        min: Option<i64>,
+    },
+    /// One value of an enum (its schema: name and values).
+    Enum(fn() -> Choices),
+    /// Pipeline steps, comma-separated or repeated (`none` alone: no step).
+    Steps,
+    /// Strings, one per repetition.
+    Strings,
+    /// Two numbers `lo,hi`.
+    Range,
+    /// Comma-separated numbers.
+    Numbers,
+}
+
+/// The OpenAPI format of a numeric query parameter.
+#[derive(Debug, Clone, Copy)]
+pub enum Format {
+    /// `int32`.
+    Int32,
+    /// `int64`.
+    Int64,
+    /// `float`.
+    Float,
+    /// `double`.
+    Double,
+}
+
+impl Format {
+    fn known(self) -> SchemaFormat {
+        SchemaFormat::KnownFormat(match self {
+            Format::Int32 => KnownFormat::Int32,
+            Format::Int64 => KnownFormat::Int64,
+            Format::Float => KnownFormat::Float,
+            Format::Double => KnownFormat::Double,
+        })
+    }
+}
+
+/// The values of an enum option, as its schema names them.
+#[derive(Debug, Clone)]
+pub struct Choices {
+    /// The schema's name (`Relu6Policy`).
+    pub name: String,
+    /// Its values (`exact`, `replace`, `keep`).
+    pub values: Vec<String>,
+}
+
+fn choices<T: ToSchema>() -> Choices {
+    let values = serde_json::to_value(T::schema())
+        .ok()
+        .and_then(|s| s.get("enum").cloned())
+        .and_then(|e| serde_json::from_value(e).ok())
+        .unwrap_or_default();
+    Choices {
+        name: T::name().into_owned(),
+        values,
+    }
+}
+
+const fn value(long: &'static str) -> Option<Cli> {
+    Some(Cli::Value {
+        long,
+        alias: None,
+        value_name: None,
+    })
+}
+
+const fn int(format: Option<Format>, min: Option<i64>, max: Option<i64>) -> Kind {
+    Kind::Integer { format, min, max }
+}
+
+const fn number(format: Format, min: Option<i64>) -> Kind {
+    Kind::Number { format, min }
+}
+
+/// Every option the CLI or the query string takes, in the order `--help` and the OpenAPI
+/// document list them.
+pub const FLAGS: &[Flag] = &[
+    Flag {
+        field: "steps",
+        query: Some("steps"),
+        cli: value("steps"),
+        kind: Kind::Steps,
+    },
+    Flag {
+        field: "relu6",
+        query: Some("relu6"),
+        cli: value("relu6"),
+        kind: Kind::Enum(choices::<Relu6Policy>),
+    },
+    Flag {
+        field: "hbf",
+        query: Some("hbf"),
+        cli: value("hbf"),
+        kind: Kind::Enum(choices::<HbfMode>),
+    },
+    Flag {
+        field: "compat",
+        query: Some("compat"),
+        cli: value("compat"),
+        kind: Kind::Enum(choices::<Compat>),
+    },
+    Flag {
+        field: "start",
+        query: Some("start"),
+        cli: value("start"),
+        kind: Kind::Strings,
+    },
+    Flag {
+        field: "output",
+        query: Some("output"),
+        cli: Some(Cli::Value {
+            long: "output-op",
+            alias: Some("output-name"),
+            value_name: None,
+        }),
+        kind: Kind::Strings,
+    },
+    Flag {
+        field: "iterations",
+        query: Some("iterations"),
+        cli: value("iterations"),
+        kind: int(Some(Format::Int32), Some(1), Some(1000)),
+    },
+    Flag {
+        field: "threshold",
+        query: Some("threshold"),
+        cli: value("threshold"),
+        kind: number(Format::Float, Some(0)),
+    },
+    Flag {
+        field: "verify.enabled",
+        query: Some("verify"),
+        cli: Some(Cli::Off("no-verify")),
+        kind: Kind::Bool,
+    },
+    Flag {
+        field: "verify.seed",
+        query: Some("seed"),
+        cli: value("seed"),
+        kind: int(Some(Format::Int64), Some(0), None),
+    },
+    Flag {
+        field: "verify.dynamic_dim",
+        query: Some("dynamic_dim"),
+        cli: value("dynamic-dim"),
+        kind: int(None, Some(1), Some(4096)),
+    },
+    Flag {
+        field: "balance",
+        query: Some("balance"),
+        cli: value("balance"),
+        kind: number(Format::Float, Some(1)),
+    },
+    Flag {
+        field: "quant.end_to_end",
+        query: Some("quant_e2e"),
+        cli: Some(Cli::On("quant-e2e")),
+        kind: Kind::Bool,
+    },
+    Flag {
+        field: "verify.budget_s",
+        query: Some("verify_budget"),
+        cli: Some(Cli::Value {
+            long: "verify-budget",
+            alias: None,
+            value_name: Some("SECONDS"),
+        }),
+        kind: number(Format::Double, Some(0)),
+    },
+    Flag {
+        field: "quant.layers",
+        query: Some("quant_table"),
+        cli: Some(Cli::Off("no-quant-table")),
+        kind: Kind::Bool,
+    },
+    Flag {
+        field: "quant.w8a8",
+        query: None,
+        cli: Some(Cli::Off("no-w8a8")),
+        kind: Kind::Bool,
+    },
+    Flag {
+        field: "quant.sensitivity",
+        query: None,
+        cli: Some(Cli::On("sensitivity")),
+        kind: Kind::Bool,
+    },
+    Flag {
+        field: "exports.qdq",
+        query: Some("qdq"),
+        cli: None,
+        kind: Kind::Bool,
+    },
+    Flag {
+        field: "exports.encodings",
+        query: Some("encodings"),
+        cli: None,
+        kind: Kind::Enum(choices::<EncodingsVersion>),
+    },
+    Flag {
+        field: "exports.ort_overrides",
+        query: Some("ort_overrides"),
+        cli: None,
+        kind: Kind::Bool,
+    },
+    Flag {
+        field: "exports.calibration",
+        query: None,
+        cli: value("calibration"),
+        kind: Kind::Enum(choices::<Calibration>),
+    },
+    Flag {
+        field: "exports.percentile",
+        query: None,
+        cli: value("percentile"),
+        kind: number(Format::Float, Some(50)),
+    },
+    Flag {
+        field: "exports.quantize_outputs",
+        query: Some("quantize_outputs"),
+        cli: Some(Cli::On("quantize-outputs")),
+        kind: Kind::Bool,
+    },
+    Flag {
+        field: "exports.input_range",
+        query: Some("input_range"),
+        cli: Some(Cli::Value {
+            long: "input-range",
+            alias: None,
+            value_name: Some("LO,HI"),
+        }),
+        kind: Kind::Range,
+    },
+    Flag {
+        field: "select",
+        query: Some("select"),
+        cli: value("select"),
+        kind: Kind::Enum(choices::<Select>),
+    },
+    Flag {
+        field: "target.preset",
+        query: Some("target"),
+        cli: value("target"),
+        kind: Kind::Enum(choices::<TargetPreset>),
+    },
+    Flag {
+        field: "target.weight_granularity",
+        query: Some("weight_granularity"),
+        cli: value("weight-granularity"),
+        kind: Kind::Enum(choices::<Granularity>),
+    },
+    Flag {
+        field: "target.weight_bits",
+        query: Some("weight_bits"),
+        cli: value("weight-bits"),
+        kind: int(Some(Format::Int32), Some(2), Some(8)),
+    },
+    Flag {
+        field: "target.activation_type",
+        query: Some("activation_type"),
+        cli: value("activation-type"),
+        kind: Kind::Enum(choices::<ActivationType>),
+    },
+    Flag {
+        field: "target.activation_symmetric",
+        query: Some("activation_symmetric"),
+        cli: Some(Cli::On("activation-symmetric")),
+        kind: Kind::Bool,
+    },
+    Flag {
+        field: "deploy.bias_correction",
+        query: Some("bias_correction"),
+        cli: value("bias-correction"),
+        kind: Kind::Enum(choices::<BiasCorrection>),
+    },
+    Flag {
+        field: "deploy.rounding",
+        query: Some("rounding"),
+        cli: value("rounding"),
+        kind: Kind::Enum(choices::<Rounding>),
+    },
+    Flag {
+        field: "deploy.model",
+        query: Some("deploy"),
+        cli: None,
+        kind: Kind::Bool,
+    },
+    Flag {
+        field: "deploy.input_mean",
+        query: None,
+        cli: value("input-mean"),
+        kind: Kind::Numbers,
+    },
+];
+
+impl Flag {
+    /// The row of the field at `path`.
+    pub fn of(path: &str) -> Option<&'static Flag> {
+        FLAGS.iter().find(|f| f.field == path)
+    }
+
+    /// The row whose query parameter is `name`.
+    pub fn by_query(name: &str) -> Option<&'static Flag> {
+        FLAGS.iter().find(|f| f.query == Some(name))
+    }
+
+    /// The CLI's long flag.
+    pub fn long(&self) -> Option<&'static str> {
+        self.cli.map(|c| match c {
+            Cli::Value { long, .. } | Cli::On(long) | Cli::Off(long) => long,
+        })
+    }
+
+    /// The field's documentation (its doc comment in [`Options`]).
+    pub fn doc(&self) -> String {
+        doc(self.field)
+    }
+
+    /// The values of an enum flag.
+    pub fn choices(&self) -> Option<Choices> {
+        match self.kind {
+            Kind::Enum(f) => Some(f()),
+            _ => None,
+        }
+    }
+
+    /// The schema of its query parameter.
+    pub fn query_schema(&self) -> RefOr<Schema> {
+        let reference = |name: &str| RefOr::Ref(Ref::from_schema_name(name));
+        let string = || ObjectBuilder::new().schema_type(Type::String);
+        match self.kind {
+            Kind::Bool => ObjectBuilder::new().schema_type(Type::Boolean).into(),
+            Kind::Integer { format, min, max } => ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .format(format.map(Format::known))
+                .minimum(min.map(|m| m as isize))
+                .maximum(max.map(|m| m as isize))
+                .into(),
+            Kind::Number { format, min } => ObjectBuilder::new()
+                .schema_type(Type::Number)
+                .format(Some(format.known()))
+                .minimum(min.map(|m| m as isize))
+                .into(),
+            Kind::Enum(f) => reference(&f().name),
+            Kind::Steps => ArrayBuilder::new()
+                .items(reference(&<Step as ToSchema>::name()))
+                .into(),
+            Kind::Strings => ArrayBuilder::new().items(string()).into(),
+            Kind::Range | Kind::Numbers => string().into(),
+        }
+    }
+}
+
+/// A value a flag or query parameter cannot take.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FlagError {
+    /// The option's JSON path.
+    pub field: &'static str,
+    /// What is wrong with the value.
+    pub message: String,
+    /// `true`: a value of the right type that no option accepts (a non-finite number), like
+    /// the refusals of [`Options::normalized`]; `false`: not a value of the option's type.
+    pub out_of_range: bool,
+}
+
+/// The options that `given` (rows with their raw values, in any order) select: the defaults
+/// (AIMET's with `compat = aimet`), each given field replaced by its value. Not yet
+/// [`Options::normalized`]: the caller decides when.
+pub fn apply(given: &[(&'static Flag, Vec<String>)]) -> Result<Options, FlagError> {
+    let compat = given
+        .iter()
+        .find(|(f, _)| f.field == "compat")
+        .map(|(f, raw)| parse(f, raw))
+        .transpose()?;
+    let base = match compat.as_ref().and_then(Json::as_str) {
+        Some("aimet") => Options::aimet(),
+        _ => Options::default(),
+    };
+    let mut tree = serde_json::to_value(&base).map_err(|e| FlagError {
+        field: "compat",
+        message: e.to_string(),
+        out_of_range: false,
+    })?;
+    for flag in FLAGS {
+        let Some((_, raw)) = given.iter().find(|(f, _)| f.field == flag.field) else {
+            continue;
+        };
+        let value = parse(flag, raw)?;
+        let mut candidate = tree.clone();
+        set(&mut candidate, flag.field, value);
+        serde_json::from_value::<Options>(candidate.clone()).map_err(|e| FlagError {
+            field: flag.field,
+            message: invalid(flag, raw, &e.to_string()),
+            out_of_range: false,
+        })?;
+        tree = candidate;
+    }
+    serde_json::from_value(tree).map_err(|e| FlagError {
+        field: "",
+        message: e.to_string(),
+        out_of_range: false,
+    })
+}
+
+fn invalid(flag: &Flag, raw: &[String], detail: &str) -> String {
+    let shown = raw.join(",");
+    match flag.choices() {
+        Some(c) => format!(
+            "invalid value `{shown}` (expected one of: {})",
+            c.values.join(", ")
+        ),
+        None => format!("invalid value `{shown}` ({detail})"),
+    }
+}
+
+fn boolean(v: &str) -> Option<bool> {
+    match v.trim() {
+        "true" | "1" | "yes" | "on" => Some(true),
+        "false" | "0" | "no" | "off" => Some(false),
+        _ => None,
+    }
+}
+
+/// The JSON value of `raw` (every occurrence of the flag, in order) for `flag`.
+fn parse(flag: &'static Flag, raw: &[String]) -> Result<Json, FlagError> {
+    let fail = |message: String| FlagError {
+        field: flag.field,
+        message,
+        out_of_range: false,
+    };
+    let last = raw.last().map(String::as_str).unwrap_or("");
+    let pieces = || {
+        raw.iter()
+            .flat_map(|r| r.split(','))
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+    };
+    let numbers = || {
+        pieces()
+            .map(|p| match p.parse::<f64>() {
+                Ok(n) if n.is_finite() => Ok(n),
+                Ok(_) => Err(FlagError {
+                    out_of_range: true,
+                    ..fail(format!("must be finite numbers, not `{p}`"))
+                }),
+                Err(_) => Err(fail(format!("must be numbers, not `{p}`"))),
+            })
+            .collect::<Result<Vec<f64>, _>>()
+    };
+    Ok(match flag.kind {
+        Kind::Bool => Json::Bool(boolean(last).ok_or_else(|| fail("must be true or false".into()))?),
+        Kind::Integer { .. } => {
+            let t = last.trim();
+            match (t.parse::<u64>(), t.parse::<i64>()) {
+                (Ok(n), _) => Json::from(n),
+                (_, Ok(n)) => Json::from(n),
+                _ => return Err(fail(format!("must be a whole number, not `{last}`"))),
+            }
+        }
+        Kind::Number { .. } => {
+            let n: f64 = last
+                .trim()
+                .parse()
+                .map_err(|_| fail(format!("must be a number, not `{last}`")))?;
+            Json::Number(serde_json::Number::from_f64(n).ok_or_else(|| FlagError {
+                out_of_range: true,
+                ..fail(format!("must be a finite number, not `{last}`"))
+            })?)
+        }
+        Kind::Enum(_) => Json::String(last.trim().replace('-', "_")),
+        Kind::Steps => {
+            let list: Vec<&str> = pieces().collect();
+            if list == ["none"] {
+                Json::Array(Vec::new())
+            } else {
+                let steps = list
+                    .iter()
+                    .map(|s| Step::parse(s).map(|s| Json::from(s.name())))
+                    .collect::<crate::Result<Vec<_>>>()
+                    .map_err(|e| fail(e.to_string()))?;
+                Json::Array(steps)
+            }
+        }
+        Kind::Strings => Json::Array(raw.iter().cloned().map(Json::String).collect()),
+        Kind::Range => match numbers()?.as_slice() {
+            [lo, hi] => Json::from(vec![*lo, *hi]),
+            _ => return Err(fail("takes two numbers: lo,hi".into())),
+        },
+        Kind::Numbers => Json::from(numbers()?),
+    })
+}
+
+/// Sets `value` at the dotted `path` of `tree`.
+fn set(tree: &mut Json, path: &str, value: Json) {
+    let mut node = tree;
+    let mut parts = path.split('.').peekable();
+    while let Some(key) = parts.next() {
+        if !node.is_object() {
+            *node = Json::Object(Map::new());
+        }
+        let Json::Object(map) = node else { return };
+        if parts.peek().is_none() {
+            map.insert(key.to_string(), value);
+            return;
+        }
+        node = map.entry(key.to_string()).or_insert(Json::Null);
+    }
+}
+
+/// The doc comment of the field at `path` in [`Options`], as the OpenAPI schema carries it (one
+/// line per paragraph line, rustdoc links as written).
+pub fn doc(path: &str) -> String {
+    static SCHEMAS: OnceLock<(Json, BTreeMap<String, Json>)> = OnceLock::new();
+    let (root, named) = SCHEMAS.get_or_init(|| {
+        let mut found = Vec::new();
+        Options::schemas(&mut found);
+        let named = found
+            .into_iter()
+            .filter_map(|(n, s)| Some((n, serde_json::to_value(s).ok()?)))
+            .collect();
+        (
+            serde_json::to_value(Options::schema()).unwrap_or_default(),
+            named,
+        )
+    });
+    let resolve = |s: &Json| -> Json {
+        let target = s
+            .get("$ref")
+            .or_else(|| s.pointer("/oneOf/0/$ref"))
+            .and_then(Json::as_str)
+            .and_then(|r| r.rsplit('/').next())
+            .and_then(|n| named.get(n));
+        target.cloned().unwrap_or_else(|| s.clone())
+    };
+    let mut node = root.clone();
+    let mut parts = path.split('.').peekable();
+    while let Some(key) = parts.next() {
+        let Some(prop) = node.pointer(&format!("/properties/{key}")).cloned() else {
+            return String::new();
+        };
+        if parts.peek().is_none() {
+            return prop
+                .get("description")
+                .or_else(|| prop.pointer("/oneOf/0/description"))
+                .and_then(Json::as_str)
+                .unwrap_or_default()
+                .to_string();
+        }
+        node = resolve(&prop);
+    }
+    String::new()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn given(pairs: &[(&str, &[&str])]) -> Vec<(&'static Flag, Vec<String>)> {
+        pairs
+            .iter()
+            .map(|(field, raw)| {
+                (
+                    Flag::of(field).expect("a row"),
+                    raw.iter().map(|s| s.to_string()).collect(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_row_names_a_documented_field_and_its_values_deserialize() {
+        for f in FLAGS {
+            assert!(!f.doc().is_empty(), "{}: no doc", f.field);
+            assert!(f.query.is_some() || f.cli.is_some(), "{}", f.field);
+            if let Some(c) = f.choices() {
+                assert!(!c.values.is_empty(), "{}", f.field);
+                for v in c.values {
+                    apply(&given(&[(f.field, &[&v])])).expect(f.field);
+                }
+            }
+        }
+        let names: Vec<_> = FLAGS.iter().filter_map(|f| f.query).collect();
+        let mut unique = names.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(names.len(), unique.len(), "query names are unique");
+    }
+
+    #[test]
+    fn values_land_on_their_fields() {
+        let o = apply(&given(&[
+            ("compat", &["aimet"]),
+            ("steps", &["bn_fold,cls", "hbf"]),
+            ("verify.enabled", &["false"]),
+            ("verify.seed", &["7"]),
+            ("target.weight_granularity", &["per-channel"]),
+            ("exports.input_range", &["-1,1"]),
+            ("deploy.input_mean", &["0.5,-0.5"]),
+            ("start", &["a", "b"]),
+        ]))
+        .unwrap();
+        assert_eq!(o.compat, Compat::Aimet);
+        assert_eq!(o.relu6, Relu6Policy::Replace, "compat=aimet starts from AIMET");
+        assert_eq!(o.steps, vec![Step::BnFold, Step::Cls, Step::Hbf]);
+        assert!(!o.verify.enabled);
+        assert_eq!(o.verify.seed, 7);
+        assert_eq!(o.target.weight_granularity, Some(Granularity::PerChannel));
+        assert_eq!(o.exports.input_range, Some([-1.0, 1.0]));
+        assert_eq!(o.deploy.input_mean, Some(vec![0.5, -0.5]));
+        assert_eq!(o.start, vec!["a", "b"]);
+        assert_eq!(apply(&[]).unwrap(), Options::default());
+        assert_eq!(apply(&given(&[("steps", &["none"])])).unwrap().steps, []);
+    }
+
+    #[test]
+    fn bad_values_name_their_field() {
+        for (field, raw) in [
+            ("relu6", "sometimes"),
+            ("iterations", "many"),
+            ("target.weight_bits", "300"),
+            ("verify.enabled", "perhaps"),
+            ("exports.input_range", "1"),
+            ("steps", "fold"),
+        ] {
+            let e = apply(&given(&[(field, &[raw])])).unwrap_err();
+            assert_eq!(e.field, field, "{raw}: {}", e.message);
+        }
+    }
+}
