@@ -201,9 +201,10 @@ fn flag_arg(f: &'static Flag) -> Option<Arg> {
 
 /// `help` with the option's default, when it has one worth showing.
 fn with_default(help: String, f: &Flag) -> String {
-    let default = serde_json::to_value(Options::default())
-        .ok()
-        .and_then(|o| o.pointer(&format!("/{}", f.field.replace('.', "/"))).cloned());
+    let default = serde_json::to_value(Options::default()).ok().and_then(|o| {
+        o.pointer(&format!("/{}", f.field.replace('.', "/")))
+            .cloned()
+    });
     match default {
         Some(serde_json::Value::Number(n)) => match n.as_f64() {
             // An f32 field reads back as the f64 nearest to it: show the f32.

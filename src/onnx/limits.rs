@@ -7,7 +7,7 @@
 //!
 //! Limits are policy, not options: they are set by whoever runs the tool (`onnx-cle equalize
 //! --max-nodes …`, `onnx-cle serve --max-nodes …`), never by the client of a job, so they are not
-//! part of [`crate::Options`]. They are checked before the run:
+//! part of [`crate::options::Options`]. They are checked before the run:
 //!
 //! - on encoded bytes by [`super::scan::decode_within`] (a scan first, so a hostile input is
 //!   refused before `prost` allocates anything, then [`super::decode`]);

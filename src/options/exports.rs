@@ -80,13 +80,13 @@ impl ExportOptions {
     /// Checks the values.
     pub fn validate(&self) -> Result<()> {
         if !(self.percentile.is_finite() && (50.0..=100.0).contains(&self.percentile)) {
-            return Err(crate::CoreError::InvalidOptions(
+            return Err(crate::error::CoreError::InvalidOptions(
                 "exports.percentile must be between 50 and 100".into(),
             ));
         }
         if let Some([lo, hi]) = self.input_range {
             if !(lo.is_finite() && hi.is_finite() && lo < hi) {
-                return Err(crate::CoreError::InvalidOptions(
+                return Err(crate::error::CoreError::InvalidOptions(
                     "exports.input_range must be two finite numbers lo < hi".into(),
                 ));
             }

@@ -524,7 +524,9 @@ fn parse(flag: &'static Flag, raw: &[String]) -> Result<Json, FlagError> {
             .collect::<Result<Vec<f64>, _>>()
     };
     Ok(match flag.kind {
-        Kind::Bool => Json::Bool(boolean(last).ok_or_else(|| fail("must be true or false".into()))?),
+        Kind::Bool => {
+            Json::Bool(boolean(last).ok_or_else(|| fail("must be true or false".into()))?)
+        }
         Kind::Integer { .. } => {
             let t = last.trim();
             match (t.parse::<u64>(), t.parse::<i64>()) {
@@ -552,7 +554,7 @@ fn parse(flag: &'static Flag, raw: &[String]) -> Result<Json, FlagError> {
                 let steps = list
                     .iter()
                     .map(|s| Step::parse(s).map(|s| Json::from(s.name())))
-                    .collect::<crate::Result<Vec<_>>>()
+                    .collect::<crate::error::Result<Vec<_>>>()
                     .map_err(|e| fail(e.to_string()))?;
                 Json::Array(steps)
             }
@@ -676,7 +678,11 @@ mod tests {
         ]))
         .unwrap();
         assert_eq!(o.compat, Compat::Aimet);
-        assert_eq!(o.relu6, Relu6Policy::Replace, "compat=aimet starts from AIMET");
+        assert_eq!(
+            o.relu6,
+            Relu6Policy::Replace,
+            "compat=aimet starts from AIMET"
+        );
         assert_eq!(o.steps, vec![Step::BnFold, Step::Cls, Step::Hbf]);
         assert!(!o.verify.enabled);
         assert_eq!(o.verify.seed, 7);

@@ -40,7 +40,7 @@ struct Plan {
 }
 
 /// Folds every foldable BatchNormalization in scope.
-pub fn run(cx: &mut Ctx) -> crate::Result<()> {
+pub fn run(cx: &mut Ctx) -> crate::error::Result<()> {
     let aimet = cx.opts.is_aimet();
     let order: Vec<usize> = cx.work.index().topo().to_vec();
     let mut backward = Vec::new();
@@ -490,7 +490,7 @@ fn sigma_scale(p: &BnParams) -> Vec<f32> {
         .collect()
 }
 
-fn apply(cx: &mut Ctx, plan: &Plan, edits: &mut Edits) -> crate::Result<()> {
+fn apply(cx: &mut Ctx, plan: &Plan, edits: &mut Edits) -> crate::error::Result<()> {
     let l = plan.layer.node;
     // The names as the node reads them now: an earlier fold into the same layer may have
     // created its bias, and shared tensors become the layer's own.
@@ -506,12 +506,12 @@ fn apply(cx: &mut Ctx, plan: &Plan, edits: &mut Edits) -> crate::Result<()> {
     let mut w = cx
         .work
         .take(&layer.weight)
-        .map_err(crate::CoreError::InvalidModel)?;
+        .map_err(crate::error::CoreError::InvalidModel)?;
     let old_bias: Vec<f32> = match &layer.bias {
         Some(b) => cx
             .work
             .read(b)
-            .map_err(crate::CoreError::InvalidModel)?
+            .map_err(crate::error::CoreError::InvalidModel)?
             .data
             .clone(),
         None => vec![0.0; layout.out_channels()],
@@ -568,7 +568,7 @@ fn apply(cx: &mut Ctx, plan: &Plan, edits: &mut Edits) -> crate::Result<()> {
             let dims = cx
                 .work
                 .read(b)
-                .map_err(crate::CoreError::InvalidModel)?
+                .map_err(crate::error::CoreError::InvalidModel)?
                 .dims
                 .clone();
             cx.work.put(

@@ -413,7 +413,7 @@ fn split_default(classes: &[(Class, Option<Layer>)]) -> Vec<Vec<usize>> {
 }
 
 /// Runs cross-layer scaling over every chain in scope.
-pub fn run(cx: &mut Ctx) -> crate::Result<()> {
+pub fn run(cx: &mut Ctx) -> crate::error::Result<()> {
     let groups = find_groups(cx);
     let mut sets: Vec<Set> = Vec::new();
     for group in groups {
@@ -542,7 +542,7 @@ pub fn run(cx: &mut Ctx) -> crate::Result<()> {
 /// the bias of each layer whose outputs are scaled (all but the last of a set; a MatMul's bias
 /// `Add` is never shared, see [`matmul_bias`]). Other users of a shared tensor keep reading the
 /// original.
-fn own_members(cx: &mut Ctx, sets: &mut [Set]) -> crate::Result<()> {
+fn own_members(cx: &mut Ctx, sets: &mut [Set]) -> crate::error::Result<()> {
     let scaled_out: HashSet<usize> = sets
         .iter()
         .flat_map(|s| s.layers[..s.layers.len() - 1].iter().map(|l| l.node))
@@ -580,7 +580,7 @@ fn direct_passes(
     ranges: &mut Ranges,
     cumulative: &mut [Vec<Vec<f32>>],
     act_ranges: &[Vec<Option<Vec<f32>>>],
-) -> crate::Result<()> {
+) -> crate::error::Result<()> {
     for it in 1..=cx.opts.passes() {
         let mut worst = 0f32;
         for (k, set) in sets.iter().enumerate() {
@@ -672,7 +672,7 @@ fn converged(
     ranges: &mut Ranges,
     cumulative: &mut [Vec<Vec<f32>>],
     act_ranges: &[Vec<Option<Vec<f32>>>],
-) -> crate::Result<()> {
+) -> crate::error::Result<()> {
     let mut index: HashMap<String, usize> = HashMap::new();
     let mut tracks: Vec<Track> = Vec::new();
     let mut out_scaled: Vec<bool> = Vec::new();
@@ -710,7 +710,7 @@ fn converged(
             let w = cx
                 .work
                 .read(&track.layer.weight)
-                .map_err(crate::CoreError::InvalidModel)?;
+                .map_err(crate::error::CoreError::InvalidModel)?;
             track.maxima = Some(track.layer.layout.block_maxima(&w.data));
         }
     }
@@ -1143,11 +1143,13 @@ fn pair_ranges(cx: &mut Ctx, ranges: &mut Ranges, set: &Set) -> Vec<PairRanges> 
         .collect()
 }
 
-fn take(cx: &mut Ctx, name: &str) -> crate::Result<crate::onnx::tensor::F32Tensor> {
-    cx.work.take(name).map_err(crate::CoreError::InvalidModel)
+fn take(cx: &mut Ctx, name: &str) -> crate::error::Result<crate::onnx::tensor::F32Tensor> {
+    cx.work
+        .take(name)
+        .map_err(crate::error::CoreError::InvalidModel)
 }
 
-fn scale_bias(cx: &mut Ctx, layer: &Layer, inv: &[f32]) -> crate::Result<()> {
+fn scale_bias(cx: &mut Ctx, layer: &Layer, inv: &[f32]) -> crate::error::Result<()> {
     if let Some(b) = &layer.bias {
         let mut t = take(cx, b)?;
         for (v, m) in t.data.iter_mut().zip(inv) {
@@ -1213,7 +1215,7 @@ fn scale_set(
     ranges: &mut Ranges,
     set: &Set,
     balance: Option<Balance>,
-) -> crate::Result<Vec<Vec<f32>>> {
+) -> crate::error::Result<Vec<Vec<f32>>> {
     let limit = |p: usize, s: &mut Vec<f32>| {
         if let Some((g, ranges, prev)) = balance {
             if let Some(hi) = &ranges[p] {

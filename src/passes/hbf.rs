@@ -23,7 +23,7 @@ use crate::graph::{has_no_padding, layer_of, Layer};
 const PASS: &str = "hbf";
 
 /// Runs the high-bias fold over the pairs CLS scaled.
-pub fn run(cx: &mut Ctx) -> crate::Result<()> {
+pub fn run(cx: &mut Ctx) -> crate::error::Result<()> {
     let mode = cx.opts.hbf;
     cx.report.hbf.mode = format!("{mode:?}").to_lowercase();
     match mode {

@@ -148,14 +148,20 @@ impl Ctx<'_> {
     /// ([`Work::own_input`]; the copy is `<label>.<role>` and is reported in
     /// [`Report::tensor_copies`]). Only default mode copies: with `compat = aimet` shared
     /// tensors are skipped before any pass gets here.
-    pub fn own(&mut self, pass: &str, i: usize, k: usize, role: &str) -> crate::Result<String> {
+    pub fn own(
+        &mut self,
+        pass: &str,
+        i: usize,
+        k: usize,
+        role: &str,
+    ) -> crate::error::Result<String> {
         let name = self.work.input(i, k).to_string();
         let users = self.work.uses(&name);
         let base = format!("{}.{role}", self.work.label(i));
         match self
             .work
             .own_input(i, k, &base)
-            .map_err(crate::CoreError::InvalidModel)?
+            .map_err(crate::error::CoreError::InvalidModel)?
         {
             Some(copy) => {
                 self.report.tensor_copies.push(TensorCopy {
@@ -185,7 +191,7 @@ pub struct Pass {
     /// The step that selects it.
     pub step: Step,
     /// Runs it on the model in `cx`.
-    pub run: fn(&mut Ctx) -> crate::Result<()>,
+    pub run: fn(&mut Ctx) -> crate::error::Result<()>,
 }
 
 /// The passes in pipeline order (cle-spec §8.1); [`finish`] runs after them.
@@ -210,7 +216,7 @@ pub const PIPELINE: [Pass; 4] = [
 
 /// What runs after the passes, whichever ran: coverage, the fold of the weight chains a pass
 /// wrote, and the exact ReLU6 rewrite of crossed clips.
-pub fn finish(cx: &mut Ctx) -> crate::Result<()> {
+pub fn finish(cx: &mut Ctx) -> crate::error::Result<()> {
     coverage::run(cx);
     fold_written_chains(cx)?;
     relu6::materialize(cx)
@@ -218,7 +224,7 @@ pub fn finish(cx: &mut Ctx) -> crate::Result<()> {
 
 /// Folds the weight chains whose value a pass rewrote ([`Work::fold_chains`]) and reports each
 /// fold in [`Report::const_folds`].
-pub fn fold_written_chains(cx: &mut Ctx) -> crate::Result<()> {
+pub fn fold_written_chains(cx: &mut Ctx) -> crate::error::Result<()> {
     let folds = cx.work.fold_chains()?;
     if cx.opts.is_aimet() {
         for f in &folds {

@@ -106,7 +106,7 @@ fn is_conv(n: &NodeProto) -> bool {
 }
 
 /// Applies the ReLU6 policy to every Clip in scope.
-pub fn run(cx: &mut Ctx) -> crate::Result<()> {
+pub fn run(cx: &mut Ctx) -> crate::error::Result<()> {
     let policy = cx.opts.relu6;
     let aimet = cx.opts.is_aimet();
     let opset = onnx_opset(cx.work.model()).unwrap_or(13);
@@ -280,7 +280,7 @@ fn replace_with_relu(cx: &mut Ctx, i: usize, aimet: bool, edits: &mut Edits) {
 
 /// Rewrites every crossed Clip(0, 6) whose channels were rescaled as `Clip(x, 0, max B) →
 /// Min(x, B)`, and records the decision for every crossable clip. Runs after CLS and HBF.
-pub fn materialize(cx: &mut Ctx) -> crate::Result<()> {
+pub fn materialize(cx: &mut Ctx) -> crate::error::Result<()> {
     if cx.state.relu6_crossable.is_empty() {
         return Ok(());
     }

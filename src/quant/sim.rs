@@ -602,7 +602,7 @@ pub struct Compared<'a> {
     pub folded: &'a ModelProto,
     /// The equalized model.
     pub equalized: &'a ModelProto,
-    /// The report's labels of `equalized`'s nodes ([`crate::Equalized::labels`]).
+    /// The report's labels of `equalized`'s nodes ([`crate::pipeline::Equalized::labels`]).
     pub labels: &'a [String],
 }
 

@@ -70,7 +70,7 @@ pub fn folded_figures(work: &mut Work, keep: bool) -> HashMap<String, FoldedFigu
 }
 
 /// Per-layer weight SQNR, BN-folded vs equalized (layers matched by weight name). `labels` names
-/// the nodes of `equalized` ([`crate::Equalized::labels`]), so rows use the report's labels.
+/// the nodes of `equalized` ([`crate::pipeline::Equalized::labels`]), so rows use the report's labels.
 pub fn layer_table(
     folded: &ModelProto,
     equalized: &ModelProto,
