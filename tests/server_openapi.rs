@@ -18,9 +18,10 @@ fn committed_openapi_document_matches_the_code() {
     let committed = std::fs::read_to_string(&path).unwrap_or_default();
     assert!(
         committed == generated,
-        "openapi/openapi.json differs from the code's document; regenerate it with \
+        "openapi/openapi.json differs from the code's document ({}); regenerate it with \
          `UPDATE_OPENAPI=1 cargo test --test server_openapi` (or `onnx-cle openapi > \
-         openapi/openapi.json`) and review the diff"
+         openapi/openapi.json`) and review the diff",
+        drift(&committed, &generated)
     );
     let printed = Command::new(env!("CARGO_BIN_EXE_onnx-cle"))
         .arg("openapi")
@@ -28,6 +29,70 @@ fn committed_openapi_document_matches_the_code() {
         .expect("run onnx-cle openapi");
     assert!(printed.status.success());
     assert_eq!(String::from_utf8_lossy(&printed.stdout), generated);
+}
+
+/// What kind of change separates two documents: only descriptions and the order of entries, or
+/// the contract itself (then the first differing paths).
+fn drift(committed: &str, generated: &str) -> String {
+    fn shape(v: &serde_json::Value) -> serde_json::Value {
+        use serde_json::Value;
+        match v {
+            Value::Object(m) => Value::Object(
+                m.iter()
+                    .filter(|(k, _)| k.as_str() != "description")
+                    .map(|(k, v)| (k.clone(), shape(v)))
+                    .collect(),
+            ),
+            Value::Array(a) => {
+                let mut items: Vec<Value> = a.iter().map(shape).collect();
+                items.sort_by_key(|i| i.to_string());
+                Value::Array(items)
+            }
+            other => other.clone(),
+        }
+    }
+    fn paths(a: &serde_json::Value, b: &serde_json::Value, at: &str, out: &mut Vec<String>) {
+        match (a, b) {
+            (serde_json::Value::Object(x), serde_json::Value::Object(y)) => {
+                for k in x.keys().chain(y.keys().filter(|k| !x.contains_key(*k))) {
+                    let (va, vb) = (x.get(k), y.get(k));
+                    match (va, vb) {
+                        (Some(va), Some(vb)) => paths(va, vb, &format!("{at}/{k}"), out),
+                        _ => out.push(format!("{at}/{k}")),
+                    }
+                }
+            }
+            _ if a != b => out.push(at.to_string()),
+            _ => {}
+        }
+    }
+    let (Ok(a), Ok(b)) = (
+        serde_json::from_str::<serde_json::Value>(committed),
+        serde_json::from_str::<serde_json::Value>(generated),
+    ) else {
+        return "the committed file is not JSON".into();
+    };
+    let (sa, sb) = (shape(&a), shape(&b));
+    if sa == sb {
+        return "only descriptions or the order of entries changed".into();
+    }
+    let mut changed = Vec::new();
+    paths(&sa, &sb, "", &mut changed);
+    changed.truncate(10);
+    format!("the contract changed at {}", changed.join(", "))
+}
+
+#[test]
+fn drift_tells_descriptions_from_contract_changes() {
+    let a = r#"{"p":[{"name":"a","description":"x"},{"name":"b"}]}"#;
+    let b = r#"{"p":[{"name":"b"},{"name":"a","description":"y"}]}"#;
+    assert!(drift(a, b).starts_with("only descriptions"));
+    let c = r#"{"p":[{"name":"b"},{"name":"c"}]}"#;
+    assert!(
+        drift(a, c).starts_with("the contract changed"),
+        "{}",
+        drift(a, c)
+    );
 }
 
 #[test]
