@@ -523,41 +523,50 @@ impl Work {
             return Ok(());
         }
         let n = self.node_count();
-        let mut down = vec![starts.is_empty(); n];
-        let mut up = vec![outputs.is_empty(); n];
-        let mut stack = Vec::new();
+        let mut roots = Vec::new();
         for s in starts {
-            let nodes = self.resolve(s, "start", true)?;
-            stack.extend(nodes);
+            roots.extend(self.resolve(s, "start", true)?);
         }
-        while let Some(i) = stack.pop() {
-            if down[i] {
-                continue;
-            }
-            down[i] = true;
-            for o in &self.node(i).output {
-                stack.extend(self.index.consumers(o).iter().copied());
-            }
-        }
+        let down = self.reach(roots, starts.is_empty(), |i| {
+            self.node(i)
+                .output
+                .iter()
+                .flat_map(|o| self.index.consumers(o).iter().copied())
+                .collect()
+        });
+        let mut roots = Vec::new();
         for s in outputs {
-            let nodes = self.resolve(s, "output", false)?;
-            stack.extend(nodes);
+            roots.extend(self.resolve(s, "output", false)?);
         }
-        while let Some(i) = stack.pop() {
-            if up[i] {
-                continue;
-            }
-            up[i] = true;
-            for t in &self.node(i).input {
-                if let Some(p) = self.index.producer(t) {
-                    stack.push(p);
-                }
-            }
-        }
+        let up = self.reach(roots, outputs.is_empty(), |i| {
+            self.node(i)
+                .input
+                .iter()
+                .filter_map(|t| self.index.producer(t))
+                .collect()
+        });
+        debug_assert!(down.len() == n && up.len() == n);
         for (i, m) in self.meta.iter_mut().enumerate() {
             m.in_scope = down[i] && up[i];
         }
         Ok(())
+    }
+
+    /// The nodes reached from `roots` through `next` (all of them when `everything`).
+    fn reach(
+        &self,
+        mut stack: Vec<usize>,
+        everything: bool,
+        next: impl Fn(usize) -> Vec<usize>,
+    ) -> Vec<bool> {
+        let mut seen = vec![everything; self.node_count()];
+        while let Some(i) = stack.pop() {
+            if !seen[i] {
+                seen[i] = true;
+                stack.extend(next(i));
+            }
+        }
+        seen
     }
 
     fn resolve(&self, name: &str, kind: &'static str, downstream: bool) -> Result<Vec<usize>> {

@@ -705,27 +705,21 @@ mod tests {
     #[test]
     fn limits_stop_the_scan() {
         let data = small();
-        let nodes = Limits {
-            max_nodes: 3,
-            ..Limits::default()
-        };
-        assert!(matches!(
-            scan_bytes(&data, &nodes),
-            Err(CoreError::Limit(_))
-        ));
-        let elems = Limits {
-            max_tensor_elements: 100,
-            ..Limits::default()
-        };
-        assert!(matches!(
-            scan_bytes(&data, &elems),
-            Err(CoreError::Limit(_))
-        ));
-        let mem = Limits {
-            max_decoded_bytes: 1000,
-            ..Limits::default()
-        };
-        assert!(matches!(scan_bytes(&data, &mem), Err(CoreError::Limit(_))));
+        let d = Limits::default();
+        for limits in [
+            Limits { max_nodes: 3, ..d },
+            Limits {
+                max_tensor_elements: 100,
+                ..d
+            },
+            Limits {
+                max_decoded_bytes: 1000,
+                ..d
+            },
+        ] {
+            let scanned = scan_bytes(&data, &limits);
+            assert!(matches!(scanned, Err(CoreError::Limit(_))), "{limits:?}");
+        }
     }
 
     #[test]

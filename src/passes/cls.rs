@@ -277,21 +277,17 @@ fn classify(cx: &mut Ctx, i: usize) -> (Class, Option<Layer>) {
                 "{}: no explicit `group` attribute, so aimet_onnx 2.42 ignores it for CLS (bug 1, reproduced)",
                 cx.work.label(i)
             ));
-            return (
-                Class::Unsupported(
-                    "aimet_no_group_attribute",
-                    "no explicit group attribute (aimet bug 1)".into(),
-                ),
-                Some(layer),
+            return unsupported(
+                "aimet_no_group_attribute",
+                "no explicit group attribute (aimet bug 1)".into(),
+                layer,
             );
         }
         if layer.layout.spatial_rank() > 2 {
-            return (
-                Class::Unsupported(
-                    "unsupported_rank",
-                    "aimet_onnx 2.42 crashes on Conv3d; skipped".into(),
-                ),
-                Some(layer),
+            return unsupported(
+                "unsupported_rank",
+                "aimet_onnx 2.42 crashes on Conv3d; skipped".into(),
+                layer,
             );
         }
         if layer.layout.op == LayerOp::ConvTranspose && kind != ChannelKind::Dense {
@@ -299,33 +295,33 @@ fn classify(cx: &mut Ctx, i: usize) -> (Class, Option<Layer>) {
                 "{}: grouped/depthwise ConvTranspose left out of CLS (aimet_onnx 2.42 corrupts its weight, bug 2)",
                 cx.work.label(i)
             ));
-            return (
-                Class::Unsupported(
-                    "aimet_grouped_conv_transpose",
-                    "aimet corrupts grouped ConvTranspose weights (bug 2)".into(),
-                ),
-                Some(layer),
+            return unsupported(
+                "aimet_grouped_conv_transpose",
+                "aimet corrupts grouped ConvTranspose weights (bug 2)".into(),
+                layer,
             );
         }
         return match kind {
             ChannelKind::Dense => (Class::Conv, Some(layer)),
             ChannelKind::Depthwise => (Class::Depthwise, Some(layer)),
-            ChannelKind::Grouped => (
-                Class::Unsupported(
-                    "grouped_conv",
-                    format!(
-                        "group {} (1 < g < C) is not supported by AIMET",
-                        layer.layout.group
-                    ),
-                ),
-                Some(layer),
-            ),
+            ChannelKind::Grouped => {
+                let detail = format!(
+                    "group {} (1 < g < C) is not supported by AIMET",
+                    layer.layout.group
+                );
+                unsupported("grouped_conv", detail, layer)
+            }
         };
     }
     match kind {
         ChannelKind::Depthwise => (Class::Depthwise, Some(layer)),
         _ => (Class::Conv, Some(layer)),
     }
+}
+
+/// A layer AIMET's CLS would not take, with why.
+fn unsupported(code: &'static str, detail: String, layer: Layer) -> (Class, Option<Layer>) {
+    (Class::Unsupported(code, detail), Some(layer))
 }
 
 fn split_aimet(classes: &[(Class, Option<Layer>)]) -> Vec<Vec<usize>> {

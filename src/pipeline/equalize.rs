@@ -157,6 +157,14 @@ pub(super) fn capturing(
 pub(super) fn bn_folded(original: &ModelProto, options: &Options) -> Result<ModelProto> {
     let fold_only = Options {
         steps: vec![Step::BnFold],
+        ..model_only(options)
+    };
+    Ok(equalize(original.clone(), &fold_only)?.model)
+}
+
+/// `options` for a run that only needs the equalized model: no verification, no int8 figures.
+pub(super) fn model_only(options: &Options) -> Options {
+    Options {
         verify: VerifyOptions {
             enabled: false,
             ..options.verify.clone()
@@ -167,8 +175,7 @@ pub(super) fn bn_folded(original: &ModelProto, options: &Options) -> Result<Mode
             ..options.quant.clone()
         },
         ..options.clone()
-    };
-    Ok(equalize(original.clone(), &fold_only)?.model)
+    }
 }
 
 fn data_free_growth(state: &State) -> Vec<report::ActivationGrowth> {

@@ -214,13 +214,7 @@ pub(super) fn quantization_figures(
     };
     match quant::end_to_end(&models, &per_sample, source, quant, &|| ctl.canceled()) {
         Ok(e) => q.end_to_end = Some(e),
-        Err(_) if ctl.canceled() => return Err(CoreError::Canceled),
-        Err(e) => report.skipped.push(crate::report::Skip {
-            pass: "quantization".into(),
-            nodes: vec![],
-            reason: "not_simulated".into(),
-            detail: format!("end-to-end simulation failed: {e}"),
-        }),
+        Err(e) => not_simulated(report, ctl, "quantization", "end-to-end simulation", e)?,
     }
     let q = report.quantization.get_or_insert_with(Default::default);
     let tensors: Vec<String> = q.activations.iter().map(|a| a.tensor.clone()).collect();
@@ -276,13 +270,26 @@ pub(super) fn deploy_figures(
                 e.rows.extend(rows);
             }
         }
-        Err(_) if ctl.canceled() => return Err(CoreError::Canceled),
-        Err(e) => report.skipped.push(crate::report::Skip {
-            pass: "deploy".into(),
-            nodes: vec![],
-            reason: "not_simulated".into(),
-            detail: format!("deploy model simulation failed: {e}"),
-        }),
+        Err(e) => not_simulated(report, ctl, "deploy", "deploy model simulation", e)?,
     }
+    Ok(())
+}
+
+/// A simulation that failed: the run stops when it was canceled, else the report says why the
+/// figures are missing (`not_simulated`) and the run goes on.
+fn not_simulated(
+    report: &mut Report,
+    ctl: Control,
+    pass: &str,
+    what: &str,
+    error: String,
+) -> Result<()> {
+    ctl.check()?;
+    report.skipped.push(crate::report::Skip {
+        pass: pass.into(),
+        nodes: vec![],
+        reason: "not_simulated".into(),
+        detail: format!("{what} failed: {error}"),
+    });
     Ok(())
 }

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use super::{equalize, run_stages, Control, Output, SampleInputs};
 use crate::error::{CoreError, Result};
 use crate::onnx;
-use crate::options::{Options, QuantOptions, Select, VerifyOptions};
+use crate::options::{Options, Select};
 use crate::quant::{self, Scheme};
 use crate::report::{Selection, SelectionCandidate};
 use crate::runtime::InputTensor;
@@ -103,19 +103,7 @@ pub fn run(
     let mut found: Vec<(SelectionCandidate, Options)> = Vec::new();
     for (label, opts) in candidates(options) {
         ctl.check()?;
-        let quiet = Options {
-            verify: VerifyOptions {
-                enabled: false,
-                ..opts.verify.clone()
-            },
-            quant: QuantOptions {
-                layers: false,
-                end_to_end: false,
-                ..opts.quant.clone()
-            },
-            ..opts.clone()
-        };
-        let eq = equalize(model.clone(), &quiet)?;
+        let eq = equalize(model.clone(), &equalize::model_only(&opts))?;
         let q = quant::quantized_weights(&eq.model, Scheme::PerTensorSymmetric, None);
         let outs = quant::first_outputs(&onnx::encode(&q), &per_sample)
             .map_err(CoreError::InvalidOptions)?;
