@@ -11,8 +11,8 @@
 //!
 //! Layering: this module uses the core; the core knows nothing of it. Persistence sits behind
 //! [`store::JobStore`] and [`store::BlobStore`] (filesystem by default, [`store::fs`] is the
-//! only code touching the data directory). CPU work runs on [`worker::Pool`] threads, never on
-//! the async runtime. Every error is an RFC 9457 problem ([`problem`]).
+//! only code touching the data directory). CPU work runs on [`jobs::worker::Pool`] threads,
+//! never on the async runtime. Every error is an RFC 9457 problem ([`problem`]).
 //!
 //! Lifecycle: at start, interrupted runs go back to the queue ([`jobs::Jobs::open`]). On
 //! SIGTERM or Ctrl-C the service stops accepting connections and jobs (readiness turns 503),
@@ -35,7 +35,6 @@ pub mod problem;
 pub mod routes;
 pub mod store;
 pub mod upload;
-pub mod worker;
 
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
@@ -50,7 +49,7 @@ use tower_http::trace::TraceLayer;
 use utoipa_swagger_ui::SwaggerUi;
 
 pub use config::ServeConfig;
-use jobs::Jobs;
+use jobs::{worker, Jobs};
 use routes::AppState;
 
 /// Why the service could not start or stopped abnormally.
