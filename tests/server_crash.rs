@@ -4,7 +4,7 @@
 //!
 //! What makes it hold: every record and blob is written to `tmp/`, fsynced, renamed into place
 //! and its folder fsynced (`server/store/fs.rs`), uploads are committed before their record
-//! exists, and at start interrupted runs go back to the queue (`server/jobs.rs`).
+//! exists, and at start interrupted runs go back to the queue (`server/jobs/`).
 
 mod server_support;
 

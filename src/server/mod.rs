@@ -11,8 +11,8 @@
 //!
 //! Layering: this module uses the core; the core knows nothing of it. Persistence sits behind
 //! [`store::JobStore`] and [`store::BlobStore`] (filesystem by default, [`store::fs`] is the
-//! only code touching the data directory). CPU work runs on [`worker::Pool`] threads, never on
-//! the async runtime. Every error is an RFC 9457 problem ([`problem`]).
+//! only code touching the data directory). CPU work runs on [`jobs::worker::Pool`] threads,
+//! never on the async runtime. Every error is an RFC 9457 problem ([`problem`]).
 //!
 //! Lifecycle: at start, interrupted runs go back to the queue ([`jobs::Jobs::open`]). On
 //! SIGTERM or Ctrl-C the service stops accepting connections and jobs (readiness turns 503),
@@ -35,7 +35,6 @@ pub mod problem;
 pub mod routes;
 pub mod store;
 pub mod upload;
-pub mod worker;
 
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
@@ -50,7 +49,7 @@ use tower_http::trace::TraceLayer;
 use utoipa_swagger_ui::SwaggerUi;
 
 pub use config::ServeConfig;
-use jobs::Jobs;
+use jobs::{worker, Jobs};
 use routes::AppState;
 
 /// Why the service could not start or stopped abnormally.
@@ -154,66 +153,66 @@ async fn deadline_loop(jobs: Arc<Jobs>, stop: CancellationToken) {
     }
 }
 
+/// Calls `task` on the blocking pool every `period` (the first time after one period) until
+/// `stop` is cancelled, and hands what it returns to `report`.
+async fn every<T: Send + 'static>(
+    period: Duration,
+    stop: CancellationToken,
+    jobs: Arc<Jobs>,
+    task: impl Fn(&Jobs) -> T + Clone + Send + 'static,
+    report: impl Fn(T),
+) {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(period) => {},
+        }
+        let (j, task) = (Arc::clone(&jobs), task.clone());
+        if let Ok(out) = tokio::task::spawn_blocking(move || task(&j)).await {
+            report(out);
+        }
+    }
+}
+
+/// Removes finished jobs older than the retention, every tenth of it (1 s to 1 min).
 async fn expire_loop(jobs: Arc<Jobs>, retention: Duration, stop: CancellationToken) {
     if retention.is_zero() {
         return;
     }
     let period = (retention / 10).clamp(Duration::from_secs(1), Duration::from_secs(60));
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            () = tokio::time::sleep(period) => {},
+    let expire = |j: &Jobs| j.expire(job::now_ms());
+    every(period, stop, jobs, expire, |n| {
+        if n > 0 {
+            tracing::info!("expired {n} finished jobs");
         }
-        let j = Arc::clone(&jobs);
-        match tokio::task::spawn_blocking(move || j.expire(job::now_ms())).await {
-            Ok(n) if n > 0 => tracing::info!("expired {n} finished jobs"),
-            _ => {}
-        }
-    }
+    })
+    .await;
 }
 
 /// Renews this replica's leases every third of the lease (shared stores).
 async fn lease_loop(jobs: Arc<Jobs>, stop: CancellationToken) {
     let period = jobs.lease() / 3;
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            () = tokio::time::sleep(period) => {},
-        }
-        let j = Arc::clone(&jobs);
-        let _ = tokio::task::spawn_blocking(move || j.renew_leases()).await;
-    }
+    every(period, stop, jobs, Jobs::renew_leases, |()| {}).await;
 }
 
 /// Puts jobs of replicas that stopped renewing their leases back in the queue (shared stores;
 /// every replica runs it, each expired job is taken over once).
 async fn reap_loop(jobs: Arc<Jobs>, stop: CancellationToken) {
     let period = (jobs.lease() / 4).clamp(Duration::from_millis(250), Duration::from_secs(5));
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            () = tokio::time::sleep(period) => {},
-        }
-        let j = Arc::clone(&jobs);
-        let _ = tokio::task::spawn_blocking(move || j.reap()).await;
-    }
+    every(period, stop, jobs, Jobs::reap, |()| {}).await;
 }
 
 /// Removes blobs without a job record on a shared store (a replica that died between upload
 /// and queueing, or while expiring), every 10 minutes, for uploads older than `min_age`.
 async fn orphan_loop(jobs: Arc<Jobs>, min_age: Duration, stop: CancellationToken) {
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            () = tokio::time::sleep(Duration::from_secs(600)) => {},
-        }
-        let j = Arc::clone(&jobs);
-        match tokio::task::spawn_blocking(move || j.sweep_orphans(job::now_ms(), min_age)).await {
-            Ok(Ok(n)) if n > 0 => tracing::info!("removed the files of {n} jobs without a record"),
-            Ok(Err(e)) => tracing::warn!("orphan sweep: {e}"),
-            _ => {}
-        }
-    }
+    let period = Duration::from_secs(600);
+    let sweep = move |j: &Jobs| j.sweep_orphans(job::now_ms(), min_age);
+    every(period, stop, jobs, sweep, |swept| match swept {
+        Ok(n) if n > 0 => tracing::info!("removed the files of {n} jobs without a record"),
+        Err(e) => tracing::warn!("orphan sweep: {e}"),
+        Ok(_) => {}
+    })
+    .await;
 }
 
 /// Opens the backends the settings select, retrying for up to a minute while the database or

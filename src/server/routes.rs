@@ -3,8 +3,10 @@
 //!
 //! Handlers are thin: extract, validate, call [`Jobs`] (on the blocking pool when it writes),
 //! respond. Every error is an [`ApiError`] problem; every operation documents `4XX`/`5XX`
-//! as `Problem`.
+//! as `Problem`: [`ServerError`] is the `5XX` they share, [`NotSucceeded`] the `4XX` of the
+//! operations on a succeeded job's results.
 
+use std::collections::BTreeMap;
 use std::io::Read;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use utoipa::openapi::{self, ContentBuilder, Ref, RefOr, ResponseBuilder};
 use utoipa::{IntoParams, OpenApi, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -98,6 +101,39 @@ impl utoipa::Modify for BearerScheme {
     }
 }
 
+/// The `5XX` answer of every operation but `readyz`: "Server error.", as a [`Problem`]. Named
+/// last in `responses(...)`.
+pub struct ServerError;
+
+impl utoipa::IntoResponses for ServerError {
+    fn responses() -> BTreeMap<String, RefOr<openapi::Response>> {
+        BTreeMap::from([("5XX".to_string(), problem_response("Server error."))])
+    }
+}
+
+/// The `4XX` answer of the operations on a succeeded job's results ([`require_succeeded`]):
+/// an unknown job (404) or one that has not succeeded (409), as a [`Problem`].
+pub struct NotSucceeded;
+
+impl utoipa::IntoResponses for NotSucceeded {
+    fn responses() -> BTreeMap<String, RefOr<openapi::Response>> {
+        let description = "Unknown job (404) or not succeeded (409).";
+        BTreeMap::from([("4XX".to_string(), problem_response(description))])
+    }
+}
+
+/// A response of `description` whose body is a [`Problem`] (`application/problem+json`).
+fn problem_response(description: &str) -> RefOr<openapi::Response> {
+    let problem = ContentBuilder::new()
+        .schema(Some(Ref::from_schema_name("Problem")))
+        .build();
+    ResponseBuilder::new()
+        .description(description)
+        .content(PROBLEM_JSON, problem)
+        .build()
+        .into()
+}
+
 /// The API routes with their OpenAPI description (state still to be applied).
 pub fn api_router() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
@@ -132,11 +168,16 @@ fn job_id(raw: &str) -> Result<JobId, ApiError> {
     JobId::parse(raw).ok_or_else(|| ApiError::job_not_found(raw))
 }
 
-fn find(app: &AppState, raw: &str) -> Result<JobRecord, ApiError> {
+/// Job `raw`, which must have succeeded: 404 when it is unknown, 409 ([`require_succeeded`])
+/// when it has not succeeded.
+fn find_succeeded(app: &AppState, raw: &str) -> Result<JobRecord, ApiError> {
     let id = job_id(raw)?;
-    app.jobs
+    let job = app
+        .jobs
         .lookup(&id)?
-        .ok_or_else(|| ApiError::job_not_found(raw))
+        .ok_or_else(|| ApiError::job_not_found(raw))?;
+    require_succeeded(&job)?;
+    Ok(job)
 }
 
 async fn blocking<T: Send + 'static>(
@@ -228,7 +269,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
                 ("Retry-After" = u64, description = "Seconds before polling.")
             )),
         (status = "4XX", description = "Invalid request, too large (413), queue full (429).", body = Problem, content_type = PROBLEM_JSON),
-        (status = "5XX", description = "Server error.", body = Problem, content_type = PROBLEM_JSON)
+        ServerError
     )
 )]
 async fn submit_job(
@@ -281,8 +322,7 @@ async fn submit(
     let up = match received {
         Ok(up) => up,
         Err(e) => {
-            let jobs = Arc::clone(&app.jobs);
-            let _ = tokio::task::spawn_blocking(move || jobs.blobs().delete(&id)).await;
+            discard_upload(&app.jobs, id).await;
             return Err(e);
         }
     };
@@ -308,11 +348,16 @@ async fn submit(
     })
     .await;
     if !matches!(outcome, Ok((_, false))) {
-        let jobs = Arc::clone(&app.jobs);
-        let _ = tokio::task::spawn_blocking(move || jobs.blobs().delete(&id)).await;
+        discard_upload(&app.jobs, id).await;
     }
     drop(guard);
     outcome
+}
+
+/// Removes the files of upload `id`, which did not become a new job (on the blocking pool).
+async fn discard_upload(jobs: &Arc<Jobs>, id: JobId) {
+    let jobs = Arc::clone(jobs);
+    let _ = tokio::task::spawn_blocking(move || jobs.blobs().delete(&id)).await;
 }
 
 /// Paging and filtering of `GET /jobs`.
@@ -338,7 +383,7 @@ pub struct ListParams {
     responses(
         (status = 200, description = "One page of jobs.", body = JobList),
         (status = "4XX", description = "Invalid paging parameters.", body = Problem, content_type = PROBLEM_JSON),
-        (status = "5XX", description = "Server error.", body = Problem, content_type = PROBLEM_JSON)
+        ServerError
     )
 )]
 async fn list_jobs(
@@ -395,7 +440,7 @@ pub struct WaitParams {
         (status = 200, description = "The job.", body = Job,
             headers(("Retry-After" = Option<u64>, description = "Seconds before polling again (while not done)."))),
         (status = "4XX", description = "Unknown job (404) or invalid `wait`.", body = Problem, content_type = PROBLEM_JSON),
-        (status = "5XX", description = "Server error.", body = Problem, content_type = PROBLEM_JSON)
+        ServerError
     )
 )]
 async fn get_job(
@@ -440,7 +485,7 @@ async fn get_job(
     responses(
         (status = 204, description = "Deleted."),
         (status = "4XX", description = "Unknown job (404) or still running (409).", body = Problem, content_type = PROBLEM_JSON),
-        (status = "5XX", description = "Server error.", body = Problem, content_type = PROBLEM_JSON)
+        ServerError
     )
 )]
 async fn delete_job(
@@ -464,7 +509,7 @@ async fn delete_job(
     responses(
         (status = 202, description = "Cancellation accepted; the job as it is now.", body = Job),
         (status = "4XX", description = "Unknown job (404) or already finished (409).", body = Problem, content_type = PROBLEM_JSON),
-        (status = "5XX", description = "Server error.", body = Problem, content_type = PROBLEM_JSON)
+        ServerError
     )
 )]
 async fn cancel_job(
@@ -548,8 +593,8 @@ fn download_name(job: &JobRecord) -> String {
         (status = 303, description = "With `--presign` on an S3 blob store: the model is at the presigned URL in `Location`.",
             headers(("Location" = String, description = "Presigned URL of the model."))),
         (status = 304, description = "Not modified (If-None-Match matched)."),
-        (status = "4XX", description = "Unknown job (404) or not succeeded (409).", body = Problem, content_type = PROBLEM_JSON),
-        (status = "5XX", description = "Server error.", body = Problem, content_type = PROBLEM_JSON)
+        NotSucceeded,
+        ServerError
     )
 )]
 async fn download_model(
@@ -557,8 +602,7 @@ async fn download_model(
     Path(raw): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let job = find(&app, &raw)?;
-    require_succeeded(&job)?;
+    let job = find_succeeded(&app, &raw)?;
     let sha = job
         .result
         .as_ref()
@@ -661,7 +705,7 @@ async fn serve_blob(
             )),
         (status = 304, description = "Not modified (If-None-Match matched)."),
         (status = "4XX", description = "Unknown job or artifact (404) or not succeeded (409).", body = Problem, content_type = PROBLEM_JSON),
-        (status = "5XX", description = "Server error.", body = Problem, content_type = PROBLEM_JSON)
+        ServerError
     )
 )]
 async fn download_artifact(
@@ -669,8 +713,7 @@ async fn download_artifact(
     Path((raw, name)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let job = find(&app, &raw)?;
-    require_succeeded(&job)?;
+    let job = find_succeeded(&app, &raw)?;
     let listed = job
         .result
         .as_ref()
@@ -717,8 +760,8 @@ async fn download_artifact(
     params(("id" = String, Path, description = "Job id.")),
     responses(
         (status = 200, description = "The report.", body = crate::Report),
-        (status = "4XX", description = "Unknown job (404) or not succeeded (409).", body = Problem, content_type = PROBLEM_JSON),
-        (status = "5XX", description = "Server error.", body = Problem, content_type = PROBLEM_JSON)
+        NotSucceeded,
+        ServerError
     )
 )]
 async fn get_report(
@@ -735,8 +778,7 @@ async fn stored_report<T: Send + 'static>(
     raw: &str,
     then: impl FnOnce(Vec<u8>) -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    let job = find(app, raw)?;
-    require_succeeded(&job)?;
+    let job = find_succeeded(app, raw)?;
     let jobs = Arc::clone(&app.jobs);
     let id = job.id.clone();
     blocking(move || {
@@ -759,8 +801,8 @@ async fn stored_report<T: Send + 'static>(
     params(("id" = String, Path, description = "Job id.")),
     responses(
         (status = 200, description = "The report page.", body = String, content_type = "text/html; charset=utf-8"),
-        (status = "4XX", description = "Unknown job (404) or not succeeded (409).", body = Problem, content_type = PROBLEM_JSON),
-        (status = "5XX", description = "Server error.", body = Problem, content_type = PROBLEM_JSON)
+        NotSucceeded,
+        ServerError
     )
 )]
 async fn get_report_html(
@@ -802,7 +844,7 @@ pub struct Status {
     security(()),
     responses(
         (status = 200, description = "Alive.", body = Status),
-        (status = "5XX", description = "Server error.", body = Problem, content_type = PROBLEM_JSON)
+        ServerError
     )
 )]
 async fn healthz() -> Json<Status> {
@@ -859,7 +901,7 @@ async fn readyz(State(app): State<AppState>) -> Result<Json<Status>, ApiError> {
     tag = "service",
     responses(
         (status = 200, description = "Metrics.", body = String, content_type = "text/plain; version=0.0.4"),
-        (status = "5XX", description = "Server error.", body = Problem, content_type = PROBLEM_JSON)
+        ServerError
     )
 )]
 async fn metrics(State(app): State<AppState>) -> Response {

@@ -611,6 +611,11 @@ mod tests {
     use super::*;
     use crate::{Relu6Policy, Step};
 
+    /// The options of raw-body query `q` (whose parameters must parse).
+    fn options_of(q: &str) -> Result<Options, ApiError> {
+        parse_params(q).unwrap().options()
+    }
+
     #[test]
     fn query_parameters_map_to_options_like_the_cli() {
         let p = parse_params(
@@ -628,19 +633,16 @@ mod tests {
         assert_eq!((o.verify.seed, o.verify.dynamic_dim), (7, 2));
         assert_eq!(p.name.as_deref(), Some("x"));
         assert_eq!(
-            parse_params("").unwrap().options().unwrap(),
+            options_of("").unwrap(),
             Options::default().normalized().unwrap()
         );
-        let aimet = parse_params("compat=aimet").unwrap().options().unwrap();
+        let aimet = options_of("compat=aimet").unwrap();
         assert_eq!(aimet, Options::aimet().normalized().unwrap());
     }
 
     #[test]
     fn export_parameters_request_artifacts_and_calibration_is_refused() {
-        let o = parse_params("qdq=true&encodings=0.6.1&ort_overrides=1&input_range=-1,1")
-            .unwrap()
-            .options()
-            .unwrap();
+        let o = options_of("qdq=true&encodings=0.6.1&ort_overrides=1&input_range=-1,1").unwrap();
         assert!(o.exports.qdq && o.exports.ort_overrides);
         assert_eq!(
             o.exports.encodings,
@@ -667,24 +669,16 @@ mod tests {
             let e = parse_params(q).err().unwrap();
             assert_eq!(e.problem().code, code, "{q}");
         }
-        let e = parse_params("iterations=0")
-            .unwrap()
-            .options()
-            .err()
-            .unwrap();
+        let e = options_of("iterations=0").unwrap_err();
         assert_eq!(e.problem().code, "invalid_options");
         assert_eq!(e.status(), StatusCode::UNPROCESSABLE_ENTITY);
     }
 
     #[test]
     fn select_auto_is_refused_without_samples() {
-        let e = parse_params("select=auto")
-            .unwrap()
-            .options()
-            .err()
-            .unwrap();
+        let e = options_of("select=auto").unwrap_err();
         assert_eq!(e.problem().code, "invalid_options");
-        let o = parse_params("select=none").unwrap().options().unwrap();
+        let o = options_of("select=none").unwrap();
         assert_eq!(o.select, crate::Select::None);
     }
 

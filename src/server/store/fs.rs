@@ -28,9 +28,9 @@ use std::time::Duration;
 use axum::http::StatusCode;
 
 use super::{
-    BlobKind, BlobSink, BlobStore, CancelOutcome, Claimed, Deleted, Finish, IdempotencyRecord,
-    JobStore, Lease, QueueStats, Recovery, Renewal, SubmitError, Submitted, Unreadable,
-    MAX_ATTEMPTS,
+    page, BlobKind, BlobSink, BlobStore, CancelOutcome, Claimed, Deleted, Finish,
+    IdempotencyRecord, JobStore, Lease, QueueStats, Recovery, Renewal, SubmitError, Submitted,
+    Unreadable, MAX_ATTEMPTS,
 };
 use crate::server::job::{now_ms, JobId, JobRecord, JobState};
 use crate::server::problem::Problem;
@@ -384,18 +384,12 @@ impl JobStore for FsJobStore {
             Some(a) => Box::new(g.jobs.range(..a.clone()).rev().map(|(_, j)| j)),
             None => Box::new(g.jobs.values().rev()),
         };
-        let mut page: Vec<JobRecord> = iter
+        let fetched = iter
             .filter(|j| state.is_none_or(|s| j.state == s))
             .take(page_size + 1)
             .cloned()
             .collect();
-        let next = if page.len() > page_size {
-            page.truncate(page_size);
-            page.last().map(|j| j.id.clone())
-        } else {
-            None
-        };
-        Ok((page, next))
+        Ok(page(fetched, page_size))
     }
 
     fn find_key(&self, key_sha256: &str) -> io::Result<Option<IdempotencyRecord>> {

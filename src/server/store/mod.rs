@@ -31,6 +31,7 @@ pub mod s3;
 
 use std::collections::HashSet;
 use std::io::{self, Read, Write};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -459,31 +460,16 @@ pub async fn open(cfg: &BackendConfig) -> io::Result<Backends> {
             let s = s3::S3BlobStore::from_env(bucket, prefix)?;
             (Arc::new(s), format!("blobs in s3://{bucket}/{prefix}"))
         }
-        Some(BlobUrl::Dir(dir)) => {
-            let dir = dir.clone();
-            let s = tokio::task::spawn_blocking(move || fs::open_blobs(&dir))
-                .await
-                .map_err(io::Error::other)??;
-            (
-                Arc::new(s),
-                format!("blobs in {}", cfg_dir(&cfg.blob_store)),
-            )
-        }
-        None if cfg.database_url.is_some() => {
-            let dir = cfg.data_dir.clone();
-            let s = tokio::task::spawn_blocking(move || fs::open_blobs(&dir))
-                .await
-                .map_err(io::Error::other)??;
-            (
-                Arc::new(s),
-                format!("blobs in {}", cfg.data_dir.join("blobs").display()),
-            )
-        }
+        Some(BlobUrl::Dir(dir)) => (
+            Arc::new(in_folder(dir, fs::open_blobs).await?),
+            format!("blobs in {}", dir.display()),
+        ),
+        None if cfg.database_url.is_some() => (
+            Arc::new(in_folder(&cfg.data_dir, fs::open_blobs).await?),
+            format!("blobs in {}", cfg.data_dir.join("blobs").display()),
+        ),
         None => {
-            let dir = cfg.data_dir.clone();
-            let (js, bs) = tokio::task::spawn_blocking(move || fs::open(&dir))
-                .await
-                .map_err(io::Error::other)??;
+            let (js, bs) = in_folder(&cfg.data_dir, fs::open).await?;
             return Ok(Backends {
                 jobs: Arc::new(js),
                 blobs: Arc::new(bs),
@@ -498,16 +484,10 @@ pub async fn open(cfg: &BackendConfig) -> io::Result<Backends> {
             let describe = format!("jobs in PostgreSQL {}", s.describe());
             (Arc::new(s), describe)
         }
-        None => {
-            let dir = cfg.data_dir.clone();
-            let js = tokio::task::spawn_blocking(move || fs::open_jobs(&dir))
-                .await
-                .map_err(io::Error::other)??;
-            (
-                Arc::new(js),
-                format!("jobs in {}", cfg.data_dir.join("jobs").display()),
-            )
-        }
+        None => (
+            Arc::new(in_folder(&cfg.data_dir, fs::open_jobs).await?),
+            format!("jobs in {}", cfg.data_dir.join("jobs").display()),
+        ),
     };
     Ok(Backends {
         jobs: jobs.0,
@@ -516,11 +496,31 @@ pub async fn open(cfg: &BackendConfig) -> io::Result<Backends> {
     })
 }
 
-fn cfg_dir(url: &Option<BlobUrl>) -> String {
-    match url {
-        Some(BlobUrl::Dir(d)) => d.display().to_string(),
-        _ => String::new(),
-    }
+/// Opens a filesystem store in folder `dir` with `open`, on the blocking pool.
+async fn in_folder<T: Send + 'static>(
+    dir: &Path,
+    open: fn(&Path) -> io::Result<T>,
+) -> io::Result<T> {
+    let dir = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || open(&dir))
+        .await
+        .map_err(io::Error::other)?
+}
+
+/// The page of [`JobStore::list`] out of `fetched`, the jobs that follow the page token in
+/// order: a backend fetches up to `page_size + 1` of them, and the one past the page only tells
+/// that more follow. Returns the page and, when more follow, the id to continue after.
+pub(crate) fn page(
+    mut fetched: Vec<JobRecord>,
+    page_size: usize,
+) -> (Vec<JobRecord>, Option<JobId>) {
+    let next = if fetched.len() > page_size {
+        fetched.truncate(page_size);
+        fetched.last().map(|j| j.id.clone())
+    } else {
+        None
+    };
+    (fetched, next)
 }
 
 /// Milliseconds since the Unix epoch at which a job id was generated (ids are UUIDv7).

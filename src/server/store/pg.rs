@@ -36,13 +36,13 @@ use std::future::Future;
 use std::io;
 use std::time::Duration;
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 use tokio_postgres::{AsyncMessage, NoTls, Row};
 
 use super::{
-    block_on, unavailable, BlobStore, CancelOutcome, Claimed, Deleted, EventSink, Finish,
+    block_on, page, unavailable, BlobStore, CancelOutcome, Claimed, Deleted, EventSink, Finish,
     IdempotencyRecord, JobStore, Lease, QueueStats, Recovery, Renewal, StoreEvent, SubmitError,
     Submitted, MAX_ATTEMPTS,
 };
@@ -75,24 +75,25 @@ pub struct PgJobStore {
     describe: String,
 }
 
+/// Whether SQL state `code` means the database cannot serve right now: connection exceptions
+/// (08), operator intervention such as a shutdown or recovery (57), insufficient resources (53).
+fn unreachable_state(code: &str) -> bool {
+    ["08", "57", "53"]
+        .iter()
+        .any(|class| code.starts_with(class))
+}
+
 fn pg_err(e: tokio_postgres::Error) -> io::Error {
-    let e = match e.as_db_error() {
-        Some(db) => {
-            let msg = format!("{}: {}", db.code().code(), db.message());
-            return match db.code().code() {
-                c if c.starts_with("08") || c.starts_with("57") || c.starts_with("53") => {
-                    unavailable(format!("database: {msg}"))
-                }
-                _ => io::Error::other(format!("database: {msg}")),
-            };
-        }
-        None => e,
-    };
-    match e.code().map(|c| c.code().to_string()) {
-        // Connection exceptions, operator intervention (shutdown, recovery), resources.
-        Some(c) if c.starts_with("08") || c.starts_with("57") || c.starts_with("53") => {
-            unavailable(format!("database: {e}"))
-        }
+    if let Some(db) = e.as_db_error() {
+        let msg = format!("database: {}: {}", db.code().code(), db.message());
+        return if unreachable_state(db.code().code()) {
+            unavailable(msg)
+        } else {
+            io::Error::other(msg)
+        };
+    }
+    match e.code() {
+        Some(c) if unreachable_state(c.code()) => unavailable(format!("database: {e}")),
         Some(_) => io::Error::other(format!("database: {e}")),
         // No SQL state: a client-side failure; unreachable when the connection is gone.
         None if e.is_closed() || io_source(&e) => unavailable(format!("database: {e}")),
@@ -143,6 +144,25 @@ fn record(row: &Row) -> io::Result<JobRecord> {
     obj.insert("started_ms".into(), json!(started));
     obj.insert("finished_ms".into(), json!(finished));
     serde_json::from_value(v).map_err(|e| io::Error::other(format!("stored record: {e}")))
+}
+
+/// The record of job `id`, read on a pooled connection or inside a transaction.
+async fn fetch(c: &impl GenericClient, id: &str) -> io::Result<Option<JobRecord>> {
+    let row = c
+        .query_opt(
+            &format!("SELECT {COLS} FROM cle_jobs WHERE id = $1"),
+            &[&id],
+        )
+        .await
+        .map_err(pg_err)?;
+    row.as_ref().map(record).transpose()
+}
+
+/// The job ids in the first column of `rows` (ids that do not parse are skipped).
+fn job_ids<C: FromIterator<JobId>>(rows: &[Row]) -> C {
+    rows.iter()
+        .filter_map(|r| JobId::parse(r.get::<_, &str>(0)))
+        .collect()
 }
 
 fn to_json<T: serde::Serialize>(v: &T) -> io::Result<Value> {
@@ -245,9 +265,19 @@ impl PgJobStore {
         Ok(applied)
     }
 
+    /// Runs database call `f` to completion from blocking code, within [`OP_TIMEOUT`].
     fn run<T>(&self, f: impl Future<Output = io::Result<T>>) -> io::Result<T> {
+        self.run_within(OP_TIMEOUT, f)
+    }
+
+    /// [`PgJobStore::run`] within `limit`; past it the database counts as unreachable.
+    fn run_within<T>(
+        &self,
+        limit: Duration,
+        f: impl Future<Output = io::Result<T>>,
+    ) -> io::Result<T> {
         block_on(&self.rt, async {
-            match tokio::time::timeout(OP_TIMEOUT, f).await {
+            match tokio::time::timeout(limit, f).await {
                 Ok(r) => r,
                 Err(_) => Err(unavailable("database: no answer in time")),
             }
@@ -258,13 +288,15 @@ impl PgJobStore {
         self.pool.get().await.map_err(pool_err)
     }
 
+    /// One try of [`JobStore::submit`] as one transaction; `stored` is `job` as JSON. A key
+    /// taken concurrently by another request is an `AlreadyExists` error (nothing was written).
     fn submit_once(
         &self,
         job: &JobRecord,
+        stored: &Value,
         key: Option<&IdempotencyRecord>,
         max_queued: usize,
     ) -> Result<Submitted, SubmitError> {
-        let stored = to_json(job)?;
         let out: io::Result<Result<Submitted, SubmitError>> = self.run(async {
             let mut c = self.client().await?;
             let tx = c.transaction().await.map_err(pg_err)?;
@@ -279,15 +311,7 @@ impl PgJobStore {
                 if let Some(prev) = prev {
                     let fp: String = prev.get(0);
                     let job_id: String = prev.get(1);
-                    let row = tx
-                        .query_opt(
-                            &format!("SELECT {COLS} FROM cle_jobs WHERE id = $1"),
-                            &[&job_id],
-                        )
-                        .await
-                        .map_err(pg_err)?;
-                    if let Some(row) = row {
-                        let existing = record(&row)?;
+                    if let Some(existing) = fetch(&tx, &job_id).await? {
                         return Ok(if fp != k.fingerprint {
                             Err(SubmitError::KeyReused(existing.id))
                         } else {
@@ -318,7 +342,7 @@ impl PgJobStore {
             tx.execute(
                 "INSERT INTO cle_jobs (id, state, record, created_ms, attempts)
                  VALUES ($1, 'queued', $2, $3, 0)",
-                &[&job.id.as_str(), &stored, &ms(job.created_ms)],
+                &[&job.id.as_str(), stored, &ms(job.created_ms)],
             )
             .await
             .map_err(pg_err)?;
@@ -350,18 +374,6 @@ impl PgJobStore {
             Ok(Ok(Submitted::Created(job.clone())))
         });
         out?
-    }
-
-    async fn get_async(&self, id: &JobId) -> io::Result<Option<JobRecord>> {
-        let c = self.client().await?;
-        let row = c
-            .query_opt(
-                &format!("SELECT {COLS} FROM cle_jobs WHERE id = $1"),
-                &[&id.as_str()],
-            )
-            .await
-            .map_err(pg_err)?;
-        row.as_ref().map(record).transpose()
     }
 }
 
@@ -412,8 +424,9 @@ impl JobStore for PgJobStore {
         key: Option<&IdempotencyRecord>,
         max_queued: usize,
     ) -> Result<Submitted, SubmitError> {
+        let stored = to_json(job)?;
         for _ in 0..2 {
-            match self.submit_once(job, key, max_queued) {
+            match self.submit_once(job, &stored, key, max_queued) {
                 Err(SubmitError::Io(e)) if e.kind() == io::ErrorKind::AlreadyExists => continue,
                 other => return other,
             }
@@ -422,7 +435,7 @@ impl JobStore for PgJobStore {
     }
 
     fn get(&self, id: &JobId) -> io::Result<Option<JobRecord>> {
-        self.run(self.get_async(id))
+        self.run(async { fetch(&self.client().await?, id.as_str()).await })
     }
 
     fn list(
@@ -447,14 +460,8 @@ impl JobStore for PgJobStore {
                 )
                 .await
                 .map_err(pg_err)?;
-            let mut page = rows.iter().map(record).collect::<io::Result<Vec<_>>>()?;
-            let next = if page.len() > page_size {
-                page.truncate(page_size);
-                page.last().map(|j| j.id.clone())
-            } else {
-                None
-            };
-            Ok((page, next))
+            let fetched = rows.iter().map(record).collect::<io::Result<Vec<_>>>()?;
+            Ok(page(fetched, page_size))
         })
     }
 
@@ -764,10 +771,7 @@ impl JobStore for PgJobStore {
             )
             .await
             .map_err(pg_err)?;
-            Ok(rows
-                .iter()
-                .filter_map(|r| JobId::parse(r.get::<_, &str>(0)))
-                .collect())
+            Ok(job_ids(&rows))
         })
     }
 
@@ -779,30 +783,21 @@ impl JobStore for PgJobStore {
                 .query("SELECT id FROM cle_jobs WHERE id = ANY($1)", &[&ids])
                 .await
                 .map_err(pg_err)?;
-            Ok(rows
-                .iter()
-                .filter_map(|r| JobId::parse(r.get::<_, &str>(0)))
-                .collect())
+            Ok(job_ids(&rows))
         })
     }
 
     fn check(&self) -> io::Result<()> {
-        block_on(&self.rt, async {
-            let probe = async {
-                let c = self.client().await?;
-                let row = c
-                    .query_one("SELECT pg_is_in_recovery()", &[])
-                    .await
-                    .map_err(pg_err)?;
-                if row.get::<_, bool>(0) {
-                    return Err(unavailable("database is a read-only standby"));
-                }
-                Ok(())
-            };
-            match tokio::time::timeout(Duration::from_secs(3), probe).await {
-                Ok(r) => r,
-                Err(_) => Err(unavailable("database: no answer in time")),
+        self.run_within(Duration::from_secs(3), async {
+            let c = self.client().await?;
+            let row = c
+                .query_one("SELECT pg_is_in_recovery()", &[])
+                .await
+                .map_err(pg_err)?;
+            if row.get::<_, bool>(0) {
+                return Err(unavailable("database is a read-only standby"));
             }
+            Ok(())
         })
     }
 

@@ -16,11 +16,11 @@ use axum::http::StatusCode;
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
-use super::job::{ArtifactInfo, JobId, JobResult};
-use super::jobs::{Claim, Jobs, Outcome};
-use super::problem::Problem;
-use super::store::{is_unavailable, BlobKind};
+use super::{Claim, Jobs, Outcome};
 use crate::onnx::limits::Limits;
+use crate::server::job::{ArtifactInfo, JobId, JobResult};
+use crate::server::problem::Problem;
+use crate::server::store::{is_unavailable, BlobKind};
 use crate::{Control, CoreError, Options, Output};
 
 /// What a worker runs on an upload: the core by default ([`run_core`]), a stand-in in tests.
@@ -262,10 +262,8 @@ fn store_results(jobs: &Jobs, claim: &Claim, out: &Output) -> std::io::Result<Jo
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::server::job::{InputInfo, JobState};
-    use crate::server::jobs::NewJob;
-    use crate::server::metrics::Metrics;
-    use crate::server::store;
+    use crate::server::job::JobState;
+    use crate::server::jobs::tests::{open, queue, temp_stores};
 
     fn echo_or_panic(
         input: Bytes,
@@ -285,30 +283,12 @@ mod tests {
 
     #[test]
     fn a_panicking_run_fails_its_job_and_the_pool_keeps_working() {
-        let dir =
-            std::env::temp_dir().join(format!("onnx-cle-pool-{}", uuid::Uuid::new_v4().simple()));
-        let (js, bs) = store::fs::open(&dir).unwrap();
-        let metrics = Arc::new(Metrics::default());
-        let (jobs, _) = Jobs::open(Arc::new(js), Arc::new(bs), 8, Duration::ZERO, metrics).unwrap();
-        let jobs = Arc::new(jobs);
-        let mut ids = Vec::new();
-        for data in [&b"panic"[..], b"fine", b"panic", b"also fine"] {
-            let id = JobId::generate();
-            jobs.blobs().put(&id, BlobKind::Input, data).unwrap();
-            let new = NewJob {
-                id: id.clone(),
-                name: None,
-                options: Options::default(),
-                input: InputInfo {
-                    bytes: data.len() as u64,
-                    sha256: hex::encode(Sha256::digest(data)),
-                    filename: None,
-                },
-                fingerprint: String::new(),
-            };
-            jobs.submit(new, None).unwrap();
-            ids.push(id);
-        }
+        let (dir, js, bs) = temp_stores("pool");
+        let jobs = Arc::new(open(&js, &bs, 8, Duration::ZERO).0);
+        let ids: Vec<JobId> = [&b"panic"[..], b"fine", b"panic", b"also fine"]
+            .into_iter()
+            .map(|data| queue(&jobs, data, None))
+            .collect();
         let pool = Pool::start(Arc::clone(&jobs), Arc::new(echo_or_panic), 1, 0).unwrap();
         let t = Instant::now();
         while !ids
