@@ -102,14 +102,8 @@ fn prepared(model: &ModelProto, passes: usize) -> (Work, Options, Report, State)
         report: &mut report,
         state: &mut state,
     };
-    let steps: [fn(&mut Ctx) -> onnx_cle::Result<()>; 4] = [
-        passes::bn_fold::run,
-        passes::relu6::run,
-        passes::cls::run,
-        passes::hbf::run,
-    ];
-    for step in &steps[..passes] {
-        step(&mut cx).expect("pass");
+    for pass in &passes::PIPELINE[..passes] {
+        (pass.run)(&mut cx).expect("pass");
     }
     (work, opts, report, state)
 }

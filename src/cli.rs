@@ -143,17 +143,18 @@ fn continued(doc: &str) -> String {
 /// The CLI argument of `f`, its help the field's documentation.
 fn flag_arg(f: &'static Flag) -> Option<Arg> {
     let cli = f.cli?;
+    let long = f.long()?;
     let doc = f.doc();
     let where_ = match f.query {
         Some(q) => format!("(options `{}`, query `{q}`)", f.field),
         None => format!("(options `{}`)", f.field),
     };
     let arg = match cli {
-        Cli::On(long) => Arg::new(long)
+        Cli::On(_) => Arg::new(long.clone())
             .long(long)
             .action(ArgAction::SetTrue)
             .help(first_sentence(&doc)),
-        Cli::Off(long) => Arg::new(long)
+        Cli::Off(_) => Arg::new(long.clone())
             .long(long)
             .action(ArgAction::SetTrue)
             .help(format!(
@@ -161,13 +162,15 @@ fn flag_arg(f: &'static Flag) -> Option<Arg> {
                 f.field,
                 continued(&first_sentence(&doc))
             )),
-        Cli::Value {
-            long,
-            alias,
-            value_name,
-        } => {
-            let mut a = Arg::new(long)
-                .long(long)
+        Cli::Value | Cli::Named { .. } => {
+            let (alias, value_name) = match cli {
+                Cli::Named {
+                    alias, value_name, ..
+                } => (alias, value_name),
+                _ => (None, None),
+            };
+            let mut a = Arg::new(long.clone())
+                .long(long.clone())
                 .action(ArgAction::Append)
                 .num_args(1)
                 .value_name(long.replace('-', "_").to_uppercase())
@@ -225,8 +228,9 @@ impl FromArgMatches for OptionFlags {
             match f.cli {
                 Some(Cli::On(long)) if m.get_flag(long) => given.set(f.field, "true"),
                 Some(Cli::Off(long)) if m.get_flag(long) => given.set(f.field, "false"),
-                Some(Cli::Value { long, .. }) => {
-                    for v in m.get_many::<String>(long).into_iter().flatten() {
+                Some(Cli::Value | Cli::Named { .. }) => {
+                    let long = f.long().unwrap_or_default();
+                    for v in m.get_many::<String>(&long).into_iter().flatten() {
                         given.set(f.field, v);
                     }
                 }

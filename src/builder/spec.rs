@@ -363,54 +363,42 @@ impl BnSpec {
     }
 }
 
+/// An attribute `name` of type `ty`, its value set by `set`.
+fn attr(name: &str, ty: AttributeType, set: impl FnOnce(&mut AttributeProto)) -> AttributeProto {
+    let mut a = AttributeProto {
+        name: Some(name.into()),
+        r#type: Some(ty as i32),
+        ..Default::default()
+    };
+    set(&mut a);
+    a
+}
+
 /// A FLOAT attribute.
 pub fn attr_float(name: &str, v: f32) -> AttributeProto {
-    AttributeProto {
-        name: Some(name.into()),
-        r#type: Some(AttributeType::Float as i32),
-        f: Some(v),
-        ..Default::default()
-    }
+    attr(name, AttributeType::Float, |a| a.f = Some(v))
 }
 
 /// An INT attribute.
 pub fn attr_int(name: &str, v: i64) -> AttributeProto {
-    AttributeProto {
-        name: Some(name.into()),
-        r#type: Some(AttributeType::Int as i32),
-        i: Some(v),
-        ..Default::default()
-    }
+    attr(name, AttributeType::Int, |a| a.i = Some(v))
 }
 
 /// An INTS attribute.
 pub fn attr_ints(name: &str, v: &[i64]) -> AttributeProto {
-    AttributeProto {
-        name: Some(name.into()),
-        r#type: Some(AttributeType::Ints as i32),
-        ints: v.to_vec(),
-        ..Default::default()
-    }
+    attr(name, AttributeType::Ints, |a| a.ints = v.to_vec())
 }
 
 /// A STRING attribute.
 pub fn attr_string(name: &str, v: &str) -> AttributeProto {
-    AttributeProto {
-        name: Some(name.into()),
-        r#type: Some(AttributeType::String as i32),
-        s: Some(v.as_bytes().to_vec().into()),
-        ..Default::default()
-    }
+    attr(name, AttributeType::String, |a| {
+        a.s = Some(v.as_bytes().to_vec().into())
+    })
 }
 
 /// A TENSOR attribute.
 pub fn attr_tensor(name: &str, t: TensorProto) -> AttributeProto {
-    AttributeProto {
-        name: Some(name.into()),
-        r#type: Some(AttributeType::Tensor as i32),
-        t: Some(t),
-        ..Default::default()
-    }
+    attr(name, AttributeType::Tensor, |a| a.t = Some(t))
 }
 
 /// A FLOAT tensor stored as little-endian `raw_data`.

@@ -382,39 +382,43 @@ impl WeightLayout {
     /// `max |W'|` per output channel of `W'[o, i, …] = fo[o]·fi[i]·W[o, i, …]`, from the
     /// [`WeightLayout::block_maxima`] `m` of `W`.
     pub fn scaled_out_ranges(&self, m: &[f32], fo: &[f32], fi: &[f32]) -> Vec<f32> {
-        debug_assert_eq!(m.len(), self.a * self.b);
-        let mut ro = vec![0f32; self.out_ch];
-        if let Some(per_group) = self.row_blocks() {
-            // Row `o` of the maxima holds output channel `o`'s blocks, in input order.
-            for (o, row) in m.chunks_exact(self.b).enumerate() {
-                let base = (o / per_group) * self.b;
-                ro[o] = scaled_row_max(row, &fi[base..base + self.b]);
-            }
-        } else {
-            self.for_each_block_index(|s, o, i| ro[o] = vmax(ro[o], fi[i] * m[s]));
-        }
-        ro.iter_mut().zip(fo).for_each(|(r, f)| *r *= f);
-        ro
+        self.scaled_ranges(m, fo, fi, true)
     }
 
-    /// `max |W'|` per input channel of `W'[o, i, …] = fo[o]·fi[i]·W[o, i, …]`, from the
-    /// [`WeightLayout::block_maxima`] `m` of `W`.
+    /// `max |W'|` per input channel of `W'`, as [`WeightLayout::scaled_out_ranges`].
     pub fn scaled_in_ranges(&self, m: &[f32], fo: &[f32], fi: &[f32]) -> Vec<f32> {
+        self.scaled_ranges(m, fo, fi, false)
+    }
+
+    fn scaled_ranges(&self, m: &[f32], fo: &[f32], fi: &[f32], out: bool) -> Vec<f32> {
         debug_assert_eq!(m.len(), self.a * self.b);
-        let mut ri = vec![0f32; self.in_ch];
-        if let Some(per_group) = self.row_blocks() {
-            for (o, row) in m.chunks_exact(self.b).enumerate() {
-                let base = (o / per_group) * self.b;
-                let g = fo[o];
-                for (r, &x) in ri[base..base + self.b].iter_mut().zip(row) {
-                    *r = vmax(*r, g * x);
+        let (mut r, own) = if out {
+            (vec![0f32; self.out_ch], fo)
+        } else {
+            (vec![0f32; self.in_ch], fi)
+        };
+        match (self.row_blocks(), out) {
+            // Row `o` of the maxima holds output channel `o`'s blocks, in input order.
+            (Some(per_group), true) => {
+                for (o, row) in m.chunks_exact(self.b).enumerate() {
+                    let base = (o / per_group) * self.b;
+                    r[o] = scaled_row_max(row, &fi[base..base + self.b]);
                 }
             }
-        } else {
-            self.for_each_block_index(|s, o, i| ri[i] = vmax(ri[i], fo[o] * m[s]));
+            (Some(per_group), false) => {
+                for (o, row) in m.chunks_exact(self.b).enumerate() {
+                    let base = (o / per_group) * self.b;
+                    let g = fo[o];
+                    for (r, &x) in r[base..base + self.b].iter_mut().zip(row) {
+                        *r = vmax(*r, g * x);
+                    }
+                }
+            }
+            (None, true) => self.for_each_block_index(|s, o, i| r[o] = vmax(r[o], fi[i] * m[s])),
+            (None, false) => self.for_each_block_index(|s, o, i| r[i] = vmax(r[i], fo[o] * m[s])),
         }
-        ri.iter_mut().zip(fi).for_each(|(r, f)| *r *= f);
-        ri
+        r.iter_mut().zip(own).for_each(|(r, f)| *r *= f);
+        r
     }
 
     /// [`WeightLayout::scale_out`], then the ranges of the result ([`WeightLayout::ranges`]),
@@ -604,6 +608,37 @@ fn row_mags(row: &[f32], acc: &mut [f32]) -> f32 {
     lanes.iter().fold(0f32, |m, &v| vmax(m, v))
 }
 
+/// Layouts that exercise every path of this module and of the weight sweeps built on it
+/// (dense rows short and long, grouped, depthwise with and without multiplier, 1-D, transposed,
+/// both Gemm layouts, MatMul): `(op, stored dims, group)`.
+#[cfg(test)]
+pub(crate) const TEST_LAYOUTS: [(LayerOp, &[usize], usize); 16] = [
+    (LayerOp::Conv, &[6, 4, 3, 3], 1),
+    (LayerOp::Conv, &[6, 4, 1, 1], 1),
+    (LayerOp::Conv, &[6, 70, 1, 1], 1),
+    (LayerOp::Conv, &[2, 3, 1, 1], 1),
+    (LayerOp::Conv, &[6, 2, 3, 3], 2),
+    (LayerOp::Conv, &[4, 1, 3, 3], 4),
+    (LayerOp::Conv, &[8, 1, 3, 3], 4),
+    (LayerOp::Conv, &[5, 1, 3], 5),
+    (LayerOp::ConvTranspose, &[4, 3, 2, 2], 2),
+    (LayerOp::ConvTranspose, &[4, 1, 3, 3], 4),
+    (LayerOp::ConvTranspose, &[4, 5, 3], 1),
+    (LayerOp::Gemm { trans_b: true }, &[5, 7], 1),
+    (LayerOp::Gemm { trans_b: true }, &[5, 130], 1),
+    (LayerOp::Gemm { trans_b: false }, &[7, 150], 1),
+    (LayerOp::MatMul, &[7, 5], 1),
+    (LayerOp::MatMul, &[3, 200], 1),
+];
+
+/// `n` deterministic weight values of mixed sign and magnitude.
+#[cfg(test)]
+pub(crate) fn test_values(n: usize) -> Vec<f32> {
+    (0..n)
+        .map(|j| ((j * 7919 % 101) as f32 - 50.0) * 0.37f32.powi((j % 5) as i32))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -699,27 +734,11 @@ mod tests {
     /// sweeps) equals a naive per-element evaluation of the layout table, bit for bit.
     #[test]
     fn every_path_matches_the_layout_table() {
-        let cases: [(LayerOp, &[usize], usize); 12] = [
-            (LayerOp::Conv, &[6, 4, 3, 3], 1),
-            (LayerOp::Conv, &[6, 4, 1, 1], 1),
-            (LayerOp::Conv, &[6, 2, 3, 3], 2),
-            (LayerOp::Conv, &[4, 1, 3, 3], 4),
-            (LayerOp::Conv, &[8, 1, 3, 3], 4),
-            (LayerOp::Conv, &[5, 1, 3], 5),
-            (LayerOp::ConvTranspose, &[4, 3, 2, 2], 2),
-            (LayerOp::ConvTranspose, &[4, 1, 3, 3], 4),
-            (LayerOp::ConvTranspose, &[4, 5, 3], 1),
-            (LayerOp::Gemm { trans_b: true }, &[5, 7], 1),
-            (LayerOp::Gemm { trans_b: false }, &[7, 5], 1),
-            (LayerOp::MatMul, &[7, 5], 1),
-        ];
-        for (op, dims, group) in cases {
+        for (op, dims, group) in TEST_LAYOUTS {
             let l = WeightLayout::new(op, dims, group).unwrap();
             let n: usize = dims.iter().product();
             // Deterministic values of mixed sign and magnitude, including a zero and a NaN.
-            let mut w: Vec<f32> = (0..n)
-                .map(|j| ((j * 7919 % 101) as f32 - 50.0) * 0.37f32.powi((j % 5) as i32))
-                .collect();
+            let mut w = test_values(n);
             w[n / 2] = 0.0;
             w[n / 3] = f32::NAN;
             let ch: Vec<(usize, usize)> = (0..n).map(|j| channels_of(op, dims, group, j)).collect();

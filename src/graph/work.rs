@@ -523,33 +523,38 @@ impl Work {
             return Ok(());
         }
         let n = self.node_count();
-        let mut roots = Vec::new();
-        for s in starts {
-            roots.extend(self.resolve(s, "start", true)?);
-        }
-        let down = self.reach(roots, starts.is_empty(), |i| {
+        let down = self.reach(self.roots(starts, "start", true)?, starts.is_empty(), |i| {
             self.node(i)
                 .output
                 .iter()
                 .flat_map(|o| self.index.consumers(o).iter().copied())
                 .collect()
         });
-        let mut roots = Vec::new();
-        for s in outputs {
-            roots.extend(self.resolve(s, "output", false)?);
-        }
-        let up = self.reach(roots, outputs.is_empty(), |i| {
-            self.node(i)
-                .input
-                .iter()
-                .filter_map(|t| self.index.producer(t))
-                .collect()
-        });
+        let up = self.reach(
+            self.roots(outputs, "output", false)?,
+            outputs.is_empty(),
+            |i| {
+                self.node(i)
+                    .input
+                    .iter()
+                    .filter_map(|t| self.index.producer(t))
+                    .collect()
+            },
+        );
         debug_assert!(down.len() == n && up.len() == n);
         for (i, m) in self.meta.iter_mut().enumerate() {
             m.in_scope = down[i] && up[i];
         }
         Ok(())
+    }
+
+    /// The nodes `names` ([`Work::resolve`] each).
+    fn roots(&self, names: &[String], kind: &'static str, downstream: bool) -> Result<Vec<usize>> {
+        let mut roots = Vec::new();
+        for s in names {
+            roots.extend(self.resolve(s, kind, downstream)?);
+        }
+        Ok(roots)
     }
 
     /// The nodes reached from `roots` through `next` (all of them when `everything`).

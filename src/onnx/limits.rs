@@ -105,14 +105,20 @@ impl Limits {
     }
 }
 
+/// `s` trimmed, split into its leading number (digits and `also`) and the rest.
+pub fn number_and_unit(s: &str, also: char) -> (&str, &str, &str) {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != also)
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    (s, num, unit)
+}
+
 /// Parses a byte size: a number with an optional unit (`B`, `KB`, `KiB`, `MB`, `MiB`, `GB`,
 /// `GiB`, `k`, `M`, `G`; binary units for the one-letter forms).
 pub fn parse_size(s: &str) -> Result<u64, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !c.is_ascii_digit() && c != '_')
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
+    let (s, num, unit) = number_and_unit(s, '_');
     let n: u64 = num
         .replace('_', "")
         .parse()

@@ -39,8 +39,11 @@ pub struct Flag {
 /// How the CLI spells a flag.
 #[derive(Debug, Clone, Copy)]
 pub enum Cli {
-    /// `--long VALUE` (lists: comma-separated or repeated).
-    Value {
+    /// `--query-name VALUE`: the query parameter's name in kebab-case (lists: comma-separated or
+    /// repeated).
+    Value,
+    /// `--long VALUE`.
+    Named {
         /// The long flag.
         long: &'static str,
         /// Another spelling (shown in the help).
@@ -132,241 +135,125 @@ fn choices<T: ToSchema>() -> Choices {
     }
 }
 
-const fn value(long: &'static str) -> Option<Cli> {
-    Some(Cli::Value {
+const fn flag(field: &'static str, query: &'static str, cli: Cli, kind: Kind) -> Flag {
+    Flag {
+        field,
+        query: Some(query),
+        cli: Some(cli),
+        kind,
+    }
+}
+
+const fn query_only(field: &'static str, query: &'static str, kind: Kind) -> Flag {
+    Flag {
+        field,
+        query: Some(query),
+        cli: None,
+        kind,
+    }
+}
+
+const fn cli_only(field: &'static str, cli: Cli, kind: Kind) -> Flag {
+    Flag {
+        field,
+        query: None,
+        cli: Some(cli),
+        kind,
+    }
+}
+
+const fn named(long: &'static str) -> Cli {
+    Cli::Named {
         long,
         alias: None,
         value_name: None,
-    })
+    }
+}
+
+const fn aliased(long: &'static str, alias: &'static str) -> Cli {
+    Cli::Named {
+        long,
+        alias: Some(alias),
+        value_name: None,
+    }
+}
+
+const fn shown(long: &'static str, value_name: &'static str) -> Cli {
+    Cli::Named {
+        long,
+        alias: None,
+        value_name: Some(value_name),
+    }
+}
+
+const fn one_of<T: ToSchema>() -> Kind {
+    Kind::Enum(choices::<T>)
 }
 
 const fn int(format: Option<Format>, min: Option<i64>, max: Option<i64>) -> Kind {
     Kind::Integer { format, min, max }
 }
 
-const fn number(format: Format, min: Option<i64>) -> Kind {
-    Kind::Number { format, min }
+const fn int32(min: i64, max: i64) -> Kind {
+    int(Some(Format::Int32), Some(min), Some(max))
+}
+
+const fn int64(min: i64) -> Kind {
+    int(Some(Format::Int64), Some(min), None)
+}
+
+const fn float(min: i64) -> Kind {
+    Kind::Number {
+        format: Format::Float,
+        min: Some(min),
+    }
+}
+
+const fn double(min: i64) -> Kind {
+    Kind::Number {
+        format: Format::Double,
+        min: Some(min),
+    }
 }
 
 /// Every option the CLI or the query string takes, in the order `--help` and the OpenAPI
 /// document list them.
+#[rustfmt::skip]
 pub const FLAGS: &[Flag] = &[
-    Flag {
-        field: "steps",
-        query: Some("steps"),
-        cli: value("steps"),
-        kind: Kind::Steps,
-    },
-    Flag {
-        field: "relu6",
-        query: Some("relu6"),
-        cli: value("relu6"),
-        kind: Kind::Enum(choices::<Relu6Policy>),
-    },
-    Flag {
-        field: "hbf",
-        query: Some("hbf"),
-        cli: value("hbf"),
-        kind: Kind::Enum(choices::<HbfMode>),
-    },
-    Flag {
-        field: "compat",
-        query: Some("compat"),
-        cli: value("compat"),
-        kind: Kind::Enum(choices::<Compat>),
-    },
-    Flag {
-        field: "start",
-        query: Some("start"),
-        cli: value("start"),
-        kind: Kind::Strings,
-    },
-    Flag {
-        field: "output",
-        query: Some("output"),
-        cli: Some(Cli::Value {
-            long: "output-op",
-            alias: Some("output-name"),
-            value_name: None,
-        }),
-        kind: Kind::Strings,
-    },
-    Flag {
-        field: "iterations",
-        query: Some("iterations"),
-        cli: value("iterations"),
-        kind: int(Some(Format::Int32), Some(1), Some(1000)),
-    },
-    Flag {
-        field: "threshold",
-        query: Some("threshold"),
-        cli: value("threshold"),
-        kind: number(Format::Float, Some(0)),
-    },
-    Flag {
-        field: "verify.enabled",
-        query: Some("verify"),
-        cli: Some(Cli::Off("no-verify")),
-        kind: Kind::Bool,
-    },
-    Flag {
-        field: "verify.seed",
-        query: Some("seed"),
-        cli: value("seed"),
-        kind: int(Some(Format::Int64), Some(0), None),
-    },
-    Flag {
-        field: "verify.dynamic_dim",
-        query: Some("dynamic_dim"),
-        cli: value("dynamic-dim"),
-        kind: int(None, Some(1), Some(4096)),
-    },
-    Flag {
-        field: "balance",
-        query: Some("balance"),
-        cli: value("balance"),
-        kind: number(Format::Float, Some(1)),
-    },
-    Flag {
-        field: "quant.end_to_end",
-        query: Some("quant_e2e"),
-        cli: Some(Cli::On("quant-e2e")),
-        kind: Kind::Bool,
-    },
-    Flag {
-        field: "verify.budget_s",
-        query: Some("verify_budget"),
-        cli: Some(Cli::Value {
-            long: "verify-budget",
-            alias: None,
-            value_name: Some("SECONDS"),
-        }),
-        kind: number(Format::Double, Some(0)),
-    },
-    Flag {
-        field: "quant.layers",
-        query: Some("quant_table"),
-        cli: Some(Cli::Off("no-quant-table")),
-        kind: Kind::Bool,
-    },
-    Flag {
-        field: "quant.w8a8",
-        query: None,
-        cli: Some(Cli::Off("no-w8a8")),
-        kind: Kind::Bool,
-    },
-    Flag {
-        field: "quant.sensitivity",
-        query: None,
-        cli: Some(Cli::On("sensitivity")),
-        kind: Kind::Bool,
-    },
-    Flag {
-        field: "exports.qdq",
-        query: Some("qdq"),
-        cli: None,
-        kind: Kind::Bool,
-    },
-    Flag {
-        field: "exports.encodings",
-        query: Some("encodings"),
-        cli: None,
-        kind: Kind::Enum(choices::<EncodingsVersion>),
-    },
-    Flag {
-        field: "exports.ort_overrides",
-        query: Some("ort_overrides"),
-        cli: None,
-        kind: Kind::Bool,
-    },
-    Flag {
-        field: "exports.calibration",
-        query: None,
-        cli: value("calibration"),
-        kind: Kind::Enum(choices::<Calibration>),
-    },
-    Flag {
-        field: "exports.percentile",
-        query: None,
-        cli: value("percentile"),
-        kind: number(Format::Float, Some(50)),
-    },
-    Flag {
-        field: "exports.quantize_outputs",
-        query: Some("quantize_outputs"),
-        cli: Some(Cli::On("quantize-outputs")),
-        kind: Kind::Bool,
-    },
-    Flag {
-        field: "exports.input_range",
-        query: Some("input_range"),
-        cli: Some(Cli::Value {
-            long: "input-range",
-            alias: None,
-            value_name: Some("LO,HI"),
-        }),
-        kind: Kind::Range,
-    },
-    Flag {
-        field: "select",
-        query: Some("select"),
-        cli: value("select"),
-        kind: Kind::Enum(choices::<Select>),
-    },
-    Flag {
-        field: "target.preset",
-        query: Some("target"),
-        cli: value("target"),
-        kind: Kind::Enum(choices::<TargetPreset>),
-    },
-    Flag {
-        field: "target.weight_granularity",
-        query: Some("weight_granularity"),
-        cli: value("weight-granularity"),
-        kind: Kind::Enum(choices::<Granularity>),
-    },
-    Flag {
-        field: "target.weight_bits",
-        query: Some("weight_bits"),
-        cli: value("weight-bits"),
-        kind: int(Some(Format::Int32), Some(2), Some(8)),
-    },
-    Flag {
-        field: "target.activation_type",
-        query: Some("activation_type"),
-        cli: value("activation-type"),
-        kind: Kind::Enum(choices::<ActivationType>),
-    },
-    Flag {
-        field: "target.activation_symmetric",
-        query: Some("activation_symmetric"),
-        cli: Some(Cli::On("activation-symmetric")),
-        kind: Kind::Bool,
-    },
-    Flag {
-        field: "deploy.bias_correction",
-        query: Some("bias_correction"),
-        cli: value("bias-correction"),
-        kind: Kind::Enum(choices::<BiasCorrection>),
-    },
-    Flag {
-        field: "deploy.rounding",
-        query: Some("rounding"),
-        cli: value("rounding"),
-        kind: Kind::Enum(choices::<Rounding>),
-    },
-    Flag {
-        field: "deploy.model",
-        query: Some("deploy"),
-        cli: None,
-        kind: Kind::Bool,
-    },
-    Flag {
-        field: "deploy.input_mean",
-        query: None,
-        cli: value("input-mean"),
-        kind: Kind::Numbers,
-    },
+    flag("steps", "steps", Cli::Value, Kind::Steps),
+    flag("relu6", "relu6", Cli::Value, one_of::<Relu6Policy>()),
+    flag("hbf", "hbf", Cli::Value, one_of::<HbfMode>()),
+    flag("compat", "compat", Cli::Value, one_of::<Compat>()),
+    flag("start", "start", Cli::Value, Kind::Strings),
+    flag("output", "output", aliased("output-op", "output-name"), Kind::Strings),
+    flag("iterations", "iterations", Cli::Value, int32(1, 1000)),
+    flag("threshold", "threshold", Cli::Value, float(0)),
+    flag("verify.enabled", "verify", Cli::Off("no-verify"), Kind::Bool),
+    flag("verify.seed", "seed", Cli::Value, int64(0)),
+    flag("verify.dynamic_dim", "dynamic_dim", Cli::Value, int(None, Some(1), Some(4096))),
+    flag("balance", "balance", Cli::Value, float(1)),
+    flag("quant.end_to_end", "quant_e2e", Cli::On("quant-e2e"), Kind::Bool),
+    flag("verify.budget_s", "verify_budget", shown("verify-budget", "SECONDS"), double(0)),
+    flag("quant.layers", "quant_table", Cli::Off("no-quant-table"), Kind::Bool),
+    cli_only("quant.w8a8", Cli::Off("no-w8a8"), Kind::Bool),
+    cli_only("quant.sensitivity", Cli::On("sensitivity"), Kind::Bool),
+    query_only("exports.qdq", "qdq", Kind::Bool),
+    query_only("exports.encodings", "encodings", one_of::<EncodingsVersion>()),
+    query_only("exports.ort_overrides", "ort_overrides", Kind::Bool),
+    cli_only("exports.calibration", named("calibration"), one_of::<Calibration>()),
+    cli_only("exports.percentile", named("percentile"), float(50)),
+    flag("exports.quantize_outputs", "quantize_outputs", Cli::On("quantize-outputs"), Kind::Bool),
+    flag("exports.input_range", "input_range", shown("input-range", "LO,HI"), Kind::Range),
+    flag("select", "select", Cli::Value, one_of::<Select>()),
+    flag("target.preset", "target", Cli::Value, one_of::<TargetPreset>()),
+    flag("target.weight_granularity", "weight_granularity", Cli::Value, one_of::<Granularity>()),
+    flag("target.weight_bits", "weight_bits", Cli::Value, int32(2, 8)),
+    flag("target.activation_type", "activation_type", Cli::Value, one_of::<ActivationType>()),
+    flag("target.activation_symmetric", "activation_symmetric", Cli::On("activation-symmetric"), Kind::Bool),
+    flag("deploy.bias_correction", "bias_correction", Cli::Value, one_of::<BiasCorrection>()),
+    flag("deploy.rounding", "rounding", Cli::Value, one_of::<Rounding>()),
+    query_only("deploy.model", "deploy", Kind::Bool),
+    cli_only("deploy.input_mean", named("input-mean"), Kind::Numbers),
 ];
 
 impl Flag {
@@ -381,9 +268,10 @@ impl Flag {
     }
 
     /// The CLI's long flag.
-    pub fn long(&self) -> Option<&'static str> {
-        self.cli.map(|c| match c {
-            Cli::Value { long, .. } | Cli::On(long) | Cli::Off(long) => long,
+    pub fn long(&self) -> Option<String> {
+        self.cli.and_then(|c| match c {
+            Cli::Value => self.query.map(|q| q.replace('_', "-")),
+            Cli::Named { long, .. } | Cli::On(long) | Cli::Off(long) => Some(long.into()),
         })
     }
 

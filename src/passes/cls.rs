@@ -272,16 +272,17 @@ fn classify(cx: &mut Ctx, i: usize) -> (Class, Option<Layer>) {
     let node = cx.work.node(i);
     let kind = layer.layout.kind();
     if aimet {
+        let note = |cx: &mut Ctx, what: &str| {
+            let note = format!("{}: {what}", cx.work.label(i));
+            cx.report.compat_notes.push(note);
+        };
         if attr::int(node, "group").is_none() {
-            cx.report.compat_notes.push(format!(
-                "{}: no explicit `group` attribute, so aimet_onnx 2.42 ignores it for CLS (bug 1, reproduced)",
-                cx.work.label(i)
-            ));
-            return unsupported(
-                "aimet_no_group_attribute",
-                "no explicit group attribute (aimet bug 1)".into(),
-                layer,
+            note(
+                cx,
+                "no explicit `group` attribute, so aimet_onnx 2.42 ignores it for CLS (bug 1, reproduced)",
             );
+            let detail = "no explicit group attribute (aimet bug 1)";
+            return unsupported("aimet_no_group_attribute", detail.into(), layer);
         }
         if layer.layout.spatial_rank() > 2 {
             return unsupported(
@@ -291,15 +292,12 @@ fn classify(cx: &mut Ctx, i: usize) -> (Class, Option<Layer>) {
             );
         }
         if layer.layout.op == LayerOp::ConvTranspose && kind != ChannelKind::Dense {
-            cx.report.compat_notes.push(format!(
-                "{}: grouped/depthwise ConvTranspose left out of CLS (aimet_onnx 2.42 corrupts its weight, bug 2)",
-                cx.work.label(i)
-            ));
-            return unsupported(
-                "aimet_grouped_conv_transpose",
-                "aimet corrupts grouped ConvTranspose weights (bug 2)".into(),
-                layer,
+            note(
+                cx,
+                "grouped/depthwise ConvTranspose left out of CLS (aimet_onnx 2.42 corrupts its weight, bug 2)",
             );
+            let detail = "aimet corrupts grouped ConvTranspose weights (bug 2)";
+            return unsupported("aimet_grouped_conv_transpose", detail.into(), layer);
         }
         return match kind {
             ChannelKind::Dense => (Class::Conv, Some(layer)),
@@ -470,10 +468,11 @@ pub fn run(cx: &mut Ctx) -> crate::error::Result<()> {
     }
     let act_ranges: Vec<Vec<Option<Vec<f32>>>> =
         sets.iter().map(|s| activation_ranges(cx, s)).collect();
+    let scaling = Scaling(&sets, &mut ranges, &mut cumulative, &act_ranges);
     if cx.opts.is_aimet() {
-        direct_passes(cx, &sets, &mut ranges, &mut cumulative, &act_ranges)?;
+        direct_passes(cx, scaling)?;
     } else {
-        converged(cx, &sets, &mut ranges, &mut cumulative, &act_ranges)?;
+        converged(cx, scaling)?;
     }
     let iterations = cx.report.cls_iterations.len() as u32;
     for (k, set) in sets.iter().enumerate() {
@@ -568,15 +567,20 @@ fn own_members(cx: &mut Ctx, sets: &mut [Set]) -> crate::error::Result<()> {
     cx.work.apply(crate::graph::work::Edits::default())
 }
 
+/// What the scaling strategies work on: the sets, their weight ranges, the cumulative factor of
+/// every pair (per set, per pair, per channel) and the data-free activation range of every
+/// pair when known — in that order.
+struct Scaling<'a>(
+    &'a [Set],
+    &'a mut Ranges,
+    &'a mut [Vec<Vec<f32>>],
+    &'a [Vec<Option<Vec<f32>>>],
+);
+
 /// AIMET's order (`compat = aimet`): every pass scales the weights set by set, each set seeing
 /// the weights as the sets before it left them (cle-spec §4.2).
-fn direct_passes(
-    cx: &mut Ctx,
-    sets: &[Set],
-    ranges: &mut Ranges,
-    cumulative: &mut [Vec<Vec<f32>>],
-    act_ranges: &[Vec<Option<Vec<f32>>>],
-) -> crate::error::Result<()> {
+fn direct_passes(cx: &mut Ctx, scaling: Scaling) -> crate::error::Result<()> {
+    let Scaling(sets, ranges, cumulative, act_ranges) = scaling;
     for it in 1..=cx.opts.passes() {
         let mut worst = 0f32;
         for (k, set) in sets.iter().enumerate() {
@@ -630,28 +634,21 @@ impl Track {
     fn out_ranges(&self) -> Vec<f32> {
         match &self.maxima {
             Some(m) => self.layer.layout.scaled_out_ranges(m, &self.fo, &self.fi),
-            None => self
-                .base
-                .0
-                .iter()
-                .zip(&self.fo)
-                .map(|(r, f)| r * f)
-                .collect(),
+            None => scaled(&self.base.0, &self.fo),
         }
     }
 
     fn in_ranges(&self) -> Vec<f32> {
         match &self.maxima {
             Some(m) => self.layer.layout.scaled_in_ranges(m, &self.fo, &self.fi),
-            None => self
-                .base
-                .1
-                .iter()
-                .zip(&self.fi)
-                .map(|(r, f)| r * f)
-                .collect(),
+            None => scaled(&self.base.1, &self.fi),
         }
     }
+}
+
+/// `r[c]·f[c]`.
+fn scaled(r: &[f32], f: &[f32]) -> Vec<f32> {
+    r.iter().zip(f).map(|(r, f)| r * f).collect()
 }
 
 /// Default mode: iterate until the stop rule holds, on per-channel range bookkeeping instead of
@@ -662,13 +659,8 @@ impl Track {
 /// equalized exactly by its first pass (pair: both ranges `√(r1·r2)`; triple: all three `P`),
 /// so it runs once. Ranges come from the cumulative factors: `fo·fi·max_k |W|` ([`Track`]);
 /// the weights are scaled once at the end.
-fn converged(
-    cx: &mut Ctx,
-    sets: &[Set],
-    ranges: &mut Ranges,
-    cumulative: &mut [Vec<Vec<f32>>],
-    act_ranges: &[Vec<Option<Vec<f32>>>],
-) -> crate::error::Result<()> {
+fn converged(cx: &mut Ctx, scaling: Scaling) -> crate::error::Result<()> {
+    let Scaling(sets, ranges, cumulative, act_ranges) = scaling;
     let mut index: HashMap<String, usize> = HashMap::new();
     let mut tracks: Vec<Track> = Vec::new();
     let mut out_scaled: Vec<bool> = Vec::new();
@@ -902,23 +894,13 @@ struct LocalSet {
 /// One equalization step of a set on its [`Track`]s; returns the per-pair factors (`s`, or
 /// `(s12, s23)` for a triple), as [`scale_set`] does on the weights.
 fn equalize_set(tracks: &mut [Track], m: &[usize], balance: Option<Balance>) -> Vec<Vec<f32>> {
-    let limit = |p: usize, s: &mut Vec<f32>| {
-        if let Some((g, ranges, prev)) = balance {
-            if let Some(hi) = &ranges[p] {
-                limit_activation_growth(s, hi, &prev[p], g);
-            }
-        }
-    };
+    let limit = |p: usize, s: &mut Vec<f32>| balanced(balance, p, s);
     let mul = |f: &mut [f32], by: &[f32]| f.iter_mut().zip(by).for_each(|(v, b)| *v *= b);
     let inv = |s: &[f32]| s.iter().map(|&v| 1.0f32 / v).collect::<Vec<f32>>();
     if m.len() == 2 {
         let r1 = tracks[m[0]].out_ranges();
         let r2 = tracks[m[1]].in_ranges();
-        let mut s: Vec<f32> = r1
-            .iter()
-            .zip(&r2)
-            .map(|(&a, &b)| guard(a / (a * b).sqrt()))
-            .collect();
+        let mut s = pair_factors(&r1, &r2);
         limit(0, &mut s);
         mul(&mut tracks[m[0]].fo, &inv(&s));
         mul(&mut tracks[m[1]].fi, &s);
@@ -927,12 +909,7 @@ fn equalize_set(tracks: &mut [Track], m: &[usize], balance: Option<Balance>) -> 
     let r0 = tracks[m[0]].out_ranges();
     let r1 = tracks[m[1]].out_ranges();
     let r2 = tracks[m[2]].in_ranges();
-    let third = 1.0f32 / 3.0;
-    let p: Vec<f32> = (0..r0.len())
-        .map(|c| (r0[c] * r1[c] * r2[c]).powf(third))
-        .collect();
-    let mut s12: Vec<f32> = (0..r0.len()).map(|c| guard(r0[c] / p[c])).collect();
-    let mut s23: Vec<f32> = (0..r0.len()).map(|c| guard(p[c] / r2[c])).collect();
+    let (mut s12, mut s23) = triple_factors(&r0, &r1, &r2);
     limit(0, &mut s12);
     limit(1, &mut s23);
     mul(&mut tracks[m[0]].fo, &inv(&s12));
@@ -1205,6 +1182,35 @@ fn limit_activation_growth(s: &mut [f32], hi: &[f32], prev: &[f32], growth: f32)
 
 type Balance<'a> = (f32, &'a [Option<Vec<f32>>], &'a [Vec<f32>]);
 
+/// The pair's factors `s = r1 / √(r1·r2)` (paper eq. 11), each [`guard`]ed.
+fn pair_factors(r1: &[f32], r2: &[f32]) -> Vec<f32> {
+    r1.iter()
+        .zip(r2)
+        .map(|(&a, &b)| guard(a / (a * b).sqrt()))
+        .collect()
+}
+
+/// A triple's factors by AIMET's cube root: `p = ∛(r0·r1·r2)`, `s12 = r0 / p`, `s23 = p / r2`.
+fn triple_factors(r0: &[f32], r1: &[f32], r2: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    let third = 1.0f32 / 3.0;
+    let p: Vec<f32> = (0..r0.len())
+        .map(|c| (r0[c] * r1[c] * r2[c]).powf(third))
+        .collect();
+    let s12 = (0..r0.len()).map(|c| guard(r0[c] / p[c])).collect();
+    let s23 = (0..r0.len()).map(|c| guard(p[c] / r2[c])).collect();
+    (s12, s23)
+}
+
+/// Caps the factors of pair `p` of a set by `balance` (when set and the activation's range is
+/// known).
+fn balanced(balance: Option<Balance>, p: usize, s: &mut [f32]) {
+    if let Some((g, ranges, prev)) = balance {
+        if let Some(hi) = &ranges[p] {
+            limit_activation_growth(s, hi, &prev[p], g);
+        }
+    }
+}
+
 /// Scales one set; returns the per-pair factors (`s`, or `(s12, s23)` for a triple).
 fn scale_set(
     cx: &mut Ctx,
@@ -1212,24 +1218,14 @@ fn scale_set(
     set: &Set,
     balance: Option<Balance>,
 ) -> crate::error::Result<Vec<Vec<f32>>> {
-    let limit = |p: usize, s: &mut Vec<f32>| {
-        if let Some((g, ranges, prev)) = balance {
-            if let Some(hi) = &ranges[p] {
-                limit_activation_growth(s, hi, &prev[p], g);
-            }
-        }
-    };
+    let limit = |p: usize, s: &mut Vec<f32>| balanced(balance, p, s);
     if set.layers.len() == 2 {
         let (l1, l2) = (&set.layers[0], &set.layers[1]);
         let r1 = ranges.of(cx, l1).0.clone();
         let r2 = ranges.of(cx, l2).1.clone();
         let mut w1 = take(cx, &l1.weight)?;
         let mut w2 = take(cx, &l2.weight)?;
-        let mut s: Vec<f32> = r1
-            .iter()
-            .zip(&r2)
-            .map(|(&a, &b)| guard(a / (a * b).sqrt()))
-            .collect();
+        let mut s = pair_factors(&r1, &r2);
         limit(0, &mut s);
         let inv: Vec<f32> = s.iter().map(|&v| 1.0f32 / v).collect();
         ranges.set(l1, l1.layout.scale_out_ranged(&mut w1.data, &inv));
@@ -1246,12 +1242,7 @@ fn scale_set(
     let mut w0 = take(cx, &l0.weight)?;
     let mut w1 = take(cx, &l1.weight)?;
     let mut w2 = take(cx, &l2.weight)?;
-    let third = 1.0f32 / 3.0;
-    let p: Vec<f32> = (0..r0.len())
-        .map(|c| (r0[c] * r1[c] * r2[c]).powf(third))
-        .collect();
-    let mut s12: Vec<f32> = (0..r0.len()).map(|c| guard(r0[c] / p[c])).collect();
-    let mut s23: Vec<f32> = (0..r0.len()).map(|c| guard(p[c] / r2[c])).collect();
+    let (mut s12, mut s23) = triple_factors(&r0, &r1, &r2);
     limit(0, &mut s12);
     limit(1, &mut s23);
     let inv12: Vec<f32> = s12.iter().map(|&v| 1.0f32 / v).collect();

@@ -159,20 +159,14 @@ pub fn run(
     samples: Option<&SampleInputs>,
     ctl: Control,
 ) -> Result<Output> {
-    if options.select == Select::Auto {
-        return select::run(model, original, options, samples, ctl);
-    }
-    run_stages(model, original, options, samples, ctl)
-}
-
-/// [`run`] with the options as given (no selection).
-fn run_stages(
-    model: ModelProto,
-    original: Option<Bytes>,
-    options: &Options,
-    samples: Option<&SampleInputs>,
-    ctl: Control,
-) -> Result<Output> {
+    let chosen = match options.select {
+        Select::Auto => Some(select::choose(&model, options, samples, ctl)?),
+        Select::None => None,
+    };
+    let (options, samples) = match &chosen {
+        Some(c) => (&c.options, Some(&c.rest)),
+        None => (options, samples),
+    };
     let quant = &options.quant;
     // Refused options and tensors fail before any model reaches tract.
     options.clone().normalized()?;
@@ -338,6 +332,7 @@ fn run_stages(
         report.deploy = Some(d.report);
         d_bytes
     });
+    report.selection = chosen.map(|c| c.selection);
     ctl.check()?;
     Ok(Output {
         model: bytes,

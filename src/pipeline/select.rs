@@ -7,9 +7,7 @@
 //! output SQNR of per-tensor symmetric int8 weights against the original FP32 model; ties keep
 //! the earlier candidate. Every candidate's figures land in [`crate::report::Selection`].
 
-use bytes::Bytes;
-
-use super::{equalize, run_stages, Control, Output, SampleInputs};
+use super::{equalize, Control, SampleInputs};
 use crate::error::{CoreError, Result};
 use crate::onnx;
 use crate::options::{Options, Select};
@@ -71,15 +69,24 @@ fn part(t: &InputTensor, odd: bool) -> InputTensor {
     }
 }
 
-/// [`super::run`] with `select = auto`: the equalize stage per candidate, then the whole run
-/// with the chosen options.
-pub fn run(
-    model: onnx::ModelProto,
-    original: Option<Bytes>,
+/// The choice of `select = auto`: the options to run with, the samples left for the run, and
+/// the report section.
+pub(super) struct Chosen {
+    /// The chosen candidate's options.
+    pub options: Options,
+    /// The even-indexed samples: verification and the figures of the run.
+    pub rest: SampleInputs,
+    /// Every candidate's figures.
+    pub selection: Selection,
+}
+
+/// `select = auto`: the equalize stage per candidate, scored on the odd-indexed samples.
+pub(super) fn choose(
+    model: &onnx::ModelProto,
     options: &Options,
     samples: Option<&SampleInputs>,
     ctl: Control,
-) -> Result<Output> {
+) -> Result<Chosen> {
     let Some(samples) = samples else {
         return Err(CoreError::InvalidOptions(
             "select=auto needs sample inputs (--samples)".into(),
@@ -99,7 +106,7 @@ pub fn run(
     };
     let per_sample = quant::samples_of(&scored);
     let reference =
-        quant::reference_outputs(&model, &per_sample).map_err(CoreError::InvalidOptions)?;
+        quant::reference_outputs(model, &per_sample).map_err(CoreError::InvalidOptions)?;
     let mut found: Vec<(SelectionCandidate, Options)> = Vec::new();
     for (label, opts) in candidates(options) {
         ctl.check()?;
@@ -130,15 +137,18 @@ pub fn run(
         }
     }
     found[best].0.chosen = true;
-    let chosen = found[best].1.clone();
-    let mut out = run_stages(model, original, &chosen, Some(&rest), ctl)?;
-    out.report.selection = Some(Selection {
+    let options = found[best].1.clone();
+    let selection = Selection {
         scored_samples: per_sample.len(),
         other_samples: n - per_sample.len(),
         score: "per-tensor symmetric int8 weights: output SQNR against the original FP32 model"
             .into(),
         chosen: found[best].0.label.clone(),
         candidates: found.into_iter().map(|(c, _)| c).collect(),
-    });
-    Ok(out)
+    };
+    Ok(Chosen {
+        options,
+        rest,
+        selection,
+    })
 }

@@ -350,7 +350,7 @@ impl Sums {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::graph::layout::LayerOp;
+    use crate::graph::layout::{test_values, TEST_LAYOUTS};
     use crate::quant::{fake_quant, sqnr_db, Scheme};
 
     #[test]
@@ -389,24 +389,11 @@ mod tests {
     /// sums), on every layout path, with zeros, a zero channel, a NaN and an all-zero weight.
     #[test]
     fn fused_figures_equal_the_reference() {
-        let cases: [(LayerOp, &[usize], usize); 9] = [
-            (LayerOp::Conv, &[6, 4, 3, 3], 1),
-            (LayerOp::Conv, &[6, 70, 1, 1], 1),
-            (LayerOp::Conv, &[6, 2, 3, 3], 2),
-            (LayerOp::Conv, &[4, 1, 3, 3], 4),
-            (LayerOp::ConvTranspose, &[4, 3, 2, 2], 2),
-            (LayerOp::Gemm { trans_b: true }, &[5, 130], 1),
-            (LayerOp::Gemm { trans_b: false }, &[7, 150], 1),
-            (LayerOp::MatMul, &[3, 200], 1),
-            (LayerOp::Conv, &[2, 3, 1, 1], 1),
-        ];
-        for (ci, (op, dims, group)) in cases.into_iter().enumerate() {
+        for (ci, (op, dims, group)) in TEST_LAYOUTS.into_iter().enumerate() {
             let l = WeightLayout::new(op, dims, group).unwrap();
             let n: usize = dims.iter().product();
             let mut variants: Vec<Vec<f32>> = Vec::new();
-            let w: Vec<f32> = (0..n)
-                .map(|j| ((j * 7919 % 101) as f32 - 50.0) * 0.37f32.powi((j % 5) as i32))
-                .collect();
+            let w = test_values(n);
             variants.push(w.clone());
             let mut zeros = w.clone();
             zeros[..n / 3].iter_mut().for_each(|v| *v = 0.0);

@@ -216,11 +216,7 @@ impl ServeConfig {
 /// Parses a duration: a number with an optional unit (`ms`, `s`, `m`, `h`, `d`; seconds when
 /// omitted), e.g. `30s`, `1500ms`, `24h`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
+    let (s, num, unit) = crate::onnx::limits::number_and_unit(s, '.');
     let n: f64 = num
         .parse()
         .map_err(|_| format!("`{s}` is not a duration (e.g. 30s, 24h)"))?;

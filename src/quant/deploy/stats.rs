@@ -604,7 +604,13 @@ pub fn propagate(
     origins: &Origins,
     opts: &StatsOptions,
 ) -> ActivationStats {
-    let n_sigma = opts.n_sigma;
+    let walk = Walk {
+        labels,
+        origins,
+        n_sigma: opts.n_sigma,
+        opset: onnx_opset(work.model()).unwrap_or(13),
+    };
+    let n_sigma = walk.n_sigma;
     let mut st = ActivationStats::default();
     let consts: std::collections::HashSet<String> = work
         .graph()
@@ -625,9 +631,8 @@ pub fn propagate(
         let mut s = ChannelStats::gaussian(&mean0, &vec![1.0; len], n_sigma);
         s.lo = vec![f32::NEG_INFINITY; len];
         s.hi = vec![f32::INFINITY; len];
-        insert(&mut st, &name, Ok(s), origins, n_sigma);
+        insert(&mut st, &name, Ok(s), &walk);
     }
-    let opset = onnx_opset(work.model()).unwrap_or(13);
     let order: Vec<usize> = work.index().topo().to_vec();
     for i in order {
         let node = work.node(i).clone();
@@ -644,7 +649,7 @@ pub fn propagate(
             continue;
         }
         let result = if node.domain().is_empty() {
-            node_stats(work, &st, i, labels, origins, n_sigma, opset)
+            node_stats(work, &st, i, &walk)
         } else {
             Err(format!(
                 "{}::{} is not modelled",
@@ -652,22 +657,33 @@ pub fn propagate(
                 node.op_type()
             ))
         };
-        insert(&mut st, &out, result, origins, n_sigma);
+        insert(&mut st, &out, result, &walk);
     }
     st
+}
+
+/// What every step of [`propagate`] reads.
+struct Walk<'a> {
+    /// The report labels of the model's nodes.
+    labels: &'a [String],
+    /// The BN statistics folded into the model.
+    origins: &'a Origins,
+    /// Range half-width in standard deviations.
+    n_sigma: f32,
+    /// The model's default-domain opset.
+    opset: i64,
 }
 
 fn insert(
     st: &mut ActivationStats,
     tensor: &str,
     result: Result<ChannelStats, String>,
-    origins: &Origins,
-    n_sigma: f32,
+    walk: &Walk,
 ) {
-    let result = match (origins.inputs.get(tensor), result) {
+    let result = match (walk.origins.inputs.get(tensor), result) {
         (Some(g), r) => {
             // A BN was folded forward after this tensor: its running statistics are measured.
-            let mut s = ChannelStats::gaussian(&g.mean, &g.sigma, n_sigma);
+            let mut s = ChannelStats::gaussian(&g.mean, &g.sigma, walk.n_sigma);
             if let Ok(prev) = r {
                 if prev.len() == s.len() && prev.lo.iter().chain(&prev.hi).all(|v| v.is_finite()) {
                     s.lo = prev.lo;
@@ -705,11 +721,9 @@ fn node_stats(
     work: &mut Work,
     st: &ActivationStats,
     i: usize,
-    labels: &[String],
-    origins: &Origins,
-    n_sigma: f32,
-    opset: i64,
+    walk: &Walk,
 ) -> Result<ChannelStats, String> {
+    let (n_sigma, opset) = (walk.n_sigma, walk.opset);
     let node = work.node(i).clone();
     let op = node.op_type();
     let input = |k: usize| node.input.get(k).cloned().unwrap_or_default();
@@ -717,9 +731,7 @@ fn node_stats(
     let unmodelled = || format!("{op} is not modelled");
     let fail = |what: &str| format!("{op}: {what}");
     match op {
-        "Conv" | "ConvTranspose" | "Gemm" | "MatMul" => {
-            layer_stats(work, st, i, labels, origins, n_sigma)
-        }
+        "Conv" | "ConvTranspose" | "Gemm" | "MatMul" => layer_stats(work, st, i, walk),
         "Relu" => data(st, work, &x)?
             .clamp(&[0.0], &[f32::INFINITY])
             .ok_or_else(|| fail("channels")),
@@ -917,10 +929,9 @@ fn layer_stats(
     work: &mut Work,
     st: &ActivationStats,
     i: usize,
-    labels: &[String],
-    origins: &Origins,
-    n_sigma: f32,
+    walk: &Walk,
 ) -> Result<ChannelStats, String> {
+    let (labels, origins, n_sigma) = (walk.labels, walk.origins, walk.n_sigma);
     let op = work.node(i).op_type().to_string();
     let l = layer_of(work, i).map_err(|(code, detail)| format!("{op}: {code} {detail}"))?;
     let out_ch = l.layout.out_channels();

@@ -168,23 +168,14 @@ pub fn write(model: &ModelProto, plan: &QuantPlan) -> Result<ModelProto> {
         let levels = w.levels(&t.data);
         let dims = t.dims.clone();
         let raw: Vec<u8> = levels.iter().map(|&l| (l as i8) as u8).collect();
-        let [q, s, z] = quantized_constant(
+        prelude.push(dequantized_constant(
             &mut names,
             &mut new_inits,
             &w.weight,
             (&dims, DataType::Int8, raw),
-            &w.scales,
-            w.axis.is_some(),
-        );
-        let mut dq = node(
-            names.fresh(&format!("{}_DequantizeLinear", w.weight)),
-            "DequantizeLinear",
-            "",
-            vec![q, s, z],
+            (&w.scales, w.axis),
             w.weight.clone(),
-        );
-        dq.attribute.extend(w.axis.map(axis_attr));
-        prelude.push(dq);
+        ));
         remove_constant(g, &index, &w.weight, &mut drop_inits, &mut removed);
     }
     let mut bias_uses: HashMap<&str, usize> = HashMap::new();
@@ -196,15 +187,8 @@ pub fn write(model: &ModelProto, plan: &QuantPlan) -> Result<ModelProto> {
         let dims = t.dims.clone();
         let levels = b.levels(&t.data);
         let raw: Vec<u8> = levels.iter().flat_map(|l| l.to_le_bytes()).collect();
-        let per_channel = b.scales.len() > 1;
-        let [q, s, z] = quantized_constant(
-            &mut names,
-            &mut new_inits,
-            &b.bias,
-            (&dims, DataType::Int32, raw),
-            &b.scales,
-            per_channel,
-        );
+        let axis = (b.scales.len() > 1)
+            .then(|| dims.iter().rposition(|&d| d == b.scales.len()).unwrap_or(0));
         let alone = bias_uses[b.bias.as_str()] == 1 && index.use_count(&b.bias) == 1;
         let out = if alone {
             remove_constant(g, &index, &b.bias, &mut drop_inits, &mut removed);
@@ -216,18 +200,14 @@ pub fn write(model: &ModelProto, plan: &QuantPlan) -> Result<ModelProto> {
             }
             out
         };
-        let mut dq = node(
-            names.fresh(&format!("{}_DequantizeLinear", b.bias)),
-            "DequantizeLinear",
-            "",
-            vec![q, s, z],
+        prelude.push(dequantized_constant(
+            &mut names,
+            &mut new_inits,
+            &b.bias,
+            (&dims, DataType::Int32, raw),
+            (&b.scales, axis),
             out,
-        );
-        if per_channel {
-            let axis = dims.iter().rposition(|&d| d == b.scales.len()).unwrap_or(0);
-            dq.attribute.push(axis_attr(axis));
-        }
-        prelude.push(dq);
+        ));
     }
     g.initializer.retain(|t| !drop_inits.contains(t.name()));
     g.input.retain(|v| !drop_inits.contains(v.name()));
@@ -323,17 +303,17 @@ pub fn write(model: &ModelProto, plan: &QuantPlan) -> Result<ModelProto> {
     Ok(m)
 }
 
-/// Adds the initializers `DequantizeLinear` reads for constant `base`: its levels
-/// (`(dims, type, raw little-endian data)`), its scales (a scalar, or one per channel when
-/// `per_channel`) and zero points of the levels' type; returns their names.
-fn quantized_constant(
+/// The `DequantizeLinear` that computes `out` from a new integer initializer (`raw` bytes of
+/// type `ty`, shape `dims`), its scales (one per tensor, or one per channel along `axis`) and
+/// zero points 0, named after `base`.
+fn dequantized_constant(
     names: &mut Names,
     inits: &mut Vec<TensorProto>,
     base: &str,
     (dims, ty, raw): (&[usize], DataType, Vec<u8>),
-    scales: &[f32],
-    per_channel: bool,
-) -> [String; 3] {
+    (scales, axis): (&[f32], Option<usize>),
+    out: String,
+) -> NodeProto {
     let q = names.fresh(&format!("{base}_quantized"));
     let s = names.fresh(&format!("{base}_scale"));
     let z = names.fresh(&format!("{base}_zero_point"));
@@ -342,14 +322,17 @@ fn quantized_constant(
         _ => 1,
     };
     inits.push(int_tensor(&q, dims, ty, raw));
-    let sdims = if per_channel {
+    let sdims = if axis.is_some() {
         vec![scales.len()]
     } else {
         vec![]
     };
     inits.push(f32_tensor(&s, sdims.clone(), scales.to_vec()));
     inits.push(int_tensor(&z, &sdims, ty, vec![0u8; width * scales.len()]));
-    [q, s, z]
+    let name = names.fresh(&format!("{base}_DequantizeLinear"));
+    let mut dq = node(name, "DequantizeLinear", "", vec![q, s, z], out);
+    dq.attribute.extend(axis.map(axis_attr));
+    dq
 }
 
 /// Removes the float constant `name` (its initializer, graph-input entry or `Constant` node): a

@@ -9,6 +9,22 @@ pub(super) fn counted_section(o: &mut String, id: &str, title: &str, count: usiz
     w!(o, "<section id=\"{id}\"><h2>{title}: {count}</h2>\n");
 }
 
+/// [`counted_section`]; with nothing to count it says `empty` and closes the section, and the
+/// caller has nothing more to write (`false`).
+pub(super) fn counted_section_of(
+    o: &mut String,
+    id: &str,
+    title: &str,
+    count: usize,
+    empty: &str,
+) -> bool {
+    counted_section(o, id, title, count);
+    if count == 0 {
+        w!(o, "<p class=\"muted\">{empty}</p></section>\n");
+    }
+    count > 0
+}
+
 /// A tile of the `tiles` grid: a big count, its label, and an optional detail line.
 pub(super) fn tile(o: &mut String, n: usize, label: &str, detail: &str) {
     w!(

@@ -1,7 +1,7 @@
 //! The sections on the other passes and the run: high-bias fold, skipped candidates,
 //! BatchNorm folds, ReLU6 decisions, compatibility notes and timings.
 
-use super::blocks::{code_list, counted_section};
+use super::blocks::{code_list, counted_section, counted_section_of};
 use super::text::{esc, name, num, opt_num, reason};
 use crate::report::{FoldDirection, Relu6Action, Report};
 
@@ -53,9 +53,8 @@ pub(super) fn hbf(o: &mut String, r: &Report) {
 
 /// Skipped candidates: counts per reason, then every one.
 pub(super) fn skipped(o: &mut String, r: &Report) {
-    counted_section(o, "skipped", "Skipped candidates", r.skipped.len());
-    if r.skipped.is_empty() {
-        o.push_str("<p class=\"muted\">Every candidate was handled.</p></section>\n");
+    let empty = "Every candidate was handled.";
+    if !counted_section_of(o, "skipped", "Skipped candidates", r.skipped.len(), empty) {
         return;
     }
     let mut reasons: Vec<(&str, usize)> = Vec::new();
@@ -141,19 +140,19 @@ pub(super) fn bn_folds(o: &mut String, r: &Report) {
             "<p>{} BatchNormalization nodes kept and rewritten to mean 0 / variance 1:</p><ul>",
             r.bn_rewrites.len()
         );
-        for b in &r.bn_rewrites {
-            w!(o, "<li><code>{}</code></li>", name(b));
-        }
-        o.push_str("</ul>");
+        w!(
+            o,
+            "<li>{}</li></ul>",
+            code_list(&r.bn_rewrites, "</li><li>")
+        );
     }
     o.push_str("</section>\n");
 }
 
 /// What happened to each Clip(0, 6)-like node.
 pub(super) fn relu6(o: &mut String, r: &Report) {
-    counted_section(o, "relu6", "ReLU6 decisions", r.relu6.len());
-    if r.relu6.is_empty() {
-        o.push_str("<p class=\"muted\">No Clip(0, 6) node met.</p></section>\n");
+    let empty = "No Clip(0, 6) node met.";
+    if !counted_section_of(o, "relu6", "ReLU6 decisions", r.relu6.len(), empty) {
         return;
     }
     w!(
