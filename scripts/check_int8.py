@@ -13,7 +13,15 @@ own simulation on SAMPLES.npy).
 - the QDQ model runs in onnxruntime (CPU, default graph optimizations); the optimized graph must
   use onnxruntime's int8 kernels (QLinearConv / QLinearAdd / … or ConvInteger / MatMulInteger),
   and its logits SQNR against the original model must agree with onnx-cle's simulated figure
-  within the tolerance;
+  within the tolerance; the same model with QuantizeLinear/DequantizeLinear run as float ops
+  (the exact QDQ semantics) is printed beside it;
+- which kernels ran: the CPU's flags are printed. On x86-64 without VNNI, onnxruntime's u8×s8
+  kernels add neighbouring products in a saturating int16; a target that accumulates in int32
+  (TensorRT, QNN: the report's target has no "int16 pairs") is then checked as float ops, its
+  runtime's arithmetic, and says so. With --non-vnni-python (a command that runs Python as on an
+  AVX2 CPU without VNNI, e.g. under QEMU) the QDQ model of an int16-pairs target also runs there
+  and must agree within the tolerance: the kernels of both kinds of CPU are checked on any
+  machine;
 - the overrides go through onnxruntime's own quantize_static (QDQ, one calibration sample,
   every range pinned by TensorQuantOverrides, the graph outputs' producers excluded from output
   quantization); the result runs in onnxruntime and must agree within the tolerance too;
@@ -23,6 +31,9 @@ Prints one line per figure; exits non-zero on any failure.
 import argparse
 import json
 import os
+import platform
+import shlex
+import subprocess
 import sys
 import tempfile
 
@@ -54,13 +65,43 @@ def sqnr(ref, out):
     return 10 * np.log10(np.sum(r * r) / np.sum((r - o) ** 2))
 
 
-def run(path, name, samples, optimized=None):
+def run(path, name, samples, optimized=None, float_ops=False):
     so = ort.SessionOptions()
     if optimized:
         so.optimized_model_filepath = optimized
+    if float_ops:
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
     out = sess.get_outputs()[0].name
     return [sess.run([out], {name: s[None]})[0] for s in samples]
+
+
+def cpu():
+    """(description of the int8-relevant CPU flags, whether the u8×s8 kernels accumulate in
+    int32). x86-64 without VNNI adds neighbouring products in a saturating int16."""
+    if platform.machine() not in ("x86_64", "AMD64"):
+        return platform.machine(), True
+    flags = set()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        pass
+    shown = [f for f in ("avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni") if f in flags]
+    vnni = "avx512_vnni" in flags or "avx_vnni" in flags
+    return "x86_64 " + (" ".join(shown) or "(no avx2)"), vnni
+
+
+def run_elsewhere(python, path, samples_path, tmp):
+    """The model's outputs from onnxruntime run by the command `python` (e.g. under an
+    emulator of a CPU without VNNI)."""
+    out = os.path.join(tmp, "elsewhere.npy")
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ort_outputs.py")
+    subprocess.run(shlex.split(python) + [script, path, samples_path, out], check=True,
+                   stderr=subprocess.DEVNULL)
+    return list(np.load(out))
 
 
 def main():
@@ -74,8 +115,13 @@ def main():
     ap.add_argument("--encodings")
     ap.add_argument("--check-model", nargs="*", default=[])
     ap.add_argument("--tolerance-db", type=float, default=0.5)
+    ap.add_argument("--non-vnni-python")
     a = ap.parse_args()
     failures = []
+    cpu_flags, int32_kernels = cpu()
+    kernels_kind = ("accumulate in int32" if int32_kernels else
+                    "add neighbouring u8×s8 products in a saturating int16 (no VNNI)")
+    print(f"cpu: {cpu_flags}; onnxruntime {ort.__version__}: its int8 kernels here {kernels_kind}")
     for p in a.check_model + [a.fp32] + ([a.qdq] if a.qdq else []):
         try:
             onnx.checker.check_model(onnx.load(p), full_check=True)
@@ -87,6 +133,7 @@ def main():
     sim = {f["output"]: f["sqnr_db"] for f in ex.get("figures", []) if f["method"] == "simulated"}
     tract = {f["output"]: f["sqnr_db"] for f in ex.get("figures", []) if f["method"] == "tract"}
     target = ex.get("target", "")
+    target_pairs = "int16 pairs" in target
     samples = np.load(a.samples).astype(np.float32)
     orig = onnx.load(a.original)
     name = orig.graph.input[0].name
@@ -104,16 +151,35 @@ def main():
             failures.append(f"{label}: {got:.2f} dB vs simulated {want:.2f} dB")
 
     with tempfile.TemporaryDirectory() as tmp:
+        def kernels_and_float_ops(label, path, key, optimized=None):
+            got = sqnr(ref, run(path, name, samples, optimized=optimized))
+            floats = sqnr(ref, run(path, name, samples, float_ops=True))
+            print(f"{label}: as float QDQ ops (exact semantics) {floats:.2f} dB")
+            if int32_kernels or target_pairs:
+                compare(f"{label} (int8 kernels, {cpu_flags})", got, key)
+            else:
+                print(f"{label}: int8 kernels of this CPU {got:.2f} dB; the target ({target}) "
+                      f"accumulates in int32, which the float ops compute")
+                compare(f"{label} (float ops: the target's int32 arithmetic)", floats, key)
+            if a.non_vnni_python:
+                elsewhere = sqnr(ref, run_elsewhere(a.non_vnni_python, path, a.samples, tmp))
+                label_e = f"{label} (int8 kernels of x86_64 avx2 without VNNI, emulated)"
+                if target_pairs:
+                    compare(label_e, elsewhere, key)
+                else:
+                    print(f"{label_e}: {elsewhere:.2f} dB (not the target's kernels: it "
+                          f"accumulates in int32)")
+
         if a.qdq:
             opt = os.path.join(tmp, "qdq.optimized.onnx")
-            got = sqnr(ref, run(a.qdq, name, samples, optimized=opt))
+            run(a.qdq, name, samples[:1], optimized=opt)
             ops = [n.op_type for n in onnx.load(opt).graph.node]
             kernels = sorted({o for o in ops if o in INT8_KERNELS})
             print(f"qdq.onnx in onnxruntime: {sum(o in INT8_KERNELS for o in ops)} int8 kernel nodes "
                   f"({', '.join(kernels)}); tract ran it at {tract.get('qdq.onnx', float('nan')):.2f} dB")
             if not kernels:
                 failures.append("onnxruntime did not fuse the QDQ model into int8 kernels")
-            compare("qdq.onnx", got, "qdq.onnx")
+            kernels_and_float_ops("qdq.onnx", a.qdq, "qdq.onnx")
         if a.overrides:
             overrides = load_overrides(a.overrides)
             fp32 = onnx.load(a.fp32)
@@ -154,8 +220,8 @@ def main():
             missing = sorted(t for t in quantized if t not in overrides)
             print(f"quantize_static + TensorQuantOverrides: {len(quantized)} quantized activations, "
                   f"{len(missing)} without an override{': ' + ', '.join(missing[:5]) if missing else ''}")
-            compare("quantize_static + ort_overrides.json", sqnr(ref, run(out, name, samples)),
-                    "ort_overrides.json")
+            kernels_and_float_ops("quantize_static + ort_overrides.json", out,
+                                  "ort_overrides.json")
         if a.encodings:
             enc = json.load(open(a.encodings))
             fp32 = onnx.load(a.fp32)

@@ -7,7 +7,11 @@
 # on every model written (exact, deploy, QDQ), the QDQ model in onnxruntime's int8 kernels and the
 # overrides through onnxruntime's own quantize_static, each within 0.5 dB of onnx-cle's simulation
 # in the report (on the 16 shared images); the encodings (1.0.0 and 0.6.1) name only tensors of
-# the deploy model.
+# the deploy model. It prints the CPU's flags: onnxruntime's u8×s8 kernels on x86-64 without VNNI
+# add neighbouring products in a saturating int16, and the `ort` target is written so that none
+# saturates. On a CPU with VNNI the ort-target QDQ models also run under QEMU's emulation of an
+# AVX2 CPU (Debian's qemu-user, installed on first use as root), so both kinds of kernels are
+# checked on any x86-64 machine.
 #
 # Usage: scripts/check_int8.sh [ONNX_CLE_BINARY]
 #   The binary defaults to $ONNX_CLE_BIN, else it is built with `cargo build`.
@@ -38,6 +42,14 @@ done
 . "$root/scripts/checks_common.sh"
 bin="$(onnx_cle_bin "$root" "$bin")"
 ensure_ort_venv "$venv"
+echo "cpu: $(cpu_int8_flags)"
+emulated="$(non_vnni_python "$venv")"
+if [ -n "$emulated" ]; then
+    echo "this CPU has VNNI: the ort-target QDQ models also run under QEMU as on a CPU without it"
+    elsewhere=(--non-vnni-python "$emulated")
+else
+    elsewhere=()
+fi
 
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
@@ -52,7 +64,7 @@ echo "   QDQ, encodings 1.0.0, onnxruntime overrides"
     --report "$work/r.json"
 "$venv/bin/python" "$root/scripts/check_int8.py" "$model" "$work/r.json" "$samples" \
     --fp32 "$work/deploy.onnx" --check-model "$work/eq.onnx" --qdq "$work/qdq.onnx" \
-    --overrides "$work/ort.json" --encodings "$work/enc.json"
+    --overrides "$work/ort.json" --encodings "$work/enc.json" "${elsewhere[@]}"
 
 echo "== target trt (per-channel weights, symmetric int8 activations), data-free: QDQ, overrides"
 "$bin" equalize "$model" -o "$work/eq.onnx" "${common[@]}" --target trt \
@@ -68,5 +80,5 @@ echo "== target ort, min/max calibration on the samples: QDQ, overrides, encodin
     --report "$work/r_mm.json"
 "$venv/bin/python" "$root/scripts/check_int8.py" "$model" "$work/r_mm.json" "$samples" \
     --fp32 "$work/deploy_mm.onnx" --qdq "$work/qdq_mm.onnx" --overrides "$work/ort_mm.json" \
-    --encodings "$work/enc061.json"
+    --encodings "$work/enc061.json" "${elsewhere[@]}"
 echo "check_int8: all checks passed"

@@ -498,6 +498,13 @@ pub fn equalize(a: EqualizeArgs) -> ExitCode {
                 d.bias_correction,
                 d.predicted.rel_l2,
             );
+            if d.summary.widened > 0 || d.summary.pair_moves > 0 {
+                eprintln!(
+                    "onnx-cle: int16 pairs (onnxruntime on x86 without VNNI) kept unsaturated: {} \
+                     layers on a wider step, {} levels moved",
+                    d.summary.widened, d.summary.pair_moves
+                );
+            }
             if a.deploy_output.is_none() {
                 eprintln!("onnx-cle: note: the deploy model is not written (no --deploy-output)");
             }

@@ -224,6 +224,49 @@ impl WeightLayout {
         self.for_each_block(f);
     }
 
+    /// Calls `f(out, a, b)` for every pair of weight elements that onnxruntime's x86 int8
+    /// kernels multiply into one **saturating int16** (MLAS u8×s8 GEMM, `vpmaddubsw`, on AVX2
+    /// and AVX-512 without VNNI; int8-output.md §6): reduction indices `2j` and `2j + 1` of one
+    /// output channel `out`, as flat offsets `a`, `b` into the stored weight. Reduction order:
+    ///
+    /// - `Conv` runs channels-last, per group: `k = p·(I/g) + c` for kernel position `p` and
+    ///   input channel `c` of the group — input channel fastest, so with an even `I/g` a pair is
+    ///   two neighbouring input channels at one position, with an odd one pairs cross positions;
+    /// - `Gemm` and `MatMul` reduce over `K` in order;
+    /// - a depthwise `Conv` (depth multiplier 1) accumulates every product in int32, and
+    ///   onnxruntime runs `ConvTranspose` in float: no pairs.
+    ///
+    /// An odd reduction length leaves its last element unpaired (MLAS pads with zeros).
+    pub fn for_each_mlas_pair(&self, mut f: impl FnMut(usize, usize, usize)) {
+        match self.op {
+            LayerOp::ConvTranspose => {}
+            LayerOp::Conv if self.kind() == ChannelKind::Depthwise => {}
+            LayerOp::Conv => {
+                let (b, k) = (self.b, self.k);
+                let at = |o: usize, r: usize| (o * b + r % b) * k + r / b;
+                for o in 0..self.a {
+                    for r in (0..b * k - 1).step_by(2) {
+                        f(o, at(o, r), at(o, r + 1));
+                    }
+                }
+            }
+            LayerOp::Gemm { trans_b: true } => {
+                for o in 0..self.a {
+                    for r in (0..self.b.saturating_sub(1)).step_by(2) {
+                        f(o, o * self.b + r, o * self.b + r + 1);
+                    }
+                }
+            }
+            LayerOp::Gemm { trans_b: false } | LayerOp::MatMul => {
+                for o in 0..self.b {
+                    for r in (0..self.a.saturating_sub(1)).step_by(2) {
+                        f(o, r * self.b + o, (r + 1) * self.b + o);
+                    }
+                }
+            }
+        }
+    }
+
     fn check(&self, w: &[f32]) {
         debug_assert_eq!(w.len(), self.a * self.b * self.k, "weight length vs layout");
     }

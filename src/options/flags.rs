@@ -19,8 +19,8 @@ use utoipa::openapi::{KnownFormat, Ref, RefOr};
 use utoipa::{PartialSchema, ToSchema};
 
 use super::{
-    ActivationType, BiasCorrection, Calibration, Compat, EncodingsVersion, Granularity, HbfMode,
-    Options, Relu6Policy, Rounding, Select, Step, TargetPreset,
+    Accumulation, ActivationType, BiasCorrection, Calibration, Compat, EncodingsVersion,
+    Granularity, HbfMode, Options, Relu6Policy, Rounding, Select, Step, TargetPreset,
 };
 
 /// One option as the CLI and the query string spell it.
@@ -249,6 +249,7 @@ pub const FLAGS: &[Flag] = &[
     flag("target.weight_granularity", "weight_granularity", Cli::Value, one_of::<Granularity>()),
     flag("target.weight_bits", "weight_bits", Cli::Value, int32(2, 8)),
     flag("target.activation_type", "activation_type", Cli::Value, one_of::<ActivationType>()),
+    flag("target.accumulation", "accumulation", Cli::Value, one_of::<Accumulation>()),
     flag("target.activation_symmetric", "activation_symmetric", Cli::On("activation-symmetric"), Kind::Bool),
     flag("deploy.bias_correction", "bias_correction", Cli::Value, one_of::<BiasCorrection>()),
     flag("deploy.rounding", "rounding", Cli::Value, one_of::<Rounding>()),

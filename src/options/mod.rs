@@ -14,7 +14,9 @@ use crate::error::{CoreError, Result};
 pub use deploy::{BiasCorrection, DeployOptions, Rounding};
 pub use exports::{Calibration, EncodingsVersion, ExportOptions};
 pub use figures::QuantOptions;
-pub use target::{ActivationGrid, ActivationType, Granularity, Target, TargetPreset, WeightGrid};
+pub use target::{
+    Accumulation, ActivationGrid, ActivationType, Granularity, Target, TargetPreset, WeightGrid,
+};
 
 /// One pipeline step. Steps always run in this order (cle-spec §8.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]

@@ -57,8 +57,26 @@ pub struct Target {
     pub weight_bits: Option<u8>,
     /// Activation integer type (default: the preset's).
     pub activation_type: Option<ActivationType>,
+    /// How the target's kernels accumulate (default: `int16_pairs` for `ort`, which must run as
+    /// simulated on any x86-64 CPU; `int32` for `qnn` and `trt`). Use `int32` for onnxruntime on
+    /// VNNI or ARM CPUs only.
+    pub accumulation: Option<Accumulation>,
     /// Symmetric activations (zero point 0). Required by TensorRT; only meaningful for `int8`.
     pub activation_symmetric: Option<bool>,
+}
+
+/// How the target's int8 kernels add the products of a layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Accumulation {
+    /// onnxruntime on x86-64 CPUs without VNNI (AVX2, AVX-512 without `avx512_vnni`): the u8×s8
+    /// kernels add two neighbouring products in a saturating int16 (`vpmaddubsw`). Weights are
+    /// written so that no pair can saturate (int8-output.md §6), so the model computes what
+    /// its QDQ graph says on any x86-64 CPU.
+    Int16Pairs,
+    /// Every product accumulates in int32: VNNI CPUs, ARM, GPUs, QNN, TensorRT. The full 8-bit
+    /// grid, no pair constraint.
+    Int32,
 }
 
 /// A weight grid: symmetric, `2^(bits−1) − 1` levels each side.
@@ -68,6 +86,9 @@ pub struct WeightGrid {
     pub granularity: Granularity,
     /// Bits (2..=8).
     pub bits: u8,
+    /// Whether neighbouring products share a saturating int16 ([`Accumulation::Int16Pairs`]):
+    /// the step then also keeps every same-sign pair of levels within `|l₁| + |l₂| ≤ 128`.
+    pub int16_pairs: bool,
 }
 
 /// An activation grid.
@@ -88,7 +109,16 @@ impl Target {
                 TargetPreset::Ort | TargetPreset::Qnn => Granularity::PerTensor,
             }),
             bits: self.weight_bits.unwrap_or(8),
+            int16_pairs: self.accumulation() == Accumulation::Int16Pairs,
         }
+    }
+
+    /// The resolved accumulation.
+    pub fn accumulation(&self) -> Accumulation {
+        self.accumulation.unwrap_or(match self.preset {
+            TargetPreset::Ort => Accumulation::Int16Pairs,
+            TargetPreset::Qnn | TargetPreset::Trt => Accumulation::Int32,
+        })
     }
 
     /// The resolved activation grid.
@@ -150,8 +180,12 @@ impl Target {
         } else {
             "asymmetric"
         };
+        let acc = match self.accumulation() {
+            Accumulation::Int16Pairs => "; int16 pairs (x86 without VNNI) kept unsaturated",
+            Accumulation::Int32 => "",
+        };
         format!(
-            "{preset}: weights int{} symmetric {g}; activations {ty} {sym}",
+            "{preset}: weights int{} symmetric {g}; activations {ty} {sym}{acc}",
             w.bits
         )
     }

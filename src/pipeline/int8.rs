@@ -8,19 +8,20 @@ use crate::onnx::{self, ModelProto};
 use crate::options::{Calibration, ExportOptions, QuantOptions, Target};
 use crate::quant::{
     self,
-    deploy::{stats::ActivationStats, Deploy},
+    deploy::Deploy,
     plan::{RangeOrigin, Sites},
 };
 use crate::report::Report;
 use crate::runtime::InputTensor;
 
 /// The int8 outputs `ex` asks for, on `target`'s grid, for the FP32 model `fp32` (the deploy
-/// model when one was built, with its data-free statistics `stats`); with their figures against
+/// model when one was built: then its data-free statistics and grid steps are used); with their
+/// figures against
 /// the original model when `measured` gives it with the inputs to run (and their description).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn exports(
     fp32: &ModelProto,
-    stats: Option<&ActivationStats>,
+    deploy: Option<&Deploy>,
     ex: &ExportOptions,
     target: &Target,
     samples: Option<&SampleInputs>,
@@ -29,7 +30,11 @@ pub(super) fn exports(
     ctl: Control,
 ) -> Result<Vec<Artifact>> {
     let target = *target;
-    let sites = Sites::find(fp32, target, ex.quantize_outputs)?;
+    let stats = deploy.map(|d| &d.stats);
+    let mut sites = Sites::find(fp32, target, ex.quantize_outputs)?;
+    if let Some(d) = deploy {
+        sites.use_steps(&d.steps);
+    }
     let tensors = sites.tensors_to_range();
     let (ranges, origin, calibration_samples) = match ex.calibration {
         Calibration::DataFree => (

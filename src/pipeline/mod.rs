@@ -285,17 +285,15 @@ pub fn run(
     if options.exports.any() {
         ctl.stage("exports")?;
         let t = Instant::now();
-        let (fp32, stats) = match &deploy {
-            Some((d, _)) => (&d.model, Some(&d.stats)),
-            None => (&eq.model, None),
-        };
+        let d = deploy.as_ref().map(|(d, _)| d);
+        let fp32 = d.map_or(&eq.model, |d| &d.model);
         let measured = match (&original_model, export_figures) {
             (Some(orig), true) => Some((orig, figure_inputs(orig)?)),
             _ => None,
         };
         artifacts = int8::exports(
             fp32,
-            stats,
+            d,
             &options.exports,
             &options.target,
             samples,

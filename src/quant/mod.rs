@@ -26,6 +26,7 @@
 pub mod calib;
 pub mod deploy;
 pub mod export;
+pub mod kernels;
 pub mod plan;
 pub mod sim;
 pub mod table;

@@ -91,6 +91,9 @@ pub struct WeightQuant {
     pub scales: Vec<f32>,
     /// Largest level (`2^(bits−1) − 1`); levels run over `−qmax..=qmax`.
     pub qmax: f32,
+    /// The target's kernels add neighbouring products in a saturating int16: levels keep every
+    /// same-sign MLAS pair within 128 ([`crate::quant::target::keep_pairs`]).
+    pub int16_pairs: bool,
 }
 
 impl WeightQuant {
@@ -115,6 +118,12 @@ impl WeightQuant {
                 w.iter_mut().for_each(|v| *v = level(*v, s));
             }
             Some(_) => self.layout.map_out(&mut w, |v, o| level(v, self.scales[o])),
+        }
+        if self.int16_pairs {
+            let mut scaled = data.to_vec();
+            self.layout.map_out(&mut scaled, |v, o| v / self.scale(o));
+            let mut err: Vec<f32> = w.iter().zip(&scaled).map(|(l, x)| l - x).collect();
+            crate::quant::target::keep_pairs(&self.layout, &mut w, &mut err);
         }
         w
     }
@@ -448,6 +457,25 @@ impl Sites {
         out
     }
 
+    /// Quantizes the weights named in `steps` with exactly those steps (one per output channel,
+    /// as [`crate::quant::deploy::Deploy::steps`] holds them): a deploy model's weights then
+    /// keep their levels.
+    pub fn use_steps(&mut self, steps: &HashMap<String, Vec<f32>>) {
+        for w in &mut self.weights {
+            let Some(s) = steps.get(&w.weight) else {
+                continue;
+            };
+            if s.iter().any(|v| !(v.is_finite() && *v > 0.0)) {
+                continue;
+            }
+            match w.axis {
+                Some(_) if s.len() == w.scales.len() => w.scales.clone_from(s),
+                None if !s.is_empty() && s.iter().all(|v| *v == s[0]) => w.scales = vec![s[0]],
+                _ => {}
+            }
+        }
+    }
+
     /// The plan, with `ranges` (`[lo, hi]` per tensor) from `origin`, described as `ranges_name`.
     pub fn finish(
         self,
@@ -649,6 +677,7 @@ fn weight_quant(
         axis,
         scales,
         qmax: grid.qmax(),
+        int16_pairs: grid.int16_pairs,
     })
 }
 

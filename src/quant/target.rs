@@ -12,7 +12,15 @@
 //! - activations: `uint8` asymmetric (`scale = (max − min) / 255`, `zero_point =
 //!   round(−min / scale)`, the range first widened to contain 0), or signed symmetric
 //!   (`scale = max|x| / 127`, zero point 0; TensorRT), or `uint16` asymmetric (QNN's A16);
-//! - biases: int32 with `scale = activation scale × weight step`, zero point 0.
+//! - biases: int32 with `scale = activation scale × weight step`, zero point 0;
+//! - kernels that add neighbouring products in a saturating int16 (onnxruntime on x86-64 without
+//!   VNNI, [`crate::options::Accumulation::Int16Pairs`]): with a raw u8 activation up to 255, a
+//!   pair `a₁·l₁ + a₂·l₂` of same-sign levels stays inside int16 iff `|l₁| + |l₂| ≤ 128`
+//!   (`255·128 = 32 640 ≤ 32 767`; opposite signs never overflow). The step of such a grid is
+//!   `max(max|w| / q, max_pairs(|w₁| + |w₂|) / 128)` over the pairs MLAS forms
+//!   ([`WeightLayout::for_each_mlas_pair`]), so the nearest levels overshoot by at most one,
+//!   and [`keep_pairs`] moves the level that rounded furthest away from zero back by one: every
+//!   weight stays on one of the two levels around it, and no pair can saturate.
 //!
 //! Presets: `ort` (onnxruntime `quantize_static` defaults for CPU: per-tensor int8 symmetric
 //! weights, uint8 asymmetric activations), `qnn` (Qualcomm QNN / AIMET defaults: the same
@@ -31,6 +39,95 @@ pub struct ActivationParams {
     pub zero_point: i32,
 }
 
+/// Largest `|l₁| + |l₂|` of a same-sign level pair that an int16 holds for any raw u8
+/// activation (see the module documentation).
+pub const PAIR_LEVELS: f32 = 128.0;
+
+/// Moves levels one step toward zero until every same-sign MLAS pair of `layout` satisfies
+/// `|l₁| + |l₂| ≤` [`PAIR_LEVELS`]; of a pair, the level whose rounding error `err`
+/// (`level − w/step`, LSB) points furthest away from zero moves, and its error follows. Returns
+/// the number of moves. Levels with `|w/step| ≤ 64` each never move.
+pub fn keep_pairs(layout: &WeightLayout, level: &mut [f32], err: &mut [f32]) -> usize {
+    let mut moved = 0;
+    layout.for_each_mlas_pair(|_, a, b| {
+        while level[a] * level[b] > 0.0 && level[a].abs() + level[b].abs() > PAIR_LEVELS {
+            let away = |j: usize| err[j] * level[j].signum();
+            let j = if away(a) >= away(b) { a } else { b };
+            let d = level[j].signum();
+            level[j] -= d;
+            err[j] -= d;
+            moved += 1;
+        }
+    });
+    moved
+}
+
+/// The step `max(plain, pair_sum / 128)`; a step set by the pair is rounded up to 16
+/// significant bits, so that `l·step` is exact in f32 for every level `|l| ≤ 128`: the written
+/// weights then give the same step back, bit for bit ([`tighten_pairs`] keeps a pair at 128).
+fn widened(plain: f32, pair_sum: f32) -> f32 {
+    let p = pair_sum / PAIR_LEVELS;
+    if !(p > plain && p.is_finite()) {
+        return plain;
+    }
+    let bits = p.to_bits();
+    if bits & 0xff == 0 {
+        p
+    } else {
+        f32::from_bits((bits | 0xff) + 1)
+    }
+}
+
+/// On a channel whose step the pair sum sets (`pair_bound[o]`), makes one same-sign pair sum
+/// to exactly 128 levels when rounding left them all below: the element of the channel's
+/// largest pair with the larger error toward zero moves one level away from zero (it stays
+/// within one step of its value, the pair's values summing to 128 within rounding). Then the
+/// written weights reproduce the channel's step. Returns the moves.
+pub fn tighten_pairs(
+    layout: &WeightLayout,
+    pair_bound: &[bool],
+    level: &mut [f32],
+    err: &mut [f32],
+) -> usize {
+    let mut best: Vec<Option<(f32, usize, usize)>> = vec![None; pair_bound.len()];
+    layout.for_each_mlas_pair(|o, a, b| {
+        let x = (level[a] - err[a]).abs() + (level[b] - err[b]).abs();
+        let same = (level[a] - err[a]) * (level[b] - err[b]) > 0.0;
+        if same && best[o].is_none_or(|(m, _, _)| x > m) {
+            best[o] = Some((x, a, b));
+        }
+    });
+    let mut moved = 0;
+    for (o, b) in best.iter().enumerate() {
+        let Some((_, a, c)) = *b else { continue };
+        if !pair_bound[o] || level[a].abs() + level[c].abs() >= PAIR_LEVELS {
+            continue;
+        }
+        let toward = |j: usize| -err[j] * level[j].signum();
+        let j = if toward(a) >= toward(c) { a } else { c };
+        let d = if level[j] == 0.0 {
+            (level[j] - err[j]).signum()
+        } else {
+            level[j].signum()
+        };
+        level[j] += d;
+        err[j] += d;
+        moved += 1;
+    }
+    moved
+}
+
+/// Per output channel, the largest `|w₁| + |w₂|` over the same-sign pairs MLAS forms.
+pub(crate) fn pair_sums(w: &[f32], layout: &WeightLayout) -> Vec<f32> {
+    let mut m = vec![0f32; layout.out_channels()];
+    layout.for_each_mlas_pair(|o, a, b| {
+        if w[a] * w[b] > 0.0 {
+            m[o] = m[o].max(w[a].abs() + w[b].abs());
+        }
+    });
+    m
+}
+
 impl WeightGrid {
     /// Largest level: `2^(bits−1) − 1`.
     pub fn qmax(&self) -> f32 {
@@ -38,16 +135,27 @@ impl WeightGrid {
     }
 
     /// The step of every output channel (`len == out_channels`; all equal when per tensor):
-    /// `max|w| / qmax` over the tensor or the channel. A zero range gives step 0 (the values
-    /// are all 0 and stay 0).
+    /// `max|w| / qmax` over the tensor or the channel, and with [`WeightGrid::int16_pairs`] at
+    /// least `max(|w₁| + |w₂|) / 128` over its same-sign MLAS pairs (see the module
+    /// documentation). A zero range gives step 0 (the values are all 0 and stay 0).
     pub fn steps(&self, w: &[f32], layout: &WeightLayout) -> Vec<f32> {
         let q = self.qmax();
+        let pairs = (self.int16_pairs && 2.0 * q > PAIR_LEVELS).then(|| pair_sums(w, layout));
         match self.granularity {
             Granularity::PerTensor => {
-                let m = w.iter().fold(0f32, |m, v| m.max(v.abs()));
-                vec![m / q; layout.out_channels()]
+                let m = w.iter().fold(0f32, |m, v| m.max(v.abs())) / q;
+                let p = pairs.map_or(0.0, |p| p.iter().fold(0f32, |a, &b| a.max(b)));
+                vec![widened(m, p); layout.out_channels()]
             }
-            Granularity::PerChannel => layout.out_ranges(w).iter().map(|r| r / q).collect(),
+            Granularity::PerChannel => {
+                let mut steps: Vec<f32> = layout.out_ranges(w).iter().map(|r| r / q).collect();
+                if let Some(p) = pairs {
+                    for (s, p) in steps.iter_mut().zip(p) {
+                        *s = widened(*s, p);
+                    }
+                }
+                steps
+            }
         }
     }
 
@@ -60,10 +168,32 @@ impl WeightGrid {
         }
     }
 
-    /// Quantize-dequantizes `w` in place on this grid (round to nearest).
+    /// Quantize-dequantizes `w` in place on this grid (round to nearest, then
+    /// [`keep_pairs`] when the grid has int16 pairs).
     pub fn fake_quant(&self, w: &mut [f32], layout: &WeightLayout) {
         let steps = self.steps(w, layout);
-        self.apply_levels(w, layout, &steps, |v, s| self.level(v, s) * s);
+        if !self.int16_pairs {
+            self.apply_levels(w, layout, &steps, |v, s| self.level(v, s) * s);
+            return;
+        }
+        let mut level = w.to_vec();
+        self.apply_levels(&mut level, layout, &steps, |v, s| self.level(v, s));
+        let mut err = w.to_vec();
+        let mut scaled = w.to_vec();
+        self.apply_levels(&mut scaled, layout, &steps, |v, s| {
+            if s > 0.0 {
+                v / s
+            } else {
+                0.0
+            }
+        });
+        err.iter_mut()
+            .zip(&level)
+            .zip(&scaled)
+            .for_each(|((e, l), x)| *e = l - x);
+        keep_pairs(layout, &mut level, &mut err);
+        w.copy_from_slice(&level);
+        self.apply_levels(w, layout, &steps, |l, s| l * s);
     }
 
     /// Rewrites every element as `f(value, step of its output channel)`.
@@ -138,6 +268,7 @@ mod tests {
             let g = WeightGrid {
                 granularity,
                 bits: 8,
+                int16_pairs: false,
             };
             let mut w = w0.clone();
             g.fake_quant(&mut w, &layout);

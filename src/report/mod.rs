@@ -691,6 +691,19 @@ pub struct DeployLayer {
     #[serde(deserialize_with = "nonfinite::f32")]
     #[schema(value_type = Option<f32>, required = true)]
     pub max_channel_error_lsb: f32,
+    /// Largest ratio of a grid step to the plain max-abs step: above 1 where the target's
+    /// int16 pairs (onnxruntime on x86 without VNNI) needed a wider step so that no pair of
+    /// neighbouring products can saturate.
+    #[serde(default = "one")]
+    pub step_widening: f32,
+    /// Levels moved one step toward zero so that no such pair saturates.
+    #[serde(default)]
+    pub pair_moves: usize,
+    /// Saturation risk: pairs of neighbouring products that could saturate the int16 of x86
+    /// kernels without VNNI on the plain 8-bit grid (same-sign levels over 128 in total); none
+    /// remains in the written weights of an `int16_pairs` target.
+    #[serde(default)]
+    pub pairs_at_risk: usize,
     /// Bias correction applied to this layer.
     pub corrected: bool,
     /// RMS over output channels of the bias change.
@@ -720,6 +733,19 @@ pub struct DeploySummary {
     pub flips: usize,
     /// Weight elements on the grid.
     pub elements: usize,
+    /// Layers whose grid step was widened for the target's int16 pairs.
+    #[serde(default)]
+    pub widened: usize,
+    /// Levels moved one step toward zero for the target's int16 pairs.
+    #[serde(default)]
+    pub pair_moves: usize,
+    /// Pairs that could saturate on the plain 8-bit grid, over all layers.
+    #[serde(default)]
+    pub pairs_at_risk: usize,
+}
+
+fn one() -> f32 {
+    1.0
 }
 
 /// A deviation predicted without running the model.

@@ -36,6 +36,9 @@ pub struct Deploy {
     pub stats: ActivationStats,
     /// What was done.
     pub report: DeployReport,
+    /// The grid step of every weight put on the grid, per output channel (all equal per
+    /// tensor): the int8 outputs quantize the deploy model with exactly these.
+    pub steps: HashMap<String, Vec<f32>>,
 }
 
 /// `(node, reason code, detail)` of a layer op that is not quantizable.
@@ -160,14 +163,17 @@ pub fn build(
     }
     let mut edits = Edits::default();
     let mut nsr = 0f64;
+    let mut steps: HashMap<String, Vec<f32>> = HashMap::new();
     for (weight, nodes) in &by_weight {
         let layout = nodes[0].1.layout.clone();
         let w = match work.read(weight) {
             Ok(t) if layout.matches(t) => t.data.clone(),
             Ok(_) | Err(_) => continue,
         };
+        let risk = plain_risk(&w, &layout, grid);
         let mut q = w.clone();
         let r = rounding::round_to_grid(&mut q, &layout, &grid, opts.rounding);
+        steps.insert(weight.clone(), r.steps.clone());
         let nearest_db = if opts.rounding == Rounding::Nearest {
             sqnr_db(&w, &q)
         } else {
@@ -189,6 +195,9 @@ pub fn build(
         );
         report.summary.elements += eps.len();
         report.summary.flips += r.kernel_flips + r.channel_flips;
+        report.summary.pair_moves += r.pair_moves;
+        report.summary.pairs_at_risk += risk;
+        report.summary.widened += usize::from(r.step_widening > 1.0);
         for (i, l) in nodes {
             let mut row = DeployLayer {
                 layer: label(&work, *i),
@@ -199,6 +208,9 @@ pub fn build(
                 nearest_sqnr_db: nearest_db,
                 flips: r.kernel_flips + r.channel_flips,
                 max_channel_error_lsb: r.max_channel_error_after,
+                step_widening: r.step_widening,
+                pair_moves: r.pair_moves,
+                pairs_at_risk: risk,
                 corrected: false,
                 correction_rms: 0.0,
                 correction_max_abs: 0.0,
@@ -303,5 +315,19 @@ pub fn build(
         model,
         stats,
         report,
+        steps,
     })
+}
+
+/// The pairs of `w` that saturate for some input on x86-64 without VNNI when rounded to nearest
+/// on the plain (max-abs) version of `grid` ([`crate::quant::kernels::pairs_at_risk`]).
+fn plain_risk(w: &[f32], layout: &crate::graph::layout::WeightLayout, grid: WeightGrid) -> usize {
+    let plain = WeightGrid {
+        int16_pairs: false,
+        ..grid
+    };
+    let steps = plain.steps(w, layout);
+    let mut levels = w.to_vec();
+    plain.apply_levels(&mut levels, layout, &steps, |v, s| plain.level(v, s));
+    crate::quant::kernels::pairs_at_risk(&levels, layout)
 }

@@ -35,6 +35,12 @@ pub struct Rounded {
     pub max_channel_error_before: f32,
     /// The same after rounding.
     pub max_channel_error_after: f32,
+    /// Levels moved one step toward zero so that no MLAS pair saturates an int16
+    /// ([`crate::quant::target::keep_pairs`]; grids with int16 pairs only).
+    pub pair_moves: usize,
+    /// Largest ratio of a step to the max-abs step of the same channel (1 when no pair
+    /// constraint widened it).
+    pub step_widening: f32,
 }
 
 /// The step nearest to `step` (within 64 ULP) that a max-abs quantizer reproduces:
@@ -68,10 +74,18 @@ pub fn round_to_grid(
     mode: Rounding,
 ) -> Rounded {
     let q = grid.qmax();
+    let plain = WeightGrid {
+        int16_pairs: false,
+        ..*grid
+    }
+    .steps(w, layout);
+    // A step the pair constraint sets is exact already ([`WeightGrid::steps`]); only max-abs
+    // steps are nudged to one a max-abs quantizer reproduces.
     let steps: Vec<f32> = grid
         .steps(w, layout)
         .into_iter()
-        .map(|s| stable_step(s, q))
+        .zip(&plain)
+        .map(|(s, p)| if s > *p { s } else { stable_step(s, q) })
         .collect();
     let k = layout.kernel_len();
     // Kernels (start of `k` contiguous elements) grouped by output channel.
@@ -153,6 +167,29 @@ pub fn round_to_grid(
             }
         }
     }
+    if grid.int16_pairs {
+        out.pair_moves = crate::quant::target::keep_pairs(layout, &mut level, &mut err);
+        let plain = WeightGrid {
+            int16_pairs: false,
+            ..*grid
+        }
+        .steps(w, layout);
+        // The channels whose step a pair sets keep one pair at exactly 128 levels.
+        let mut bound: Vec<bool> = steps.iter().zip(&plain).map(|(s, p)| s > p).collect();
+        if grid.granularity == crate::options::Granularity::PerTensor && bound.iter().any(|&b| b) {
+            let sums = crate::quant::target::pair_sums(w, layout);
+            let top = (0..sums.len()).max_by(|&a, &b| sums[a].total_cmp(&sums[b]));
+            bound = (0..sums.len()).map(|o| Some(o) == top).collect();
+        }
+        out.pair_moves += crate::quant::target::tighten_pairs(layout, &bound, &mut level, &mut err);
+        out.step_widening = steps
+            .iter()
+            .zip(&plain)
+            .filter(|(_, p)| **p > 0.0)
+            .fold(1f32, |m, (s, p)| m.max(s / p));
+    } else {
+        out.step_widening = 1.0;
+    }
     out.max_channel_error_after = kernels
         .iter()
         .map(|st| channel_error(&err, st).abs())
@@ -181,14 +218,17 @@ mod tests {
             WeightGrid {
                 granularity: Granularity::PerTensor,
                 bits: 8,
+                int16_pairs: false,
             },
             WeightGrid {
                 granularity: Granularity::PerChannel,
                 bits: 8,
+                int16_pairs: false,
             },
             WeightGrid {
                 granularity: Granularity::PerTensor,
                 bits: 4,
+                int16_pairs: false,
             },
         ]
     }
@@ -258,10 +298,67 @@ mod tests {
         let grid = WeightGrid {
             granularity: Granularity::PerTensor,
             bits: 8,
+            int16_pairs: false,
         };
         let mut w = w0.clone();
         let r = round_to_grid(&mut w, &layout, &grid, Rounding::Squant);
         assert!(r.max_channel_error_before > 0.5);
         assert!(r.kernel_flips > 0);
+    }
+
+    /// With int16 pairs: on the grid of the reported steps, at most one step from the value,
+    /// no same-sign MLAS pair over 128 levels, and the steps no wider than a pair needs (the
+    /// 7-bit grid, `max|w| / 63`, is never coarser than them).
+    #[test]
+    fn int16_pair_grids_never_saturate_and_stay_within_one_step() {
+        let mut rng = SplitMix64::new(23);
+        for layout in layouts() {
+            let n: usize = layout.dims.iter().product();
+            for granularity in [Granularity::PerTensor, Granularity::PerChannel] {
+                let grid = WeightGrid {
+                    granularity,
+                    bits: 8,
+                    int16_pairs: true,
+                };
+                for mode in [Rounding::Nearest, Rounding::Squant] {
+                    // Heavy tails and runs of equal signs: pairs near the limit are common.
+                    let w0: Vec<f32> = (0..n)
+                        .map(|_| (rng.normal() * 0.3).abs() * rng.uniform(0.5, 2.0))
+                        .collect();
+                    let mut w = w0.clone();
+                    let r = round_to_grid(&mut w, &layout, &grid, mode);
+                    let mut o_of = vec![0usize; n];
+                    layout.for_each_kernel(|st, o, _| {
+                        o_of[st..st + layout.kernel_len()].fill(o);
+                    });
+                    let level: Vec<f32> =
+                        (0..n).map(|j| (w[j] / r.steps[o_of[j]]).round()).collect();
+                    for j in 0..n {
+                        let s = r.steps[o_of[j]];
+                        assert_eq!((level[j] * s).to_bits(), w[j].to_bits(), "off grid");
+                        assert!(
+                            (level[j] - w0[j] / s).abs() < 1.0,
+                            "moved more than one step"
+                        );
+                        assert!(level[j].abs() <= 127.0);
+                    }
+                    layout.for_each_mlas_pair(|_, a, b| {
+                        if level[a] * level[b] > 0.0 {
+                            assert!(level[a].abs() + level[b].abs() <= 128.0, "{layout:?}");
+                        }
+                    });
+                    let seven = WeightGrid {
+                        bits: 7,
+                        int16_pairs: false,
+                        ..grid
+                    }
+                    .steps(&w0, &layout);
+                    for (s, s7) in r.steps.iter().zip(&seven) {
+                        assert!(*s <= *s7 * (1.0 + 1e-6), "{s} > 7-bit {s7}");
+                    }
+                    assert!(r.step_widening >= 1.0);
+                }
+            }
+        }
     }
 }

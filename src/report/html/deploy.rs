@@ -34,6 +34,16 @@ pub(super) fn deploy(o: &mut String, d: &DeployReport) {
         s.flips,
         s.elements
     );
+    if s.widened > 0 || s.pair_moves > 0 {
+        w!(
+            o,
+            "<div class=\"tile\"><b>{} widened</b><span>layers on a wider step, {} levels \
+             moved: no pair of neighbouring products saturates the int16 of x86 kernels \
+             without VNNI</span></div>",
+            s.widened,
+            s.pair_moves
+        );
+    }
     w!(
         o,
         "<div class=\"tile\"><b>{} corrected</b><span>bias correction {}{}</span></div>",
