@@ -377,6 +377,24 @@ fn bad_requests_exit_4_usage_errors_2_unreadable_paths_5() {
     expect_error("threshold NaN", &run, 4, "threshold");
     let run = equalize("relu6", &model, &["--relu6", "sometimes"]);
     assert_eq!(run.code(), 2, "{}", run.stderr());
+    for (case, bad) in [("nan_samples", f32::NAN), ("inf_samples", f32::INFINITY)] {
+        let dir = scratch(&format!("{case}_file"));
+        let npy = dir.join("samples.npy");
+        let n = 2 * 3 * 6 * 6;
+        let mut data: Vec<f32> = (0..n).map(|k| (k % 7) as f32 * 0.1).collect();
+        data[n - 5] = bad;
+        std::fs::write(&npy, npy_f32(&[2, 3, 6, 6], &data)).unwrap();
+        let samples = npy.to_str().unwrap().to_string();
+        for extra in [
+            &[][..],
+            &["--calibration", "minmax", "--qdq-output", "q.onnx"][..],
+        ] {
+            let mut args = vec!["--samples", samples.as_str()];
+            args.extend_from_slice(extra);
+            let run = equalize(case, &model, &args);
+            expect_error(case, &run, 4, "non-finite value");
+        }
+    }
     let dir = scratch("paths");
     let run = equalize_file(&dir, &dir, &[]);
     expect_error("a folder as input", &run, 5, "");
@@ -388,8 +406,31 @@ fn bad_requests_exit_4_usage_errors_2_unreadable_paths_5() {
         "iterations",
         "threshold",
         "relu6",
+        "nan_samples",
+        "inf_samples",
+        "nan_samples_file",
+        "inf_samples_file",
         "paths",
     ] {
         let _ = std::fs::remove_dir_all(scratch(d));
     }
+}
+
+/// A little-endian float32 `.npy` file of `shape`.
+fn npy_f32(shape: &[usize], data: &[f32]) -> Vec<u8> {
+    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+    let mut header = format!(
+        "{{'descr': '<f4', 'fortran_order': False, 'shape': ({},), }}",
+        dims.join(", ")
+    );
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut out = b"\x93NUMPY\x01\x00".to_vec();
+    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    out.extend_from_slice(header.as_bytes());
+    data.iter()
+        .for_each(|v| out.extend_from_slice(&v.to_le_bytes()));
+    out
 }

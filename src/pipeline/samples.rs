@@ -19,6 +19,8 @@ pub struct SampleInputs {
 impl SampleInputs {
     /// Sample inputs from a `.npy` array for a single-input model: the array is `[N, …]` with
     /// `…` the model input's shape without its batch dimension (dynamic dims accept any size).
+    /// Arrays holding NaN or infinite values are refused ([`CoreError::InvalidOptions`]): no
+    /// range, mean or deviation is ever computed from them.
     pub fn from_npy(model: &ModelProto, npy: &[u8], source: &str) -> Result<Self> {
         let array = npy::parse(npy)?;
         let specs = runtime::input_specs(model, 1).map_err(CoreError::InvalidOptions)?;
@@ -50,6 +52,15 @@ impl SampleInputs {
             return Err(CoreError::InvalidOptions(format!(
                 "sample array shape {:?} does not match input `{}` ({:?}; batch first)",
                 array.shape, spec.name, declared
+            )));
+        }
+        if let Some(k) = array.data.iter().position(|v| !v.is_finite()) {
+            let per = array.data.len() / array.shape[0];
+            return Err(CoreError::InvalidOptions(format!(
+                "sample array holds a non-finite value ({} in sample {}): calibration and the \
+                 measured figures need finite inputs",
+                array.data[k],
+                k / per.max(1)
             )));
         }
         Ok(SampleInputs {
