@@ -468,7 +468,9 @@ pub fn run(cx: &mut Ctx) -> crate::error::Result<()> {
     }
     let act_ranges: Vec<Vec<Option<Vec<f32>>>> =
         sets.iter().map(|s| activation_ranges(cx, s)).collect();
-    let scaling = Scaling(&sets, &mut ranges, &mut cumulative, &act_ranges);
+    let held: Vec<Vec<Vec<bool>>> = before.iter().map(|b| negligible_channels(b)).collect();
+    report_held(cx, &sets, &held);
+    let scaling = Scaling(&sets, &mut ranges, &mut cumulative, &act_ranges, &held);
     if cx.opts.is_aimet() {
         direct_passes(cx, scaling)?;
     } else {
@@ -569,18 +571,19 @@ fn own_members(cx: &mut Ctx, sets: &mut [Set]) -> crate::error::Result<()> {
 
 /// What the scaling strategies work on: the sets, their weight ranges, the cumulative factor of
 /// every pair (per set, per pair, per channel) and the data-free activation range of every
-/// pair when known — in that order.
+/// pair when known, and the channels held unscaled ([`negligible_channels`]) — in that order.
 struct Scaling<'a>(
     &'a [Set],
     &'a mut Ranges,
     &'a mut [Vec<Vec<f32>>],
     &'a [Vec<Option<Vec<f32>>>],
+    &'a [Vec<Vec<bool>>],
 );
 
 /// AIMET's order (`compat = aimet`): every pass scales the weights set by set, each set seeing
 /// the weights as the sets before it left them (cle-spec §4.2).
 fn direct_passes(cx: &mut Ctx, scaling: Scaling) -> crate::error::Result<()> {
-    let Scaling(sets, ranges, cumulative, act_ranges) = scaling;
+    let Scaling(sets, ranges, cumulative, act_ranges, _) = scaling;
     for it in 1..=cx.opts.passes() {
         let mut worst = 0f32;
         for (k, set) in sets.iter().enumerate() {
@@ -660,7 +663,7 @@ fn scaled(r: &[f32], f: &[f32]) -> Vec<f32> {
 /// so it runs once. Ranges come from the cumulative factors: `fo·fi·max_k |W|` ([`Track`]);
 /// the weights are scaled once at the end.
 fn converged(cx: &mut Ctx, scaling: Scaling) -> crate::error::Result<()> {
-    let Scaling(sets, ranges, cumulative, act_ranges) = scaling;
+    let Scaling(sets, ranges, cumulative, act_ranges, held) = scaling;
     let mut index: HashMap<String, usize> = HashMap::new();
     let mut tracks: Vec<Track> = Vec::new();
     let mut out_scaled: Vec<bool> = Vec::new();
@@ -793,7 +796,7 @@ fn converged(cx: &mut Ctx, scaling: Scaling) -> crate::error::Result<()> {
             for ls in c.sets.iter_mut() {
                 let balance =
                     gain.map(|g| (g, act_ranges[ls.set].as_slice(), ls.cumulative.as_slice()));
-                let scales = equalize_set(&mut c.tracks, &ls.members, balance);
+                let scales = equalize_set(&mut c.tracks, &ls.members, balance, &held[ls.set]);
                 for (p, s) in scales.iter().enumerate() {
                     for (ch, &v) in s.iter().enumerate() {
                         ls.cumulative[p][ch] *= v;
@@ -893,8 +896,20 @@ struct LocalSet {
 
 /// One equalization step of a set on its [`Track`]s; returns the per-pair factors (`s`, or
 /// `(s12, s23)` for a triple), as [`scale_set`] does on the weights.
-fn equalize_set(tracks: &mut [Track], m: &[usize], balance: Option<Balance>) -> Vec<Vec<f32>> {
-    let limit = |p: usize, s: &mut Vec<f32>| balanced(balance, p, s);
+fn equalize_set(
+    tracks: &mut [Track],
+    m: &[usize],
+    balance: Option<Balance>,
+    held: &[Vec<bool>],
+) -> Vec<Vec<f32>> {
+    let limit = |p: usize, s: &mut Vec<f32>| {
+        balanced(balance, p, s);
+        for (v, &h) in s.iter_mut().zip(&held[p]) {
+            if h {
+                *v = 1.0;
+            }
+        }
+    };
     let mul = |f: &mut [f32], by: &[f32]| f.iter_mut().zip(by).for_each(|(v, b)| *v *= b);
     let inv = |s: &[f32]| s.iter().map(|&v| 1.0f32 / v).collect::<Vec<f32>>();
     if m.len() == 2 {
@@ -1181,6 +1196,70 @@ fn limit_activation_growth(s: &mut [f32], hi: &[f32], prev: &[f32], growth: f32)
 }
 
 type Balance<'a> = (f32, &'a [Option<Vec<f32>>], &'a [Vec<f32>]);
+
+/// A channel whose weight range is at most this share of its layer's largest is held unscaled.
+const NEGLIGIBLE: f32 = 1.0 / (1u32 << 20) as f32;
+
+/// Per pair of a set, the channels left unscaled: a weight range on either side at most
+/// [`NEGLIGIBLE`] of that layer's largest (a near-dead channel: pruned, or a BatchNorm `γ ≈ 0`
+/// folded in). CLS would divide such a channel by `s = √(r1/r2)`, as small as `1e-15`, and its
+/// activation (its bias, even a small one) would grow by `1/s`: no activation grid could carry
+/// that tensor, every other channel would quantize to zero. In a triple a channel is held on both
+/// sides when any of the three layers has it negligible.
+fn negligible_channels(before: &[PairRanges]) -> Vec<Vec<bool>> {
+    // Non-finite ranges are the guard's (cle-spec §3.6), not a measure of the others.
+    let small = |r: &[f32]| {
+        let top = r.iter().filter(|v| v.is_finite()).fold(0f32, |m, &v| m.max(v));
+        r.iter()
+            .map(|&v| top > 0.0 && v.is_finite() && v <= NEGLIGIBLE * top)
+            .collect::<Vec<bool>>()
+    };
+    let mut held: Vec<Vec<bool>> = before
+        .iter()
+        .map(|p| {
+            let (a, b) = (small(&p.layer1_out), small(&p.layer2_in));
+            a.iter().zip(&b).map(|(x, y)| *x || *y).collect()
+        })
+        .collect();
+    if held.len() == 2 && held[0].len() == held[1].len() {
+        let both: Vec<bool> = held[0]
+            .iter()
+            .zip(&held[1])
+            .map(|(a, b)| *a || *b)
+            .collect();
+        held = vec![both.clone(), both];
+    }
+    held
+}
+
+/// Reports the held channels: a skip per pair (default), or a compat note of the scales AIMET
+/// applies there (`compat = aimet` keeps AIMET's numbers).
+fn report_held(cx: &mut Ctx, sets: &[Set], held: &[Vec<Vec<bool>>]) {
+    for (set, held) in sets.iter().zip(held) {
+        for (p, h) in held.iter().enumerate() {
+            let channels: Vec<usize> = (0..h.len()).filter(|&c| h[c]).collect();
+            if channels.is_empty() {
+                continue;
+            }
+            let l1 = cx.work.label(set.layers[p].node).to_string();
+            let l2 = cx.work.label(set.layers[p + 1].node).to_string();
+            if cx.opts.is_aimet() {
+                cx.report.compat_notes.push(format!(
+                    "{l1} → {l2}: channels {channels:?} have a negligible weight range;                      aimet_onnx 2.42 scales them anyway (onnx-cle's default leaves them                      unscaled so their activation range does not explode)"
+                ));
+            } else {
+                cx.skip(
+                    PASS,
+                    vec![l1, l2],
+                    "negligible_channel",
+                    format!(
+                        "channels {channels:?} left unscaled: a weight range at most 2^-20 of                          its layer's largest; scaling would grow their activation by up to 1/s"
+                    ),
+                );
+            }
+        }
+    }
+}
 
 /// The pair's factors `s = r1 / √(r1·r2)` (paper eq. 11), each [`guard`]ed.
 fn pair_factors(r1: &[f32], r2: &[f32]) -> Vec<f32> {

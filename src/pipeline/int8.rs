@@ -112,6 +112,7 @@ pub(super) fn exports(
         folded_activations: plan.folded(),
         tied: plan.tied(),
         left_float: plan.left_float.clone(),
+        bias_guards: plan.bias_guards.clone(),
         files,
         figures: Vec::new(),
     };

@@ -208,6 +208,8 @@ pub struct QuantPlan {
     pub biases: Vec<BiasQuant>,
     /// Tensors that would be quantized but stay float.
     pub left_float: Vec<LeftFloat>,
+    /// Per-channel weight scales raised so that the layer's int32 bias does not overflow.
+    pub bias_guards: Vec<String>,
 }
 
 impl QuantPlan {
@@ -269,7 +271,8 @@ pub struct Sites {
     target: Target,
     sites: Vec<Site>,
     weights: Vec<WeightQuant>,
-    biases: Vec<(usize, String, String, String)>,
+    /// `(layer node, bias, weight, layer input, max |b| per output channel)`.
+    biases: Vec<(usize, String, String, String, Vec<f32>)>,
     left_float: Vec<LeftFloat>,
     graph_inputs: HashSet<String>,
 }
@@ -362,7 +365,12 @@ impl Sites {
                             }
                         }
                         if let Some(b) = &l.bias {
-                            s.biases.push((i, b.clone(), l.weight.clone(), input(0)));
+                            let values = work
+                                .read(b)
+                                .map(|t| t.data.iter().map(|v| v.abs()).collect())
+                                .unwrap_or_default();
+                            s.biases
+                                .push((i, b.clone(), l.weight.clone(), input(0), values));
                         }
                         own(&mut s, &mut at, &output, &work);
                     }
@@ -580,20 +588,56 @@ impl Sites {
             }
         }
         let mut biases = Vec::new();
-        for (node, bias, weight, input) in self.biases {
+        let mut guards = Vec::new();
+        let mut weights = self.weights;
+        for (node, bias, weight, input, magnitude) in self.biases {
             let a = activations.iter().find(|a| a.tensor == input);
-            let w = self.weights.iter().find(|w| w.weight == weight);
+            let w = weights.iter_mut().find(|w| w.weight == weight);
+            let weight_quantized = w.is_some();
             match (a, w) {
-                (Some(a), Some(w)) => biases.push(BiasQuant {
-                    node,
-                    scales: w.scales.iter().map(|s| s * a.params.scale).collect(),
-                    bias,
-                    weight,
-                    input,
-                }),
+                (Some(a), Some(w)) => {
+                    let sx = a.params.scale;
+                    // |b| / (sx·sw) must fit an int32: a per-channel weight scale grows to fit
+                    // its bias (its levels only shrink); a per-tensor one would coarsen every
+                    // channel, so that bias stays float instead.
+                    let limit = f64::from(i32::MAX);
+                    let over: Vec<usize> = (0..magnitude.len())
+                        .filter(|&o| {
+                            f64::from(magnitude[o]) / (f64::from(sx) * f64::from(w.scale(o)))
+                                > limit
+                        })
+                        .collect();
+                    if !over.is_empty() && w.axis.is_none() {
+                        left.push(LeftFloat {
+                            tensor: bias,
+                            reason: format!(
+                                "its int32 levels would overflow (|b| / (input scale × weight \
+                                 scale) > 2^31 − 1 in channels {over:?}) on a per-tensor weight \
+                                 grid"
+                            ),
+                        });
+                        continue;
+                    }
+                    for &o in &over {
+                        let need = f64::from(magnitude[o]) / (f64::from(sx) * limit) * (1.0 + 1e-6);
+                        w.scales[o] = need as f32;
+                        guards.push(format!(
+                            "`{weight}` channel {o}: weight scale raised to {:.3e} so that its \
+                             bias `{bias}` fits an int32",
+                            w.scales[o]
+                        ));
+                    }
+                    biases.push(BiasQuant {
+                        node,
+                        scales: w.scales.iter().map(|s| s * sx).collect(),
+                        bias,
+                        weight,
+                        input,
+                    })
+                }
                 _ => left.push(LeftFloat {
                     tensor: bias,
-                    reason: if w.is_none() {
+                    reason: if !weight_quantized {
                         "the layer's weight is not quantized".into()
                     } else {
                         "the layer's input is not quantized".into()
@@ -605,9 +649,10 @@ impl Sites {
             target: self.target,
             ranges: ranges_name.to_string(),
             activations,
-            weights: self.weights,
+            weights,
             biases,
             left_float: left,
+            bias_guards: guards,
         }
     }
 }

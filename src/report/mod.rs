@@ -796,6 +796,10 @@ pub struct Exports {
     pub tied: usize,
     /// Tensors a runtime would quantize that stay float, and why.
     pub left_float: Vec<LeftFloat>,
+    /// Per-channel weight scales raised so that a layer's int32 bias fits (a tiny weight
+    /// scale under a large bias would overflow it; no bias is ever clamped).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bias_guards: Vec<String>,
     /// The files written.
     pub files: Vec<ExportFile>,
     /// Logits figures against the original FP32 model (with sample inputs or `quant.end_to_end`).
