@@ -1209,7 +1209,10 @@ const NEGLIGIBLE: f32 = 1.0 / (1u32 << 20) as f32;
 fn negligible_channels(before: &[PairRanges]) -> Vec<Vec<bool>> {
     // Non-finite ranges are the guard's (cle-spec §3.6), not a measure of the others.
     let small = |r: &[f32]| {
-        let top = r.iter().filter(|v| v.is_finite()).fold(0f32, |m, &v| m.max(v));
+        let top = r
+            .iter()
+            .filter(|v| v.is_finite())
+            .fold(0f32, |m, &v| m.max(v));
         r.iter()
             .map(|&v| top > 0.0 && v.is_finite() && v <= NEGLIGIBLE * top)
             .collect::<Vec<bool>>()
