@@ -16,6 +16,7 @@
 //!   the report, and nothing else changes;
 //! - bad requests (unknown start/output names, invalid options) are exit 4; unreadable paths 5.
 
+mod common;
 mod hostile_support;
 
 use std::path::{Path, PathBuf};
@@ -383,7 +384,7 @@ fn bad_requests_exit_4_usage_errors_2_unreadable_paths_5() {
         let n = 2 * 3 * 6 * 6;
         let mut data: Vec<f32> = (0..n).map(|k| (k % 7) as f32 * 0.1).collect();
         data[n - 5] = bad;
-        std::fs::write(&npy, npy_f32(&[2, 3, 6, 6], &data)).unwrap();
+        std::fs::write(&npy, common::npy_f32(&[2, 3, 6, 6], &data)).unwrap();
         let samples = npy.to_str().unwrap().to_string();
         for extra in [
             &[][..],
@@ -414,23 +415,4 @@ fn bad_requests_exit_4_usage_errors_2_unreadable_paths_5() {
     ] {
         let _ = std::fs::remove_dir_all(scratch(d));
     }
-}
-
-/// A little-endian float32 `.npy` file of `shape`.
-fn npy_f32(shape: &[usize], data: &[f32]) -> Vec<u8> {
-    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
-    let mut header = format!(
-        "{{'descr': '<f4', 'fortran_order': False, 'shape': ({},), }}",
-        dims.join(", ")
-    );
-    while (10 + header.len() + 1) % 64 != 0 {
-        header.push(' ');
-    }
-    header.push('\n');
-    let mut out = b"\x93NUMPY\x01\x00".to_vec();
-    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
-    out.extend_from_slice(header.as_bytes());
-    data.iter()
-        .for_each(|v| out.extend_from_slice(&v.to_le_bytes()));
-    out
 }

@@ -112,7 +112,19 @@ pub(super) fn exports(
         folded_activations: plan.folded(),
         tied: plan.tied(),
         left_float: plan.left_float.clone(),
-        bias_guards: plan.bias_guards.clone(),
+        bias_guards: plan
+            .weights
+            .iter()
+            .flat_map(|w| {
+                w.raised_for_bias.iter().map(move |(o, b)| {
+                    format!(
+                        "`{}` channel {o}: weight scale raised to {:.3e} so that its bias `{b}` \
+                         fits an int32",
+                        w.weight, w.scales[*o]
+                    )
+                })
+            })
+            .collect(),
         files,
         figures: Vec::new(),
     };

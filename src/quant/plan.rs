@@ -94,6 +94,9 @@ pub struct WeightQuant {
     /// The target's kernels add neighbouring products in a saturating int16: levels keep every
     /// same-sign MLAS pair within 128 ([`crate::quant::target::keep_pairs`]).
     pub int16_pairs: bool,
+    /// `(channel, bias)` whose scale was raised so that the layer's int32 bias fits
+    /// (`|b| / (input scale × weight scale) ≤ 2³¹ − 1`).
+    pub raised_for_bias: Vec<(usize, String)>,
 }
 
 impl WeightQuant {
@@ -208,8 +211,6 @@ pub struct QuantPlan {
     pub biases: Vec<BiasQuant>,
     /// Tensors that would be quantized but stay float.
     pub left_float: Vec<LeftFloat>,
-    /// Per-channel weight scales raised so that the layer's int32 bias does not overflow.
-    pub bias_guards: Vec<String>,
 }
 
 impl QuantPlan {
@@ -588,7 +589,6 @@ impl Sites {
             }
         }
         let mut biases = Vec::new();
-        let mut guards = Vec::new();
         let mut weights = self.weights;
         for (node, bias, weight, input, magnitude) in self.biases {
             let a = activations.iter().find(|a| a.tensor == input);
@@ -621,11 +621,7 @@ impl Sites {
                     for &o in &over {
                         let need = f64::from(magnitude[o]) / (f64::from(sx) * limit) * (1.0 + 1e-6);
                         w.scales[o] = need as f32;
-                        guards.push(format!(
-                            "`{weight}` channel {o}: weight scale raised to {:.3e} so that its \
-                             bias `{bias}` fits an int32",
-                            w.scales[o]
-                        ));
+                        w.raised_for_bias.push((o, bias.clone()));
                     }
                     biases.push(BiasQuant {
                         node,
@@ -652,7 +648,6 @@ impl Sites {
             weights,
             biases,
             left_float: left,
-            bias_guards: guards,
         }
     }
 }
@@ -723,6 +718,7 @@ fn weight_quant(
         scales,
         qmax: grid.qmax(),
         int16_pairs: grid.int16_pairs,
+        raised_for_bias: Vec::new(),
     })
 }
 
