@@ -169,11 +169,6 @@ pub fn round_to_grid(
     }
     if grid.int16_pairs {
         out.pair_moves = crate::quant::target::keep_pairs(layout, &mut level, &mut err);
-        let plain = WeightGrid {
-            int16_pairs: false,
-            ..*grid
-        }
-        .steps(w, layout);
         // The channels whose step a pair sets keep one pair at exactly 128 levels.
         let mut bound: Vec<bool> = steps.iter().zip(&plain).map(|(s, p)| s > p).collect();
         if grid.granularity == crate::options::Granularity::PerTensor && bound.iter().any(|&b| b) {
