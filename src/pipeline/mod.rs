@@ -272,6 +272,7 @@ pub fn run(
             &options.target,
             &options.deploy,
             measured.as_ref(),
+            options.exports.input_range,
         )?;
         let d_bytes = onnx::encode(&d.model);
         if let (Some(orig), true) = (&original_model, quant.end_to_end) {
