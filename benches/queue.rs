@@ -105,6 +105,7 @@ fn main() {
         verification: onnx_cle::report::VerifyStatus::Verified,
         max_rel_l2: Some(1e-7),
         artifacts: Vec::new(),
+        qdq_coverage: None,
     };
     let claim_ms = Mutex::new(Vec::with_capacity(jobs));
     let cycle_ms = Mutex::new(Vec::with_capacity(jobs));

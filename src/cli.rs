@@ -509,6 +509,9 @@ pub fn equalize(a: EqualizeArgs) -> ExitCode {
                 eprintln!("onnx-cle: note: the deploy model is not written (no --deploy-output)");
             }
         }
+        if let Some(e) = &r.exports {
+            eprintln!("onnx-cle: QDQ coverage: {}", e.coverage.summary());
+        }
         if let Some(sel) = &r.selection {
             let all: Vec<String> = sel
                 .candidates

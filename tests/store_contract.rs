@@ -74,6 +74,7 @@ fn result() -> JobResult {
             sha256: "ab".repeat(32),
             media_type: "application/octet-stream".into(),
         }],
+        qdq_coverage: None,
     }
 }
 

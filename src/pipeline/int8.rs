@@ -35,6 +35,9 @@ pub(super) fn exports(
     if let Some(d) = deploy {
         sites.use_steps(&d.steps);
     }
+    if let (Calibration::DataFree, Some(st)) = (ex.calibration, stats) {
+        sites.explain(|t| st.why_unknown(t).map(str::to_string));
+    }
     let tensors = sites.tensors_to_range();
     let (ranges, origin, calibration_samples) = match ex.calibration {
         Calibration::DataFree => (
@@ -112,6 +115,20 @@ pub(super) fn exports(
         folded_activations: plan.folded(),
         tied: plan.tied(),
         left_float: plan.left_float.clone(),
+        coverage: crate::report::QdqCoverage {
+            quantizable: plan.coverage.quantizable,
+            placed: plan.coverage.placed,
+            float: plan
+                .coverage
+                .float
+                .iter()
+                .map(|(reason, count, tensors)| crate::report::FloatReason {
+                    reason: reason.clone(),
+                    count: *count,
+                    tensors: tensors.clone(),
+                })
+                .collect(),
+        },
         bias_guards: plan
             .weights
             .iter()

@@ -256,6 +256,7 @@ fn store_results(jobs: &Jobs, claim: &Claim, out: &Output) -> std::io::Result<Jo
         verification: out.report.verification.status,
         max_rel_l2: out.report.verification.max_rel_l2,
         artifacts,
+        qdq_coverage: out.report.exports.as_ref().map(|e| e.coverage.clone()),
     })
 }
 
