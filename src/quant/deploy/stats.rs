@@ -548,23 +548,14 @@ impl ChannelStats {
             var.push((e2 - e1 * e1).max(0.0) as f32);
             let (l, h) = (f64::from(self.lo[c]), f64::from(self.hi[c]));
             if l.is_finite() && h.is_finite() {
-                const STEPS: usize = 256;
-                let ys: Vec<f64> = (0..=STEPS)
-                    .map(|k| f(l + (h - l) * k as f64 / STEPS as f64, c))
-                    .collect();
-                let (kl, kh) = extremes(&ys);
-                let (fl, fh) = (ys[kl], ys[kh]);
-                // A strict interior extreme can lie between two samples, beyond them by
-                // O(step²): a little slack there (none on a plateau, a clamp's exact bound).
-                let slack = (fh - fl) * 1e-3;
-                let strict = |k: usize, sign: f64| {
-                    k > 0
-                        && k < STEPS
-                        && sign * (ys[k] - ys[k - 1]) > 0.0
-                        && sign * (ys[k] - ys[k + 1]) > 0.0
-                };
-                lo.push((fl - if strict(kl, -1.0) { slack } else { 0.0 }) as f32);
-                hi.push((fh + if strict(kh, 1.0) { slack } else { 0.0 }) as f32);
+                let (mut fl, mut fh) = (f64::INFINITY, f64::NEG_INFINITY);
+                for k in 0..=64 {
+                    let y = f(l + (h - l) * k as f64 / 64.0, c);
+                    fl = fl.min(y);
+                    fh = fh.max(y);
+                }
+                lo.push(fl as f32);
+                hi.push(fh as f32);
             } else {
                 lo.push(f32::NEG_INFINITY);
                 hi.push(f32::INFINITY);
@@ -640,20 +631,6 @@ impl ChannelStats {
         }
         self
     }
-}
-
-/// Indices of the smallest and the largest of `ys` (non-empty).
-fn extremes(ys: &[f64]) -> (usize, usize) {
-    let (mut kl, mut kh) = (0, 0);
-    for (k, &y) in ys.iter().enumerate() {
-        if y < ys[kl] {
-            kl = k;
-        }
-        if y > ys[kh] {
-            kh = k;
-        }
-    }
-    (kl, kh)
 }
 
 /// `v` as seen by a layer reading `k` features: the same (`len == k`), broadcast (`len == 1`),
