@@ -31,6 +31,7 @@ mod exit {
     pub const BAD_REQUEST: u8 = 4;
     pub const IO: u8 = 5;
     pub const DEVIATION: u8 = 6;
+    pub const INT8_NOT_TRUSTED: u8 = 7;
 }
 
 #[derive(Args)]
@@ -509,6 +510,9 @@ pub fn equalize(a: EqualizeArgs) -> ExitCode {
                 eprintln!("onnx-cle: note: the deploy model is not written (no --deploy-output)");
             }
         }
+        if let Some(t) = &r.int8 {
+            eprintln!("onnx-cle: int8 check: {}", int8_line(t));
+        }
         if let Some(sel) = &r.selection {
             let all: Vec<String> = sel
                 .candidates
@@ -529,6 +533,12 @@ pub fn equalize(a: EqualizeArgs) -> ExitCode {
             );
         }
     }
+    if let Some(t) = r.int8.as_ref().filter(|t| opts.strict_int8 && !t.trusted) {
+        return fail(
+            exit::INT8_NOT_TRUSTED,
+            format!("--strict-int8: {}", t.problems.join("; ")),
+        );
+    }
     if let (Some(limit), Some(dev)) = (a.max_rel_l2, r.verification.max_rel_l2) {
         if dev > limit {
             return fail(
@@ -538,4 +548,52 @@ pub fn equalize(a: EqualizeArgs) -> ExitCode {
         }
     }
     ExitCode::SUCCESS
+}
+
+/// The summary line of the int8 self-check: each output's kept candidate against its baseline,
+/// then the verdict.
+fn int8_line(t: &onnx_cle::report::trust::Int8Trust) -> String {
+    use onnx_cle::report::trust::CheckStatus;
+    let db = |v: Option<f64>| v.map_or("n/a".to_string(), |d| format!("{d:.2} dB"));
+    let mut parts: Vec<String> = t
+        .checks
+        .iter()
+        .map(|c| match c.status {
+            CheckStatus::NotChecked => format!(
+                "{} not checked ({})",
+                c.output,
+                c.reason.as_deref().unwrap_or("unknown")
+            ),
+            CheckStatus::Baseline => format!(
+                "{} is the nearest-rounding baseline ({})",
+                c.output,
+                db(c.candidates.first().and_then(|k| k.sqnr_db))
+            ),
+            CheckStatus::Checked => {
+                let kept = c.candidates.iter().find(|k| k.label.ends_with(&c.kept));
+                let base = c.candidates.get(1);
+                let mut s = format!(
+                    "{} {} {} vs baseline {}",
+                    c.output,
+                    c.kept,
+                    db(kept.and_then(|k| k.sqnr_db)),
+                    db(base.and_then(|k| k.sqnr_db))
+                );
+                if c.fell_back {
+                    s += &format!(
+                        " (fell back: the requested {} gave {})",
+                        c.candidates[0].label.trim_start_matches("requested: "),
+                        db(c.candidates[0].sqnr_db)
+                    );
+                }
+                s
+            }
+        })
+        .collect();
+    parts.push(if t.trusted {
+        "trusted".into()
+    } else {
+        format!("NOT TRUSTED: {}", t.problems.join("; "))
+    });
+    parts.join("; ")
 }

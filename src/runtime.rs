@@ -95,6 +95,26 @@ pub fn input_specs(model: &ModelProto, dynamic_dim: usize) -> Result<Vec<InputTe
 
 /// Seeded standard-normal values (SplitMix64 + Box–Muller).
 pub fn fill_random(inputs: &mut [InputTensor], seed: u64) {
+    fill(inputs, seed, |next| {
+        let u1 = next().max(1e-300);
+        let u2 = next();
+        ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
+    });
+}
+
+/// Seeded values uniform on `[lo, hi]`: the declared input range as an input model.
+pub fn fill_uniform(inputs: &mut [InputTensor], seed: u64, [lo, hi]: [f32; 2]) {
+    let (lo, hi) = (f64::from(lo), f64::from(hi));
+    fill(inputs, seed, |next| (lo + (hi - lo) * next()) as f32);
+}
+
+/// Fills the float inputs with `value` of a SplitMix64 stream of uniform `[0, 1)` numbers, the
+/// others with zeros.
+fn fill(
+    inputs: &mut [InputTensor],
+    seed: u64,
+    mut value: impl FnMut(&mut dyn FnMut() -> f64) -> f32,
+) {
     let mut state = seed;
     let mut next = || {
         state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
@@ -106,13 +126,7 @@ pub fn fill_random(inputs: &mut [InputTensor], seed: u64) {
     for t in inputs.iter_mut() {
         let float = t.elem_type == DataType::Float as i32;
         for v in t.data.iter_mut() {
-            if float {
-                let u1 = next().max(1e-300);
-                let u2 = next();
-                *v = ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32;
-            } else {
-                *v = 0.0;
-            }
+            *v = if float { value(&mut next) } else { 0.0 };
         }
     }
 }

@@ -2,39 +2,61 @@
 //! the deploy model's simulated rows, and the int8 outputs (QDQ model, AIMET encodings,
 //! onnxruntime overrides) with their figures.
 
-use super::{Artifact, ArtifactKind, Control, SampleInputs};
+use std::collections::HashMap;
+
+use super::verifier::Verifier;
+use super::{trust, Artifact, ArtifactKind, Control, SampleInputs};
 use crate::error::{CoreError, Result};
 use crate::onnx::{self, ModelProto};
-use crate::options::{Calibration, ExportOptions, QuantOptions, Target};
+use crate::options::{BiasCorrection, Calibration, ExportOptions, QuantOptions, Rounding, Target};
 use crate::quant::{
     self,
     deploy::Deploy,
     plan::{RangeOrigin, Sites},
 };
+use crate::report::trust::OutputCheck;
 use crate::report::Report;
 use crate::runtime::InputTensor;
 
-/// The int8 outputs `ex` asks for, on `target`'s grid, for the FP32 model `fp32` (the deploy
-/// model when one was built: then its data-free statistics and grid steps are used); with their
-/// figures against
-/// the original model when `measured` gives it with the inputs to run (and their description).
+/// The models the int8 outputs are written from.
+pub(super) struct Sources<'a> {
+    /// The equalized model (the baseline's weights).
+    pub equalized: &'a ModelProto,
+    /// The deploy model, when one was built: its weights, data-free statistics and grid steps
+    /// are used.
+    pub deploy: Option<&'a Deploy>,
+    /// The deploy model is its own baseline (nearest rounding, no correction, or the fallback).
+    pub deploy_is_baseline: bool,
+}
+
+/// The int8 outputs `ex` asks for, on `target`'s grid, from `src` (the deploy model when one
+/// was built), self-checked by `verifier` against the QDQ model of the equalized weights
+/// rounded to nearest ([`super::trust`]); with their figures against the original model when
+/// `measured` gives it with the inputs to run (and their description). Returns the outputs,
+/// the check, and the `(quantized, quantizable)` activation counts.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn exports(
-    fp32: &ModelProto,
-    deploy: Option<&Deploy>,
+    src: Sources,
     ex: &ExportOptions,
     target: &Target,
     samples: Option<&SampleInputs>,
     measured: Option<(&ModelProto, &[InputTensor], &str)>,
+    verifier: Option<&mut Verifier>,
     report: &mut Report,
     ctl: Control,
-) -> Result<Vec<Artifact>> {
+) -> Result<(Vec<Artifact>, OutputCheck, (usize, usize))> {
     let target = *target;
+    let deploy = src.deploy;
+    let fp32 = deploy.map_or(src.equalized, |d| &d.model);
     let stats = deploy.map(|d| &d.stats);
-    let mut sites = Sites::find(fp32, target, ex.quantize_outputs)?;
-    if let Some(d) = deploy {
-        sites.use_steps(&d.steps);
-    }
+    let sites_of = |m: &ModelProto, steps: Option<&HashMap<String, Vec<f32>>>| {
+        let mut s = Sites::find(m, target, ex.quantize_outputs)?;
+        if let Some(steps) = steps {
+            s.use_steps(steps);
+        }
+        Ok::<_, CoreError>(s)
+    };
+    let sites = sites_of(fp32, deploy.map(|d| &d.steps))?;
     let tensors = sites.tensors_to_range();
     let (ranges, origin, calibration_samples) = match ex.calibration {
         Calibration::DataFree => (
@@ -69,7 +91,38 @@ pub(super) fn exports(
         }
     }
     ctl.check()?;
-    let plan = sites.finish(&ranges, origin, ex.calibration.name());
+    let quantizable = sites.activation_tensors();
+    let requested_plan = sites.finish(&ranges, origin, ex.calibration.name());
+    let requested = trust::Candidate {
+        label: deploy.map_or_else(
+            || trust::label(Rounding::Nearest, BiasCorrection::Off),
+            |d| trust::label_of(&d.report),
+        ),
+        bytes: onnx::encode(&quant::export::qdq::write(fp32, &requested_plan)?),
+        value: (requested_plan, fp32),
+    };
+    let baseline = || {
+        let plan = sites_of(src.equalized, None)?.finish(&ranges, origin, ex.calibration.name());
+        Ok(vec![trust::Candidate {
+            label: format!(
+                "baseline: {}",
+                trust::label(Rounding::Nearest, BiasCorrection::Off)
+            ),
+            bytes: onnx::encode(&quant::export::qdq::write(src.equalized, &plan)?),
+            value: (plan, src.equalized),
+        }])
+    };
+    let is_baseline = deploy.is_none() || src.deploy_is_baseline;
+    let (kept, _, check) =
+        trust::check("qdq.onnx", requested, is_baseline, baseline, verifier, ctl)?;
+    let (plan, fp32) = kept.value;
+    let float = plan
+        .left_float
+        .iter()
+        .filter(|l| quantizable.contains(&l.tensor))
+        .count();
+    let coverage = (quantizable.len().saturating_sub(float), quantizable.len());
+    let qdq_bytes = kept.bytes;
     let mut artifacts = Vec::new();
     let mut files = Vec::new();
     let mut push = |kind: ArtifactKind, format: String, data: Vec<u8>| {
@@ -81,8 +134,7 @@ pub(super) fn exports(
         artifacts.push(Artifact { kind, data });
     };
     if ex.qdq {
-        let m = quant::export::qdq::write(fp32, &plan)?;
-        push(ArtifactKind::Qdq, "qdq_onnx".into(), onnx::encode(&m));
+        push(ArtifactKind::Qdq, "qdq_onnx".into(), qdq_bytes);
     }
     if let Some(v) = ex.encodings {
         let json = serde_json::to_vec_pretty(&quant::export::encodings::aimet(&plan, v))
@@ -184,7 +236,7 @@ pub(super) fn exports(
         }
     }
     report.exports = Some(exports);
-    Ok(artifacts)
+    Ok((artifacts, check, coverage))
 }
 
 /// The models the int8 figures compare.

@@ -18,6 +18,7 @@ mod int8;
 pub mod npy;
 mod samples;
 mod select;
+mod trust;
 mod verifier;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -194,6 +195,7 @@ pub fn run(
             &model,
             original.as_ref(),
             &options.verify,
+            options.exports.input_range,
             samples,
             ctl,
         )?)
@@ -255,6 +257,7 @@ pub fn run(
         report.timings_ms.quantization = ms(t);
     }
     let mut deploy = None;
+    let mut checks = Vec::new();
     if let Some(origins) = origins {
         ctl.stage("deploy")?;
         let t = Instant::now();
@@ -265,54 +268,89 @@ pub fn run(
             )?),
             None => None,
         };
-        let d = quant::deploy::build(
-            &eq.model,
-            &eq.labels,
-            &origins,
-            &options.target,
-            &options.deploy,
-            measured.as_ref(),
+        let build = |opts: &crate::options::DeployOptions| {
+            let d = quant::deploy::build(
+                &eq.model,
+                &eq.labels,
+                &origins,
+                &options.target,
+                opts,
+                measured.as_ref(),
+            )?;
+            Ok::<_, CoreError>(trust::Candidate {
+                label: trust::label_of(&d.report),
+                bytes: onnx::encode(&d.model),
+                value: d,
+            })
+        };
+        let requested = build(&options.deploy)?;
+        let plain = options.deploy.rounding == crate::options::Rounding::Nearest
+            && options.deploy.bias_correction == BiasCorrection::Off;
+        let alternatives = || {
+            trust::deploy_alternatives(&options.deploy)
+                .iter()
+                .map(&build)
+                .collect::<Result<Vec<_>>>()
+        };
+        let (kept, measured, mut checked) = trust::check(
+            "deploy.onnx",
+            requested,
+            plain,
+            alternatives,
+            check.as_mut(),
+            ctl,
         )?;
-        let d_bytes = onnx::encode(&d.model);
+        if checked.fell_back {
+            checked.candidates[0].label = format!("requested: {}", checked.candidates[0].label);
+        }
+        let baseline_kept = plain || kept.label == trust::label_of_baseline();
+        let (mut d, d_bytes) = (kept.value, kept.bytes);
+        d.report.measured = measured;
+        if options.deploy.requested() {
+            checks.push(checked);
+        }
         if let (Some(orig), true) = (&original_model, quant.end_to_end) {
             let (inputs, _) = figure_inputs(orig)?;
             int8::deploy_figures(orig, &d, &options.target, quant, &inputs, &mut report, ctl)?;
         }
         report.timings_ms.deploy = ms(t);
-        deploy = Some((d, d_bytes));
+        deploy = Some((d, d_bytes, baseline_kept));
     }
     let mut artifacts = Vec::new();
+    let mut coverage = None;
     if options.exports.any() {
         ctl.stage("exports")?;
         let t = Instant::now();
-        let d = deploy.as_ref().map(|(d, _)| d);
-        let fp32 = d.map_or(&eq.model, |d| &d.model);
         let measured = match (&original_model, export_figures) {
             (Some(orig), true) => Some((orig, figure_inputs(orig)?)),
             _ => None,
         };
-        artifacts = int8::exports(
-            fp32,
-            d,
+        let (a, checked, counts) = int8::exports(
+            int8::Sources {
+                equalized: &eq.model,
+                deploy: deploy.as_ref().map(|(d, _, _)| d),
+                deploy_is_baseline: deploy.as_ref().is_some_and(|(_, _, b)| *b),
+            },
             &options.exports,
             &options.target,
             samples,
             measured
                 .as_ref()
                 .map(|(o, (i, s))| (*o, i.as_slice(), s.as_str())),
+            check.as_mut(),
             &mut report,
             ctl,
         )?;
+        artifacts = a;
+        checks.push(checked);
+        coverage = Some(counts);
         report.timings_ms.exports = ms(t);
+    }
+    if !checks.is_empty() {
+        report.int8 = Some(trust::verdict(checks, coverage));
     }
     drop(original_model);
     if let Some(check) = check.as_mut() {
-        if let Some((d, d_bytes)) = deploy.as_mut() {
-            ctl.stage("verify_deploy")?;
-            let t = Instant::now();
-            d.report.measured = Some(check.measure(d_bytes, ctl)?);
-            report.timings_ms.deploy += ms(t);
-        }
         check.simplify_equalized(&eq.model);
     }
     drop(eq.model);
@@ -326,7 +364,7 @@ pub fn run(
         }
         None => bytes,
     };
-    let deploy = deploy.map(|(d, d_bytes)| {
+    let deploy = deploy.map(|(d, d_bytes, _)| {
         report.deploy = Some(d.report);
         d_bytes
     });

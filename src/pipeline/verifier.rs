@@ -28,11 +28,14 @@ pub(super) struct Verifier {
 }
 
 impl Verifier {
-    /// Runs the original model (stage `verify_original`).
+    /// Runs the original model (stage `verify_original`) on the samples, else on seeded random
+    /// inputs: uniform on `input_range` when the run declares one (the int8 outputs are checked
+    /// on the same inputs), else standard normal.
     pub(super) fn start(
         model: &ModelProto,
         original: Option<&Bytes>,
         opts: &VerifyOptions,
+        input_range: Option<[f32; 2]>,
         samples: Option<&SampleInputs>,
         ctl: Control,
     ) -> Result<Self> {
@@ -42,10 +45,18 @@ impl Verifier {
             Some(s) => (Ok(s.tensors.clone()), s.source.clone()),
             None => (
                 runtime::input_specs(model, opts.dynamic_dim).map(|mut specs| {
-                    runtime::fill_random(&mut specs, opts.seed);
+                    match input_range {
+                        Some(r) => runtime::fill_uniform(&mut specs, opts.seed, r),
+                        None => runtime::fill_random(&mut specs, opts.seed),
+                    }
                     specs
                 }),
-                format!("random normal (seed {})", opts.seed),
+                match input_range {
+                    Some([lo, hi]) => {
+                        format!("random uniform on [{lo}, {hi}] (seed {})", opts.seed)
+                    }
+                    None => format!("random normal (seed {})", opts.seed),
+                },
             ),
         };
         let size = original.map_or_else(|| prost::Message::encoded_len(model), |b| b.len());
@@ -130,15 +141,20 @@ impl Verifier {
         }
     }
 
-    /// Runs another model (the deploy model) against the same reference; its deviation is the
-    /// report's figure, not a verdict on the equalized output.
+    /// Runs another model (an int8 output) against the same reference; its deviation is the
+    /// report's figure, not a verdict on the equalized output. Each such run has the
+    /// verification budget to itself, so that checking the int8 outputs never leaves the
+    /// equalized model unverified.
     pub(super) fn measure(&mut self, bytes: &[u8], ctl: Control) -> Result<report::Verification> {
-        let t = Instant::now();
         let reference = match &self.state {
             Ok(r) => r.clone(),
             Err(v) => return Ok(v.clone()),
         };
-        let limits = self.limits(ctl);
+        let limits = Deadline {
+            deadline: Some(Instant::now() + self.budget),
+            budget: Some(self.budget),
+            cancel: ctl.cancel,
+        };
         let measured = verify::compare_within(
             reference,
             Bytes::copy_from_slice(bytes),
@@ -146,7 +162,6 @@ impl Verifier {
             self.source.clone(),
             &limits,
         );
-        self.spent += t.elapsed();
         match measured {
             Ok(v) => Ok(v),
             Err(Stopped::Canceled) => Err(CoreError::Canceled),

@@ -448,6 +448,12 @@ impl Sites {
             .collect()
     }
 
+    /// Every distinct activation tensor a runtime would quantize (the QDQ coverage's
+    /// denominator).
+    pub fn activation_tensors(&self) -> HashSet<String> {
+        self.sites.iter().map(|s| s.tensor.clone()).collect()
+    }
+
     /// The tensors whose ranges [`Sites::finish`] uses: every own quantization point, plus the
     /// `Min` outputs ties take their range from.
     pub fn tensors_to_range(&self) -> Vec<String> {

@@ -6,6 +6,7 @@
 //! considered and left alone has a [`Skip`] with a stable `reason` code.
 
 pub mod html;
+pub mod trust;
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -99,6 +100,11 @@ pub struct Report {
     /// quantization plan, with their figures; absent when none was requested.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exports: Option<Exports>,
+    /// The int8 outputs' self-check: each measured against its plain baseline before it was
+    /// written, the fallback taken, and what is still wrong; absent when no int8 output was
+    /// requested.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub int8: Option<trust::Int8Trust>,
     /// `select = auto`: every candidate scaling tried and the one kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selection: Option<Selection>,

@@ -128,6 +128,11 @@ pub fn init_compute_pool(nice: u8) -> bool {
         .is_ok()
 }
 
+/// Whether the run's int8 outputs passed their self-check (true when it wrote none).
+fn int8_trusted(out: &Output) -> bool {
+    out.report.int8.as_ref().is_none_or(|t| t.trusted)
+}
+
 fn internal(detail: &str) -> Problem {
     Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", detail)
 }
@@ -193,6 +198,20 @@ fn process(jobs: &Jobs, engine: &Engine, claim: Claim) {
         Ok(Ok(out)) => match with_retries(jobs, &id, &run, "storing the results", patience, || {
             store_results(jobs, &claim, &out)
         }) {
+            Ok(_) if claim.options.strict_int8 && !int8_trusted(&out) => {
+                Outcome::Failed(Problem::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "int8_not_trusted",
+                    format!(
+                        "strict_int8: {}",
+                        out.report
+                            .int8
+                            .as_ref()
+                            .map(|t| t.problems.join("; "))
+                            .unwrap_or_default()
+                    ),
+                ))
+            }
             Ok(result) => Outcome::Succeeded(result),
             Err(e) if is_unavailable(&e) => {
                 tracing::warn!(job = %id, "cannot store the results: {e}; the job goes back to the queue");
