@@ -149,7 +149,10 @@ s3_stop() {
 # A CA and a server certificate for PostgreSQL (cluster folder `pd`), `ssl = on` in its config.
 pg_tls_setup() {
     local dir="$1" pd="$2" t="$1/tls"
-    command -v openssl >/dev/null || die "PG_TLS needs the openssl CLI"
+    if ! command -v openssl >/dev/null; then
+        [[ "$(id -u)" == 0 ]] || die "PG_TLS needs the openssl CLI (apt-get install openssl, as root)"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends openssl >&2
+    fi
     mkdir -p "$t"
     openssl req -x509 -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 7 \
         -subj "/CN=onnx-cle throwaway CA" -addext "basicConstraints=critical,CA:TRUE" \
