@@ -69,7 +69,7 @@ fn main() {
         .build()
         .expect("runtime");
     let store = rt.block_on(async {
-        let s = PgJobStore::connect(&url, claimers + 2)
+        let s = PgJobStore::connect(&url, None, claimers + 2)
             .await
             .expect("connect");
         s.migrate().await.expect("migrate");
