@@ -94,6 +94,15 @@ fn int8_outputs_are_downloadable_artifacts_equal_to_the_cli() {
         let again = server.request("GET", url, &[("If-None-Match", &etag)], b"");
         assert_eq!(again.status, 304);
     }
+    // Verification off: the squant deploy model was not checked, and the job says so.
+    assert_eq!(job["result"]["int8_trusted"], false, "{job}");
+    assert!(
+        job["result"]["int8_problems"][0]
+            .as_str()
+            .unwrap()
+            .contains("deploy.onnx was not checked"),
+        "{job}"
+    );
     let report = server.get(&format!("/jobs/{id}/report")).json();
     let cli: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("r.json")).unwrap()).unwrap();

@@ -68,6 +68,8 @@ fn result() -> JobResult {
         function_changed: false,
         verification: onnx_cle::report::VerifyStatus::Verified,
         max_rel_l2: Some(1e-7),
+        int8_trusted: Some(false),
+        int8_problems: vec!["qdq.onnx was not checked against its baseline".into()],
         artifacts: vec![onnx_cle::server::job::ArtifactInfo {
             name: "qdq.onnx".into(),
             bytes: 3,

@@ -274,6 +274,13 @@ fn store_results(jobs: &Jobs, claim: &Claim, out: &Output) -> std::io::Result<Jo
         function_changed: out.report.function_changed,
         verification: out.report.verification.status,
         max_rel_l2: out.report.verification.max_rel_l2,
+        int8_trusted: out.report.int8.as_ref().map(|t| t.trusted),
+        int8_problems: out
+            .report
+            .int8
+            .as_ref()
+            .map(|t| t.problems.clone())
+            .unwrap_or_default(),
         artifacts,
     })
 }
