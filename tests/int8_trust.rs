@@ -64,6 +64,8 @@ fn a_correction_worse_than_nearest_rounding_falls_back_to_the_baseline() {
         p(&dir.join("deploy.onnx")),
         "--report",
         p(&dir.join("r.json")),
+        "--html",
+        p(&dir.join("r.html")),
     ]);
     let err = String::from_utf8_lossy(&asked.stderr);
     assert!(asked.status.success(), "{err}");
@@ -90,6 +92,16 @@ fn a_correction_worse_than_nearest_rounding_falls_back_to_the_baseline() {
         .as_str()
         .unwrap()
         .starts_with("random uniform on [-1, 1]"));
+
+    let html = std::fs::read_to_string(dir.join("r.html")).unwrap();
+    assert!(
+        html.contains("<section id=\"int8-check\">"),
+        "no self-check section"
+    );
+    assert!(
+        html.contains("requested: nearest + analytic"),
+        "no requested candidate row"
+    );
 
     // The written deploy model is the one a run without the correction writes.
     let plain = run(&[
