@@ -104,6 +104,8 @@ fn main() {
         function_changed: false,
         verification: onnx_cle::report::VerifyStatus::Verified,
         max_rel_l2: Some(1e-7),
+        int8_trusted: None,
+        int8_problems: Vec::new(),
         artifacts: Vec::new(),
     };
     let claim_ms = Mutex::new(Vec::with_capacity(jobs));
