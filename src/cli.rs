@@ -528,6 +528,22 @@ pub fn equalize(a: EqualizeArgs) -> ExitCode {
                 r.function_changes.join("; ")
             );
         }
+        if let Some(u) = r.exports.as_ref().and_then(|e| e.opset_upgrade.as_ref()) {
+            eprintln!(
+                "onnx-cle: QDQ model raised from opset {} to {} for per-channel weights (same \
+                 function; {} nodes rewritten, listed in the report)",
+                u.from,
+                u.to,
+                u.changes.len()
+            );
+        }
+        for s in r
+            .skipped
+            .iter()
+            .filter(|s| s.reason == "opset_upgrade_refused")
+        {
+            eprintln!("onnx-cle: note: {}", s.detail);
+        }
     }
     if let (Some(limit), Some(dev)) = (a.max_rel_l2, r.verification.max_rel_l2) {
         if dev > limit {

@@ -3,9 +3,12 @@
 //! onnxruntime overrides) with their figures.
 
 use super::{Artifact, ArtifactKind, Control, SampleInputs};
+use std::collections::HashSet;
+
 use crate::error::{CoreError, Result};
+use crate::graph::opset;
 use crate::onnx::{self, ModelProto};
-use crate::options::{Calibration, ExportOptions, QuantOptions, Target};
+use crate::options::{Calibration, ExportOptions, Granularity, QuantOptions, Target};
 use crate::quant::{
     self,
     deploy::Deploy,
@@ -31,6 +34,11 @@ pub(super) fn exports(
 ) -> Result<Vec<Artifact>> {
     let target = *target;
     let stats = deploy.map(|d| &d.stats);
+    let shapes = samples
+        .map(|s| s.tensors.as_slice())
+        .or(measured.map(|(_, i, _)| i));
+    let (upgrade, qdq) = opset_for_qdq(fp32, ex, &target, shapes, report);
+    let fp32 = upgrade.as_ref().map_or(fp32, |u| &u.model);
     let mut sites = Sites::find(fp32, target, ex.quantize_outputs)?;
     if let Some(d) = deploy {
         sites.use_steps(&d.steps);
@@ -63,6 +71,11 @@ pub(super) fn exports(
         }
     };
     let mut ranges = ranges;
+    for (new, original) in upgrade.iter().flat_map(|u| &u.aliases) {
+        if let Some(&r) = ranges.get(original) {
+            ranges.insert(new.clone(), r);
+        }
+    }
     if let Some([lo, hi]) = ex.input_range {
         for t in sites.graph_inputs() {
             ranges.insert(t, (lo, hi));
@@ -80,12 +93,24 @@ pub(super) fn exports(
         });
         artifacts.push(Artifact { kind, data });
     };
-    if ex.qdq {
+    if qdq {
         let m = quant::export::qdq::write(fp32, &plan)?;
         push(ArtifactKind::Qdq, "qdq_onnx".into(), onnx::encode(&m));
     }
+    // The encodings and overrides name the tensors of the model the user keeps, not the views
+    // the upgrade added.
+    let plan_as_given = match upgrade.as_ref().filter(|u| !u.aliases.is_empty()) {
+        Some(u) => {
+            let added: HashSet<&str> = u.aliases.iter().map(|(n, _)| n.as_str()).collect();
+            let mut p = plan.clone();
+            p.activations.retain(|a| !added.contains(a.tensor.as_str()));
+            p
+        }
+        None => plan.clone(),
+    };
+    let plan_given = &plan_as_given;
     if let Some(v) = ex.encodings {
-        let json = serde_json::to_vec_pretty(&quant::export::encodings::aimet(&plan, v))
+        let json = serde_json::to_vec_pretty(&quant::export::encodings::aimet(plan_given, v))
             .map_err(|e| CoreError::Unsupported(e.to_string()))?;
         push(
             ArtifactKind::Encodings,
@@ -94,7 +119,7 @@ pub(super) fn exports(
         );
     }
     if ex.ort_overrides {
-        let json = serde_json::to_vec_pretty(&quant::export::encodings::ort_overrides(&plan))
+        let json = serde_json::to_vec_pretty(&quant::export::encodings::ort_overrides(plan_given))
             .map_err(|e| CoreError::Unsupported(e.to_string()))?;
         push(
             ArtifactKind::OrtOverrides,
@@ -125,6 +150,11 @@ pub(super) fn exports(
                 })
             })
             .collect(),
+        opset_upgrade: upgrade.as_ref().map(|u| crate::report::OpsetUpgrade {
+            from: u.from,
+            to: opset::TARGET,
+            changes: u.changes.clone(),
+        }),
         files,
         figures: Vec::new(),
     };
@@ -185,6 +215,39 @@ pub(super) fn exports(
     }
     report.exports = Some(exports);
     Ok(artifacts)
+}
+
+/// The model the QDQ output is written from, and whether it is written: per-channel weights
+/// need `DequantizeLinear(axis)`, opset 13, so an older model is upgraded exactly
+/// ([`opset::upgrade`], tensor ranks from tract with the shapes of `shapes` when given); when it
+/// cannot be, the QDQ model is skipped with the nodes that stop it.
+fn opset_for_qdq(
+    fp32: &ModelProto,
+    ex: &ExportOptions,
+    target: &Target,
+    shapes: Option<&[InputTensor]>,
+    report: &mut Report,
+) -> (Option<opset::Upgrade>, bool) {
+    let per_channel = target.weights().granularity == Granularity::PerChannel;
+    let from = onnx::onnx_opset(fp32).unwrap_or(0);
+    if !(ex.qdq && per_channel && from < opset::TARGET) {
+        return (None, ex.qdq);
+    }
+    match opset::upgrade(fp32, &crate::runtime::tensor_facts(fp32, shapes)) {
+        Ok(u) => (Some(u), true),
+        Err(e) => {
+            report.skipped.push(crate::report::Skip {
+                pass: "exports".into(),
+                nodes: vec![],
+                reason: "opset_upgrade_refused".into(),
+                detail: format!(
+                    "no QDQ model: per-channel weights need opset 13 (DequantizeLinear axis) \
+                     and {e}; use a per-tensor target or re-export the model"
+                ),
+            });
+            (None, false)
+        }
+    }
 }
 
 /// The models the int8 figures compare.
