@@ -634,24 +634,38 @@ pub fn simplified(model: &ModelProto) -> Option<ModelProto> {
 
 /// The rank and element type tract infers for the tensors of `model` (by ONNX tensor name), for
 /// rewrites that depend on them ([`crate::graph::opset`]): with the shapes of `inputs` when
-/// given, else with dynamic input dimensions left symbolic. Tensors tract cannot tell are
-/// missing (a model tract cannot parse gives an empty map).
+/// given; else with dynamic input dimensions left symbolic, and where that leaves a tensor
+/// untold (a rule that needs a size), with every dynamic dimension 1. Tensors tract cannot tell
+/// are missing (a model tract cannot parse gives an empty map).
 pub fn tensor_facts(
     model: &ModelProto,
     inputs: Option<&[InputTensor]>,
 ) -> HashMap<String, crate::graph::opset::TensorFact> {
-    let specs = match inputs {
-        Some(i) => i.to_vec(),
-        None => match input_specs(model, 1) {
-            Ok(s) => s,
-            Err(_) => return HashMap::new(),
-        },
+    if let Some(i) = inputs {
+        return analysed_facts(model, i, &HashMap::new());
+    }
+    let Ok(specs) = input_specs(model, 1) else {
+        return HashMap::new();
     };
-    let declared = if inputs.is_some() {
-        HashMap::new()
-    } else {
-        declared_input_dims(model)
-    };
+    let mut facts = analysed_facts(model, &specs, &declared_input_dims(model));
+    let untold = |f: &crate::graph::opset::TensorFact| f.rank.is_none() || f.elem_type.is_none();
+    if facts.is_empty() || facts.values().any(untold) {
+        for (name, f) in analysed_facts(model, &specs, &HashMap::new()) {
+            let e = facts.entry(name).or_default();
+            e.rank = e.rank.or(f.rank);
+            e.elem_type = e.elem_type.or(f.elem_type);
+        }
+    }
+    facts
+}
+
+/// [`tensor_facts`] for one set of input facts: `specs`' types and shapes, with the dimensions
+/// `declared` leaves open (`None`) symbolic.
+fn analysed_facts(
+    model: &ModelProto,
+    specs: &[InputTensor],
+    declared: &HashMap<String, Vec<Option<i64>>>,
+) -> HashMap<String, crate::graph::opset::TensorFact> {
     let analysed = guarded(|| {
         let bytes = model.encode_to_vec();
         let mut m = parse(&bytes)?;
