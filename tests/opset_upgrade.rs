@@ -7,7 +7,8 @@
 //!   `ratio`, Upsample, Softmax with its default axis): the upgraded float model computes the
 //!   original's outputs (tract: without the Upsample, which tract lacks; onnxruntime: with it),
 //!   only the touched nodes change, and the per-channel QDQ model is written (the report names
-//!   the upgrade) and runs in onnxruntime;
+//!   the upgrade) and runs in onnxruntime, while the AIMET encodings written with it name only
+//!   tensors of the model the user keeps;
 //! - a model whose Dropout mask is read cannot be upgraded: the QDQ model is skipped with a
 //!   reason naming the node, and a per-tensor QDQ model is still written.
 
@@ -146,6 +147,7 @@ fn per_channel_qdq(model: &ModelProto, granularity: Granularity) -> onnx_cle::Ou
     opts.verify.enabled = false;
     opts.quant.end_to_end = false;
     opts.exports.qdq = true;
+    opts.exports.encodings = Some(onnx_cle::options::EncodingsVersion::V1_0_0);
     opts.exports.calibration = Calibration::Minmax;
     opts.target.weight_granularity = Some(granularity);
     let samples = SampleInputs {
@@ -266,6 +268,29 @@ fn per_channel_qdq_of_old_opsets_is_written_with_the_upgrade_in_the_report() {
             .count();
         assert!(per_channel >= 2, "{per_channel} per-channel weights");
         assert!(ex.activations > 0);
+        // The encodings name the tensors of the model the user keeps, not the upgrade's views.
+        let enc = out
+            .artifacts
+            .iter()
+            .find(|a| a.kind == ArtifactKind::Encodings)
+            .unwrap();
+        let text = String::from_utf8_lossy(&enc.data);
+        let g = m.graph.as_ref().unwrap();
+        let known: std::collections::HashSet<&str> = g
+            .node
+            .iter()
+            .flat_map(|n| n.input.iter().chain(&n.output))
+            .map(String::as_str)
+            .chain(g.input.iter().map(|v| v.name()))
+            .collect();
+        let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+        for e in json["activation_encodings"].as_array().unwrap() {
+            let name = e["name"].as_str().unwrap();
+            assert!(
+                known.contains(name),
+                "encodings name `{name}`, not in the model"
+            );
+        }
     }
 }
 
