@@ -530,8 +530,8 @@ pub fn equalize(a: EqualizeArgs) -> ExitCode {
         }
         if let Some(u) = r.exports.as_ref().and_then(|e| e.opset_upgrade.as_ref()) {
             eprintln!(
-                "onnx-cle: QDQ model raised from opset {} to {} for per-channel weights (same \
-                 function; {} nodes rewritten, listed in the report)",
+                "onnx-cle: QDQ model raised from opset {} to {} (same function; {} nodes \
+                 rewritten, listed in the report)",
                 u.from,
                 u.to,
                 u.changes.len()

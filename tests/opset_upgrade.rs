@@ -9,6 +9,7 @@
 //!   only the touched nodes change, and the per-channel QDQ model is written (the report names
 //!   the upgrade) and runs in onnxruntime, while the AIMET encodings written with it name only
 //!   tensors of the model the user keeps;
+//! - below opset 10 a per-tensor QDQ model is upgraded too (QuantizeLinear is opset 10);
 //! - a model whose Dropout mask is read cannot be upgraded: the QDQ model is skipped with a
 //!   reason naming the node, and a per-tensor QDQ model is still written.
 
@@ -311,6 +312,21 @@ fn a_read_dropout_mask_stops_the_upgrade_and_only_the_per_channel_qdq_model() {
     let out = per_channel_qdq(&m, Granularity::PerTensor);
     assert!(out.artifacts.iter().any(|a| a.kind == ArtifactKind::Qdq));
     assert!(out.report.exports.unwrap().opset_upgrade.is_none());
+}
+
+/// Below opset 10 even a per-tensor QDQ model needs the upgrade (QuantizeLinear is opset 10).
+#[test]
+fn per_tensor_qdq_of_opset9_is_upgraded_too() {
+    let out = per_channel_qdq(&opset9(true), Granularity::PerTensor);
+    let ex = out.report.exports.as_ref().unwrap();
+    assert_eq!(ex.opset_upgrade.as_ref().map(|u| u.from), Some(9));
+    let qdq = out
+        .artifacts
+        .iter()
+        .find(|a| a.kind == ArtifactKind::Qdq)
+        .expect("QDQ model written");
+    let q = onnx_cle::onnx::decode(qdq.data.clone().into()).unwrap();
+    assert_eq!(opset_of(&q), 13);
 }
 
 /// onnxruntime: each original, its upgraded float model and its per-channel QDQ model load and

@@ -218,9 +218,9 @@ pub(super) fn exports(
 }
 
 /// The model the QDQ output is written from, and whether it is written: per-channel weights
-/// need `DequantizeLinear(axis)`, opset 13, so an older model is upgraded exactly
-/// ([`opset::upgrade`], tensor ranks from tract with the shapes of `shapes` when given); when it
-/// cannot be, the QDQ model is skipped with the nodes that stop it.
+/// need `DequantizeLinear(axis)`, opset 13, and QDQ itself opset 10, so an older model is
+/// upgraded exactly ([`opset::upgrade`], tensor ranks from tract with the shapes of `shapes`
+/// when given); when it cannot be, the QDQ model is skipped with the nodes that stop it.
 fn opset_for_qdq(
     fp32: &ModelProto,
     ex: &ExportOptions,
@@ -230,20 +230,27 @@ fn opset_for_qdq(
 ) -> (Option<opset::Upgrade>, bool) {
     let per_channel = target.weights().granularity == Granularity::PerChannel;
     let from = onnx::onnx_opset(fp32).unwrap_or(0);
-    if !(ex.qdq && per_channel && from < opset::TARGET) {
+    let need = if per_channel {
+        "per-channel weights need opset 13 (DequantizeLinear axis)"
+    } else {
+        "QuantizeLinear needs opset 10"
+    };
+    if !ex.qdq || from >= if per_channel { opset::TARGET } else { 10 } {
         return (None, ex.qdq);
     }
     match opset::upgrade(fp32, &crate::runtime::tensor_facts(fp32, shapes)) {
         Ok(u) => (Some(u), true),
         Err(e) => {
+            let advice = if per_channel {
+                "use a per-tensor target or re-export the model"
+            } else {
+                "re-export the model at opset 10 or later"
+            };
             report.skipped.push(crate::report::Skip {
                 pass: "exports".into(),
                 nodes: vec![],
                 reason: "opset_upgrade_refused".into(),
-                detail: format!(
-                    "no QDQ model: per-channel weights need opset 13 (DequantizeLinear axis) \
-                     and {e}; use a per-tensor target or re-export the model"
-                ),
+                detail: format!("no QDQ model: {need} and {e}; {advice}"),
             });
             (None, false)
         }

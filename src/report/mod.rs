@@ -800,8 +800,8 @@ pub struct Exports {
     /// scale under a large bias would overflow it; no bias is ever clamped).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub bias_guards: Vec<String>,
-    /// The opset upgrade the QDQ model needed (per-channel `DequantizeLinear` needs opset 13),
-    /// when the model declared an older one.
+    /// The opset upgrade the QDQ model needed (per-channel `DequantizeLinear` needs opset 13,
+    /// `QuantizeLinear` opset 10), when the model declared an older one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub opset_upgrade: Option<OpsetUpgrade>,
     /// The files written.
