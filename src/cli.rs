@@ -531,10 +531,14 @@ pub fn equalize(a: EqualizeArgs) -> ExitCode {
         if let Some(u) = r.exports.as_ref().and_then(|e| e.opset_upgrade.as_ref()) {
             eprintln!(
                 "onnx-cle: QDQ model raised from opset {} to {} (same function; {} nodes \
-                 rewritten, listed in the report)",
+                 rewritten, listed in the report; {})",
                 u.from,
                 u.to,
-                u.changes.len()
+                u.changes.len(),
+                u.max_rel_diff
+                    .map_or("not run against the original".to_string(), |d| format!(
+                        "against the original in tract on one sample: max rel diff {d:.1e}"
+                    ))
             );
         }
         for s in r

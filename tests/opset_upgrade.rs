@@ -7,7 +7,7 @@
 //!   `ratio`, Upsample, Softmax with its default axis): the upgraded float model computes the
 //!   original's outputs (tract: without the Upsample, which tract lacks; onnxruntime: with it),
 //!   only the touched nodes change, and the per-channel QDQ model is written (the report names
-//!   the upgrade) and runs in onnxruntime, while the AIMET encodings written with it name only
+//!   the upgrade and its check on a sample in tract) and runs in onnxruntime, while the AIMET encodings written with it name only
 //!   tensors of the model the user keeps;
 //! - below opset 10 a per-tensor QDQ model is upgraded too (QuantizeLinear is opset 10);
 //! - a model whose Dropout mask is read cannot be upgraded: the QDQ model is skipped with a
@@ -246,11 +246,13 @@ fn upgraded_models_compute_the_same_in_tract() {
 
 #[test]
 fn per_channel_qdq_of_old_opsets_is_written_with_the_upgrade_in_the_report() {
-    for m in [opset11(), opset9(true)] {
+    for (m, diff) in [(opset11(), Some(0.0)), (opset9(true), None)] {
         let out = per_channel_qdq(&m, Granularity::PerChannel);
         let ex = out.report.exports.as_ref().unwrap();
         let up = ex.opset_upgrade.as_ref().expect("upgrade reported");
         assert_eq!((up.from, up.to), (opset_of(&m), 13));
+        // Checked on a sample in tract (which has no Upsample: the opset-9 model is not run).
+        assert_eq!(up.max_rel_diff, diff);
         let qdq = out
             .artifacts
             .iter()

@@ -38,7 +38,7 @@ pub(super) fn exports(
         .map(|s| s.tensors.as_slice())
         .or(measured.map(|(_, i, _)| i));
     let (upgrade, qdq) = opset_for_qdq(fp32, ex, &target, shapes, report);
-    let fp32 = upgrade.as_ref().map_or(fp32, |u| &u.model);
+    let fp32 = upgrade.as_ref().map_or(fp32, |(u, _)| &u.model);
     let mut sites = Sites::find(fp32, target, ex.quantize_outputs)?;
     if let Some(d) = deploy {
         sites.use_steps(&d.steps);
@@ -71,7 +71,7 @@ pub(super) fn exports(
         }
     };
     let mut ranges = ranges;
-    for (new, original) in upgrade.iter().flat_map(|u| &u.aliases) {
+    for (new, original) in upgrade.iter().flat_map(|(u, _)| &u.aliases) {
         if let Some(&r) = ranges.get(original) {
             ranges.insert(new.clone(), r);
         }
@@ -99,8 +99,8 @@ pub(super) fn exports(
     }
     // The encodings and overrides name the tensors of the model the user keeps, not the views
     // the upgrade added.
-    let plan_as_given = match upgrade.as_ref().filter(|u| !u.aliases.is_empty()) {
-        Some(u) => {
+    let plan_as_given = match upgrade.as_ref().filter(|(u, _)| !u.aliases.is_empty()) {
+        Some((u, _)) => {
             let added: HashSet<&str> = u.aliases.iter().map(|(n, _)| n.as_str()).collect();
             let mut p = plan.clone();
             p.activations.retain(|a| !added.contains(a.tensor.as_str()));
@@ -150,11 +150,14 @@ pub(super) fn exports(
                 })
             })
             .collect(),
-        opset_upgrade: upgrade.as_ref().map(|u| crate::report::OpsetUpgrade {
-            from: u.from,
-            to: opset::TARGET,
-            changes: u.changes.clone(),
-        }),
+        opset_upgrade: upgrade
+            .as_ref()
+            .map(|(u, diff)| crate::report::OpsetUpgrade {
+                from: u.from,
+                to: opset::TARGET,
+                changes: u.changes.clone(),
+                max_rel_diff: *diff,
+            }),
         files,
         figures: Vec::new(),
     };
@@ -220,14 +223,16 @@ pub(super) fn exports(
 /// The model the QDQ output is written from, and whether it is written: per-channel weights
 /// need `DequantizeLinear(axis)`, opset 13, and QDQ itself opset 10, so an older model is
 /// upgraded exactly ([`opset::upgrade`], tensor ranks from tract with the shapes of `shapes`
-/// when given); when it cannot be, the QDQ model is skipped with the nodes that stop it.
+/// when given) and, with `shapes`, checked against the original on their first sample in tract
+/// (the largest relative output difference comes back with it). When it cannot be upgraded, or
+/// the check finds a difference, the QDQ model is skipped with the reason.
 fn opset_for_qdq(
     fp32: &ModelProto,
     ex: &ExportOptions,
     target: &Target,
     shapes: Option<&[InputTensor]>,
     report: &mut Report,
-) -> (Option<opset::Upgrade>, bool) {
+) -> (Option<(opset::Upgrade, Option<f64>)>, bool) {
     let per_channel = target.weights().granularity == Granularity::PerChannel;
     let from = onnx::onnx_opset(fp32).unwrap_or(0);
     let need = if per_channel {
@@ -238,7 +243,20 @@ fn opset_for_qdq(
     if !ex.qdq || from >= if per_channel { opset::TARGET } else { 10 } {
         return (None, ex.qdq);
     }
-    match opset::upgrade(fp32, &crate::runtime::tensor_facts(fp32, shapes)) {
+    let checked = opset::upgrade(fp32, &crate::runtime::tensor_facts(fp32, shapes)).and_then(|u| {
+        let diff = shapes.and_then(|s| upgrade_diff(fp32, &u.model, s));
+        match diff {
+            Some(d) if d.is_nan() || d > 1e-6 => Err(opset::Refused {
+                from,
+                nodes: vec![format!(
+                    "the upgraded model's outputs differ from the original's by {d:.2e} \
+                     (relative, tract, one sample)"
+                )],
+            }),
+            _ => Ok((u, diff)),
+        }
+    });
+    match checked {
         Ok(u) => (Some(u), true),
         Err(e) => {
             let advice = if per_channel {
@@ -255,6 +273,38 @@ fn opset_for_qdq(
             (None, false)
         }
     }
+}
+
+/// The largest relative difference (max |Δ| / max |y| per output) between `a` and `b` on the
+/// first sample of `inputs`, in tract; `None` when tract cannot run one of them.
+fn upgrade_diff(a: &ModelProto, b: &ModelProto, inputs: &[InputTensor]) -> Option<f64> {
+    let first = crate::runtime::split_batch(inputs).into_iter().next()?;
+    let ya = crate::runtime::run_model(&onnx::encode(a), &first).ok()?;
+    let yb = crate::runtime::run_model(&onnx::encode(b), &first).ok()?;
+    if ya.len() != yb.len() {
+        return Some(f64::NAN);
+    }
+    let mut worst = 0.0f64;
+    for ((_, x), (_, y)) in ya.iter().zip(&yb) {
+        if x.len() != y.len() {
+            return Some(f64::NAN);
+        }
+        let scale = x
+            .iter()
+            .fold(0.0f32, |m, v| m.max(v.abs()))
+            .max(f32::MIN_POSITIVE);
+        for (p, q) in x.iter().zip(y) {
+            if p == q || (p.is_nan() && q.is_nan()) {
+                continue;
+            }
+            let d = f64::from((p - q).abs() / scale);
+            if d.is_nan() {
+                return Some(d);
+            }
+            worst = worst.max(d);
+        }
+    }
+    Some(worst)
 }
 
 /// The models the int8 figures compare.

@@ -820,6 +820,11 @@ pub struct OpsetUpgrade {
     pub to: i64,
     /// One line per rewritten node (label, op and version: what changed).
     pub changes: Vec<String>,
+    /// The largest relative output difference (max |Δ| / max |y| per output) between the
+    /// upgraded and the original FP32 model on one sample input in tract; absent when no inputs
+    /// were at hand or tract could not run one of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_rel_diff: Option<f64>,
 }
 
 /// A tensor left in float, and why.

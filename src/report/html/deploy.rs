@@ -231,10 +231,13 @@ pub(super) fn exports(o: &mut String, e: &Exports) {
         w!(
             o,
             "<details><summary>QDQ model raised from opset {} to {} (same function): {} nodes \
-             rewritten</summary><div class=\"body\"><ul>",
+             rewritten{}</summary><div class=\"body\"><ul>",
             u.from,
             u.to,
-            u.changes.len()
+            u.changes.len(),
+            u.max_rel_diff.map_or(String::new(), |d| format!(
+                "; against the original in tract on one sample: max rel diff {d:.1e}"
+            ))
         );
         for c in &u.changes {
             w!(o, "<li>{}</li>", esc(c));
