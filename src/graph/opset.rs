@@ -15,8 +15,9 @@
 //!   `Resize` 10 become `Resize` 13 with `coordinate_transformation_mode = asymmetric` and
 //!   `nearest_mode = floor` (nearest needs constant scales ≥ 1, where floor is their rule);
 //!   `Scatter` becomes `ScatterElements`);
-//! - the rest cannot be upgraded exactly (`Scan` 8, `Dropout` whose mask is read, …): the whole
-//!   upgrade is refused, naming each such node.
+//! - the rest cannot be upgraded exactly (`Scan` 8, `Dropout` whose mask is read,
+//!   `ConvTranspose` < 11 with `auto_pad = SAME_*`, whose odd padding moved ends in 11, …): the
+//!   whole upgrade is refused, naming each such node.
 //!
 //! Invariants: only the rewritten nodes change (plus the new constant initializers they read,
 //! the default-domain `opset_import` and an `ir_version` below 7 raised to 7); node order stays
@@ -263,6 +264,14 @@ fn fate(n: &NodeProto, from: i64) -> Option<Result<i64, String>> {
     // Scatter is deprecated from 11 on: onnxruntime runs it only below 13.
     if old == new && !(n.op_type() == "Scatter" && old >= 11) {
         return None;
+    }
+    if n.op_type() == "ConvTranspose"
+        && old < 11
+        && attr::string(n, "auto_pad").is_some_and(|p| p.starts_with("SAME"))
+    {
+        return Some(Err(
+            "ConvTranspose 11 swapped where SAME_UPPER/SAME_LOWER put the odd padding".into(),
+        ));
     }
     let mut rewrite = n.op_type() == "Scatter";
     for &v in vs.iter().filter(|&&v| v > old && v <= new) {
@@ -781,6 +790,14 @@ mod tests {
         assert_eq!(fate(&relu, 11), None, "Relu 6 → 13 only adds types");
         assert_eq!(fate(&sm, 11), Some(Ok(11)));
         assert_eq!(fate(&sm, 13), None);
+        let ct = node(
+            "ConvTranspose",
+            "ct",
+            vec![string_attr("auto_pad", "SAME_UPPER")],
+        );
+        assert!(matches!(fate(&ct, 10), Some(Err(_))));
+        assert_eq!(fate(&ct, 11), None);
+        assert_eq!(fate(&node("ConvTranspose", "ct", vec![]), 10), None);
         let scan = node("Scan", "scan", vec![]);
         assert!(matches!(fate(&scan, 8), Some(Err(_))));
         assert_eq!(
