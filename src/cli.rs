@@ -532,6 +532,26 @@ pub fn equalize(a: EqualizeArgs) -> ExitCode {
                 r.function_changes.join("; ")
             );
         }
+        if let Some(u) = r.exports.as_ref().and_then(|e| e.opset_upgrade.as_ref()) {
+            eprintln!(
+                "onnx-cle: QDQ model raised from opset {} to {} (same function; {} nodes \
+                 rewritten, listed in the report; {})",
+                u.from,
+                u.to,
+                u.changes.len(),
+                u.max_rel_diff
+                    .map_or("not run against the original".to_string(), |d| format!(
+                        "against the original in tract on one sample: max rel diff {d:.1e}"
+                    ))
+            );
+        }
+        for s in r
+            .skipped
+            .iter()
+            .filter(|s| s.reason == "opset_upgrade_refused")
+        {
+            eprintln!("onnx-cle: note: {}", s.detail);
+        }
     }
     if let Some(t) = r.int8.as_ref().filter(|t| opts.strict_int8 && !t.trusted) {
         return fail(

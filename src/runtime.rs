@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use prost::Message;
 use tract_onnx::prelude::*;
+use tract_onnx::tract_hir::infer::Factoid;
 
 use crate::onnx::proto::tensor_proto::DataType;
 use crate::onnx::proto::type_proto;
@@ -643,4 +644,116 @@ pub fn simplified(model: &ModelProto) -> Option<ModelProto> {
     }
     g.node = kept;
     Some(m)
+}
+
+/// The rank and element type tract infers for the tensors of `model` (by ONNX tensor name), for
+/// rewrites that depend on them ([`crate::graph::opset`]): with the shapes of `inputs` when
+/// given; else with dynamic input dimensions left symbolic, and where that leaves a tensor
+/// untold (a rule that needs a size), with every dynamic dimension 1. Tensors tract cannot tell
+/// are missing (a model tract cannot parse gives an empty map).
+pub fn tensor_facts(
+    model: &ModelProto,
+    inputs: Option<&[InputTensor]>,
+) -> HashMap<String, crate::graph::opset::TensorFact> {
+    if let Some(i) = inputs {
+        return analysed_facts(model, i, &HashMap::new());
+    }
+    let Ok(specs) = input_specs(model, 1) else {
+        return HashMap::new();
+    };
+    let mut facts = analysed_facts(model, &specs, &declared_input_dims(model));
+    let untold = |f: &crate::graph::opset::TensorFact| f.rank.is_none() || f.elem_type.is_none();
+    if facts.is_empty() || facts.values().any(untold) {
+        for (name, f) in analysed_facts(model, &specs, &HashMap::new()) {
+            let e = facts.entry(name).or_default();
+            e.rank = e.rank.or(f.rank);
+            e.elem_type = e.elem_type.or(f.elem_type);
+        }
+    }
+    facts
+}
+
+/// [`tensor_facts`] for one set of input facts: `specs`' types and shapes, with the dimensions
+/// `declared` leaves open (`None`) symbolic.
+fn analysed_facts(
+    model: &ModelProto,
+    specs: &[InputTensor],
+    declared: &HashMap<String, Vec<Option<i64>>>,
+) -> HashMap<String, crate::graph::opset::TensorFact> {
+    let analysed = guarded(|| {
+        let bytes = model.encode_to_vec();
+        let mut m = parse(&bytes)?;
+        for (k, t) in specs.iter().enumerate() {
+            let dt = to_tract(&InputTensor {
+                data: vec![0.0],
+                shape: vec![1],
+                ..t.clone()
+            })?
+            .datum_type();
+            let dims: Vec<TDim> = match declared.get(&t.name) {
+                Some(d) if d.len() == t.shape.len() => d
+                    .iter()
+                    .enumerate()
+                    .map(|(i, d)| match d {
+                        Some(n) => TDim::from(*n),
+                        None => m.symbols.sym(&format!("onnx_cle_d{k}_{i}")).into(),
+                    })
+                    .collect(),
+                _ => t.shape.iter().map(|&n| TDim::from(n as i64)).collect(),
+            };
+            m = m.with_input_fact(k, InferenceFact::dt_shape(dt, dims))?;
+        }
+        // Obstinate: a rule that cannot hold for symbolic sizes does not stop the others.
+        let _ = m.analyse(true);
+        Ok(m)
+    });
+    let Ok(m) = analysed else {
+        return HashMap::new();
+    };
+    let mut facts = HashMap::new();
+    for node in m.nodes() {
+        for k in 0..node.outputs.len() {
+            let outlet = OutletId::new(node.id, k);
+            let (Some(label), Ok(fact)) = (m.outlet_label(outlet), m.outlet_fact(outlet)) else {
+                continue;
+            };
+            let rank = fact
+                .shape
+                .rank()
+                .concretize()
+                .and_then(|r| usize::try_from(r).ok());
+            let elem_type = fact.datum_type.concretize().and_then(onnx_type_of);
+            facts.insert(
+                label.to_string(),
+                crate::graph::opset::TensorFact { rank, elem_type },
+            );
+        }
+    }
+    facts
+}
+
+/// The declared dimensions of the graph inputs (`None` where dynamic).
+fn declared_input_dims(model: &ModelProto) -> HashMap<String, Vec<Option<i64>>> {
+    model
+        .graph
+        .iter()
+        .flat_map(|g| &g.input)
+        .filter_map(|v| Some((v.name().to_string(), crate::onnx::declared_dims(v)?)))
+        .collect()
+}
+
+/// The ONNX element type code of a tract datum type (the common ones).
+fn onnx_type_of(dt: DatumType) -> Option<i32> {
+    let t = match dt {
+        DatumType::F32 => DataType::Float,
+        DatumType::F16 => DataType::Float16,
+        DatumType::F64 => DataType::Double,
+        DatumType::I64 => DataType::Int64,
+        DatumType::I32 => DataType::Int32,
+        DatumType::I8 => DataType::Int8,
+        DatumType::U8 => DataType::Uint8,
+        DatumType::Bool => DataType::Bool,
+        _ => return None,
+    };
+    Some(t as i32)
 }

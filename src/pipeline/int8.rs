@@ -2,13 +2,17 @@
 //! the deploy model's simulated rows, and the int8 outputs (QDQ model, AIMET encodings,
 //! onnxruntime overrides) with their figures.
 
-use std::collections::HashMap;
+use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
 
 use super::verifier::Verifier;
 use super::{trust, Artifact, ArtifactKind, Control, SampleInputs};
 use crate::error::{CoreError, Result};
+use crate::graph::opset;
 use crate::onnx::{self, ModelProto};
-use crate::options::{BiasCorrection, Calibration, ExportOptions, QuantOptions, Rounding, Target};
+use crate::options::{
+    BiasCorrection, Calibration, ExportOptions, Granularity, QuantOptions, Rounding, Target,
+};
 use crate::quant::{
     self,
     deploy::Deploy,
@@ -49,6 +53,11 @@ pub(super) fn exports(
     let deploy = src.deploy;
     let fp32 = deploy.map_or(src.equalized, |d| &d.model);
     let stats = deploy.map(|d| &d.stats);
+    let shapes = samples
+        .map(|s| s.tensors.as_slice())
+        .or(measured.map(|(_, i, _)| i));
+    let (upgrade, qdq) = opset_for_qdq(fp32, ex, &target, shapes, report);
+    let fp32 = upgrade.as_ref().map_or(fp32, |(u, _)| &u.model);
     let sites_of = |m: &ModelProto, steps: Option<&HashMap<String, Vec<f32>>>| {
         let mut s = Sites::find(m, target, ex.quantize_outputs)?;
         if let Some(steps) = steps {
@@ -85,6 +94,11 @@ pub(super) fn exports(
         }
     };
     let mut ranges = ranges;
+    for (new, original) in upgrade.iter().flat_map(|(u, _)| &u.aliases) {
+        if let Some(&r) = ranges.get(original) {
+            ranges.insert(new.clone(), r);
+        }
+    }
     if let Some([lo, hi]) = ex.input_range {
         for t in sites.graph_inputs() {
             ranges.insert(t, (lo, hi));
@@ -93,36 +107,56 @@ pub(super) fn exports(
     ctl.check()?;
     let quantizable = sites.activation_tensors();
     let requested_plan = sites.finish(&ranges, origin, ex.calibration.name());
-    let requested = trust::Candidate {
-        label: deploy.map_or_else(
-            || trust::label(Rounding::Nearest, BiasCorrection::Off),
-            |d| trust::label_of(&d.report),
-        ),
-        bytes: onnx::encode(&quant::export::qdq::write(fp32, &requested_plan)?),
-        value: (requested_plan, fp32),
+    let label = deploy.map_or_else(
+        || trust::label(Rounding::Nearest, BiasCorrection::Off),
+        |d| trust::label_of(&d.report),
+    );
+    let (plan, fp32, qdq_bytes, check) = if qdq {
+        let requested = trust::Candidate {
+            label,
+            bytes: onnx::encode(&quant::export::qdq::write(fp32, &requested_plan)?),
+            value: (requested_plan, Cow::Borrowed(fp32)),
+        };
+        let baseline = || {
+            let equalized = match &upgrade {
+                Some(_) => {
+                    let facts = crate::runtime::tensor_facts(src.equalized, shapes);
+                    match opset::upgrade(src.equalized, &facts) {
+                        Ok(u) => Cow::Owned(u.model),
+                        Err(_) => return Ok(Vec::new()),
+                    }
+                }
+                None => Cow::Borrowed(src.equalized),
+            };
+            let plan = sites_of(&equalized, None)?.finish(&ranges, origin, ex.calibration.name());
+            Ok(vec![trust::Candidate {
+                label: format!(
+                    "baseline: {}",
+                    trust::label(Rounding::Nearest, BiasCorrection::Off)
+                ),
+                bytes: onnx::encode(&quant::export::qdq::write(&equalized, &plan)?),
+                value: (plan, equalized),
+            }])
+        };
+        let is_baseline = deploy.is_none() || src.deploy_is_baseline;
+        let (kept, _, check) =
+            trust::check("qdq.onnx", requested, is_baseline, baseline, verifier, ctl)?;
+        (kept.value.0, kept.value.1, Some(kept.bytes), check)
+    } else {
+        let check = trust::not_checked(
+            "qdq.onnx",
+            label,
+            "no QDQ model could be written (see `skipped`: opset_upgrade_refused)",
+        );
+        (requested_plan, Cow::Borrowed(fp32), None, check)
     };
-    let baseline = || {
-        let plan = sites_of(src.equalized, None)?.finish(&ranges, origin, ex.calibration.name());
-        Ok(vec![trust::Candidate {
-            label: format!(
-                "baseline: {}",
-                trust::label(Rounding::Nearest, BiasCorrection::Off)
-            ),
-            bytes: onnx::encode(&quant::export::qdq::write(src.equalized, &plan)?),
-            value: (plan, src.equalized),
-        }])
-    };
-    let is_baseline = deploy.is_none() || src.deploy_is_baseline;
-    let (kept, _, check) =
-        trust::check("qdq.onnx", requested, is_baseline, baseline, verifier, ctl)?;
-    let (plan, fp32) = kept.value;
+    let fp32: &ModelProto = &fp32;
     let float = plan
         .left_float
         .iter()
         .filter(|l| quantizable.contains(&l.tensor))
         .count();
     let coverage = (quantizable.len().saturating_sub(float), quantizable.len());
-    let qdq_bytes = kept.bytes;
     let mut artifacts = Vec::new();
     let mut files = Vec::new();
     let mut push = |kind: ArtifactKind, format: String, data: Vec<u8>| {
@@ -133,11 +167,23 @@ pub(super) fn exports(
         });
         artifacts.push(Artifact { kind, data });
     };
-    if ex.qdq {
-        push(ArtifactKind::Qdq, "qdq_onnx".into(), qdq_bytes);
+    if let (true, Some(bytes)) = (ex.qdq, qdq_bytes) {
+        push(ArtifactKind::Qdq, "qdq_onnx".into(), bytes);
     }
+    // The encodings and overrides name the tensors of the model the user keeps, not the views
+    // the upgrade added.
+    let plan_as_given = match upgrade.as_ref().filter(|(u, _)| !u.aliases.is_empty()) {
+        Some((u, _)) => {
+            let added: HashSet<&str> = u.aliases.iter().map(|(n, _)| n.as_str()).collect();
+            let mut p = plan.clone();
+            p.activations.retain(|a| !added.contains(a.tensor.as_str()));
+            p
+        }
+        None => plan.clone(),
+    };
+    let plan_given = &plan_as_given;
     if let Some(v) = ex.encodings {
-        let json = serde_json::to_vec_pretty(&quant::export::encodings::aimet(&plan, v))
+        let json = serde_json::to_vec_pretty(&quant::export::encodings::aimet(plan_given, v))
             .map_err(|e| CoreError::Unsupported(e.to_string()))?;
         push(
             ArtifactKind::Encodings,
@@ -146,7 +192,7 @@ pub(super) fn exports(
         );
     }
     if ex.ort_overrides {
-        let json = serde_json::to_vec_pretty(&quant::export::encodings::ort_overrides(&plan))
+        let json = serde_json::to_vec_pretty(&quant::export::encodings::ort_overrides(plan_given))
             .map_err(|e| CoreError::Unsupported(e.to_string()))?;
         push(
             ArtifactKind::OrtOverrides,
@@ -177,6 +223,14 @@ pub(super) fn exports(
                 })
             })
             .collect(),
+        opset_upgrade: upgrade
+            .as_ref()
+            .map(|(u, diff)| crate::report::OpsetUpgrade {
+                from: u.from,
+                to: opset::TARGET,
+                changes: u.changes.clone(),
+                max_rel_diff: *diff,
+            }),
         files,
         figures: Vec::new(),
     };
@@ -237,6 +291,93 @@ pub(super) fn exports(
     }
     report.exports = Some(exports);
     Ok((artifacts, check, coverage))
+}
+
+/// The model the QDQ output is written from, and whether it is written: per-channel weights
+/// need `DequantizeLinear(axis)`, opset 13, and QDQ itself opset 10, so an older model is
+/// upgraded exactly ([`opset::upgrade`], tensor ranks from tract with the shapes of `shapes`
+/// when given) and, with `shapes`, checked against the original on their first sample in tract
+/// (the largest relative output difference comes back with it). When it cannot be upgraded, or
+/// the check finds a difference, the QDQ model is skipped with the reason.
+fn opset_for_qdq(
+    fp32: &ModelProto,
+    ex: &ExportOptions,
+    target: &Target,
+    shapes: Option<&[InputTensor]>,
+    report: &mut Report,
+) -> (Option<(opset::Upgrade, Option<f64>)>, bool) {
+    let per_channel = target.weights().granularity == Granularity::PerChannel;
+    let from = onnx::onnx_opset(fp32).unwrap_or(0);
+    let need = if per_channel {
+        "per-channel weights need opset 13 (DequantizeLinear axis)"
+    } else {
+        "QuantizeLinear needs opset 10"
+    };
+    if !ex.qdq || from >= if per_channel { opset::TARGET } else { 10 } {
+        return (None, ex.qdq);
+    }
+    let checked = opset::upgrade(fp32, &crate::runtime::tensor_facts(fp32, shapes)).and_then(|u| {
+        let diff = shapes.and_then(|s| upgrade_diff(fp32, &u.model, s));
+        match diff {
+            Some(d) if d.is_nan() || d > 1e-6 => Err(opset::Refused {
+                from,
+                nodes: vec![format!(
+                    "the upgraded model's outputs differ from the original's by {d:.2e} \
+                     (relative, tract, one sample)"
+                )],
+            }),
+            _ => Ok((u, diff)),
+        }
+    });
+    match checked {
+        Ok(u) => (Some(u), true),
+        Err(e) => {
+            let advice = if per_channel {
+                "use a per-tensor target or re-export the model"
+            } else {
+                "re-export the model at opset 10 or later"
+            };
+            report.skipped.push(crate::report::Skip {
+                pass: "exports".into(),
+                nodes: vec![],
+                reason: "opset_upgrade_refused".into(),
+                detail: format!("no QDQ model: {need} and {e}; {advice}"),
+            });
+            (None, false)
+        }
+    }
+}
+
+/// The largest relative difference (max |Δ| / max |y| per output) between `a` and `b` on the
+/// first sample of `inputs`, in tract; `None` when tract cannot run one of them.
+fn upgrade_diff(a: &ModelProto, b: &ModelProto, inputs: &[InputTensor]) -> Option<f64> {
+    let first = crate::runtime::split_batch(inputs).into_iter().next()?;
+    let ya = crate::runtime::run_model(&onnx::encode(a), &first).ok()?;
+    let yb = crate::runtime::run_model(&onnx::encode(b), &first).ok()?;
+    if ya.len() != yb.len() {
+        return Some(f64::NAN);
+    }
+    let mut worst = 0.0f64;
+    for ((_, x), (_, y)) in ya.iter().zip(&yb) {
+        if x.len() != y.len() {
+            return Some(f64::NAN);
+        }
+        let scale = x
+            .iter()
+            .fold(0.0f32, |m, v| m.max(v.abs()))
+            .max(f32::MIN_POSITIVE);
+        for (p, q) in x.iter().zip(y) {
+            if p == q || (p.is_nan() && q.is_nan()) {
+                continue;
+            }
+            let d = f64::from((p - q).abs() / scale);
+            if d.is_nan() {
+                return Some(d);
+            }
+            worst = worst.max(d);
+        }
+    }
+    Some(worst)
 }
 
 /// The models the int8 figures compare.

@@ -111,6 +111,19 @@ pub(super) fn check<T>(
     Ok((kept, Some(m), report))
 }
 
+/// The check of an output that could not be built for measuring, and why.
+pub(super) fn not_checked(output: &str, label: String, reason: &str) -> OutputCheck {
+    OutputCheck {
+        output: output.into(),
+        status: CheckStatus::NotChecked,
+        reason: Some(reason.into()),
+        inputs: String::new(),
+        candidates: Vec::new(),
+        kept: label,
+        fell_back: false,
+    }
+}
+
 fn not_measured(v: &Verification) -> String {
     v.reason
         .clone()

@@ -806,10 +806,31 @@ pub struct Exports {
     /// scale under a large bias would overflow it; no bias is ever clamped).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub bias_guards: Vec<String>,
+    /// The opset upgrade the QDQ model needed (per-channel `DequantizeLinear` needs opset 13,
+    /// `QuantizeLinear` opset 10), when the model declared an older one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub opset_upgrade: Option<OpsetUpgrade>,
     /// The files written.
     pub files: Vec<ExportFile>,
     /// Logits figures against the original FP32 model (with sample inputs or `quant.end_to_end`).
     pub figures: Vec<ExportFigure>,
+}
+
+/// The default-domain opset upgrade of the QDQ model: same function, only the listed nodes
+/// rewritten.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct OpsetUpgrade {
+    /// The opset the model declared.
+    pub from: i64,
+    /// The opset of the QDQ model.
+    pub to: i64,
+    /// One line per rewritten node (label, op and version: what changed).
+    pub changes: Vec<String>,
+    /// The largest relative output difference (max |Δ| / max |y| per output) between the
+    /// upgraded and the original FP32 model on one sample input in tract; absent when no inputs
+    /// were at hand or tract could not run one of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_rel_diff: Option<f64>,
 }
 
 /// A tensor left in float, and why.

@@ -228,6 +228,23 @@ pub(super) fn exports(o: &mut String, e: &Exports) {
         }
         o.push_str("</tbody></table>\n");
     }
+    if let Some(u) = &e.opset_upgrade {
+        w!(
+            o,
+            "<details><summary>QDQ model raised from opset {} to {} (same function): {} nodes \
+             rewritten{}</summary><div class=\"body\"><ul>",
+            u.from,
+            u.to,
+            u.changes.len(),
+            u.max_rel_diff.map_or(String::new(), |d| format!(
+                "; against the original in tract on one sample: max rel diff {d:.1e}"
+            ))
+        );
+        for c in &u.changes {
+            w!(o, "<li>{}</li>", esc(c));
+        }
+        o.push_str("</ul></div></details>\n");
+    }
     if !e.left_float.is_empty() {
         w!(
             o,
