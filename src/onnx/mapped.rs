@@ -14,8 +14,9 @@
 //!
 //! Pages of the map that the process touched count toward its resident set until they are
 //! unmapped. [`release`] drops the pages under a slice of a mapped file once its content was
-//! copied (the passes decode weights into their own f32 buffers): the map is read-only and
-//! private, so a later access re-reads the same bytes from the page cache.
+//! copied (the passes decode weights into their own f32 buffers): the map is read-only
+//! (`PROT_READ`, shared with the page cache, never written), so a later access re-reads the same
+//! bytes from the page cache.
 
 use std::fs::File;
 use std::path::Path;
@@ -100,9 +101,9 @@ pub fn release(data: &[u8]) {
     let first = (lo - start).div_ceil(page) * page;
     let last = (hi - start) / page * page;
     if last > first {
-        // SAFETY: MADV_DONTNEED on a private read-only file mapping only unmaps the pages: a
-        // later access reads the same file content again (no page of this map was ever
-        // written, so nothing is lost).
+        // SAFETY: MADV_DONTNEED on a read-only (PROT_READ, MAP_SHARED) file mapping only
+        // unmaps the pages: a later access maps the same page-cache pages again (no page of
+        // this map can have been written, so nothing is lost).
         let _ =
             unsafe { map.unchecked_advise_range(UncheckedAdvice::DontNeed, first, last - first) };
     }
