@@ -5,6 +5,7 @@
 //! written; 6 the verified output deviation exceeds `--max-rel-l2` (the model is still written).
 //! A model over a limit (`--max-nodes`, `--max-tensor-elements`, `--max-model-memory`) is 3.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -340,13 +341,13 @@ pub fn equalize(a: EqualizeArgs) -> ExitCode {
         Err(Refused::Usage(e)) => return fail(exit::USAGE, e),
         Err(Refused::Invalid(e)) => return fail(core_exit(&e), e),
     };
-    let data = match std::fs::read(&a.input) {
+    // Memory-mapped: the untouched tensors are written back from the map (onnx::mapped).
+    let bytes = match onnx_cle::onnx::mapped::map_file(&a.input) {
         Ok(d) => d,
         Err(e) => return fail(exit::IO, format!("{}: {e}", a.input.display())),
     };
     let read_ms = t0.elapsed().as_secs_f64() * 1e3;
-    let size = data.len();
-    let bytes = bytes::Bytes::from(data);
+    let size = bytes.len();
     let limits = onnx_cle::onnx::limits::Limits {
         max_nodes: a.max_nodes,
         max_tensor_elements: a.max_tensor_elements,
@@ -393,16 +394,30 @@ pub fn equalize(a: EqualizeArgs) -> ExitCode {
         progress: Some(&progress),
         cancel: None,
     };
-    let out = match onnx_cle::run(model, original, &opts, samples.as_ref(), ctl) {
+    let mut model_write_ms = 0.0;
+    let mut write_model = |s: &onnx_cle::onnx::write::Stream<'_>| {
+        let t = Instant::now();
+        let written = onnx_cle::onnx::write::write_atomic(&a.output, |f| s.write_to(f));
+        model_write_ms = t.elapsed().as_secs_f64() * 1e3;
+        written.map_err(|source| CoreError::Io {
+            path: a.output.display().to_string(),
+            source,
+        })
+    };
+    let out = match onnx_cle::run_streamed(
+        model,
+        original,
+        &opts,
+        samples.as_ref(),
+        ctl,
+        Some(&mut write_model),
+    ) {
         Ok(o) => o,
         Err(e) => return fail(core_exit(&e), e),
     };
     let t_write = Instant::now();
-    if let Err(e) = std::fs::write(&a.output, &out.model) {
-        return fail(exit::IO, format!("{}: {e}", a.output.display()));
-    }
     if let (Some(path), Some(deploy)) = (&a.deploy_output, &out.deploy) {
-        if let Err(e) = std::fs::write(path, deploy) {
+        if let Err(e) = onnx_cle::onnx::write::write_atomic(path, |f| f.write_all(deploy)) {
             return fail(exit::IO, format!("{}: {e}", path.display()));
         }
     }
@@ -415,11 +430,11 @@ pub fn equalize(a: EqualizeArgs) -> ExitCode {
         let (Some(path), Some(art)) = (path, out.artifacts.iter().find(|x| x.kind == kind)) else {
             continue;
         };
-        if let Err(e) = std::fs::write(path, &art.data) {
+        if let Err(e) = onnx_cle::onnx::write::write_atomic(path, |f| f.write_all(&art.data)) {
             return fail(exit::IO, format!("{}: {e}", path.display()));
         }
     }
-    let write_ms = t_write.elapsed().as_secs_f64() * 1e3;
+    let write_ms = model_write_ms + t_write.elapsed().as_secs_f64() * 1e3;
     if let Some(path) = &a.report {
         let json = match serde_json::to_vec_pretty(&out.report) {
             Ok(j) => j,

@@ -193,6 +193,8 @@ impl tract_onnx::data_resolver::ModelDataResolver for InMemory {
             .get(offset..end)
             .ok_or_else(|| TractError::msg("in-memory weight out of range"))?;
         buf.extend_from_slice(data);
+        // tract keeps its copy: a memory-mapped model's pages under it leave the resident set.
+        crate::onnx::mapped::release(data);
         Ok(())
     }
 }
@@ -256,16 +258,19 @@ impl Runner {
     /// [`Runner::new`] on a shared buffer: the weights go from `bytes` straight into tract's
     /// tensors ([`in_memory_model`]). Gives up (with [`STOPPED`]) when `stop()` is true after
     /// parsing or after optimizing.
+    /// `bytes` is dropped once parsed: when it was the last reference, the encoded model is
+    /// freed before tract optimizes its copy.
     fn new_checked(
-        bytes: &Bytes,
+        bytes: Bytes,
         inputs: &[InputTensor],
         stop: &dyn Fn() -> bool,
     ) -> Result<Self, String> {
-        guarded(|| {
-            let model = match in_memory_model(bytes) {
+        guarded(move || {
+            let model = match in_memory_model(&bytes) {
                 Some(m) => m,
-                None => parse(bytes)?,
+                None => parse(&bytes)?,
             };
+            drop(bytes);
             Self::build(model, inputs, stop)
         })
     }
@@ -482,9 +487,10 @@ impl Session {
         let flag = Arc::clone(&stop);
         let work = move || {
             let stopped = || flag.load(Ordering::Relaxed);
-            let outputs = run_samples_checked(&bytes, &inputs, &stopped);
-            // Released before the caller hears back, so it gets its buffer back uncopied.
-            drop((bytes, inputs));
+            // `bytes` is released once parsed, before the caller hears back, so it gets its
+            // buffer back uncopied (or, holding no other reference, has it freed early).
+            let outputs = run_samples_checked(bytes, &inputs, &stopped);
+            drop(inputs);
             release_free_memory();
             let _ = tx.send(outputs);
         };
@@ -530,7 +536,7 @@ impl Session {
 /// what a thread frees in that thread's arena, and the next model may be built on another pool
 /// thread: without this the default run's peak on a torchvision ResNet-50 varied between 3.4×
 /// and 4.7× the model (BENCHMARKS.md). No-op elsewhere.
-fn release_free_memory() {
+pub(crate) fn release_free_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         extern "C" {
@@ -546,7 +552,7 @@ fn release_free_memory() {
 
 /// [`run_samples`] on a shared buffer that gives up between steps once `stop()` is true.
 fn run_samples_checked(
-    bytes: &Bytes,
+    bytes: Bytes,
     inputs: &[InputTensor],
     stop: &dyn Fn() -> bool,
 ) -> Result<Outputs, String> {

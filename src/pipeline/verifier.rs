@@ -170,10 +170,12 @@ impl Verifier {
     }
 
     /// Runs the equalized model `bytes` and compares (stage `verify`). Returns the report
-    /// section, the time verification took in milliseconds, and `bytes`.
+    /// section, the time verification took in milliseconds, and `bytes` when `keep` (empty
+    /// otherwise: the buffer is freed as soon as tract has parsed it).
     pub(super) fn finish(
         mut self,
         bytes: Vec<u8>,
+        keep: bool,
         ctl: Control,
     ) -> Result<(report::Verification, f64, Vec<u8>)> {
         let t = Instant::now();
@@ -182,13 +184,20 @@ impl Verifier {
             Err(v) => return Ok((v, self.spent.as_secs_f64() * 1e3, bytes)),
         };
         let limits = self.limits(ctl);
-        let (shared, output) = match self.simplified.take() {
-            Some(s) => (Bytes::from(s), Some(bytes)),
-            None => (Bytes::from(bytes), None),
-        };
+        // What tract gets, and what comes back: the buffer itself, or tract's shared copy.
+        let (shared, output): (Bytes, Option<std::result::Result<Vec<u8>, Bytes>>) =
+            match (self.simplified.take(), keep) {
+                (Some(s), true) => (Bytes::from(s), Some(Ok(bytes))),
+                (Some(s), false) => (Bytes::from(s), None),
+                (None, true) => {
+                    let b = Bytes::from(bytes);
+                    (b.clone(), Some(Err(b)))
+                }
+                (None, false) => (Bytes::from(bytes), None),
+            };
         let verified = verify::compare_within(
             reference,
-            shared.clone(),
+            shared,
             &self.inputs,
             self.source.clone(),
             &limits,
@@ -200,7 +209,11 @@ impl Verifier {
             Err(Stopped::Budget(what)) => self.stopped(&what),
         };
         // The output's bytes come back without a copy unless an abandoned run still holds them.
-        let bytes = output.unwrap_or_else(|| Vec::from(shared));
+        let bytes = match output {
+            Some(Ok(v)) => v,
+            Some(Err(shared)) => Vec::from(shared),
+            None => Vec::new(),
+        };
         Ok((verification, spent, bytes))
     }
 }

@@ -104,6 +104,13 @@ pub trait BlobStore: Send + Sync + 'static {
         sink.commit()
     }
 
+    /// The blob's bytes without a copy into the heap, when the backend keeps blobs as local
+    /// files it never rewrites (memory-mapped, see [`crate::onnx::mapped`]); `None` otherwise
+    /// (use [`BlobStore::read`]).
+    fn map(&self, _job: &JobId, _kind: BlobKind) -> io::Result<Option<bytes::Bytes>> {
+        Ok(None)
+    }
+
     /// Reads a whole blob.
     fn read(&self, job: &JobId, kind: BlobKind) -> io::Result<Vec<u8>> {
         let (mut r, len) = self.open(job, kind)?;
