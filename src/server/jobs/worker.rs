@@ -131,8 +131,8 @@ pub fn init_compute_pool(nice: u8) -> bool {
 }
 
 /// Whether the run's int8 outputs passed their self-check (true when it wrote none).
-fn int8_trusted(out: &Output) -> bool {
-    out.report.int8.as_ref().is_none_or(|t| t.trusted)
+fn int8_trusted(report: &crate::Report) -> bool {
+    report.int8.as_ref().is_none_or(|t| t.trusted)
 }
 
 fn internal(detail: &str) -> Problem {
@@ -208,7 +208,7 @@ fn process(jobs: &Jobs, engine: &Engine, claim: Claim) {
         Ok(Ok(out)) => match with_retries(jobs, &id, &run, "storing the results", patience, || {
             store_results(jobs, &claim, &out)
         }) {
-            Ok(_) if claim.options.strict_int8 && !int8_trusted(&out) => {
+            Ok(_) if claim.options.strict_int8 && !int8_trusted(&out.report) => {
                 Outcome::Failed(Problem::new(
                     StatusCode::UNPROCESSABLE_ENTITY,
                     "int8_not_trusted",
