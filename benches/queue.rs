@@ -69,7 +69,7 @@ fn main() {
         .build()
         .expect("runtime");
     let store = rt.block_on(async {
-        let s = PgJobStore::connect(&url, claimers + 2)
+        let s = PgJobStore::connect(&url, None, claimers + 2)
             .await
             .expect("connect");
         s.migrate().await.expect("migrate");
@@ -104,6 +104,8 @@ fn main() {
         function_changed: false,
         verification: onnx_cle::report::VerifyStatus::Verified,
         max_rel_l2: Some(1e-7),
+        int8_trusted: None,
+        int8_problems: Vec::new(),
         artifacts: Vec::new(),
         qdq_coverage: None,
     };

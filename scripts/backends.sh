@@ -14,6 +14,10 @@
 # Nothing listens beyond 127.0.0.1. Ports: PG_PORT (PostgreSQL) and S3_PORT_BASE (SeaweedFS
 # uses the 12 ports from it: S3 on S3_PORT_BASE); unset, free ports are picked. BACKENDS=pg
 # starts PostgreSQL only; PG_OPTS adds server settings (e.g. "-c commit_delay=1000").
+#
+# PG_TLS=1: PostgreSQL with `ssl = on` and a certificate for localhost and 127.0.0.1 signed by a
+# throwaway CA made with the openssl CLI (DIR/tls/ca.crt); the URLs in DIR/env then carry
+# `sslmode=verify-full&sslrootcert=DIR/tls/ca.crt`, and PG_CA names the CA file.
 set -euo pipefail
 
 SEAWEEDFS_VERSION=4.48
@@ -142,6 +146,31 @@ s3_stop() {
     rm -f "$dir/s3.pid"
 }
 
+# A CA and a server certificate for PostgreSQL (cluster folder `pd`), `ssl = on` in its config.
+pg_tls_setup() {
+    local dir="$1" pd="$2" t="$1/tls"
+    if ! command -v openssl >/dev/null; then
+        [[ "$(id -u)" == 0 ]] || die "PG_TLS needs the openssl CLI (apt-get install openssl, as root)"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends openssl >&2
+    fi
+    mkdir -p "$t"
+    openssl req -x509 -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 7 \
+        -subj "/CN=onnx-cle throwaway CA" -addext "basicConstraints=critical,CA:TRUE" \
+        -addext "keyUsage=critical,keyCertSign,cRLSign" \
+        -keyout "$t/ca.key" -out "$t/ca.crt" 2>/dev/null || die "openssl: CA"
+    openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+        -subj "/CN=localhost" -keyout "$pd/server.key" -out "$t/server.csr" 2>/dev/null \
+        || die "openssl: server key"
+    printf '%s\n' "subjectAltName=DNS:localhost,IP:127.0.0.1" "basicConstraints=critical,CA:FALSE" \
+        "keyUsage=critical,digitalSignature" "extendedKeyUsage=serverAuth" > "$t/server.ext"
+    openssl x509 -req -in "$t/server.csr" -CA "$t/ca.crt" -CAkey "$t/ca.key" -CAcreateserial \
+        -days 7 -extfile "$t/server.ext" -out "$pd/server.crt" 2>/dev/null || die "openssl: server certificate"
+    chmod 600 "$pd/server.key"
+    if [[ "$(id -u)" == 0 ]]; then chown postgres: "$pd/server.key" "$pd/server.crt"; fi
+    printf "ssl = on\nssl_cert_file = '%s'\nssl_key_file = '%s'\n" "$pd/server.crt" "$pd/server.key" \
+        | as_pg tee -a "$pd/data/postgresql.conf" >/dev/null
+}
+
 start() {
     local dir="$1"
     mkdir -p "$dir"
@@ -161,14 +190,20 @@ start() {
     if [[ "$(id -u)" == 0 ]]; then chown postgres: "$pd"; fi
     as_pg "$bin/initdb" -D "$pd/data" -A trust -U postgres --no-sync -E UTF8 >/dev/null \
         || die "initdb failed"
+    local query=""
+    if [[ -n "${PG_TLS:-}" ]]; then
+        pg_tls_setup "$dir" "$pd"
+        query="?sslmode=verify-full&sslrootcert=$dir/tls/ca.crt"
+    fi
     pg_start "$dir"
     cat > "$dir/s3/s3.json" <<EOF
 {"identities":[{"name":"onnx-cle","credentials":[{"accessKey":"$S3_ACCESS_KEY","secretKey":"$S3_SECRET_KEY"}],"actions":["Admin","Read","Write","List","Tagging"]}]}
 EOF
     [[ "${BACKENDS:-all}" == pg ]] || s3_start "$dir"
     cat > "$dir/env" <<EOF
-export DATABASE_URL=postgres://postgres@127.0.0.1:$port/postgres
-export ONNX_CLE_DATABASE_URL=postgres://postgres@127.0.0.1:$port/postgres
+export DATABASE_URL='postgres://postgres@127.0.0.1:$port/postgres$query'
+export ONNX_CLE_DATABASE_URL='postgres://postgres@127.0.0.1:$port/postgres$query'
+export PG_CA='${PG_TLS:+$dir/tls/ca.crt}'
 export ONNX_CLE_BLOB_STORE=s3://$S3_BUCKET/onnx-cle
 export AWS_ENDPOINT=http://127.0.0.1:$base
 export AWS_ALLOW_HTTP=true
@@ -176,7 +211,7 @@ export AWS_REGION=us-east-1
 export AWS_ACCESS_KEY_ID=$S3_ACCESS_KEY
 export AWS_SECRET_ACCESS_KEY=$S3_SECRET_KEY
 EOF
-    say "PostgreSQL on 127.0.0.1:$port, S3 on 127.0.0.1:$base (bucket $S3_BUCKET); env in $dir/env"
+    say "PostgreSQL on 127.0.0.1:$port${PG_TLS:+ (TLS)}, S3 on 127.0.0.1:$base (bucket $S3_BUCKET); env in $dir/env"
 }
 
 stop() {

@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
-# Benchmarks (issues 3 and 15), release build, on 2 cores (warm build):
+# Benchmarks (issues 3, 15 and 20), release build, on 2 cores (warm build):
 #
 #   scripts/bench.sh              1. whole processes, side by side in the same run, on the
 #                                    ResNet-50-shaped model (examples/bench_model.rs) and a real
 #                                    torchvision ResNet-50 export:
-#                                    `onnx-cle equalize --no-verify` (best of BENCH_RUNS, default
-#                                    5) beside the floor (the same binary doing decode + encode
-#                                    only: `--steps none --no-verify --no-quant-table`, runs
-#                                    interleaved with ours) and aimet-onnx 2.42.0's
-#                                    onnx.load + equalize_model + onnx.save (best of AIMET_RUNS,
-#                                    default 3, each in a fresh Python process); where the time
-#                                    goes (`--timings`); peak RSS (`/usr/bin/time -v`) of
+#                                    `onnx-cle equalize --no-verify` (median and spread of
+#                                    BENCH_RUNS, default 7) beside `cp` of the same file (the I/O
+#                                    floor), the same binary doing decode + encode only
+#                                    (`--steps none --no-verify --no-quant-table`), all runs
+#                                    interleaved, and aimet-onnx 2.42.0's onnx.load +
+#                                    equalize_model + onnx.save (median of AIMET_RUNS, default 3,
+#                                    each in a fresh Python process); where the time goes
+#                                    (`--timings`); peak RSS (`/usr/bin/time`, the kernel's
+#                                    ru_maxrss: it counts the pages of the memory-mapped input the
+#                                    process has mapped in, as well as its heap) of
 #                                    `--no-verify`, `--fast` and the default run; the
 #                                    100 000-node Identity chain with default options
 #                                 2. criterion benches (benches/pipeline.rs): in-process stages
@@ -20,7 +23,7 @@
 #   BENCH_PEER=0      no aimet-onnx and no torchvision export (where PyPI is not reachable):
 #                     part 1 runs on the ResNet-50-shaped model alone, without the peer column
 #   BENCH_CRITERION=0 skip part 2
-#   BENCH_RUNS, AIMET_RUNS  repetitions (best of; the spread is printed too)
+#   BENCH_RUNS, AIMET_RUNS  repetitions (medians; the spread is printed too)
 #
 # The peer and the torchvision export run in a throwaway venv created on first use:
 # ~/.cache/onnx-cle-venvs/aimet-bench (aimet-onnx==2.42.0, torch==2.15.0, torchvision==0.29.2
@@ -32,7 +35,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/onnx-cle-target-release}"
-RUNS="${BENCH_RUNS:-5}"
+RUNS="${BENCH_RUNS:-7}"
 AIMET_RUNS="${AIMET_RUNS:-3}"
 PEER="${BENCH_PEER:-1}"
 VENV="$HOME/.cache/onnx-cle-venvs/aimet-bench"
@@ -74,34 +77,45 @@ timed() {
     echo "$kb" > "$WORK/kb"
     echo "$wall"
 }
-# "best (min–max)" of a list of seconds.
-best() { printf '%s\n' "$@" | sort -n | awk '{v[NR]=$1} END {printf "%.2f (%.2f–%.2f)", v[1], v[1], v[NR]}'; }
-min() { printf '%s\n' "$@" | sort -n | head -1; }
+# "median (min–max)" of a list of seconds.
+spread() { printf '%s\n' "$@" | sort -n | awk '{v[NR]=$1} END {m = NR % 2 ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2; printf "%.3f (%.3f–%.3f)", m, v[1], v[NR]}'; }
+median() { printf '%s\n' "$@" | sort -n | awk '{v[NR]=$1} END {print NR % 2 ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2}'; }
+# Wall seconds of one command, at millisecond resolution.
+wall() {
+    local t0 t1
+    t0=$(date +%s.%N)
+    "$@" >/dev/null 2>"$WORK/stderr.txt" || { cat "$WORK/stderr.txt" >&2; return 1; }
+    t1=$(date +%s.%N)
+    awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.4f", b - a}'
+}
 
 echo
-echo "== 1. whole processes, best of $RUNS (aimet: best of $AIMET_RUNS fresh processes), same run"
+echo "== 1. whole processes, median (min–max) of $RUNS interleaved runs (aimet: $AIMET_RUNS fresh processes), same run"
 echo
-echo "| model | MB | floor: decode + encode s | onnx-cle --no-verify s | × floor | aimet-onnx load + equalize_model + save s | aimet ÷ onnx-cle |"
-echo "|---|---:|---:|---:|---:|---:|---:|"
+echo "| model | MB | cp s | cp + fsync s | floor: decode + encode s | onnx-cle --no-verify s | ÷ cp | ÷ (cp + fsync) | aimet-onnx load + equalize_model + save s | aimet ÷ onnx-cle |"
+echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 declare -A BEST
 for m in "${MODELS[@]}"; do
     f="$WORK/$m.onnx"
     size=$(stat -c %s "$f")
-    ours=(); floor=()
+    ours=(); floor=(); cps=(); syncs=()
     for _ in $(seq 1 "$RUNS"); do
-        floor+=("$(timed "$BIN" equalize -q --steps none --no-verify --no-quant-table "$f" -o "$WORK/floor.onnx")")
-        ours+=("$(timed "$BIN" equalize -q --no-verify "$f" -o "$WORK/out.onnx")")
+        cps+=("$(wall cp "$f" "$WORK/cp.onnx")")
+        # What onnx-cle's atomic write also does: the copy made durable (fsync) before it counts.
+        syncs+=("$(wall sh -c 'cp "$1" "$2" && sync "$2"' sh "$f" "$WORK/cps.onnx")")
+        floor+=("$(wall "$BIN" equalize -q --steps none --no-verify --no-quant-table "$f" -o "$WORK/floor.onnx")")
+        ours+=("$(wall "$BIN" equalize -q --no-verify "$f" -o "$WORK/out.onnx")")
     done
     peer="n/a"; ratio="n/a"; aimet=()
     if [[ "$PEER" != 0 ]]; then
         for _ in $(seq 1 "$AIMET_RUNS"); do
             aimet+=("$("$PY" scripts/bench_peer.py aimet "$f" "$WORK/aimet.onnx" 2>/dev/null | awk '/^aimet_s/ {print $2}')")
         done
-        peer="$(best "${aimet[@]}")"
-        ratio="$(awk -v a="$(min "${aimet[@]}")" -v o="$(min "${ours[@]}")" 'BEGIN {printf "%.1f×", a / o}')"
+        peer="$(spread "${aimet[@]}")"
+        ratio="$(awk -v a="$(median "${aimet[@]}")" -v o="$(median "${ours[@]}")" 'BEGIN {printf "%.1f×", a / o}')"
     fi
-    BEST[$m]="$(min "${ours[@]}")"
-    echo "| $m | $(awk -v s="$size" 'BEGIN {printf "%.1f", s / 1e6}') | $(best "${floor[@]}") | $(best "${ours[@]}") | $(awk -v o="$(min "${ours[@]}")" -v f="$(min "${floor[@]}")" 'BEGIN {printf "%.2f", o / f}') | $peer | $ratio |"
+    BEST[$m]="$(median "${ours[@]}")"
+    echo "| $m | $(awk -v s="$size" 'BEGIN {printf "%.1f", s / 1e6}') | $(spread "${cps[@]}") | $(spread "${syncs[@]}") | $(spread "${floor[@]}") | $(spread "${ours[@]}") | $(awk -v o="$(median "${ours[@]}")" -v c="$(median "${cps[@]}")" 'BEGIN {printf "%.2f×", o / c}') | $(awk -v o="$(median "${ours[@]}")" -v c="$(median "${syncs[@]}")" 'BEGIN {printf "%.2f×", o / c}') | $peer | $ratio |"
 done
 
 echo

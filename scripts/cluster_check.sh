@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Scale-out acceptance: a throwaway PostgreSQL cluster and an S3 server (SeaweedFS) on loopback
 # (scripts/backends.sh, installed on first use) and three `onnx-cle serve` replicas sharing them.
+# The replicas reach PostgreSQL over TLS (`sslmode=verify-full` against a throwaway CA,
+# backends.sh's PG_TLS=1); the run stops if any of their connections is plaintext.
 #
 #  1. 30 jobs submitted round-robin; each is long-polled on the next replica and downloaded from
 #     the one after: every model byte-identical to `onnx-cle equalize` with the same options.
@@ -60,7 +62,7 @@ WATCHDOG=$!
 trap 'kill $WATCHDOG 2>/dev/null || true; cleanup' EXIT
 
 say "starting PostgreSQL and SeaweedFS"
-PG_FSYNC=off bash "$ROOT/scripts/backends.sh" start "$WORK/backends"
+PG_TLS=1 PG_FSYNC=off bash "$ROOT/scripts/backends.sh" start "$WORK/backends"
 # shellcheck disable=SC1091
 source "$WORK/backends/env"
 
@@ -88,8 +90,20 @@ wait_ready() {
     return 1
 }
 
+# Every replica connection to PostgreSQL is encrypted (at least the three LISTEN ones).
+tls_only() {
+    local counts
+    counts=$(psql "$DATABASE_URL" -Atc "SELECT count(*) FILTER (WHERE s.ssl) || ' ' ||
+        count(*) FILTER (WHERE NOT s.ssl) FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid)
+        WHERE a.application_name = 'onnx-cle'") || die "psql over TLS failed"
+    read -r tls plain <<< "$counts"
+    (( plain == 0 && tls >= 3 )) || die "replica connections $1: $tls over TLS, $plain plaintext"
+    say "replica connections $1: $tls over TLS (sslmode=verify-full), none plaintext"
+}
+
 for i in 0 1 2; do start_replica "$i"; done
 for i in 0 1 2; do wait_ready "$i" || { tail -n 30 "$WORK/replica$i.log" >&2; die "replica $i not ready"; }; done
+tls_only "at start"
 say "three replicas on ports ${PORTS[*]} sharing $ONNX_CLE_DATABASE_URL and $ONNX_CLE_BLOB_STORE"
 
 # Reference models from the CLI, one per option set.
@@ -251,6 +265,8 @@ wait "$CLIENTS" || true
 recovered=0
 for i in 0 1 2; do wait_ready "$i" && recovered=$((recovered + 1)); done
 (( recovered == 3 )) && ok "readiness recovered on 3/3 replicas without a restart" || bad "only $recovered replicas ready again"
+sleep 5  # the LISTEN connections reconnect with a back-off of up to 5 s
+tls_only "after the outages"
 alive_n=0; for i in 0 1 2; do alive "$i" && alive_n=$((alive_n + 1)); done
 (( alive_n == 3 )) && ok "no replica exited" || bad "$((3 - alive_n)) replicas exited"
 mapfile -t DIDS < "$WORK/during.ids"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A local multi-replica onnx-cle: a throwaway PostgreSQL cluster and an S3 server (SeaweedFS)
 # on loopback (scripts/backends.sh installs them on first use) and REPLICAS `onnx-cle serve`
-# replicas sharing them, all in the background. State and logs in ./onnx-cle-cluster.
+# replicas sharing them, all in the background. State and logs in ./onnx-cle-cluster. The
+# replicas reach PostgreSQL over TLS (sslmode=verify-full, a throwaway CA; PG_TLS= turns it off).
 #
 #   scripts/local_cluster.sh start     # prints the replicas' URLs
 #   scripts/local_cluster.sh url N     # URL of replica N (1-based)
@@ -32,7 +33,7 @@ start() {
     mkdir -p "$STATE"
     local bin i port
     bin="$(binary)"
-    bash "$ROOT/scripts/backends.sh" start "$STATE/backends"
+    PG_TLS="${PG_TLS-1}" bash "$ROOT/scripts/backends.sh" start "$STATE/backends"
     # shellcheck disable=SC1091
     source "$STATE/backends/env"
     : > "$STATE/pids"

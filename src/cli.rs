@@ -5,6 +5,7 @@
 //! written; 6 the verified output deviation exceeds `--max-rel-l2` (the model is still written).
 //! A model over a limit (`--max-nodes`, `--max-tensor-elements`, `--max-model-memory`) is 3.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -31,6 +32,7 @@ mod exit {
     pub const BAD_REQUEST: u8 = 4;
     pub const IO: u8 = 5;
     pub const DEVIATION: u8 = 6;
+    pub const INT8_NOT_TRUSTED: u8 = 7;
 }
 
 #[derive(Args)]
@@ -339,13 +341,13 @@ pub fn equalize(a: EqualizeArgs) -> ExitCode {
         Err(Refused::Usage(e)) => return fail(exit::USAGE, e),
         Err(Refused::Invalid(e)) => return fail(core_exit(&e), e),
     };
-    let data = match std::fs::read(&a.input) {
+    // Memory-mapped: the untouched tensors are written back from the map (onnx::mapped).
+    let bytes = match onnx_cle::onnx::mapped::map_file(&a.input) {
         Ok(d) => d,
         Err(e) => return fail(exit::IO, format!("{}: {e}", a.input.display())),
     };
     let read_ms = t0.elapsed().as_secs_f64() * 1e3;
-    let size = data.len();
-    let bytes = bytes::Bytes::from(data);
+    let size = bytes.len();
     let limits = onnx_cle::onnx::limits::Limits {
         max_nodes: a.max_nodes,
         max_tensor_elements: a.max_tensor_elements,
@@ -392,16 +394,30 @@ pub fn equalize(a: EqualizeArgs) -> ExitCode {
         progress: Some(&progress),
         cancel: None,
     };
-    let out = match onnx_cle::run(model, original, &opts, samples.as_ref(), ctl) {
+    let mut model_write_ms = 0.0;
+    let mut write_model = |s: &onnx_cle::onnx::write::Stream<'_>| {
+        let t = Instant::now();
+        let written = onnx_cle::onnx::write::write_atomic(&a.output, |f| s.write_to(f));
+        model_write_ms = t.elapsed().as_secs_f64() * 1e3;
+        written.map_err(|source| CoreError::Io {
+            path: a.output.display().to_string(),
+            source,
+        })
+    };
+    let out = match onnx_cle::run_streamed(
+        model,
+        original,
+        &opts,
+        samples.as_ref(),
+        ctl,
+        Some(&mut write_model),
+    ) {
         Ok(o) => o,
         Err(e) => return fail(core_exit(&e), e),
     };
     let t_write = Instant::now();
-    if let Err(e) = std::fs::write(&a.output, &out.model) {
-        return fail(exit::IO, format!("{}: {e}", a.output.display()));
-    }
     if let (Some(path), Some(deploy)) = (&a.deploy_output, &out.deploy) {
-        if let Err(e) = std::fs::write(path, deploy) {
+        if let Err(e) = onnx_cle::onnx::write::write_atomic(path, |f| f.write_all(deploy)) {
             return fail(exit::IO, format!("{}: {e}", path.display()));
         }
     }
@@ -414,11 +430,11 @@ pub fn equalize(a: EqualizeArgs) -> ExitCode {
         let (Some(path), Some(art)) = (path, out.artifacts.iter().find(|x| x.kind == kind)) else {
             continue;
         };
-        if let Err(e) = std::fs::write(path, &art.data) {
+        if let Err(e) = onnx_cle::onnx::write::write_atomic(path, |f| f.write_all(&art.data)) {
             return fail(exit::IO, format!("{}: {e}", path.display()));
         }
     }
-    let write_ms = t_write.elapsed().as_secs_f64() * 1e3;
+    let write_ms = model_write_ms + t_write.elapsed().as_secs_f64() * 1e3;
     if let Some(path) = &a.report {
         let json = match serde_json::to_vec_pretty(&out.report) {
             Ok(j) => j,
@@ -512,6 +528,9 @@ pub fn equalize(a: EqualizeArgs) -> ExitCode {
         if let Some(e) = &r.exports {
             eprintln!("onnx-cle: QDQ coverage: {}", e.coverage.summary());
         }
+        if let Some(t) = &r.int8 {
+            eprintln!("onnx-cle: int8 check: {}", int8_line(t));
+        }
         if let Some(sel) = &r.selection {
             let all: Vec<String> = sel
                 .candidates
@@ -531,6 +550,32 @@ pub fn equalize(a: EqualizeArgs) -> ExitCode {
                 r.function_changes.join("; ")
             );
         }
+        if let Some(u) = r.exports.as_ref().and_then(|e| e.opset_upgrade.as_ref()) {
+            eprintln!(
+                "onnx-cle: QDQ model raised from opset {} to {} (same function; {} nodes \
+                 rewritten, listed in the report; {})",
+                u.from,
+                u.to,
+                u.changes.len(),
+                u.max_rel_diff
+                    .map_or("not run against the original".to_string(), |d| format!(
+                        "against the original in tract on one sample: max rel diff {d:.1e}"
+                    ))
+            );
+        }
+        for s in r
+            .skipped
+            .iter()
+            .filter(|s| s.reason == "opset_upgrade_refused")
+        {
+            eprintln!("onnx-cle: note: {}", s.detail);
+        }
+    }
+    if let Some(t) = r.int8.as_ref().filter(|t| opts.strict_int8 && !t.trusted) {
+        return fail(
+            exit::INT8_NOT_TRUSTED,
+            format!("--strict-int8: {}", t.problems.join("; ")),
+        );
     }
     if let (Some(limit), Some(dev)) = (a.max_rel_l2, r.verification.max_rel_l2) {
         if dev > limit {
@@ -541,4 +586,52 @@ pub fn equalize(a: EqualizeArgs) -> ExitCode {
         }
     }
     ExitCode::SUCCESS
+}
+
+/// The summary line of the int8 self-check: each output's kept candidate against its baseline,
+/// then the verdict.
+fn int8_line(t: &onnx_cle::report::trust::Int8Trust) -> String {
+    use onnx_cle::report::trust::CheckStatus;
+    let db = |v: Option<f64>| v.map_or("n/a".to_string(), |d| format!("{d:.2} dB"));
+    let mut parts: Vec<String> = t
+        .checks
+        .iter()
+        .map(|c| match c.status {
+            CheckStatus::NotChecked => format!(
+                "{} not checked ({})",
+                c.output,
+                c.reason.as_deref().unwrap_or("unknown")
+            ),
+            CheckStatus::Baseline => format!(
+                "{} is the nearest-rounding baseline ({})",
+                c.output,
+                db(c.candidates.first().and_then(|k| k.sqnr_db))
+            ),
+            CheckStatus::Checked => {
+                let kept = c.candidates.iter().find(|k| k.label.ends_with(&c.kept));
+                let base = c.candidates.get(1);
+                let mut s = format!(
+                    "{} {} {} vs baseline {}",
+                    c.output,
+                    c.kept,
+                    db(kept.and_then(|k| k.sqnr_db)),
+                    db(base.and_then(|k| k.sqnr_db))
+                );
+                if c.fell_back {
+                    s += &format!(
+                        " (fell back: the requested {} gave {})",
+                        c.candidates[0].label.trim_start_matches("requested: "),
+                        db(c.candidates[0].sqnr_db)
+                    );
+                }
+                s
+            }
+        })
+        .collect();
+    parts.push(if t.trusted {
+        "trusted".into()
+    } else {
+        format!("NOT TRUSTED: {}", t.problems.join("; "))
+    });
+    parts.join("; ")
 }

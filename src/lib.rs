@@ -53,7 +53,7 @@ pub mod verify;
 pub use error::{CoreError, Result};
 pub use options::{Compat, HbfMode, Options, Relu6Policy, Select, Step, VerifyOptions};
 pub use pipeline::{
-    equalize, equalize_with, equalize_with_stats, run, Artifact, ArtifactKind, Control, Equalized,
-    Output, SampleInputs,
+    equalize, equalize_with, equalize_with_stats, run, run_streamed, Artifact, ArtifactKind,
+    Control, Equalized, ModelOutput, ModelWriter, Output, SampleInputs, Streamed,
 };
 pub use report::Report;

@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use prost::Message;
 use tract_onnx::prelude::*;
+use tract_onnx::tract_hir::infer::Factoid;
 
 use crate::onnx::proto::tensor_proto::DataType;
 use crate::onnx::proto::type_proto;
@@ -95,6 +96,26 @@ pub fn input_specs(model: &ModelProto, dynamic_dim: usize) -> Result<Vec<InputTe
 
 /// Seeded standard-normal values (SplitMix64 + Box–Muller).
 pub fn fill_random(inputs: &mut [InputTensor], seed: u64) {
+    fill(inputs, seed, |next| {
+        let u1 = next().max(1e-300);
+        let u2 = next();
+        ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
+    });
+}
+
+/// Seeded values uniform on `[lo, hi]`: the declared input range as an input model.
+pub fn fill_uniform(inputs: &mut [InputTensor], seed: u64, [lo, hi]: [f32; 2]) {
+    let (lo, hi) = (f64::from(lo), f64::from(hi));
+    fill(inputs, seed, |next| (lo + (hi - lo) * next()) as f32);
+}
+
+/// Fills the float inputs with `value` of a SplitMix64 stream of uniform `[0, 1)` numbers, the
+/// others with zeros.
+fn fill(
+    inputs: &mut [InputTensor],
+    seed: u64,
+    mut value: impl FnMut(&mut dyn FnMut() -> f64) -> f32,
+) {
     let mut state = seed;
     let mut next = || {
         state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
@@ -106,13 +127,7 @@ pub fn fill_random(inputs: &mut [InputTensor], seed: u64) {
     for t in inputs.iter_mut() {
         let float = t.elem_type == DataType::Float as i32;
         for v in t.data.iter_mut() {
-            if float {
-                let u1 = next().max(1e-300);
-                let u2 = next();
-                *v = ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32;
-            } else {
-                *v = 0.0;
-            }
+            *v = if float { value(&mut next) } else { 0.0 };
         }
     }
 }
@@ -178,6 +193,8 @@ impl tract_onnx::data_resolver::ModelDataResolver for InMemory {
             .get(offset..end)
             .ok_or_else(|| TractError::msg("in-memory weight out of range"))?;
         buf.extend_from_slice(data);
+        // tract keeps its copy: a memory-mapped model's pages under it leave the resident set.
+        crate::onnx::mapped::release(data);
         Ok(())
     }
 }
@@ -241,16 +258,19 @@ impl Runner {
     /// [`Runner::new`] on a shared buffer: the weights go from `bytes` straight into tract's
     /// tensors ([`in_memory_model`]). Gives up (with [`STOPPED`]) when `stop()` is true after
     /// parsing or after optimizing.
+    /// `bytes` is dropped once parsed: when it was the last reference, the encoded model is
+    /// freed before tract optimizes its copy.
     fn new_checked(
-        bytes: &Bytes,
+        bytes: Bytes,
         inputs: &[InputTensor],
         stop: &dyn Fn() -> bool,
     ) -> Result<Self, String> {
-        guarded(|| {
-            let model = match in_memory_model(bytes) {
+        guarded(move || {
+            let model = match in_memory_model(&bytes) {
                 Some(m) => m,
-                None => parse(bytes)?,
+                None => parse(&bytes)?,
             };
+            drop(bytes);
             Self::build(model, inputs, stop)
         })
     }
@@ -467,9 +487,10 @@ impl Session {
         let flag = Arc::clone(&stop);
         let work = move || {
             let stopped = || flag.load(Ordering::Relaxed);
-            let outputs = run_samples_checked(&bytes, &inputs, &stopped);
-            // Released before the caller hears back, so it gets its buffer back uncopied.
-            drop((bytes, inputs));
+            // `bytes` is released once parsed, before the caller hears back, so it gets its
+            // buffer back uncopied (or, holding no other reference, has it freed early).
+            let outputs = run_samples_checked(bytes, &inputs, &stopped);
+            drop(inputs);
             release_free_memory();
             let _ = tx.send(outputs);
         };
@@ -515,7 +536,7 @@ impl Session {
 /// what a thread frees in that thread's arena, and the next model may be built on another pool
 /// thread: without this the default run's peak on a torchvision ResNet-50 varied between 3.4×
 /// and 4.7× the model (BENCHMARKS.md). No-op elsewhere.
-fn release_free_memory() {
+pub(crate) fn release_free_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         extern "C" {
@@ -531,7 +552,7 @@ fn release_free_memory() {
 
 /// [`run_samples`] on a shared buffer that gives up between steps once `stop()` is true.
 fn run_samples_checked(
-    bytes: &Bytes,
+    bytes: Bytes,
     inputs: &[InputTensor],
     stop: &dyn Fn() -> bool,
 ) -> Result<Outputs, String> {
@@ -629,4 +650,116 @@ pub fn simplified(model: &ModelProto) -> Option<ModelProto> {
     }
     g.node = kept;
     Some(m)
+}
+
+/// The rank and element type tract infers for the tensors of `model` (by ONNX tensor name), for
+/// rewrites that depend on them ([`crate::graph::opset`]): with the shapes of `inputs` when
+/// given; else with dynamic input dimensions left symbolic, and where that leaves a tensor
+/// untold (a rule that needs a size), with every dynamic dimension 1. Tensors tract cannot tell
+/// are missing (a model tract cannot parse gives an empty map).
+pub fn tensor_facts(
+    model: &ModelProto,
+    inputs: Option<&[InputTensor]>,
+) -> HashMap<String, crate::graph::opset::TensorFact> {
+    if let Some(i) = inputs {
+        return analysed_facts(model, i, &HashMap::new());
+    }
+    let Ok(specs) = input_specs(model, 1) else {
+        return HashMap::new();
+    };
+    let mut facts = analysed_facts(model, &specs, &declared_input_dims(model));
+    let untold = |f: &crate::graph::opset::TensorFact| f.rank.is_none() || f.elem_type.is_none();
+    if facts.is_empty() || facts.values().any(untold) {
+        for (name, f) in analysed_facts(model, &specs, &HashMap::new()) {
+            let e = facts.entry(name).or_default();
+            e.rank = e.rank.or(f.rank);
+            e.elem_type = e.elem_type.or(f.elem_type);
+        }
+    }
+    facts
+}
+
+/// [`tensor_facts`] for one set of input facts: `specs`' types and shapes, with the dimensions
+/// `declared` leaves open (`None`) symbolic.
+fn analysed_facts(
+    model: &ModelProto,
+    specs: &[InputTensor],
+    declared: &HashMap<String, Vec<Option<i64>>>,
+) -> HashMap<String, crate::graph::opset::TensorFact> {
+    let analysed = guarded(|| {
+        let bytes = model.encode_to_vec();
+        let mut m = parse(&bytes)?;
+        for (k, t) in specs.iter().enumerate() {
+            let dt = to_tract(&InputTensor {
+                data: vec![0.0],
+                shape: vec![1],
+                ..t.clone()
+            })?
+            .datum_type();
+            let dims: Vec<TDim> = match declared.get(&t.name) {
+                Some(d) if d.len() == t.shape.len() => d
+                    .iter()
+                    .enumerate()
+                    .map(|(i, d)| match d {
+                        Some(n) => TDim::from(*n),
+                        None => m.symbols.sym(&format!("onnx_cle_d{k}_{i}")).into(),
+                    })
+                    .collect(),
+                _ => t.shape.iter().map(|&n| TDim::from(n as i64)).collect(),
+            };
+            m = m.with_input_fact(k, InferenceFact::dt_shape(dt, dims))?;
+        }
+        // Obstinate: a rule that cannot hold for symbolic sizes does not stop the others.
+        let _ = m.analyse(true);
+        Ok(m)
+    });
+    let Ok(m) = analysed else {
+        return HashMap::new();
+    };
+    let mut facts = HashMap::new();
+    for node in m.nodes() {
+        for k in 0..node.outputs.len() {
+            let outlet = OutletId::new(node.id, k);
+            let (Some(label), Ok(fact)) = (m.outlet_label(outlet), m.outlet_fact(outlet)) else {
+                continue;
+            };
+            let rank = fact
+                .shape
+                .rank()
+                .concretize()
+                .and_then(|r| usize::try_from(r).ok());
+            let elem_type = fact.datum_type.concretize().and_then(onnx_type_of);
+            facts.insert(
+                label.to_string(),
+                crate::graph::opset::TensorFact { rank, elem_type },
+            );
+        }
+    }
+    facts
+}
+
+/// The declared dimensions of the graph inputs (`None` where dynamic).
+fn declared_input_dims(model: &ModelProto) -> HashMap<String, Vec<Option<i64>>> {
+    model
+        .graph
+        .iter()
+        .flat_map(|g| &g.input)
+        .filter_map(|v| Some((v.name().to_string(), crate::onnx::declared_dims(v)?)))
+        .collect()
+}
+
+/// The ONNX element type code of a tract datum type (the common ones).
+fn onnx_type_of(dt: DatumType) -> Option<i32> {
+    let t = match dt {
+        DatumType::F32 => DataType::Float,
+        DatumType::F16 => DataType::Float16,
+        DatumType::F64 => DataType::Double,
+        DatumType::I64 => DataType::Int64,
+        DatumType::I32 => DataType::Int32,
+        DatumType::I8 => DataType::Int8,
+        DatumType::U8 => DataType::Uint8,
+        DatumType::Bool => DataType::Bool,
+        _ => return None,
+    };
+    Some(t as i32)
 }

@@ -23,9 +23,13 @@ pub enum Command {
 
 #[derive(Args)]
 pub struct MigrateArgs {
-    /// The database (`postgres://user:password@host:5432/db`).
+    /// The database (`postgres://user:password@host:5432/db?sslmode=verify-full`; TLS settings
+    /// as for `serve --database-url`).
     #[arg(long, env = "ONNX_CLE_DATABASE_URL", hide_env_values = true)]
     database_url: String,
+    /// The CA (PEM) that signed the database's certificate, when the URL has no `sslrootcert`.
+    #[arg(long, env = "ONNX_CLE_DATABASE_CA", value_name = "PATH")]
+    database_ca: Option<std::path::PathBuf>,
 }
 
 #[derive(Args)]
@@ -43,7 +47,7 @@ pub fn run(command: Command) -> ExitCode {
             print!("{}", server::openapi_json());
             ExitCode::SUCCESS
         }
-        Command::Migrate(a) => migrate(&a.database_url),
+        Command::Migrate(a) => migrate(&a.database_url, a.database_ca.as_deref()),
         Command::Healthcheck(a) => match server::healthcheck(a.addr) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -89,9 +93,9 @@ fn serve(cfg: server::ServeConfig) -> ExitCode {
     }
 }
 
-fn migrate(url: &str) -> ExitCode {
+fn migrate(url: &str, ca: Option<&std::path::Path>) -> ExitCode {
     match block_on(Some(1), async {
-        server::migrate(url).await.map_err(|e| e.to_string())
+        server::migrate(url, ca).await.map_err(|e| e.to_string())
     }) {
         Ok(applied) if applied.is_empty() => {
             println!("database schema up to date");

@@ -11,7 +11,11 @@
 //! - HBF (the `cle` stage): biases changed by the high-bias fold within a relative
 //!   `max|a − b| / max|b| ≤ 1e-5` per tensor (AIMET sums with BLAS `sgemv`);
 //! - `linear_bn` (`Transpose(W) → MatMul → BN`): AIMET's MatMul → Gemm fold, every initializer
-//!   bit-identical and the same live op types (AIMET leaves the Transpose dangling; we remove it).
+//!   bit-identical and the same live op types (AIMET leaves the Transpose dangling; we remove it);
+//! - `bn_linear` and `bn_flatten_gemm` (`tests/fixtures/aimet`, made with aimet_onnx 2.42.0 by
+//!   `scripts/aimet_bn_fixtures.py`): forward folds into a MatMul read through a Transpose and
+//!   into a Gemm behind a Flatten; weights bit-identical, the folded Gemm bias (a BLAS sum in
+//!   AIMET) within `HBF_MAX_REL`.
 //!
 //! Why triples are not bit-exact: the triple scale is `P = (r0·r1·r2)^(1/3)`. AIMET computes it
 //! with numpy's float32 `power`, and the fixtures were produced on an AVX-512 host where numpy
@@ -369,4 +373,93 @@ fn linear_bn_transposed_weight() {
         inits(ours).len(),
         live_ops(ours)
     ));
+}
+
+/// The two BN-fold cases of AIMET's own BN-fold tests that `../shared/models` lacks, as small
+/// models committed under `tests/fixtures/aimet` with what aimet_onnx 2.42.0's
+/// `fold_all_batch_norms_to_weight` made of them (`scripts/aimet_bn_fixtures.py`):
+/// - `bn_linear`: `BatchNorm1d → Linear(bias=False)`, the weight read through
+///   `Transpose(initializer)`: forward fold, MatMul → Gemm with the weight transposed in place;
+/// - `bn_flatten_gemm`: `Conv → Relu → BatchNorm2d → Flatten → Gemm`: forward fold through the
+///   Flatten, each BN parameter repeated over the 4×4 positions of its channel.
+///
+/// `--compat aimet --steps bn_fold` gives the same live op types and initializer names; the
+/// weights are bit-identical; the folded Gemm bias is `b + W·β − W·(μ·k)`, a sum AIMET computes
+/// with numpy's BLAS matrix product, so it is held to [`HBF_MAX_REL`] like the high-bias fold's
+/// sums. The default mode folds both BNs too, and keeps the function (tract, ≤ 1e-5 rel L2).
+#[test]
+fn forward_folds_into_linear_layers() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/aimet");
+    for name in ["bn_linear", "bn_flatten_gemm"] {
+        let original = common::load(&dir.join(format!("{name}.onnx")));
+        let expected = common::load(&dir.join(format!("{name}.aimet_bnfold.onnx")));
+        let opts = Options {
+            steps: vec![Step::BnFold],
+            ..Options::aimet()
+        };
+        let eq = onnx_cle::equalize(original.clone(), &opts).expect("equalize");
+        let ours = &eq.model;
+        assert_eq!(
+            eq.report.bn_folds.len(),
+            1,
+            "{name}: {:#?}",
+            eq.report.skipped
+        );
+        assert_eq!(live_ops(ours), live_ops(&expected), "{name}: live op types");
+        assert_eq!(
+            common::op_multiset(ours),
+            live_ops(ours),
+            "{name}: dangling nodes left behind"
+        );
+        assert_eq!(
+            init_names(ours),
+            init_names(&expected),
+            "{name}: initializer names"
+        );
+        let biases: HashSet<String> = ours
+            .graph
+            .as_ref()
+            .unwrap()
+            .node
+            .iter()
+            .filter(|n| n.op_type() == "Gemm")
+            .filter_map(|n| n.input.get(2).cloned())
+            .collect();
+        let (mut worst_ulp, mut worst_rel, mut bias_ulp) = (0, 0.0f64, 0);
+        for t in &expected.graph.as_ref().unwrap().initializer {
+            let got = common::init(ours, t.name());
+            assert_eq!(got.dims, t.dims, "{name}: `{}` shape", t.name());
+            let want = onnx_cle::onnx::tensor::to_f32(t).unwrap().data;
+            let have = common::values(ours, t.name());
+            if biases.contains(t.name()) {
+                let rel = common::rel_max(&have, &want);
+                assert!(
+                    rel <= HBF_MAX_REL,
+                    "{name}: bias `{}` rel {rel:e}",
+                    t.name()
+                );
+                worst_rel = worst_rel.max(rel);
+                bias_ulp = bias_ulp.max(common::max_ulp(&have, &want));
+            } else {
+                let u = common::max_ulp(&have, &want);
+                assert_eq!(u, 0, "{name}: `{}` differs by {u} ULP", t.name());
+                worst_ulp = worst_ulp.max(u);
+            }
+        }
+        let (m, r) = common::run_verified(&original, &Options::default());
+        let dev = r.verification.max_rel_l2.expect("verified");
+        assert!(dev <= 1e-5, "{name} default mode: rel L2 {dev:e}");
+        assert_eq!(r.bn_folds.len(), 1, "{name} default: {:#?}", r.skipped);
+        assert!(
+            common::op_multiset(&m)
+                .iter()
+                .all(|o| o != "BatchNormalization"),
+            "{name} default: {:?}",
+            common::op_multiset(&m)
+        );
+        common::say(&format!(
+            "parity {name:<20} BnFold  weights bit-exact (worst {worst_ulp} ULP), Gemm bias worst rel {worst_rel:.1e} = {bias_ulp} ULP (limit {HBF_MAX_REL:.0e}), live ops {:?}; default mode: BN folded, rel L2 {dev:.1e}",
+            live_ops(ours)
+        ));
+    }
 }

@@ -3,7 +3,8 @@
 //! Proves that (1) every fixture in `../shared/models` decodes and re-encodes to the very same
 //! bytes; (2) a model built in Rust that uses every rarely-seen part of `ModelProto` (local
 //! functions, model / graph / node `metadata_props`, doc strings, `value_info`, `training_info`,
-//! `sparse_initializer`, an extra opset domain) round-trips byte-identically too; and (3) an
+//! `sparse_initializer`, an extra opset domain) round-trips byte-identically too, through the
+//! memory-mapped reader and the streamed writer ([`onnx::write::stream`]) as well; and (3) an
 //! equalization run changes only what it reports changing: every initializer, node and
 //! value_info entry that no pass touched, and every non-graph field of the model (opsets, IR
 //! version, producer, metadata, functions, training info), comes out exactly as it went in.
@@ -41,6 +42,35 @@ fn shared_models_round_trip_byte_identically() {
             f.display(),
             again.len(),
             bytes.len()
+        );
+        // Memory-mapped and streamed: the same bytes, the large tensors written from the map.
+        let mapped = onnx::mapped::map_file(f).unwrap();
+        let model = onnx::decode(mapped.clone()).unwrap();
+        let stream = onnx::write::stream(&model);
+        let mut written = Vec::new();
+        stream.write_to(&mut written).unwrap();
+        assert!(written == bytes, "{}: streamed bytes differ", f.display());
+        let map = mapped.as_ptr_range();
+        let borrowed: usize = stream
+            .slices()
+            .filter(|s| map.contains(&s.as_ptr()))
+            .map(<[u8]>::len)
+            .sum();
+        let owned = bytes.len() - borrowed;
+        if bytes.len() > 1 << 20 {
+            assert!(
+                owned * 20 < bytes.len(),
+                "{}: {owned} of {} bytes copied into the writer's buffers",
+                f.display(),
+                bytes.len()
+            );
+        }
+        // The equalized model streams to the bytes prost encodes (rewritten tensors included).
+        let eq = onnx_cle::equalize(model, &Options::default()).unwrap();
+        assert!(
+            onnx::write::stream(&eq.model).to_vec() == onnx::encode(&eq.model),
+            "{}: the equalized model streams differently",
+            f.display()
         );
     }
     common::say(&format!(
@@ -137,6 +167,11 @@ fn rust_built_model_with_every_field_round_trips() {
     let back = onnx::decode(bytes.clone().into()).unwrap();
     assert_eq!(back, m, "decoded model differs field-wise");
     assert_eq!(onnx::encode(&back), bytes, "re-encoded bytes differ");
+    assert_eq!(
+        onnx::write::stream(&back).to_vec(),
+        bytes,
+        "streamed bytes differ"
+    );
     assert_eq!(back.functions.len(), 1);
     assert_eq!(back.training_info.len(), 1);
     let g = back.graph.as_ref().unwrap();
@@ -345,4 +380,96 @@ fn only_written_weight_chains_are_folded() {
     let eq = onnx_cle::equalize(original.clone(), &Options::default()).unwrap();
     assert_eq!(eq.report.const_folds.len(), 2);
     assert_untouched_unchanged(&original, &eq.model, &eq.report);
+}
+
+/// A large initializer (written from its own buffer) with every other `TensorProto` field set
+/// streams to prost's bytes: the fields before and after `raw_data` keep their order.
+#[test]
+fn a_borrowed_tensor_with_every_field_streams_like_prost() {
+    use onnx_cle::onnx::proto::tensor_proto::Segment;
+    let mut m = exotic_model();
+    let raw: Vec<u8> = (0..3 * onnx::write::BORROW_MIN as u32)
+        .map(|i| i as u8)
+        .collect();
+    let t = onnx::TensorProto {
+        dims: vec![raw.len() as i64 / 4],
+        data_type: Some(1),
+        segment: Some(Segment {
+            begin: Some(0),
+            end: Some(3),
+        }),
+        float_data: vec![1.0, 2.0],
+        int32_data: vec![-3, 4],
+        string_data: vec![bytes::Bytes::from_static(b"s")],
+        int64_data: vec![5, -6],
+        name: Some("big".into()),
+        doc_string: Some("doc".into()),
+        raw_data: Some(raw.into()),
+        external_data: vec![kv("location", "nowhere")],
+        data_location: Some(0),
+        double_data: vec![7.5],
+        uint64_data: vec![u64::MAX],
+        metadata_props: vec![kv("k", "v")],
+    };
+    let g = m.graph.as_mut().unwrap();
+    g.initializer.insert(0, t.clone());
+    g.initializer.push(t.clone());
+    // And as a `Constant` value, with attribute fields on both sides of `t`.
+    let mut node = g.node[0].clone();
+    node.attribute.insert(
+        0,
+        onnx::AttributeProto {
+            name: Some("value".into()),
+            i: Some(3),
+            t: Some(t),
+            doc_string: Some("attr doc".into()),
+            r#type: Some(4),
+            ints: vec![1, 2],
+            ..Default::default()
+        },
+    );
+    node.doc_string = Some("node doc".into());
+    node.domain = Some("d".into());
+    g.node.push(node);
+    let stream = onnx::write::stream(&m);
+    assert!(stream.slices().count() > 2, "nothing was borrowed");
+    assert_eq!(stream.to_vec(), onnx::encode(&m));
+    assert_eq!(stream.len(), onnx::encode(&m).len() as u64);
+}
+
+/// `run_streamed` hands its writer [`run`]'s bytes, with and without verification.
+#[test]
+fn run_streamed_writes_the_bytes_run_returns() {
+    let Some(dir) = common::shared_models("roundtrip/streamed") else {
+        return;
+    };
+    let original = common::load(&dir.join("tiny.onnx"));
+    for verify in [false, true] {
+        let mut opts = Options::default();
+        opts.verify.enabled = verify;
+        let expected = onnx_cle::run(original.clone(), None, &opts, None, Default::default())
+            .unwrap()
+            .model;
+        let mut written = Vec::new();
+        let mut writer = |s: &onnx::write::Stream<'_>| {
+            s.write_to(&mut written).unwrap();
+            Ok(())
+        };
+        let out = onnx_cle::run_streamed(
+            original.clone(),
+            None,
+            &opts,
+            None,
+            Default::default(),
+            Some(&mut writer),
+        )
+        .unwrap();
+        assert!(
+            matches!(out.model, onnx_cle::ModelOutput::Written(n) if n == expected.len() as u64)
+        );
+        assert!(
+            written == expected,
+            "verify {verify}: streamed bytes differ"
+        );
+    }
 }

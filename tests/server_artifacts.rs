@@ -3,7 +3,8 @@
 //! is byte-equal to `onnx-cle equalize` with the same options, with its media type, `ETag`
 //! (sha256, 304 on `If-None-Match`) and `Content-Disposition`; the report equals the CLI's. An
 //! artifact the job did not produce is `404 artifact_not_found`; calibrated ranges, which need
-//! samples, are refused at submission (`422 invalid_options`).
+//! samples, are refused at submission (`422 invalid_options`); a `strict_int8` job whose QDQ
+//! model could not be checked fails with `int8_not_trusted`.
 
 mod server_support;
 
@@ -101,6 +102,15 @@ fn int8_outputs_are_downloadable_artifacts_equal_to_the_cli() {
         let again = server.request("GET", url, &[("If-None-Match", &etag)], b"");
         assert_eq!(again.status, 304);
     }
+    // Verification off: the squant deploy model was not checked, and the job says so.
+    assert_eq!(job["result"]["int8_trusted"], false, "{job}");
+    assert!(
+        job["result"]["int8_problems"][0]
+            .as_str()
+            .unwrap()
+            .contains("deploy.onnx was not checked"),
+        "{job}"
+    );
     let report = server.get(&format!("/jobs/{id}/report")).json();
     let cli: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("r.json")).unwrap()).unwrap();
@@ -117,6 +127,27 @@ fn int8_outputs_are_downloadable_artifacts_equal_to_the_cli() {
     server
         .get(&format!("/jobs/{plain_id}/artifacts/qdq.onnx"))
         .problem(404, "artifact_not_found");
+
+    // strict_int8: a QDQ model nothing checked (verification off) fails the job.
+    let strict = server.submit_raw(
+        &model,
+        "verify=false&input_range=-1,1&rounding=squant&qdq=true&strict_int8=true",
+    );
+    assert_eq!(strict.status, 202, "{}", strict.text());
+    let strict_id = strict.json()["id"].as_str().unwrap().to_string();
+    let strict_job = server.wait_done(&strict_id, Duration::from_secs(60));
+    assert_eq!(strict_job["state"], "failed", "{strict_job}");
+    assert_eq!(
+        strict_job["error"]["code"], "int8_not_trusted",
+        "{strict_job}"
+    );
+    assert!(
+        strict_job["error"]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("deploy.onnx was not checked"),
+        "{strict_job}"
+    );
 
     server
         .submit_multipart(

@@ -69,11 +69,15 @@ fn every_env_var_is_a_documented_serve_setting() {
         "ONNX_CLE_MAX_UPLOAD",
         "ONNX_CLE_RETENTION",
         "ONNX_CLE_SHUTDOWN_GRACE",
+        "ONNX_CLE_DATABASE_CA",
     ] {
         assert!(
             help.contains(&format!("[env: {var}=")),
             "{var} missing from serve --help"
         );
+    }
+    for tls in ["sslmode=verify-full", "verify-ca", "sslrootcert=PATH"] {
+        assert!(help.contains(tls), "serve --help does not document {tls}");
     }
     let defaults = Serve::try_parse_from(["serve"]).unwrap().cfg;
     assert_eq!(defaults.addr.to_string(), config::DEFAULT_ADDR);
@@ -343,6 +347,13 @@ fn scale_out_manifests_match_the_code() {
     use config::Role;
     let secret = scale("secret.yaml");
     assert_eq!(s(&secret["kind"], "kind"), "Secret");
+    let db_url = s(&secret["stringData"]["database-url"], "database-url");
+    let (_, tls) = onnx_cle::server::store::pg_tls::parse(db_url, None).expect("database-url");
+    assert_eq!(
+        tls.mode(),
+        onnx_cle::server::store::pg_tls::SslMode::VerifyFull,
+        "the example database URL verifies the server"
+    );
     let single = yaml("deploy/k8s/deployment.yaml");
     let image = &single["spec"]["template"]["spec"]["containers"][0]["image"];
 

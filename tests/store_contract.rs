@@ -68,6 +68,8 @@ fn result() -> JobResult {
         function_changed: false,
         verification: onnx_cle::report::VerifyStatus::Verified,
         max_rel_l2: Some(1e-7),
+        int8_trusted: Some(false),
+        int8_problems: vec!["qdq.onnx was not checked against its baseline".into()],
         artifacts: vec![onnx_cle::server::job::ArtifactInfo {
             name: "qdq.onnx".into(),
             bytes: 3,
@@ -504,7 +506,7 @@ fn postgres_and_s3_stores_keep_the_contract() {
         .build()
         .unwrap();
     let (js, bs) = rt.block_on(async {
-        let js = store::pg::PgJobStore::connect(&env.database_url, 16)
+        let js = store::pg::PgJobStore::connect(&env.database_url, None, 16)
             .await
             .expect("connect to PostgreSQL");
         assert_eq!(js.migrate().await.unwrap(), vec![1]);
@@ -543,5 +545,281 @@ fn postgres_and_s3_stores_keep_the_contract() {
     let s = js.stats().unwrap();
     assert_eq!((counted, s.queued + s.running), (3, 3), "{query}");
     drop((js, bs));
+    rt.shutdown_timeout(Duration::from_secs(5));
+}
+
+/// A connection to `url` without TLS (for the test's own queries).
+async fn plain(url: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("plain connection");
+    tokio::spawn(conn);
+    client
+}
+
+/// (encrypted, plaintext) connections of application `app`.
+async fn connections(admin: &tokio_postgres::Client, app: &str) -> (i64, i64) {
+    let row = admin
+        .query_one(
+            "SELECT count(*) FILTER (WHERE s.ssl), count(*) FILTER (WHERE NOT s.ssl)
+             FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid)
+             WHERE a.application_name = $1",
+            &[&app],
+        )
+        .await
+        .unwrap();
+    (row.get(0), row.get(1))
+}
+
+/// Applies `settings` (`ALTER SYSTEM …` statements), reloads the server's configuration and
+/// ends the connections of application `app`, so its pool must connect again.
+async fn reconfigure(admin: &tokio_postgres::Client, settings: &[&str], app: &str) {
+    for s in settings {
+        admin.batch_execute(s).await.unwrap();
+    }
+    admin
+        .batch_execute("SELECT pg_reload_conf()")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    admin
+        .execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+            &[&app],
+        )
+        .await
+        .unwrap();
+}
+
+/// Waits until `js.check()` fails with an error whose text contains `needle` (a pooled
+/// connection that was just ended may first fail otherwise); every failure is "unavailable"
+/// (the API's 503 and `/readyz` down).
+fn wait_check_fails(js: &dyn JobStore, needle: &str) -> String {
+    let mut seen = Vec::new();
+    for _ in 0..50 {
+        match js.check() {
+            Ok(()) => {}
+            Err(e) => {
+                assert!(store::is_unavailable(&e), "{e}");
+                if e.to_string().contains(needle) {
+                    return e.to_string();
+                }
+                seen.push(e.to_string());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("check() never failed with `{needle}`; saw {seen:?}");
+}
+
+/// Makes a self-signed certificate for localhost in `dir` (openssl CLI): a certificate no
+/// client trusts.
+fn rogue_certificate(dir: &std::path::Path) -> (String, String) {
+    let (crt, key) = (dir.join("rogue.crt"), dir.join("rogue.key"));
+    let ok = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+        .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
+        .args(["-subj", "/CN=localhost", "-addext"])
+        .arg("subjectAltName=DNS:localhost,IP:127.0.0.1")
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&crt)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("openssl")
+        .success();
+    assert!(ok, "openssl req");
+    // Readable by the server: owned like its data folder, key private.
+    let owner = format!("--reference={}", dir.join("data").display());
+    for f in [&crt, &key] {
+        let ok = std::process::Command::new("chown")
+            .arg(&owner)
+            .arg(f)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "chown {}", f.display());
+    }
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    (crt.display().to_string(), key.display().to_string())
+}
+
+/// `sslmode` and `sslrootcert` as libpq reads them, against a throwaway PostgreSQL with
+/// `ssl = on` and a certificate (for localhost and 127.0.0.1) from a CA that
+/// `scripts/backends.sh` makes with openssl (`PG_TLS=1`).
+#[test]
+fn postgres_over_tls_keeps_the_contract_and_refuses_what_does_not_verify() {
+    let env = scale_support::Backends::start_with("tls", 2, &[("PG_TLS", "1"), ("BACKENDS", "pg")]);
+    let ca = std::path::PathBuf::from(&env.env["PG_CA"]);
+    let port = std::fs::read_to_string(env.dir.join("pg.port")).unwrap();
+    let base = format!("postgres://postgres@127.0.0.1:{}/postgres", port.trim());
+    let pg_dir = std::path::PathBuf::from(
+        std::fs::read_to_string(env.dir.join("pg.dir"))
+            .unwrap()
+            .trim(),
+    );
+    assert!(
+        env.database_url.contains("sslmode=verify-full"),
+        "{}",
+        env.database_url
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let connect = |url: String, ca: Option<std::path::PathBuf>| {
+        rt.block_on(async move { store::pg::PgJobStore::connect(&url, ca.as_deref(), 8).await })
+    };
+    let refused = |url: String, ca: Option<std::path::PathBuf>, needle: &str| -> String {
+        let e = match connect(url.clone(), ca) {
+            Ok(_) => panic!("{url}: connected"),
+            Err(e) => e,
+        };
+        assert!(e.to_string().contains(needle), "{url}: {e}");
+        assert!(
+            !store::is_unavailable(&e),
+            "{url}: a TLS refusal is final (no start-up retries): {e}"
+        );
+        e.to_string()
+    };
+    let admin = rt.block_on(plain(&format!("{base}?sslmode=disable")));
+
+    // verify-full with the CA (from the URL) keeps the contract, notifications included.
+    let js = Arc::new(connect(env.database_url.clone(), None).expect("verify-full"));
+    assert!(
+        js.describe().contains("sslmode=verify-full"),
+        "{}",
+        js.describe()
+    );
+    rt.block_on(js.migrate()).unwrap();
+    let blobs_dir = env.dir.join("blobs");
+    let bs = store::fs::open_blobs(&blobs_dir).unwrap();
+    js.recover(&bs).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let tx = Mutex::new(tx);
+    js.subscribe(Arc::new(move |ev| {
+        let _ = tx.lock().unwrap().send(ev);
+    }));
+    contract(js.as_ref(), &bs, true);
+    let rec = submitted(js.submit(&new_record("over-tls"), None, 100));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(store::StoreEvent::Queued(id)) if id == rec.id => break,
+            Ok(_) => {}
+            Err(e) => panic!("no notification over the TLS LISTEN connection: {e}"),
+        }
+    }
+    let (tls, clear) = rt.block_on(connections(&admin, "onnx-cle"));
+    assert!(
+        tls >= 2,
+        "the pool and the LISTEN connection use TLS ({tls})"
+    );
+    assert_eq!(clear, 0, "no plaintext connection");
+
+    // The CA from --database-ca (ONNX_CLE_DATABASE_CA) when the URL has none.
+    let s =
+        connect(format!("{base}?sslmode=verify-full"), Some(ca.clone())).expect("--database-ca");
+    s.check().unwrap();
+
+    // verify-full without the CA, and with a host name the certificate does not list.
+    let e = refused(
+        format!("{base}?sslmode=verify-full"),
+        None,
+        "does not verify",
+    );
+    assert!(
+        e.contains("UnknownIssuer") && e.contains("sslrootcert"),
+        "{e}"
+    );
+    let wrong_host = format!(
+        "postgres://postgres@db.invalid:{}/postgres?hostaddr=127.0.0.1",
+        port.trim()
+    );
+    let e = refused(
+        format!(
+            "{wrong_host}&sslmode=verify-full&sslrootcert={}",
+            ca.display()
+        ),
+        None,
+        "does not verify",
+    );
+    assert!(e.contains("not valid for name \"db.invalid\""), "{e}");
+    // verify-ca checks the chain only; a foreign CA still fails it.
+    let s =
+        connect(format!("{wrong_host}&sslmode=verify-ca"), Some(ca.clone())).expect("verify-ca");
+    s.check().unwrap();
+    refused(format!("{base}?sslmode=verify-ca"), None, "UnknownIssuer");
+
+    // disable: plaintext; require: encrypted, certificate unchecked.
+    let plain_store = connect(
+        format!("{base}?sslmode=disable&application_name=cle-plain"),
+        None,
+    )
+    .expect("disable");
+    plain_store.check().unwrap();
+    assert_eq!(rt.block_on(connections(&admin, "cle-plain")).0, 0);
+    let req = connect(
+        format!("{base}?sslmode=require&application_name=cle-require"),
+        None,
+    )
+    .expect("require");
+    req.check().unwrap();
+    let (tls, clear) = rt.block_on(connections(&admin, "cle-require"));
+    assert!(tls >= 1 && clear == 0, "({tls}, {clear})");
+
+    // A server without TLS: `require` is refused at start, and a running store whose
+    // connections come back without TLS reports itself down (what /readyz reads).
+    rt.block_on(reconfigure(
+        &admin,
+        &["ALTER SYSTEM SET ssl = off"],
+        "cle-require",
+    ));
+    refused(
+        format!("{base}?sslmode=require"),
+        None,
+        "does not offer TLS",
+    );
+    wait_check_fails(&req, "does not offer TLS");
+    connect(format!("{base}?sslmode=disable"), None)
+        .expect("disable without TLS")
+        .check()
+        .unwrap();
+    connect(base.clone(), None)
+        .expect("prefer falls back to plaintext")
+        .check()
+        .unwrap();
+
+    // A certificate that stops verifying takes a running verify-full store down; it recovers
+    // by itself once the right certificate is back.
+    let (crt, key) = rogue_certificate(&pg_dir);
+    rt.block_on(reconfigure(
+        &admin,
+        &[
+            "ALTER SYSTEM RESET ssl",
+            &format!("ALTER SYSTEM SET ssl_cert_file = '{crt}'"),
+            &format!("ALTER SYSTEM SET ssl_key_file = '{key}'"),
+        ],
+        "onnx-cle",
+    ));
+    let e = wait_check_fails(js.as_ref(), "certificate");
+    assert!(e.contains("UnknownIssuer"), "{e}");
+    req.check().expect("require does not check the certificate");
+    rt.block_on(reconfigure(
+        &admin,
+        &[
+            "ALTER SYSTEM RESET ssl_cert_file",
+            "ALTER SYSTEM RESET ssl_key_file",
+        ],
+        "none",
+    ));
+    js.check()
+        .expect("verify-full again once the certificate verifies");
+
+    drop((js, s, plain_store, req, admin));
     rt.shutdown_timeout(Duration::from_secs(5));
 }

@@ -315,7 +315,11 @@ impl Work {
     /// Decodes the f32 value of the constant `name` (stored or computed by a weight chain).
     fn decode_fresh(&self, name: &str) -> std::result::Result<F32Tensor, String> {
         if let Some(proto) = self.proto_of(name) {
-            return tensor::to_f32(proto).map_err(|e| format!("`{name}`: {e}"));
+            let decoded = tensor::to_f32(proto).map_err(|e| format!("`{name}`: {e}"));
+            // The copy is the working value from now on: a memory-mapped input's pages under
+            // it leave the resident set (they are re-read if the tensor is written unchanged).
+            crate::onnx::mapped::release(proto.raw_data());
+            return decoded;
         }
         let (source, steps) = self.chain_of(name)?;
         chains::evaluate(source, &steps).map_err(|e| format!("`{name}`: {e}"))

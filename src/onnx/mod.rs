@@ -10,9 +10,11 @@
 
 pub mod attr;
 pub mod limits;
+pub mod mapped;
 pub mod scan;
 pub mod tensor;
 pub mod validate;
+pub mod write;
 
 use std::path::{Component, Path};
 
@@ -53,16 +55,17 @@ pub fn encode(model: &ModelProto) -> Vec<u8> {
     model.encode_to_vec()
 }
 
-/// Reads a model file and resolves external-data tensors stored next to it.
+/// Reads a model file (memory-mapped, see [`mapped`]) and resolves external-data tensors stored
+/// next to it.
 ///
 /// External files must be relative paths inside the model's folder; `..`, absolute paths and
 /// symlinks leaving the folder are refused. Resolved tensors are inlined as `raw_data`.
 pub fn load_file(path: &Path) -> Result<ModelProto> {
-    let data = std::fs::read(path).map_err(|source| CoreError::Io {
+    let data = mapped::map_file(path).map_err(|source| CoreError::Io {
         path: path.display().to_string(),
         source,
     })?;
-    let mut model = decode(Bytes::from(data))?;
+    let mut model = decode(data)?;
     let dir = path.parent().unwrap_or(Path::new("."));
     resolve_external_data(&mut model, Some(dir))?;
     Ok(model)

@@ -203,6 +203,12 @@ pub struct Options {
     pub exports: ExportOptions,
     /// `auto`: choose among candidate scalings on held-out samples ([`Select::Auto`]).
     pub select: Select,
+    /// Fail the run when an int8 output cannot be trusted: worse than its plain baseline
+    /// (nearest rounding, no bias correction) on the verification inputs, not checked (needs
+    /// verification), or leaving more than 10 % of the quantizable activations in float. The
+    /// outputs are still written (the CLI exits with code 7; a job fails with code
+    /// `int8_not_trusted`); the report's `int8` section says why.
+    pub strict_int8: bool,
 }
 
 impl Default for Options {
@@ -223,6 +229,7 @@ impl Default for Options {
             deploy: DeployOptions::default(),
             exports: ExportOptions::default(),
             select: Select::None,
+            strict_int8: false,
         }
     }
 }

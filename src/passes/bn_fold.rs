@@ -470,16 +470,26 @@ fn check_layer_weights(cx: &Ctx, layer: &Layer) -> Result<(), (&'static str, Str
     Ok(())
 }
 
+/// Whether the MatMul `l` reads a 2-D input: declared so (for a BatchNormalization's output,
+/// which has its input's shape, the BN's input may carry the declaration), or made by a Gemm or
+/// a Flatten.
 fn matmul_is_2d(cx: &Ctx, l: usize) -> bool {
-    let a = cx.work.input(l, 0);
-    if let Some(dims) = declared_dims(cx, a) {
-        return dims.len() == 2;
+    let mut a = cx.work.input(l, 0);
+    loop {
+        if let Some(dims) = declared_dims(cx, a) {
+            return dims.len() == 2;
+        }
+        let Some(n) = cx.work.index().producer(a).map(|p| cx.work.node(p)) else {
+            return false;
+        };
+        match n.op_type() {
+            "Gemm" | "Flatten" => return true,
+            "BatchNormalization" if n.domain().is_empty() && !n.input.is_empty() => {
+                a = &n.input[0];
+            }
+            _ => return false,
+        }
     }
-    cx.work
-        .index()
-        .producer(a)
-        .map(|p| cx.work.node(p))
-        .is_some_and(|n| n.op_type() == "Gemm" || (n.op_type() == "Flatten"))
 }
 
 fn sigma_scale(p: &BnParams) -> Vec<f32> {

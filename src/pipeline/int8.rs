@@ -2,39 +2,70 @@
 //! the deploy model's simulated rows, and the int8 outputs (QDQ model, AIMET encodings,
 //! onnxruntime overrides) with their figures.
 
-use super::{Artifact, ArtifactKind, Control, SampleInputs};
+use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
+
+use super::verifier::Verifier;
+use super::{trust, Artifact, ArtifactKind, Control, SampleInputs};
 use crate::error::{CoreError, Result};
+use crate::graph::opset;
 use crate::onnx::{self, ModelProto};
-use crate::options::{Calibration, ExportOptions, QuantOptions, Target};
+use crate::options::{
+    BiasCorrection, Calibration, ExportOptions, Granularity, QuantOptions, Rounding, Target,
+};
 use crate::quant::{
     self,
     deploy::Deploy,
     plan::{RangeOrigin, Sites},
 };
+use crate::report::trust::OutputCheck;
 use crate::report::Report;
 use crate::runtime::InputTensor;
 
-/// The int8 outputs `ex` asks for, on `target`'s grid, for the FP32 model `fp32` (the deploy
-/// model when one was built: then its data-free statistics and grid steps are used); with their
-/// figures against
-/// the original model when `measured` gives it with the inputs to run (and their description).
+/// The models the int8 outputs are written from.
+pub(super) struct Sources<'a> {
+    /// The equalized model (the baseline's weights).
+    pub equalized: &'a ModelProto,
+    /// The deploy model, when one was built: its weights, data-free statistics and grid steps
+    /// are used.
+    pub deploy: Option<&'a Deploy>,
+    /// The deploy model is its own baseline (nearest rounding, no correction, or the fallback).
+    pub deploy_is_baseline: bool,
+}
+
+/// The int8 outputs `ex` asks for, on `target`'s grid, from `src` (the deploy model when one
+/// was built), self-checked by `verifier` against the QDQ model of the equalized weights
+/// rounded to nearest ([`super::trust`]); with their figures against the original model when
+/// `measured` gives it with the inputs to run (and their description). Returns the outputs,
+/// the check, and the `(quantized, quantizable)` activation counts.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn exports(
-    fp32: &ModelProto,
-    deploy: Option<&Deploy>,
+    src: Sources,
     ex: &ExportOptions,
     target: &Target,
     samples: Option<&SampleInputs>,
     measured: Option<(&ModelProto, &[InputTensor], &str)>,
+    verifier: Option<&mut Verifier>,
     report: &mut Report,
     ctl: Control,
-) -> Result<Vec<Artifact>> {
+) -> Result<(Vec<Artifact>, OutputCheck, (usize, usize))> {
     let target = *target;
+    let deploy = src.deploy;
+    let fp32 = deploy.map_or(src.equalized, |d| &d.model);
     let stats = deploy.map(|d| &d.stats);
-    let mut sites = Sites::find(fp32, target, ex.quantize_outputs)?;
-    if let Some(d) = deploy {
-        sites.use_steps(&d.steps);
-    }
+    let shapes = samples
+        .map(|s| s.tensors.as_slice())
+        .or(measured.map(|(_, i, _)| i));
+    let (upgrade, qdq) = opset_for_qdq(fp32, ex, &target, shapes, report);
+    let fp32 = upgrade.as_ref().map_or(fp32, |(u, _)| &u.model);
+    let sites_of = |m: &ModelProto, steps: Option<&HashMap<String, Vec<f32>>>| {
+        let mut s = Sites::find(m, target, ex.quantize_outputs)?;
+        if let Some(steps) = steps {
+            s.use_steps(steps);
+        }
+        Ok::<_, CoreError>(s)
+    };
+    let mut sites = sites_of(fp32, deploy.map(|d| &d.steps))?;
     if let (Calibration::DataFree, Some(st)) = (ex.calibration, stats) {
         sites.explain(|t| st.why_unknown(t).map(str::to_string));
     }
@@ -66,13 +97,67 @@ pub(super) fn exports(
         }
     };
     let mut ranges = ranges;
+    for (new, original) in upgrade.iter().flat_map(|(u, _)| &u.aliases) {
+        if let Some(&r) = ranges.get(original) {
+            ranges.insert(new.clone(), r);
+        }
+    }
     if let Some([lo, hi]) = ex.input_range {
         for t in sites.graph_inputs() {
             ranges.insert(t, (lo, hi));
         }
     }
     ctl.check()?;
-    let plan = sites.finish(&ranges, origin, ex.calibration.name());
+    let requested_plan = sites.finish(&ranges, origin, ex.calibration.name());
+    let label = deploy.map_or_else(
+        || trust::label(Rounding::Nearest, BiasCorrection::Off),
+        |d| trust::label_of(&d.report),
+    );
+    let (plan, fp32, qdq_bytes, check) = if qdq {
+        let requested = trust::Candidate {
+            label,
+            bytes: onnx::encode(&quant::export::qdq::write(fp32, &requested_plan)?),
+            value: (requested_plan, Cow::Borrowed(fp32)),
+        };
+        let baseline = || {
+            let equalized = match &upgrade {
+                Some(_) => {
+                    let facts = crate::runtime::tensor_facts(src.equalized, shapes);
+                    match opset::upgrade(src.equalized, &facts) {
+                        Ok(u) => Cow::Owned(u.model),
+                        Err(_) => return Ok(Vec::new()),
+                    }
+                }
+                None => Cow::Borrowed(src.equalized),
+            };
+            let plan = sites_of(&equalized, None)?.finish(&ranges, origin, ex.calibration.name());
+            Ok(vec![trust::Candidate {
+                label: format!(
+                    "baseline: {}",
+                    trust::label(Rounding::Nearest, BiasCorrection::Off)
+                ),
+                bytes: onnx::encode(&quant::export::qdq::write(&equalized, &plan)?),
+                value: (plan, equalized),
+            }])
+        };
+        let is_baseline = deploy.is_none() || src.deploy_is_baseline;
+        let (kept, _, check) =
+            trust::check("qdq.onnx", requested, is_baseline, baseline, verifier, ctl)?;
+        (kept.value.0, kept.value.1, Some(kept.bytes), check)
+    } else {
+        let check = trust::not_checked(
+            "qdq.onnx",
+            label,
+            "no QDQ model could be written (see `skipped`: opset_upgrade_refused)",
+        );
+        (requested_plan, Cow::Borrowed(fp32), None, check)
+    };
+    let fp32: &ModelProto = &fp32;
+    // Graph outputs kept float by choice do not count against the int8 verdict.
+    let coverage = (
+        plan.coverage.placed,
+        plan.coverage.quantizable - plan.coverage.outputs_kept,
+    );
     let mut artifacts = Vec::new();
     let mut files = Vec::new();
     let mut push = |kind: ArtifactKind, format: String, data: Vec<u8>| {
@@ -83,12 +168,23 @@ pub(super) fn exports(
         });
         artifacts.push(Artifact { kind, data });
     };
-    if ex.qdq {
-        let m = quant::export::qdq::write(fp32, &plan)?;
-        push(ArtifactKind::Qdq, "qdq_onnx".into(), onnx::encode(&m));
+    if let (true, Some(bytes)) = (ex.qdq, qdq_bytes) {
+        push(ArtifactKind::Qdq, "qdq_onnx".into(), bytes);
     }
+    // The encodings and overrides name the tensors of the model the user keeps, not the views
+    // the upgrade added.
+    let plan_as_given = match upgrade.as_ref().filter(|(u, _)| !u.aliases.is_empty()) {
+        Some((u, _)) => {
+            let added: HashSet<&str> = u.aliases.iter().map(|(n, _)| n.as_str()).collect();
+            let mut p = plan.clone();
+            p.activations.retain(|a| !added.contains(a.tensor.as_str()));
+            p
+        }
+        None => plan.clone(),
+    };
+    let plan_given = &plan_as_given;
     if let Some(v) = ex.encodings {
-        let json = serde_json::to_vec_pretty(&quant::export::encodings::aimet(&plan, v))
+        let json = serde_json::to_vec_pretty(&quant::export::encodings::aimet(plan_given, v))
             .map_err(|e| CoreError::Unsupported(e.to_string()))?;
         push(
             ArtifactKind::Encodings,
@@ -97,7 +193,7 @@ pub(super) fn exports(
         );
     }
     if ex.ort_overrides {
-        let json = serde_json::to_vec_pretty(&quant::export::encodings::ort_overrides(&plan))
+        let json = serde_json::to_vec_pretty(&quant::export::encodings::ort_overrides(plan_given))
             .map_err(|e| CoreError::Unsupported(e.to_string()))?;
         push(
             ArtifactKind::OrtOverrides,
@@ -142,6 +238,14 @@ pub(super) fn exports(
                 })
             })
             .collect(),
+        opset_upgrade: upgrade
+            .as_ref()
+            .map(|(u, diff)| crate::report::OpsetUpgrade {
+                from: u.from,
+                to: opset::TARGET,
+                changes: u.changes.clone(),
+                max_rel_diff: *diff,
+            }),
         files,
         figures: Vec::new(),
     };
@@ -201,7 +305,94 @@ pub(super) fn exports(
         }
     }
     report.exports = Some(exports);
-    Ok(artifacts)
+    Ok((artifacts, check, coverage))
+}
+
+/// The model the QDQ output is written from, and whether it is written: per-channel weights
+/// need `DequantizeLinear(axis)`, opset 13, and QDQ itself opset 10, so an older model is
+/// upgraded exactly ([`opset::upgrade`], tensor ranks from tract with the shapes of `shapes`
+/// when given) and, with `shapes`, checked against the original on their first sample in tract
+/// (the largest relative output difference comes back with it). When it cannot be upgraded, or
+/// the check finds a difference, the QDQ model is skipped with the reason.
+fn opset_for_qdq(
+    fp32: &ModelProto,
+    ex: &ExportOptions,
+    target: &Target,
+    shapes: Option<&[InputTensor]>,
+    report: &mut Report,
+) -> (Option<(opset::Upgrade, Option<f64>)>, bool) {
+    let per_channel = target.weights().granularity == Granularity::PerChannel;
+    let from = onnx::onnx_opset(fp32).unwrap_or(0);
+    let need = if per_channel {
+        "per-channel weights need opset 13 (DequantizeLinear axis)"
+    } else {
+        "QuantizeLinear needs opset 10"
+    };
+    if !ex.qdq || from >= if per_channel { opset::TARGET } else { 10 } {
+        return (None, ex.qdq);
+    }
+    let checked = opset::upgrade(fp32, &crate::runtime::tensor_facts(fp32, shapes)).and_then(|u| {
+        let diff = shapes.and_then(|s| upgrade_diff(fp32, &u.model, s));
+        match diff {
+            Some(d) if d.is_nan() || d > 1e-6 => Err(opset::Refused {
+                from,
+                nodes: vec![format!(
+                    "the upgraded model's outputs differ from the original's by {d:.2e} \
+                     (relative, tract, one sample)"
+                )],
+            }),
+            _ => Ok((u, diff)),
+        }
+    });
+    match checked {
+        Ok(u) => (Some(u), true),
+        Err(e) => {
+            let advice = if per_channel {
+                "use a per-tensor target or re-export the model"
+            } else {
+                "re-export the model at opset 10 or later"
+            };
+            report.skipped.push(crate::report::Skip {
+                pass: "exports".into(),
+                nodes: vec![],
+                reason: "opset_upgrade_refused".into(),
+                detail: format!("no QDQ model: {need} and {e}; {advice}"),
+            });
+            (None, false)
+        }
+    }
+}
+
+/// The largest relative difference (max |Δ| / max |y| per output) between `a` and `b` on the
+/// first sample of `inputs`, in tract; `None` when tract cannot run one of them.
+fn upgrade_diff(a: &ModelProto, b: &ModelProto, inputs: &[InputTensor]) -> Option<f64> {
+    let first = crate::runtime::split_batch(inputs).into_iter().next()?;
+    let ya = crate::runtime::run_model(&onnx::encode(a), &first).ok()?;
+    let yb = crate::runtime::run_model(&onnx::encode(b), &first).ok()?;
+    if ya.len() != yb.len() {
+        return Some(f64::NAN);
+    }
+    let mut worst = 0.0f64;
+    for ((_, x), (_, y)) in ya.iter().zip(&yb) {
+        if x.len() != y.len() {
+            return Some(f64::NAN);
+        }
+        let scale = x
+            .iter()
+            .fold(0.0f32, |m, v| m.max(v.abs()))
+            .max(f32::MIN_POSITIVE);
+        for (p, q) in x.iter().zip(y) {
+            if p == q || (p.is_nan() && q.is_nan()) {
+                continue;
+            }
+            let d = f64::from((p - q).abs() / scale);
+            if d.is_nan() {
+                return Some(d);
+            }
+            worst = worst.max(d);
+        }
+    }
+    Some(worst)
 }
 
 /// The models the int8 figures compare.

@@ -18,6 +18,7 @@ mod int8;
 pub mod npy;
 mod samples;
 mod select;
+mod trust;
 mod verifier;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -143,6 +144,65 @@ pub struct Artifact {
     pub data: Vec<u8>,
 }
 
+/// The equalized model a run produced.
+#[derive(Debug)]
+pub enum ModelOutput {
+    /// Encoded (a verified run encodes it for tract).
+    Encoded(Vec<u8>),
+    /// Decoded, its large tensors borrowed from the input or the passes' buffers: encoded as it
+    /// is written ([`onnx::write::stream`]).
+    Decoded(Box<ModelProto>),
+    /// Written by the run's [`ModelWriter`]: its length in bytes.
+    Written(u64),
+}
+
+impl ModelOutput {
+    /// The encoding as slices; `None` once written.
+    pub fn stream(&self) -> Option<onnx::write::Stream<'_>> {
+        match self {
+            ModelOutput::Encoded(b) => Some(onnx::write::Stream::from_slice(b)),
+            ModelOutput::Decoded(m) => Some(onnx::write::stream(m)),
+            ModelOutput::Written(_) => None,
+        }
+    }
+
+    /// The whole encoding in one buffer (empty once written).
+    pub fn into_vec(self) -> Vec<u8> {
+        match self {
+            ModelOutput::Encoded(b) => b,
+            ModelOutput::Decoded(m) => onnx::encode(&m),
+            ModelOutput::Written(_) => Vec::new(),
+        }
+    }
+}
+
+/// A finished run whose model is written as a stream ([`run_streamed`]).
+#[derive(Debug)]
+pub struct Streamed {
+    /// The equalized model.
+    pub model: ModelOutput,
+    /// The report, verification included.
+    pub report: Report,
+    /// The other requested outputs, as in [`Output::artifacts`].
+    pub artifacts: Vec<Artifact>,
+    /// The deploy model, as in [`Output::deploy`].
+    pub deploy: Option<Vec<u8>>,
+}
+
+impl From<Output> for Streamed {
+    fn from(o: Output) -> Self {
+        Streamed {
+            model: ModelOutput::Encoded(o.model),
+            report: o.report,
+            artifacts: o.artifacts,
+            deploy: o.deploy,
+        }
+    }
+}
+
+/// Writes the equalized model (a file, a blob); its errors end the run.
+pub type ModelWriter<'a> = &'a mut (dyn FnMut(&onnx::write::Stream<'_>) -> Result<()> + Send);
+
 /// The whole job shared by the CLI and the server: equalize, encode, verify; and the deploy
 /// model and the int8 outputs when asked ([`quant::deploy`], [`quant::export`]).
 ///
@@ -159,6 +219,28 @@ pub fn run(
     samples: Option<&SampleInputs>,
     ctl: Control,
 ) -> Result<Output> {
+    let s = run_streamed(model, original, options, samples, ctl, None)?;
+    Ok(Output {
+        model: s.model.into_vec(),
+        report: s.report,
+        artifacts: s.artifacts,
+        deploy: s.deploy,
+    })
+}
+
+/// [`run`] without a buffer for the whole encoded model when verification is off: the model
+/// comes back decoded ([`ModelOutput::Decoded`]) or, with `write`, is handed to it as a
+/// [`onnx::write::Stream`] ([`ModelOutput::Written`]). Without verification, deploy model and
+/// int8 outputs, `write` runs beside the per-layer int8 table; otherwise once everything else
+/// succeeded. The bytes are [`run`]'s in every case.
+pub fn run_streamed(
+    model: ModelProto,
+    original: Option<Bytes>,
+    options: &Options,
+    samples: Option<&SampleInputs>,
+    ctl: Control,
+    mut write: Option<ModelWriter>,
+) -> Result<Streamed> {
     let chosen = match options.select {
         Select::Auto => Some(select::choose(&model, options, samples, ctl)?),
         Select::None => None,
@@ -194,12 +276,18 @@ pub fn run(
             &model,
             original.as_ref(),
             &options.verify,
+            options.exports.input_range,
             samples,
             ctl,
         )?)
     } else {
         None
     };
+    if let (Some(_), Some(o)) = (&check, &original) {
+        // tract has copied the original's weights: a memory-mapped input's pages leave the
+        // resident set until something reads them again.
+        onnx::mapped::release(o);
+    }
     let original_model = needs_original.then(|| model.clone());
     let input = original.as_ref().map(|b| b.as_ptr_range());
     drop(original);
@@ -210,10 +298,28 @@ pub fn run(
     if table.is_some() {
         ctl.stage("quantization")?;
     }
-    // The equalized half of the int8 table runs beside the encode (which is one thread).
+    // The equalized half of the int8 table runs beside the encode (which is one thread), or
+    // beside the write when nothing that can still fail follows it.
+    let verifying = check.is_some();
+    let write_early = write.is_some()
+        && !verifying
+        && origins.is_none()
+        && !options.exports.any()
+        && original_model.is_none();
     let t = Instant::now();
-    let ((bytes, encode_ms), rows) = rayon::join(
-        || (onnx::encode(&eq.model), ms(t)),
+    let (encoded, rows) = rayon::join(
+        || -> Result<(Option<Vec<u8>>, Option<u64>, f64)> {
+            if verifying {
+                Ok((Some(onnx::encode(&eq.model)), None, ms(t)))
+            } else if let (true, Some(w)) = (write_early, write.as_mut()) {
+                let s = onnx::write::stream(&eq.model);
+                let encode_ms = ms(t);
+                w(&s)?;
+                Ok((None, Some(s.len()), encode_ms))
+            } else {
+                Ok((None, None, 0.0))
+            }
+        },
         || {
             table.map(|plan| {
                 let t = Instant::now();
@@ -221,6 +327,7 @@ pub fn run(
             })
         },
     );
+    let (encoded, written, encode_ms) = encoded?;
     let mut report = eq.report;
     report.timings_ms.encode = encode_ms;
     let figure_inputs = |m: &ModelProto| samples::figure_inputs(m, &options.verify, samples);
@@ -255,6 +362,7 @@ pub fn run(
         report.timings_ms.quantization = ms(t);
     }
     let mut deploy = None;
+    let mut checks = Vec::new();
     if let Some(origins) = origins {
         ctl.stage("deploy")?;
         let t = Instant::now();
@@ -265,76 +373,143 @@ pub fn run(
             )?),
             None => None,
         };
-        let d = quant::deploy::build(
-            &eq.model,
-            &eq.labels,
-            &origins,
-            &options.target,
-            &options.deploy,
-            measured.as_ref(),
-            options.exports.input_range,
+        let build = |opts: &crate::options::DeployOptions| {
+            let d = quant::deploy::build(
+                &eq.model,
+                &eq.labels,
+                &origins,
+                &options.target,
+                opts,
+                measured.as_ref(),
+                options.exports.input_range,
+            )?;
+            Ok::<_, CoreError>(trust::Candidate {
+                label: trust::label_of(&d.report),
+                bytes: onnx::encode(&d.model),
+                value: d,
+            })
+        };
+        let requested = build(&options.deploy)?;
+        let plain = options.deploy.rounding == crate::options::Rounding::Nearest
+            && options.deploy.bias_correction == BiasCorrection::Off;
+        let alternatives = || {
+            trust::deploy_alternatives(&options.deploy)
+                .iter()
+                .map(&build)
+                .collect::<Result<Vec<_>>>()
+        };
+        let (kept, measured, mut checked) = trust::check(
+            "deploy.onnx",
+            requested,
+            plain,
+            alternatives,
+            check.as_mut(),
+            ctl,
         )?;
-        let d_bytes = onnx::encode(&d.model);
+        if checked.fell_back {
+            checked.candidates[0].label = format!("requested: {}", checked.candidates[0].label);
+        }
+        let baseline_kept = plain || kept.label == trust::label_of_baseline();
+        let (mut d, d_bytes) = (kept.value, kept.bytes);
+        d.report.measured = measured;
+        if options.deploy.requested() {
+            checks.push(checked);
+        }
         if let (Some(orig), true) = (&original_model, quant.end_to_end) {
             let (inputs, _) = figure_inputs(orig)?;
             int8::deploy_figures(orig, &d, &options.target, quant, &inputs, &mut report, ctl)?;
         }
         report.timings_ms.deploy = ms(t);
-        deploy = Some((d, d_bytes));
+        deploy = Some((d, d_bytes, baseline_kept));
     }
     let mut artifacts = Vec::new();
+    let mut coverage = None;
     if options.exports.any() {
         ctl.stage("exports")?;
         let t = Instant::now();
-        let d = deploy.as_ref().map(|(d, _)| d);
-        let fp32 = d.map_or(&eq.model, |d| &d.model);
         let measured = match (&original_model, export_figures) {
             (Some(orig), true) => Some((orig, figure_inputs(orig)?)),
             _ => None,
         };
-        artifacts = int8::exports(
-            fp32,
-            d,
+        let (a, checked, counts) = int8::exports(
+            int8::Sources {
+                equalized: &eq.model,
+                deploy: deploy.as_ref().map(|(d, _, _)| d),
+                deploy_is_baseline: deploy.as_ref().is_some_and(|(_, _, b)| *b),
+            },
             &options.exports,
             &options.target,
             samples,
             measured
                 .as_ref()
                 .map(|(o, (i, s))| (*o, i.as_slice(), s.as_str())),
+            check.as_mut(),
             &mut report,
             ctl,
         )?;
+        artifacts = a;
+        checks.push(checked);
+        coverage = Some(counts);
         report.timings_ms.exports = ms(t);
+    }
+    if !checks.is_empty() {
+        report.int8 = Some(trust::verdict(checks, coverage));
     }
     drop(original_model);
     if let Some(check) = check.as_mut() {
-        if let Some((d, d_bytes)) = deploy.as_mut() {
-            ctl.stage("verify_deploy")?;
-            let t = Instant::now();
-            d.report.measured = Some(check.measure(d_bytes, ctl)?);
-            report.timings_ms.deploy += ms(t);
-        }
         check.simplify_equalized(&eq.model);
     }
-    drop(eq.model);
-    let bytes = match check {
-        Some(check) => {
+    let model = match (check, encoded) {
+        (Some(check), Some(bytes)) => {
+            drop(eq.model);
+            // The passes' buffers were freed on this thread; tract builds on another.
+            crate::runtime::release_free_memory();
+            // Everything that can fail has run: with a writer the model is written now and
+            // its buffer freed as soon as tract has parsed it.
+            let written = match write.as_mut() {
+                Some(w) => {
+                    ctl.check()?;
+                    w(&onnx::write::Stream::from_slice(&bytes))?;
+                    Some(bytes.len() as u64)
+                }
+                None => None,
+            };
             ctl.stage("verify")?;
-            let (verification, spent, bytes) = check.finish(bytes, ctl)?;
+            let (verification, spent, bytes) = check.finish(bytes, written.is_none(), ctl)?;
             report.verification = verification;
             report.timings_ms.verify = spent;
-            bytes
+            match written {
+                Some(n) => ModelOutput::Written(n),
+                None => ModelOutput::Encoded(bytes),
+            }
         }
-        None => bytes,
+        _ => match written {
+            Some(n) => ModelOutput::Written(n),
+            None => ModelOutput::Decoded(Box::new(eq.model)),
+        },
     };
-    let deploy = deploy.map(|(d, d_bytes)| {
+    let model = match (write, model) {
+        (Some(w), m @ (ModelOutput::Encoded(_) | ModelOutput::Decoded(_))) => {
+            ctl.check()?;
+            let t = Instant::now();
+            let s = m.stream().expect("not written yet");
+            let n = s.len();
+            if matches!(m, ModelOutput::Decoded(_)) {
+                report.timings_ms.encode += ms(t);
+            }
+            w(&s)?;
+            ModelOutput::Written(n)
+        }
+        (_, m) => m,
+    };
+    let deploy = deploy.map(|(d, d_bytes, _)| {
         report.deploy = Some(d.report);
         d_bytes
     });
     report.selection = chosen.map(|c| c.selection);
     ctl.check()?;
-    Ok(Output {
-        model: bytes,
+    Ok(Streamed {
+        model,
         report,
         artifacts,
         deploy,

@@ -28,11 +28,14 @@ pub(super) struct Verifier {
 }
 
 impl Verifier {
-    /// Runs the original model (stage `verify_original`).
+    /// Runs the original model (stage `verify_original`) on the samples, else on seeded random
+    /// inputs: uniform on `input_range` when the run declares one (the int8 outputs are checked
+    /// on the same inputs), else standard normal.
     pub(super) fn start(
         model: &ModelProto,
         original: Option<&Bytes>,
         opts: &VerifyOptions,
+        input_range: Option<[f32; 2]>,
         samples: Option<&SampleInputs>,
         ctl: Control,
     ) -> Result<Self> {
@@ -42,10 +45,18 @@ impl Verifier {
             Some(s) => (Ok(s.tensors.clone()), s.source.clone()),
             None => (
                 runtime::input_specs(model, opts.dynamic_dim).map(|mut specs| {
-                    runtime::fill_random(&mut specs, opts.seed);
+                    match input_range {
+                        Some(r) => runtime::fill_uniform(&mut specs, opts.seed, r),
+                        None => runtime::fill_random(&mut specs, opts.seed),
+                    }
                     specs
                 }),
-                format!("random normal (seed {})", opts.seed),
+                match input_range {
+                    Some([lo, hi]) => {
+                        format!("random uniform on [{lo}, {hi}] (seed {})", opts.seed)
+                    }
+                    None => format!("random normal (seed {})", opts.seed),
+                },
             ),
         };
         let size = original.map_or_else(|| prost::Message::encoded_len(model), |b| b.len());
@@ -130,15 +141,20 @@ impl Verifier {
         }
     }
 
-    /// Runs another model (the deploy model) against the same reference; its deviation is the
-    /// report's figure, not a verdict on the equalized output.
+    /// Runs another model (an int8 output) against the same reference; its deviation is the
+    /// report's figure, not a verdict on the equalized output. Each such run has the
+    /// verification budget to itself, so that checking the int8 outputs never leaves the
+    /// equalized model unverified.
     pub(super) fn measure(&mut self, bytes: &[u8], ctl: Control) -> Result<report::Verification> {
-        let t = Instant::now();
         let reference = match &self.state {
             Ok(r) => r.clone(),
             Err(v) => return Ok(v.clone()),
         };
-        let limits = self.limits(ctl);
+        let limits = Deadline {
+            deadline: Some(Instant::now() + self.budget),
+            budget: Some(self.budget),
+            cancel: ctl.cancel,
+        };
         let measured = verify::compare_within(
             reference,
             Bytes::copy_from_slice(bytes),
@@ -146,7 +162,6 @@ impl Verifier {
             self.source.clone(),
             &limits,
         );
-        self.spent += t.elapsed();
         match measured {
             Ok(v) => Ok(v),
             Err(Stopped::Canceled) => Err(CoreError::Canceled),
@@ -155,10 +170,12 @@ impl Verifier {
     }
 
     /// Runs the equalized model `bytes` and compares (stage `verify`). Returns the report
-    /// section, the time verification took in milliseconds, and `bytes`.
+    /// section, the time verification took in milliseconds, and `bytes` when `keep` (empty
+    /// otherwise: the buffer is freed as soon as tract has parsed it).
     pub(super) fn finish(
         mut self,
         bytes: Vec<u8>,
+        keep: bool,
         ctl: Control,
     ) -> Result<(report::Verification, f64, Vec<u8>)> {
         let t = Instant::now();
@@ -167,13 +184,20 @@ impl Verifier {
             Err(v) => return Ok((v, self.spent.as_secs_f64() * 1e3, bytes)),
         };
         let limits = self.limits(ctl);
-        let (shared, output) = match self.simplified.take() {
-            Some(s) => (Bytes::from(s), Some(bytes)),
-            None => (Bytes::from(bytes), None),
-        };
+        // What tract gets, and what comes back: the buffer itself, or tract's shared copy.
+        let (shared, output): (Bytes, Option<std::result::Result<Vec<u8>, Bytes>>) =
+            match (self.simplified.take(), keep) {
+                (Some(s), true) => (Bytes::from(s), Some(Ok(bytes))),
+                (Some(s), false) => (Bytes::from(s), None),
+                (None, true) => {
+                    let b = Bytes::from(bytes);
+                    (b.clone(), Some(Err(b)))
+                }
+                (None, false) => (Bytes::from(bytes), None),
+            };
         let verified = verify::compare_within(
             reference,
-            shared.clone(),
+            shared,
             &self.inputs,
             self.source.clone(),
             &limits,
@@ -185,7 +209,11 @@ impl Verifier {
             Err(Stopped::Budget(what)) => self.stopped(&what),
         };
         // The output's bytes come back without a copy unless an abandoned run still holds them.
-        let bytes = output.unwrap_or_else(|| Vec::from(shared));
+        let bytes = match output {
+            Some(Ok(v)) => v,
+            Some(Err(shared)) => Vec::from(shared),
+            None => Vec::new(),
+        };
         Ok((verification, spent, bytes))
     }
 }

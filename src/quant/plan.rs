@@ -226,6 +226,8 @@ pub struct Coverage {
     pub placed: usize,
     /// The activations left float: `(reason, count, first tensors)`, most frequent first.
     pub float: Vec<(String, usize, Vec<String>)>,
+    /// Of those, graph outputs kept float by choice (`quantize_outputs` off, the default).
+    pub outputs_kept: usize,
 }
 
 impl QuantPlan {
@@ -636,6 +638,7 @@ impl Sites {
             quantizable: self.sites.len() - folded_inputs + self.outputs_kept.len(),
             placed: activations.len(),
             float: Vec::new(),
+            outputs_kept: self.outputs_kept.len(),
         };
         let mut reasons: Vec<(String, Vec<String>)> = Vec::new();
         let mut add = |reason: &str, t: &str| match reasons.iter_mut().find(|r| r.0 == reason) {

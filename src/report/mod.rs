@@ -6,6 +6,7 @@
 //! considered and left alone has a [`Skip`] with a stable `reason` code.
 
 pub mod html;
+pub mod trust;
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -99,6 +100,11 @@ pub struct Report {
     /// quantization plan, with their figures; absent when none was requested.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exports: Option<Exports>,
+    /// The int8 outputs' self-check: each measured against its plain baseline before it was
+    /// written, the fallback taken, and what is still wrong; absent when no int8 output was
+    /// requested.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub int8: Option<trust::Int8Trust>,
     /// `select = auto`: every candidate scaling tried and the one kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selection: Option<Selection>,
@@ -804,6 +810,10 @@ pub struct Exports {
     /// scale under a large bias would overflow it; no bias is ever clamped).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub bias_guards: Vec<String>,
+    /// The opset upgrade the QDQ model needed (per-channel `DequantizeLinear` needs opset 13,
+    /// `QuantizeLinear` opset 10), when the model declared an older one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub opset_upgrade: Option<OpsetUpgrade>,
     /// The files written.
     pub files: Vec<ExportFile>,
     /// Logits figures against the original FP32 model (with sample inputs or `quant.end_to_end`).
@@ -866,6 +876,23 @@ pub struct FloatReason {
     pub count: usize,
     /// The first of them.
     pub tensors: Vec<String>,
+}
+
+/// The default-domain opset upgrade of the QDQ model: same function, only the listed nodes
+/// rewritten.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct OpsetUpgrade {
+    /// The opset the model declared.
+    pub from: i64,
+    /// The opset of the QDQ model.
+    pub to: i64,
+    /// One line per rewritten node (label, op and version: what changed).
+    pub changes: Vec<String>,
+    /// The largest relative output difference (max |Δ| / max |y| per output) between the
+    /// upgraded and the original FP32 model on one sample input in tract; absent when no inputs
+    /// were at hand or tract could not run one of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_rel_diff: Option<f64>,
 }
 
 /// A tensor left in float, and why.

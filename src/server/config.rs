@@ -94,9 +94,18 @@ pub struct ServeConfig {
     #[arg(long, env = "ONNX_CLE_AUTH_TOKEN", hide_env_values = true)]
     pub auth_token: Option<Secret>,
     /// PostgreSQL holding job records, idempotency keys and the queue, shared by every replica
-    /// (`postgres://user:password@host:5432/db`); unset: the data directory (one replica).
+    /// (`postgres://user:password@host:5432/db?sslmode=verify-full`); unset: the data
+    /// directory (one replica). TLS follows libpq's `sslmode`: `disable`, `prefer` (default:
+    /// TLS when offered, certificate unchecked), `require` (TLS, certificate unchecked),
+    /// `verify-ca` (chain checked), `verify-full` (chain and host name checked); roots:
+    /// `sslrootcert=PATH` (PEM), else `--database-ca`, else the system's.
     #[arg(long, env = "ONNX_CLE_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<Secret>,
+    /// The CA (PEM) that signed the database's certificate, for a private CA: used when
+    /// `--database-url` has no `sslrootcert`; with `sslmode=require` or `prefer` it makes the
+    /// chain checked too (as libpq does).
+    #[arg(long, env = "ONNX_CLE_DATABASE_CA", value_name = "PATH")]
+    pub database_ca: Option<PathBuf>,
     /// Where uploads and results go: `s3://BUCKET/PREFIX` (endpoint, region and credentials
     /// from the standard `AWS_*` variables) or `file:///path`; unset: the data directory.
     #[arg(long, env = "ONNX_CLE_BLOB_STORE")]
@@ -196,6 +205,7 @@ impl ServeConfig {
             max_model_memory: crate::onnx::limits::DEFAULT_MAX_DECODED_BYTES,
             auth_token: None,
             database_url: None,
+            database_ca: None,
             blob_store: None,
             role: Role::All,
             job_lease: Duration::from_secs(30),

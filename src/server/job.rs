@@ -136,6 +136,15 @@ pub struct JobResult {
     /// Worst relative L2 deviation measured by verification.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_rel_l2: Option<f64>,
+    /// Whether the int8 outputs passed their self-check (absent when none was requested):
+    /// `false` when one is worse than its plain baseline, was not checked, or leaves more than
+    /// 10 % of the quantizable activations in float (the report's `int8` section has the
+    /// details; the job option `strict_int8` makes such a job fail instead).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub int8_trusted: Option<bool>,
+    /// What is wrong with the int8 outputs, one sentence each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub int8_problems: Vec<String>,
     /// The requested outputs besides the model (`links.artifacts` has their URLs).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub artifacts: Vec<ArtifactInfo>,

@@ -226,6 +226,7 @@ async fn open_backends(cfg: &ServeConfig) -> Result<store::Backends, ServeError>
     let bcfg = store::BackendConfig {
         data_dir: cfg.data_dir.clone(),
         database_url: cfg.database_url.as_ref().map(|s| s.expose().to_string()),
+        database_ca: cfg.database_ca.clone(),
         blob_store: cfg.blob_store.clone(),
         pool_size: 4 + 2 * usize::from(cfg.workers),
     };
@@ -402,9 +403,10 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
     Ok(())
 }
 
-/// `onnx-cle migrate`: applies the embedded schema migrations to the database at `url`.
-pub async fn migrate(url: &str) -> Result<Vec<i32>, ServeError> {
-    let s = store::pg::PgJobStore::connect(url, 2)
+/// `onnx-cle migrate`: applies the embedded schema migrations to the database at `url` (`ca`:
+/// as `--database-ca`).
+pub async fn migrate(url: &str, ca: Option<&std::path::Path>) -> Result<Vec<i32>, ServeError> {
+    let s = store::pg::PgJobStore::connect(url, ca, 2)
         .await
         .map_err(|e| ServeError::Backend(e.to_string()))?;
     s.migrate()

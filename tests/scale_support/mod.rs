@@ -27,6 +27,12 @@ impl Backends {
     /// Starts both for the test named `tag` using port slot `slot`, and exports the `AWS_*`
     /// variables into this process (object_store reads them).
     pub fn start_slot(tag: &str, slot: u16) -> Backends {
+        Backends::start_with(tag, slot, &[])
+    }
+
+    /// [`Backends::start_slot`] with extra environment for `scripts/backends.sh` (`PG_TLS`,
+    /// `BACKENDS=pg`, `PG_OPTS`).
+    pub fn start_with(tag: &str, slot: u16, script_env: &[(&str, &str)]) -> Backends {
         let dir = std::env::temp_dir().join(format!(
             "onnx-cle-backends-{tag}-{}-{}",
             std::process::id(),
@@ -34,6 +40,7 @@ impl Backends {
         ));
         let mut cmd = Command::new("bash");
         cmd.arg(script()).arg("start").arg(&dir);
+        cmd.envs(script_env.iter().copied());
         if let Ok(b) = std::env::var("ONNX_CLE_TEST_PG_PORT_BASE") {
             let b: u16 = b.parse().expect("ONNX_CLE_TEST_PG_PORT_BASE");
             cmd.env("PG_PORT", (b + slot).to_string());
@@ -48,6 +55,10 @@ impl Backends {
         let mut env = BTreeMap::new();
         for line in text.lines() {
             if let Some((k, v)) = line.strip_prefix("export ").and_then(|l| l.split_once('=')) {
+                let v = v
+                    .strip_prefix('\'')
+                    .and_then(|v| v.strip_suffix('\''))
+                    .unwrap_or(v);
                 env.insert(k.to_string(), v.to_string());
             }
         }

@@ -19,8 +19,9 @@
 //!
 //! Invariants: the weights dequantize to exactly what [`crate::quant::sim::plan_model`] simulates (both
 //! use [`crate::quant::plan::WeightQuant::dequantized`]'s levels and scales); everything the plan does
-//! not name is left as it was. Per-channel `axis` needs opset ≥ 13, QDQ itself opset ≥ 10; 16-bit
-//! activations below opset 21 use onnxruntime's `com.microsoft` Q/DQ.
+//! not name is left as it was. Per-channel `axis` needs opset ≥ 13 (the pipeline raises an older
+//! model first, [`crate::graph::opset`]), QDQ itself opset ≥ 10; 16-bit activations below opset
+//! 21 use onnxruntime's `com.microsoft` Q/DQ.
 
 use std::collections::{HashMap, HashSet};
 

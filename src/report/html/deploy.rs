@@ -4,6 +4,7 @@
 
 use super::blocks::{kv, layer_cells, per_layer_table, tile};
 use super::text::{db, db_opt, esc, name, num, pct, reason, sci};
+use crate::report::trust::{CheckStatus, Int8Trust};
 use crate::report::{DeployReport, Exports, VerifyStatus};
 
 /// The deploy model: target, edits, predicted and measured deviation, per-layer table.
@@ -258,6 +259,23 @@ pub(super) fn exports(o: &mut String, e: &Exports) {
         }
         o.push_str("</tbody></table>\n");
     }
+    if let Some(u) = &e.opset_upgrade {
+        w!(
+            o,
+            "<details><summary>QDQ model raised from opset {} to {} (same function): {} nodes \
+             rewritten{}</summary><div class=\"body\"><ul>",
+            u.from,
+            u.to,
+            u.changes.len(),
+            u.max_rel_diff.map_or(String::new(), |d| format!(
+                "; against the original in tract on one sample: max rel diff {d:.1e}"
+            ))
+        );
+        for c in &u.changes {
+            w!(o, "<li>{}</li>", esc(c));
+        }
+        o.push_str("</ul></div></details>\n");
+    }
     if !e.left_float.is_empty() {
         w!(
             o,
@@ -274,6 +292,65 @@ pub(super) fn exports(o: &mut String, e: &Exports) {
             );
         }
         o.push_str("</tbody></table></div></details>\n");
+    }
+    o.push_str("</section>\n");
+}
+
+/// The int8 self-check: the verdict, then every output's candidates as measured.
+pub(super) fn trust(o: &mut String, t: &Int8Trust) {
+    w!(
+        o,
+        "<section id=\"int8-check\"><h2>Int8 self-check</h2>\n<div class=\"banner {}\">{}</div>\n",
+        if t.trusted { "ok" } else { "warn" },
+        if t.trusted {
+            "<strong>Trusted.</strong> Every int8 output was measured against its plain \
+             baseline (nearest rounding, no bias correction) before it was written."
+                .to_string()
+        } else {
+            let problems: Vec<String> = t.problems.iter().map(|p| esc(p).to_string()).collect();
+            format!("<strong>Not trusted.</strong> {}", problems.join("; "))
+        }
+    );
+    o.push_str(
+        "<table><thead><tr><th>Output</th><th>Candidate</th><th class=\"n\">SQNR</th>\
+         <th class=\"n\">Max relative L2</th><th>Written</th></tr></thead><tbody>",
+    );
+    for c in &t.checks {
+        if c.candidates.is_empty() {
+            w!(
+                o,
+                "<tr><td><code>{}</code></td><td>{}</td><td class=\"n\">—</td>\
+                 <td class=\"n\">—</td><td>{}</td></tr>",
+                esc(&c.output),
+                esc(&c.kept),
+                match c.status {
+                    CheckStatus::Baseline => "yes (the baseline itself)".to_string(),
+                    _ => format!("yes, not checked: {}", reason(c.reason.as_deref())),
+                }
+            );
+        }
+        for k in &c.candidates {
+            let written = k.label.ends_with(c.kept.as_str())
+                && (!c.fell_back || !k.label.starts_with("requested"));
+            w!(
+                o,
+                "<tr><td><code>{}</code></td><td>{}</td><td class=\"n\">{}</td>\
+                 <td class=\"n\">{}</td><td>{}</td></tr>",
+                esc(&c.output),
+                esc(&k.label),
+                db_opt(k.sqnr_db),
+                k.max_rel_l2.map_or_else(|| "n/a".to_string(), sci),
+                if written { "yes" } else { "" }
+            );
+        }
+    }
+    o.push_str("</tbody></table>\n");
+    if let Some(inputs) = t.checks.iter().map(|c| &c.inputs).find(|i| !i.is_empty()) {
+        w!(
+            o,
+            "<p class=\"muted\">Measured by tract on {}.</p>\n",
+            esc(inputs)
+        );
     }
     o.push_str("</section>\n");
 }

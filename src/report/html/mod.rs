@@ -52,6 +52,9 @@ pub fn render(report: &Report) -> String {
     if let Some(e) = &report.exports {
         deploy::exports(&mut o, e);
     }
+    if let Some(t) = &report.int8 {
+        deploy::trust(&mut o, t);
+    }
     if let Some(sel) = &report.selection {
         int8::selection(&mut o, sel);
     }

@@ -57,6 +57,9 @@ pub(super) fn header(o: &mut String, r: &Report) {
     if r.exports.is_some() {
         o.push_str("<a href=\"#exports\">Int8 outputs</a>");
     }
+    if r.int8.is_some() {
+        o.push_str("<a href=\"#int8-check\">Int8 self-check</a>");
+    }
     o.push_str("</nav></header>\n");
     if r.function_changed {
         o.push_str(

@@ -1,8 +1,10 @@
 //! The bounded worker pool: `workers` dedicated OS threads take jobs from the queue and run the
 //! core on them, never on the async runtime.
 //!
-//! Each run reads the stored upload into [`Bytes`], decodes it and calls [`crate::run`], the
-//! same entry point as `onnx-cle equalize`, so a job's model is byte for byte the CLI's. A
+//! Each run maps the stored upload (or reads it into [`Bytes`] where the blob store is not
+//! local files), decodes it and calls [`crate::run_streamed`], the same entry point as
+//! `onnx-cle equalize`, so a job's model is byte for byte the CLI's; the model is streamed into
+//! the blob store from the decoded model (untouched tensors straight from the upload's map). A
 //! panic inside a run is caught and becomes a failed job (`internal_error`); the thread keeps
 //! serving. Cancellation is cooperative through [`crate::Control::cancel`].
 
@@ -21,10 +23,10 @@ use crate::onnx::limits::Limits;
 use crate::server::job::{ArtifactInfo, JobId, JobResult};
 use crate::server::problem::Problem;
 use crate::server::store::{is_unavailable, BlobKind};
-use crate::{Control, CoreError, Options, Output};
+use crate::{Control, CoreError, Options, Streamed};
 
 /// What a worker runs on an upload: the core by default ([`run_core`]), a stand-in in tests.
-pub type Engine = dyn Fn(Bytes, &Options, &AtomicBool, &(dyn Fn(&str) + Sync)) -> crate::Result<Output>
+pub type Engine = dyn Fn(Bytes, &Options, &AtomicBool, &(dyn Fn(&str) + Sync)) -> crate::Result<Streamed>
     + Send
     + Sync;
 
@@ -35,7 +37,7 @@ pub fn run_core(
     options: &Options,
     cancel: &AtomicBool,
     progress: &(dyn Fn(&str) + Sync),
-) -> crate::Result<Output> {
+) -> crate::Result<Streamed> {
     run_core_within(input, options, &Limits::default(), cancel, progress)
 }
 
@@ -47,14 +49,14 @@ pub fn run_core_within(
     limits: &Limits,
     cancel: &AtomicBool,
     progress: &(dyn Fn(&str) + Sync),
-) -> crate::Result<Output> {
+) -> crate::Result<Streamed> {
     let mut model = crate::onnx::scan::decode_within(input.clone(), limits)?;
     crate::onnx::resolve_external_data(&mut model, None)?;
     let ctl = Control {
         progress: Some(progress),
         cancel: Some(cancel),
     };
-    crate::run(model, Some(input), options, None, ctl)
+    crate::run_streamed(model, Some(input), options, None, ctl, None)
 }
 
 /// The running worker threads.
@@ -128,6 +130,11 @@ pub fn init_compute_pool(nice: u8) -> bool {
         .is_ok()
 }
 
+/// Whether the run's int8 outputs passed their self-check (true when it wrote none).
+fn int8_trusted(report: &crate::Report) -> bool {
+    report.int8.as_ref().is_none_or(|t| t.trusted)
+}
+
 fn internal(detail: &str) -> Problem {
     Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", detail)
 }
@@ -166,10 +173,18 @@ fn process(jobs: &Jobs, engine: &Engine, claim: Claim) {
     tracing::info!(job = %id, "run started");
     let patience = jobs.lease().max(Duration::from_secs(30));
     let run = claim.run.clone();
-    let input = match with_retries(jobs, &id, &run, "reading the upload", patience, || {
-        jobs.blobs().read(&id, BlobKind::Input)
-    }) {
-        Ok(data) => Bytes::from(data),
+    let input = match with_retries(
+        jobs,
+        &id,
+        &run,
+        "reading the upload",
+        patience,
+        || match jobs.blobs().map(&id, BlobKind::Input)? {
+            Some(mapped) => Ok(mapped),
+            None => jobs.blobs().read(&id, BlobKind::Input).map(Bytes::from),
+        },
+    ) {
+        Ok(data) => data,
         Err(e) if is_unavailable(&e) => {
             tracing::warn!(job = %id, "cannot read the upload: {e}; the job goes back to the queue");
             jobs.finish_run(&run, Outcome::Requeue);
@@ -193,6 +208,20 @@ fn process(jobs: &Jobs, engine: &Engine, claim: Claim) {
         Ok(Ok(out)) => match with_retries(jobs, &id, &run, "storing the results", patience, || {
             store_results(jobs, &claim, &out)
         }) {
+            Ok(_) if claim.options.strict_int8 && !int8_trusted(&out.report) => {
+                Outcome::Failed(Problem::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "int8_not_trusted",
+                    format!(
+                        "strict_int8: {}",
+                        out.report
+                            .int8
+                            .as_ref()
+                            .map(|t| t.problems.join("; "))
+                            .unwrap_or_default()
+                    ),
+                ))
+            }
             Ok(result) => Outcome::Succeeded(result),
             Err(e) if is_unavailable(&e) => {
                 tracing::warn!(job = %id, "cannot store the results: {e}; the job goes back to the queue");
@@ -233,10 +262,20 @@ fn outcome_name(o: &Outcome) -> &'static str {
     }
 }
 
-fn store_results(jobs: &Jobs, claim: &Claim, out: &Output) -> std::io::Result<JobResult> {
+fn store_results(jobs: &Jobs, claim: &Claim, out: &Streamed) -> std::io::Result<JobResult> {
     let report = serde_json::to_vec_pretty(&out.report).map_err(std::io::Error::other)?;
     jobs.blobs().put(&claim.id, BlobKind::Report, &report)?;
-    jobs.blobs().put(&claim.id, BlobKind::Model, &out.model)?;
+    let model = out
+        .model
+        .stream()
+        .ok_or_else(|| std::io::Error::other("the run wrote its model elsewhere"))?;
+    let mut sink = jobs.blobs().create(&claim.id, BlobKind::Model)?;
+    model.write_to(&mut sink)?;
+    sink.commit()?;
+    let mut model_sha256 = Sha256::new();
+    for s in model.slices() {
+        model_sha256.update(s);
+    }
     let mut artifacts = Vec::new();
     let deploy = out.deploy.iter().map(|d| (crate::ArtifactKind::Deploy, d));
     for (kind, data) in deploy.chain(out.artifacts.iter().map(|a| (a.kind, &a.data))) {
@@ -250,11 +289,18 @@ fn store_results(jobs: &Jobs, claim: &Claim, out: &Output) -> std::io::Result<Jo
         });
     }
     Ok(JobResult {
-        model_bytes: out.model.len() as u64,
-        model_sha256: hex::encode(Sha256::digest(&out.model)),
+        model_bytes: model.len(),
+        model_sha256: hex::encode(model_sha256.finalize()),
         function_changed: out.report.function_changed,
         verification: out.report.verification.status,
         max_rel_l2: out.report.verification.max_rel_l2,
+        int8_trusted: out.report.int8.as_ref().map(|t| t.trusted),
+        int8_problems: out
+            .report
+            .int8
+            .as_ref()
+            .map(|t| t.problems.clone())
+            .unwrap_or_default(),
         artifacts,
         qdq_coverage: out.report.exports.as_ref().map(|e| e.coverage.clone()),
     })
@@ -271,15 +317,16 @@ mod tests {
         _: &Options,
         _: &AtomicBool,
         _: &(dyn Fn(&str) + Sync),
-    ) -> crate::Result<Output> {
+    ) -> crate::Result<Streamed> {
         if &input[..] == b"panic" {
             panic!("engine exploded");
         }
-        Ok(Output {
+        Ok(crate::Output {
             model: input.to_vec(),
             report: crate::Report::default(),
             ..Default::default()
-        })
+        }
+        .into())
     }
 
     #[test]

@@ -664,6 +664,13 @@ impl BlobStore for FsBlobStore {
         Ok((Box::new(file), len))
     }
 
+    /// Blobs are written once (temporary file, fsync, rename) and never rewritten in place;
+    /// deleting one unlinks it, which leaves a map of it valid: the invariant
+    /// [`crate::onnx::mapped`] needs.
+    fn map(&self, job: &JobId, kind: BlobKind) -> io::Result<Option<bytes::Bytes>> {
+        crate::onnx::mapped::map_file(&self.path(job, kind)).map(Some)
+    }
+
     fn delete(&self, job: &JobId) -> io::Result<()> {
         match fs::remove_dir_all(self.dir(job)) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),

@@ -27,6 +27,7 @@
 
 pub mod fs;
 pub mod pg;
+pub mod pg_tls;
 pub mod s3;
 
 use std::collections::HashSet;
@@ -101,6 +102,13 @@ pub trait BlobStore: Send + Sync + 'static {
         let mut sink = self.create(job, kind)?;
         sink.write_all(data)?;
         sink.commit()
+    }
+
+    /// The blob's bytes without a copy into the heap, when the backend keeps blobs as local
+    /// files it never rewrites (memory-mapped, see [`crate::onnx::mapped`]); `None` otherwise
+    /// (use [`BlobStore::read`]).
+    fn map(&self, _job: &JobId, _kind: BlobKind) -> io::Result<Option<bytes::Bytes>> {
+        Ok(None)
     }
 
     /// Reads a whole blob.
@@ -446,6 +454,9 @@ pub struct BackendConfig {
     pub data_dir: std::path::PathBuf,
     /// `--database-url`.
     pub database_url: Option<String>,
+    /// `--database-ca`: the CA that signed the database's certificate, when the URL has no
+    /// `sslrootcert`.
+    pub database_ca: Option<std::path::PathBuf>,
     /// `--blob-store`.
     pub blob_store: Option<BlobUrl>,
     /// Largest pool of database connections.
@@ -479,7 +490,7 @@ pub async fn open(cfg: &BackendConfig) -> io::Result<Backends> {
     };
     let jobs: (Arc<dyn JobStore>, String) = match &cfg.database_url {
         Some(url) => {
-            let s = pg::PgJobStore::connect(url, cfg.pool_size).await?;
+            let s = pg::PgJobStore::connect(url, cfg.database_ca.as_deref(), cfg.pool_size).await?;
             s.migrate().await?;
             let describe = format!("jobs in PostgreSQL {}", s.describe());
             (Arc::new(s), describe)

@@ -28,19 +28,26 @@
 //!
 //! Times of the lease are the database's `now()`, never a replica's clock. Every call has a
 //! deadline ([`OP_TIMEOUT`]); connection-level failures are [`unavailable`] errors (503 with
-//! `Retry-After` at the API), SQL errors are not. TLS to the database is not built in
-//! (`NoTls`): run it on a private network or through a TLS sidecar.
+//! `Retry-After` at the API), SQL errors are not.
+//!
+//! Every connection (the pool's and the `LISTEN` one) is secured as the URL's `sslmode` and
+//! `sslrootcert` ask ([`super::pg_tls`]). A first connection refused at its TLS step (the
+//! server offers no TLS, or its certificate does not verify) fails [`PgJobStore::connect`] at
+//! once with a message saying so, without the retries an unreachable database gets; later the
+//! same failure is an [`unavailable`] error like any other lost connection (`/readyz` down).
 
 use std::collections::HashSet;
 use std::future::Future;
 use std::io;
+use std::path::Path;
 use std::time::Duration;
 
 use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
-use tokio_postgres::{AsyncMessage, NoTls, Row};
+use tokio_postgres::{AsyncMessage, Row};
 
+use super::pg_tls::{self, PgTls};
 use super::{
     block_on, page, unavailable, BlobStore, CancelOutcome, Claimed, Deleted, EventSink, Finish,
     IdempotencyRecord, JobStore, Lease, QueueStats, Recovery, Renewal, StoreEvent, SubmitError,
@@ -71,6 +78,7 @@ const COLS: &str = "record, state, attempts, stage, started_ms, finished_ms";
 pub struct PgJobStore {
     pool: Pool,
     config: tokio_postgres::Config,
+    tls: PgTls,
     rt: tokio::runtime::Handle,
     describe: String,
 }
@@ -84,6 +92,9 @@ fn unreachable_state(code: &str) -> bool {
 }
 
 fn pg_err(e: tokio_postgres::Error) -> io::Error {
+    if let Some(f) = pg_tls::tls_failure(&e) {
+        return unavailable(format!("database: {f}"));
+    }
     if let Some(db) = e.as_db_error() {
         let msg = format!("database: {}: {}", db.code().code(), db.message());
         return if unreachable_state(db.code().code()) {
@@ -171,12 +182,12 @@ fn to_json<T: serde::Serialize>(v: &T) -> io::Result<Value> {
 
 impl PgJobStore {
     /// Connects a pool of up to `pool_size` connections to `url` (a libpq-style
-    /// `postgres://user:password@host:port/db?options` URL). Fails when the first connection
-    /// cannot be made within a few seconds.
-    pub async fn connect(url: &str, pool_size: usize) -> io::Result<PgJobStore> {
-        let mut config: tokio_postgres::Config = url
-            .parse()
-            .map_err(|e| io::Error::other(format!("--database-url: {e}")))?;
+    /// `postgres://user:password@host:port/db?options` URL, TLS as its `sslmode` and
+    /// `sslrootcert` say; `ca`: the CA file used when it has no `sslrootcert`). Fails when the
+    /// first connection cannot be made within a few seconds; a failure at the TLS step is not
+    /// [`unavailable`] (retrying will not help).
+    pub async fn connect(url: &str, ca: Option<&Path>, pool_size: usize) -> io::Result<PgJobStore> {
+        let (mut config, tls) = pg_tls::parse(url, ca)?;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(Duration::from_secs(3));
         }
@@ -185,10 +196,11 @@ impl PgJobStore {
         }
         config.keepalives(true);
         config.keepalives_idle(Duration::from_secs(30));
-        let describe = describe(&config);
+        let target = describe(&config);
+        let describe = format!("{target} ({})", tls.describe());
         let mgr = Manager::from_config(
             config.clone(),
-            NoTls,
+            tls.connector(),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -204,14 +216,24 @@ impl PgJobStore {
         let store = PgJobStore {
             pool,
             config,
+            tls,
             rt: tokio::runtime::Handle::current(),
             describe,
         };
-        drop(store.pool.get().await.map_err(pool_err)?);
+        match store.pool.get().await {
+            Ok(c) => drop(c),
+            Err(deadpool_postgres::PoolError::Backend(e)) => {
+                if let Some(msg) = store.tls.explain(&e, &target) {
+                    return Err(io::Error::other(format!("--database-url: {msg}")));
+                }
+                return Err(pg_err(e));
+            }
+            Err(e) => return Err(pool_err(e)),
+        }
         Ok(store)
     }
 
-    /// `host:port/database` (no credentials), for logs.
+    /// `host:port/database (sslmode=…)` (no credentials), for logs.
     pub fn describe(&self) -> &str {
         &self.describe
     }
@@ -803,18 +825,18 @@ impl JobStore for PgJobStore {
 
     fn subscribe(&self, sink: EventSink) {
         let config = self.config.clone();
-        self.rt.spawn(listen(config, sink));
+        self.rt.spawn(listen(config, self.tls.clone(), sink));
     }
 }
 
 /// The `LISTEN cle_jobs` loop of one replica: forwards notifications to `sink`, reconnects
 /// with back-off (0.25 s doubling to 5 s) and reports [`StoreEvent::Resync`] after a
 /// reconnection (notifications sent meanwhile are lost).
-async fn listen(config: tokio_postgres::Config, sink: EventSink) {
+async fn listen(config: tokio_postgres::Config, tls: PgTls, sink: EventSink) {
     let mut pause = Duration::from_millis(250);
     let mut connected_before = false;
     loop {
-        match config.connect(NoTls).await {
+        match config.connect(tls.connector()).await {
             Ok((client, mut conn)) => {
                 let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
                 let driver = tokio::spawn(async move {
