@@ -107,6 +107,7 @@ fn main() {
         int8_trusted: None,
         int8_problems: Vec::new(),
         artifacts: Vec::new(),
+        qdq_coverage: None,
     };
     let claim_ms = Mutex::new(Vec::with_capacity(jobs));
     let cycle_ms = Mutex::new(Vec::with_capacity(jobs));

@@ -525,6 +525,9 @@ pub fn equalize(a: EqualizeArgs) -> ExitCode {
                 eprintln!("onnx-cle: note: the deploy model is not written (no --deploy-output)");
             }
         }
+        if let Some(e) = &r.exports {
+            eprintln!("onnx-cle: QDQ coverage: {}", e.coverage.summary());
+        }
         if let Some(t) = &r.int8 {
             eprintln!("onnx-cle: int8 check: {}", int8_line(t));
         }

@@ -54,6 +54,14 @@ fn int8_outputs_are_downloadable_artifacts_equal_to_the_cli() {
     let id = r.json()["id"].as_str().unwrap().to_string();
     let job = server.wait_done(&id, Duration::from_secs(120));
     assert_eq!(job["state"], "succeeded", "{job}");
+    let coverage = &job["result"]["qdq_coverage"];
+    let placed = coverage["placed"]
+        .as_u64()
+        .expect("the job result gives the QDQ coverage");
+    assert!(
+        placed > 0 && placed <= coverage["quantizable"].as_u64().unwrap(),
+        "{coverage}"
+    );
     let links = job["links"]["artifacts"]
         .as_object()
         .expect("artifact links");

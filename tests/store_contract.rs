@@ -76,6 +76,7 @@ fn result() -> JobResult {
             sha256: "ab".repeat(32),
             media_type: "application/octet-stream".into(),
         }],
+        qdq_coverage: None,
     }
 }
 

@@ -53,7 +53,10 @@ pub struct ExportOptions {
     pub quantize_outputs: bool,
     /// `[lo, hi]` of every graph input (e.g. `[-1, 1]` for pixels scaled to [−1, 1]): the
     /// statistics cannot know it, so without it a graph input stays float under data-free
-    /// ranges. Overrides calibrated ranges too.
+    /// ranges. Overrides calibrated ranges too. It is also the input model of the data-free
+    /// statistics (every element uniform on it: σ = (hi − lo)/√12; mean 0 when the range
+    /// contains 0, else its middle, unless `deploy.input_mean` says otherwise), from which
+    /// layers without BatchNorm statistics get their ranges.
     pub input_range: Option<[f32; 2]>,
 }
 

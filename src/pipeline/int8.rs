@@ -65,7 +65,10 @@ pub(super) fn exports(
         }
         Ok::<_, CoreError>(s)
     };
-    let sites = sites_of(fp32, deploy.map(|d| &d.steps))?;
+    let mut sites = sites_of(fp32, deploy.map(|d| &d.steps))?;
+    if let (Calibration::DataFree, Some(st)) = (ex.calibration, stats) {
+        sites.explain(|t| st.why_unknown(t).map(str::to_string));
+    }
     let tensors = sites.tensors_to_range();
     let (ranges, origin, calibration_samples) = match ex.calibration {
         Calibration::DataFree => (
@@ -105,7 +108,6 @@ pub(super) fn exports(
         }
     }
     ctl.check()?;
-    let quantizable = sites.activation_tensors();
     let requested_plan = sites.finish(&ranges, origin, ex.calibration.name());
     let label = deploy.map_or_else(
         || trust::label(Rounding::Nearest, BiasCorrection::Off),
@@ -151,12 +153,11 @@ pub(super) fn exports(
         (requested_plan, Cow::Borrowed(fp32), None, check)
     };
     let fp32: &ModelProto = &fp32;
-    let float = plan
-        .left_float
-        .iter()
-        .filter(|l| quantizable.contains(&l.tensor))
-        .count();
-    let coverage = (quantizable.len().saturating_sub(float), quantizable.len());
+    // Graph outputs kept float by choice do not count against the int8 verdict.
+    let coverage = (
+        plan.coverage.placed,
+        plan.coverage.quantizable - plan.coverage.outputs_kept,
+    );
     let mut artifacts = Vec::new();
     let mut files = Vec::new();
     let mut push = |kind: ArtifactKind, format: String, data: Vec<u8>| {
@@ -210,6 +211,20 @@ pub(super) fn exports(
         folded_activations: plan.folded(),
         tied: plan.tied(),
         left_float: plan.left_float.clone(),
+        coverage: crate::report::QdqCoverage {
+            quantizable: plan.coverage.quantizable,
+            placed: plan.coverage.placed,
+            float: plan
+                .coverage
+                .float
+                .iter()
+                .map(|(reason, count, tensors)| crate::report::FloatReason {
+                    reason: reason.clone(),
+                    count: *count,
+                    tensors: tensors.clone(),
+                })
+                .collect(),
+        },
         bias_guards: plan
             .weights
             .iter()

@@ -381,6 +381,7 @@ pub fn run_streamed(
                 &options.target,
                 opts,
                 measured.as_ref(),
+                options.exports.input_range,
             )?;
             Ok::<_, CoreError>(trust::Candidate {
                 label: trust::label_of(&d.report),

@@ -211,6 +211,23 @@ pub struct QuantPlan {
     pub biases: Vec<BiasQuant>,
     /// Tensors that would be quantized but stay float.
     pub left_float: Vec<LeftFloat>,
+    /// Activation quantizers placed against the quantizable activations.
+    pub coverage: Coverage,
+}
+
+/// How many of the activations onnxruntime's `quantize_static` (QDQ) would quantize in this
+/// model the plan quantizes: every activation point of the module doc, graph outputs included,
+/// a Relu/Clip input folded into its output's quantizer not counted (that tensor disappears).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Coverage {
+    /// Quantizable activation tensors.
+    pub quantizable: usize,
+    /// Activation quantizers placed.
+    pub placed: usize,
+    /// The activations left float: `(reason, count, first tensors)`, most frequent first.
+    pub float: Vec<(String, usize, Vec<String>)>,
+    /// Of those, graph outputs kept float by choice (`quantize_outputs` off, the default).
+    pub outputs_kept: usize,
 }
 
 impl QuantPlan {
@@ -276,6 +293,10 @@ pub struct Sites {
     biases: Vec<(usize, String, String, String, Vec<f32>)>,
     left_float: Vec<LeftFloat>,
     graph_inputs: HashSet<String>,
+    /// Graph outputs that would be activation points, kept float (`quantize_outputs` off).
+    outputs_kept: Vec<String>,
+    /// Why a tensor has no range, by tensor ([`Sites::explain`]).
+    why_unranged: HashMap<String, String>,
 }
 
 const OWN_IO_OPS: &[&str] = &[
@@ -318,6 +339,8 @@ impl Sites {
             weights: Vec::new(),
             biases: Vec::new(),
             left_float: Vec::new(),
+            outputs_kept: Vec::new(),
+            why_unranged: HashMap::new(),
             graph_inputs: work
                 .graph()
                 .input
@@ -339,6 +362,14 @@ impl Sites {
             let quantizable =
                 |t: &str, w: &Work| !t.is_empty() && floats.contains(t) && !w.is_const(t);
             let own = |s: &mut Sites, at: &mut HashMap<String, usize>, t: &str, w: &Work| {
+                if quantizable(t, w)
+                    && !at.contains_key(t)
+                    && !quantize_outputs
+                    && w.index().is_graph_output(t)
+                    && !s.outputs_kept.iter().any(|o| o == t)
+                {
+                    s.outputs_kept.push(t.to_string());
+                }
                 if quantizable(t, w)
                     && !at.contains_key(t)
                     && (quantize_outputs || !w.index().is_graph_output(t))
@@ -448,10 +479,14 @@ impl Sites {
             .collect()
     }
 
-    /// Every distinct activation tensor a runtime would quantize (the QDQ coverage's
-    /// denominator).
-    pub fn activation_tensors(&self) -> HashSet<String> {
-        self.sites.iter().map(|s| s.tensor.clone()).collect()
+    /// Records why each own quantization point that `why` knows about could get no range (the
+    /// reason a tensor left float then gives).
+    pub fn explain(&mut self, why: impl Fn(&str) -> Option<String>) {
+        for site in &self.sites {
+            if let Some(w) = why(&site.tensor) {
+                self.why_unranged.insert(site.tensor.clone(), w);
+            }
+        }
     }
 
     /// The tensors whose ranges [`Sites::finish`] uses: every own quantization point, plus the
@@ -500,6 +535,7 @@ impl Sites {
     ) -> QuantPlan {
         let grid = self.target.activations();
         let mut left = self.left_float;
+        let first_act_float = left.len();
         let mut params: HashMap<String, ActivationQuant> = HashMap::new();
         let mut dropped: HashSet<String> = HashSet::new();
         for site in &self.sites {
@@ -525,6 +561,8 @@ impl Sites {
                         "graph input: no data-free range (give exports.input_range, \
                          --input-range)"
                             .into()
+                    } else if let Some(w) = self.why_unranged.get(&site.tensor) {
+                        format!("no data-free range: {w}")
                     } else {
                         "no activation range for this tensor".into()
                     },
@@ -594,6 +632,47 @@ impl Sites {
                 }
             }
         }
+        let act_float: Vec<LeftFloat> = left[first_act_float..].to_vec();
+        let folded_inputs = activations.iter().filter(|a| a.folded.is_some()).count();
+        let mut coverage = Coverage {
+            quantizable: self.sites.len() - folded_inputs + self.outputs_kept.len(),
+            placed: activations.len(),
+            float: Vec::new(),
+            outputs_kept: self.outputs_kept.len(),
+        };
+        let mut reasons: Vec<(String, Vec<String>)> = Vec::new();
+        let mut add = |reason: &str, t: &str| match reasons.iter_mut().find(|r| r.0 == reason) {
+            Some(r) => r.1.push(t.to_string()),
+            None => reasons.push((reason.to_string(), vec![t.to_string()])),
+        };
+        for l in &act_float {
+            add(&l.reason, &l.tensor);
+        }
+        for o in &self.outputs_kept {
+            add("graph output (kept float: quantize_outputs is off)", o);
+        }
+        let counted: usize = reasons.iter().map(|r| r.1.len()).sum();
+        let unaccounted = coverage
+            .quantizable
+            .saturating_sub(coverage.placed + counted);
+        if unaccounted > 0 {
+            reasons.push((
+                "shares the parameters of a tensor that is not quantized".into(),
+                Vec::new(),
+            ));
+            if let Some(r) = reasons.last_mut() {
+                r.1.resize(unaccounted, String::new());
+            }
+        }
+        reasons.sort_by_key(|r| std::cmp::Reverse(r.1.len()));
+        coverage.float = reasons
+            .into_iter()
+            .map(|(r, ts)| {
+                let n = ts.len();
+                let first: Vec<String> = ts.into_iter().filter(|t| !t.is_empty()).take(3).collect();
+                (r, n, first)
+            })
+            .collect();
         let mut biases = Vec::new();
         let mut weights = self.weights;
         for (node, bias, weight, input, magnitude) in self.biases {
@@ -654,6 +733,7 @@ impl Sites {
             weights,
             biases,
             left_float: left,
+            coverage,
         }
     }
 }
@@ -670,6 +750,14 @@ fn share(
     work: &Work,
     quantize_outputs: bool,
 ) {
+    if !out.is_empty()
+        && !at.contains_key(out)
+        && !quantize_outputs
+        && work.index().is_graph_output(out)
+        && !s.outputs_kept.iter().any(|o| o == out)
+    {
+        s.outputs_kept.push(out.to_string());
+    }
     if out.is_empty()
         || at.contains_key(out)
         || (!quantize_outputs && work.index().is_graph_output(out))

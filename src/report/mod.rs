@@ -802,6 +802,10 @@ pub struct Exports {
     pub tied: usize,
     /// Tensors a runtime would quantize that stay float, and why.
     pub left_float: Vec<LeftFloat>,
+    /// Activation quantizers placed against the activations onnxruntime's `quantize_static`
+    /// (QDQ) would quantize in this model.
+    #[serde(default)]
+    pub coverage: QdqCoverage,
     /// Per-channel weight scales raised so that a layer's int32 bias fits (a tiny weight
     /// scale under a large bias would overflow it; no bias is ever clamped).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -814,6 +818,64 @@ pub struct Exports {
     pub files: Vec<ExportFile>,
     /// Logits figures against the original FP32 model (with sample inputs or `quant.end_to_end`).
     pub figures: Vec<ExportFigure>,
+}
+
+/// Activation quantizers placed / quantizable, and what stayed float by reason.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct QdqCoverage {
+    /// Activation tensors onnxruntime's `quantize_static` (QDQ format) would quantize in this
+    /// model: the inputs and outputs of the ops it quantizes, graph outputs included, a Relu or
+    /// Clip input folded into its output's quantizer not counted.
+    pub quantizable: usize,
+    /// Activation quantizers placed.
+    pub placed: usize,
+    /// The quantizable activations left float, grouped by reason, most frequent first.
+    pub float: Vec<FloatReason>,
+}
+
+impl QdqCoverage {
+    /// `placed / quantizable` in percent (100 when nothing is quantizable).
+    pub fn percent(&self) -> f64 {
+        if self.quantizable == 0 {
+            100.0
+        } else {
+            100.0 * self.placed as f64 / self.quantizable as f64
+        }
+    }
+
+    /// One line: `placed of quantizable activations quantized (p %); float: n reason, …`.
+    pub fn summary(&self) -> String {
+        let mut line = format!(
+            "{} of {} quantizable activations quantized ({:.0} %)",
+            self.placed,
+            self.quantizable,
+            self.percent()
+        );
+        if !self.float.is_empty() {
+            let parts: Vec<String> = self
+                .float
+                .iter()
+                .take(3)
+                .map(|f| format!("{} {}", f.count, f.reason))
+                .collect();
+            line += &format!("; float: {}", parts.join("; "));
+            if self.float.len() > 3 {
+                line += &format!("; {} more reasons (see the report)", self.float.len() - 3);
+            }
+        }
+        line
+    }
+}
+
+/// Quantizable activations left float for one reason.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct FloatReason {
+    /// Why.
+    pub reason: String,
+    /// How many.
+    pub count: usize,
+    /// The first of them.
+    pub tensors: Vec<String>,
 }
 
 /// The default-domain opset upgrade of the QDQ model: same function, only the listed nodes

@@ -148,6 +148,10 @@ pub struct JobResult {
     /// The requested outputs besides the model (`links.artifacts` has their URLs).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub artifacts: Vec<ArtifactInfo>,
+    /// With int8 outputs: activation quantizers placed / quantizable, and what stayed float by
+    /// reason (the report's `exports.coverage`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qdq_coverage: Option<crate::report::QdqCoverage>,
 }
 
 /// One stored output of a succeeded job, served at `/jobs/{id}/artifacts/{name}`.

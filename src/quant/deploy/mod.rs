@@ -96,7 +96,9 @@ fn rms(v: &[f32]) -> f64 {
 }
 
 /// Builds the deploy model from the equalized model (`labels`: its nodes' report labels).
-/// `measured`: per-tensor input means for empirical correction ([`measured_input_means`]).
+/// `measured`: per-tensor input means for empirical correction ([`measured_input_means`]);
+/// `input_range`: the declared range of the graph inputs (the input model of the data-free
+/// statistics, [`StatsOptions::input_range`]).
 pub fn build(
     equalized: &ModelProto,
     labels: &[String],
@@ -104,6 +106,7 @@ pub fn build(
     target: &Target,
     opts: &DeployOptions,
     measured: Option<&HashMap<String, Vec<f32>>>,
+    input_range: Option<[f32; 2]>,
 ) -> Result<Deploy> {
     let mut work = Work::new(equalized.clone())?;
     let stats = stats::propagate(
@@ -112,6 +115,7 @@ pub fn build(
         origins,
         &StatsOptions {
             input_mean: opts.input_mean.clone(),
+            input_range,
             ..StatsOptions::default()
         },
     );
@@ -130,12 +134,19 @@ pub fn build(
             BiasCorrection::Off => None,
             BiasCorrection::Analytic => Some(format!(
                 "data-free: folded BN statistics through the equalized graph ({} of {} tensors \
-                 modelled; graph input mean {})",
+                 with statistics, {} with a modelled mean; graph input mean {}{}); only layers \
+                 whose input mean is modelled are corrected",
                 stats.known(),
                 work.index().topo().len() + work.graph().input.len(),
-                match &opts.input_mean {
-                    Some(m) => format!("{m:?}"),
-                    None => "0".into(),
+                stats.mean_modelled(),
+                match (&opts.input_mean, input_range) {
+                    (Some(m), _) => format!("{m:?}"),
+                    (None, Some([lo, hi])) => format!("{}", (lo + hi) / 2.0),
+                    (None, None) => "0".into(),
+                },
+                match input_range {
+                    Some([lo, hi]) => format!(", uniform on [{lo}, {hi}]"),
+                    None => String::new(),
                 }
             )),
             BiasCorrection::Empirical => Some("measured on the sample inputs".into()),
@@ -263,8 +274,15 @@ pub fn build(
                     Err(why) => report.skipped.push(Skip {
                         pass: "bias_correction".into(),
                         nodes: vec![row.layer.clone()],
-                        reason: "no_input_mean".into(),
-                        detail: format!("E[x] of its input is unknown: {why}"),
+                        reason: if stats.basis(&input).is_some() {
+                            "unmodelled_expectation".into()
+                        } else {
+                            "no_input_mean".into()
+                        },
+                        detail: format!(
+                            "bias left uncorrected: E[x] of its input `{input}` is not \
+                             known: {why}"
+                        ),
                     }),
                 }
             }

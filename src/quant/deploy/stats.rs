@@ -14,32 +14,60 @@
 //! data-free range `[lo, hi]`. The clamp form is exact through `Relu`, `Clip`, `Min`/`Max` with
 //! a constant and positive scaling, so ReLU and ReLU6 means are the closed forms of DFQ
 //! appendix C (`E[relu] = μ·(1 − Φ(−μ/σ)) + σ·φ(−μ/σ)`, and the clipped-normal mean at the
-//! upper bound); after any other op the channel is a moment-matched Gaussian. SiLU / Swish
-//! (`x·Sigmoid(x)`), HardSwish, Sigmoid, HardSigmoid, Tanh, GELU, ELU, LeakyRelu and PRelu are
-//! integrated by a 16-point Gauss–Hermite sum. Means are exact through every linear op (layers
-//! without BN statistics: `W·E[x] + b`, ignoring zero padding at the borders), `Add` / `Sub`
-//! (means add, variances add as if independent, ranges add as intervals), constant scaling and
-//! shifts, `Concat` on the channel axis, `Pad`, pooling, `GlobalAveragePool`, `Flatten` /
-//! `Reshape` (a layer reading `K = C·r` features of a `C`-channel tensor sees each channel
-//! repeated `r` times, NCHW order). A standalone BatchNormalization gives `N(β, σ²)` from its
-//! own statistics; a BN folded forward into the next layer gives that layer's input its
-//! running mean and variance. Graph inputs have mean 0 (or the given per-channel mean) and
-//! unit variance, and no data-free range.
+//! upper bound); after any other op the channel is a moment-matched Gaussian. SiLU / Swish,
+//! HardSwish, Sigmoid, HardSigmoid, Tanh, GELU, ELU, LeakyRelu, PRelu, Erf, Sqrt, Exp are
+//! integrated by a 16-point Gauss–Hermite sum (their range: the function sampled over the
+//! input's). A tensor computed elementwise from one root tensor (`x · Clip(x + 3, 0, 6) / 6`,
+//! `x · Sigmoid(x)`, `x · 0.5 · (1 + Erf(x/√2))`) is integrated over the root's distribution as
+//! one function, never as a product of independent tensors.
 //!
-//! Ranges: a layer output with BN statistics ranges over `[μ − nσ, μ + nσ]` per channel (after
-//! the scaling, so divided by `s_c`), clamps cut the range, intervals add at `Add`; the
-//! per-tensor range is the min / max over channels ([`ActivationStats::ranges`]).
+//! Linear ops (layers without BN statistics: `W·E[x] + b`, ignoring zero padding at the
+//! borders): **the mean is exact**; **the variance assumes the layer's inputs independent**
+//! (`Var = Σ W²·Var[x]`, also for `Add` / `Sub` of two tensors and products). Natural images
+//! and the channels of a trained network are correlated, so the spread of a BN-free layer is
+//! an estimate (tests/data_free_ranges.rs measures how far off on random models). Means are
+//! exact through constant scaling and shifts, `Concat` on the channel axis, `Pad`, average
+//! pooling, `Flatten` / `Reshape` (a layer reading `K = C·r` features of a `C`-channel tensor
+//! sees each channel repeated `r` times, NCHW order). A standalone BatchNormalization gives
+//! `N(β, σ²)` from its own statistics; a BN folded forward into the next layer gives that
+//! layer's input its running mean and variance.
 //!
-//! Whatever is not modelled (`Transpose`, `Softmax`, a non-constant `Min`…) leaves its output
-//! unknown, with the reason ([`ActivationStats::why_unknown`]); everything downstream of it too.
+//! Where the channel axis is lost (`Transpose` moving axis 1, `Reshape` to another channel
+//! count, `Slice`, `Gather`, `ReduceMean`, `Concat` off axis 1) the tensor becomes one mixture
+//! channel (mean of the means, the mixture's variance, the hull of the ranges). `Softmax` gives
+//! `[0, 1]`; attention `MatMul(Softmax, V)` the hull of `V`; a decomposed LayerNorm's
+//! `(x − mean) / Sqrt(var + ε)` the standard normal (per token); `LayerNormalization`
+//! `N(β, γ²)`. `MaxPool` keeps the range.
+//!
+//! Input model: graph inputs have the declared mean (`input_mean`; else 0, or the middle of a
+//! declared range that does not contain 0). With a declared `input_range` every element is
+//! uniform on it (σ = (hi − lo)/√12, range `[lo, hi]`): BN-free models then get ranges at every
+//! layer. Without it, unit variance and no range at the inputs.
+//!
+//! [`Basis`]: what each tensor's mean rests on. BN statistics give the whole distribution (also
+//! the sum of two such tensors, a residual `Add`, branches taken as independent); layers
+//! without BN statistics keep the mean exact but the spread becomes the independence assumption's; a
+//! nonlinearity of such a tensor, a product of two tensors, a mixture, a Softmax, attention or
+//! a LayerNorm leave only an assumed mean. Bias correction uses only modelled means
+//! ([`ActivationStats::input_mean`]); ranges use all.
+//!
+//! Ranges: a channel ranges over `[μ − nσ, μ + nσ]` (`n` = [`DEFAULT_N_SIGMA`], with BN
+//! statistics after the scaling, so divided by `s_c`), clamps cut the range, intervals add at
+//! `Add`; the per-tensor range is the min / max over channels ([`ActivationStats::ranges`]).
+//! These are quantization ranges, not bounds: the extremes of a large tensor pass 4σ.
+//!
+//! Whatever is not modelled (a non-constant `Min`, `Pow`, a `MatMul` of two activations that is
+//! not attention…) leaves its output unknown, with the reason ([`ActivationStats::why_unknown`]);
+//! everything downstream of it too.
 
 use std::collections::HashMap;
+use std::rc::Rc;
 use std::sync::OnceLock;
 
 use crate::graph::layer_of;
 use crate::graph::layout::LayerOp;
 use crate::graph::work::Work;
-use crate::onnx::{attr, onnx_opset, ModelProto};
+use crate::onnx::{attr, onnx_opset, ModelProto, NodeProto};
 use crate::passes::State;
 use crate::report::Report;
 use crate::runtime::{InputTensor, Runner};
@@ -144,8 +172,12 @@ impl Origins {
 pub struct StatsOptions {
     /// Range width in σ.
     pub n_sigma: f32,
-    /// Per-channel mean of the graph inputs (one value: every channel); `None` is 0.
+    /// Per-channel mean of the graph inputs (one value: every channel); `None` is 0, or the
+    /// middle of `input_range` when that is given.
     pub input_mean: Option<Vec<f32>>,
+    /// The declared `[lo, hi]` of every graph input element: the input model is then uniform on
+    /// it (σ = (hi − lo)/√12) with that range; without it, unit variance and no range.
+    pub input_range: Option<[f32; 2]>,
 }
 
 impl Default for StatsOptions {
@@ -153,7 +185,58 @@ impl Default for StatsOptions {
         StatsOptions {
             n_sigma: DEFAULT_N_SIGMA,
             input_mean: None,
+            input_range: None,
         }
+    }
+}
+
+/// What a tensor's statistics rest on: how far its per-channel mean can be trusted.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Basis {
+    /// Mean and spread per channel follow from BatchNorm running statistics (through exact
+    /// ops, and sums of two such tensors taken as independent, as a residual `Add`): a
+    /// nonlinearity's mean can be integrated.
+    Distribution,
+    /// The mean per channel is exact (linear ops from measured or declared means); the spread
+    /// rests on the independence assumption.
+    Mean,
+    /// The mean itself rests on an assumption (which one, and where).
+    Assumed(String),
+}
+
+impl Basis {
+    /// After a layer without BN statistics (its mean exact given its input's mean).
+    fn linear(&self) -> Basis {
+        match self {
+            Basis::Distribution | Basis::Mean => Basis::Mean,
+            a => a.clone(),
+        }
+    }
+
+    /// After a nonlinearity (its mean needs the input's whole distribution).
+    fn nonlinear(&self, what: &str) -> Basis {
+        match self {
+            Basis::Mean => Basis::Assumed(format!(
+                "{what} of a tensor without BatchNorm statistics (its spread is the independence \
+                 assumption's)"
+            )),
+            b => b.clone(),
+        }
+    }
+
+    /// The weaker of two.
+    fn meet(&self, other: &Basis) -> Basis {
+        match (self, other) {
+            (Basis::Assumed(_), _) => self.clone(),
+            (_, Basis::Assumed(_)) => other.clone(),
+            (Basis::Distribution, Basis::Distribution) => Basis::Distribution,
+            _ => Basis::Mean,
+        }
+    }
+
+    /// Whether the per-channel mean is modelled (not an assumption).
+    pub fn mean_modelled(&self) -> bool {
+        !matches!(self, Basis::Assumed(_))
     }
 }
 
@@ -173,6 +256,8 @@ pub struct ChannelStats {
     pub lo: Vec<f32>,
     /// Data-free upper range.
     pub hi: Vec<f32>,
+    /// What the statistics rest on.
+    pub basis: Basis,
 }
 
 fn at(v: &[f32], c: usize) -> f32 {
@@ -296,11 +381,17 @@ impl ChannelStats {
             b: vec![f32::INFINITY; len],
             lo: (0..len).map(|c| mean[c] - n * sigma[c].abs()).collect(),
             hi: (0..len).map(|c| mean[c] + n * sigma[c].abs()).collect(),
+            basis: Basis::Distribution,
         }
     }
 
     /// A moment-matched Gaussian with the given range.
-    fn matched(mean: Vec<f32>, var: &[f32], lo: Vec<f32>, hi: Vec<f32>) -> ChannelStats {
+    fn matched(
+        mean: Vec<f32>,
+        var: &[f32],
+        (lo, hi): (Vec<f32>, Vec<f32>),
+        basis: Basis,
+    ) -> ChannelStats {
         let len = mean.len();
         ChannelStats {
             mu: mean,
@@ -309,6 +400,7 @@ impl ChannelStats {
             b: vec![f32::INFINITY; len],
             lo,
             hi,
+            basis,
         }
     }
 
@@ -399,7 +491,12 @@ impl ChannelStats {
                 (0..n).map(|c| at(&self.hi, c) - at(&other.lo, c)).collect(),
             )
         };
-        Some(ChannelStats::matched(mean, &var, lo, hi))
+        Some(ChannelStats::matched(
+            mean,
+            &var,
+            (lo, hi),
+            self.basis.meet(&other.basis),
+        ))
     }
 
     /// `X·Y` for independent tensors.
@@ -422,12 +519,16 @@ impl ChannelStats {
             lo.push(corners.iter().fold(f32::INFINITY, |m, &v| m.min(v)));
             hi.push(corners.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)));
         }
-        Some(ChannelStats::matched(mean, &var, lo, hi))
+        let basis = match self.basis.meet(&other.basis) {
+            Basis::Assumed(why) => Basis::Assumed(why),
+            _ => Basis::Assumed("a product of two activations (assumed independent)".into()),
+        };
+        Some(ChannelStats::matched(mean, &var, (lo, hi), basis))
     }
 
     /// `f(X, c)` by Gauss–Hermite over the latent Gaussian (clamped); the range is `f` sampled
     /// over `[lo, hi]`.
-    fn map(&self, f: impl Fn(f64, usize) -> f64) -> ChannelStats {
+    fn map(&self, what: &str, f: impl Fn(f64, usize) -> f64) -> ChannelStats {
         let gh = gauss_hermite();
         let norm = std::f64::consts::PI.sqrt();
         let n = self.len();
@@ -460,7 +561,7 @@ impl ChannelStats {
                 hi.push(f32::INFINITY);
             }
         }
-        ChannelStats::matched(mean, &var, lo, hi)
+        ChannelStats::matched(mean, &var, (lo, hi), self.basis.nonlinear(what))
     }
 
     /// These statistics for `n` channels (a broadcast value repeated).
@@ -476,10 +577,48 @@ impl ChannelStats {
                     b: rep(&self.b),
                     lo: rep(&self.lo),
                     hi: rep(&self.hi),
+                    basis: self.basis.clone(),
                 })
             }
             _ => None,
         }
+    }
+
+    /// One channel for the whole tensor: the mixture of the channels (mean of the means, the
+    /// mixture's variance, the hull of the ranges); its mean no longer describes any channel.
+    fn mixed(&self, why: &str) -> ChannelStats {
+        let (m, v) = (self.mean(), self.var());
+        let n = m.len().max(1) as f64;
+        let avg = m.iter().map(|&x| f64::from(x)).sum::<f64>() / n;
+        let var = m
+            .iter()
+            .zip(&v)
+            .map(|(&x, &y)| f64::from(y) + (f64::from(x) - avg).powi(2))
+            .sum::<f64>()
+            / n;
+        let lo = self.lo.iter().fold(f32::INFINITY, |a, &b| a.min(b));
+        let hi = self.hi.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+        let basis = match &self.basis {
+            Basis::Assumed(w) => Basis::Assumed(w.clone()),
+            _ if self.len() == 1 => self.basis.clone(),
+            _ => Basis::Assumed(format!("{why}: channels mixed")),
+        };
+        ChannelStats::matched(vec![avg as f32], &[var as f32], (vec![lo], vec![hi]), basis)
+    }
+
+    /// The mixture of two one-channel statistics (equal weights) with the hull of the ranges.
+    fn union(&self, other: &ChannelStats) -> ChannelStats {
+        let (a, b) = (self.mixed("union"), other.mixed("union"));
+        let (ma, mb) = (f64::from(a.mean()[0]), f64::from(b.mean()[0]));
+        let (va, vb) = (f64::from(a.var()[0]), f64::from(b.var()[0]));
+        let m = (ma + mb) / 2.0;
+        let v = (va + vb) / 2.0 + ((ma - m).powi(2) + (mb - m).powi(2)) / 2.0;
+        ChannelStats::matched(
+            vec![m as f32],
+            &[v as f32],
+            (vec![a.lo[0].min(b.lo[0])], vec![a.hi[0].max(b.hi[0])]),
+            a.basis.meet(&b.basis),
+        )
     }
 
     /// The range widened to contain 0 (zero padding adds zeros to the tensor).
@@ -534,19 +673,36 @@ impl ActivationStats {
     }
 
     /// `E[x]` of `tensor` as a layer reading `channels` features sees it
-    /// ([`expand_channels`]), or why it is unknown.
+    /// ([`expand_channels`]), or why it is unknown or not modelled ([`Basis::Assumed`]: a bias
+    /// correction on it could do harm).
     pub fn input_mean(&self, tensor: &str, channels: usize) -> Result<Vec<f32>, String> {
         let Some(s) = self.tensors.get(tensor) else {
             return Err(self
                 .why_unknown(tensor)
                 .map_or_else(|| format!("no statistics for `{tensor}`"), str::to_string));
         };
+        if let Basis::Assumed(why) = &s.basis {
+            return Err(format!("its mean is not modelled: {why}"));
+        }
         expand_channels(&s.mean(), channels).ok_or_else(|| {
             format!(
                 "`{tensor}` has {} channels, the layer reads {channels}",
                 s.len()
             )
         })
+    }
+
+    /// What the statistics of `tensor` rest on.
+    pub fn basis(&self, tensor: &str) -> Option<&Basis> {
+        self.tensors.get(tensor).map(|s| &s.basis)
+    }
+
+    /// Number of tensors whose per-channel mean is modelled (not [`Basis::Assumed`]).
+    pub fn mean_modelled(&self) -> usize {
+        self.tensors
+            .values()
+            .filter(|s| s.basis.mean_modelled())
+            .count()
     }
 
     /// Per-channel data-free range `(lo, hi)` of `tensor`.
@@ -625,14 +781,44 @@ pub fn propagate(
         .map(|v| v.name().to_string())
         .filter(|n| !consts.contains(n) || !work.is_const(n))
         .collect();
-    let mean0 = opts.input_mean.clone().unwrap_or_else(|| vec![0.0]);
+    // A range around 0 is normalized data (mean about 0); else pixels scaled to [0, 1] or
+    // [0, 255], whose mean is about the middle.
+    let mid = opts.input_range.map(|[lo, hi]| {
+        if lo < 0.0 && hi > 0.0 {
+            0.0
+        } else {
+            (lo + hi) / 2.0
+        }
+    });
+    let mean0 = opts
+        .input_mean
+        .clone()
+        .unwrap_or_else(|| vec![mid.unwrap_or(0.0)]);
     for name in inputs {
         let len = mean0.len();
-        let mut s = ChannelStats::gaussian(&mean0, &vec![1.0; len], n_sigma);
-        s.lo = vec![f32::NEG_INFINITY; len];
-        s.hi = vec![f32::INFINITY; len];
+        let s = match opts.input_range {
+            Some([lo, hi]) => {
+                let sd = (hi - lo) / 12f32.sqrt();
+                let mut s = ChannelStats::gaussian(&mean0, &vec![sd; len], n_sigma);
+                s.lo = vec![lo; len];
+                s.hi = vec![hi; len];
+                s
+            }
+            None => {
+                let mut s = ChannelStats::gaussian(&mean0, &vec![1.0; len], n_sigma);
+                s.lo = vec![f32::NEG_INFINITY; len];
+                s.hi = vec![f32::INFINITY; len];
+                s
+            }
+        };
+        // The declared mean is taken as given; the spread is the input model's.
+        let s = ChannelStats {
+            basis: Basis::Mean,
+            ..s
+        };
         insert(&mut st, &name, Ok(s), &walk);
     }
+    let mut chains = Chains::default();
     let order: Vec<usize> = work.index().topo().to_vec();
     for i in order {
         let node = work.node(i).clone();
@@ -649,7 +835,7 @@ pub fn propagate(
             continue;
         }
         let result = if node.domain().is_empty() {
-            node_stats(work, &st, i, &walk)
+            node_stats(work, &st, &mut chains, i, &walk)
         } else {
             Err(format!(
                 "{}::{} is not modelled",
@@ -717,7 +903,187 @@ fn data<'a>(st: &'a ActivationStats, work: &Work, name: &str) -> Result<&'a Chan
     Err(format!("`{name}` is not produced by the graph"))
 }
 
+/// An elementwise function of a root tensor's values (per channel).
+type ElemFn = Rc<dyn Fn(f64, usize) -> f64>;
+
+/// Tensors that are elementwise functions of another tensor (`root`, `f`): `x · f(x)` (SiLU,
+/// decomposed HardSwish, GELU…) is then integrated over the root's distribution instead of
+/// treated as a product of independent tensors.
+#[derive(Default)]
+struct Chains(HashMap<String, (String, ElemFn, usize)>);
+
+/// Longest chain followed (steps from the root).
+const MAX_CHAIN: usize = 12;
+
+impl Chains {
+    /// `(root, f)` of `t` (`t` itself and the identity when it has no chain).
+    fn of(&self, t: &str) -> (String, ElemFn) {
+        match self.0.get(t) {
+            Some((r, f, _)) => (r.clone(), f.clone()),
+            None => (t.to_string(), Rc::new(|v, _| v)),
+        }
+    }
+
+    fn extend(&mut self, out: &str, x: &str, g: ElemFn) {
+        let depth = self.0.get(x).map_or(0, |c| c.2) + 1;
+        if depth > MAX_CHAIN {
+            return;
+        }
+        let (root, f) = self.of(x);
+        self.0.insert(
+            out.to_string(),
+            (root, Rc::new(move |v, c| g(f(v, c), c)), depth),
+        );
+    }
+}
+
+/// The elementwise function node `node` computes of its data input `x` (the others constant),
+/// with its name; `None` for other ops.
+fn unary_fn(work: &mut Work, node: &NodeProto, opset: i64) -> Option<(String, ElemFn)> {
+    let op = node.op_type();
+    let input = |k: usize| node.input.get(k).cloned().unwrap_or_default();
+    let f: ElemFn = match op {
+        "Relu" => Rc::new(|v, _| v.max(0.0)),
+        "Identity" | "Dropout" => Rc::new(|v, _| v),
+        "Neg" => Rc::new(|v, _| -v),
+        "Sigmoid" => Rc::new(|v, _| sigmoid(v)),
+        "Tanh" => Rc::new(|v, _| v.tanh()),
+        "Erf" => Rc::new(|v, _| libm::erf(v)),
+        "Sqrt" => Rc::new(|v, _| v.max(0.0).sqrt()),
+        "Abs" => Rc::new(|v, _| v.abs()),
+        "Exp" => Rc::new(|v, _| v.exp()),
+        "Softplus" => Rc::new(|v, _| v.exp().ln_1p()),
+        "Gelu" => Rc::new(|v, _| 0.5 * v * (1.0 + libm::erf(v / std::f64::consts::SQRT_2))),
+        "HardSigmoid" => {
+            let alpha = f64::from(attr::float(node, "alpha").unwrap_or(0.2));
+            let beta = f64::from(attr::float(node, "beta").unwrap_or(0.5));
+            Rc::new(move |v, _| hard_sigmoid(v, alpha, beta))
+        }
+        "HardSwish" => Rc::new(|v, _| v * hard_sigmoid(v, 1.0 / 6.0, 0.5)),
+        "LeakyRelu" => {
+            let alpha = f64::from(attr::float(node, "alpha").unwrap_or(0.01));
+            Rc::new(move |v, _| if v >= 0.0 { v } else { alpha * v })
+        }
+        "Elu" => {
+            let alpha = f64::from(attr::float(node, "alpha").unwrap_or(1.0));
+            Rc::new(move |v, _| if v >= 0.0 { v } else { alpha * v.exp_m1() })
+        }
+        "PRelu" => {
+            let slope = const_channels(work, &input(1))?;
+            Rc::new(move |v, c| {
+                if v >= 0.0 {
+                    v
+                } else {
+                    f64::from(at(&slope, c.min(slope.len() - 1))) * v
+                }
+            })
+        }
+        "Clip" => {
+            let (lo, hi) = clip_bounds(work, node, opset)?;
+            let (lo, hi) = (f64::from(lo), f64::from(hi));
+            Rc::new(move |v, _| v.clamp(lo, hi))
+        }
+        "Add" | "Sub" | "Mul" | "Div" | "Min" | "Max" | "Pow" if node.input.len() == 2 => {
+            let (c0, c1) = (
+                const_channels(work, &input(0)),
+                const_channels(work, &input(1)),
+            );
+            let (k, data_first) = match (c0, c1) {
+                (None, Some(k)) => (k, true),
+                (Some(k), None) => (k, false),
+                _ => return None,
+            };
+            let kc = move |c: usize| f64::from(at(&k, c.min(k.len() - 1)));
+            match (op, data_first) {
+                ("Add", _) => Rc::new(move |v, c| v + kc(c)),
+                ("Sub", true) => Rc::new(move |v, c| v - kc(c)),
+                ("Sub", false) => Rc::new(move |v, c| kc(c) - v),
+                ("Mul", _) => Rc::new(move |v, c| v * kc(c)),
+                ("Div", true) => Rc::new(move |v, c| v / kc(c)),
+                ("Min", _) => Rc::new(move |v, c| v.min(kc(c))),
+                ("Max", _) => Rc::new(move |v, c| v.max(kc(c))),
+                ("Pow", true) => Rc::new(move |v, c| v.powf(kc(c))),
+                _ => return None,
+            }
+        }
+        _ => return None,
+    };
+    Some((op.to_string(), f))
+}
+
+/// Constant bounds of a Clip node (absent = unbounded); `None` when one is computed.
+fn clip_bounds(work: &Work, node: &NodeProto, opset: i64) -> Option<(f32, f32)> {
+    if opset < 11 {
+        return Some((
+            attr::float(node, "min").unwrap_or(f32::NEG_INFINITY),
+            attr::float(node, "max").unwrap_or(f32::INFINITY),
+        ));
+    }
+    let bound = |k: usize, default: f32| -> Option<f32> {
+        match node.input.get(k).map(String::as_str) {
+            None | Some("") => Some(default),
+            Some(name) => work.const_scalar(name),
+        }
+    };
+    Some((bound(1, f32::NEG_INFINITY)?, bound(2, f32::INFINITY)?))
+}
+
+/// The data inputs of a node (not constants, not empty).
+fn data_inputs(work: &Work, node: &NodeProto) -> Vec<String> {
+    node.input
+        .iter()
+        .filter(|t| !t.is_empty() && !work.is_const(t))
+        .cloned()
+        .collect()
+}
+
+/// The statistics of node `i`'s output, with their [`Basis`]; records elementwise chains.
 fn node_stats(
+    work: &mut Work,
+    st: &ActivationStats,
+    chains: &mut Chains,
+    i: usize,
+    walk: &Walk,
+) -> Result<ChannelStats, String> {
+    let node = work.node(i).clone();
+    let op = node.op_type().to_string();
+    let out = node.output.first().cloned().unwrap_or_default();
+    let unary = unary_fn(work, &node, walk.opset);
+    let ins = data_inputs(work, &node);
+    if let (Some((_, f)), [x]) = (&unary, ins.as_slice()) {
+        if st.tensors.contains_key(x) {
+            chains.extend(&out, x, f.clone());
+        }
+    }
+    // Two data operands that are elementwise functions of one root: integrate over the root.
+    if matches!(op.as_str(), "Mul" | "Add" | "Sub" | "Div")
+        && ins.len() == 2
+        && node.input.len() == 2
+    {
+        let ((r0, f0), (r1, f1)) = (chains.of(&ins[0]), chains.of(&ins[1]));
+        if r0 == r1 {
+            if let Some(root) = st.tensors.get(&r0) {
+                let g: ElemFn = match op.as_str() {
+                    "Mul" => Rc::new(move |v, c| f0(v, c) * f1(v, c)),
+                    "Add" => Rc::new(move |v, c| f0(v, c) + f1(v, c)),
+                    "Sub" => Rc::new(move |v, c| f0(v, c) - f1(v, c)),
+                    _ => Rc::new(move |v, c| f0(v, c) / f1(v, c)),
+                };
+                let s = root.map(&format!("{op} of two functions of one tensor"), |v, c| {
+                    g(v, c)
+                });
+                if chains.0.get(&r0).is_none_or(|c| c.2 < MAX_CHAIN) {
+                    chains.0.insert(out.clone(), (r0.clone(), g, 1));
+                }
+                return Ok(s);
+            }
+        }
+    }
+    let s = node_stats_by_op(work, st, i, walk)?;
+    Ok(s)
+}
+
+fn node_stats_by_op(
     work: &mut Work,
     st: &ActivationStats,
     i: usize,
@@ -730,30 +1096,22 @@ fn node_stats(
     let x = input(0);
     let unmodelled = || format!("{op} is not modelled");
     let fail = |what: &str| format!("{op}: {what}");
+    let nonlinear = |s: ChannelStats| ChannelStats {
+        basis: s.basis.nonlinear(op),
+        ..s
+    };
     match op {
         "Conv" | "ConvTranspose" | "Gemm" | "MatMul" => layer_stats(work, st, i, walk),
         "Relu" => data(st, work, &x)?
             .clamp(&[0.0], &[f32::INFINITY])
+            .map(nonlinear)
             .ok_or_else(|| fail("channels")),
         "Clip" => {
-            let (lo, hi) = if opset < 11 {
-                (
-                    attr::float(&node, "min").unwrap_or(f32::NEG_INFINITY),
-                    attr::float(&node, "max").unwrap_or(f32::INFINITY),
-                )
-            } else {
-                let bound = |k: usize, default: f32| -> Result<f32, String> {
-                    let name = input(k);
-                    if name.is_empty() {
-                        return Ok(default);
-                    }
-                    work.const_scalar(&name)
-                        .ok_or_else(|| fail("bound computed at run time"))
-                };
-                (bound(1, f32::NEG_INFINITY)?, bound(2, f32::INFINITY)?)
-            };
+            let (lo, hi) = clip_bounds(work, &node, opset)
+                .ok_or_else(|| fail("bound computed at run time"))?;
             data(st, work, &x)?
                 .clamp(&[lo], &[hi])
+                .map(nonlinear)
                 .ok_or_else(|| fail("empty bounds"))
         }
         "Min" | "Max" if node.input.len() == 2 => {
@@ -773,6 +1131,7 @@ fn node_stats(
             } else {
                 s.clamp(&c, &inf)
             }
+            .map(nonlinear)
             .ok_or_else(|| fail("channels"))
         }
         "Add" | "Sub" | "Mul" | "Div" if node.input.len() == 2 => {
@@ -781,47 +1140,64 @@ fn node_stats(
         "Neg" => data(st, work, &x)?
             .affine(&[-1.0], &[0.0])
             .ok_or_else(|| fail("channels")),
-        "Sigmoid" => Ok(data(st, work, &x)?.map(|v, _| sigmoid(v))),
-        "Tanh" => Ok(data(st, work, &x)?.map(|v, _| v.tanh())),
-        "HardSigmoid" => {
-            let alpha = f64::from(attr::float(&node, "alpha").unwrap_or(0.2));
-            let beta = f64::from(attr::float(&node, "beta").unwrap_or(0.5));
-            Ok(data(st, work, &x)?.map(|v, _| hard_sigmoid(v, alpha, beta)))
-        }
-        "HardSwish" => Ok(data(st, work, &x)?.map(|v, _| v * hard_sigmoid(v, 1.0 / 6.0, 0.5))),
-        "LeakyRelu" => {
-            let alpha = f64::from(attr::float(&node, "alpha").unwrap_or(0.01));
-            Ok(data(st, work, &x)?.map(|v, _| if v >= 0.0 { v } else { alpha * v }))
-        }
-        "Elu" => {
-            let alpha = f64::from(attr::float(&node, "alpha").unwrap_or(1.0));
-            Ok(data(st, work, &x)?.map(|v, _| if v >= 0.0 { v } else { alpha * v.exp_m1() }))
-        }
-        "Softplus" => Ok(data(st, work, &x)?.map(|v, _| v.exp().ln_1p())),
-        "Gelu" => Ok(data(st, work, &x)?
-            .map(|v, _| 0.5 * v * (1.0 + libm::erf(v / std::f64::consts::SQRT_2)))),
-        "PRelu" => {
-            let slope =
-                const_channels(work, &input(1)).ok_or_else(|| fail("slope not constant"))?;
+        "Sigmoid" | "Tanh" | "HardSigmoid" | "HardSwish" | "LeakyRelu" | "Elu" | "Softplus"
+        | "Gelu" | "PRelu" | "Erf" | "Sqrt" | "Abs" | "Exp" => {
+            let (_, f) = unary_fn(work, &node, opset).ok_or_else(|| fail("slope not constant"))?;
             let s = data(st, work, &x)?;
-            let n = broadcast(s.len(), slope.len()).ok_or_else(|| fail("channels"))?;
-            let s = s.expand_to(n).ok_or_else(|| fail("channels"))?;
-            Ok(s.map(|v, c| {
-                if v >= 0.0 {
-                    v
-                } else {
-                    f64::from(at(&slope, c)) * v
+            let n = match op {
+                "PRelu" => {
+                    let slope = const_channels(work, &input(1))
+                        .ok_or_else(|| fail("slope not constant"))?;
+                    broadcast(s.len(), slope.len()).ok_or_else(|| fail("channels"))?
                 }
-            }))
+                _ => s.len(),
+            };
+            let s = s.expand_to(n).ok_or_else(|| fail("channels"))?;
+            Ok(s.map(op, |v, c| f(v, c)))
         }
         "Pad" => Ok(data(st, work, &x)?.clone().with_zero()),
-        "MaxPool" | "AveragePool" | "GlobalAveragePool" | "GlobalMaxPool" | "Identity"
-        | "Dropout" | "Resize" | "Upsample" | "Flatten" | "Reshape" | "Squeeze" | "Unsqueeze" => {
-            Ok(data(st, work, &x)?.clone())
+        "MaxPool" | "GlobalMaxPool" => {
+            let s = data(st, work, &x)?.clone();
+            Ok(ChannelStats {
+                basis: match s.basis {
+                    Basis::Assumed(w) => Basis::Assumed(w),
+                    _ => Basis::Assumed(format!("{op}: the mean of a window maximum")),
+                },
+                ..s
+            })
+        }
+        "AveragePool" | "GlobalAveragePool" | "Identity" | "Dropout" | "Resize" | "Upsample"
+        | "Flatten" | "Squeeze" | "Unsqueeze" => Ok(data(st, work, &x)?.clone()),
+        "Reshape" => reshape(work, st, &node),
+        "Transpose" => {
+            let s = data(st, work, &x)?;
+            let perm = attr::ints(&node, "perm").map(<[i64]>::to_vec);
+            match perm {
+                Some(p) if p.get(1) == Some(&1) || s.len() == 1 => Ok(s.clone()),
+                _ => Ok(s.mixed(&format!("{op} moved the channel axis"))),
+            }
+        }
+        "Softmax" => {
+            // Whatever its input: values in [0, 1]; the mean (1 / axis length) is not known.
+            let mut s = ChannelStats::gaussian(&[0.5], &[0.5 / 3f32.sqrt()], n_sigma);
+            (s.lo, s.hi) = (vec![0.0], vec![1.0]);
+            s.basis = Basis::Assumed("Softmax (its mean depends on the axis length)".into());
+            Ok(s)
+        }
+        "ReduceMean" | "ReduceMax" | "ReduceMin" | "Slice" | "Gather" | "Expand" | "Tile" => {
+            // Values (or means of values) of the input: its hull bounds them.
+            Ok(data(st, work, &x)?.mixed(op))
         }
         "Concat" => {
             if attr::int(&node, "axis") != Some(1) {
-                return Err(fail("only the channel axis (1) is modelled"));
+                let mut parts = Vec::new();
+                for t in node.input.iter().filter(|t| !t.is_empty()) {
+                    parts.push(data(st, work, t)?.mixed("Concat off the channel axis"));
+                }
+                return parts
+                    .into_iter()
+                    .reduce(|a, b| a.union(&b))
+                    .ok_or_else(|| fail("no inputs"));
             }
             let mut parts = Vec::new();
             for t in node.input.iter().filter(|t| !t.is_empty()) {
@@ -833,6 +1209,16 @@ fn node_stats(
             let cat = |f: fn(&ChannelStats) -> &Vec<f32>| -> Vec<f32> {
                 parts.iter().flat_map(|p| f(p).iter().copied()).collect()
             };
+            let basis = parts
+                .iter()
+                .map(|p| p.basis.clone())
+                .reduce(|a, b| match (&a, &b) {
+                    (Basis::Assumed(_), _) => a,
+                    (_, Basis::Assumed(_)) => b,
+                    (Basis::Distribution, Basis::Distribution) => a,
+                    _ => Basis::Mean,
+                })
+                .unwrap_or(Basis::Distribution);
             Ok(ChannelStats {
                 mu: cat(|p| &p.mu),
                 sigma: cat(|p| &p.sigma),
@@ -840,6 +1226,7 @@ fn node_stats(
                 b: cat(|p| &p.b),
                 lo: cat(|p| &p.lo),
                 hi: cat(|p| &p.hi),
+                basis,
             })
         }
         "BatchNormalization" => {
@@ -858,6 +1245,20 @@ fn node_stats(
             }
             let sigma: Vec<f32> = (0..c).map(|k| bn_sigma(v[0][k], v[3][k], eps)).collect();
             Ok(ChannelStats::gaussian(&v[1], &sigma, n_sigma))
+        }
+        "LayerNormalization" => {
+            let (g, b) = (
+                const_channels(work, &input(1)),
+                const_channels(work, &input(2)),
+            );
+            let g = g.ok_or_else(|| fail("scale computed at run time"))?;
+            let b = b.unwrap_or_else(|| vec![0.0]);
+            let n = broadcast(g.len(), b.len()).ok_or_else(|| fail("channels"))?;
+            let mu: Vec<f32> = (0..n).map(|c| at(&b, c)).collect();
+            let sd: Vec<f32> = (0..n).map(|c| at(&g, c).abs()).collect();
+            let mut s = ChannelStats::gaussian(&mu, &sd, n_sigma);
+            s.basis = Basis::Assumed("LayerNormalization (normalized per token)".into());
+            Ok(s)
         }
         _ => Err(unmodelled()),
     }
@@ -893,33 +1294,49 @@ fn arithmetic(
         }
         ("Add", None, None) => data(st, work, x0)?.combine(data(st, work, x1)?, 1.0),
         ("Sub", None, None) => data(st, work, x0)?.combine(data(st, work, x1)?, -1.0),
-        ("Mul", None, None) => {
-            if let Some(s) = gated(work, st, x0, x1).or_else(|| gated(work, st, x1, x0)) {
-                return Ok(s);
-            }
-            data(st, work, x0)?.product(data(st, work, x1)?)
+        ("Mul", None, None) => data(st, work, x0)?.product(data(st, work, x1)?),
+        ("Div", None, None) if layer_norm_div(work, x0, x1) => {
+            let mut s = ChannelStats::gaussian(&[0.0], &[1.0], DEFAULT_N_SIGMA);
+            s.basis = Basis::Assumed("a LayerNorm's normalized values (per token)".into());
+            Some(s)
         }
         _ => return Err(fail("not modelled with these operands")),
     };
     r.ok_or_else(|| fail("channel counts do not broadcast"))
 }
 
-/// `x · g(x)` with `g` a Sigmoid or HardSigmoid of the same `x`: SiLU / Swish / HardSwish.
-fn gated(work: &Work, st: &ActivationStats, x: &str, gate: &str) -> Option<ChannelStats> {
-    let p = work.index().producer(gate)?;
-    let g = work.node(p);
-    if g.input.first().map(String::as_str) != Some(x) || !g.domain().is_empty() {
-        return None;
+/// `a / b` is a decomposed LayerNorm's normalization: `a = x − ReduceMean(x)`, `b = Sqrt(…)`.
+fn layer_norm_div(work: &Work, a: &str, b: &str) -> bool {
+    let ix = work.index();
+    let op = |t: &str| ix.producer(t).map(|p| work.node(p));
+    let (Some(sub), Some(sqrt)) = (op(a), op(b)) else {
+        return false;
+    };
+    if sub.op_type() != "Sub" || sqrt.op_type() != "Sqrt" || sub.input.len() != 2 {
+        return false;
     }
-    let s = st.tensors.get(x)?;
-    match g.op_type() {
-        "Sigmoid" => Some(s.map(|v, _| v * sigmoid(v))),
-        "HardSigmoid" => {
-            let alpha = f64::from(attr::float(g, "alpha").unwrap_or(0.2));
-            let beta = f64::from(attr::float(g, "beta").unwrap_or(0.5));
-            Some(s.map(|v, _| v * hard_sigmoid(v, alpha, beta)))
+    op(&sub.input[1])
+        .is_some_and(|m| m.op_type() == "ReduceMean" && m.input.first() == sub.input.first())
+}
+
+/// `Reshape`: the statistics pass when the channel axis (1) keeps its size or the shape is not
+/// constant, else mix.
+fn reshape(
+    work: &mut Work,
+    st: &ActivationStats,
+    node: &NodeProto,
+) -> Result<ChannelStats, String> {
+    let s = data(st, work, &node.input[0])?;
+    let shape = node
+        .input
+        .get(1)
+        .and_then(|t| crate::graph::consteval::ints(work, t));
+    match shape {
+        Some(d) if s.len() > 1 && (d.len() < 2 || (d[1] != s.len() as i64 && d[1] != 0)) => {
+            Ok(s.mixed("Reshape off the channel axis"))
         }
-        _ => None,
+        // A shape computed at run time: read as keeping the channels (or flattening them).
+        _ => Ok(s.clone()),
     }
 }
 
@@ -933,6 +1350,11 @@ fn layer_stats(
 ) -> Result<ChannelStats, String> {
     let (labels, origins, n_sigma) = (walk.labels, walk.origins, walk.n_sigma);
     let op = work.node(i).op_type().to_string();
+    if op == "MatMul" {
+        if let Some(s) = attention_values(work, st, i) {
+            return Ok(s);
+        }
+    }
     let l = layer_of(work, i).map_err(|(code, detail)| format!("{op}: {code} {detail}"))?;
     let out_ch = l.layout.out_channels();
     let label = labels
@@ -987,7 +1409,32 @@ fn layer_stats(
         }
     }
     let sigma: Vec<f32> = var.iter().map(|v| v.max(0.0).sqrt()).collect();
-    Ok(ChannelStats::gaussian(&mean, &sigma, n_sigma))
+    Ok(ChannelStats {
+        basis: x.basis.linear(),
+        ..ChannelStats::gaussian(&mean, &sigma, n_sigma)
+    })
+}
+
+/// `MatMul(P, V)` with `P` a Softmax output (attention weights): every output is a convex
+/// combination of `V`'s values, so it lies in `V`'s hull; its mean is `E[V]` when the weights do
+/// not depend on the values (assumed), its spread at most `V`'s.
+fn attention_values(work: &Work, st: &ActivationStats, i: usize) -> Option<ChannelStats> {
+    let node = work.node(i);
+    let (p, v) = (node.input.first()?, node.input.get(1)?);
+    let softmax = work
+        .index()
+        .producer(p)
+        .is_some_and(|k| work.node(k).op_type() == "Softmax");
+    if !softmax || work.is_const(v) {
+        return None;
+    }
+    let s = st.tensors.get(v)?.mixed("attention");
+    Some(ChannelStats {
+        basis: Basis::Assumed(
+            "attention (softmax weights assumed independent of the values)".into(),
+        ),
+        ..s
+    })
 }
 
 /// The average fraction of a ConvTranspose kernel that reaches one output position
@@ -1144,7 +1591,7 @@ mod tests {
     #[test]
     fn silu_by_gauss_hermite() {
         let s = ChannelStats::gaussian(&[0.7], &[1.3], 4.0);
-        let m = s.map(|v, _| v * sigmoid(v)).mean()[0];
+        let m = s.map("SiLU", |v, _| v * sigmoid(v)).mean()[0];
         let (mut e, steps) = (0.0, 100_000);
         for k in 0..steps {
             let z = -12.0 + 24.0 * (k as f64 + 0.5) / steps as f64;

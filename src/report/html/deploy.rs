@@ -174,8 +174,39 @@ pub(super) fn exports(o: &mut String, e: &Exports) {
         "left float",
         "tensors a runtime would quantize that have no range",
     );
+    o.push_str("</div>\n");
+    let c = &e.coverage;
+    w!(
+        o,
+        "<p>QDQ coverage: <strong>{} of {}</strong> quantizable activations quantized ({:.0} %; \
+         quantizable as onnxruntime's <code>quantize_static</code> counts them).</p>\n",
+        c.placed,
+        c.quantizable,
+        c.percent()
+    );
+    if !c.float.is_empty() {
+        o.push_str(
+            "<table><thead><tr><th class=\"n\">Float</th><th>Reason</th><th>For example</th>\
+             </tr></thead><tbody>",
+        );
+        for f in &c.float {
+            let ex: Vec<String> = f
+                .tensors
+                .iter()
+                .map(|t| format!("<code>{}</code>", name(t)))
+                .collect();
+            w!(
+                o,
+                "<tr><td class=\"n\">{}</td><td>{}</td><td>{}</td></tr>",
+                f.count,
+                esc(&f.reason),
+                ex.join(", ")
+            );
+        }
+        o.push_str("</tbody></table>\n");
+    }
     o.push_str(
-        "</div>\n<table><thead><tr><th>File</th><th>Format</th><th class=\"n\">Bytes</th>\
+        "<table><thead><tr><th>File</th><th>Format</th><th class=\"n\">Bytes</th>\
                 </tr></thead><tbody>",
     );
     for f in &e.files {

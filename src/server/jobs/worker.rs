@@ -302,6 +302,7 @@ fn store_results(jobs: &Jobs, claim: &Claim, out: &Streamed) -> std::io::Result<
             .map(|t| t.problems.clone())
             .unwrap_or_default(),
         artifacts,
+        qdq_coverage: out.report.exports.as_ref().map(|e| e.coverage.clone()),
     })
 }
 
