@@ -23,6 +23,9 @@
 #                 (issue 19's "not worse than today" lines; default scripts/eval/int8_baseline.json,
 #                 the run of main on 2026-12-06 that the README shows).
 #   --qemu-images inputs per QDQ model cross-checked under QEMU (default 1; 0 skips).
+#   --only LABEL  one row (repeatable; no acceptance lines then): to fill the cache in parallel.
+#   --verify-budget S  passed to every CLI row: the CLI's default budget (10 s here) can run out
+#                 on a loaded machine, and the row's self-check is then skipped (its note says so).
 #
 # The AVX2 column: on a CPU with CPUID faulting (`cpuid_fault` in /proc/cpuinfo) onnxruntime runs
 # natively under an LD_PRELOAD shim (scripts/eval/cpuid_avx2.c) that hides AVX-512 and VNNI from

@@ -203,6 +203,8 @@ def run_cli(a, stem, label, kind, args, ctx):
     original = os.path.join(a.models, f"{stem}.onnx")
     argv = [a.bin, "equalize", original, "-o", os.path.join(vdir, "eq.onnx")]
     argv += shlex.split(fill(args, dict(ctx, dir=vdir)))
+    if a.verify_budget is not None:
+        argv += ["--verify-budget", str(a.verify_budget)]
     out = os.path.join(vdir, "deploy.onnx" if kind == "deploy" else "qdq.onnx")
     stamp = hashlib.sha256((a.bin_hash + shlex.join(argv) + file_hash(original)).encode()).hexdigest()[:16]
     stamp_file = os.path.join(vdir, "stamp")
@@ -246,6 +248,8 @@ def evaluate_model(a, stem, runner_args):
     ctx = dict(range=rng, calib=calib)
     rows = {}
     for label, kind, args in ROWS:
+        if a.only and label not in a.only:
+            continue
         t = time.time()
         r, vdir = run_cli(a, stem, label, kind, args, ctx)
         if "error" not in r:
@@ -262,6 +266,8 @@ def evaluate_model(a, stem, runner_args):
         rows[label] = r
     calib_x = np.load(calib)
     for label, opts in ORT_ROWS:
+        if a.only and label not in a.only:
+            continue
         t = time.time()
         vdir = os.path.join(a.work, stem, "ort_" + ("pc" if opts["per_channel"] else "pt") +
                             ("_rr" if opts["reduce_range"] else ""))
@@ -277,7 +283,7 @@ def evaluate_model(a, stem, runner_args):
             r = dict(error=f"{type(e).__name__}: {str(e).strip().splitlines()[-1][:300] if str(e).strip() else ''}")
         log(f"{stem} / {label}: {time.time() - t:.0f} s" + (f" ({r['error']})" if "error" in r else ""))
         rows[label] = r
-    df = rows["QDQ per-tensor, data-free"]
+    df = rows.get("QDQ per-tensor, data-free", {"error": "not run (--only)"})
     if "error" not in df:
         eq = os.path.join(os.path.dirname(df["model"]), "eq.onnx")
         q = os.path.join(os.path.dirname(df["model"]), f"quantize_static.{file_hash(eq)}.onnx")
@@ -456,6 +462,11 @@ def main(argv):
     ap.add_argument("--qemu-python", default="")
     ap.add_argument("--qemu-images", type=int, default=1)
     ap.add_argument("--cpu", default="")
+    ap.add_argument("--only", action="append", help="only this row (repeatable; the acceptance lines "
+                    "need every row)")
+    ap.add_argument("--verify-budget", type=float, help="pass --verify-budget to every CLI row (default: "
+                    "the CLI's own budget, which a loaded machine can exhaust: the row's note then says "
+                    "`not checked (budget exceeded…)`)")
     ap.add_argument("--json")
     ap.add_argument("--baseline", help="a previous --json output: issue 19's 'not worse than today' rows")
     a = ap.parse_args(argv)
@@ -491,7 +502,7 @@ def main(argv):
         log(f"{stem}: {time.time() - t:.0f} s")
         sys.stdout.flush()
     qemu = qemu_check(a, results) if a.qemu_python and a.avx2_prefix and a.qemu_images > 0 else []
-    lines = checks(a, results)
+    lines = [] if a.only else checks(a, results)
     print("#### Acceptance (issue 24 and the rows of issue 19 printed by the same evaluation)")
     print()
     print("Kernel column of the comparisons with quantize_static: " +
