@@ -4,7 +4,8 @@
 # original FP32 model's logits: FP32 SQNR; per-tensor int8 weights (onnx-cle's simulation); W8A8
 # in onnx-cle's simulation; W8A8 in onnxruntime's real int8 kernels (quantize_static, QDQ);
 # aggregate SQNR / per-image median / per-image 10th percentile / top-1 agreement each; and the
-# worst source photo's per-image median.
+# worst source photo's per-image median. Its sibling scripts/eval_int8.sh evaluates the int8
+# outputs on all five real models (kernels with and without VNNI, float QDQ ops, quantize_static).
 #
 # Usage: scripts/eval_heldout.sh [--split heldout|tune] [--model efficientnet_lite0|mobilenet_v2]
 #                                [--only LABEL]... [--variants FILE] [--json OUT.json]
