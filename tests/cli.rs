@@ -11,8 +11,6 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use onnx_cle::builder::{ConvSpec, ModelBuilder};
-
 const BIN: &str = env!("CARGO_BIN_EXE_onnx-cle");
 
 /// A fresh scratch folder for one test.
@@ -39,24 +37,6 @@ fn p(path: &Path) -> &str {
     path.to_str().unwrap()
 }
 
-/// A small model written to `dir/small.onnx`.
-fn small_model(dir: &Path) -> PathBuf {
-    let mut b = ModelBuilder::new(13).seed(5);
-    let x = b.batched_input("x", "N", &[3, 8, 8]);
-    let y = b.conv("conv_first", &x, &ConvSpec::new(3, 8, &[3, 3]).same_pads());
-    let y = b.batch_norm("bn_first", &y, 8);
-    let y = b.relu("relu_first", &y);
-    let y = b.conv("conv_second", &y, &ConvSpec::new(8, 4, &[1, 1]));
-    b.output(&y);
-    let path = dir.join("small.onnx");
-    std::fs::write(&path, b.build_bytes()).unwrap();
-    path
-}
-
-fn report_json(path: &Path) -> serde_json::Value {
-    serde_json::from_slice(&std::fs::read(path).expect("report written")).expect("report JSON")
-}
-
 #[test]
 fn equalize_tiny_writes_model_and_report() {
     let Some(models) = common::shared_models("cli") else {
@@ -75,7 +55,7 @@ fn equalize_tiny_writes_model_and_report() {
     assert_eq!(code(&o), 0, "stderr: {}", stderr(&o));
     let m = common::load(&out);
     assert!(!m.graph.as_ref().unwrap().node.is_empty());
-    let r = report_json(&rep);
+    let r = common::read_json(&rep);
     assert_eq!(r["bn_folds"].as_array().unwrap().len(), 3, "{r:#}");
     assert!(!r["cls_sets"].as_array().unwrap().is_empty());
     assert_eq!(r["verification"]["status"], "verified");
@@ -86,7 +66,7 @@ fn equalize_tiny_writes_model_and_report() {
 #[test]
 fn options_are_accepted() {
     let dir = scratch("options");
-    let model = small_model(&dir);
+    let model = common::small_model(&dir);
     let (out, rep) = (dir.join("out.onnx"), dir.join("r.json"));
     let o = run(&[
         "equalize",
@@ -102,7 +82,7 @@ fn options_are_accepted() {
         "--no-verify",
     ]);
     assert_eq!(code(&o), 0, "stderr: {}", stderr(&o));
-    let r = report_json(&rep);
+    let r = common::read_json(&rep);
     assert_eq!(r["options"]["steps"], serde_json::json!(["bn_fold", "cls"]));
     assert_eq!(r["options"]["relu6"], "keep");
     assert_eq!(r["verification"]["status"], "disabled");
@@ -119,7 +99,7 @@ fn options_are_accepted() {
         "aimet",
     ]);
     assert_eq!(code(&o), 0, "stderr: {}", stderr(&o));
-    let r = report_json(&rep);
+    let r = common::read_json(&rep);
     assert_eq!(r["options"]["compat"], "aimet");
     assert_eq!(r["options"]["relu6"], "replace");
     assert_eq!(r["verification"]["status"], "verified");
@@ -141,7 +121,7 @@ fn exit_code_3_for_a_file_that_is_not_onnx() {
 #[test]
 fn exit_code_4_for_an_unknown_start_name_with_suggestions() {
     let dir = scratch("unknown-start");
-    let model = small_model(&dir);
+    let model = common::small_model(&dir);
     let o = run(&[
         "equalize",
         p(&model),

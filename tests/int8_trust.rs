@@ -4,10 +4,10 @@
 //! int8 outputs cannot be trusted (here: not checked, verification off) is flagged on the
 //! summary line and, with `--strict-int8`, exits 7 with its outputs written.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-
-use onnx_cle::builder::{ConvSpec, ModelBuilder};
 
 const BIN: &str = env!("CARGO_BIN_EXE_onnx-cle");
 
@@ -26,28 +26,10 @@ fn run(args: &[&str]) -> Output {
     Command::new(BIN).args(args).output().expect("run onnx-cle")
 }
 
-/// Conv → BN → Relu → Conv, written to `dir/small.onnx`.
-fn small_model(dir: &Path) -> PathBuf {
-    let mut b = ModelBuilder::new(13).seed(5);
-    let x = b.batched_input("x", "N", &[3, 8, 8]);
-    let y = b.conv("conv_first", &x, &ConvSpec::new(3, 8, &[3, 3]).same_pads());
-    let y = b.batch_norm("bn_first", &y, 8);
-    let y = b.relu("relu_first", &y);
-    let y = b.conv("conv_second", &y, &ConvSpec::new(8, 4, &[1, 1]));
-    b.output(&y);
-    let path = dir.join("small.onnx");
-    std::fs::write(&path, b.build_bytes()).unwrap();
-    path
-}
-
-fn report(path: &Path) -> serde_json::Value {
-    serde_json::from_slice(&std::fs::read(path).expect("report written")).expect("report JSON")
-}
-
 #[test]
 fn a_correction_worse_than_nearest_rounding_falls_back_to_the_baseline() {
     let dir = scratch("fallback");
-    let model = small_model(&dir);
+    let model = common::small_model(&dir);
     // A declared input mean of 30 for inputs drawn on [-1, 1]: analytic bias correction
     // corrects for an expectation the inputs do not have.
     let asked = run(&[
@@ -77,7 +59,7 @@ fn a_correction_worse_than_nearest_rounding_falls_back_to_the_baseline() {
         err.contains("fell back: the requested nearest + analytic"),
         "{err}"
     );
-    let r = report(&dir.join("r.json"));
+    let r = common::read_json(&dir.join("r.json"));
     let check = &r["int8"]["checks"][0];
     assert_eq!(check["output"], "deploy.onnx", "{check}");
     assert_eq!(check["status"], "checked", "{check}");
@@ -125,7 +107,7 @@ fn a_correction_worse_than_nearest_rounding_falls_back_to_the_baseline() {
 #[test]
 fn a_helpful_correction_is_kept() {
     let dir = scratch("kept");
-    let model = small_model(&dir);
+    let model = common::small_model(&dir);
     let out = run(&[
         "equalize",
         p(&model),
@@ -143,7 +125,7 @@ fn a_helpful_correction_is_kept() {
         "--strict-int8",
     ]);
     let err = String::from_utf8_lossy(&out.stderr);
-    let r = report(&dir.join("r.json"));
+    let r = common::read_json(&dir.join("r.json"));
     let checks = r["int8"]["checks"].as_array().unwrap();
     assert_eq!(checks.len(), 2, "{}", r["int8"]);
     for c in checks {
@@ -177,7 +159,7 @@ fn a_helpful_correction_is_kept() {
 #[test]
 fn strict_int8_exits_7_when_the_outputs_were_not_checked() {
     let dir = scratch("strict");
-    let model = small_model(&dir);
+    let model = common::small_model(&dir);
     let qdq = dir.join("qdq.onnx");
     let eq = dir.join("eq.onnx");
     let args = [

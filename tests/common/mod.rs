@@ -179,3 +179,24 @@ pub fn npy_f32(shape: &[usize], data: &[f32]) -> Vec<u8> {
         .for_each(|v| out.extend_from_slice(&v.to_le_bytes()));
     out
 }
+
+/// Conv → BatchNormalization → Relu → Conv (opset 13, batch `N`, 3×8×8 inputs), written to
+/// `dir/small.onnx`: the CLI tests' model.
+pub fn small_model(dir: &std::path::Path) -> PathBuf {
+    use onnx_cle::builder::{ConvSpec, ModelBuilder};
+    let mut b = ModelBuilder::new(13).seed(5);
+    let x = b.batched_input("x", "N", &[3, 8, 8]);
+    let y = b.conv("conv_first", &x, &ConvSpec::new(3, 8, &[3, 3]).same_pads());
+    let y = b.batch_norm("bn_first", &y, 8);
+    let y = b.relu("relu_first", &y);
+    let y = b.conv("conv_second", &y, &ConvSpec::new(8, 4, &[1, 1]));
+    b.output(&y);
+    let path = dir.join("small.onnx");
+    std::fs::write(&path, b.build_bytes()).unwrap();
+    path
+}
+
+/// A JSON file (a report) read and parsed.
+pub fn read_json(path: &std::path::Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(path).expect("report written")).expect("report JSON")
+}
