@@ -17,6 +17,18 @@ pub mod opset;
 pub mod work;
 
 pub use index::GraphIndex;
+
+/// A name not in `names`, derived from `base` (`base`, `base_1`, `base_2`, …), and taken.
+pub fn fresh_name(names: &mut std::collections::HashSet<String>, base: &str) -> String {
+    let mut name = base.to_string();
+    let mut k = 1;
+    while names.contains(&name) {
+        name = format!("{base}_{k}");
+        k += 1;
+    }
+    names.insert(name.clone());
+    name
+}
 pub use layer::{ensure_bias, has_no_padding, is_layer_op, layer_of, Layer, NotALayer};
 pub use layout::{LayerOp, WeightLayout};
 pub use work::{Edits, Work};

@@ -341,14 +341,7 @@ struct Ctx<'a> {
 
 impl Ctx<'_> {
     fn fresh(&mut self, base: &str) -> String {
-        let mut name = base.to_string();
-        let mut k = 1;
-        while self.names.contains(&name) {
-            name = format!("{base}_{k}");
-            k += 1;
-        }
-        self.names.insert(name.clone());
-        name
+        super::fresh_name(&mut self.names, base)
     }
 
     fn ints(&mut self, base: &str, values: &[i64]) -> String {

@@ -488,14 +488,7 @@ impl Work {
 
     /// A name not used anywhere in the graph, derived from `base`.
     pub fn fresh_name(&mut self, base: &str) -> String {
-        let mut name = base.to_string();
-        let mut k = 1;
-        while self.names.contains(&name) {
-            name = format!("{base}_{k}");
-            k += 1;
-        }
-        self.names.insert(name.clone());
-        name
+        super::fresh_name(&mut self.names, base)
     }
 
     /// Removes the `value_info` entry of a tensor that no longer exists.

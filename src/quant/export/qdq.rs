@@ -49,14 +49,7 @@ struct Names(HashSet<String>);
 
 impl Names {
     fn fresh(&mut self, base: &str) -> String {
-        let mut name = base.to_string();
-        let mut k = 1;
-        while self.0.contains(&name) {
-            name = format!("{base}_{k}");
-            k += 1;
-        }
-        self.0.insert(name.clone());
-        name
+        crate::graph::fresh_name(&mut self.0, base)
     }
 }
 
