@@ -563,6 +563,9 @@ pub fn equalize(a: EqualizeArgs) -> ExitCode {
                     ))
             );
         }
+        if let Some((_, note)) = r.verification.inputs.split_once("; dynamic dimensions at ") {
+            eprintln!("onnx-cle: note: verification inputs with dynamic dimensions at {note}");
+        }
         for s in r
             .skipped
             .iter()

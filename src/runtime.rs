@@ -19,7 +19,7 @@
 //!
 //! A model tract cannot load or run is an `Err(String)` with tract's reason, never a panic.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
@@ -47,8 +47,20 @@ pub struct InputTensor {
     pub data: Vec<f32>,
 }
 
-/// The graph inputs that need feeding (initializers excluded), with concrete shapes.
+/// The graph inputs that need feeding (initializers excluded), with concrete shapes: every
+/// dynamic dimension `dynamic_dim`.
 pub fn input_specs(model: &ModelProto, dynamic_dim: usize) -> Result<Vec<InputTensor>, String> {
+    input_specs_shaped(model, dynamic_dim, &BTreeMap::new())
+}
+
+/// [`input_specs`] with the inputs named in `shapes` at those shapes (each of the input's rank,
+/// its fixed dimensions kept); a name that is no input, another rank or a changed fixed
+/// dimension is an error.
+pub fn input_specs_shaped(
+    model: &ModelProto,
+    dynamic_dim: usize,
+    shapes: &BTreeMap<String, Vec<usize>>,
+) -> Result<Vec<InputTensor>, String> {
     let g = model.graph.as_ref().ok_or("no graph")?;
     let inits: std::collections::HashSet<&str> = g.initializer.iter().map(|t| t.name()).collect();
     let mut specs = Vec::new();
@@ -74,6 +86,29 @@ pub fn input_specs(model: &ModelProto, dynamic_dim: usize) -> Result<Vec<InputTe
             };
             shape.push(n);
         }
+        if let Some(given) = shapes.get(v.name()) {
+            let fixed_kept =
+                given.len() == shape.len()
+                    && dims.dim.iter().zip(given).all(|(d, &n)| match d.value {
+                        Some(
+                            crate::onnx::proto::tensor_shape_proto::dimension::Value::DimValue(f),
+                        ) if f > 0 => f as usize == n,
+                        _ => true,
+                    });
+            if !fixed_kept {
+                let declared: Vec<String> = crate::onnx::declared_dims(v)
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|d| d.map_or_else(|| "?".to_string(), |n| n.to_string()))
+                    .collect();
+                return Err(format!(
+                    "input shape {given:?} given for `{}` does not fit its declared shape [{}]",
+                    v.name(),
+                    declared.join(", ")
+                ));
+            }
+            shape.clone_from(given);
+        }
         let count = shape
             .iter()
             .try_fold(1usize, |a, &d| a.checked_mul(d))
@@ -91,7 +126,39 @@ pub fn input_specs(model: &ModelProto, dynamic_dim: usize) -> Result<Vec<InputTe
             data: vec![0.0; count],
         });
     }
+    if let Some(name) = shapes.keys().find(|n| !specs.iter().any(|s| &s.name == *n)) {
+        let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+        return Err(format!(
+            "an input shape is given for `{name}`, which is not an input of the model (its inputs: {})",
+            names.join(", ")
+        ));
+    }
     Ok(specs)
+}
+
+/// How `specs` ([`input_specs_shaped`]) filled dynamic dimensions past the batch dimension with
+/// `dynamic_dim` where `shapes` names no size: `x [1, 3, 1, 1]`, one entry per such input, for
+/// the report's description of the inputs (a run checked on 1×1 images should say so).
+pub fn defaulted_shapes(
+    model: &ModelProto,
+    specs: &[InputTensor],
+    shapes: &BTreeMap<String, Vec<usize>>,
+) -> Vec<String> {
+    let Some(g) = model.graph.as_ref() else {
+        return Vec::new();
+    };
+    specs
+        .iter()
+        .filter(|s| !shapes.contains_key(&s.name))
+        .filter(|s| {
+            g.input
+                .iter()
+                .find(|v| v.name() == s.name)
+                .and_then(crate::onnx::declared_dims)
+                .is_some_and(|d| d.iter().skip(1).any(Option::is_none))
+        })
+        .map(|s| format!("{} {:?}", s.name, s.shape))
+        .collect()
 }
 
 /// Seeded standard-normal values (SplitMix64 + Box–Muller).

@@ -156,3 +156,56 @@ fn exit_code_5_for_an_unreadable_input() {
     assert_eq!(code(&o), 5, "stderr: {}", stderr(&o));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A model whose height and width are dynamic: verification runs at the shape `--input-shape`
+/// gives (the report's `input_shapes`), and without it at `dynamic_dim` with a note saying so;
+/// a shape for an input that does not exist, or one that changes a fixed dimension, is refused
+/// with exit code 4.
+#[test]
+fn input_shape_sets_the_verification_shape() {
+    use onnx_cle::builder::{ConvSpec, Dim, ModelBuilder};
+    let dir = scratch("input-shape");
+    let mut b = ModelBuilder::new(13).seed(3);
+    let x = b.input(
+        "x",
+        &[Dim::sym("N"), Dim::from(3), Dim::Unknown, Dim::sym("W")],
+    );
+    let y = b.conv("conv", &x, &ConvSpec::new(3, 4, &[3, 3]));
+    let y = b.relu("relu", &y);
+    let y = b.conv("conv2", &y, &ConvSpec::new(4, 2, &[1, 1]));
+    b.output(&y);
+    let model = dir.join("dyn.onnx");
+    std::fs::write(&model, b.build_bytes()).unwrap();
+    let (out, rep) = (dir.join("out.onnx"), dir.join("r.json"));
+    let base = ["equalize", p(&model), "-o", p(&out), "--report", p(&rep)];
+
+    let o = run(&[&base[..], &["--input-shape", "x:2x3x12x20"]].concat());
+    assert_eq!(code(&o), 0, "stderr: {}", stderr(&o));
+    let r = common::read_json(&rep);
+    assert_eq!(r["verification"]["status"], "verified");
+    assert_eq!(
+        r["verification"]["input_shapes"][0]["shape"],
+        serde_json::json!([2, 3, 12, 20])
+    );
+    assert!(!stderr(&o).contains("dynamic dimensions at"));
+
+    let o = run(&[&base[..], &["--dynamic-dim", "5"]].concat());
+    assert_eq!(code(&o), 0, "stderr: {}", stderr(&o));
+    let r = common::read_json(&rep);
+    assert_eq!(
+        r["verification"]["input_shapes"][0]["shape"],
+        serde_json::json!([5, 3, 5, 5])
+    );
+    assert!(
+        stderr(&o)
+            .contains("note: verification inputs with dynamic dimensions at 5 (x [5, 3, 5, 5])"),
+        "stderr: {}",
+        stderr(&o)
+    );
+
+    for bad in ["y:1x3x8x8", "x:1x4x8x8", "x:1x3x8"] {
+        let o = run(&[&base[..], &["--input-shape", bad]].concat());
+        assert_eq!(code(&o), 4, "{bad}: stderr: {}", stderr(&o));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -88,6 +88,9 @@ pub enum Kind {
     Range,
     /// Comma-separated numbers.
     Numbers,
+    /// Input shapes `NAME:D0xD1x…`, comma-separated or repeated (trtexec's `--shapes`
+    /// spelling), into a JSON object `{NAME: [D0, D1, …]}`.
+    Shapes,
 }
 
 /// The OpenAPI format of a numeric query parameter.
@@ -231,6 +234,7 @@ pub const FLAGS: &[Flag] = &[
     flag("verify.enabled", "verify", Cli::Off("no-verify"), Kind::Bool),
     flag("verify.seed", "seed", Cli::Value, int64(0)),
     flag("verify.dynamic_dim", "dynamic_dim", Cli::Value, int(None, Some(1), Some(4096))),
+    flag("verify.input_shapes", "input_shape", shown("input-shape", "NAME:D0xD1x…"), Kind::Shapes),
     flag("balance", "balance", Cli::Value, float(1)),
     flag("quant.end_to_end", "quant_e2e", Cli::On("quant-e2e"), Kind::Bool),
     flag("verify.budget_s", "verify_budget", shown("verify-budget", "SECONDS"), double(0)),
@@ -312,6 +316,7 @@ impl Flag {
                 .items(reference(&<Step as ToSchema>::name()))
                 .into(),
             Kind::Strings => ArrayBuilder::new().items(string()).into(),
+            Kind::Shapes => ArrayBuilder::new().items(string()).into(),
             Kind::Range | Kind::Numbers => string().into(),
         }
     }
@@ -455,6 +460,25 @@ fn parse(flag: &'static Flag, raw: &[String]) -> Result<Json, FlagError> {
             _ => return Err(fail("takes two numbers: lo,hi".into())),
         },
         Kind::Numbers => Json::from(numbers()?),
+        Kind::Shapes => {
+            let mut shapes = Map::new();
+            for piece in pieces() {
+                let (name, dims) = piece
+                    .rsplit_once(':')
+                    .ok_or_else(|| fail(format!("takes NAME:D0xD1x…, not `{piece}`")))?;
+                let dims = dims
+                    .split('x')
+                    .map(|d| d.trim().parse::<u64>().map(Json::from))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|_| {
+                        fail(format!(
+                            "takes NAME:D0xD1x… with whole sizes, not `{piece}`"
+                        ))
+                    })?;
+                shapes.insert(name.trim().to_string(), Json::Array(dims));
+            }
+            Json::Object(shapes)
+        }
     })
 }
 

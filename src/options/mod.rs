@@ -1,5 +1,7 @@
 //! What the caller asks the pipeline to do.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -119,8 +121,16 @@ pub struct VerifyOptions {
     pub enabled: bool,
     /// Seed of the random inputs.
     pub seed: u64,
-    /// Value for every dynamic (symbolic or unknown) input dimension.
+    /// Value for every dynamic (symbolic or unknown) input dimension that `input_shapes` does
+    /// not fix.
     pub dynamic_dim: usize,
+    /// Concrete shapes of inputs with dynamic dimensions, by input name (`{"x": [1, 3, 48,
+    /// 320]}`; CLI `--input-shape x:1x3x48x320`): the verification inputs and the int8
+    /// self-check run at these shapes. Each must have the input's rank and keep its fixed
+    /// dimensions. An image model whose height and width are dynamic otherwise runs at
+    /// `dynamic_dim` (1×1 images), which checks little of what the model does on real inputs.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub input_shapes: BTreeMap<String, Vec<usize>>,
     /// Seconds verification may take (building and running both models); past it the report
     /// says `not_verified` with the reason `budget exceeded…` and the run goes on. `None`: the
     /// default, [`VerifyOptions::default_budget_s`] of the model size; `0` skips verification
@@ -135,6 +145,7 @@ impl Default for VerifyOptions {
             enabled: true,
             seed: 0x5eed,
             dynamic_dim: 1,
+            input_shapes: BTreeMap::new(),
             budget_s: None,
         }
     }
@@ -292,6 +303,13 @@ impl Options {
             return Err(CoreError::InvalidOptions(
                 "verify.dynamic_dim must be between 1 and 4096".into(),
             ));
+        }
+        for (name, shape) in &self.verify.input_shapes {
+            if shape.is_empty() || shape.iter().any(|&d| d == 0 || d > 1 << 20) {
+                return Err(CoreError::InvalidOptions(format!(
+                    "verify.input_shapes[{name}] must be a list of sizes between 1 and 1048576"
+                )));
+            }
         }
         if self
             .verify

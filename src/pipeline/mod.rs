@@ -253,6 +253,10 @@ pub fn run_streamed(
     // Refused options and tensors fail before any model reaches tract.
     options.clone().normalized()?;
     onnx::validate::tensors(&model)?;
+    if !options.verify.input_shapes.is_empty() {
+        crate::runtime::input_specs_shaped(&model, 1, &options.verify.input_shapes)
+            .map_err(CoreError::InvalidOptions)?;
+    }
     let empirical =
         options.builds_deploy() && options.deploy.bias_correction == BiasCorrection::Empirical;
     if empirical {

@@ -85,8 +85,9 @@ pub(super) fn figure_inputs(
     Ok(match samples {
         Some(s) => (s.tensors.clone(), s.source.clone()),
         None => {
-            let mut specs = runtime::input_specs(original, verify.dynamic_dim)
-                .map_err(CoreError::InvalidOptions)?;
+            let mut specs =
+                runtime::input_specs_shaped(original, verify.dynamic_dim, &verify.input_shapes)
+                    .map_err(CoreError::InvalidOptions)?;
             runtime::fill_random(&mut specs, verify.seed);
             (
                 specs,

@@ -27,10 +27,44 @@ pub(super) struct Verifier {
     simplified: Option<Vec<u8>>,
 }
 
+/// Seeded random inputs of `model` at the shapes `opts` gives: uniform on `input_range` when the
+/// run declares one (the int8 outputs are checked on the same inputs), else standard normal;
+/// with their description for the report (naming dynamic dimensions left at `dynamic_dim`).
+pub(super) fn random_inputs(
+    model: &ModelProto,
+    opts: &VerifyOptions,
+    input_range: Option<[f32; 2]>,
+) -> (std::result::Result<Vec<InputTensor>, String>, String) {
+    let specs = runtime::input_specs_shaped(model, opts.dynamic_dim, &opts.input_shapes).map(
+        |mut specs| {
+            match input_range {
+                Some(r) => runtime::fill_uniform(&mut specs, opts.seed, r),
+                None => runtime::fill_random(&mut specs, opts.seed),
+            }
+            specs
+        },
+    );
+    let mut source = match input_range {
+        Some([lo, hi]) => format!("random uniform on [{lo}, {hi}] (seed {})", opts.seed),
+        None => format!("random normal (seed {})", opts.seed),
+    };
+    if let Ok(specs) = &specs {
+        let defaulted = runtime::defaulted_shapes(model, specs, &opts.input_shapes);
+        if !defaulted.is_empty() {
+            source.push_str(&format!(
+                "; dynamic dimensions at {} ({}): give the real shapes with --input-shape \
+                 (verify.input_shapes) for a check at the sizes the model runs on",
+                opts.dynamic_dim,
+                defaulted.join(", ")
+            ));
+        }
+    }
+    (specs, source)
+}
+
 impl Verifier {
-    /// Runs the original model (stage `verify_original`) on the samples, else on seeded random
-    /// inputs: uniform on `input_range` when the run declares one (the int8 outputs are checked
-    /// on the same inputs), else standard normal.
+    /// Runs the original model (stage `verify_original`) on the samples, else on
+    /// [`random_inputs`].
     pub(super) fn start(
         model: &ModelProto,
         original: Option<&Bytes>,
@@ -43,21 +77,7 @@ impl Verifier {
         let t = Instant::now();
         let (inputs, source) = match samples {
             Some(s) => (Ok(s.tensors.clone()), s.source.clone()),
-            None => (
-                runtime::input_specs(model, opts.dynamic_dim).map(|mut specs| {
-                    match input_range {
-                        Some(r) => runtime::fill_uniform(&mut specs, opts.seed, r),
-                        None => runtime::fill_random(&mut specs, opts.seed),
-                    }
-                    specs
-                }),
-                match input_range {
-                    Some([lo, hi]) => {
-                        format!("random uniform on [{lo}, {hi}] (seed {})", opts.seed)
-                    }
-                    None => format!("random normal (seed {})", opts.seed),
-                },
-            ),
+            None => random_inputs(model, opts, input_range),
         };
         let size = original.map_or_else(|| prost::Message::encoded_len(model), |b| b.len());
         let budget = Duration::from_secs_f64(opts.budget_for(size));

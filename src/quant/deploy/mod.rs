@@ -183,13 +183,38 @@ pub fn build(
         };
         let risk = plain_risk(&w, &layout, grid);
         let mut q = w.clone();
-        let r = rounding::round_to_grid(&mut q, &layout, &grid, opts.rounding);
+        let mut r = rounding::round_to_grid(&mut q, &layout, &grid, opts.rounding);
         steps.insert(weight.clone(), r.steps.clone());
         let nearest_db = if opts.rounding == Rounding::Nearest {
             sqnr_db(&w, &q)
         } else {
             let mut n = w.clone();
             rounding::round_to_grid(&mut n, &layout, &grid, Rounding::Nearest);
+            let input = work.input(nodes[0].0, 0).to_string();
+            let channels = layout.in_channels();
+            let known = stats.get(&input);
+            let var = known
+                .and_then(|s| stats::expand_channels(&s.var(), channels))
+                .unwrap_or_else(|| vec![1.0; channels]);
+            let mean = match stats.input_mean(&input, channels) {
+                Ok(_) if opts.bias_correction != BiasCorrection::Off => vec![0.0; channels],
+                Ok(m) => m,
+                Err(_) => vec![0.0; channels],
+            };
+            r.reverted = rounding::keep_where_better(
+                &w,
+                &mut q,
+                &n,
+                &layout,
+                rounding::InputModel {
+                    var: &var,
+                    mean: &mean,
+                    rho: rounding::TAP_CORRELATION,
+                },
+            );
+            let flips = q.iter().zip(&n).filter(|(a, b)| a != b).count();
+            r.kernel_flips = r.kernel_flips.min(flips);
+            r.channel_flips = flips - r.kernel_flips;
             sqnr_db(&w, &n)
         };
         let weight_db = sqnr_db(&w, &q);
