@@ -589,6 +589,10 @@ mod tests {
             ("exports.input_range", &["-1,1"]),
             ("deploy.input_mean", &["0.5,-0.5"]),
             ("start", &["a", "b"]),
+            (
+                "verify.input_shapes",
+                &["x:1x3x48x320,mask:1x48", "ids:2x7"],
+            ),
         ]))
         .unwrap();
         assert_eq!(o.compat, Compat::Aimet);
@@ -604,6 +608,20 @@ mod tests {
         assert_eq!(o.exports.input_range, Some([-1.0, 1.0]));
         assert_eq!(o.deploy.input_mean, Some(vec![0.5, -0.5]));
         assert_eq!(o.start, vec!["a", "b"]);
+        let shapes: Vec<(&str, &[usize])> = o
+            .verify
+            .input_shapes
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_slice()))
+            .collect();
+        assert_eq!(
+            shapes,
+            [
+                ("ids", &[2, 7][..]),
+                ("mask", &[1, 48][..]),
+                ("x", &[1, 3, 48, 320][..])
+            ]
+        );
         assert_eq!(apply(&[]).unwrap(), Options::default());
         assert_eq!(apply(&given(&[("steps", &["none"])])).unwrap().steps, []);
     }
@@ -617,6 +635,8 @@ mod tests {
             ("verify.enabled", "perhaps"),
             ("exports.input_range", "1"),
             ("steps", "fold"),
+            ("verify.input_shapes", "x=1,3"),
+            ("verify.input_shapes", "x:1x3xh"),
         ] {
             let e = apply(&given(&[(field, &[raw])])).unwrap_err();
             assert_eq!(e.field, field, "{raw}: {}", e.message);
