@@ -75,6 +75,34 @@ impl SampleInputs {
     }
 }
 
+impl SampleInputs {
+    /// The first `n` samples (all when there are no more): the samples along the leading
+    /// dimension of every tensor, with the source saying how many of how many.
+    pub fn first(&self, n: usize) -> SampleInputs {
+        let count = self.tensors.first().and_then(|t| t.shape.first()).copied();
+        match count {
+            Some(total) if total > n && n > 0 => SampleInputs {
+                tensors: self
+                    .tensors
+                    .iter()
+                    .map(|t| {
+                        let per = t.data.len() / total.max(1);
+                        let mut shape = t.shape.clone();
+                        shape[0] = n;
+                        InputTensor {
+                            shape,
+                            data: t.data[..per * n].to_vec(),
+                            ..t.clone()
+                        }
+                    })
+                    .collect(),
+                source: format!("{}, the first {n} of {total} samples", self.source),
+            },
+            _ => self.clone(),
+        }
+    }
+}
+
 /// The inputs of the int8 figures: the sample inputs, else one seeded random sample of
 /// `original`'s inputs; with a description for the report.
 pub(super) fn figure_inputs(
@@ -95,4 +123,28 @@ pub(super) fn figure_inputs(
             )
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_takes_the_leading_samples() {
+        let s = SampleInputs {
+            tensors: vec![InputTensor {
+                name: "x".into(),
+                shape: vec![5, 2],
+                elem_type: 1,
+                data: (0..10).map(|v| v as f32).collect(),
+            }],
+            source: "s.npy".into(),
+        };
+        let f = s.first(2);
+        assert_eq!(f.tensors[0].shape, [2, 2]);
+        assert_eq!(f.tensors[0].data, [0.0, 1.0, 2.0, 3.0]);
+        assert_eq!(f.source, "s.npy, the first 2 of 5 samples");
+        assert_eq!(s.first(8).tensors[0].shape, [5, 2]);
+        assert_eq!(s.first(8).source, "s.npy");
+    }
 }

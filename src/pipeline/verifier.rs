@@ -27,6 +27,11 @@ pub(super) struct Verifier {
     simplified: Option<Vec<u8>>,
 }
 
+/// Most sample inputs verification and the int8 self-check run on (the first ones): enough
+/// to tell an exact model from a changed one and a better int8 candidate from a worse one,
+/// while a run with many large samples stays within the verification budget.
+pub const VERIFY_SAMPLES: usize = 8;
+
 /// Seeded random inputs of `model` at the shapes `opts` gives: uniform on `input_range` when the
 /// run declares one (the int8 outputs are checked on the same inputs), else standard normal;
 /// with their description for the report (naming dynamic dimensions left at `dynamic_dim`).
@@ -63,8 +68,8 @@ pub(super) fn random_inputs(
 }
 
 impl Verifier {
-    /// Runs the original model (stage `verify_original`) on the samples, else on
-    /// [`random_inputs`].
+    /// Runs the original model (stage `verify_original`) on the first [`VERIFY_SAMPLES`]
+    /// samples, else on [`random_inputs`].
     pub(super) fn start(
         model: &ModelProto,
         original: Option<&Bytes>,
@@ -76,7 +81,10 @@ impl Verifier {
         ctl.stage("verify_original")?;
         let t = Instant::now();
         let (inputs, source) = match samples {
-            Some(s) => (Ok(s.tensors.clone()), s.source.clone()),
+            Some(s) => {
+                let s = s.first(VERIFY_SAMPLES);
+                (Ok(s.tensors), s.source)
+            }
             None => random_inputs(model, opts, input_range),
         };
         let size = original.map_or_else(|| prost::Message::encoded_len(model), |b| b.len());
