@@ -1,5 +1,6 @@
 //! The int8 outputs (`quant::plan`, `quant::export::qdq`, `quant::export::encodings`) on the shared fixtures:
-//! - the QDQ model, run by tract, computes what onnx-cle's simulation of the plan computes;
+//! - the QDQ model, run by tract, computes what onnx-cle's simulation of the plan computes, and
+//!   so does the same model with its activation pairs as float ops (`qdq::as_float_ops`);
 //! - its int8 weights dequantize to the FP32 model's weights exactly when those are on the
 //!   target grid (the deploy model's), and its biases are int32 with `input scale × weight
 //!   scale`;
@@ -103,6 +104,20 @@ fn the_qdq_model_runs_in_tract_as_the_plan_is_simulated() {
         ));
         assert!(a.is_finite() && a > 10.0, "{preset:?}: {a}");
         assert!((a - b).abs() < 0.05, "{preset:?}: simulated {a} vs QDQ {b}");
+        // The same QDQ model as float ops (what the int8 self-check runs): the simulation's
+        // numbers, without tract's integer lowering of the pairs.
+        let floated = qdq::as_float_ops(&q);
+        assert_eq!(count(&floated, "QuantizeLinear"), 0);
+        assert_eq!(
+            count(&floated, "DequantizeLinear"),
+            plan.weights.len() + plan.biases.len()
+        );
+        let emu = quant::first_outputs(&onnx_cle::onnx::encode(&floated), &samples).unwrap();
+        let (c, _) = quant::score(&sim_out, &emu);
+        common::say(&format!(
+            "int8_outputs tiny {preset:?}: QDQ as float ops against the simulation {c:.1} dB"
+        ));
+        assert!(c > 80.0, "{preset:?}: float ops vs simulation {c} dB");
         assert_eq!(count(&q, "QuantizeLinear"), plan.activations.len());
         assert_eq!(
             count(&q, "DequantizeLinear"),

@@ -114,9 +114,11 @@ pub(super) fn exports(
         |d| trust::label_of(&d.report),
     );
     let (plan, fp32, qdq_bytes, check) = if qdq {
+        let written = quant::export::qdq::write(fp32, &requested_plan)?;
         let requested = trust::Candidate {
             label,
-            bytes: onnx::encode(&quant::export::qdq::write(fp32, &requested_plan)?),
+            probe: Some(onnx::encode(&quant::export::qdq::as_float_ops(&written))),
+            bytes: onnx::encode(&written),
             value: (requested_plan, Cow::Borrowed(fp32)),
         };
         let baseline = || {
@@ -131,12 +133,14 @@ pub(super) fn exports(
                 None => Cow::Borrowed(src.equalized),
             };
             let plan = sites_of(&equalized, None)?.finish(&ranges, origin, ex.calibration.name());
+            let written = quant::export::qdq::write(&equalized, &plan)?;
             Ok(vec![trust::Candidate {
                 label: format!(
                     "baseline: {}",
                     trust::label(Rounding::Nearest, BiasCorrection::Off)
                 ),
-                bytes: onnx::encode(&quant::export::qdq::write(&equalized, &plan)?),
+                probe: Some(onnx::encode(&quant::export::qdq::as_float_ops(&written))),
+                bytes: onnx::encode(&written),
                 value: (plan, equalized),
             }])
         };

@@ -389,6 +389,7 @@ pub fn run_streamed(
             )?;
             Ok::<_, CoreError>(trust::Candidate {
                 label: trust::label_of(&d.report),
+                probe: None,
                 bytes: onnx::encode(&d.model),
                 value: d,
             })

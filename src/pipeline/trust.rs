@@ -33,7 +33,17 @@ pub(super) fn label_of_baseline() -> String {
 pub(super) struct Candidate<T> {
     pub label: String,
     pub value: T,
+    /// The output as written.
     pub bytes: Vec<u8>,
+    /// What is run to measure it when not `bytes` itself: a QDQ model's exact float semantics
+    /// ([`crate::quant::export::qdq::as_float_ops`]).
+    pub probe: Option<Vec<u8>>,
+}
+
+impl<T> Candidate<T> {
+    fn measured(&self) -> &[u8] {
+        self.probe.as_deref().unwrap_or(&self.bytes)
+    }
 }
 
 /// Measures `requested` and, when it is not the baseline itself, the candidates `others`
@@ -66,7 +76,7 @@ pub(super) fn check<T>(
         }
         return Ok((requested, None, report));
     };
-    let measured = v.measure(&requested.bytes, ctl)?;
+    let measured = v.measure(requested.measured(), ctl)?;
     report.inputs = measured.inputs.clone();
     report
         .candidates
@@ -82,7 +92,7 @@ pub(super) fn check<T>(
     let mut baseline = None;
     for c in others()? {
         ctl.check()?;
-        let m = v.measure(&c.bytes, ctl)?;
+        let m = v.measure(c.measured(), ctl)?;
         report
             .candidates
             .push(CheckCandidate::new(&c.label, m.max_rel_l2));
