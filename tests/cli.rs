@@ -209,3 +209,41 @@ fn input_shape_sets_the_verification_shape() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// With ranges calibrated on the samples, the int8 self-check runs on the first 8 samples with
+/// ranges fitted to the others (a check on the samples the ranges fit favours what fits them),
+/// and the QDQ model is written with ranges calibrated on all of them.
+#[test]
+fn calibrated_outputs_are_checked_on_samples_held_out_from_calibration() {
+    let dir = scratch("held-out-check");
+    let model = common::small_model(&dir);
+    let n = 20;
+    let mut rng = onnx_cle::builder::SplitMix64::new(9);
+    let data: Vec<f32> = (0..n * 3 * 8 * 8).map(|_| rng.normal()).collect();
+    let npy = dir.join("s.npy");
+    std::fs::write(&npy, common::npy_f32(&[n, 3, 8, 8], &data)).unwrap();
+    let (out, rep, q) = (dir.join("out.onnx"), dir.join("r.json"), dir.join("q.onnx"));
+    let o = run(&[
+        "equalize",
+        p(&model),
+        "-o",
+        p(&out),
+        "--report",
+        p(&rep),
+        "--samples",
+        p(&npy),
+        "--calibration",
+        "minmax",
+        "--qdq-output",
+        p(&q),
+    ]);
+    assert_eq!(code(&o), 0, "stderr: {}", stderr(&o));
+    let r = common::read_json(&rep);
+    let inputs = r["verification"]["inputs"].as_str().unwrap();
+    assert!(
+        inputs.contains("samples 1–8 of 20, held out from calibration"),
+        "{inputs}"
+    );
+    assert_eq!(r["exports"]["calibration_samples"], 20);
+    let _ = std::fs::remove_dir_all(&dir);
+}

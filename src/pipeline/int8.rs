@@ -36,7 +36,9 @@ pub(super) struct Sources<'a> {
 /// The int8 outputs `ex` asks for, on `target`'s grid, from `src` (the deploy model when one
 /// was built), self-checked by `verifier` against the QDQ model of the equalized weights
 /// rounded to nearest ([`super::trust`]); with their figures against the original model when
-/// `measured` gives it with the inputs to run (and their description). Returns the outputs,
+/// `measured` gives it with the inputs to run (and their description). With `refit` (every
+/// sample, when `samples` are those the check did not run on), the kept QDQ model is written
+/// with its ranges calibrated on all of them. Returns the outputs,
 /// the check, and the `(quantized, quantizable)` activation counts.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn exports(
@@ -44,6 +46,7 @@ pub(super) fn exports(
     ex: &ExportOptions,
     target: &Target,
     samples: Option<&SampleInputs>,
+    refit: Option<&SampleInputs>,
     measured: Option<(&ModelProto, &[InputTensor], &str)>,
     verifier: Option<&mut Verifier>,
     report: &mut Report,
@@ -69,8 +72,35 @@ pub(super) fn exports(
     if let (Calibration::DataFree, Some(st)) = (ex.calibration, stats) {
         sites.explain(|t| st.why_unknown(t).map(str::to_string));
     }
-    let tensors = sites.tensors_to_range();
-    let (ranges, origin, calibration_samples) = match ex.calibration {
+    // Calibrated ranges of `m`'s tensors to range on `s`.
+    let calibrate = |m: &ModelProto, sites: &Sites, s: &SampleInputs| {
+        let per = quant::samples_of(&s.tensors);
+        let r = quant::calib::ranges(
+            m,
+            &sites.tensors_to_range(),
+            &per,
+            ex.calibration,
+            target.activations(),
+            ex.percentile,
+        )
+        .map_err(|e| CoreError::Unsupported(format!("calibration: {e}")))?;
+        Ok::<_, CoreError>((r, RangeOrigin::Calibrated, per.len()))
+    };
+    // The ranges the upgrade's views and the declared input range add.
+    let complete = |mut ranges: HashMap<String, (f32, f32)>, sites: &Sites| {
+        for (new, original) in upgrade.iter().flat_map(|(u, _)| &u.aliases) {
+            if let Some(&r) = ranges.get(original) {
+                ranges.insert(new.clone(), r);
+            }
+        }
+        if let Some([lo, hi]) = ex.input_range {
+            for t in sites.graph_inputs() {
+                ranges.insert(t, (lo, hi));
+            }
+        }
+        ranges
+    };
+    let (ranges, origin, mut calibration_samples) = match ex.calibration {
         Calibration::DataFree => (
             stats.map(|s| s.ranges()).unwrap_or_default(),
             RangeOrigin::DataFree,
@@ -83,30 +113,10 @@ pub(super) fn exports(
                     method.name()
                 )));
             };
-            let per = quant::samples_of(&s.tensors);
-            let r = quant::calib::ranges(
-                fp32,
-                &tensors,
-                &per,
-                method,
-                target.activations(),
-                ex.percentile,
-            )
-            .map_err(|e| CoreError::Unsupported(format!("calibration: {e}")))?;
-            (r, RangeOrigin::Calibrated, per.len())
+            calibrate(fp32, &sites, s)?
         }
     };
-    let mut ranges = ranges;
-    for (new, original) in upgrade.iter().flat_map(|(u, _)| &u.aliases) {
-        if let Some(&r) = ranges.get(original) {
-            ranges.insert(new.clone(), r);
-        }
-    }
-    if let Some([lo, hi]) = ex.input_range {
-        for t in sites.graph_inputs() {
-            ranges.insert(t, (lo, hi));
-        }
-    }
+    let ranges = complete(ranges, &sites);
     ctl.check()?;
     let requested_plan = sites.finish(&ranges, origin, ex.calibration.name());
     let label = deploy.map_or_else(
@@ -147,7 +157,22 @@ pub(super) fn exports(
         let is_baseline = deploy.is_none() || src.deploy_is_baseline;
         let (kept, _, check) =
             trust::check("qdq.onnx", requested, is_baseline, baseline, verifier, ctl)?;
-        (kept.value.0, kept.value.1, Some(kept.bytes), check)
+        match refit {
+            // Checked with ranges fitted to the other samples; written with ranges fitted to
+            // all of them.
+            Some(all) if ex.calibration != Calibration::DataFree => {
+                let model = kept.value.1;
+                let steps = deploy.filter(|_| !check.fell_back).map(|d| &d.steps);
+                let sites = sites_of(&model, steps)?;
+                let (r, _, n) = calibrate(&model, &sites, all)?;
+                calibration_samples = n;
+                let ranges = complete(r, &sites);
+                let plan = sites.finish(&ranges, origin, ex.calibration.name());
+                let bytes = onnx::encode(&quant::export::qdq::write(&model, &plan)?);
+                (plan, model, Some(bytes), check)
+            }
+            _ => (kept.value.0, kept.value.1, Some(kept.bytes), check),
+        }
     } else {
         let check = trust::not_checked(
             "qdq.onnx",

@@ -32,7 +32,7 @@ pub use select::candidates;
 
 use crate::error::{CoreError, Result};
 use crate::onnx::{self, ModelProto};
-use crate::options::{BiasCorrection, Options, Select, Step};
+use crate::options::{BiasCorrection, Calibration, Options, Select, Step};
 use crate::quant;
 use crate::report::Report;
 use verifier::Verifier;
@@ -249,6 +249,16 @@ pub fn run_streamed(
         Some(c) => (&c.options, Some(&c.rest)),
         None => (options, samples),
     };
+    // Ranges fitted to the samples are checked on samples they were not fitted to.
+    let split = samples
+        .filter(|_| options.exports.any() && options.exports.calibration != Calibration::DataFree)
+        .filter(|_| options.verify.enabled)
+        .and_then(|s| s.held_out(verifier::VERIFY_SAMPLES));
+    let all_samples = samples;
+    let (check_samples, samples) = match &split {
+        Some((check, fit)) => (Some(check), Some(fit)),
+        None => (samples, samples),
+    };
     let quant = &options.quant;
     // Refused options and tensors fail before any model reaches tract.
     options.clone().normalized()?;
@@ -281,7 +291,7 @@ pub fn run_streamed(
             original.as_ref(),
             &options.verify,
             options.exports.input_range,
-            samples,
+            check_samples,
             ctl,
         )?)
     } else {
@@ -445,6 +455,7 @@ pub fn run_streamed(
             &options.exports,
             &options.target,
             samples,
+            split.as_ref().and(all_samples),
             measured
                 .as_ref()
                 .map(|(o, (i, s))| (*o, i.as_slice(), s.as_str())),
