@@ -14,6 +14,9 @@
 //! baseline and plain exact CLE. The README's figures come from the held-out evaluation
 //! (`scripts/eval_heldout.sh`, 17 photos none of which is in `../shared/data`).
 //!
+//! Issue 19: `scaling = noise` moves the scales away from equal weight ranges and keeps the
+//! FP32 function within 1e-5 (the block above and EfficientNet-Lite0).
+//!
 //! Issue 11: CLS iterates until its stop rule holds (and a shared chain needs more than the old
 //! 2 passes), an isolated set is exact after one pass, and `select = auto` keeps the candidate
 //! with the best score on the held-out half of the samples (checked against an independent
@@ -23,6 +26,7 @@ mod common;
 
 use onnx_cle::builder::{BnSpec, ConvSpec, GemmSpec, ModelBuilder};
 use onnx_cle::onnx::ModelProto;
+use onnx_cle::options::Scaling;
 use onnx_cle::report::{QuantRow, Relu6Action};
 use onnx_cle::{Control, Options, Report, SampleInputs};
 
@@ -165,6 +169,46 @@ fn balancing_keeps_the_function_and_limits_growth() {
     };
     assert!(growth(&r) <= 1.0 + 1e-5, "balanced growth {}", growth(&r));
     assert!(growth(&plain) > 1.0, "plain CLE widened nothing");
+}
+
+#[test]
+fn noise_scaling_keeps_the_function_and_moves_the_scales() {
+    let plain = common::run_verified(&mobile_block(), &Options::default()).1;
+    let opts = Options {
+        scaling: Scaling::Noise,
+        ..Options::default()
+    };
+    let (_, r) = common::run_verified(&mobile_block(), &opts);
+    check("scaling noise", &r);
+    assert!(!r.function_changed);
+    let scales = |r: &Report| -> Vec<f32> {
+        r.cls_sets
+            .iter()
+            .flat_map(|s| s.pairs.iter().flat_map(|p| p.scale.clone()))
+            .collect()
+    };
+    let (a, b) = (scales(&plain), scales(&r));
+    assert_eq!(a.len(), b.len());
+    assert!(
+        a.iter().zip(&b).any(|(x, y)| (x / y - 1.0).abs() > 1e-3),
+        "noise scaling chose the equal-range scales everywhere: {a:?}"
+    );
+}
+
+#[test]
+fn noise_scaling_keeps_efficientnet_lite0() {
+    let Some(models) = common::shared_models("fidelity") else {
+        return;
+    };
+    let model = common::load(&models.join("efficientnet_lite0.onnx"));
+    let mut opts = Options {
+        scaling: Scaling::Noise,
+        ..Options::default()
+    };
+    opts.quant.w8a8 = false;
+    let (_, r) = common::run_verified(&model, &opts);
+    check("efficientnet_lite0 noise", &r);
+    assert!(!r.function_changed);
 }
 
 #[test]

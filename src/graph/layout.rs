@@ -20,6 +20,20 @@
 
 use crate::onnx::tensor::F32Tensor;
 
+/// Squared norms and weight counts per output and per input channel
+/// ([`WeightLayout::scaled_sumsq`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChannelEnergy {
+    /// `‖W[o]‖²` per output channel.
+    pub out: Vec<f64>,
+    /// `‖W[:, i]‖²` per input channel.
+    pub inp: Vec<f64>,
+    /// Weights per output channel.
+    pub out_count: Vec<f64>,
+    /// Weights per input channel.
+    pub in_count: Vec<f64>,
+}
+
 /// The operator family a weight belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -420,6 +434,36 @@ impl WeightLayout {
             return w.iter().map(|v| vmax(0.0, v.abs())).collect();
         }
         w.chunks_exact(self.k).map(row_max).collect()
+    }
+
+    /// Sums of squares `q[a·b + b'] = Σ_k w[a, b', k…]²` of every stored block, in the order of
+    /// [`WeightLayout::block_maxima`].
+    pub fn block_sumsq(&self, w: &[f32]) -> Vec<f32> {
+        self.check(w);
+        w.chunks_exact(self.k.max(1))
+            .map(|b| b.iter().map(|v| v * v).sum())
+            .collect()
+    }
+
+    /// `‖W'[o]‖²` per output channel and `‖W'[:, i]‖²` per input channel of
+    /// `W'[o, i, …] = fo[o]·fi[i]·W[o, i, …]`, from the [`WeightLayout::block_sumsq`] `q` of `W`,
+    /// with the number of weights in each.
+    pub fn scaled_sumsq(&self, q: &[f32], fo: &[f32], fi: &[f32]) -> ChannelEnergy {
+        let mut e = ChannelEnergy {
+            out: vec![0.0; self.out_ch],
+            inp: vec![0.0; self.in_ch],
+            out_count: vec![0.0; self.out_ch],
+            in_count: vec![0.0; self.in_ch],
+        };
+        let k = self.k as f64;
+        self.for_each_block_index(|s, o, i| {
+            let v = f64::from(q[s]) * f64::from(fo[o] * fi[i]).powi(2);
+            e.out[o] += v;
+            e.inp[i] += v;
+            e.out_count[o] += k;
+            e.in_count[i] += k;
+        });
+        e
     }
 
     /// `max |W'|` per output channel of `W'[o, i, …] = fo[o]·fi[i]·W[o, i, …]`, from the

@@ -20,7 +20,7 @@ use utoipa::{PartialSchema, ToSchema};
 
 use super::{
     Accumulation, ActivationType, BiasCorrection, Calibration, Compat, EncodingsVersion,
-    Granularity, HbfMode, Options, Relu6Policy, Rounding, Select, Step, TargetPreset,
+    Granularity, HbfMode, Options, Relu6Policy, Rounding, Scaling, Select, Step, TargetPreset,
 };
 
 /// One option as the CLI and the query string spell it.
@@ -236,6 +236,7 @@ pub const FLAGS: &[Flag] = &[
     flag("verify.dynamic_dim", "dynamic_dim", Cli::Value, int(None, Some(1), Some(4096))),
     flag("verify.input_shapes", "input_shape", shown("input-shape", "NAME:D0xD1x…"), Kind::Shapes),
     flag("balance", "balance", Cli::Value, float(1)),
+    flag("scaling", "scaling", Cli::Value, one_of::<Scaling>()),
     flag("quant.end_to_end", "quant_e2e", Cli::On("quant-e2e"), Kind::Bool),
     flag("verify.budget_s", "verify_budget", shown("verify-budget", "SECONDS"), double(0)),
     flag("quant.layers", "quant_table", Cli::Off("no-quant-table"), Kind::Bool),

@@ -100,6 +100,21 @@ pub enum Compat {
     Aimet,
 }
 
+/// How cross-layer scaling chooses each pair's per-channel scales.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Scaling {
+    /// Equal weight ranges on both sides of every pair (Nagel et al. eq. 11; AIMET).
+    #[default]
+    EqualRanges,
+    /// Least predicted int8 noise at each pair's output from both layers' weight grids and the
+    /// per-tensor activation grid between them, with the activation's data-free per-channel
+    /// statistics (the folded BN's): starts from equal weight ranges and moves toward equal
+    /// activation ranges as far as the prediction says it pays. Pairs whose activation has no
+    /// statistics keep equal weight ranges.
+    Noise,
+}
+
 /// Whether to choose the scaling from the given samples.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -202,6 +217,9 @@ pub struct Options {
     /// activation exceed `g ×` that activation's original per-tensor range (data-free, from
     /// the folded BN statistics and ReLU6 bounds). Trades weight-range gains for W8A8 accuracy.
     pub balance: Option<f32>,
+    /// Rule for the cross-layer scales: `equal_ranges` (default) or `noise` (least predicted
+    /// W8A8 noise on the declared target's grids). Not with `compat = aimet`.
+    pub scaling: Scaling,
     /// Quantization-readiness figures in the report.
     pub quant: QuantOptions,
     /// The declared int8 target: the grid every grid-tied output (deploy model, QDQ model,
@@ -235,6 +253,7 @@ impl Default for Options {
             threshold: 1e-3,
             verify: VerifyOptions::default(),
             balance: None,
+            scaling: Scaling::EqualRanges,
             quant: QuantOptions::default(),
             target: Target::default(),
             deploy: DeployOptions::default(),
@@ -331,6 +350,11 @@ impl Options {
                     "balance is not an AIMET option (compat=aimet)".into(),
                 ));
             }
+        }
+        if self.is_aimet() && self.scaling != Scaling::EqualRanges {
+            return Err(CoreError::InvalidOptions(
+                "scaling=noise is not an AIMET option (compat=aimet)".into(),
+            ));
         }
         self.exports.validate()?;
         if self.is_aimet() && self.select == Select::Auto {

@@ -17,6 +17,7 @@ pub mod bn_fold;
 pub mod cls;
 pub mod coverage;
 pub mod hbf;
+pub mod noise;
 pub mod relu6;
 
 use std::collections::HashMap;

@@ -73,7 +73,7 @@ use crate::report::Report;
 use crate::runtime::{InputTensor, Runner};
 
 /// Width of the data-free ranges, in σ (int8-output.md §5: 4 to 6 is flat on EfficientNet-Lite0).
-pub const DEFAULT_N_SIGMA: f32 = 4.0;
+pub const DEFAULT_N_SIGMA: f32 = crate::passes::noise::N_SIGMA;
 
 /// A per-channel Gaussian `N(mean, sigma²)`.
 #[derive(Debug, Clone, PartialEq)]
@@ -94,16 +94,7 @@ pub struct Origins {
     pub inputs: HashMap<String, Gaussian>,
 }
 
-/// `σ = |γ|·√(var / (var + ε))`: the spread of a BN's output when its input has the running
-/// variance (`|γ|` when `var + ε` is not positive).
-pub fn bn_sigma(gamma: f32, var: f32, eps: f32) -> f32 {
-    let v = var.max(0.0);
-    if v + eps > 0.0 {
-        gamma.abs() * (v / (v + eps)).sqrt()
-    } else {
-        gamma.abs()
-    }
-}
+pub use crate::passes::noise::bn_sigma;
 
 impl Origins {
     /// From the pipeline's hand-over state and report: every backward BN fold's `N(β, σ²)`
@@ -277,53 +268,7 @@ fn broadcast(n1: usize, n2: usize) -> Option<usize> {
     }
 }
 
-fn pdf(x: f64) -> f64 {
-    (-0.5 * x * x).exp() / (2.0 * std::f64::consts::PI).sqrt()
-}
-
-fn cdf(x: f64) -> f64 {
-    0.5 * libm::erfc(-x / std::f64::consts::SQRT_2)
-}
-
-/// Mean and variance of `clamp(N(mu, sigma²), a, b)` (`a ≤ b`; infinite bounds allowed).
-pub fn clamped_moments(mu: f64, sigma: f64, a: f64, b: f64) -> (f64, f64) {
-    if !(sigma > 0.0 && sigma.is_finite()) {
-        return (mu.clamp(a.min(b), b.max(a)), 0.0);
-    }
-    if a >= b {
-        return (a, 0.0);
-    }
-    let (pa, fa, ta) = if a.is_finite() {
-        let z = (a - mu) / sigma;
-        (cdf(z), pdf(z), z * pdf(z))
-    } else {
-        (0.0, 0.0, 0.0)
-    };
-    let (pb, fb, tb) = if b.is_finite() {
-        let z = (b - mu) / sigma;
-        (cdf(z), pdf(z), z * pdf(z))
-    } else {
-        (1.0, 0.0, 0.0)
-    };
-    let mid = pb - pa;
-    let (ea, ea2) = if a.is_finite() {
-        (a * pa, a * a * pa)
-    } else {
-        (0.0, 0.0)
-    };
-    let (eb, eb2) = if b.is_finite() {
-        (b * (1.0 - pb), b * b * (1.0 - pb))
-    } else {
-        (0.0, 0.0)
-    };
-    let m1 = ea + eb + mu * mid + sigma * (fa - fb);
-    let m2 = ea2
-        + eb2
-        + (mu * mu + sigma * sigma) * mid
-        + 2.0 * mu * sigma * (fa - fb)
-        + sigma * sigma * (ta - tb);
-    (m1, (m2 - m1 * m1).max(0.0))
-}
+pub use crate::passes::noise::clamped_moments;
 
 /// 16-point Gauss–Hermite nodes and weights (`∫ e^{−x²} f(x) dx ≈ Σ w_i f(x_i)`), by Newton's
 /// method on the orthonormal Hermite recurrence.
@@ -1538,6 +1483,7 @@ pub fn measure_means(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::passes::noise::{cdf, pdf};
 
     #[test]
     fn gauss_hermite_integrates_moments() {
