@@ -223,20 +223,16 @@ fn calibrated_outputs_are_checked_on_samples_held_out_from_calibration() {
     let npy = dir.join("s.npy");
     std::fs::write(&npy, common::npy_f32(&[n, 3, 8, 8], &data)).unwrap();
     let (out, rep, q) = (dir.join("out.onnx"), dir.join("r.json"), dir.join("q.onnx"));
-    let o = run(&[
-        "equalize",
-        p(&model),
-        "-o",
-        p(&out),
-        "--report",
-        p(&rep),
+    let base = ["equalize", p(&model), "-o", p(&out), "--report", p(&rep)];
+    let more = [
         "--samples",
         p(&npy),
         "--calibration",
         "minmax",
         "--qdq-output",
         p(&q),
-    ]);
+    ];
+    let o = run(&[&base[..], &more[..]].concat());
     assert_eq!(code(&o), 0, "stderr: {}", stderr(&o));
     let r = common::read_json(&rep);
     let inputs = r["verification"]["inputs"].as_str().unwrap();
