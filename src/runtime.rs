@@ -87,24 +87,21 @@ pub fn input_specs_shaped(
             shape.push(n);
         }
         if let Some(given) = shapes.get(v.name()) {
-            let fixed_kept =
-                given.len() == shape.len()
-                    && dims.dim.iter().zip(given).all(|(d, &n)| match d.value {
-                        Some(
-                            crate::onnx::proto::tensor_shape_proto::dimension::Value::DimValue(f),
-                        ) if f > 0 => f as usize == n,
-                        _ => true,
-                    });
-            if !fixed_kept {
-                let declared: Vec<String> = crate::onnx::declared_dims(v)
-                    .unwrap_or_default()
+            let declared = crate::onnx::declared_dims(v).unwrap_or_default();
+            let fits = given.len() == declared.len()
+                && declared
+                    .iter()
+                    .zip(given)
+                    .all(|(d, &n)| d.is_none_or(|f| f <= 0 || f as usize == n));
+            if !fits {
+                let text: Vec<String> = declared
                     .iter()
                     .map(|d| d.map_or_else(|| "?".to_string(), |n| n.to_string()))
                     .collect();
                 return Err(format!(
                     "input shape {given:?} given for `{}` does not fit its declared shape [{}]",
                     v.name(),
-                    declared.join(", ")
+                    text.join(", ")
                 ));
             }
             shape.clone_from(given);

@@ -106,7 +106,7 @@ fn the_qdq_model_runs_in_tract_as_the_plan_is_simulated() {
         assert!((a - b).abs() < 0.05, "{preset:?}: simulated {a} vs QDQ {b}");
         // The same QDQ model as float ops (what the int8 self-check runs): the simulation's
         // numbers, without tract's integer lowering of the pairs.
-        let floated = qdq::as_float_ops(&q);
+        let floated = qdq::as_float_ops(q.clone());
         assert_eq!(count(&floated, "QuantizeLinear"), 0);
         assert_eq!(
             count(&floated, "DequantizeLinear"),

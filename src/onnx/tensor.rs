@@ -184,34 +184,48 @@ impl AsRef<[u8]> for F32Buffer {
 
 /// Reads an integer tensor (INT64 or INT32) as i64, for shapes, pads and axes.
 pub fn to_i64(t: &TensorProto) -> Option<Vec<i64>> {
+    let wide = [DataType::Int64 as i32, DataType::Int32 as i32];
+    t.data_type
+        .filter(|d| wide.contains(d))
+        .and_then(|_| int_values(t))
+}
+
+/// Reads any integer tensor (INT8, UINT8, INT16, UINT16, INT32, INT64) as i64: `raw_data`
+/// little-endian, else `int64_data` (INT64) or `int32_data` (the narrower types, as ONNX
+/// stores them). `None` for other types, external data or a count that does not match.
+pub fn int_values(t: &TensorProto) -> Option<Vec<i64>> {
     let (_, count) = shape_of(t).ok()?;
     if is_external(t) {
         return None;
     }
+    let ty = DataType::try_from(t.data_type?).ok()?;
+    let width = match ty {
+        DataType::Int8 | DataType::Uint8 => 1,
+        DataType::Int16 | DataType::Uint16 => 2,
+        DataType::Int32 => 4,
+        DataType::Int64 => 8,
+        _ => return None,
+    };
     let raw = t.raw_data();
-    if t.data_type == Some(DataType::Int64 as i32) {
-        if !raw.is_empty() {
-            (raw.len() == count * 8).then(|| {
-                raw.chunks_exact(8)
-                    .map(|c| i64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
-                    .collect()
-            })
-        } else {
+    if raw.is_empty() {
+        return if ty == DataType::Int64 {
             (t.int64_data.len() == count).then(|| t.int64_data.clone())
-        }
-    } else if t.data_type == Some(DataType::Int32 as i32) {
-        if !raw.is_empty() {
-            (raw.len() == count * 4).then(|| {
-                raw.chunks_exact(4)
-                    .map(|c| i32::from_le_bytes(c.try_into().unwrap_or([0; 4])) as i64)
-                    .collect()
-            })
         } else {
             (t.int32_data.len() == count).then(|| t.int32_data.iter().map(|&v| v as i64).collect())
-        }
-    } else {
-        None
+        };
     }
+    (raw.len() == count * width).then(|| {
+        raw.chunks_exact(width)
+            .map(|c| match ty {
+                DataType::Int8 => i64::from(c[0] as i8),
+                DataType::Uint8 => i64::from(c[0]),
+                DataType::Int16 => i64::from(i16::from_le_bytes([c[0], c[1]])),
+                DataType::Uint16 => i64::from(u16::from_le_bytes([c[0], c[1]])),
+                DataType::Int32 => i64::from(i32::from_le_bytes(c.try_into().unwrap_or([0; 4]))),
+                _ => i64::from_le_bytes(c.try_into().unwrap_or([0; 8])),
+            })
+            .collect()
+    })
 }
 
 /// Writes f32 data into `t` as little-endian `raw_data` (FLOAT, `float_data` cleared).

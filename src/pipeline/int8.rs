@@ -125,10 +125,11 @@ pub(super) fn exports(
     );
     let (plan, fp32, qdq_bytes, check) = if qdq {
         let written = quant::export::qdq::write(fp32, &requested_plan)?;
+        let bytes = onnx::encode(&written);
         let requested = trust::Candidate {
             label,
-            probe: Some(onnx::encode(&quant::export::qdq::as_float_ops(&written))),
-            bytes: onnx::encode(&written),
+            probe: Some(onnx::encode(&quant::export::qdq::as_float_ops(written))),
+            bytes,
             value: (requested_plan, Cow::Borrowed(fp32)),
         };
         let baseline = || {
@@ -144,13 +145,14 @@ pub(super) fn exports(
             };
             let plan = sites_of(&equalized, None)?.finish(&ranges, origin, ex.calibration.name());
             let written = quant::export::qdq::write(&equalized, &plan)?;
+            let bytes = onnx::encode(&written);
             Ok(vec![trust::Candidate {
                 label: format!(
                     "baseline: {}",
                     trust::label(Rounding::Nearest, BiasCorrection::Off)
                 ),
-                probe: Some(onnx::encode(&quant::export::qdq::as_float_ops(&written))),
-                bytes: onnx::encode(&written),
+                probe: Some(onnx::encode(&quant::export::qdq::as_float_ops(written))),
+                bytes,
                 value: (plan, equalized),
             }])
         };

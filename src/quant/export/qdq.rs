@@ -357,80 +357,52 @@ fn remove_constant(
 /// onnxruntime with graph optimizations disabled — rather than a runtime's own lowering of the
 /// pairs to integer ops (tract's lowering of PP-OCRv4's QDQ model agrees with those semantics
 /// only to 17 dB). Below opset 11 (no `Round`) the model is returned as it is.
-pub fn as_float_ops(model: &ModelProto) -> ModelProto {
-    let mut m = model.clone();
+pub fn as_float_ops(mut m: ModelProto) -> ModelProto {
     if crate::onnx::onnx_opset(&m).is_none_or(|v| v < 11) {
         return m;
     }
     let Some(g) = m.graph.as_mut() else {
         return m;
     };
-    let inits: HashMap<String, TensorProto> = g
+    let inits: HashSet<String> = g.initializer.iter().map(|t| t.name().to_string()).collect();
+    let scalars: HashMap<String, TensorProto> = g
         .initializer
         .iter()
+        .filter(|t| t.dims.iter().product::<i64>() == 1)
         .map(|t| (t.name().to_string(), t.clone()))
         .collect();
     let mut names = Names(
         g.node
             .iter()
             .flat_map(|n| n.output.iter().cloned())
-            .chain(inits.keys().cloned())
+            .chain(inits.iter().cloned())
             .chain(g.input.iter().map(|v| v.name().to_string()))
             .collect(),
     );
+    // The scalar zero point of a Q/DQ node and the range of its integer type.
     let zero_point = |n: &NodeProto| -> Option<(f32, f32, f32)> {
         let Some(z) = n.input.get(2).filter(|z| !z.is_empty()) else {
             return Some((0.0, 0.0, 255.0));
         };
-        let t = inits.get(z)?;
-        let raw = t.raw_data.as_deref();
-        let ints = &t.int32_data;
-        let first = |width: usize| raw.filter(|r| r.len() == width);
-        let ty = DataType::try_from(t.data_type.unwrap_or(0)).ok()?;
-        let (v, lo, hi) = match ty {
-            DataType::Uint8 => (
-                first(1).map_or_else(
-                    || ints.first().map(|&v| v as f32),
-                    |r| Some(f32::from(r[0])),
-                ),
-                0.0,
-                255.0,
-            ),
-            DataType::Int8 => (
-                first(1).map_or_else(
-                    || ints.first().map(|&v| v as f32),
-                    |r| Some(f32::from(r[0] as i8)),
-                ),
-                -128.0,
-                127.0,
-            ),
-            DataType::Uint16 => (
-                first(2).map_or_else(
-                    || ints.first().map(|&v| v as f32),
-                    |r| Some(f32::from(u16::from_le_bytes([r[0], r[1]]))),
-                ),
-                0.0,
-                65535.0,
-            ),
-            DataType::Int16 => (
-                first(2).map_or_else(
-                    || ints.first().map(|&v| v as f32),
-                    |r| Some(f32::from(i16::from_le_bytes([r[0], r[1]]))),
-                ),
-                -32768.0,
-                32767.0,
-            ),
+        let t = scalars.get(z)?;
+        let (lo, hi) = match DataType::try_from(t.data_type?).ok()? {
+            DataType::Uint8 => (0.0, 255.0),
+            DataType::Int8 => (-128.0, 127.0),
+            DataType::Uint16 => (0.0, 65535.0),
+            DataType::Int16 => (-32768.0, 32767.0),
             _ => return None,
         };
-        (t.dims.iter().product::<i64>() == 1).then_some(())?;
-        Some((v?, lo, hi))
+        match tensor::int_values(t)?.as_slice() {
+            [v] => Some((*v as f32, lo, hi)),
+            _ => None,
+        }
     };
     let mut nodes = Vec::with_capacity(g.node.len());
     let mut consts = Vec::new();
     let mut floated: HashSet<String> = HashSet::new();
     for n in std::mem::take(&mut g.node) {
         let op = n.op_type();
-        let activation = n.input.first().is_some_and(|x| !inits.contains_key(x));
+        let activation = n.input.first().is_some_and(|x| !inits.contains(x));
         let fields = (op == "QuantizeLinear" || op == "DequantizeLinear")
             .then(|| zero_point(&n))
             .flatten();
