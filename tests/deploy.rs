@@ -14,11 +14,16 @@
 //!   deploy model built from a model already on the grid (ε = 0) leaves every weight and bias
 //!   as it was, bit for bit;
 //! - the exact equalized model is byte-identical whether or not a deploy model is asked for;
-//! - empirical correction refuses fewer than 100 samples, and works with 100.
+//! - empirical correction refuses fewer than 100 samples, and works with 100;
+//! - with per-tensor weights, a BN folded into a layer that cross-layer scaling left alone
+//!   stays a float op in the int8 outputs when folding would cost the weight grid (its scales
+//!   spread over two decades here): the deploy model then deviates less from the original than
+//!   the folded model rounded on the same grid, the exact equalized model still has it folded,
+//!   and the report says which; per-channel weights fold it.
 
 mod common;
 
-use onnx_cle::builder::{calibrate_batch_norms, ConvSpec, GemmSpec, ModelBuilder};
+use onnx_cle::builder::{calibrate_batch_norms, BnSpec, ConvSpec, GemmSpec, ModelBuilder};
 use onnx_cle::onnx::{self, ModelProto};
 use onnx_cle::options::BiasCorrection;
 use onnx_cle::options::Rounding;
@@ -435,4 +440,125 @@ fn empirical_correction_needs_100_samples() {
     let r = out.report.deploy.unwrap();
     assert_eq!(r.bias_correction, "empirical");
     assert_eq!(r.summary.corrected, r.summary.layers, "{:#?}", r.skipped);
+}
+
+/// Conv-BN-HardSwish blocks (cross-layer scaling does not cross HardSwish) whose BN scales γ
+/// spread over two decades across channels; the output is the last block's.
+fn hardswish_net(seed: u64) -> ModelProto {
+    let mut b = ModelBuilder::new(14).seed(seed);
+    let x = b.batched_input("x", "N", &[3, 10, 10]);
+    let mut y = x;
+    for (k, (i, o)) in [(3, 12), (12, 16)].into_iter().enumerate() {
+        let h = b.conv(
+            &format!("c{k}"),
+            &y,
+            &ConvSpec::new(i, o, &[3, 3]).same_pads(),
+        );
+        let spec = BnSpec {
+            gamma: (0..o)
+                .map(|c| 0.05 * 100f32.powf(c as f32 / (o - 1) as f32))
+                .collect(),
+            beta: vec![0.1; o],
+            mean: vec![0.0; o],
+            var: vec![1.0; o],
+            epsilon: None,
+        };
+        let h = b.batch_norm_with(&format!("c{k}_bn"), &h, &spec);
+        y = b.unary("HardSwish", &format!("hs{k}"), &h);
+    }
+    b.output(&y);
+    b.build()
+}
+
+#[test]
+fn per_tensor_int8_outputs_keep_a_bn_whose_fold_would_cost_the_grid() {
+    let raw = hardswish_net(3);
+    let model = calibrated(raw.clone(), &random_samples(&raw, 64, 5));
+    let samples = random_samples(&model, 32, 6);
+    let count = |m: &ModelProto, op: &str| {
+        m.graph
+            .as_ref()
+            .map_or(0, |g| g.node.iter().filter(|n| n.op_type() == op).count())
+    };
+    let opts = deploy_options(Target::default(), BiasCorrection::Off, Rounding::Nearest);
+    let out = run(&model, &opts, None);
+    let exact = onnx::decode(out.model.clone().into()).unwrap();
+    let deploy_bytes = out.deploy.clone().unwrap();
+    let deploy = onnx::decode(deploy_bytes.clone().into()).unwrap();
+    assert_eq!(
+        count(&exact, "BatchNormalization"),
+        0,
+        "the main output folds"
+    );
+    assert_eq!(
+        count(&deploy, "BatchNormalization"),
+        2,
+        "the deploy model keeps both"
+    );
+    let kept: Vec<_> = out
+        .report
+        .skipped
+        .iter()
+        .filter(|s| s.reason == "kept_for_per_tensor_int8")
+        .collect();
+    assert_eq!(kept.len(), 2, "{:?}", out.report.skipped);
+    assert!(kept.iter().all(|s| s.pass == "int8"));
+    let d = out.report.deploy.as_ref().unwrap();
+    assert!(d
+        .metadata
+        .iter()
+        .any(|m| m.key == "onnx_cle.deploy_edits" && m.value.contains("2 BatchNormalization")));
+
+    // The folded model rounded to nearest on the same grid, for comparison.
+    let grid = Target::default().weights();
+    let mut folded = exact.clone();
+    for (w, layout) in weights(&exact) {
+        let g = folded.graph.as_mut().unwrap();
+        let t = g.initializer.iter_mut().find(|t| t.name() == w).unwrap();
+        let mut v = const_values(&exact, &w);
+        grid.fake_quant(&mut v, &layout);
+        t.float_data.clear();
+        t.raw_data = Some(v.iter().flat_map(|x| x.to_le_bytes()).collect());
+    }
+    // Each channel's SQNR, averaged: a trained network's next layer makes up for the scale BN
+    // gives a channel, so every channel carries the output alike.
+    let channel_db = |bytes: &[u8]| {
+        let reference = onnx_cle::quant::reference_outputs(&model, &samples).unwrap();
+        let outs = onnx_cle::quant::first_outputs(bytes, &samples).unwrap();
+        let (c, hw) = (16, 100);
+        let mut db = 0.0;
+        for ch in 0..c {
+            let (mut sig, mut err) = (0f64, 0f64);
+            for (r, o) in reference.iter().zip(&outs) {
+                for j in ch * hw..(ch + 1) * hw {
+                    sig += f64::from(r[j]).powi(2);
+                    err += f64::from(o[j] - r[j]).powi(2);
+                }
+            }
+            db += 10.0 * (sig / err).log10() / c as f64;
+        }
+        db
+    };
+    let (kept_db, folded_db) = (
+        channel_db(&deploy_bytes),
+        channel_db(&onnx::encode(&folded)),
+    );
+    assert!(
+        kept_db > folded_db + 3.0,
+        "mean channel SQNR: BN kept {kept_db:.2} dB, folded {folded_db:.2} dB"
+    );
+
+    let per_channel = Target {
+        weight_granularity: Some(Granularity::PerChannel),
+        ..Target::default()
+    };
+    let opts = deploy_options(per_channel, BiasCorrection::Off, Rounding::Nearest);
+    let out = run(&model, &opts, None);
+    let deploy = onnx::decode(out.deploy.unwrap().into()).unwrap();
+    assert_eq!(count(&deploy, "BatchNormalization"), 0);
+    assert!(out
+        .report
+        .skipped
+        .iter()
+        .all(|s| s.reason != "kept_for_per_tensor_int8"));
 }

@@ -20,7 +20,7 @@ pub mod hbf;
 pub mod noise;
 pub mod relu6;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use crate::graph::work::Work;
 use crate::options::{Options, Step};
@@ -114,6 +114,13 @@ pub struct State {
     pub pairs: Vec<ScaledPair>,
     /// Statistics of forward-folded BNs, by the name of the tensor they normalized.
     pub bn_inputs: HashMap<String, BnInputStats>,
+    /// BatchNormalizations (labels) the fold may leave in place, set for the model an int8
+    /// output with per-tensor weights is built from: each stays where folding it would cost
+    /// its layer's per-tensor grid more than [`bn_fold::UNFOLD_GAIN`] ([`bn_fold::run`]).
+    pub int8_unfold: HashSet<String>,
+    /// The running statistics of the BNs [`bn_fold::run`] left in place for the int8 outputs,
+    /// by the name of the tensor each normalizes (the layer's output).
+    pub bn_kept: HashMap<String, BnInputStats>,
 }
 
 /// Everything a pass works with.

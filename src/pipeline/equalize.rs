@@ -1,6 +1,7 @@
 //! The equalize stage: the passes on the decoded model, in pipeline order
 //! ([`crate::passes::PIPELINE`]), with the report filled as they go.
 
+use std::collections::HashSet;
 use std::time::Instant;
 
 use super::{ms, Control};
@@ -72,6 +73,17 @@ pub(super) fn capturing(
     ctl: Control,
     folded_figures: bool,
 ) -> Result<Captured> {
+    capturing_unfolded(model, options, ctl, folded_figures, HashSet::new())
+}
+
+/// [`capturing`] with [`crate::passes::State::int8_unfold`] set to `unfold`.
+fn capturing_unfolded(
+    model: ModelProto,
+    options: &Options,
+    ctl: Control,
+    folded_figures: bool,
+    unfold: HashSet<String>,
+) -> Result<Captured> {
     let opts = options.clone().normalized()?;
     let mut figures = None;
     let t = Instant::now();
@@ -95,7 +107,10 @@ pub(super) fn capturing(
     work.set_scope(&opts.start, &opts.output)?;
     report.model.nodes_in_scope = work.scope_size();
     report.timings_ms.prepare = ms(t);
-    let mut state = State::default();
+    let mut state = State {
+        int8_unfold: unfold,
+        ..State::default()
+    };
     {
         let mut cx = Ctx {
             work: &mut work,
@@ -150,6 +165,52 @@ pub(super) fn capturing(
         table,
         origins,
     ))
+}
+
+/// Whether the int8 outputs of a run with `options` may be built from a model of their own
+/// ([`int8_source`]): per-tensor weights, a BN fold, and a deploy or QDQ output asked for.
+pub(super) fn wants_int8_source(options: &Options) -> bool {
+    options.target.weights().granularity == crate::options::Granularity::PerTensor
+        && options.runs(Step::BnFold)
+        && (options.builds_deploy() || options.exports.any())
+}
+
+/// The model the int8 outputs of a per-tensor grid are built from, when it differs from the
+/// equalized one `eq` ([`wants_int8_source`]): the same passes on `model`, except that a
+/// BatchNormalization folded backward into a layer that no cross-layer scaling set contains
+/// stays in place where the fold would cost that layer's per-tensor weight grid more than
+/// [`crate::passes::bn_fold::UNFOLD_GAIN`] (onnxruntime's `quantize_static` keeps every BN
+/// as a float op). It computes the same function as `eq`; `None` when no BN qualifies or
+/// every candidate folds anyway.
+pub(super) fn int8_source(
+    model: ModelProto,
+    options: &Options,
+    eq: &Report,
+    ctl: Control,
+) -> Result<Option<Captured>> {
+    let scaled: HashSet<&str> = eq
+        .cls_sets
+        .iter()
+        .flat_map(|s| s.layers.iter().map(String::as_str))
+        .collect();
+    let unfold: HashSet<String> = eq
+        .bn_folds
+        .iter()
+        .filter(|f| f.direction == crate::report::FoldDirection::Backward)
+        .filter(|f| !scaled.contains(f.layer.as_str()))
+        .map(|f| f.bn.clone())
+        .collect();
+    if unfold.is_empty() {
+        return Ok(None);
+    }
+    let captured = capturing_unfolded(model, &model_only(options), ctl, false, unfold)?;
+    let kept = captured
+        .0
+        .report
+        .skipped
+        .iter()
+        .any(|s| s.reason == crate::passes::bn_fold::KEPT_FOR_INT8);
+    Ok(kept.then_some(captured))
 }
 
 /// The BN-folded original: the baseline of the int8 figures, when the run did not take it

@@ -305,7 +305,30 @@ pub fn run_streamed(
     let original_model = needs_original.then(|| model.clone());
     let input = original.as_ref().map(|b| b.as_ptr_range());
     drop(original);
+    let source_input = equalize::wants_int8_source(options).then(|| model.clone());
     let (mut eq, table, origins) = equalize::capturing(model, options, ctl, figures_in_run)?;
+    let source = match source_input {
+        Some(m) => equalize::int8_source(m, options, &eq.report, ctl)?,
+        None => None,
+    };
+    let kept_bn: Vec<crate::report::Skip> = source
+        .iter()
+        .flat_map(|(e, _, _)| {
+            e.report
+                .skipped
+                .iter()
+                .filter(|s| s.reason == crate::passes::bn_fold::KEPT_FOR_INT8)
+                .cloned()
+                .map(|s| crate::report::Skip {
+                    pass: "int8".into(),
+                    ..s
+                })
+        })
+        .collect();
+    let (int8_eq, origins) = match source {
+        Some((e, _, o)) => (Some(e), o),
+        None => (None, origins),
+    };
     if let (None, Some(input)) = (&original_model, input) {
         onnx::release_input(&mut eq.model, input);
     }
@@ -343,6 +366,9 @@ pub fn run_streamed(
     );
     let (encoded, written, encode_ms) = encoded?;
     let mut report = eq.report;
+    report.skipped.extend(kept_bn.iter().cloned());
+    let int8_model = int8_eq.as_ref().map_or(&eq.model, |e| &e.model);
+    let int8_labels = int8_eq.as_ref().map_or(&eq.labels, |e| &e.labels);
     report.timings_ms.encode = encode_ms;
     let figure_inputs = |m: &ModelProto| samples::figure_inputs(m, &options.verify, samples);
     if let Some((rows, table_ms)) = rows {
@@ -382,21 +408,25 @@ pub fn run_streamed(
         let t = Instant::now();
         let measured = match samples.filter(|_| empirical) {
             Some(s) => Some(quant::deploy::measured_input_means(
-                &eq.model,
+                int8_model,
                 &quant::samples_of(&s.tensors),
             )?),
             None => None,
         };
         let build = |opts: &crate::options::DeployOptions| {
-            let d = quant::deploy::build(
-                &eq.model,
-                &eq.labels,
+            let mut d = quant::deploy::build(
+                int8_model,
+                int8_labels,
                 &origins,
                 &options.target,
                 opts,
                 measured.as_ref(),
                 options.exports.input_range,
             )?;
+            d.report.skipped.extend(kept_bn.iter().cloned());
+            if !kept_bn.is_empty() {
+                quant::deploy::note_kept_bn(&mut d, kept_bn.len());
+            }
             Ok::<_, CoreError>(trust::Candidate {
                 label: trust::label_of(&d.report),
                 probe: None,
@@ -448,7 +478,7 @@ pub fn run_streamed(
         };
         let (a, checked, counts) = int8::exports(
             int8::Sources {
-                equalized: &eq.model,
+                equalized: int8_model,
                 deploy: deploy.as_ref().map(|(d, _, _)| d),
                 deploy_is_baseline: deploy.as_ref().is_some_and(|(_, _, b)| *b),
             },

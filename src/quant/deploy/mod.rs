@@ -362,6 +362,20 @@ pub fn build(
     })
 }
 
+/// Records on `d` (its `deploy_edits` metadata and report) that `n` BatchNormalizations stay
+/// float ops: the model it was built from keeps them where folding would have cost the
+/// per-tensor weight grid ([`crate::passes::bn_fold::UNFOLD_GAIN`]).
+pub fn note_kept_bn(d: &mut Deploy, n: usize) {
+    let note = format!("{n} BatchNormalization kept as float ops (per-tensor weights)");
+    let key = "onnx_cle.deploy_edits";
+    for e in d.model.metadata_props.iter_mut().filter(|e| e.key() == key) {
+        e.value = Some(format!("{}; {note}", e.value()));
+    }
+    for e in d.report.metadata.iter_mut().filter(|e| e.key == key) {
+        e.value = format!("{}; {note}", e.value);
+    }
+}
+
 /// The pairs of `w` that saturate for some input on x86-64 without VNNI when rounded to nearest
 /// on the plain (max-abs) version of `grid` ([`crate::quant::kernels::pairs_at_risk`]).
 fn plain_risk(w: &[f32], layout: &crate::graph::layout::WeightLayout, grid: WeightGrid) -> usize {

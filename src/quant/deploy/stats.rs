@@ -92,6 +92,9 @@ pub struct Origins {
     pub outputs: HashMap<String, Gaussian>,
     /// By tensor name: the running statistics of a BN folded forward into the layer reading it.
     pub inputs: HashMap<String, Gaussian>,
+    /// By tensor name: the running statistics of a standalone BN reading it (one the int8
+    /// outputs keep unfolded): its distribution and range, whatever the graph above predicts.
+    pub normalized: HashMap<String, Gaussian>,
 }
 
 pub use crate::passes::noise::bn_sigma;
@@ -140,6 +143,16 @@ impl Origins {
                 },
             );
         }
+        let gaussian = |s: &crate::passes::BnInputStats| Gaussian {
+            mean: s.mean.clone(),
+            sigma: s.var.iter().map(|v| v.max(0.0).sqrt()).collect(),
+        };
+        let normalized = state
+            .bn_kept
+            .iter()
+            .filter(|(_, s)| s.mean.len() == s.var.len())
+            .map(|(t, s)| (t.clone(), gaussian(s)))
+            .collect();
         let inputs = state
             .bn_inputs
             .iter()
@@ -154,7 +167,11 @@ impl Origins {
                 )
             })
             .collect();
-        Origins { outputs, inputs }
+        Origins {
+            outputs,
+            inputs,
+            normalized,
+        }
     }
 }
 
@@ -811,6 +828,11 @@ fn insert(
     result: Result<ChannelStats, String>,
     walk: &Walk,
 ) {
+    if let Some(g) = walk.origins.normalized.get(tensor) {
+        let s = ChannelStats::gaussian(&g.mean, &g.sigma, walk.n_sigma);
+        st.tensors.insert(tensor.to_string(), s);
+        return;
+    }
     let result = match (walk.origins.inputs.get(tensor), result) {
         (Some(g), r) => {
             // A BN was folded forward after this tensor: its running statistics are measured.
