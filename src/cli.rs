@@ -521,6 +521,18 @@ pub fn equalize(a: EqualizeArgs) -> ExitCode {
                     d.summary.widened, d.summary.pair_moves
                 );
             }
+            let kept = r
+                .skipped
+                .iter()
+                .filter(|s| s.reason == onnx_cle::passes::bn_fold::KEPT_FOR_INT8)
+                .count();
+            if kept > 0 {
+                eprintln!(
+                    "onnx-cle: int8 outputs keep {kept} BatchNormalization unfolded (float ops): \
+                     folding them would cost their layers' per-tensor weight grid (report: \
+                     kept_for_per_tensor_int8)"
+                );
+            }
             if a.deploy_output.is_none() {
                 eprintln!("onnx-cle: note: the deploy model is not written (no --deploy-output)");
             }

@@ -210,6 +210,57 @@ fn input_shape_sets_the_verification_shape() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A BN after which cross-layer scaling cannot cross (HardSwish), its γ spread over two
+/// decades: with per-tensor weights the int8 outputs keep it unfolded and the summary says so;
+/// the equalized model folds it.
+#[test]
+fn per_tensor_int8_outputs_say_which_bns_stay_unfolded() {
+    use onnx_cle::builder::{BnSpec, ConvSpec, ModelBuilder};
+    let dir = scratch("kept-bn");
+    let mut b = ModelBuilder::new(14).seed(4);
+    let x = b.batched_input("x", "N", &[3, 8, 8]);
+    let y = b.conv("conv", &x, &ConvSpec::new(3, 8, &[3, 3]).same_pads());
+    let spec = BnSpec {
+        gamma: (0..8).map(|c| 0.05 * 100f32.powf(c as f32 / 7.0)).collect(),
+        beta: vec![0.1; 8],
+        mean: vec![0.0; 8],
+        var: vec![1.0; 8],
+        epsilon: None,
+    };
+    let y = b.batch_norm_with("bn", &y, &spec);
+    let y = b.unary("HardSwish", "hs", &y);
+    let y = b.conv("conv2", &y, &ConvSpec::new(8, 4, &[1, 1]));
+    b.output(&y);
+    let model = dir.join("hs.onnx");
+    std::fs::write(&model, b.build_bytes()).unwrap();
+    let (out, deploy) = (dir.join("out.onnx"), dir.join("deploy.onnx"));
+    let o = run(&[
+        "equalize",
+        p(&model),
+        "-o",
+        p(&out),
+        "--deploy-output",
+        p(&deploy),
+    ]);
+    assert_eq!(code(&o), 0, "stderr: {}", stderr(&o));
+    assert!(
+        stderr(&o).contains("int8 outputs keep 1 BatchNormalization unfolded"),
+        "stderr: {}",
+        stderr(&o)
+    );
+    let ops = |path: &Path| {
+        let m = onnx_cle::onnx::decode(std::fs::read(path).unwrap().into()).unwrap();
+        m.graph
+            .unwrap()
+            .node
+            .iter()
+            .filter(|n| n.op_type() == "BatchNormalization")
+            .count()
+    };
+    assert_eq!((ops(&out), ops(&deploy)), (0, 1));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// With ranges calibrated on the samples, the int8 self-check runs on the first 8 samples with
 /// ranges fitted to the others (a check on the samples the ranges fit favours what fits them),
 /// and the QDQ model is written with ranges calibrated on all of them.

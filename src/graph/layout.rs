@@ -252,29 +252,37 @@ impl WeightLayout {
     ///
     /// An odd reduction length leaves its last element unpaired (MLAS pads with zeros).
     pub fn for_each_mlas_pair(&self, mut f: impl FnMut(usize, usize, usize)) {
+        self.for_each_mlas_pair_in(|o, a, b, _, _| f(o, a, b));
+    }
+
+    /// [`WeightLayout::for_each_mlas_pair`] with the input channel (feature) each element of
+    /// the pair reads: `f(out, a, b, in_a, in_b)`, `in_* < in_channels()`.
+    pub fn for_each_mlas_pair_in(&self, mut f: impl FnMut(usize, usize, usize, usize, usize)) {
         match self.op {
             LayerOp::ConvTranspose => {}
             LayerOp::Conv if self.kind() == ChannelKind::Depthwise => {}
             LayerOp::Conv => {
                 let (b, k) = (self.b, self.k);
+                let per_group = (self.a / self.group.max(1)).max(1);
                 let at = |o: usize, r: usize| (o * b + r % b) * k + r / b;
                 for o in 0..self.a {
+                    let base = (o / per_group) * b;
                     for r in (0..b * k - 1).step_by(2) {
-                        f(o, at(o, r), at(o, r + 1));
+                        f(o, at(o, r), at(o, r + 1), base + r % b, base + (r + 1) % b);
                     }
                 }
             }
             LayerOp::Gemm { trans_b: true } => {
                 for o in 0..self.a {
                     for r in (0..self.b.saturating_sub(1)).step_by(2) {
-                        f(o, o * self.b + r, o * self.b + r + 1);
+                        f(o, o * self.b + r, o * self.b + r + 1, r, r + 1);
                     }
                 }
             }
             LayerOp::Gemm { trans_b: false } | LayerOp::MatMul => {
                 for o in 0..self.b {
                     for r in (0..self.a.saturating_sub(1)).step_by(2) {
-                        f(o, r * self.b + o, (r + 1) * self.b + o);
+                        f(o, r * self.b + o, (r + 1) * self.b + o, r, r + 1);
                     }
                 }
             }

@@ -63,8 +63,9 @@ pub(super) fn exports(
     let fp32 = upgrade.as_ref().map_or(fp32, |(u, _)| &u.model);
     let sites_of = |m: &ModelProto, steps: Option<&HashMap<String, Vec<f32>>>| {
         let mut s = Sites::find(m, target, ex.quantize_outputs)?;
-        if let Some(steps) = steps {
+        if let (Some(steps), Some(d)) = (steps, deploy) {
             s.use_steps(steps);
+            s.use_bytes(&d.bytes);
         }
         Ok::<_, CoreError>(s)
     };

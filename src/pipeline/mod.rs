@@ -413,6 +413,28 @@ pub fn run_streamed(
             )?),
             None => None,
         };
+        // The int16 pair bounds count on the activation ranges of the int8 exports' plan (the
+        // channels' ranges over every sample: the written plan is refitted to all of them).
+        let pair_ranges = match all_samples {
+            Some(s)
+                if options.exports.any()
+                    && options.exports.calibration != Calibration::DataFree
+                    && options.target.weights().int16_pairs =>
+            {
+                Some(quant::deploy::measured_input_ranges(
+                    int8_model,
+                    &quant::samples_of(&s.tensors),
+                )?)
+            }
+            _ => None,
+        };
+        // Data-free runs keep every byte at 255: their self-check runs on random inputs, which
+        // rank byte-bounded weights wrongly (EfficientNet-Lite2: 18.0 dB on photos, rejected
+        // for bias correction off at 15.1).
+        let bounds = match &pair_ranges {
+            Some(r) => quant::deploy::PairBounds::Measured(r),
+            None => quant::deploy::PairBounds::AnyInput,
+        };
         let build = |opts: &crate::options::DeployOptions| {
             let mut d = quant::deploy::build(
                 int8_model,
@@ -421,6 +443,7 @@ pub fn run_streamed(
                 &options.target,
                 opts,
                 measured.as_ref(),
+                bounds,
                 options.exports.input_range,
             )?;
             d.report.skipped.extend(kept_bn.iter().cloned());

@@ -94,6 +94,9 @@ pub struct WeightQuant {
     /// The target's kernels add neighbouring products in a saturating int16: levels keep every
     /// same-sign MLAS pair within 128 ([`crate::quant::target::keep_pairs`]).
     pub int16_pairs: bool,
+    /// The largest raw u8 byte of each input channel the pair bound counts on (`None`: 255,
+    /// any input; [`crate::quant::target::keep_pairs`]).
+    pub bytes: Option<Vec<u8>>,
     /// `(channel, bias)` whose scale was raised so that the layer's int32 bias fits
     /// (`|b| / (input scale × weight scale) ≤ 2³¹ − 1`).
     pub raised_for_bias: Vec<(usize, String)>,
@@ -126,7 +129,7 @@ impl WeightQuant {
             let mut scaled = data.to_vec();
             self.layout.map_out(&mut scaled, |v, o| v / self.scale(o));
             let mut err: Vec<f32> = w.iter().zip(&scaled).map(|(l, x)| l - x).collect();
-            crate::quant::target::keep_pairs(&self.layout, &mut w, &mut err);
+            crate::quant::target::keep_pairs(&self.layout, &mut w, &mut err, self.bytes.as_deref());
         }
         w
     }
@@ -526,6 +529,16 @@ impl Sites {
         }
     }
 
+    /// Bounds the int16 pairs of the weights in `bytes` (by weight name) by their layers' input
+    /// bytes, as the deploy model's rounding did ([`WeightQuant::bytes`]).
+    pub fn use_bytes(&mut self, bytes: &HashMap<String, Vec<u8>>) {
+        for w in &mut self.weights {
+            if let Some(b) = bytes.get(&w.weight) {
+                w.bytes = Some(b.clone());
+            }
+        }
+    }
+
     /// The plan, with `ranges` (`[lo, hi]` per tensor) from `origin`, described as `ranges_name`.
     pub fn finish(
         self,
@@ -812,6 +825,7 @@ fn weight_quant(
         scales,
         qmax: grid.qmax(),
         int16_pairs: grid.int16_pairs,
+        bytes: None,
         raised_for_bias: Vec::new(),
     })
 }

@@ -43,16 +43,53 @@ pub struct ActivationParams {
 /// activation (see the module documentation).
 pub const PAIR_LEVELS: f32 = 128.0;
 
+/// The pair limit with activation bytes: `B₁·|l₁| + B₂·|l₂| ≤ 255 · 128` for the largest raw u8
+/// bytes `B` the two input channels carry (`255 · 128 = 32 640 ≤ 32 767`); with every `B = 255`
+/// it is [`PAIR_LEVELS`].
+pub const PAIR_LOAD: f32 = 255.0 * PAIR_LEVELS;
+
+/// The largest raw u8 byte input channel `c` carries: `bytes[c]`, or 255 without bounds.
+fn byte(bytes: Option<&[u8]>, c: usize) -> f32 {
+    bytes
+        .and_then(|b| b.get(c))
+        .map_or(255.0, |&v| f32::from(v))
+}
+
 /// Moves levels one step toward zero until every same-sign MLAS pair of `layout` satisfies
-/// `|l₁| + |l₂| ≤` [`PAIR_LEVELS`]; of a pair, the level whose rounding error `err`
-/// (`level − w/step`, LSB) points furthest away from zero moves, and its error follows. Returns
-/// the number of moves. Levels with `|w/step| ≤ 64` each never move.
-pub fn keep_pairs(layout: &WeightLayout, level: &mut [f32], err: &mut [f32]) -> usize {
+/// `B₁·|l₁| + B₂·|l₂| ≤` [`PAIR_LOAD`], `B` the largest raw u8 byte of each element's input
+/// channel (`bytes`, one per input channel; 255 each when `None`: then `|l₁| + |l₂| ≤`
+/// [`PAIR_LEVELS`]). Of a pair with equal bytes, the level whose rounding error `err`
+/// (`level − w/step`, LSB) points furthest away from zero moves; otherwise one that rounded away
+/// from zero, with the larger byte first (never one whose byte is 0). Its error follows.
+/// Returns the number of moves. Levels with `|w/step| ≤ 64` each never move.
+pub fn keep_pairs(
+    layout: &WeightLayout,
+    level: &mut [f32],
+    err: &mut [f32],
+    bytes: Option<&[u8]>,
+) -> usize {
     let mut moved = 0;
-    layout.for_each_mlas_pair(|_, a, b| {
-        while level[a] * level[b] > 0.0 && level[a].abs() + level[b].abs() > PAIR_LEVELS {
+    layout.for_each_mlas_pair_in(|_, a, b, ia, ib| {
+        let (ba, bb) = (byte(bytes, ia), byte(bytes, ib));
+        while level[a] * level[b] > 0.0 && ba * level[a].abs() + bb * level[b].abs() > PAIR_LOAD {
             let away = |j: usize| err[j] * level[j].signum();
-            let j = if away(a) >= away(b) { a } else { b };
+            let j = if ba == bb {
+                if away(a) >= away(b) {
+                    a
+                } else {
+                    b
+                }
+            } else {
+                // A level rounded away from zero moves back within its step; a larger byte
+                // lowers the load more.
+                let key = |j: usize, bj: f32| (bj > 0.0, away(j) > 0.0, bj);
+                let (ka, kb) = (key(a, ba), key(b, bb));
+                if (ka.0, ka.1) > (kb.0, kb.1) || ((ka.0, ka.1) == (kb.0, kb.1) && ka.2 >= kb.2) {
+                    a
+                } else {
+                    b
+                }
+            };
             let d = level[j].signum();
             level[j] -= d;
             err[j] -= d;
@@ -117,14 +154,23 @@ pub fn tighten_pairs(
     moved
 }
 
-/// Per output channel, the largest `|w₁| + |w₂|` over the same-sign pairs MLAS forms.
-pub(crate) fn pair_sums(w: &[f32], layout: &WeightLayout) -> Vec<f32> {
+/// Per output channel, the largest `|w₁| + |w₂|` over the same-sign pairs MLAS forms; with
+/// `bytes`, the largest `(B₁·|w₁| + B₂·|w₂|) / 255` (see [`keep_pairs`]).
+pub(crate) fn pair_sums(w: &[f32], layout: &WeightLayout, bytes: Option<&[u8]>) -> Vec<f32> {
     let mut m = vec![0f32; layout.out_channels()];
-    layout.for_each_mlas_pair(|o, a, b| {
-        if w[a] * w[b] > 0.0 {
-            m[o] = m[o].max(w[a].abs() + w[b].abs());
-        }
-    });
+    match bytes {
+        None => layout.for_each_mlas_pair(|o, a, b| {
+            if w[a] * w[b] > 0.0 {
+                m[o] = m[o].max(w[a].abs() + w[b].abs());
+            }
+        }),
+        Some(_) => layout.for_each_mlas_pair_in(|o, a, b, ia, ib| {
+            if w[a] * w[b] > 0.0 {
+                let load = byte(bytes, ia) * w[a].abs() + byte(bytes, ib) * w[b].abs();
+                m[o] = m[o].max(load / 255.0);
+            }
+        }),
+    }
     m
 }
 
@@ -139,8 +185,16 @@ impl WeightGrid {
     /// least `max(|w₁| + |w₂|) / 128` over its same-sign MLAS pairs (see the module
     /// documentation). A zero range gives step 0 (the values are all 0 and stay 0).
     pub fn steps(&self, w: &[f32], layout: &WeightLayout) -> Vec<f32> {
+        self.steps_for(w, layout, None)
+    }
+
+    /// [`WeightGrid::steps`] for a layer whose input channels carry at most `bytes` (raw u8,
+    /// one per input channel; [`keep_pairs`]): the pair bound is then
+    /// `max((B₁·|w₁| + B₂·|w₂|) / 255) / 128`.
+    pub fn steps_for(&self, w: &[f32], layout: &WeightLayout, bytes: Option<&[u8]>) -> Vec<f32> {
         let q = self.qmax();
-        let pairs = (self.int16_pairs && 2.0 * q > PAIR_LEVELS).then(|| pair_sums(w, layout));
+        let pairs =
+            (self.int16_pairs && 2.0 * q > PAIR_LEVELS).then(|| pair_sums(w, layout, bytes));
         match self.granularity {
             Granularity::PerTensor => {
                 let m = w.iter().fold(0f32, |m, v| m.max(v.abs())) / q;
@@ -191,7 +245,7 @@ impl WeightGrid {
             .zip(&level)
             .zip(&scaled)
             .for_each(|((e, l), x)| *e = l - x);
-        keep_pairs(layout, &mut level, &mut err);
+        keep_pairs(layout, &mut level, &mut err, None);
         w.copy_from_slice(&level);
         self.apply_levels(w, layout, &steps, |l, s| l * s);
     }

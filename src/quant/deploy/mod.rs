@@ -39,7 +39,28 @@ pub struct Deploy {
     /// The grid step of every weight put on the grid, per output channel (all equal per
     /// tensor): the int8 outputs quantize the deploy model with exactly these.
     pub steps: HashMap<String, Vec<f32>>,
+    /// The largest raw u8 byte of each input channel that the int16 pair bound of a weight
+    /// counted on, by weight name (grids with int16 pairs, where some channel stays below
+    /// 255): the QDQ model's levels keep the same bound.
+    pub bytes: HashMap<String, Vec<u8>>,
 }
+
+pub use stats::ChannelRanges;
+
+/// What the int16 pair bound of a grid with int16 pairs may count on ([`build`]).
+#[derive(Debug, Clone, Copy)]
+pub enum PairBounds<'a> {
+    /// Any input byte (255 on every channel): the deploy model will be quantized with ranges
+    /// not known here.
+    AnyInput,
+    /// Per-channel ranges measured on the samples the int8 exports are calibrated on.
+    Measured(&'a ChannelRanges),
+}
+
+/// How far past its range a channel's raw bytes are allowed for: the byte bound of a channel
+/// is `1.25 ×` its measured or modelled largest byte (capped at 255), since inputs the ranges
+/// were not taken on reach further.
+pub const BYTE_MARGIN: f32 = 1.25;
 
 /// `(node, reason code, detail)` of a layer op that is not quantizable.
 type NotQuantized = (usize, String, String);
@@ -61,17 +82,11 @@ fn layers(work: &mut Work) -> (Vec<(usize, Layer)>, Vec<NotQuantized>) {
     (ok, not)
 }
 
-/// Per-channel means of every quantizable layer's input in `equalized`, measured on
-/// `samples` (empirical bias correction).
-pub fn measured_input_means(
-    equalized: &ModelProto,
-    samples: &[Vec<InputTensor>],
-) -> Result<HashMap<String, Vec<f32>>> {
-    let mut work = Work::new(equalized.clone())?;
-    let (ls, _) = layers(&mut work);
+/// The `(name, channels, axis)` of every quantizable layer's input in `model`, once each.
+fn layer_inputs(work: &mut Work) -> Vec<(String, usize, ChannelAxis)> {
+    let (ls, _) = layers(work);
     let mut seen = HashSet::new();
-    let tensors: Vec<(String, usize, ChannelAxis)> = ls
-        .iter()
+    ls.iter()
         .map(|(i, l)| {
             (
                 work.input(*i, 0).to_string(),
@@ -80,7 +95,69 @@ pub fn measured_input_means(
             )
         })
         .filter(|t| seen.insert(t.0.clone()))
+        .collect()
+}
+
+/// Per-channel ranges of every quantizable layer's input in `model`, measured on `samples`
+/// (the byte bounds of the int16 pairs, [`build`]).
+pub fn measured_input_ranges(
+    model: &ModelProto,
+    samples: &[Vec<InputTensor>],
+) -> Result<ChannelRanges> {
+    let mut work = Work::new(model.clone())?;
+    let tensors = layer_inputs(&mut work);
+    stats::measure_ranges(model, &tensors, samples).map_err(|e| {
+        CoreError::InvalidOptions(format!("int16 pair bounds: cannot run the model: {e}"))
+    })
+}
+
+/// The largest raw u8 byte of each of `channels` input channels of `tensor` in the int8
+/// kernels, from its per-channel ranges measured on samples, on the activation grid of
+/// `target` fitted to their hull, times [`BYTE_MARGIN`]. `None` when the tensor was not
+/// measured or every channel may reach 255.
+fn input_bytes(
+    target: &Target,
+    tensor: &str,
+    channels: usize,
+    measured: &ChannelRanges,
+) -> Option<Vec<u8>> {
+    let (lo, hi) = measured.get(tensor)?;
+    let lo = stats::expand_channels(lo, channels)?;
+    let hi = stats::expand_channels(hi, channels)?;
+    let grid = target.activations();
+    let (qmin, qmax) = grid.levels();
+    if qmax - qmin != 255 {
+        return None;
+    }
+    let t_lo = lo.iter().fold(f32::INFINITY, |m, &v| m.min(v));
+    let t_hi = hi.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    if !(t_lo.is_finite() && t_hi.is_finite() && t_lo < t_hi) {
+        return None;
+    }
+    let p = grid.params(t_lo, t_hi);
+    let zero = (p.zero_point - qmin) as f32;
+    let bytes: Vec<u8> = hi
+        .iter()
+        .map(|&h| {
+            let b = (h.max(0.0) / p.scale * BYTE_MARGIN).ceil() + zero;
+            if b.is_finite() {
+                b.clamp(0.0, 255.0) as u8
+            } else {
+                255
+            }
+        })
         .collect();
+    bytes.iter().any(|&b| b < 255).then_some(bytes)
+}
+
+/// Per-channel means of every quantizable layer's input in `equalized`, measured on
+/// `samples` (empirical bias correction).
+pub fn measured_input_means(
+    equalized: &ModelProto,
+    samples: &[Vec<InputTensor>],
+) -> Result<HashMap<String, Vec<f32>>> {
+    let mut work = Work::new(equalized.clone())?;
+    let tensors = layer_inputs(&mut work);
     stats::measure_means(equalized, &tensors, samples).map_err(|e| {
         CoreError::InvalidOptions(format!(
             "empirical bias correction: cannot run the model: {e}"
@@ -97,8 +174,10 @@ fn rms(v: &[f32]) -> f64 {
 
 /// Builds the deploy model from the equalized model (`labels`: its nodes' report labels).
 /// `measured`: per-tensor input means for empirical correction ([`measured_input_means`]);
-/// `input_range`: the declared range of the graph inputs (the input model of the data-free
-/// statistics, [`StatsOptions::input_range`]).
+/// `bounds`: what the int16 pair bound counts on ([`PairBounds`]); `input_range`: the declared
+/// range of the graph inputs (the input model of the data-free statistics,
+/// [`StatsOptions::input_range`]).
+#[allow(clippy::too_many_arguments)]
 pub fn build(
     equalized: &ModelProto,
     labels: &[String],
@@ -106,6 +185,7 @@ pub fn build(
     target: &Target,
     opts: &DeployOptions,
     measured: Option<&HashMap<String, Vec<f32>>>,
+    bounds: PairBounds,
     input_range: Option<[f32; 2]>,
 ) -> Result<Deploy> {
     let mut work = Work::new(equalized.clone())?;
@@ -175,6 +255,7 @@ pub fn build(
     let mut edits = Edits::default();
     let mut nsr = 0f64;
     let mut steps: HashMap<String, Vec<f32>> = HashMap::new();
+    let mut bytes: HashMap<String, Vec<u8>> = HashMap::new();
     for (weight, nodes) in &by_weight {
         let layout = nodes[0].1.layout.clone();
         let w = match work.read(weight) {
@@ -182,14 +263,36 @@ pub fn build(
             Ok(_) | Err(_) => continue,
         };
         let risk = plain_risk(&w, &layout, grid);
+        let layer_bytes = match (grid.int16_pairs, bounds) {
+            (false, _) | (true, PairBounds::AnyInput) => None,
+            (true, PairBounds::Measured(m)) => {
+                let input = work.input(nodes[0].0, 0).to_string();
+                input_bytes(target, &input, layout.in_channels(), m)
+            }
+        };
         let mut q = w.clone();
-        let mut r = rounding::round_to_grid(&mut q, &layout, &grid, opts.rounding);
+        let mut r = rounding::round_to_grid_for(
+            &mut q,
+            &layout,
+            &grid,
+            opts.rounding,
+            layer_bytes.as_deref(),
+        );
         steps.insert(weight.clone(), r.steps.clone());
+        if let Some(b) = &layer_bytes {
+            bytes.insert(weight.clone(), b.clone());
+        }
         let nearest_db = if opts.rounding == Rounding::Nearest {
             sqnr_db(&w, &q)
         } else {
             let mut n = w.clone();
-            rounding::round_to_grid(&mut n, &layout, &grid, Rounding::Nearest);
+            rounding::round_to_grid_for(
+                &mut n,
+                &layout,
+                &grid,
+                Rounding::Nearest,
+                layer_bytes.as_deref(),
+            );
             let input = work.input(nodes[0].0, 0).to_string();
             let channels = layout.in_channels();
             let known = stats.get(&input);
@@ -359,6 +462,7 @@ pub fn build(
         stats,
         report,
         steps,
+        bytes,
     })
 }
 

@@ -76,6 +76,19 @@ pub fn round_to_grid(
     grid: &WeightGrid,
     mode: Rounding,
 ) -> Rounded {
+    round_to_grid_for(w, layout, grid, mode, None)
+}
+
+/// [`round_to_grid`] for a layer whose input channels carry at most `bytes` (raw u8, one per
+/// input channel): the int16 pair bound of an `int16_pairs` grid then weighs each level by its
+/// channel's byte ([`crate::quant::target::keep_pairs`], [`WeightGrid::steps_for`]).
+pub fn round_to_grid_for(
+    w: &mut [f32],
+    layout: &WeightLayout,
+    grid: &WeightGrid,
+    mode: Rounding,
+    bytes: Option<&[u8]>,
+) -> Rounded {
     let q = grid.qmax();
     let plain = WeightGrid {
         int16_pairs: false,
@@ -85,7 +98,7 @@ pub fn round_to_grid(
     // A step the pair constraint sets is exact already ([`WeightGrid::steps`]); only max-abs
     // steps are nudged to one a max-abs quantizer reproduces.
     let steps: Vec<f32> = grid
-        .steps(w, layout)
+        .steps_for(w, layout, bytes)
         .into_iter()
         .zip(&plain)
         .map(|(s, p)| if s > *p { s } else { stable_step(s, q) })
@@ -171,15 +184,19 @@ pub fn round_to_grid(
         }
     }
     if grid.int16_pairs {
-        out.pair_moves = crate::quant::target::keep_pairs(layout, &mut level, &mut err);
-        // The channels whose step a pair sets keep one pair at exactly 128 levels.
+        out.pair_moves = crate::quant::target::keep_pairs(layout, &mut level, &mut err, bytes);
+        // The channels whose step a pair sets keep one pair at exactly 128 levels (with bytes
+        // the step is carried by the plan, not found again from the weights).
         let mut bound: Vec<bool> = steps.iter().zip(&plain).map(|(s, p)| s > p).collect();
         if grid.granularity == crate::options::Granularity::PerTensor && bound.iter().any(|&b| b) {
-            let sums = crate::quant::target::pair_sums(w, layout);
+            let sums = crate::quant::target::pair_sums(w, layout, None);
             let top = (0..sums.len()).max_by(|&a, &b| sums[a].total_cmp(&sums[b]));
             bound = (0..sums.len()).map(|o| Some(o) == top).collect();
         }
-        out.pair_moves += crate::quant::target::tighten_pairs(layout, &bound, &mut level, &mut err);
+        if bytes.is_none() {
+            out.pair_moves +=
+                crate::quant::target::tighten_pairs(layout, &bound, &mut level, &mut err);
+        }
         out.step_widening = steps
             .iter()
             .zip(&plain)
@@ -372,6 +389,62 @@ mod tests {
         let r = round_to_grid(&mut w, &layout, &grid, Rounding::Squant);
         assert!(r.max_channel_error_before > 0.5);
         assert!(r.kernel_flips > 0);
+    }
+
+    /// With int16 pairs bounded by input bytes: the kernels' int16 pairs (onnxruntime without
+    /// VNNI, [`crate::quant::kernels::dot`]) agree with int32 accumulation for every input whose
+    /// raw bytes stay within the bounds; the steps are never wider than without bounds, and
+    /// every weight stays within one step of its value.
+    #[test]
+    fn byte_bounded_pairs_never_saturate_within_their_bytes() {
+        use crate::options::Accumulation;
+        use crate::quant::kernels::dot;
+        let mut rng = SplitMix64::new(29);
+        let mut all = layouts();
+        all.push(WeightLayout::new(LayerOp::Conv, &[8, 3, 3, 3], 2).unwrap());
+        for layout in all {
+            let n: usize = layout.dims.iter().product();
+            let c = layout.in_channels();
+            let bytes: Vec<u8> = (0..c)
+                .map(|k| [255u8, 0, 40, 128, 200, 90][k % 6])
+                .collect();
+            for granularity in [Granularity::PerTensor, Granularity::PerChannel] {
+                let grid = WeightGrid {
+                    granularity,
+                    bits: 8,
+                    int16_pairs: true,
+                };
+                for mode in [Rounding::Nearest, Rounding::Squant] {
+                    let w0: Vec<f32> = (0..n)
+                        .map(|_| (rng.normal() * 0.3).abs() * rng.uniform(0.5, 2.0))
+                        .collect();
+                    let mut w = w0.clone();
+                    let r = round_to_grid_for(&mut w, &layout, &grid, mode, Some(&bytes));
+                    let plain = grid.steps(&w0, &layout);
+                    let mut o_of = vec![0usize; n];
+                    layout.for_each_kernel(|st, o, _| {
+                        o_of[st..st + layout.kernel_len()].fill(o);
+                    });
+                    let level: Vec<f32> =
+                        (0..n).map(|j| (w[j] / r.steps[o_of[j]]).round()).collect();
+                    for j in 0..n {
+                        let s = r.steps[o_of[j]];
+                        assert!(s <= plain[o_of[j]] * (1.0 + 1e-6), "wider than unbounded");
+                        assert!((level[j] - w0[j] / s).abs() < 1.0, "moved more than a step");
+                    }
+                    // The worst input of each pair: both elements at their channel's byte.
+                    layout.for_each_mlas_pair_in(|_, a, b, ia, ib| {
+                        let act = [bytes[ia], bytes[ib]];
+                        let wl = [level[a] as i8, level[b] as i8];
+                        assert_eq!(
+                            dot(&act, &wl, Accumulation::Int16Pairs),
+                            dot(&act, &wl, Accumulation::Int32),
+                            "{layout:?}: {act:?} × {wl:?}"
+                        );
+                    });
+                }
+            }
+        }
     }
 
     /// With int16 pairs: on the grid of the reported steps, at most one step from the value,

@@ -1502,6 +1502,50 @@ pub fn measure_means(
         .collect())
 }
 
+/// Per-channel ranges: `(min, max)` per channel, by tensor name.
+pub type ChannelRanges = HashMap<String, (Vec<f32>, Vec<f32>)>;
+
+/// Per-channel `(min, max)` of `tensors` (`(name, channels, axis)`) measured by running
+/// `model` on `samples` with tract.
+pub fn measure_ranges(
+    model: &ModelProto,
+    tensors: &[(String, usize, ChannelAxis)],
+    samples: &[Vec<InputTensor>],
+) -> Result<ChannelRanges, String> {
+    let names: Vec<String> = tensors.iter().map(|t| t.0.clone()).collect();
+    let probe = crate::quant::with_extra_outputs(model, &names);
+    let bytes = crate::onnx::encode(&probe);
+    let runner = Runner::new(&bytes, samples.first().ok_or("no samples")?)?;
+    let want: HashMap<&str, (usize, ChannelAxis)> = tensors
+        .iter()
+        .map(|(n, c, a)| (n.as_str(), (*c, *a)))
+        .collect();
+    let mut out = ChannelRanges::new();
+    for s in samples {
+        for (name, values, is_float) in runner.run_typed(s)? {
+            let Some(&(c, axis)) = want.get(name.as_str()) else {
+                continue;
+            };
+            if !is_float || c == 0 || values.len() % c != 0 {
+                continue;
+            }
+            let inner = values.len() / c;
+            let e = out
+                .entry(name)
+                .or_insert_with(|| (vec![f32::INFINITY; c], vec![f32::NEG_INFINITY; c]));
+            for (j, v) in values.iter().enumerate().filter(|(_, v)| v.is_finite()) {
+                let ch = match axis {
+                    ChannelAxis::Second => j / inner,
+                    ChannelAxis::Last => j % c,
+                };
+                e.0[ch] = e.0[ch].min(*v);
+                e.1[ch] = e.1[ch].max(*v);
+            }
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
