@@ -9,8 +9,10 @@
 //!
 //! The deploy model and the QDQ model of an `int16_pairs` target keep every same-sign pair
 //! within [`PAIR_LEVELS`] ([`crate::quant::target::keep_pairs`]), so on their weights both
-//! accumulations agree for every input; this module is the model of the kernels the tests hold
-//! against onnxruntime, and [`pairs_at_risk`] counts what a plain 8-bit grid would saturate.
+//! accumulations agree for every input — or, with an export calibrated on samples, for every
+//! input whose raw bytes stay within each channel's bound (`B₁·|l₁| + B₂·|l₂| ≤ 255·128`); this
+//! module is the model of the kernels the tests hold against onnxruntime, and [`pairs_at_risk`]
+//! counts what a plain 8-bit grid would saturate.
 
 use crate::graph::layout::WeightLayout;
 use crate::options::Accumulation;

@@ -20,7 +20,9 @@
 //!   `max(max|w| / q, max_pairs(|w₁| + |w₂|) / 128)` over the pairs MLAS forms
 //!   ([`WeightLayout::for_each_mlas_pair`]), so the nearest levels overshoot by at most one,
 //!   and [`keep_pairs`] moves the level that rounded furthest away from zero back by one: every
-//!   weight stays on one of the two levels around it, and no pair can saturate.
+//!   weight stays on one of the two levels around it, and no pair can saturate. When the largest
+//!   raw byte `B` each input channel carries is known (an export calibrated on samples), the
+//!   bound is `B₁·|l₁| + B₂·|l₂| ≤ 255·128` ([`PAIR_LOAD`], [`WeightGrid::steps_for`]).
 //!
 //! Presets: `ort` (onnxruntime `quantize_static` defaults for CPU: per-tensor int8 symmetric
 //! weights, uint8 asymmetric activations), `qnn` (Qualcomm QNN / AIMET defaults: the same
