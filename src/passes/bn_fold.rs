@@ -534,7 +534,7 @@ fn matmul_is_2d(cx: &Ctx, l: usize) -> bool {
     }
 }
 
-/// The least ratio of per-tensor weight noise (folded over unfolded, [`fold_cost_db`]) at
+/// The least ratio of per-tensor weight noise (folded over unfolded, `fold_cost_db`) at
 /// which a BatchNormalization in [`super::State::int8_unfold`] stays unfolded: it must win
 /// more than the requantization of the extra float op costs (3 dB: the extra activation
 /// quantizer adds about as much noise as the layer's weights).

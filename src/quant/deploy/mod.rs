@@ -6,7 +6,8 @@
 //! Invariants: it is built from a copy of the equalized model, which stays byte-identical to a
 //! run without these options; only layer weights, biases (new ones named `<label>.bias`, a new
 //! `Add` after a bias-less MatMul) and `metadata_props` change; every layer weight of the deploy
-//! model quantizes back to itself under the target grid; `E[x]` is taken on the FP32
+//! model quantizes back to itself under the target grid (under its [`Deploy::steps`] when
+//! [`Deploy::bytes`] bounds its int16 pairs); `E[x]` is taken on the FP32
 //! equalized model (after the correction, each layer's output mean is the FP32 one in
 //! expectation, so downstream `E[x]` hold).
 
