@@ -329,6 +329,13 @@ fn per_tensor_qdq_of_opset9_is_upgraded_too() {
         .expect("QDQ model written");
     let q = onnx_cle::onnx::decode(qdq.data.clone().into()).unwrap();
     assert_eq!(opset_of(&q), 13);
+    // tract cannot run opset 9's Upsample: the int16 pairs stay safe for any input byte, and
+    // the report says why.
+    assert!(out
+        .report
+        .skipped
+        .iter()
+        .any(|s| s.reason == "pair_bounds_not_measured" && s.detail.contains("Upsample")));
 }
 
 /// onnxruntime: each original, its upgraded float model and its per-channel QDQ model load and

@@ -421,10 +421,24 @@ pub fn run_streamed(
                     && options.exports.calibration != Calibration::DataFree
                     && options.target.weights().int16_pairs =>
             {
-                Some(quant::deploy::measured_input_ranges(
+                match quant::deploy::measured_input_ranges(
                     int8_model,
                     &quant::samples_of(&s.tensors),
-                )?)
+                ) {
+                    Ok(r) => Some(r),
+                    Err(e) => {
+                        report.skipped.push(crate::report::Skip {
+                            pass: "int8".into(),
+                            nodes: vec![],
+                            reason: "pair_bounds_not_measured".into(),
+                            detail: format!(
+                                "int16 pairs kept safe for any input byte (255): the layers' \
+                                 input ranges could not be measured on the samples: {e}"
+                            ),
+                        });
+                        None
+                    }
+                }
             }
             _ => None,
         };

@@ -100,16 +100,14 @@ fn layer_inputs(work: &mut Work) -> Vec<(String, usize, ChannelAxis)> {
 }
 
 /// Per-channel ranges of every quantizable layer's input in `model`, measured on `samples`
-/// (the byte bounds of the int16 pairs, [`build`]).
+/// (the byte bounds of the int16 pairs, [`build`]); the error says why the model could not run.
 pub fn measured_input_ranges(
     model: &ModelProto,
     samples: &[Vec<InputTensor>],
-) -> Result<ChannelRanges> {
-    let mut work = Work::new(model.clone())?;
+) -> std::result::Result<ChannelRanges, String> {
+    let mut work = Work::new(model.clone()).map_err(|e| e.to_string())?;
     let tensors = layer_inputs(&mut work);
-    stats::measure_ranges(model, &tensors, samples).map_err(|e| {
-        CoreError::InvalidOptions(format!("int16 pair bounds: cannot run the model: {e}"))
-    })
+    stats::measure_ranges(model, &tensors, samples)
 }
 
 /// The largest raw u8 byte of each of `channels` input channels of `tensor` in the int8
