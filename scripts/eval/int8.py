@@ -232,6 +232,11 @@ def run_cli(a, stem, label, kind, args, ctx):
         if r.returncode != 0 or not os.path.exists(out):
             return dict(error=f"onnx-cle exited {r.returncode}: {r.stderr.strip()[-300:]}"), vdir
         open(stamp_file, "w").write(stamp)
+        # onnxruntime outputs of the row's earlier models (ppocr_v4_rec's are ~1 GB a run).
+        current = file_hash(out)
+        for f in os.listdir(vdir):
+            if f.endswith(".npy") and not f.startswith(current + "."):
+                os.remove(os.path.join(vdir, f))
     seconds = time.time() - t0
     log_text = open(os.path.join(vdir, "cli.log"), encoding="utf-8").read()
     notes = [l.strip() for l in log_text.splitlines() if "int8 check" in l]

@@ -69,9 +69,11 @@ pub fn run(cx: &mut Ctx) -> crate::error::Result<()> {
         };
         let mut why_not = Vec::new();
         match backward_candidate(cx, b, &params) {
-            Ok(layer) if cx.state.int8_unfold.contains(&bn_label) => {
-                match fold_cost_db(cx, &layer, &params) {
-                    Some(db) if db > 10.0 * UNFOLD_GAIN.log10() => {
+            Ok(layer) => {
+                if cx.state.int8_unfold.contains(&bn_label) {
+                    if let Some(db) = fold_cost_db(cx, &layer, &params)
+                        .filter(|&db| db > 10.0 * UNFOLD_GAIN.log10())
+                    {
                         // The layer's output is what the BN normalizes: its running
                         // statistics describe it (data-free ranges of the int8 outputs).
                         let tensor = cx.work.input(b, 0).to_string();
@@ -95,19 +97,7 @@ pub fn run(cx: &mut Ctx) -> crate::error::Result<()> {
                         );
                         continue;
                     }
-                    _ => {}
                 }
-                taken_bn[b] = true;
-                backward.push(Plan {
-                    bn: b,
-                    layer,
-                    direction: FoldDirection::Backward,
-                    through: None,
-                    params,
-                });
-                continue;
-            }
-            Ok(layer) => {
                 taken_bn[b] = true;
                 backward.push(Plan {
                     bn: b,

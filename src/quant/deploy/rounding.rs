@@ -391,6 +391,63 @@ mod tests {
         assert!(r.kernel_flips > 0);
     }
 
+    /// One rounding of heavy-tailed, mostly one-signed weights (pairs near the limit are
+    /// common) onto an int16-pair grid.
+    struct PairCase {
+        layout: WeightLayout,
+        grid: WeightGrid,
+        w0: Vec<f32>,
+        w: Vec<f32>,
+        r: Rounded,
+        /// Output channel of each element.
+        o_of: Vec<usize>,
+        level: Vec<f32>,
+    }
+
+    /// Every layout, both granularities and both modes, rounded with `bytes_of(layout)`.
+    fn pair_cases(
+        seed: u64,
+        layouts: Vec<WeightLayout>,
+        bytes_of: impl Fn(&WeightLayout) -> Option<Vec<u8>>,
+    ) -> Vec<(PairCase, Option<Vec<u8>>)> {
+        let mut rng = SplitMix64::new(seed);
+        let mut out = Vec::new();
+        for layout in layouts {
+            let n: usize = layout.dims.iter().product();
+            let bytes = bytes_of(&layout);
+            for granularity in [Granularity::PerTensor, Granularity::PerChannel] {
+                let grid = WeightGrid {
+                    granularity,
+                    bits: 8,
+                    int16_pairs: true,
+                };
+                for mode in [Rounding::Nearest, Rounding::Squant] {
+                    let w0: Vec<f32> = (0..n)
+                        .map(|_| (rng.normal() * 0.3).abs() * rng.uniform(0.5, 2.0))
+                        .collect();
+                    let mut w = w0.clone();
+                    let r = round_to_grid_for(&mut w, &layout, &grid, mode, bytes.as_deref());
+                    let mut o_of = vec![0usize; n];
+                    layout.for_each_kernel(|st, o, _| {
+                        o_of[st..st + layout.kernel_len()].fill(o);
+                    });
+                    let level = (0..n).map(|j| (w[j] / r.steps[o_of[j]]).round()).collect();
+                    let case = PairCase {
+                        layout: layout.clone(),
+                        grid,
+                        w0,
+                        w,
+                        r,
+                        o_of,
+                        level,
+                    };
+                    out.push((case, bytes.clone()));
+                }
+            }
+        }
+        out
+    }
+
     /// With int16 pairs bounded by input bytes: the kernels' int16 pairs (onnxruntime without
     /// VNNI, [`crate::quant::kernels::dot`]) agree with int32 accumulation for every input whose
     /// raw bytes stay within the bounds; the steps are never wider than without bounds, and
@@ -399,51 +456,37 @@ mod tests {
     fn byte_bounded_pairs_never_saturate_within_their_bytes() {
         use crate::options::Accumulation;
         use crate::quant::kernels::dot;
-        let mut rng = SplitMix64::new(29);
         let mut all = layouts();
         all.push(WeightLayout::new(LayerOp::Conv, &[8, 3, 3, 3], 2).unwrap());
-        for layout in all {
-            let n: usize = layout.dims.iter().product();
-            let c = layout.in_channels();
-            let bytes: Vec<u8> = (0..c)
-                .map(|k| [255u8, 0, 40, 128, 200, 90][k % 6])
-                .collect();
-            for granularity in [Granularity::PerTensor, Granularity::PerChannel] {
-                let grid = WeightGrid {
-                    granularity,
-                    bits: 8,
-                    int16_pairs: true,
-                };
-                for mode in [Rounding::Nearest, Rounding::Squant] {
-                    let w0: Vec<f32> = (0..n)
-                        .map(|_| (rng.normal() * 0.3).abs() * rng.uniform(0.5, 2.0))
-                        .collect();
-                    let mut w = w0.clone();
-                    let r = round_to_grid_for(&mut w, &layout, &grid, mode, Some(&bytes));
-                    let plain = grid.steps(&w0, &layout);
-                    let mut o_of = vec![0usize; n];
-                    layout.for_each_kernel(|st, o, _| {
-                        o_of[st..st + layout.kernel_len()].fill(o);
-                    });
-                    let level: Vec<f32> =
-                        (0..n).map(|j| (w[j] / r.steps[o_of[j]]).round()).collect();
-                    for j in 0..n {
-                        let s = r.steps[o_of[j]];
-                        assert!(s <= plain[o_of[j]] * (1.0 + 1e-6), "wider than unbounded");
-                        assert!((level[j] - w0[j] / s).abs() < 1.0, "moved more than a step");
-                    }
-                    // The worst input of each pair: both elements at their channel's byte.
-                    layout.for_each_mlas_pair_in(|_, a, b, ia, ib| {
-                        let act = [bytes[ia], bytes[ib]];
-                        let wl = [level[a] as i8, level[b] as i8];
-                        assert_eq!(
-                            dot(&act, &wl, Accumulation::Int16Pairs),
-                            dot(&act, &wl, Accumulation::Int32),
-                            "{layout:?}: {act:?} × {wl:?}"
-                        );
-                    });
-                }
+        let bytes_of = |l: &WeightLayout| {
+            Some(
+                (0..l.in_channels())
+                    .map(|k| [255u8, 0, 40, 128, 200, 90][k % 6])
+                    .collect(),
+            )
+        };
+        for (c, bytes) in pair_cases(29, all, bytes_of) {
+            let bytes = bytes.unwrap();
+            let plain = c.grid.steps(&c.w0, &c.layout);
+            for (j, &o) in c.o_of.iter().enumerate() {
+                let s = c.r.steps[o];
+                assert!(s <= plain[o] * (1.0 + 1e-6), "wider than unbounded");
+                assert!(
+                    (c.level[j] - c.w0[j] / s).abs() < 1.0,
+                    "moved more than a step"
+                );
             }
+            // The worst input of each pair: both elements at their channel's byte.
+            c.layout.for_each_mlas_pair_in(|_, a, b, ia, ib| {
+                let act = [bytes[ia], bytes[ib]];
+                let wl = [c.level[a] as i8, c.level[b] as i8];
+                assert_eq!(
+                    dot(&act, &wl, Accumulation::Int16Pairs),
+                    dot(&act, &wl, Accumulation::Int32),
+                    "{:?}: {act:?} × {wl:?}",
+                    c.layout
+                );
+            });
         }
     }
 
@@ -452,54 +495,35 @@ mod tests {
     /// 7-bit grid, `max|w| / 63`, is never coarser than them).
     #[test]
     fn int16_pair_grids_never_saturate_and_stay_within_one_step() {
-        let mut rng = SplitMix64::new(23);
-        for layout in layouts() {
-            let n: usize = layout.dims.iter().product();
-            for granularity in [Granularity::PerTensor, Granularity::PerChannel] {
-                let grid = WeightGrid {
-                    granularity,
-                    bits: 8,
-                    int16_pairs: true,
-                };
-                for mode in [Rounding::Nearest, Rounding::Squant] {
-                    // Heavy tails and runs of equal signs: pairs near the limit are common.
-                    let w0: Vec<f32> = (0..n)
-                        .map(|_| (rng.normal() * 0.3).abs() * rng.uniform(0.5, 2.0))
-                        .collect();
-                    let mut w = w0.clone();
-                    let r = round_to_grid(&mut w, &layout, &grid, mode);
-                    let mut o_of = vec![0usize; n];
-                    layout.for_each_kernel(|st, o, _| {
-                        o_of[st..st + layout.kernel_len()].fill(o);
-                    });
-                    let level: Vec<f32> =
-                        (0..n).map(|j| (w[j] / r.steps[o_of[j]]).round()).collect();
-                    for j in 0..n {
-                        let s = r.steps[o_of[j]];
-                        assert_eq!((level[j] * s).to_bits(), w[j].to_bits(), "off grid");
-                        assert!(
-                            (level[j] - w0[j] / s).abs() < 1.0,
-                            "moved more than one step"
-                        );
-                        assert!(level[j].abs() <= 127.0);
-                    }
-                    layout.for_each_mlas_pair(|_, a, b| {
-                        if level[a] * level[b] > 0.0 {
-                            assert!(level[a].abs() + level[b].abs() <= 128.0, "{layout:?}");
-                        }
-                    });
-                    let seven = WeightGrid {
-                        bits: 7,
-                        int16_pairs: false,
-                        ..grid
-                    }
-                    .steps(&w0, &layout);
-                    for (s, s7) in r.steps.iter().zip(&seven) {
-                        assert!(*s <= *s7 * (1.0 + 1e-6), "{s} > 7-bit {s7}");
-                    }
-                    assert!(r.step_widening >= 1.0);
-                }
+        for (c, _) in pair_cases(23, layouts(), |_| None) {
+            for (j, &o) in c.o_of.iter().enumerate() {
+                let s = c.r.steps[o];
+                assert_eq!((c.level[j] * s).to_bits(), c.w[j].to_bits(), "off grid");
+                assert!(
+                    (c.level[j] - c.w0[j] / s).abs() < 1.0,
+                    "moved more than one step"
+                );
+                assert!(c.level[j].abs() <= 127.0);
             }
+            c.layout.for_each_mlas_pair(|_, a, b| {
+                if c.level[a] * c.level[b] > 0.0 {
+                    assert!(
+                        c.level[a].abs() + c.level[b].abs() <= 128.0,
+                        "{:?}",
+                        c.layout
+                    );
+                }
+            });
+            let seven = WeightGrid {
+                bits: 7,
+                int16_pairs: false,
+                ..c.grid
+            }
+            .steps(&c.w0, &c.layout);
+            for (s, s7) in c.r.steps.iter().zip(&seven) {
+                assert!(*s <= *s7 * (1.0 + 1e-6), "{s} > 7-bit {s7}");
+            }
+            assert!(c.r.step_widening >= 1.0);
         }
     }
 

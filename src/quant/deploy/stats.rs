@@ -1450,13 +1450,14 @@ impl ChannelAxis {
     }
 }
 
-/// Per-channel means of `tensors` (`(name, channels, axis)`) measured by running `model` on
-/// `samples` with tract (every element of every sample weighs the same).
-pub fn measure_means(
+/// Runs `model` on `samples` with tract and calls `visit(tensor, channels, channel, value)` for
+/// every finite float value of `tensors` (`(name, channels, axis)`).
+fn for_each_channel_value(
     model: &ModelProto,
     tensors: &[(String, usize, ChannelAxis)],
     samples: &[Vec<InputTensor>],
-) -> Result<HashMap<String, Vec<f32>>, String> {
+    mut visit: impl FnMut(&str, usize, usize, f32),
+) -> Result<(), String> {
     let names: Vec<String> = tensors.iter().map(|t| t.0.clone()).collect();
     let probe = crate::quant::with_extra_outputs(model, &names);
     let bytes = crate::onnx::encode(&probe);
@@ -1465,29 +1466,42 @@ pub fn measure_means(
         .iter()
         .map(|(n, c, a)| (n.as_str(), (*c, *a)))
         .collect();
-    let mut sums: HashMap<String, (Vec<f64>, Vec<f64>)> = HashMap::new();
     for s in samples {
-        for (name, values, _) in runner.run_typed(s)? {
+        for (name, values, is_float) in runner.run_typed(s)? {
             let Some(&(c, axis)) = want.get(name.as_str()) else {
                 continue;
             };
-            if c == 0 || values.len() % c != 0 {
+            if !is_float || c == 0 || values.len() % c != 0 {
                 continue;
             }
             let inner = values.len() / c;
-            let e = sums
-                .entry(name)
-                .or_insert_with(|| (vec![0.0; c], vec![0.0; c]));
-            for (j, v) in values.iter().enumerate() {
+            for (j, v) in values.iter().enumerate().filter(|(_, v)| v.is_finite()) {
                 let ch = match axis {
                     ChannelAxis::Second => j / inner,
                     ChannelAxis::Last => j % c,
                 };
-                e.0[ch] += f64::from(*v);
-                e.1[ch] += 1.0;
+                visit(&name, c, ch, *v);
             }
         }
     }
+    Ok(())
+}
+
+/// Per-channel means of `tensors` (`(name, channels, axis)`) measured by running `model` on
+/// `samples` with tract (every element of every sample weighs the same).
+pub fn measure_means(
+    model: &ModelProto,
+    tensors: &[(String, usize, ChannelAxis)],
+    samples: &[Vec<InputTensor>],
+) -> Result<HashMap<String, Vec<f32>>, String> {
+    let mut sums: HashMap<String, (Vec<f64>, Vec<f64>)> = HashMap::new();
+    for_each_channel_value(model, tensors, samples, |name, c, ch, v| {
+        let e = sums
+            .entry(name.to_string())
+            .or_insert_with(|| (vec![0.0; c], vec![0.0; c]));
+        e.0[ch] += f64::from(v);
+        e.1[ch] += 1.0;
+    })?;
     Ok(sums
         .into_iter()
         .map(|(k, (s, n))| {
@@ -1512,37 +1526,14 @@ pub fn measure_ranges(
     tensors: &[(String, usize, ChannelAxis)],
     samples: &[Vec<InputTensor>],
 ) -> Result<ChannelRanges, String> {
-    let names: Vec<String> = tensors.iter().map(|t| t.0.clone()).collect();
-    let probe = crate::quant::with_extra_outputs(model, &names);
-    let bytes = crate::onnx::encode(&probe);
-    let runner = Runner::new(&bytes, samples.first().ok_or("no samples")?)?;
-    let want: HashMap<&str, (usize, ChannelAxis)> = tensors
-        .iter()
-        .map(|(n, c, a)| (n.as_str(), (*c, *a)))
-        .collect();
     let mut out = ChannelRanges::new();
-    for s in samples {
-        for (name, values, is_float) in runner.run_typed(s)? {
-            let Some(&(c, axis)) = want.get(name.as_str()) else {
-                continue;
-            };
-            if !is_float || c == 0 || values.len() % c != 0 {
-                continue;
-            }
-            let inner = values.len() / c;
-            let e = out
-                .entry(name)
-                .or_insert_with(|| (vec![f32::INFINITY; c], vec![f32::NEG_INFINITY; c]));
-            for (j, v) in values.iter().enumerate().filter(|(_, v)| v.is_finite()) {
-                let ch = match axis {
-                    ChannelAxis::Second => j / inner,
-                    ChannelAxis::Last => j % c,
-                };
-                e.0[ch] = e.0[ch].min(*v);
-                e.1[ch] = e.1[ch].max(*v);
-            }
-        }
-    }
+    for_each_channel_value(model, tensors, samples, |name, c, ch, v| {
+        let e = out
+            .entry(name.to_string())
+            .or_insert_with(|| (vec![f32::INFINITY; c], vec![f32::NEG_INFINITY; c]));
+        e.0[ch] = e.0[ch].min(v);
+        e.1[ch] = e.1[ch].max(v);
+    })?;
     Ok(out)
 }
 
