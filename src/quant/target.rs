@@ -85,8 +85,7 @@ pub fn keep_pairs(
                 // A level rounded away from zero moves back within its step; a larger byte
                 // lowers the load more.
                 let key = |j: usize, bj: f32| (bj > 0.0, away(j) > 0.0, bj);
-                let (ka, kb) = (key(a, ba), key(b, bb));
-                if (ka.0, ka.1) > (kb.0, kb.1) || ((ka.0, ka.1) == (kb.0, kb.1) && ka.2 >= kb.2) {
+                if key(a, ba) >= key(b, bb) {
                     a
                 } else {
                     b

@@ -187,13 +187,15 @@ pub fn round_to_grid_for(
         out.pair_moves = crate::quant::target::keep_pairs(layout, &mut level, &mut err, bytes);
         // The channels whose step a pair sets keep one pair at exactly 128 levels (with bytes
         // the step is carried by the plan, not found again from the weights).
-        let mut bound: Vec<bool> = steps.iter().zip(&plain).map(|(s, p)| s > p).collect();
-        if grid.granularity == crate::options::Granularity::PerTensor && bound.iter().any(|&b| b) {
-            let sums = crate::quant::target::pair_sums(w, layout, None);
-            let top = (0..sums.len()).max_by(|&a, &b| sums[a].total_cmp(&sums[b]));
-            bound = (0..sums.len()).map(|o| Some(o) == top).collect();
-        }
         if bytes.is_none() {
+            let mut bound: Vec<bool> = steps.iter().zip(&plain).map(|(s, p)| s > p).collect();
+            if grid.granularity == crate::options::Granularity::PerTensor
+                && bound.iter().any(|&b| b)
+            {
+                let sums = crate::quant::target::pair_sums(w, layout, None);
+                let top = (0..sums.len()).max_by(|&a, &b| sums[a].total_cmp(&sums[b]));
+                bound = (0..sums.len()).map(|o| Some(o) == top).collect();
+            }
             out.pair_moves +=
                 crate::quant::target::tighten_pairs(layout, &bound, &mut level, &mut err);
         }

@@ -143,34 +143,24 @@ impl Origins {
                 },
             );
         }
-        let gaussian = |s: &crate::passes::BnInputStats| Gaussian {
-            mean: s.mean.clone(),
-            sigma: s.var.iter().map(|v| v.max(0.0).sqrt()).collect(),
-        };
-        let normalized = state
-            .bn_kept
-            .iter()
-            .filter(|(_, s)| s.mean.len() == s.var.len())
-            .map(|(t, s)| (t.clone(), gaussian(s)))
-            .collect();
-        let inputs = state
-            .bn_inputs
-            .iter()
-            .filter(|(_, s)| s.mean.len() == s.var.len())
-            .map(|(t, s)| {
-                (
-                    t.clone(),
-                    Gaussian {
+        // Running statistics by tensor name, as Gaussians.
+        let gaussians = |m: &HashMap<String, crate::passes::BnInputStats>| {
+            m.iter()
+                .filter(|(_, s)| s.mean.len() == s.var.len())
+                .map(|(t, s)| {
+                    let sigma = s.var.iter().map(|v| v.max(0.0).sqrt()).collect();
+                    let g = Gaussian {
                         mean: s.mean.clone(),
-                        sigma: s.var.iter().map(|v| v.max(0.0).sqrt()).collect(),
-                    },
-                )
-            })
-            .collect();
+                        sigma,
+                    };
+                    (t.clone(), g)
+                })
+                .collect()
+        };
         Origins {
             outputs,
-            inputs,
-            normalized,
+            inputs: gaussians(&state.bn_inputs),
+            normalized: gaussians(&state.bn_kept),
         }
     }
 }
