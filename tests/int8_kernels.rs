@@ -20,7 +20,7 @@ use onnx_cle::builder::{ConvSpec, ModelBuilder, SplitMix64};
 use onnx_cle::graph::layout::{LayerOp, WeightLayout};
 use onnx_cle::onnx::proto::tensor_proto::DataType;
 use onnx_cle::onnx::{self, ModelProto, NodeProto, TensorProto};
-use onnx_cle::options::{Accumulation, Granularity, Options, Rounding, Target};
+use onnx_cle::options::{Accumulation, Granularity, Options, Rounding, Target, WeightType};
 use onnx_cle::quant::kernels;
 
 const SX: f32 = 1.0 / 16.0;
@@ -288,10 +288,17 @@ fn weights_written_for_the_ort_target_never_saturate() {
     let mut rng = SplitMix64::new(19);
     let v: Vec<f32> = (0..cout * cin).map(|_| rng.uniform(0.5, 1.0)).collect();
     *w = onnx_cle::builder::tensor_f32("c.weight", &[cout, cin, 1, 1], &v);
-    for (k, granularity) in [Granularity::PerTensor, Granularity::PerChannel]
-        .into_iter()
-        .enumerate()
-    {
+    let inputs: Vec<f32> = (0..cin * 16)
+        .map(|j| 4.0 * ((j * 37 % 17) as f32 / 16.0))
+        .collect();
+    // int8 per tensor and per channel (int16 pairs kept unsaturated), and the default per
+    // tensor grid: uint8 asymmetric weights, which onnxruntime runs in its u8×u8 kernels.
+    let cases = [
+        (Granularity::PerTensor, Some(WeightType::Int8)),
+        (Granularity::PerChannel, None),
+        (Granularity::PerTensor, None),
+    ];
+    for (k, (granularity, weight_type)) in cases.into_iter().enumerate() {
         let mut opts = Options {
             steps: vec![onnx_cle::Step::BnFold],
             ..Options::default()
@@ -304,12 +311,28 @@ fn weights_written_for_the_ort_target_never_saturate() {
         opts.exports.quantize_outputs = true;
         opts.target = Target {
             weight_granularity: Some(granularity),
+            weight_type,
             ..Target::default()
         };
         assert_eq!(opts.target.accumulation(), Accumulation::Int16Pairs);
         let out = onnx_cle::run(model.clone(), None, &opts, None, Default::default()).unwrap();
         let qdq = &out.artifacts[0].data;
         let q = onnx::decode(qdq.clone().into()).unwrap();
+        let unsigned = opts.target.weight_type() == WeightType::Uint8;
+        let weights_of = |ty: DataType| {
+            q.graph
+                .as_ref()
+                .unwrap()
+                .initializer
+                .iter()
+                .any(|t| t.data_type() == ty as i32 && t.dims.len() == 4)
+        };
+        if unsigned {
+            assert!(weights_of(DataType::Uint8) && !weights_of(DataType::Int8));
+            std::fs::write(dir.join(format!("q{k}.onnx")), qdq).unwrap();
+            write_npy(&dir.join(format!("q{k}.npy")), &[1, cin, 4, 4], &inputs);
+            continue;
+        }
         let levels: Vec<f32> = q
             .graph
             .as_ref()
@@ -328,9 +351,6 @@ fn weights_written_for_the_ort_target_never_saturate() {
         let d = out.report.deploy.as_ref().unwrap();
         assert!(d.summary.pairs_at_risk > 0, "the plain grid would saturate");
         std::fs::write(dir.join(format!("q{k}.onnx")), qdq).unwrap();
-        let inputs: Vec<f32> = (0..cin * 16)
-            .map(|j| 4.0 * ((j * 37 % 17) as f32 / 16.0))
-            .collect();
         write_npy(&dir.join(format!("q{k}.npy")), &[1, cin, 4, 4], &inputs);
     }
     if !run_kernels(&dir, "written") {
@@ -344,7 +364,7 @@ fn weights_written_for_the_ort_target_never_saturate() {
             PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/onnx-cle-venvs")
         })
         .join("ort/bin/python");
-    for k in 0..2 {
+    for k in 0..cases.len() {
         let status = Command::new(&venv)
             .arg(root.join("scripts/ort_outputs.py"))
             .arg(dir.join(format!("q{k}.onnx")))

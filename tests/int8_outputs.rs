@@ -21,7 +21,7 @@ use onnx_cle::onnx::proto::tensor_proto::DataType;
 use onnx_cle::onnx::ModelProto;
 use onnx_cle::options::Calibration;
 use onnx_cle::options::EncodingsVersion;
-use onnx_cle::options::{Target, TargetPreset};
+use onnx_cle::options::{Target, TargetPreset, WeightType};
 use onnx_cle::quant::export::encodings;
 use onnx_cle::quant::export::qdq;
 use onnx_cle::quant::plan::{QuantPlan, RangeOrigin, Sites};
@@ -81,18 +81,52 @@ fn raw_i8(t: &onnx_cle::onnx::TensorProto) -> Vec<i8> {
     t.raw_data().iter().map(|&b| b as i8).collect()
 }
 
+/// The signed levels of a QDQ weight: raw int8, or raw uint8 minus its zero point.
+fn signed_levels(
+    levels: &onnx_cle::onnx::TensorProto,
+    zero_point: &onnx_cle::onnx::TensorProto,
+) -> Vec<i32> {
+    if levels.data_type() == DataType::Uint8 as i32 {
+        let z = i32::from(zero_point.raw_data().first().copied().unwrap_or(0));
+        levels
+            .raw_data()
+            .iter()
+            .map(|&r| i32::from(r) - z)
+            .collect()
+    } else {
+        raw_i8(levels).into_iter().map(i32::from).collect()
+    }
+}
+
 #[test]
 fn the_qdq_model_runs_in_tract_as_the_plan_is_simulated() {
     let Some(model) = tiny() else { return };
     let eq = equalized(&model);
     let samples = runtime::split_batch(&random_samples(&model, 8, 7));
     let reference = quant::reference_outputs(&model, &samples).unwrap();
-    for preset in [TargetPreset::Ort, TargetPreset::Trt] {
-        let target = Target {
-            preset,
+    let uint8_weights = Target {
+        weight_type: Some(WeightType::Uint8),
+        ..Target::default()
+    };
+    for target in [
+        Target::default(),
+        Target {
+            preset: TargetPreset::Trt,
             ..Target::default()
-        };
+        },
+        uint8_weights,
+    ] {
+        let preset = target.preset;
         let plan = plan_for(&eq, target, &samples);
+        if target.weight_type == Some(WeightType::Uint8) {
+            // One zero point per weight; every raw level inside 0..=255 by construction, and
+            // the grid spans the tensor's range with 255 steps.
+            for w in &plan.weights {
+                let z = w.zero_point();
+                assert!((0..=255).contains(&z), "{}: zero point {z}", w.weight);
+                assert_eq!(w.bounds(), (-(z as f32), 255.0 - z as f32));
+            }
+        }
         let sim = quant::plan_model(&eq, &plan).unwrap();
         let sim_out = quant::first_outputs(&onnx_cle::onnx::encode(&sim), &samples).unwrap();
         let q = qdq::write(&eq, &plan).unwrap();
@@ -180,10 +214,22 @@ fn qdq_weights_dequantize_exactly_to_on_grid_fp32_weights() {
     let Some(model) = tiny() else { return };
     let eq = equalized(&model);
     let samples = runtime::split_batch(&random_samples(&model, 4, 5));
-    for preset in [TargetPreset::Ort, TargetPreset::Trt] {
-        let target = Target {
-            preset,
+    let targets = [
+        Target {
+            weight_type: Some(WeightType::Int8),
             ..Target::default()
+        },
+        Target {
+            preset: TargetPreset::Trt,
+            ..Target::default()
+        },
+        Target::default(),
+    ];
+    for target in targets {
+        let preset = target.preset;
+        let ty = match target.weight_type() {
+            WeightType::Int8 => DataType::Int8,
+            WeightType::Uint8 => DataType::Uint8,
         };
         // Put the weights on the grid (what the deploy model's rounding writes), then plan again.
         let first = plan_for(&eq, target, &samples);
@@ -215,17 +261,20 @@ fn qdq_weights_dequantize_exactly_to_on_grid_fp32_weights() {
         let init: HashMap<&str, &onnx_cle::onnx::TensorProto> =
             g.initializer.iter().map(|t| (t.name(), t)).collect();
         for w in &plan.weights {
-            let levels = raw_i8(init[format!("{}_quantized", w.weight).as_str()]);
+            let levels = signed_levels(
+                init[format!("{}_quantized", w.weight).as_str()],
+                init[format!("{}_zero_point", w.weight).as_str()],
+            );
             assert_eq!(
                 init[format!("{}_quantized", w.weight).as_str()].data_type(),
-                DataType::Int8 as i32
+                ty as i32
             );
             let scales =
                 onnx_cle::onnx::tensor::to_f32(init[format!("{}_scale", w.weight).as_str()])
                     .unwrap()
                     .data;
             assert_eq!(scales, w.scales, "{preset:?} {}", w.weight);
-            let mut dq: Vec<f32> = levels.iter().map(|&l| f32::from(l)).collect();
+            let mut dq: Vec<f32> = levels.iter().map(|&l| l as f32).collect();
             match w.axis {
                 None => dq.iter_mut().for_each(|v| *v *= scales[0]),
                 Some(_) => w.layout.map_out(&mut dq, |v, o| v * scales[o]),
@@ -237,7 +286,7 @@ fn qdq_weights_dequantize_exactly_to_on_grid_fp32_weights() {
                 .all(|(a, b)| a.to_bits() == b.to_bits() || (*a == 0.0 && *b == 0.0));
             assert!(exact, "{preset:?} {}: dequantized != on-grid", w.weight);
             assert!(
-                levels.iter().all(|&l| l != -128),
+                ty == DataType::Uint8 || levels.iter().all(|&l| l != -128),
                 "levels stay in -127..127"
             );
         }
@@ -503,12 +552,36 @@ fn encodings_validate_against_their_documented_formats() {
     let eq = equalized(&model);
     let names = tensor_names(&eq);
     let samples = runtime::split_batch(&random_samples(&model, 4, 11));
-    for preset in [TargetPreset::Ort, TargetPreset::Qnn, TargetPreset::Trt] {
-        let target = Target {
+    let targets = [TargetPreset::Ort, TargetPreset::Qnn, TargetPreset::Trt]
+        .map(|preset| Target {
             preset,
             ..Target::default()
-        };
+        })
+        .into_iter()
+        .chain([Target {
+            weight_type: Some(WeightType::Uint8),
+            ..Target::default()
+        }]);
+    for target in targets {
+        let preset = target.preset;
         let plan = plan_for(&eq, target, &samples);
+        if target.weight_type == Some(WeightType::Uint8) {
+            // Asymmetric weights: QUInt8 overrides and AIMET's `offset = −zero_point`.
+            let ort = encodings::ort_overrides(&plan);
+            let v1 = encodings::aimet(&plan, EncodingsVersion::V1_0_0);
+            for w in &plan.weights {
+                assert_eq!(ort[&w.weight][0]["quant_type"], "QUInt8");
+                assert_eq!(ort[&w.weight][0]["zero_point"], w.zero_point());
+                let e = v1["param_encodings"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|e| e["name"] == w.weight.as_str())
+                    .unwrap();
+                assert_eq!(e["is_sym"], false);
+                assert_eq!(e["offset"][0], -w.zero_point());
+            }
+        }
         let expected = plan.activations.len() + plan.weights.len();
         let v1 = encodings::aimet(&plan, EncodingsVersion::V1_0_0);
         assert_eq!(check_aimet_v1(&v1), Ok(expected), "{preset:?}");
@@ -614,15 +687,21 @@ fn qdq_weights_dequantize_exactly_to_the_deploy_models_weights() {
     let Some(models) = common::shared_models("int8_outputs") else {
         return;
     };
-    for (file, preset) in [
-        ("tiny.onnx", TargetPreset::Ort),
-        ("tiny.onnx", TargetPreset::Trt),
-        ("mobilenet_v2.onnx", TargetPreset::Ort),
+    for (file, preset, weight_type) in [
+        ("tiny.onnx", TargetPreset::Ort, Some(WeightType::Int8)),
+        ("tiny.onnx", TargetPreset::Trt, None),
+        (
+            "mobilenet_v2.onnx",
+            TargetPreset::Ort,
+            Some(WeightType::Int8),
+        ),
+        ("mobilenet_v2.onnx", TargetPreset::Ort, None),
     ] {
         let model = common::load(&models.join(file));
         let mut opts = Options::default();
         opts.verify.enabled = false;
         opts.target.preset = preset;
+        opts.target.weight_type = weight_type;
         opts.deploy.rounding = onnx_cle::options::Rounding::Squant;
         opts.deploy.bias_correction = onnx_cle::options::BiasCorrection::Analytic;
         opts.exports.qdq = true;
@@ -646,14 +725,20 @@ fn qdq_weights_dequantize_exactly_to_the_deploy_models_weights() {
             let Some(levels) = qi.get(&n.input[0]) else {
                 continue;
             };
-            if levels.data_type() != DataType::Int8 as i32 {
+            let unsigned = levels.data_type() == DataType::Uint8 as i32;
+            if levels.data_type() != DataType::Int8 as i32 && !unsigned {
                 continue;
             }
             let want = onnx_cle::onnx::tensor::to_f32(&d[&n.output[0]]).unwrap();
             let scales = onnx_cle::onnx::tensor::to_f32(&qi[&n.input[1]])
                 .unwrap()
                 .data;
-            let l = raw_i8(levels);
+            let l = signed_levels(levels, &qi[&n.input[2]]);
+            assert_eq!(
+                unsigned,
+                opts.target.weight_type() == WeightType::Uint8,
+                "{file} {weight_type:?}: weight type"
+            );
             let axis = n
                 .attribute
                 .iter()
@@ -666,10 +751,10 @@ fn qdq_weights_dequantize_exactly_to_the_deploy_models_weights() {
             let per = axis.map_or(1, |a| want.dims[a as usize]);
             for (k, (&level, w)) in l.iter().zip(&want.data).enumerate() {
                 let s = scales[(k / inner) % per];
-                let dq = f32::from(level) * s;
+                let dq = level as f32 * s;
                 assert!(
                     dq.to_bits() == w.to_bits() || (dq == 0.0 && *w == 0.0),
-                    "{file} {preset:?} {}[{k}]: {dq} != deploy {w}",
+                    "{file} {preset:?} {weight_type:?} {}[{k}]: {dq} != deploy {w}",
                     n.output[0]
                 );
             }
@@ -677,7 +762,7 @@ fn qdq_weights_dequantize_exactly_to_the_deploy_models_weights() {
         }
         assert!(checked > 0, "{file}: no weight checked");
         common::say(&format!(
-            "int8_outputs {file} {preset:?}: {checked} QDQ weights dequantize bit for bit to the deploy model's"
+            "int8_outputs {file} {preset:?} {weight_type:?}: {checked} QDQ weights dequantize bit for bit to the deploy model's"
         ));
     }
 }

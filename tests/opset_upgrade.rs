@@ -21,7 +21,7 @@ use std::process::Command;
 use onnx_cle::builder::{attr_float, attr_int, attr_ints, attr_string, ConvSpec, ModelBuilder};
 use onnx_cle::graph::opset;
 use onnx_cle::onnx::ModelProto;
-use onnx_cle::options::{Calibration, Granularity};
+use onnx_cle::options::{Calibration, Granularity, Target, WeightType};
 use onnx_cle::runtime;
 use onnx_cle::{ArtifactKind, SampleInputs};
 use onnx_cle::{Control, Options};
@@ -144,13 +144,23 @@ fn samples(model: &ModelProto, n: usize, seed: u64) -> Vec<runtime::InputTensor>
 }
 
 fn per_channel_qdq(model: &ModelProto, granularity: Granularity) -> onnx_cle::Output {
+    qdq_with(
+        model,
+        Target {
+            weight_granularity: Some(granularity),
+            ..Target::default()
+        },
+    )
+}
+
+fn qdq_with(model: &ModelProto, target: Target) -> onnx_cle::Output {
     let mut opts = Options::default();
     opts.verify.enabled = false;
     opts.quant.end_to_end = false;
     opts.exports.qdq = true;
     opts.exports.encodings = Some(onnx_cle::options::EncodingsVersion::V1_0_0);
     opts.exports.calibration = Calibration::Minmax;
-    opts.target.weight_granularity = Some(granularity);
+    opts.target = target;
     let samples = SampleInputs {
         tensors: samples(model, 4, 7),
         source: "random".into(),
@@ -329,13 +339,25 @@ fn per_tensor_qdq_of_opset9_is_upgraded_too() {
         .expect("QDQ model written");
     let q = onnx_cle::onnx::decode(qdq.data.clone().into()).unwrap();
     assert_eq!(opset_of(&q), 13);
-    // tract cannot run opset 9's Upsample: the int16 pairs stay safe for any input byte, and
-    // the report says why.
-    assert!(out
-        .report
-        .skipped
-        .iter()
-        .any(|s| s.reason == "pair_bounds_not_measured" && s.detail.contains("Upsample")));
+    // uint8 weights (the `ort` per-tensor default) have no int16 pairs to bound.
+    let pair_skip = |out: &onnx_cle::Output| {
+        out.report
+            .skipped
+            .iter()
+            .any(|s| s.reason == "pair_bounds_not_measured" && s.detail.contains("Upsample"))
+    };
+    assert!(!pair_skip(&out));
+    // int8 weights: tract cannot run opset 9's Upsample, so the int16 pairs stay safe for any
+    // input byte, and the report says why.
+    let int8 = qdq_with(
+        &opset9(true),
+        Target {
+            weight_type: Some(WeightType::Int8),
+            ..Target::default()
+        },
+    );
+    assert!(int8.artifacts.iter().any(|a| a.kind == ArtifactKind::Qdq));
+    assert!(pair_skip(&int8));
 }
 
 /// onnxruntime: each original, its upgraded float model and its per-channel QDQ model load and

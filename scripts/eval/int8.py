@@ -52,6 +52,13 @@ ROWS = [
     ("QDQ per-channel, --samples minmax", "qdq",
      RECIPE + " --weight-granularity per-channel --input-range={range} --samples {calib}"
      " --calibration minmax --no-quant-e2e --qdq-output {dir}/qdq.onnx"),
+    # The symmetric int8 per-tensor grid the `ort` target used before uint8 weights
+    # (scripts/eval/weight_types.sh compares them on the tuning split).
+    ("QDQ per-tensor, data-free, --weight-type int8", "qdq",
+     RECIPE + " --weight-type int8 --input-range={range} --qdq-output {dir}/qdq.onnx"),
+    ("QDQ per-tensor, --samples minmax, --weight-type int8", "qdq",
+     RECIPE + " --weight-type int8 --input-range={range} --samples {calib} --calibration minmax"
+     " --no-quant-e2e --qdq-output {dir}/qdq.onnx"),
 ]
 ORT_ROWS = [
     ("quantize_static per-tensor", dict(per_channel=False, reduce_range=False)),

@@ -21,6 +21,7 @@ use utoipa::{PartialSchema, ToSchema};
 use super::{
     Accumulation, ActivationType, BiasCorrection, Calibration, Compat, EncodingsVersion,
     Granularity, HbfMode, Options, Relu6Policy, Rounding, Scaling, Select, Step, TargetPreset,
+    WeightType,
 };
 
 /// One option as the CLI and the query string spell it.
@@ -253,6 +254,7 @@ pub const FLAGS: &[Flag] = &[
     flag("target.preset", "target", Cli::Value, one_of::<TargetPreset>()),
     flag("target.weight_granularity", "weight_granularity", Cli::Value, one_of::<Granularity>()),
     flag("target.weight_bits", "weight_bits", Cli::Value, int32(2, 8)),
+    flag("target.weight_type", "weight_type", Cli::Value, one_of::<WeightType>()),
     flag("target.activation_type", "activation_type", Cli::Value, one_of::<ActivationType>()),
     flag("target.accumulation", "accumulation", Cli::Value, one_of::<Accumulation>()),
     flag("target.activation_symmetric", "activation_symmetric", Cli::On("activation-symmetric"), Kind::Bool),

@@ -18,6 +18,7 @@ pub use exports::{Calibration, EncodingsVersion, ExportOptions};
 pub use figures::QuantOptions;
 pub use target::{
     Accumulation, ActivationGrid, ActivationType, Granularity, Target, TargetPreset, WeightGrid,
+    WeightType,
 };
 
 /// One pipeline step. Steps always run in this order (cle-spec §8.1).

@@ -10,8 +10,9 @@ use crate::error::{CoreError, Result};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TargetPreset {
-    /// onnxruntime `quantize_static` (CPU, QDQ): int8 symmetric per-tensor weights, uint8
-    /// asymmetric activations.
+    /// onnxruntime CPU (QDQ): per-tensor weights as uint8 asymmetric (what `quantize_static`
+    /// writes for weights stored as `Constant` nodes; exact u8×u8 kernels on every x86-64 CPU),
+    /// per-channel weights as int8 symmetric; uint8 asymmetric activations.
     #[default]
     Ort,
     /// Qualcomm QNN (HTP) / AIMET defaults: int8 symmetric per-tensor weights, uint8 asymmetric
@@ -30,6 +31,19 @@ pub enum Granularity {
     PerTensor,
     /// One scale per output channel.
     PerChannel,
+}
+
+/// The integer type of quantized weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum WeightType {
+    /// Signed, symmetric: zero point 0, levels `−(2^(bits−1) − 1)..=2^(bits−1) − 1`.
+    Int8,
+    /// Unsigned, asymmetric (per tensor only): `2^bits` levels over the tensor's
+    /// `[min(w, 0), max(w, 0)]` with a zero point, as onnxruntime's `quantize_static` writes
+    /// weights stored as `Constant` nodes. onnxruntime runs such layers in its u8×u8 kernels,
+    /// which accumulate exactly on every x86-64 CPU (no int16 pairs).
+    Uint8,
 }
 
 /// The integer type of quantized activations.
@@ -53,8 +67,11 @@ pub struct Target {
     pub preset: TargetPreset,
     /// Weight scale granularity (default: the preset's).
     pub weight_granularity: Option<Granularity>,
-    /// Weight bits (2..=8; weights are always symmetric; default: the preset's).
+    /// Weight bits (2..=8; default: the preset's).
     pub weight_bits: Option<u8>,
+    /// Weight integer type (default: `uint8` for `ort` per tensor, `int8` otherwise; `uint8`
+    /// is asymmetric and per tensor only).
+    pub weight_type: Option<WeightType>,
     /// Activation integer type (default: the preset's).
     pub activation_type: Option<ActivationType>,
     /// How the target's kernels accumulate (default: `int16_pairs` for `ort`, which must run as
@@ -79,13 +96,17 @@ pub enum Accumulation {
     Int32,
 }
 
-/// A weight grid: symmetric, `2^(bits−1) − 1` levels each side.
+/// A weight grid: symmetric, `2^(bits−1) − 1` levels each side, or asymmetric with `2^bits`
+/// levels and a zero point.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WeightGrid {
     /// Per tensor or per output channel.
     pub granularity: Granularity,
     /// Bits (2..=8).
     pub bits: u8,
+    /// Unsigned levels `0..2^bits − 1` over the tensor's `[min(w, 0), max(w, 0)]` with a zero
+    /// point ([`WeightType::Uint8`]); otherwise symmetric.
+    pub asymmetric: bool,
     /// Whether neighbouring products share a saturating int16 ([`Accumulation::Int16Pairs`]):
     /// the step then also keeps every same-sign pair of levels within `|l₁| + |l₂| ≤ 128`.
     pub int16_pairs: bool,
@@ -104,13 +125,31 @@ impl Target {
     /// The resolved weight grid.
     pub fn weights(&self) -> WeightGrid {
         WeightGrid {
-            granularity: self.weight_granularity.unwrap_or(match self.preset {
-                TargetPreset::Trt => Granularity::PerChannel,
-                TargetPreset::Ort | TargetPreset::Qnn => Granularity::PerTensor,
-            }),
+            granularity: self.granularity(),
             bits: self.weight_bits.unwrap_or(8),
-            int16_pairs: self.accumulation() == Accumulation::Int16Pairs,
+            asymmetric: self.weight_type() == WeightType::Uint8,
+            // u8×u8 kernels widen both operands to int16 and accumulate in int32.
+            int16_pairs: self.accumulation() == Accumulation::Int16Pairs
+                && self.weight_type() == WeightType::Int8,
         }
+    }
+
+    /// The resolved weight granularity.
+    fn granularity(&self) -> Granularity {
+        self.weight_granularity.unwrap_or(match self.preset {
+            TargetPreset::Trt => Granularity::PerChannel,
+            TargetPreset::Ort | TargetPreset::Qnn => Granularity::PerTensor,
+        })
+    }
+
+    /// The resolved weight integer type: `uint8` for `ort` per tensor (measured on the tuning
+    /// photos of every evaluated model: README, Deployable int8), `int8` otherwise.
+    pub fn weight_type(&self) -> WeightType {
+        self.weight_type
+            .unwrap_or(match (self.preset, self.granularity()) {
+                (TargetPreset::Ort, Granularity::PerTensor) => WeightType::Uint8,
+                _ => WeightType::Int8,
+            })
     }
 
     /// The resolved accumulation.
@@ -141,6 +180,21 @@ impl Target {
                 "target.weight_bits must be between 2 and 8 (got {bits})"
             )));
         }
+        if self.weight_type() == WeightType::Uint8 {
+            if self.weights().granularity != Granularity::PerTensor {
+                return Err(CoreError::InvalidOptions(
+                    "target.weight_type uint8 (asymmetric) needs weight_granularity per_tensor: \
+                     onnxruntime's int8 kernels take one weight zero point per layer"
+                        .into(),
+                ));
+            }
+            if self.preset == TargetPreset::Trt {
+                return Err(CoreError::InvalidOptions(
+                    "target trt: TensorRT explicit quantization needs symmetric int8 weights"
+                        .into(),
+                ));
+            }
+        }
         let a = self.activations();
         if a.symmetric && a.ty != ActivationType::Int8 {
             return Err(CoreError::InvalidOptions(
@@ -157,7 +211,7 @@ impl Target {
     }
 
     /// A one-line description for `metadata_props` and the report, e.g.
-    /// `ort: weights int8 symmetric per_tensor; activations uint8 asymmetric`.
+    /// `ort: weights uint8 asymmetric per_tensor; activations uint8 asymmetric`.
     pub fn describe(&self) -> String {
         let w = self.weights();
         let a = self.activations();
@@ -180,14 +234,17 @@ impl Target {
         } else {
             "asymmetric"
         };
-        let acc = match self.accumulation() {
-            Accumulation::Int16Pairs => "; int16 pairs (x86 without VNNI) kept unsaturated",
-            Accumulation::Int32 => "",
+        let acc = if w.int16_pairs {
+            "; int16 pairs (x86 without VNNI) kept unsaturated"
+        } else {
+            ""
         };
-        format!(
-            "{preset}: weights int{} symmetric {g}; activations {ty} {sym}{acc}",
-            w.bits
-        )
+        let weights = if w.asymmetric {
+            format!("uint{} asymmetric", w.bits)
+        } else {
+            format!("int{} symmetric", w.bits)
+        };
+        format!("{preset}: weights {weights} {g}; activations {ty} {sym}{acc}")
     }
 }
 
@@ -199,6 +256,13 @@ mod tests {
     fn presets_resolve_and_validate() {
         let ort = Target::default();
         assert_eq!(ort.weights().granularity, Granularity::PerTensor);
+        assert!(ort.weights().asymmetric && !ort.weights().int16_pairs);
+        let ort_pc = Target {
+            weight_granularity: Some(Granularity::PerChannel),
+            ..ort
+        };
+        ort_pc.validate().unwrap();
+        assert!(!ort_pc.weights().asymmetric && ort_pc.weights().int16_pairs);
         assert_eq!(ort.activations().ty, ActivationType::Uint8);
         assert!(!ort.activations().symmetric);
         let trt = Target {
@@ -214,6 +278,18 @@ mod tests {
             ..Target::default()
         };
         assert!(bad.validate().is_err());
+        let u8w = Target {
+            weight_type: Some(WeightType::Uint8),
+            ..Target::default()
+        };
+        u8w.validate().unwrap();
+        assert!(u8w.weights().asymmetric && !u8w.weights().int16_pairs);
+        assert!(Target {
+            weight_granularity: Some(Granularity::PerChannel),
+            ..u8w
+        }
+        .validate()
+        .is_err());
         assert!(Target {
             weight_bits: Some(9),
             ..Target::default()

@@ -1330,7 +1330,7 @@ fn target_grids(cx: &Ctx) -> Grids {
         _ => 256.0,
     };
     Grids {
-        weight_levels: ((1u32 << (w.bits.clamp(2, 16) - 1)) - 1) as f32,
+        weight_levels: w.half_span(),
         per_channel: w.granularity == crate::options::Granularity::PerChannel,
         activation_levels: levels,
     }

@@ -89,8 +89,12 @@ pub struct WeightQuant {
     /// One scale (per tensor) or one per output channel; never 0 (an all-zero range uses 1, as
     /// onnxruntime does: the levels are then all 0).
     pub scales: Vec<f32>,
-    /// Largest level (`2^(bits−1) − 1`); levels run over `−qmax..=qmax`.
+    /// Symmetric: the largest level (`2^(bits−1) − 1`); levels run over `−qmax..=qmax`.
+    /// Asymmetric ([`WeightQuant::low`]): the largest raw level (`2^bits − 1`).
     pub qmax: f32,
+    /// Asymmetric (`uint8`) weights: the tensor's `min(w, 0)`, from which the zero point
+    /// follows ([`WeightQuant::zero_point`]); `None` for symmetric weights.
+    pub low: Option<f32>,
     /// The target's kernels add neighbouring products in a saturating int16: levels keep every
     /// same-sign MLAS pair within 128 ([`crate::quant::target::keep_pairs`]).
     pub int16_pairs: bool,
@@ -112,11 +116,31 @@ impl WeightQuant {
         }
     }
 
-    /// The integer level of every element of `data` (this weight's values):
-    /// `clamp(round(w / scale), −qmax, qmax)`.
+    /// The zero point: `clamp(round(−low / scale), 0, qmax)` for asymmetric weights, else 0.
+    pub fn zero_point(&self) -> i32 {
+        match self.low {
+            Some(low) => (-low / self.scales[0]).round().clamp(0.0, self.qmax) as i32,
+            None => 0,
+        }
+    }
+
+    /// The signed level bounds: `(−qmax, qmax)`, or `(−z, qmax − z)` with the zero point `z`.
+    pub fn bounds(&self) -> (f32, f32) {
+        match self.low {
+            Some(_) => {
+                let z = self.zero_point() as f32;
+                (-z, self.qmax - z)
+            }
+            None => (-self.qmax, self.qmax),
+        }
+    }
+
+    /// The signed integer level of every element of `data` (this weight's values):
+    /// `clamp(round(w / scale), lo, hi)` within [`WeightQuant::bounds`]; the raw level written
+    /// is `level + zero_point`.
     pub fn levels(&self, data: &[f32]) -> Vec<f32> {
-        let q = self.qmax;
-        let level = |v: f32, s: f32| (v / s).round().clamp(-q, q);
+        let (lo, hi) = self.bounds();
+        let level = |v: f32, s: f32| (v / s).round().clamp(lo, hi);
         let mut w = data.to_vec();
         match self.axis {
             None => {
@@ -824,6 +848,9 @@ fn weight_quant(
         axis,
         scales,
         qmax: grid.qmax(),
+        low: grid
+            .asymmetric
+            .then(|| data.iter().fold(0f32, |l, &v| l.min(v))),
         int16_pairs: grid.int16_pairs,
         bytes: None,
         raised_for_bias: Vec::new(),

@@ -6,9 +6,12 @@
 //! silently deployed on another (a bias-corrected model is tied to its grid: int8-output.md §1).
 //!
 //! Grids (int8-output.md §4):
-//! - weights are symmetric in every supported runtime: `step = max|w| / q` with
-//!   `q = 2^(bits−1) − 1` (127 for 8 bits), levels `−q..q`, zero point 0, one step per tensor or
-//!   per output channel (the layer's output channel as [`WeightLayout`] defines it);
+//! - weights: symmetric (`int8`) `step = max|w| / q` with `q = 2^(bits−1) − 1` (127 for 8 bits),
+//!   levels `−q..q`, zero point 0, one step per tensor or per output channel (the layer's output
+//!   channel as [`WeightLayout`] defines it); or asymmetric per tensor (`uint8`, as
+//!   onnxruntime's `quantize_static` writes weights stored as `Constant` nodes):
+//!   `step = (max(w, 0) − min(w, 0)) / (2^bits − 1)`, zero point `z = round(−min(w, 0) / step)`,
+//!   signed levels `−z..2^bits − 1 − z` (the written raw level is `level + z`);
 //! - activations: `uint8` asymmetric (`scale = (max − min) / 255`, `zero_point =
 //!   round(−min / scale)`, the range first widened to contain 0), or signed symmetric
 //!   (`scale = max|x| / 127`, zero point 0; TensorRT), or `uint16` asymmetric (QNN's A16);
@@ -176,15 +179,48 @@ pub(crate) fn pair_sums(w: &[f32], layout: &WeightLayout, bytes: Option<&[u8]>) 
 }
 
 impl WeightGrid {
-    /// Largest level: `2^(bits−1) − 1`.
+    /// Largest level of a symmetric grid: `2^(bits−1) − 1`; of an asymmetric one, the largest
+    /// raw level `2^bits − 1`.
     pub fn qmax(&self) -> f32 {
-        f32::from((1u16 << (self.bits - 1)) - 1)
+        if self.asymmetric {
+            f32::from((1u16 << self.bits) - 1)
+        } else {
+            f32::from((1u16 << (self.bits - 1)) - 1)
+        }
+    }
+
+    /// Half the number of steps the grid spans (`qmax` when symmetric, `(2^bits − 1) / 2`
+    /// when asymmetric): `range / (2 · half_span)` is the step of a range.
+    pub fn half_span(&self) -> f32 {
+        if self.asymmetric {
+            self.qmax() / 2.0
+        } else {
+            self.qmax()
+        }
+    }
+
+    /// The signed level bounds `(lo, hi)` of the values `w` on step `step`: `(−qmax, qmax)`
+    /// when symmetric; `(−z, 2^bits − 1 − z)` with the zero point
+    /// `z = clamp(round(−min(w, 0) / step), 0, 2^bits − 1)` when asymmetric (`(0, 0)` for
+    /// step 0).
+    pub fn bounds(&self, w: &[f32], step: f32) -> (f32, f32) {
+        let q = self.qmax();
+        if !self.asymmetric {
+            return (-q, q);
+        }
+        if !(step > 0.0 && step.is_finite()) {
+            return (0.0, 0.0);
+        }
+        let z = zero_point(w, step, q);
+        (-z, q - z)
     }
 
     /// The step of every output channel (`len == out_channels`; all equal when per tensor):
     /// `max|w| / qmax` over the tensor or the channel, and with [`WeightGrid::int16_pairs`] at
     /// least `max(|w₁| + |w₂|) / 128` over its same-sign MLAS pairs (see the module
-    /// documentation). A zero range gives step 0 (the values are all 0 and stay 0).
+    /// documentation). Asymmetric: `(max(w, 0) − min(w, 0)) / (2^bits − 1)`, nudged by
+    /// [`stable_asym_step`] so that the grid's own levels give it again. A zero range gives
+    /// step 0 (the values are all 0 and stay 0).
     pub fn steps(&self, w: &[f32], layout: &WeightLayout) -> Vec<f32> {
         self.steps_for(w, layout, None)
     }
@@ -197,6 +233,18 @@ impl WeightGrid {
         let pairs =
             (self.int16_pairs && 2.0 * q > PAIR_LEVELS).then(|| pair_sums(w, layout, bytes));
         match self.granularity {
+            Granularity::PerTensor if self.asymmetric => {
+                let (lo, hi) = w
+                    .iter()
+                    .fold((0f32, 0f32), |(l, h), &v| (l.min(v), h.max(v)));
+                let s = (hi - lo) / q;
+                let s = if s > 0.0 && s.is_finite() {
+                    stable_asym_step(s, zero_point(w, s, q), q)
+                } else {
+                    s
+                };
+                vec![s; layout.out_channels()]
+            }
             Granularity::PerTensor => {
                 let m = w.iter().fold(0f32, |m, v| m.max(v.abs())) / q;
                 let p = pairs.map_or(0.0, |p| p.iter().fold(0f32, |a, &b| a.max(b)));
@@ -214,19 +262,22 @@ impl WeightGrid {
         }
     }
 
-    /// Integer level of `v` on step `step`: `clamp(round(v / step), −qmax, qmax)` (0 for step 0).
+    /// Integer level of `v` on step `step` of a symmetric grid:
+    /// `clamp(round(v / step), −qmax, qmax)` (0 for step 0). See [`WeightGrid::level_within`].
     pub fn level(&self, v: f32, step: f32) -> f32 {
-        if step > 0.0 {
-            (v / step).round().clamp(-self.qmax(), self.qmax())
-        } else {
-            0.0
-        }
+        level_within(v, step, (-self.qmax(), self.qmax()))
     }
 
     /// Quantize-dequantizes `w` in place on this grid (round to nearest, then
     /// [`keep_pairs`] when the grid has int16 pairs).
     pub fn fake_quant(&self, w: &mut [f32], layout: &WeightLayout) {
         let steps = self.steps(w, layout);
+        if self.asymmetric {
+            let s = steps.first().copied().unwrap_or(0.0);
+            let b = self.bounds(w, s);
+            w.iter_mut().for_each(|v| *v = level_within(*v, s, b) * s);
+            return;
+        }
         if !self.int16_pairs {
             self.apply_levels(w, layout, &steps, |v, s| self.level(v, s) * s);
             return;
@@ -265,6 +316,49 @@ impl WeightGrid {
             return;
         }
         layout.map_out(w, |v, o| f(v, steps[o]));
+    }
+}
+
+/// The step nearest to `step` (within 64 ULP) that an asymmetric min/max quantizer with raw
+/// levels `0..=top` reproduces from weights whose end levels are `−z` and `top − z` (written as
+/// `level · s` in f32): `fl(fl(fl((top − z)·s) − fl(−z·s)) / top) == s`, with the same zero
+/// point `round(−fl(−z·s) / s) == z`. `step` itself when none is near.
+pub fn stable_asym_step(step: f32, z: f32, top: f32) -> f32 {
+    let ok = |s: f32| {
+        let (hi, lo) = ((top - z) * s, -z * s);
+        (hi - lo) / top == s && (-lo / s).round() == z
+    };
+    if !(step > 0.0 && step.is_finite()) || ok(step) {
+        return step;
+    }
+    let (mut up, mut down) = (step, step);
+    for _ in 0..64 {
+        up = up.next_up();
+        if ok(up) {
+            return up;
+        }
+        down = down.next_down();
+        if down > 0.0 && ok(down) {
+            return down;
+        }
+    }
+    step
+}
+
+/// The zero point of an asymmetric grid with raw levels `0..=top` on step `step`:
+/// `clamp(round(−min(w, 0) / step), 0, top)`.
+fn zero_point(w: &[f32], step: f32, top: f32) -> f32 {
+    let lo = w.iter().fold(0f32, |l, &v| l.min(v));
+    (-lo / step).round().clamp(0.0, top)
+}
+
+/// Integer level of `v` on step `step` within the signed bounds `(lo, hi)`
+/// ([`WeightGrid::bounds`]): `clamp(round(v / step), lo, hi)` (0 for step 0).
+pub fn level_within(v: f32, step: f32, (lo, hi): (f32, f32)) -> f32 {
+    if step > 0.0 {
+        (v / step).round().clamp(lo, hi)
+    } else {
+        0.0
     }
 }
 
@@ -323,6 +417,7 @@ mod tests {
             let g = WeightGrid {
                 granularity,
                 bits: 8,
+                asymmetric: false,
                 int16_pairs: false,
             };
             let mut w = w0.clone();
@@ -340,6 +435,45 @@ mod tests {
             let mut again = w.clone();
             g.fake_quant(&mut again, &layout);
             assert_eq!(again, w);
+        }
+    }
+
+    /// An asymmetric grid spans `[min(w, 0), max(w, 0)]` with 255 steps, never a coarser step
+    /// than the symmetric grid, and its levels stay inside `−z..255 − z`.
+    #[test]
+    fn asymmetric_weight_grid_spans_the_range_with_its_zero_point() {
+        let layout = WeightLayout::new(LayerOp::Conv, &[2, 1, 1, 3], 1).unwrap();
+        let sym = WeightGrid {
+            granularity: Granularity::PerTensor,
+            bits: 8,
+            asymmetric: false,
+            int16_pairs: false,
+        };
+        let asym = WeightGrid {
+            asymmetric: true,
+            ..sym
+        };
+        for w0 in [
+            vec![1.0f32, -0.3, 0.01, 0.5, 0.2, 0.9],
+            vec![-2.0f32, -0.5, 0.0, -1.0, -0.1, -0.7],
+            vec![0.4f32, -0.4, 0.1, -0.1, 0.0, 0.2],
+        ] {
+            let s = asym.steps(&w0, &layout)[0];
+            let (lo, hi) = w0
+                .iter()
+                .fold((0f32, 0f32), |(l, h), &v| (l.min(v), h.max(v)));
+            assert!((s * 255.0 - (hi - lo)).abs() <= 1e-6 * (hi - lo));
+            assert!(s <= sym.steps(&w0, &layout)[0]);
+            let (blo, bhi) = asym.bounds(&w0, s);
+            assert_eq!(bhi - blo, 255.0);
+            assert_eq!(blo, -(-lo / s).round());
+            let mut w = w0.clone();
+            asym.fake_quant(&mut w, &layout);
+            for (q, v) in w.iter().zip(&w0) {
+                let l = q / s;
+                assert!((l - l.round()).abs() < 1e-4 && (blo..=bhi).contains(&l.round()));
+                assert!((q - v).abs() <= 0.5 * s + 1e-6, "{q} vs {v}");
+            }
         }
     }
 

@@ -482,6 +482,10 @@ pub fn note_kept_bn(d: &mut Deploy, n: usize) {
 /// The pairs of `w` that saturate for some input on x86-64 without VNNI when rounded to nearest
 /// on the plain (max-abs) version of `grid` ([`crate::quant::kernels::pairs_at_risk`]).
 fn plain_risk(w: &[f32], layout: &crate::graph::layout::WeightLayout, grid: WeightGrid) -> usize {
+    if grid.asymmetric {
+        // u8 weights run in u8×u8 kernels, which have no int16 pairs.
+        return 0;
+    }
     let plain = WeightGrid {
         int16_pairs: false,
         ..grid

@@ -17,10 +17,16 @@
 //! weight ends on one of the two grid levels around it (`|l − w/s| < 1`: never more than one
 //! step from its value); elements on `±qmax` (the max-|w| element among them) are never
 //! flipped, so the step does not change; written weights are `l·s` in f32, exactly on the grid.
+//! An asymmetric grid (`uint8` weights, [`WeightGrid::bounds`]) nudges the step
+//! `(max(w, 0) − min(w, 0)) / 255` the same way
+//! ([`crate::quant::target::stable_asym_step`]), clamps to its levels
+//! `−z..255 − z` and never flips an element on either end, so a min/max quantizer finds the
+//! same step and zero point again in the written weights.
 //! With [`Rounding::Nearest`] only steps 1, 2 and the write-back run.
 
 use crate::graph::layout::WeightLayout;
 use crate::options::{Rounding, WeightGrid};
+use crate::quant::target::level_within;
 
 /// What rounding did to one weight.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -101,8 +107,17 @@ pub fn round_to_grid_for(
         .steps_for(w, layout, bytes)
         .into_iter()
         .zip(&plain)
-        .map(|(s, p)| if s > *p { s } else { stable_step(s, q) })
+        .map(|(s, p)| {
+            // Asymmetric steps are stable already ([`WeightGrid::steps`]).
+            if s > *p || grid.asymmetric {
+                s
+            } else {
+                stable_step(s, q)
+            }
+        })
         .collect();
+    // One zero point per tensor: asymmetric grids are per tensor.
+    let bounds = grid.bounds(w, steps.first().copied().unwrap_or(0.0));
     let k = layout.kernel_len();
     // Kernels (start of `k` contiguous elements) grouped by output channel.
     let mut kernels: Vec<Vec<usize>> = vec![Vec::new(); layout.out_channels()];
@@ -113,7 +128,7 @@ pub fn round_to_grid_for(
         let s = steps[o];
         for &start in starts {
             for j in start..start + k {
-                level[j] = grid.level(w[j], s);
+                level[j] = level_within(w[j], s, bounds);
                 err[j] = if s > 0.0 { level[j] - w[j] / s } else { 0.0 };
             }
         }
@@ -133,8 +148,12 @@ pub fn round_to_grid_for(
     };
     if mode == Rounding::Squant {
         // May element `j` move one level in direction `−dir` (its error has the sign `dir`)?
+        let (lo, hi) = bounds;
         let movable = |level: &[f32], err: &[f32], j: usize, dir: f32| {
-            err[j] * dir > 0.0 && level[j].abs() < q && (level[j] - dir).abs() <= q
+            err[j] * dir > 0.0
+                && lo < level[j]
+                && level[j] < hi
+                && (lo..=hi).contains(&(level[j] - dir))
         };
         if k > 1 {
             for starts in &kernels {
@@ -305,16 +324,19 @@ mod tests {
             WeightGrid {
                 granularity: Granularity::PerTensor,
                 bits: 8,
+                asymmetric: false,
                 int16_pairs: false,
             },
             WeightGrid {
                 granularity: Granularity::PerChannel,
                 bits: 8,
+                asymmetric: false,
                 int16_pairs: false,
             },
             WeightGrid {
                 granularity: Granularity::PerTensor,
                 bits: 4,
+                asymmetric: false,
                 int16_pairs: false,
             },
         ]
@@ -377,6 +399,48 @@ mod tests {
         }
     }
 
+    /// On an asymmetric grid both modes keep every level inside `−z..255 − z`, never move a
+    /// weight more than one step, keep the tensor's end levels (so the written weights give the
+    /// same zero point again) and SQuant still lowers the error sums.
+    #[test]
+    fn asymmetric_grids_keep_their_zero_point() {
+        let mut rng = SplitMix64::new(13);
+        let grid = WeightGrid {
+            granularity: Granularity::PerTensor,
+            bits: 8,
+            asymmetric: true,
+            int16_pairs: false,
+        };
+        for layout in layouts() {
+            let n: usize = layout.dims.iter().product();
+            let w0: Vec<f32> = (0..n).map(|_| rng.normal() * 0.3 + 0.2).collect();
+            for mode in [Rounding::Nearest, Rounding::Squant] {
+                let mut w = w0.clone();
+                let r = round_to_grid(&mut w, &layout, &grid, mode);
+                let s = r.steps[0];
+                let (lo, hi) = grid.bounds(&w0, s);
+                assert_eq!(grid.bounds(&w, s), (lo, hi), "{layout:?} {mode:?}");
+                let mut again = w.clone();
+                grid.fake_quant(&mut again, &layout);
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(
+                    bits(&again),
+                    bits(&w),
+                    "{layout:?} {mode:?}: not reproduced"
+                );
+                for j in 0..n {
+                    let l = (w[j] / s).round();
+                    assert_eq!((l * s).to_bits(), w[j].to_bits(), "off grid");
+                    assert!((lo..=hi).contains(&l));
+                    assert!((l - w0[j] / s).abs() < 1.0, "moved more than one step");
+                }
+                if mode == Rounding::Squant {
+                    assert!(r.max_channel_error_after <= r.max_channel_error_before + 1e-4);
+                }
+            }
+        }
+    }
+
     #[test]
     fn squant_lowers_the_error_sums() {
         let layout = WeightLayout::new(LayerOp::Conv, &[32, 1, 3, 3], 32).unwrap();
@@ -385,6 +449,7 @@ mod tests {
         let grid = WeightGrid {
             granularity: Granularity::PerTensor,
             bits: 8,
+            asymmetric: false,
             int16_pairs: false,
         };
         let mut w = w0.clone();
@@ -421,6 +486,7 @@ mod tests {
                 let grid = WeightGrid {
                     granularity,
                     bits: 8,
+                    asymmetric: false,
                     int16_pairs: true,
                 };
                 for mode in [Rounding::Nearest, Rounding::Squant] {

@@ -101,9 +101,12 @@ fn entries(plan: &QuantPlan) -> (Vec<Entry>, Vec<Entry>) {
                 .iter()
                 .map(|&scale| Enc {
                     bw: wbits,
-                    symmetric: true,
+                    symmetric: w.low.is_none(),
                     scale,
-                    offset: -(1i64 << (wbits - 1)),
+                    offset: match w.low {
+                        Some(_) => -i64::from(w.zero_point()),
+                        None => -(1i64 << (wbits - 1)),
+                    },
                 })
                 .collect();
             (w.weight.clone(), encs, w.axis.is_some())
@@ -118,7 +121,7 @@ fn quantizer_args(plan: &QuantPlan) -> Value {
     json!({
         "activation_bitwidth": activation_bits(a.ty),
         "dtype": "int",
-        "is_symmetric": true,
+        "is_symmetric": !w.asymmetric,
         "param_bitwidth": w.bits,
         "per_channel_quantization": w.granularity == Granularity::PerChannel,
         "quant_scheme": "post_training_tf",
@@ -187,6 +190,11 @@ pub fn ort_overrides(plan: &QuantPlan) -> Value {
     }
     for w in &plan.weights {
         let list: Vec<Value> = match w.axis {
+            None if w.low.is_some() => vec![json!({
+                "quant_type": "QUInt8",
+                "scale": w.scales[0],
+                "zero_point": w.zero_point(),
+            })],
             None => vec![json!({"quant_type": "QInt8", "scale": w.scales[0], "zero_point": 0})],
             Some(axis) => w
                 .scales

@@ -6,7 +6,8 @@
 //! Layout (the names follow onnxruntime's quantizer):
 //! - weight `W`: int8 initializer `W_quantized` + `W_scale` (scalar, or one per output channel
 //!   with `axis`) + `W_zero_point` (zeros) → `DequantizeLinear` → `W`; the float initializer is
-//!   gone, every reader of `W` reads the dequantized weight;
+//!   gone, every reader of `W` reads the dequantized weight; asymmetric (`uint8`) weights are a
+//!   uint8 `W_quantized` with a scalar uint8 zero point;
 //! - bias `B`: int32 `B_quantized` with `scale = input scale × weight scale`, zero point 0 →
 //!   `DequantizeLinear` → `B` (a bias read by several layers gets one copy per layer);
 //! - activation `t`: `t → QuantizeLinear → t_QuantizeLinear_Output → DequantizeLinear →
@@ -161,12 +162,22 @@ pub fn write(model: &ModelProto, plan: &QuantPlan) -> Result<ModelProto> {
         let t = work.read(&w.weight).map_err(CoreError::InvalidModel)?;
         let levels = w.levels(&t.data);
         let dims = t.dims.clone();
-        let raw: Vec<u8> = levels.iter().map(|&l| (l as i8) as u8).collect();
+        let z = w.zero_point();
+        let (ty, raw): (_, Vec<u8>) = match w.low {
+            Some(_) => (
+                DataType::Uint8,
+                levels.iter().map(|&l| (l as i32 + z) as u8).collect(),
+            ),
+            None => (
+                DataType::Int8,
+                levels.iter().map(|&l| (l as i8) as u8).collect(),
+            ),
+        };
         prelude.push(dequantized_constant(
             &mut names,
             &mut new_inits,
             &w.weight,
-            (&dims, DataType::Int8, raw),
+            (&dims, ty, raw, z as u8),
             (&w.scales, w.axis),
             w.weight.clone(),
         ));
@@ -198,7 +209,7 @@ pub fn write(model: &ModelProto, plan: &QuantPlan) -> Result<ModelProto> {
             &mut names,
             &mut new_inits,
             &b.bias,
-            (&dims, DataType::Int32, raw),
+            (&dims, DataType::Int32, raw, 0),
             (&b.scales, axis),
             out,
         ));
@@ -304,7 +315,7 @@ fn dequantized_constant(
     names: &mut Names,
     inits: &mut Vec<TensorProto>,
     base: &str,
-    (dims, ty, raw): (&[usize], DataType, Vec<u8>),
+    (dims, ty, raw, zero): (&[usize], DataType, Vec<u8>, u8),
     (scales, axis): (&[f32], Option<usize>),
     out: String,
 ) -> NodeProto {
@@ -322,7 +333,11 @@ fn dequantized_constant(
         vec![]
     };
     inits.push(f32_tensor(&s, sdims.clone(), scales.to_vec()));
-    inits.push(int_tensor(&z, &sdims, ty, vec![0u8; width * scales.len()]));
+    let mut zeros = vec![0u8; width * scales.len()];
+    if let Some(first) = zeros.first_mut() {
+        *first = zero;
+    }
+    inits.push(int_tensor(&z, &sdims, ty, zeros));
     let name = names.fresh(&format!("{base}_DequantizeLinear"));
     let mut dq = node(name, "DequantizeLinear", "", vec![q, s, z], out);
     dq.attribute.extend(axis.map(axis_attr));
