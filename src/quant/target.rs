@@ -328,6 +328,12 @@ pub fn stable_asym_step(step: f32, z: f32, top: f32) -> f32 {
         let (hi, lo) = ((top - z) * s, -z * s);
         (hi - lo) / top == s && (-lo / s).round() == z
     };
+    nearest_step(step, ok)
+}
+
+/// The step nearest to `step` within 64 ULP (`step` itself first) for which `ok` holds;
+/// `step` when it is not positive and finite or none is near.
+pub fn nearest_step(step: f32, ok: impl Fn(f32) -> bool) -> f32 {
     if !(step > 0.0 && step.is_finite()) || ok(step) {
         return step;
     }

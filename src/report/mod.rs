@@ -782,7 +782,7 @@ pub struct MetadataEntry {
 /// files, and their figures against the original FP32 model.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 pub struct Exports {
-    /// The declared target, e.g. `ort: weights int8 symmetric per_tensor; activations uint8
+    /// The declared target, e.g. `ort: weights uint8 asymmetric per_tensor; activations uint8
     /// asymmetric`.
     pub target: String,
     /// Source of the activation ranges: `data_free`, `minmax`, `percentile`, `mse`.

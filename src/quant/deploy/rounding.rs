@@ -56,22 +56,7 @@ pub struct Rounded {
 /// `fl(fl(q·s) / q) == s`. `step` itself when it is not positive and finite or no such step
 /// is near.
 pub fn stable_step(step: f32, q: f32) -> f32 {
-    let ok = |s: f32| (q * s) / q == s;
-    if !(step > 0.0 && step.is_finite()) || ok(step) {
-        return step;
-    }
-    let (mut up, mut down) = (step, step);
-    for _ in 0..64 {
-        up = up.next_up();
-        if ok(up) {
-            return up;
-        }
-        down = down.next_down();
-        if down > 0.0 && ok(down) {
-            return down;
-        }
-    }
-    step
+    crate::quant::target::nearest_step(step, |s: f32| (q * s) / q == s)
 }
 
 /// Rounds `w` (stored as `layout`) in place onto `grid` with `mode`; every value written is
