@@ -119,7 +119,9 @@ impl WeightQuant {
     /// The zero point: `clamp(round(−low / scale), 0, qmax)` for asymmetric weights, else 0.
     pub fn zero_point(&self) -> i32 {
         match self.low {
-            Some(low) => (-low / self.scales[0]).round().clamp(0.0, self.qmax) as i32,
+            Some(low) => {
+                crate::quant::target::asym_zero_point(low, self.scales[0], self.qmax) as i32
+            }
             None => 0,
         }
     }
@@ -848,9 +850,7 @@ fn weight_quant(
         axis,
         scales,
         qmax: grid.qmax(),
-        low: grid
-            .asymmetric
-            .then(|| data.iter().fold(0f32, |l, &v| l.min(v))),
+        low: grid.asymmetric.then(|| crate::quant::target::low_of(data)),
         int16_pairs: grid.int16_pairs,
         bytes: None,
         raised_for_bias: Vec::new(),

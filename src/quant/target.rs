@@ -211,7 +211,7 @@ impl WeightGrid {
         if !(step > 0.0 && step.is_finite()) {
             return (0.0, 0.0);
         }
-        let z = zero_point(w, step, q);
+        let z = asym_zero_point(low_of(w), step, q);
         (-z, q - z)
     }
 
@@ -239,7 +239,7 @@ impl WeightGrid {
                     .fold((0f32, 0f32), |(l, h), &v| (l.min(v), h.max(v)));
                 let s = (hi - lo) / q;
                 let s = if s > 0.0 && s.is_finite() {
-                    stable_asym_step(s, zero_point(w, s, q), q)
+                    stable_asym_step(s, asym_zero_point(lo, s, q), q)
                 } else {
                     s
                 };
@@ -351,11 +351,15 @@ pub fn nearest_step(step: f32, ok: impl Fn(f32) -> bool) -> f32 {
     step
 }
 
-/// The zero point of an asymmetric grid with raw levels `0..=top` on step `step`:
-/// `clamp(round(−min(w, 0) / step), 0, top)`.
-fn zero_point(w: &[f32], step: f32, top: f32) -> f32 {
-    let lo = w.iter().fold(0f32, |l, &v| l.min(v));
-    (-lo / step).round().clamp(0.0, top)
+/// `min(w, 0)`: the low end of an asymmetric grid's range.
+pub fn low_of(w: &[f32]) -> f32 {
+    w.iter().fold(0f32, |l, &v| l.min(v))
+}
+
+/// The zero point of an asymmetric grid with raw levels `0..=top` on step `step` whose range
+/// starts at `low` ([`low_of`]): `clamp(round(−low / step), 0, top)`.
+pub fn asym_zero_point(low: f32, step: f32, top: f32) -> f32 {
+    (-low / step).round().clamp(0.0, top)
 }
 
 /// Integer level of `v` on step `step` within the signed bounds `(lo, hi)`
