@@ -102,11 +102,10 @@ pub enum Compat {
 }
 
 /// How cross-layer scaling chooses each pair's per-channel scales.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Scaling {
     /// Equal weight ranges on both sides of every pair (Nagel et al. eq. 11; AIMET).
-    #[default]
     EqualRanges,
     /// Least predicted int8 noise at each pair's output from both layers' weight grids and the
     /// per-tensor activation grid between them, with the activation's data-free per-channel
@@ -218,9 +217,12 @@ pub struct Options {
     /// activation exceed `g ×` that activation's original per-tensor range (data-free, from
     /// the folded BN statistics and ReLU6 bounds). Trades weight-range gains for W8A8 accuracy.
     pub balance: Option<f32>,
-    /// Rule for the cross-layer scales: `equal_ranges` (default) or `noise` (least predicted
-    /// W8A8 noise on the declared target's grids). Not with `compat = aimet`.
-    pub scaling: Scaling,
+    /// Rule for the cross-layer scales: `equal_ranges` or `noise` (least predicted W8A8 noise
+    /// on the declared target's grids; not with `compat = aimet`). Default: `noise` when the
+    /// target's weights are per tensor (chosen on the tuning photos of every evaluated model:
+    /// README, Scaling rule), `equal_ranges` with per-channel weights, with `balance` (whose cap
+    /// the noise step does not keep) and with `compat = aimet`.
+    pub scaling: Option<Scaling>,
     /// Quantization-readiness figures in the report.
     pub quant: QuantOptions,
     /// The declared int8 target: the grid every grid-tied output (deploy model, QDQ model,
@@ -254,7 +256,7 @@ impl Default for Options {
             threshold: 1e-3,
             verify: VerifyOptions::default(),
             balance: None,
-            scaling: Scaling::EqualRanges,
+            scaling: None,
             quant: QuantOptions::default(),
             target: Target::default(),
             deploy: DeployOptions::default(),
@@ -299,6 +301,20 @@ impl Options {
     /// Whether AIMET compatibility is on.
     pub fn is_aimet(&self) -> bool {
         self.compat == Compat::Aimet
+    }
+
+    /// The resolved scaling rule ([`Options::scaling`]'s default).
+    pub fn scaling(&self) -> Scaling {
+        self.scaling.unwrap_or(
+            if self.is_aimet()
+                || self.balance.is_some()
+                || self.target.weights().granularity == Granularity::PerChannel
+            {
+                Scaling::EqualRanges
+            } else {
+                Scaling::Noise
+            },
+        )
     }
 
     /// Checks the options and applies what `compat = aimet` implies.
@@ -352,7 +368,7 @@ impl Options {
                 ));
             }
         }
-        if self.is_aimet() && self.scaling != Scaling::EqualRanges {
+        if self.is_aimet() && self.scaling() != Scaling::EqualRanges {
             return Err(CoreError::InvalidOptions(
                 "scaling=noise is not an AIMET option (compat=aimet)".into(),
             ));
@@ -371,6 +387,7 @@ impl Options {
         self.target.validate()?;
         self.deploy.validate()?;
         self.iterations = Some(passes);
+        self.scaling = Some(self.scaling());
         if self.is_aimet() {
             if self.relu6 == Relu6Policy::Exact {
                 self.relu6 = Relu6Policy::Replace;
@@ -387,5 +404,38 @@ impl Options {
         steps.dedup();
         self.steps = steps;
         Ok(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scaling_default_follows_the_weight_grid() {
+        let n = |o: Options| o.normalized().expect("valid").scaling;
+        assert_eq!(n(Options::default()), Some(Scaling::Noise));
+        let mut per_channel = Options::default();
+        per_channel.target.weight_granularity = Some(Granularity::PerChannel);
+        assert_eq!(n(per_channel), Some(Scaling::EqualRanges));
+        let mut trt = Options::default();
+        trt.target.preset = TargetPreset::Trt;
+        assert_eq!(n(trt), Some(Scaling::EqualRanges));
+        assert_eq!(n(Options::aimet()), Some(Scaling::EqualRanges));
+        let balanced = Options {
+            balance: Some(2.0),
+            ..Options::default()
+        };
+        assert_eq!(n(balanced), Some(Scaling::EqualRanges));
+        let equal = Options {
+            scaling: Some(Scaling::EqualRanges),
+            ..Options::default()
+        };
+        assert_eq!(n(equal), Some(Scaling::EqualRanges));
+        let aimet_noise = Options {
+            scaling: Some(Scaling::Noise),
+            ..Options::aimet()
+        };
+        assert!(aimet_noise.normalized().is_err());
     }
 }

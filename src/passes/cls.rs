@@ -477,7 +477,7 @@ pub fn run(cx: &mut Ctx) -> crate::error::Result<()> {
         sets.iter().map(|s| activation_ranges(cx, s)).collect();
     let held: Vec<Vec<Vec<bool>>> = before.iter().map(|b| negligible_channels(b)).collect();
     report_held(cx, &sets, &held);
-    let noise_acts: Vec<Vec<Option<Activation>>> = match cx.opts.scaling {
+    let noise_acts: Vec<Vec<Option<Activation>>> = match cx.opts.scaling() {
         crate::options::Scaling::Noise => sets.iter().map(|s| activations(cx, s)).collect(),
         crate::options::Scaling::EqualRanges => Vec::new(),
     };
@@ -984,7 +984,14 @@ fn noise_step(
             prev: &prev[p],
             act,
         };
-        let t = best_step(&pair, grids, &held[p]);
+        // Channels the equal-ranges rule left alone for a non-finite weight range (cle-spec
+        // §3.6) stay alone here too.
+        let keep: Vec<bool> = held[p]
+            .iter()
+            .zip(r1.iter().zip(&r2))
+            .map(|(&h, (a, b))| h || !(a.is_finite() && b.is_finite()))
+            .collect();
+        let t = best_step(&pair, grids, &keep);
         let inv: Vec<f32> = t.iter().map(|&v| 1.0f32 / v).collect();
         mul(&mut tracks[m[p]].fo, &inv);
         mul(&mut tracks[m[p + 1]].fi, &t);

@@ -2,15 +2,15 @@
 //!
 //! The given samples are split: the odd-indexed ones score the candidates and are used for
 //! nothing else; the even-indexed ones go to the chosen run (verification, quantization
-//! figures, W8A8 calibration). Candidates: the options as given, then `iterations` 1, 3 and 5
-//! and `balance` 2 on top of them (duplicates of the given options skipped). The score is the
-//! output SQNR of per-tensor symmetric int8 weights against the original FP32 model; ties keep
-//! the earlier candidate. Every candidate's figures land in [`crate::report::Selection`].
+//! figures, W8A8 calibration). Candidates: the options as given, then `iterations` 1, 3 and 5,
+//! the other `scaling` rule and `balance` 2 (with equal ranges) on top of them (duplicates of
+//! the given options skipped). The score is the output SQNR of per-tensor symmetric int8
+//! weights against the original FP32 model; ties keep the earlier candidate. Every candidate's figures land in [`crate::report::Selection`].
 
 use super::{equalize, Control, SampleInputs};
 use crate::error::{CoreError, Result};
 use crate::onnx;
-use crate::options::{Options, Select};
+use crate::options::{Options, Scaling, Select};
 use crate::quant::{self, Scheme};
 use crate::report::{Selection, SelectionCandidate};
 use crate::runtime::InputTensor;
@@ -31,10 +31,24 @@ pub fn candidates(base: &Options) -> Vec<(String, Options)> {
             },
         ));
     }
+    let (other, label) = match plain.scaling() {
+        Scaling::Noise => (Scaling::EqualRanges, "scaling equal_ranges"),
+        Scaling::EqualRanges => (Scaling::Noise, "scaling noise"),
+    };
+    if !plain.is_aimet() {
+        out.push((
+            label.to_string(),
+            Options {
+                scaling: Some(other),
+                ..plain.clone()
+            },
+        ));
+    }
     out.push((
         "balance 2".to_string(),
         Options {
             balance: Some(2.0),
+            scaling: Some(Scaling::EqualRanges),
             ..plain.clone()
         },
     ));
