@@ -444,19 +444,13 @@ impl WeightLayout {
         w.chunks_exact(self.k).map(row_max).collect()
     }
 
-    /// Sums of squares `q[a·b + b'] = Σ_k w[a, b', k…]²` of every stored block, in the order of
-    /// [`WeightLayout::block_maxima`].
-    pub fn block_sumsq(&self, w: &[f32]) -> Vec<f32> {
-        self.check(w);
-        w.chunks_exact(self.k.max(1))
-            .map(|b| b.iter().map(|v| v * v).sum())
-            .collect()
-    }
-
     /// `‖W'[o]‖²` per output channel and `‖W'[:, i]‖²` per input channel of
-    /// `W'[o, i, …] = fo[o]·fi[i]·W[o, i, …]`, from the [`WeightLayout::block_sumsq`] `q` of `W`,
-    /// with the number of weights in each.
-    pub fn scaled_sumsq(&self, q: &[f32], fo: &[f32], fi: &[f32]) -> ChannelEnergy {
+    /// `W'[o, i, …] = fo[o]·fi[i]·W[o, i, …]`, from `W` itself (each stored block's sum of
+    /// squares, `Σ_k w[a, b', k…]²` in f32, times its factors squared), with the number of
+    /// weights in each. Nothing the size of `W` is allocated.
+    pub fn scaled_sumsq(&self, w: &[f32], fo: &[f32], fi: &[f32]) -> ChannelEnergy {
+        self.check(w);
+        let kk = self.k.max(1);
         let mut e = ChannelEnergy {
             out: vec![0.0; self.out_ch],
             inp: vec![0.0; self.in_ch],
@@ -465,7 +459,8 @@ impl WeightLayout {
         };
         let k = self.k as f64;
         self.for_each_block_index(|s, o, i| {
-            let v = f64::from(q[s]) * f64::from(fo[o] * fi[i]).powi(2);
+            let q: f32 = w[s * kk..(s + 1) * kk].iter().map(|v| v * v).sum();
+            let v = f64::from(q) * f64::from(fo[o] * fi[i]).powi(2);
             e.out[o] += v;
             e.inp[i] += v;
             e.out_count[o] += k;

@@ -652,8 +652,6 @@ struct Track {
     base: (Vec<f32>, Vec<f32>),
     /// Kernel maxima, for layers scaled on both sides (their ranges depend on both factors).
     maxima: Option<Vec<f32>>,
-    /// Kernel sums of squares of the unscaled weight (`scaling = noise`).
-    sumsq: Option<Vec<f32>>,
 }
 
 impl Track {
@@ -664,10 +662,10 @@ impl Track {
         }
     }
 
-    /// Squared norms and weight counts per channel now (`scaling = noise`).
-    fn energy(&self) -> Option<crate::graph::layout::ChannelEnergy> {
-        let q = self.sumsq.as_ref()?;
-        Some(self.layer.layout.scaled_sumsq(q, &self.fo, &self.fi))
+    /// Squared norms and weight counts per channel now (`scaling = noise`), from the unscaled
+    /// weight `w`.
+    fn energy(&self, w: &[f32]) -> crate::graph::layout::ChannelEnergy {
+        self.layer.layout.scaled_sumsq(w, &self.fo, &self.fi)
     }
 
     fn in_ranges(&self) -> Vec<f32> {
@@ -714,7 +712,6 @@ fn converged(cx: &mut Ctx, scaling: Scaling) -> crate::error::Result<()> {
                             fi: vec![1.0; l.layout.in_channels()],
                             base,
                             maxima: None,
-                            sumsq: None,
                         });
                         out_scaled.push(false);
                         in_scaled.push(false);
@@ -737,11 +734,22 @@ fn converged(cx: &mut Ctx, scaling: Scaling) -> crate::error::Result<()> {
             if both {
                 track.maxima = Some(track.layer.layout.block_maxima(&w.data));
             }
-            if !noise_acts.is_empty() {
-                track.sumsq = Some(track.layer.layout.block_sumsq(&w.data));
-            }
         }
     }
+    // `scaling = noise` reads each layer's energies from its weight, cached above (and taken
+    // from the cache only when the scales are written).
+    let weights: Vec<&[f32]> = if noise_acts.is_empty() {
+        Vec::new()
+    } else {
+        tracks
+            .iter()
+            .map(|t| {
+                cx.work
+                    .cached(&t.layer.weight)
+                    .map_or(&[][..], |w| w.data.as_slice())
+            })
+            .collect()
+    };
     // Components: sets linked by a shared layer (union-find over the layers).
     let mut parent: Vec<usize> = (0..tracks.len()).collect();
     fn root(parent: &mut [usize], mut i: usize) -> usize {
@@ -844,13 +852,14 @@ fn converged(cx: &mut Ctx, scaling: Scaling) -> crate::error::Result<()> {
         if noise_acts.is_empty() {
             return;
         }
+        let w: Vec<&[f32]> = c.global.iter().map(|&g| weights[g]).collect();
         for ls in c.sets.iter_mut() {
             let noise = (
                 &grids,
                 noise_acts[ls.set].as_slice(),
                 ls.cumulative.as_slice(),
             );
-            let scales = noise_step(&mut c.tracks, &ls.members, noise, &held[ls.set]);
+            let scales = noise_step(&mut c.tracks, &w, &ls.members, noise, &held[ls.set]);
             ls.apply(&mut c.clips, &scales);
         }
     });
@@ -960,6 +969,7 @@ impl LocalSet {
 /// current). A second sweep measured worse on EfficientNet-Lite0's tuning images.
 fn noise_step(
     tracks: &mut [Track],
+    weights: &[&[f32]],
     m: &[usize],
     (grids, acts, prev): NoiseSet,
     held: &[Vec<bool>],
@@ -969,9 +979,11 @@ fn noise_step(
         .collect();
     for p in 0..m.len() - 1 {
         let Some(act) = &acts[p] else { continue };
-        let (Some(e1), Some(e2)) = (tracks[m[p]].energy(), tracks[m[p + 1]].energy()) else {
+        let (w1, w2) = (weights[m[p]], weights[m[p + 1]]);
+        if w1.is_empty() || w2.is_empty() {
             continue;
-        };
+        }
+        let (e1, e2) = (tracks[m[p]].energy(w1), tracks[m[p + 1]].energy(w2));
         let r1 = tracks[m[p]].out_ranges();
         let r2 = tracks[m[p + 1]].in_ranges();
         let pair = Pair {
