@@ -45,7 +45,8 @@ ROWS = [
     ("QDQ per-channel, data-free", "qdq",
      RECIPE + " --weight-granularity per-channel --input-range={range} --qdq-output {dir}/qdq.onnx"),
     # The scaling rule per-tensor targets used before `noise` became their default, and `noise`
-    # with per-channel weights (scripts/eval/scaling.sh compares them on the tuning split).
+    # with per-channel weights (`scripts/eval/tune_split.sh scaling` compares them on the tuning
+    # split).
     ("QDQ per-tensor, data-free, --scaling equal-ranges", "qdq",
      RECIPE + " --scaling equal-ranges --input-range={range} --qdq-output {dir}/qdq.onnx"),
     ("QDQ per-tensor, --samples minmax", "qdq",
@@ -55,7 +56,7 @@ ROWS = [
      RECIPE + " --weight-granularity per-channel --input-range={range} --samples {calib}"
      " --calibration minmax --no-quant-e2e --qdq-output {dir}/qdq.onnx"),
     # The symmetric int8 per-tensor grid the `ort` target used before uint8 weights
-    # (scripts/eval/weight_types.sh compares them on the tuning split).
+    # (scripts/eval/tune_split.sh weight-types compares them on the tuning split).
     ("QDQ per-tensor, data-free, --weight-type int8", "qdq",
      RECIPE + " --weight-type int8 --input-range={range} --qdq-output {dir}/qdq.onnx"),
     ("QDQ per-tensor, --samples minmax, --weight-type int8", "qdq",
