@@ -221,7 +221,7 @@ pub struct Options {
     /// on the declared target's grids; not with `compat = aimet`). Default: `noise` when the
     /// target's weights are per tensor (chosen on the tuning photos of every evaluated model:
     /// README, Scaling rule), `equal_ranges` with per-channel weights, with `balance` (whose cap
-    /// the noise step does not keep) and with `compat = aimet`.
+    /// the noise step does not keep: `noise` with `balance` is refused) and with `compat = aimet`.
     pub scaling: Option<Scaling>,
     /// Quantization-readiness figures in the report.
     pub quant: QuantOptions,
@@ -368,6 +368,13 @@ impl Options {
                 ));
             }
         }
+        if self.balance.is_some() && self.scaling == Some(Scaling::Noise) {
+            return Err(CoreError::InvalidOptions(
+                "scaling=noise does not keep balance's cap on activation growth: \
+                 give one of them"
+                    .into(),
+            ));
+        }
         if self.is_aimet() && self.scaling() != Scaling::EqualRanges {
             return Err(CoreError::InvalidOptions(
                 "scaling=noise is not an AIMET option (compat=aimet)".into(),
@@ -427,6 +434,12 @@ mod tests {
             ..Options::default()
         };
         assert_eq!(n(balanced), Some(Scaling::EqualRanges));
+        let balanced_noise = Options {
+            balance: Some(2.0),
+            scaling: Some(Scaling::Noise),
+            ..Options::default()
+        };
+        assert!(balanced_noise.normalized().is_err());
         let equal = Options {
             scaling: Some(Scaling::EqualRanges),
             ..Options::default()

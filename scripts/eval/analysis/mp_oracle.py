@@ -109,4 +109,13 @@ for pct in (5, 10):
             chosen += ts
     print(f'best chains within {pct} % ({len(chosen)} of {len(acts)} quantizers) in float together: '
           f'{sq(ref, run(floated(set(chosen)), x)):.2f} dB')
+# A rule that needs no data: the first chains in graph order (the stem), as the rule of thumb of
+# keeping a network's first layers wider.
+for pct in (5, 10):
+    budget, chosen = len(acts) * pct // 100, []
+    for ts in groups:
+        if len(chosen) + len(ts) <= budget:
+            chosen += ts
+    print(f'first chains in graph order within {pct} % ({len(chosen)} quantizers) in float together: '
+          f'{sq(ref, run(floated(set(chosen)), x)):.2f} dB')
 print(f'every activation in float (weights only): {sq(ref, run(floated({q.input[0] for q in acts}), x)):.2f} dB')
