@@ -734,7 +734,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn scaled_ranges_from_block_maxima_match_a_scaled_weight() {
+    fn scaled_ranges_and_energies_match_a_scaled_weight() {
         let cases = [
             (LayerOp::Conv, vec![4, 3, 3, 3], 1),
             (LayerOp::Conv, vec![4, 2, 3, 3], 2),
@@ -769,6 +769,29 @@ mod tests {
                 close(&ri, &l.scaled_in_ranges(&m, &fo, &fi)),
                 "{op:?} {dims:?} in"
             );
+            // Energies: from the unscaled weight and the factors, as from the scaled weight;
+            // each side sums to the scaled weight's total energy.
+            let e = l.scaled_sumsq(&w, &fo, &fi);
+            let ones = |k: usize| vec![1.0f32; k];
+            let direct = l.scaled_sumsq(&scaled, &ones(fo.len()), &ones(fi.len()));
+            let near = |a: &[f64], b: &[f64]| {
+                a.iter()
+                    .zip(b)
+                    .all(|(x, y)| (x - y).abs() <= 1e-5 * x.abs().max(1e-3))
+            };
+            assert!(near(&e.out, &direct.out), "{op:?} {dims:?} energy out");
+            assert!(near(&e.inp, &direct.inp), "{op:?} {dims:?} energy in");
+            let total: f64 = scaled.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
+            for side in [&e.out, &e.inp] {
+                let s: f64 = side.iter().sum();
+                assert!(
+                    (s - total).abs() <= 1e-5 * total,
+                    "{op:?} {dims:?}: {s} vs {total}"
+                );
+            }
+            let counted: f64 = e.out_count.iter().sum();
+            assert_eq!(counted, n as f64);
+            assert_eq!(e.in_count.iter().sum::<f64>(), n as f64);
         }
     }
 
