@@ -341,8 +341,8 @@ fn efficientnet_lite0_survives_per_tensor_int8_and_balance_caps_growth() {
 
     // The default for per-tensor weights, `scaling = noise`, keeps the function and the int8
     // weights' floor. It was chosen for the data-free QDQ model on the tuning photos
-    // (scripts/eval/tune_split.sh scaling); the quantization table's W8A8 here (symmetric int8 weights,
-    // nearest rounding, min/max on these 16 images) is printed, not compared.
+    // (`scripts/eval/tune_split.sh scaling`); the quantization table's W8A8 here (symmetric
+    // int8 weights, nearest rounding, min/max on these 16 images) is printed, not compared.
     let noise = run_real(
         "efficientnet_lite0",
         "efficientnet_inputs_f32_nchw.npy",

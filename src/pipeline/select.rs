@@ -5,7 +5,8 @@
 //! figures, W8A8 calibration). Candidates: the options as given, then `iterations` 1, 3 and 5,
 //! the other `scaling` rule and `balance` 2 (with equal ranges) on top of them (duplicates of
 //! the given options skipped). The score is the output SQNR of per-tensor symmetric int8
-//! weights against the original FP32 model; ties keep the earlier candidate. Every candidate's figures land in [`crate::report::Selection`].
+//! weights against the original FP32 model; ties keep the earlier candidate. Every candidate's
+//! figures land in [`crate::report::Selection`].
 
 use super::{equalize, Control, SampleInputs};
 use crate::error::{CoreError, Result};
