@@ -472,10 +472,10 @@ fn a_job_over_the_wall_time_limit_is_canceled_and_fails() {
             .problem(409, "job_not_succeeded");
     }
     assert!(server.log().contains("max-job-time"), "{}", server.log());
-    assert!(server
-        .get("/metrics")
-        .text()
-        .contains("cle_jobs_finished_total{state=\"failed\",error_code=\"job_timeout\"} 2"));
+    server.wait_metric(
+        "cle_jobs_finished_total{state=\"failed\",error_code=\"job_timeout\"} 2",
+        Duration::from_secs(10),
+    );
 }
 
 /// Seconds until the server closes `s` (reads until EOF or error), at most `limit`.

@@ -152,12 +152,14 @@ fn mobilenet_multipart_and_raw_match_the_cli_byte_for_byte() {
     let succeeded = server.get("/jobs?state=succeeded").json();
     assert_eq!(succeeded["jobs"].as_array().unwrap().len(), 2);
 
-    let metrics = server.get("/metrics").text();
+    let metrics = server.wait_metric(
+        "cle_jobs_finished_total{state=\"succeeded\",error_code=\"\"} 2",
+        Duration::from_secs(10),
+    );
     assert!(
         metrics.contains("cle_jobs_submitted_total{outcome=\"accepted\"} 2"),
         "{metrics}"
     );
-    assert!(metrics.contains("cle_jobs_finished_total{state=\"succeeded\",error_code=\"\"} 2"));
     assert!(metrics
         .contains("http_requests_total{method=\"POST\",route=\"/equalize\",status=\"202\"} 2"));
 

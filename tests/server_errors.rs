@@ -168,10 +168,10 @@ fn a_broken_model_is_a_failed_job_with_a_problem() {
     server
         .request("POST", &format!("/jobs/{id}/cancel"), &[], b"")
         .problem(409, "job_finished");
-    assert!(server
-        .get("/metrics")
-        .text()
-        .contains("cle_jobs_finished_total{state=\"failed\",error_code=\"invalid_model\"} 1"));
+    server.wait_metric(
+        "cle_jobs_finished_total{state=\"failed\",error_code=\"invalid_model\"} 1",
+        Duration::from_secs(10),
+    );
 }
 
 #[test]

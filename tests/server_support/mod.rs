@@ -187,6 +187,23 @@ impl Server {
             );
         }
     }
+
+    /// The `/metrics` text once it holds `line`. A run's counters are recorded just after its
+    /// job record is written, so a scrape right after a job reads done may not count it yet.
+    pub fn wait_metric(&self, line: &str, limit: Duration) -> String {
+        let t = Instant::now();
+        loop {
+            let text = self.get("/metrics").text();
+            if text.contains(line) {
+                return text;
+            }
+            assert!(
+                t.elapsed() < limit,
+                "no `{line}` after {limit:?} in:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }
 
 fn wait_exit(child: &mut Child, limit: Duration, log: &str) -> ExitStatus {
