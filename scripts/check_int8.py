@@ -116,6 +116,9 @@ def main():
     ap.add_argument("--check-model", nargs="*", default=[])
     ap.add_argument("--tolerance-db", type=float, default=0.5)
     ap.add_argument("--non-vnni-python")
+    ap.add_argument("--mixed-precision", action="store_true",
+                    help="the report lists activations kept on uint16: the QDQ model must carry "
+                         "exactly those, and the overrides name them QUInt16")
     a = ap.parse_args()
     failures = []
     cpu_flags, int32_kernels = cpu()
@@ -180,6 +183,17 @@ def main():
             if not kernels:
                 failures.append("onnxruntime did not fuse the QDQ model into int8 kernels")
             kernels_and_float_ops("qdq.onnx", a.qdq, "qdq.onnx")
+            if a.mixed_precision:
+                qm = onnx.load(a.qdq)
+                inits = {t.name: t for t in qm.graph.initializer}
+                wide = sorted(n.input[0] for n in qm.graph.node if n.op_type == "QuantizeLinear"
+                              and len(n.input) > 2 and n.input[2] in inits
+                              and inits[n.input[2]].data_type == onnx.TensorProto.UINT16)
+                listed = sorted(w["tensor"] for w in (ex.get("mixed_precision") or {}).get("wide", []))
+                print(f"mixed precision: {len(wide)} uint16 quantizers in qdq.onnx, {len(listed)} listed "
+                      f"in the report")
+                if not wide or wide != listed:
+                    failures.append(f"uint16 quantizers {wide[:5]} are not those the report lists {listed[:5]}")
         if a.overrides:
             overrides = load_overrides(a.overrides)
             fp32 = onnx.load(a.fp32)
@@ -212,12 +226,21 @@ def main():
                     "OpTypesToExcludeOutputQuantization": out_ops,
                     "ActivationSymmetric": symmetric_act,
                     "WeightSymmetric": True,
-                    "UseQDQContribOps": act_type == QuantType.QUInt16,
+                    "UseQDQContribOps": act_type == QuantType.QUInt16 or a.mixed_precision,
                 },
             )
             q = onnx.load(out)
             quantized = {n.input[0] for n in q.graph.node if n.op_type == "QuantizeLinear"}
             missing = sorted(t for t in quantized if t not in overrides)
+            if a.mixed_precision:
+                inits = {t.name: t for t in q.graph.initializer}
+                wide16 = {n.input[0] for n in q.graph.node if n.op_type == "QuantizeLinear"
+                          and len(n.input) > 2 and n.input[2] in inits
+                          and inits[n.input[2]].data_type == onnx.TensorProto.UINT16}
+                listed = {w["tensor"] for w in (ex.get("mixed_precision") or {}).get("wide", [])}
+                print(f"quantize_static + TensorQuantOverrides: {len(wide16)} activations on uint16")
+                if not wide16 or not wide16 <= listed:
+                    failures.append(f"overrides put {sorted(wide16)[:5]} on uint16, the report lists {sorted(listed)[:5]}")
             print(f"quantize_static + TensorQuantOverrides: {len(quantized)} quantized activations, "
                   f"{len(missing)} without an override{': ' + ', '.join(missing[:5]) if missing else ''}")
             kernels_and_float_ops("quantize_static + ort_overrides.json", out,

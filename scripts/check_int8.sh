@@ -2,8 +2,8 @@
 # Checks onnx-cle's int8 outputs with onnxruntime, as a user deploying them would:
 #   onnx-cle equalize efficientnet_lite0.onnx -o eq.onnx --deploy-output deploy.onnx \
 #       --qdq-output qdq.onnx --encodings enc.json --ort-overrides ort.json --report r.json ...
-# for three targets/range sources (ort data-free with rounding and bias correction, trt data-free,
-# ort min/max-calibrated), then scripts/check_int8.py: onnx.checker.check_model(full_check=True)
+# for four targets/range sources (ort data-free with rounding and bias correction, trt data-free,
+# ort min/max-calibrated, ort data-free with mixed precision), then scripts/check_int8.py: onnx.checker.check_model(full_check=True)
 # on every model written (exact, deploy, QDQ), the QDQ model in onnxruntime's int8 kernels and the
 # overrides through onnxruntime's own quantize_static, each within 0.5 dB of onnx-cle's simulation
 # in the report (on the 16 shared images); the encodings (1.0.0 and 0.6.1) name only tensors of
@@ -81,4 +81,13 @@ echo "== target ort, min/max calibration on the samples: QDQ, overrides, encodin
 "$venv/bin/python" "$root/scripts/check_int8.py" "$model" "$work/r_mm.json" "$samples" \
     --fp32 "$work/deploy_mm.onnx" --qdq "$work/qdq_mm.onnx" --overrides "$work/ort_mm.json" \
     --encodings "$work/enc061.json" "${elsewhere[@]}"
+echo "== target ort, data-free, mixed precision (5 % of the activation quantizers on uint16):"
+echo "   QDQ, encodings 1.0.0, onnxruntime overrides"
+"$bin" equalize "$model" -o "$work/eq.onnx" "${common[@]}" --mixed-precision 0.05 \
+    --rounding squant --bias-correction analytic --deploy-output "$work/deploy_mp.onnx" \
+    --qdq-output "$work/qdq_mp.onnx" --encodings "$work/enc_mp.json" \
+    --ort-overrides "$work/ort_mp.json" --report "$work/r_mp.json"
+"$venv/bin/python" "$root/scripts/check_int8.py" "$model" "$work/r_mp.json" "$samples" \
+    --fp32 "$work/deploy_mp.onnx" --qdq "$work/qdq_mp.onnx" --overrides "$work/ort_mp.json" \
+    --encodings "$work/enc_mp.json" --mixed-precision "${elsewhere[@]}"
 echo "check_int8: all checks passed"

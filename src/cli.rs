@@ -539,6 +539,9 @@ pub fn equalize(a: EqualizeArgs) -> ExitCode {
         }
         if let Some(e) = &r.exports {
             eprintln!("onnx-cle: QDQ coverage: {}", e.coverage.summary());
+            if let Some(m) = &e.mixed_precision {
+                eprintln!("onnx-cle: mixed precision: {}", m.summary());
+            }
         }
         if let Some(t) = &r.int8 {
             eprintln!("onnx-cle: int8 check: {}", int8_line(t));

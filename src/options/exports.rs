@@ -58,6 +58,13 @@ pub struct ExportOptions {
     /// contains 0, else its middle, unless `deploy.input_mean` says otherwise), from which
     /// layers without BatchNorm statistics get their ranges.
     pub input_range: Option<[f32; 2]>,
+    /// Automatic mixed precision: the share (0 to 1, e.g. `0.05`) of the activation quantizers
+    /// kept on a 16-bit grid (`uint16` QDQ, which onnxruntime and QNN run): those whose
+    /// predicted contribution to the output noise is largest (data-free: each channel's
+    /// rounding noise against its signal power from the statistics). Needs an unsigned 8-bit
+    /// activation grid (`ort`, `qnn`).
+    #[schema(minimum = 0, maximum = 1)]
+    pub mixed_precision: Option<f32>,
 }
 
 impl Default for ExportOptions {
@@ -70,6 +77,7 @@ impl Default for ExportOptions {
             percentile: 99.999,
             quantize_outputs: false,
             input_range: None,
+            mixed_precision: None,
         }
     }
 }
@@ -91,6 +99,13 @@ impl ExportOptions {
             if !(lo.is_finite() && hi.is_finite() && lo < hi) {
                 return Err(crate::error::CoreError::InvalidOptions(
                     "exports.input_range must be two finite numbers lo < hi".into(),
+                ));
+            }
+        }
+        if let Some(s) = self.mixed_precision {
+            if !(s.is_finite() && (0.0..=1.0).contains(&s)) {
+                return Err(crate::error::CoreError::InvalidOptions(
+                    "exports.mixed_precision must be a share between 0 and 1".into(),
                 ));
             }
         }

@@ -261,6 +261,7 @@ pub const FLAGS: &[Flag] = &[
     flag("deploy.bias_correction", "bias_correction", Cli::Value, one_of::<BiasCorrection>()),
     flag("deploy.rounding", "rounding", Cli::Value, one_of::<Rounding>()),
     flag("strict_int8", "strict_int8", Cli::On("strict-int8"), Kind::Bool),
+    flag("exports.mixed_precision", "mixed_precision", shown("mixed-precision", "SHARE"), float(0)),
     query_only("deploy.model", "deploy", Kind::Bool),
     cli_only("deploy.input_mean", named("input-mean"), Kind::Numbers),
 ];

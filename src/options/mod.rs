@@ -381,6 +381,15 @@ impl Options {
             ));
         }
         self.exports.validate()?;
+        if self.exports.mixed_precision.is_some()
+            && self.target.activations().ty != ActivationType::Uint8
+        {
+            return Err(CoreError::InvalidOptions(
+                "exports.mixed_precision keeps activations on uint16 instead of uint8: it needs \
+                 the uint8 activation grid (targets ort and qnn)"
+                    .into(),
+            ));
+        }
         if self.is_aimet() && self.select == Select::Auto {
             return Err(CoreError::InvalidOptions(
                 "select=auto is not an AIMET option (compat=aimet)".into(),

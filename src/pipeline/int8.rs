@@ -119,7 +119,22 @@ pub(super) fn exports(
     };
     let ranges = complete(ranges, &sites);
     ctl.check()?;
-    let requested_plan = sites.finish(&ranges, origin, ex.calibration.name());
+    let (wide, mixed) = match ex.mixed_precision {
+        Some(share) => {
+            let placed: Vec<String> = sites
+                .clone()
+                .finish(&ranges, origin, ex.calibration.name())
+                .activations
+                .into_iter()
+                .map(|a| a.tensor)
+                .collect();
+            let (w, r) =
+                quant::mixed::choose(fp32, &placed, &ranges, stats, target.activations(), share);
+            (w, Some(r))
+        }
+        None => Default::default(),
+    };
+    let requested_plan = sites.finish_mixed(&ranges, origin, ex.calibration.name(), &wide);
     let label = deploy.map_or_else(
         || trust::label(Rounding::Nearest, BiasCorrection::Off),
         |d| trust::label_of(&d.report),
@@ -144,7 +159,12 @@ pub(super) fn exports(
                 }
                 None => Cow::Borrowed(src.equalized),
             };
-            let plan = sites_of(&equalized, None)?.finish(&ranges, origin, ex.calibration.name());
+            let plan = sites_of(&equalized, None)?.finish_mixed(
+                &ranges,
+                origin,
+                ex.calibration.name(),
+                &wide,
+            );
             let written = quant::export::qdq::write(&equalized, &plan)?;
             let bytes = onnx::encode(&written);
             Ok(vec![trust::Candidate {
@@ -170,7 +190,7 @@ pub(super) fn exports(
                 let (r, _, n) = calibrate(&model, &sites, all)?;
                 calibration_samples = n;
                 let ranges = complete(r, &sites);
-                let plan = sites.finish(&ranges, origin, ex.calibration.name());
+                let plan = sites.finish_mixed(&ranges, origin, ex.calibration.name(), &wide);
                 let bytes = onnx::encode(&quant::export::qdq::write(&model, &plan)?);
                 (plan, model, Some(bytes), check)
             }
@@ -278,6 +298,7 @@ pub(super) fn exports(
                 changes: u.changes.clone(),
                 max_rel_diff: *diff,
             }),
+        mixed_precision: mixed,
         files,
         figures: Vec::new(),
     };

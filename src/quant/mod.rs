@@ -21,12 +21,14 @@
 //! data-free rounding onto the grid; [`bias_correction`] the correction for the weight error;
 //! [`deploy`] the deploy model built from them; [`plan`] what an int8 deployment quantizes
 //! (shared by the writers and the simulation), [`calib`] activation ranges from sample inputs,
-//! [`qdq`] the QDQ ONNX model, [`encodings`] AIMET encodings and onnxruntime overrides.
+//! [`qdq`] the QDQ ONNX model, [`encodings`] AIMET encodings and onnxruntime overrides;
+//! [`mixed`] which activations mixed precision keeps on 16 bits.
 
 pub mod calib;
 pub mod deploy;
 pub mod export;
 pub mod kernels;
+pub mod mixed;
 pub mod plan;
 pub mod sim;
 pub mod table;

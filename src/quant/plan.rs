@@ -64,8 +64,10 @@ pub struct ActivationQuant {
     pub lo: f32,
     /// Upper end of the range.
     pub hi: f32,
-    /// Scale and zero point on the target's activation grid.
+    /// Scale and zero point on `grid`.
     pub params: ActivationParams,
+    /// Its grid: the target's activation grid, or its 16-bit version under mixed precision.
+    pub grid: ActivationGrid,
     /// Where the range came from.
     pub origin: RangeOrigin,
     /// For `tied`: the `Min` output; for `shared`: the input tensor.
@@ -572,7 +574,20 @@ impl Sites {
         origin: RangeOrigin,
         ranges_name: &str,
     ) -> QuantPlan {
-        let grid = self.target.activations();
+        self.finish_mixed(ranges, origin, ranges_name, &HashSet::new())
+    }
+
+    /// [`Sites::finish`] with the quantizers of `wide` (and the tensors sharing their
+    /// parameters) on the 16-bit version of the target's activation grid
+    /// ([`ActivationGrid::wide`]).
+    pub fn finish_mixed(
+        self,
+        ranges: &HashMap<String, (f32, f32)>,
+        origin: RangeOrigin,
+        ranges_name: &str,
+        wide: &HashSet<String>,
+    ) -> QuantPlan {
+        let target_grid = self.target.activations();
         let mut left = self.left_float;
         let first_act_float = left.len();
         let mut params: HashMap<String, ActivationQuant> = HashMap::new();
@@ -609,6 +624,11 @@ impl Sites {
                 dropped.insert(site.tensor.clone());
                 continue;
             };
+            let grid = if wide.contains(&site.tensor) {
+                target_grid.wide()
+            } else {
+                target_grid
+            };
             params.insert(
                 site.tensor.clone(),
                 ActivationQuant {
@@ -616,6 +636,7 @@ impl Sites {
                     lo,
                     hi,
                     params: grid.params(lo, hi),
+                    grid,
                     origin,
                     from,
                     folded: None,
@@ -628,7 +649,7 @@ impl Sites {
             let (Some(r), Some(a)) = (&site.removable, params.get(&site.tensor)) else {
                 continue;
             };
-            if params.contains_key(&r.input) && saturation_covers(&grid, a.params, r.lo, r.hi) {
+            if params.contains_key(&r.input) && saturation_covers(&a.grid, a.params, r.lo, r.hi) {
                 params.remove(&r.input);
                 if let Some(a) = params.get_mut(&site.tensor) {
                     a.folded = Some(r.node);

@@ -151,11 +151,10 @@ pub fn plan_model(model: &ModelProto, plan: &QuantPlan) -> Result<ModelProto, St
             }
         }
     }
-    let grid = plan.target.activations();
     let points = plan
         .activations
         .iter()
-        .map(|a| (a.tensor.clone(), FakeQuant::on(grid, a.params)))
+        .map(|a| (a.tensor.clone(), FakeQuant::on(a.grid, a.params)))
         .collect();
     Ok(with_fake_quant(&m, &points))
 }

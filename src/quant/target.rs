@@ -406,6 +406,18 @@ impl ActivationGrid {
         ActivationParams { scale, zero_point }
     }
 
+    /// The 16-bit grid mixed precision keeps an activation on: `uint16` for `uint8` (same
+    /// symmetry); other grids have no wider type here and stay as they are.
+    pub fn wide(self) -> ActivationGrid {
+        match self.ty {
+            ActivationType::Uint8 => ActivationGrid {
+                ty: ActivationType::Uint16,
+                ..self
+            },
+            _ => self,
+        }
+    }
+
     /// Quantize-dequantizes one value with `p`.
     pub fn fake_quant(&self, x: f32, p: ActivationParams) -> f32 {
         let (qmin, qmax) = self.levels();

@@ -814,6 +814,10 @@ pub struct Exports {
     /// `QuantizeLinear` opset 10), when the model declared an older one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub opset_upgrade: Option<OpsetUpgrade>,
+    /// Automatic mixed precision (`exports.mixed_precision`): the activations kept on 16 bits
+    /// and what that is predicted to buy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mixed_precision: Option<MixedPrecision>,
     /// The files written.
     pub files: Vec<ExportFile>,
     /// Logits figures against the original FP32 model (with sample inputs or `quant.end_to_end`).
@@ -893,6 +897,50 @@ pub struct OpsetUpgrade {
     /// were at hand or tract could not run one of them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_rel_diff: Option<f64>,
+}
+
+/// What automatic mixed precision kept on 16 bits (model: `quant::mixed`). The measured
+/// figures are the QDQ model's own (`figures`, with sample inputs or `quant.end_to_end`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct MixedPrecision {
+    /// The share of the activation quantizers allowed on 16 bits.
+    pub share: f32,
+    /// Activation quantizers in the plan.
+    pub quantizers: usize,
+    /// Of those, the ones without statistics to predict their noise (never chosen).
+    pub unranked: usize,
+    /// Predicted gain in output SQNR (dB) of keeping `wide` on 16 bits, against every
+    /// activation on 8 bits (a relative figure: the model ranks, its absolute level is not
+    /// calibrated).
+    #[serde(deserialize_with = "nonfinite::f64")]
+    #[schema(value_type = Option<f64>, required = true)]
+    pub predicted_gain_db: f64,
+    /// The activations kept on 16 bits, by value chain, the noisiest chain first.
+    pub wide: Vec<WideActivation>,
+}
+
+impl MixedPrecision {
+    /// One line: how many quantizers are on 16 bits, the budget, the predicted gain.
+    pub fn summary(&self) -> String {
+        format!(
+            "{} of {} activation quantizers on uint16 (budget {:.1} %), predicted {:+.1} dB; \
+             the list is in the report",
+            self.wide.len(),
+            self.quantizers,
+            100.0 * f64::from(self.share),
+            self.predicted_gain_db
+        )
+    }
+}
+
+/// One activation kept on 16 bits.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct WideActivation {
+    /// Tensor name.
+    pub tensor: String,
+    /// Its value chain's share of the predicted 8-bit activation noise (the quantizers of one
+    /// chain re-apply one grid and are kept wide together).
+    pub noise_share: f64,
 }
 
 /// A tensor left in float, and why.

@@ -68,12 +68,12 @@ type Entry = (String, Vec<Enc>, bool);
 
 /// The entries of every activation, then of every weight.
 fn entries(plan: &QuantPlan) -> (Vec<Entry>, Vec<Entry>) {
-    let a = plan.target.activations();
-    let bw = activation_bits(a.ty);
     let acts = plan
         .activations
         .iter()
         .map(|x| {
+            let a = x.grid;
+            let bw = activation_bits(a.ty);
             let offset = if a.symmetric {
                 -(1i64 << (bw - 1))
             } else {
@@ -171,14 +171,13 @@ pub fn aimet(plan: &QuantPlan, version: EncodingsVersion) -> Value {
 
 /// onnxruntime `TensorQuantOverrides` of `plan`.
 pub fn ort_overrides(plan: &QuantPlan) -> Value {
-    let a = plan.target.activations();
-    let act_type = match (a.ty, a.symmetric) {
-        (ActivationType::Uint8, _) => "QUInt8",
-        (ActivationType::Int8, _) => "QInt8",
-        (ActivationType::Uint16, _) => "QUInt16",
-    };
     let mut out = Map::new();
     for x in &plan.activations {
+        let act_type = match x.grid.ty {
+            ActivationType::Uint8 => "QUInt8",
+            ActivationType::Int8 => "QInt8",
+            ActivationType::Uint16 => "QUInt16",
+        };
         out.insert(
             x.tensor.clone(),
             json!([{

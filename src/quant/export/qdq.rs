@@ -113,13 +113,14 @@ pub fn write(model: &ModelProto, plan: &QuantPlan) -> Result<ModelProto> {
              model declares opset {opset}: use a per-tensor target or re-export the model"
         )));
     }
-    let act = plan.target.activations();
-    let (zp_type, act_domain) = match act.ty {
+    // Per activation (mixed precision): the zero point's type and the Q/DQ ops' domain.
+    let act_type = |ty: ActivationType| match ty {
         ActivationType::Uint8 => (DataType::Uint8, ""),
         ActivationType::Int8 => (DataType::Int8, ""),
         ActivationType::Uint16 if opset >= 21 => (DataType::Uint16, ""),
         ActivationType::Uint16 => (DataType::Uint16, "com.microsoft"),
     };
+    let mut domains: Vec<&str> = Vec::new();
     let mut work = Work::new(model.clone())?;
     let mut m = model.clone();
     let g = m.graph.as_mut().expect("Work::new checked the graph");
@@ -226,6 +227,10 @@ pub fn write(model: &ModelProto, plan: &QuantPlan) -> Result<ModelProto> {
     let mut rename: HashMap<String, String> = HashMap::new();
     for a in &plan.activations {
         let t = &a.tensor;
+        let (zp_type, act_domain) = act_type(a.grid.ty);
+        if !act_domain.is_empty() && !domains.contains(&act_domain) {
+            domains.push(act_domain);
+        }
         let producer = attach.get(t).copied().or_else(|| index.producer(t));
         let s = names.fresh(&format!("{t}_scale"));
         let z = names.fresh(&format!("{t}_zero_point"));
@@ -296,11 +301,13 @@ pub fn write(model: &ModelProto, plan: &QuantPlan) -> Result<ModelProto> {
     }
     g.node = nodes;
     g.value_info.retain(|v| !dropped_tensors.contains(v.name()));
-    if !act_domain.is_empty() && !m.opset_import.iter().any(|o| o.domain() == act_domain) {
-        m.opset_import.push(OperatorSetIdProto {
-            domain: Some(act_domain.to_string()),
-            version: Some(1),
-        });
+    for act_domain in domains {
+        if !m.opset_import.iter().any(|o| o.domain() == act_domain) {
+            m.opset_import.push(OperatorSetIdProto {
+                domain: Some(act_domain.to_string()),
+                version: Some(1),
+            });
+        }
     }
     set_metadata(&mut m, META_TARGET, &plan.target.describe());
     set_metadata(&mut m, META_RANGES, &plan.ranges);

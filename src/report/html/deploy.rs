@@ -259,6 +259,24 @@ pub(super) fn exports(o: &mut String, e: &Exports) {
         }
         o.push_str("</tbody></table>\n");
     }
+    if let Some(m) = &e.mixed_precision {
+        w!(
+            o,
+            "<details><summary>Mixed precision: {}</summary><div class=\"body\"><table><thead>\
+             <tr><th>Tensor on uint16</th><th>Its chain's share of the predicted noise</th></tr>\
+             </thead><tbody>",
+            esc(&m.summary())
+        );
+        for a in &m.wide {
+            w!(
+                o,
+                "<tr><td>{}</td><td>{:.1} %</td></tr>",
+                esc(&a.tensor),
+                100.0 * a.noise_share
+            );
+        }
+        o.push_str("</tbody></table></div></details>\n");
+    }
     if let Some(u) = &e.opset_upgrade {
         w!(
             o,
