@@ -8,8 +8,10 @@
 #                 (`noise` for per-tensor weights) and with `--scaling equal-ranges`; the
 #                 per-channel data-free row with its default (`equal-ranges`) and with
 #                 `--scaling noise` (README: Scaling rule)
+#   mixed-precision  per-tensor QDQ, data-free, without and with `--mixed-precision 0.05`
+#                 (README: Mixed precision)
 #
-# Usage: scripts/eval/tune_split.sh weight-types|scaling [--model NAME]...   (default: all five)
+# Usage: scripts/eval/tune_split.sh weight-types|scaling|mixed-precision [--model NAME]...   (default: all five)
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 case "${1:-}" in
@@ -20,7 +22,9 @@ case "${1:-}" in
         rows=("QDQ per-tensor, data-free" "QDQ per-tensor, data-free, --scaling equal-ranges"
               "QDQ per-tensor, --samples minmax" "QDQ per-tensor, --samples minmax, --scaling equal-ranges"
               "QDQ per-channel, data-free" "QDQ per-channel, data-free, --scaling noise") ;;
-    *) echo "usage: $0 weight-types|scaling [--model NAME]..." >&2; exit 2 ;;
+    mixed-precision)
+        rows=("QDQ per-tensor, data-free" "QDQ per-tensor, data-free, --mixed-precision 0.05") ;;
+    *) echo "usage: $0 weight-types|scaling|mixed-precision [--model NAME]..." >&2; exit 2 ;;
 esac
 shift
 only=()

@@ -592,20 +592,6 @@ impl WeightLayout {
             .fold(0f32, |acc, r| acc + r.iter().fold(0f32, |acc, v| acc + v))
     }
 
-    /// `Σ_o Σ_k W[o, i, k]²` per input channel `i`: the gain from the power of input channel
-    /// `i` (or of independent noise on it) to the summed output power.
-    pub fn in_energy(&self, w: &[f32]) -> Vec<f64> {
-        self.check(w);
-        let mut e = vec![0f64; self.in_ch];
-        self.for_each_block(|s, _, i| {
-            e[i] += w[s..s + self.k]
-                .iter()
-                .map(|&v| f64::from(v) * f64::from(v))
-                .sum::<f64>();
-        });
-        e
-    }
-
     /// `y[o] = Σ_i (Σ_k W[o, i, k]) · x[i]`: the effect of adding `x` to every input position
     /// (ignoring padding). For a depthwise layer this is the element-wise product AIMET uses.
     pub fn kernel_sum_times(&self, w: &[f32], x: &[f32]) -> Vec<f32> {

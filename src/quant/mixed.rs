@@ -10,7 +10,8 @@
 //! BatchNorm folded). The fluctuation, not `E[y_o²]`: the next normalisation removes the mean,
 //! and what the following layers tell apart is the variation. The layer's ratio is the mean over
 //! its output channels of `min(1, noise_o / Var[y_o])`, averaged over the layers reading the
-//! tensor; a tensor no layer reads (or whose reader has no statistics) is judged against its own
+//! tensor. A value chain ([`chains`]) takes the largest ratio of its tensors a layer reads; a
+//! chain no layer reads (or whose readers have no statistics) is judged against its tensors' own
 //! per-channel variance. A layer whose channels each see one input channel (the depthwise conv
 //! after a stem) cannot average the noise of a quiet channel away, and this ratio is where it
 //! shows. Quantizers on one value chain ([`chains`]) re-apply one grid and are ranked and kept
@@ -51,14 +52,15 @@ fn mean_ratio(noise: f64, e: &[f64], v: &[f32]) -> Option<f64> {
 }
 
 /// Predicted noise-to-signal ratio of each of `tensors` of `model` quantized on `grid` over
-/// its range (the module's model); `None` for a tensor without range or statistics.
+/// its range (the module's model), and whether a layer reading it judged it (`false`: against
+/// its own variance); `None` for a tensor without range or statistics.
 pub fn noise_to_signal(
     model: &ModelProto,
     tensors: &[String],
     ranges: &HashMap<String, (f32, f32)>,
     stats: Option<&ActivationStats>,
     grid: ActivationGrid,
-) -> Vec<(String, Option<f64>)> {
+) -> Vec<(String, Option<(f64, bool)>)> {
     let mut work = Work::new(model.clone()).ok();
     tensors
         .iter()
@@ -93,12 +95,12 @@ pub fn noise_to_signal(
                     seen.extend(mean_ratio(noise, &gain, &out.var()));
                 }
             }
-            let nsr = if seen.is_empty() {
-                mean_ratio(noise, &[1.0], &own.var()).unwrap_or(0.0)
+            let judged = if seen.is_empty() {
+                (mean_ratio(noise, &[1.0], &own.var()).unwrap_or(0.0), false)
             } else {
-                seen.iter().sum::<f64>() / seen.len() as f64
+                (seen.iter().sum::<f64>() / seen.len() as f64, true)
             };
-            (t.clone(), Some(nsr))
+            (t.clone(), Some(judged))
         })
         .collect()
 }
@@ -186,16 +188,25 @@ pub fn choose(
     grid: ActivationGrid,
     share: f32,
 ) -> (HashSet<String>, MixedPrecision) {
-    let nsr: HashMap<String, Option<f64>> = noise_to_signal(model, tensors, ranges, stats, grid)
-        .into_iter()
-        .collect();
+    let nsr: HashMap<String, Option<(f64, bool)>> =
+        noise_to_signal(model, tensors, ranges, stats, grid)
+            .into_iter()
+            .collect();
     let unranked = nsr.values().filter(|n| n.is_none()).count();
+    // A chain is judged where a layer reads it; against its own variance only when no layer
+    // reads any of its tensors.
     let mut ranked: Vec<(Vec<String>, f64)> = chains(model, tensors)
         .into_iter()
         .filter_map(|c| {
-            let worst = c
+            let judged: Vec<(f64, bool)> = c
                 .iter()
                 .filter_map(|t| nsr.get(t).copied().flatten())
+                .collect();
+            let at_layer = judged.iter().any(|j| j.1);
+            let worst = judged
+                .iter()
+                .filter(|j| j.1 == at_layer)
+                .map(|j| j.0)
                 .max_by(f64::total_cmp)?;
             Some((c, worst))
         })
