@@ -381,6 +381,14 @@ impl Options {
             ));
         }
         self.exports.validate()?;
+        let ex = &self.exports;
+        if ex.mixed_precision.is_some() && !(ex.qdq || ex.encodings.is_some() || ex.ort_overrides) {
+            return Err(CoreError::InvalidOptions(
+                "exports.mixed_precision shapes the int8 outputs, and none is asked for (qdq, \
+                 encodings or ort_overrides; --qdq-output, --encodings, --ort-overrides)"
+                    .into(),
+            ));
+        }
         if self.exports.mixed_precision.is_some()
             && self.target.activations().ty != ActivationType::Uint8
         {
@@ -459,5 +467,23 @@ mod tests {
             ..Options::aimet()
         };
         assert!(aimet_noise.normalized().is_err());
+    }
+
+    #[test]
+    fn mixed_precision_needs_an_int8_output_and_the_uint8_grid() {
+        let with = |qdq: bool, preset: TargetPreset| {
+            let mut o = Options::default();
+            o.exports.mixed_precision = Some(0.05);
+            o.exports.qdq = qdq;
+            o.target.preset = preset;
+            o.normalized().map(|_| ())
+        };
+        assert!(with(true, TargetPreset::Ort).is_ok());
+        assert!(with(false, TargetPreset::Ort).is_err());
+        assert!(with(true, TargetPreset::Trt).is_err());
+        let mut share = Options::default();
+        share.exports.qdq = true;
+        share.exports.mixed_precision = Some(1.5);
+        assert!(share.normalized().is_err());
     }
 }
