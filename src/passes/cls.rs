@@ -668,6 +668,33 @@ impl Track {
         self.layer.layout.scaled_sumsq(w, &self.fo, &self.fi)
     }
 
+    /// [`Track::energy`] with each output channel `o` weighted by `1 / σ_o²`, the spread of the
+    /// layer's output from its folded BN (`out`): the noise each output channel receives
+    /// relative to its own fluctuation ([`Grids::per_fluctuation`]). `σ_o·fo_o` is the current
+    /// output's spread, so the weight of the scaled weight `fo_o·W[o]` is `1/σ_o` whatever
+    /// `fo`. Unweighted when `out` does not match the layer's output channels.
+    fn energy_per_fluctuation(
+        &self,
+        w: &[f32],
+        out: &Activation,
+    ) -> crate::graph::layout::ChannelEnergy {
+        let mut e = self.energy(w);
+        if out.sigma.len() != self.fo.len()
+            || out.sigma.iter().any(|s| !(s.is_finite() && *s > 0.0))
+        {
+            return e;
+        }
+        let fo: Vec<f32> = out.sigma.iter().map(|&s| 1.0 / s).collect();
+        let weighted = self.layer.layout.scaled_sumsq(w, &fo, &self.fi);
+        for (i, count) in e.in_count.iter_mut().enumerate() {
+            if e.inp[i] > 0.0 {
+                *count *= weighted.inp[i] / e.inp[i];
+            }
+        }
+        e.inp = weighted.inp;
+        e
+    }
+
     fn in_ranges(&self) -> Vec<f32> {
         match &self.maxima {
             Some(m) => self.layer.layout.scaled_in_ranges(m, &self.fo, &self.fi),
@@ -983,7 +1010,12 @@ fn noise_step(
         if w1.is_empty() || w2.is_empty() {
             continue;
         }
-        let (e1, e2) = (tracks[m[p]].energy(w1), tracks[m[p + 1]].energy(w2));
+        let e1 = tracks[m[p]].energy(w1);
+        let out = acts.get(p + 1).and_then(|a| a.as_ref());
+        let e2 = match out.filter(|_| grids.per_fluctuation) {
+            Some(out) => tracks[m[p + 1]].energy_per_fluctuation(w2, out),
+            None => tracks[m[p + 1]].energy(w2),
+        };
         let r1 = tracks[m[p]].out_ranges();
         let r2 = tracks[m[p + 1]].in_ranges();
         let pair = Pair {
@@ -1012,8 +1044,8 @@ fn noise_step(
     steps
 }
 
-/// `scaling = noise` for one set: the target's grids, the activation of every pair (when it has
-/// statistics) and the set's cumulative factors.
+/// `scaling = noise` for one set: the target's grids, the output of every layer (when it has
+/// statistics: pair `p`'s activation is layer `p`'s output) and the set's cumulative factors.
 type NoiseSet<'a> = (&'a Grids, &'a [Option<Activation>], &'a [Vec<f32>]);
 
 fn mul(f: &mut [f32], by: &[f32]) {
@@ -1306,12 +1338,13 @@ fn activation_ranges(cx: &Ctx, set: &Set) -> Vec<Option<Vec<f32>>> {
         .collect()
 }
 
-/// `scaling = noise`: the activation of every pair of a set as `clamp(N(β, σ²), lo, hi)` from
-/// the BN folded backward into layer 1 (`σ` from its running variance), clamped by a `Relu`
-/// (`[0, ∞)`) or a crossed ReLU6 (`[0, 6]`) between the layers. `None` without BN statistics
-/// or across an op the clamp form does not describe (`LeakyRelu`, `PRelu`).
+/// `scaling = noise`: the output of every layer of a set as `clamp(N(β, σ²), lo, hi)` from
+/// the BN folded backward into it (`σ` from its running variance), clamped by a `Relu`
+/// (`[0, ∞)`) or a crossed ReLU6 (`[0, 6]`) before the next layer (the last layer's output is
+/// not clamped here: only its `σ` is read). `None` without BN statistics or across an op the
+/// clamp form does not describe (`LeakyRelu`, `PRelu`).
 fn activations(cx: &Ctx, set: &Set) -> Vec<Option<Activation>> {
-    (0..set.layers.len() - 1)
+    (0..set.layers.len())
         .map(|p| {
             let label = cx.work.label(set.layers[p].node);
             let bn = cx.state.bn_stats.get(label)?;
@@ -1320,7 +1353,7 @@ fn activations(cx: &Ctx, set: &Set) -> Vec<Option<Activation>> {
                 return None;
             }
             let (mut lo, mut hi) = (f32::NEG_INFINITY, f32::INFINITY);
-            for &t in &set.throughs[p] {
+            for &t in set.throughs.get(p).map_or(&[][..], |v| v.as_slice()) {
                 match cx.work.node(t).op_type() {
                     "Relu" => lo = lo.max(0.0),
                     "Clip" => (lo, hi) = (lo.max(0.0), hi.min(6.0)),
@@ -1352,6 +1385,7 @@ fn target_grids(cx: &Ctx) -> Grids {
         weight_levels: w.half_span(),
         per_channel: w.granularity == crate::options::Granularity::PerChannel,
         activation_levels: levels,
+        per_fluctuation: cx.opts.exports.mixed_precision.is_some(),
     }
 }
 

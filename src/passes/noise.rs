@@ -5,7 +5,11 @@
 //! keeps its function; what changes is the noise of three grids: `W1`'s weights (per tensor or
 //! per output channel), the per-tensor activation grid of `a`, and `W2`'s weights. In the units
 //! of the pair before the step, with `q1_i = ‖W1[i]‖²`, `q2_i = ‖W2[:, i]‖²` and `n1_i`, `n2_i`
-//! their weight counts:
+//! their weight counts (under mixed precision, [`Grids::per_fluctuation`], `q2_i` and `n2_i`
+//! weight each output channel `o` of `W2` by `1/σ_o²`, `σ_o` the spread of that channel from the
+//! BN folded into `W2`: `J` then counts the noise each output channel receives relative to its
+//! own fluctuation, which the next normalisation keeps, as `crate::quant::mixed` judges
+//! activations; chosen on the tuning split, README: Mixed precision):
 //!
 //! ```text
 //! J(t) = Σ_i q2_i·t_i²·(e1_i·σ_i²/q1_i·ρ_i + min(δa²/12, E[a_i²]/t_i²))   W1 and a, through W2
@@ -116,6 +120,9 @@ pub struct Grids {
     pub per_channel: bool,
     /// Activation levels (256 for 8 bits).
     pub activation_levels: f32,
+    /// Count the noise each output channel of `W2` receives relative to its own fluctuation
+    /// (module docs); set under mixed precision.
+    pub per_fluctuation: bool,
 }
 
 /// A pair as it is now (before the step): `W1`'s per-output-channel ranges, squared norms and
@@ -131,9 +138,9 @@ pub struct Pair<'a> {
     pub n1: &'a [f64],
     /// `max |W2[:, i]|`.
     pub r2: &'a [f32],
-    /// `‖W2[:, i]‖²`.
+    /// `‖W2[:, i]‖²` (weighted per output channel under [`Grids::per_fluctuation`]).
     pub q2: &'a [f64],
-    /// Weights in `W2[:, i]`.
+    /// Weights in `W2[:, i]` (weighted alike).
     pub n2: &'a [f64],
     /// Cumulative factor of the activation so far.
     pub prev: &'a [f32],
@@ -396,6 +403,7 @@ mod tests {
             weight_levels: 15.0,
             per_channel: false,
             activation_levels: 32.0,
+            per_fluctuation: false,
         };
         let mut r1 = vec![0f32; C];
         let mut q1 = vec![0f64; C];
