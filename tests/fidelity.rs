@@ -217,6 +217,44 @@ fn noise_scaling_keeps_efficientnet_lite0() {
 }
 
 #[test]
+fn mixed_precision_noise_step_keeps_efficientnet_lite0_and_moves_the_scales() {
+    // Under mixed precision the noise step weights each output channel of W2 by its
+    // fluctuation: other scales, the same FP32 function.
+    let Some(models) = common::shared_models("fidelity") else {
+        return;
+    };
+    let model = common::load(&models.join("efficientnet_lite0.onnx"));
+    let run = |mixed: Option<f32>| {
+        let mut opts = Options::default();
+        opts.quant.w8a8 = false;
+        opts.exports.qdq = true;
+        opts.exports.input_range = Some([-1.0, 1.0]);
+        opts.exports.mixed_precision = mixed;
+        common::run_verified(&model, &opts).1
+    };
+    let (plain, mixed) = (run(None), run(Some(0.05)));
+    check("efficientnet_lite0 noise, mixed precision", &mixed);
+    assert!(!mixed.function_changed);
+    let scales = |r: &Report| -> Vec<f32> {
+        r.cls_sets
+            .iter()
+            .flat_map(|s| s.pairs.iter().flat_map(|p| p.scale.clone()))
+            .collect()
+    };
+    let (a, b) = (scales(&plain), scales(&mixed));
+    assert_eq!(a.len(), b.len());
+    assert!(
+        a.iter().zip(&b).any(|(x, y)| (x / y - 1.0).abs() > 1e-3),
+        "the fluctuation weighting changed no scale"
+    );
+    let wide = mixed
+        .exports
+        .as_ref()
+        .and_then(|e| e.mixed_precision.as_ref());
+    assert!(wide.is_some_and(|m| !m.wide.is_empty() && m.wide.len() <= 5));
+}
+
+#[test]
 fn depthwise_multiplier_two_is_paired() {
     let mut b = ModelBuilder::new(13).seed(62);
     let x = b.batched_input("x", "N", &[4, 8, 8]);
