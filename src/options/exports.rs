@@ -59,10 +59,11 @@ pub struct ExportOptions {
     /// layers without BatchNorm statistics get their ranges.
     pub input_range: Option<[f32; 2]>,
     /// Automatic mixed precision: the share (0 to 1, e.g. `0.05`) of the activation quantizers
-    /// kept on a 16-bit grid (`uint16` QDQ, which onnxruntime and QNN run): those whose
-    /// predicted contribution to the output noise is largest (data-free: each channel's
-    /// rounding noise against its signal power from the statistics). Needs an unsigned 8-bit
-    /// activation grid (`ort`, `qnn`).
+    /// kept on a 16-bit grid (`uint16` QDQ, which onnxruntime and QNN run): whole value chains,
+    /// those whose predicted noise is largest (data-free: the rounding noise each output channel
+    /// of the reading layer receives against that channel's variance from the statistics); the
+    /// noise step of `scaling = noise` then judges its pairs the same way. Needs an int8 output
+    /// and an unsigned 8-bit activation grid (`ort`, `qnn`).
     #[schema(minimum = 0, maximum = 1)]
     pub mixed_precision: Option<f32>,
 }

@@ -382,21 +382,21 @@ impl Options {
         }
         self.exports.validate()?;
         let ex = &self.exports;
-        if ex.mixed_precision.is_some() && !(ex.qdq || ex.encodings.is_some() || ex.ort_overrides) {
-            return Err(CoreError::InvalidOptions(
-                "exports.mixed_precision shapes the int8 outputs, and none is asked for (qdq, \
-                 encodings or ort_overrides; --qdq-output, --encodings, --ort-overrides)"
-                    .into(),
-            ));
-        }
-        if self.exports.mixed_precision.is_some()
-            && self.target.activations().ty != ActivationType::Uint8
-        {
-            return Err(CoreError::InvalidOptions(
-                "exports.mixed_precision keeps activations on uint16 instead of uint8: it needs \
-                 the uint8 activation grid (targets ort and qnn)"
-                    .into(),
-            ));
+        if ex.mixed_precision.is_some() {
+            if !(ex.qdq || ex.encodings.is_some() || ex.ort_overrides) {
+                return Err(CoreError::InvalidOptions(
+                    "exports.mixed_precision shapes the int8 outputs, and none is asked for (qdq, \
+                     encodings or ort_overrides; --qdq-output, --encodings, --ort-overrides)"
+                        .into(),
+                ));
+            }
+            if self.target.activations().ty != ActivationType::Uint8 {
+                return Err(CoreError::InvalidOptions(
+                    "exports.mixed_precision keeps activations on uint16 instead of uint8: it \
+                     needs the uint8 activation grid (targets ort and qnn)"
+                        .into(),
+                ));
+            }
         }
         if self.is_aimet() && self.select == Select::Auto {
             return Err(CoreError::InvalidOptions(

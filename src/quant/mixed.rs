@@ -54,7 +54,7 @@ fn mean_ratio(noise: f64, e: &[f64], v: &[f32]) -> Option<f64> {
 /// Predicted noise-to-signal ratio of each of `tensors` of `model` quantized on `grid` over
 /// its range (the module's model), and whether a layer reading it judged it (`false`: against
 /// its own variance); `None` for a tensor without range or statistics.
-pub fn noise_to_signal(
+fn noise_to_signal(
     model: &ModelProto,
     tensors: &[String],
     ranges: &HashMap<String, (f32, f32)>,
