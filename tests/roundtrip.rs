@@ -50,6 +50,20 @@ fn shared_models_round_trip_byte_identically() {
         let mut written = Vec::new();
         stream.write_to(&mut written).unwrap();
         assert!(written == bytes, "{}: streamed bytes differ", f.display());
+        // Through the atomic file writer (vectored writes of at most WRITE_BATCH bytes, each
+        // handed to the disk as it is written): the same bytes on disk.
+        let path = std::env::temp_dir().join(format!(
+            "onnx-cle-roundtrip-{}-{}",
+            std::process::id(),
+            f.file_name().unwrap().to_string_lossy()
+        ));
+        onnx::write::write_atomic(&path, |w| stream.write_to(w)).unwrap();
+        assert!(
+            std::fs::read(&path).unwrap() == bytes,
+            "{}: the written file differs",
+            f.display()
+        );
+        std::fs::remove_file(&path).unwrap();
         let map = mapped.as_ptr_range();
         let borrowed: usize = stream
             .slices()

@@ -20,18 +20,23 @@
 
 use crate::onnx::tensor::F32Tensor;
 
-/// Squared norms and weight counts per output and per input channel
+/// The channels a per-channel figure is taken over: a weight's output or input channels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// Output channels (`W[o]`).
+    Out,
+    /// Input channels (`W[:, i]`).
+    In,
+}
+
+/// Squared norms and weight counts per channel of one [`Side`]
 /// ([`WeightLayout::scaled_sumsq`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ChannelEnergy {
-    /// `‖W[o]‖²` per output channel.
-    pub out: Vec<f64>,
-    /// `‖W[:, i]‖²` per input channel.
-    pub inp: Vec<f64>,
-    /// Weights per output channel.
-    pub out_count: Vec<f64>,
-    /// Weights per input channel.
-    pub in_count: Vec<f64>,
+    /// `‖W[o]‖²` per output channel or `‖W[:, i]‖²` per input channel.
+    pub energy: Vec<f64>,
+    /// Weights in each.
+    pub count: Vec<f64>,
 }
 
 /// The operator family a weight belongs to.
@@ -444,29 +449,67 @@ impl WeightLayout {
         w.chunks_exact(self.k).map(row_max).collect()
     }
 
-    /// `‖W'[o]‖²` per output channel and `‖W'[:, i]‖²` per input channel of
-    /// `W'[o, i, …] = fo[o]·fi[i]·W[o, i, …]`, from `W` itself (each stored block's sum of
-    /// squares, `Σ_k w[a, b', k…]²` in f32, times its factors squared), with the number of
-    /// weights in each. Nothing the size of `W` is allocated.
-    pub fn scaled_sumsq(&self, w: &[f32], fo: &[f32], fi: &[f32]) -> ChannelEnergy {
+    /// `‖W'[o]‖²` per output channel (`Side::Out`) or `‖W'[:, i]‖²` per input channel
+    /// (`Side::In`) of `W'[o, i, …] = fo[o]·fi[i]·W[o, i, …]`, from `W` itself (each stored
+    /// block's sum of squares, `Σ_k w[a, b', k…]²` in f32, times its factors squared, summed in
+    /// f64 in storage order), with the number of weights in each. Nothing the size of `W` is
+    /// allocated; one side costs about half of both.
+    pub fn scaled_sumsq(&self, w: &[f32], fo: &[f32], fi: &[f32], side: Side) -> ChannelEnergy {
         self.check(w);
         let kk = self.k.max(1);
-        let mut e = ChannelEnergy {
-            out: vec![0.0; self.out_ch],
-            inp: vec![0.0; self.in_ch],
-            out_count: vec![0.0; self.out_ch],
-            in_count: vec![0.0; self.in_ch],
+        let n = match side {
+            Side::Out => self.out_ch,
+            Side::In => self.in_ch,
         };
-        let k = self.k as f64;
-        self.for_each_block_index(|s, o, i| {
+        let mut energy = vec![0.0; n];
+        let mut count = vec![0.0; n];
+        let block = |s: usize, o: usize, i: usize| -> f64 {
             let q: f32 = w[s * kk..(s + 1) * kk].iter().map(|v| v * v).sum();
-            let v = f64::from(q) * f64::from(fo[o] * fi[i]).powi(2);
-            e.out[o] += v;
-            e.inp[i] += v;
-            e.out_count[o] += k;
-            e.in_count[i] += k;
+            f64::from(q) * f64::from(fo[o] * fi[i]).powi(2)
+        };
+        match (self.row_blocks(), side) {
+            // Row `o` holds output channel `o`'s blocks in input order: one running sum per row.
+            (Some(per_group), Side::Out) => {
+                for (o, e) in energy.iter_mut().enumerate() {
+                    let base = (o / per_group) * self.b;
+                    let mut acc = 0.0;
+                    for ib in 0..self.b {
+                        acc += block(o * self.b + ib, o, base + ib);
+                    }
+                    *e = acc;
+                }
+            }
+            // A one-element block's sum of squares is its square: the loop vectorizes.
+            (Some(per_group), Side::In) if kk == 1 => {
+                for (o, row) in w.chunks_exact(self.b).enumerate() {
+                    let base = (o / per_group) * self.b;
+                    let g = fo[o];
+                    let cols = energy[base..base + self.b].iter_mut();
+                    for (e, (&x, &f)) in cols.zip(row.iter().zip(&fi[base..base + self.b])) {
+                        *e += f64::from(x * x) * f64::from(g * f).powi(2);
+                    }
+                }
+            }
+            (Some(per_group), Side::In) => {
+                for o in 0..self.a {
+                    let base = (o / per_group) * self.b;
+                    for (ib, e) in energy[base..base + self.b].iter_mut().enumerate() {
+                        *e += block(o * self.b + ib, o, base + ib);
+                    }
+                }
+            }
+            (None, Side::Out) => self.for_each_block_index(|s, o, i| energy[o] += block(s, o, i)),
+            (None, Side::In) => self.for_each_block_index(|s, o, i| energy[i] += block(s, o, i)),
+        }
+        // Block counts times the kernel length: the integers the per-block sum would reach.
+        let k = self.k as f64;
+        self.for_each_block_index(|_, o, i| {
+            count[match side {
+                Side::Out => o,
+                Side::In => i,
+            }] += k;
         });
-        e
+        ChannelEnergy { energy, count }
     }
 
     /// `max |W'|` per output channel of `W'[o, i, …] = fo[o]·fi[i]·W[o, i, …]`, from the
@@ -771,27 +814,33 @@ mod tests {
             );
             // Energies: from the unscaled weight and the factors, as from the scaled weight;
             // each side sums to the scaled weight's total energy.
-            let e = l.scaled_sumsq(&w, &fo, &fi);
             let ones = |k: usize| vec![1.0f32; k];
-            let direct = l.scaled_sumsq(&scaled, &ones(fo.len()), &ones(fi.len()));
+            let [e_out, e_in, direct_out, direct_in] = [
+                (&w, &fo, &fi, Side::Out),
+                (&w, &fo, &fi, Side::In),
+                (&scaled, &ones(fo.len()), &ones(fi.len()), Side::Out),
+                (&scaled, &ones(fo.len()), &ones(fi.len()), Side::In),
+            ]
+            .map(|(w, fo, fi, side)| l.scaled_sumsq(w, fo, fi, side).energy);
             let near = |a: &[f64], b: &[f64]| {
                 a.iter()
                     .zip(b)
                     .all(|(x, y)| (x - y).abs() <= 1e-5 * x.abs().max(1e-3))
             };
-            assert!(near(&e.out, &direct.out), "{op:?} {dims:?} energy out");
-            assert!(near(&e.inp, &direct.inp), "{op:?} {dims:?} energy in");
+            assert!(near(&e_out, &direct_out), "{op:?} {dims:?} energy out");
+            assert!(near(&e_in, &direct_in), "{op:?} {dims:?} energy in");
             let total: f64 = scaled.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
-            for side in [&e.out, &e.inp] {
+            for side in [&e_out, &e_in] {
                 let s: f64 = side.iter().sum();
                 assert!(
                     (s - total).abs() <= 1e-5 * total,
                     "{op:?} {dims:?}: {s} vs {total}"
                 );
             }
-            let counted: f64 = e.out_count.iter().sum();
-            assert_eq!(counted, n as f64);
-            assert_eq!(e.in_count.iter().sum::<f64>(), n as f64);
+            for side in [Side::Out, Side::In] {
+                let counted: f64 = l.scaled_sumsq(&w, &fo, &fi, side).count.iter().sum();
+                assert_eq!(counted, n as f64);
+            }
         }
     }
 

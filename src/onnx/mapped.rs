@@ -109,6 +109,36 @@ pub fn release(data: &[u8]) {
     }
 }
 
+/// Asks for transparent huge pages under the whole 2 MiB pages of a fresh allocation of `len`
+/// bytes at `ptr` (Linux; nothing elsewhere or below 4 MiB).
+pub fn huge_pages(ptr: *mut u8, len: usize) {
+    const HUGE: usize = 2 << 20;
+    if len < 2 * HUGE {
+        return;
+    }
+    let lo = (ptr as usize).div_ceil(HUGE) * HUGE;
+    let hi = (ptr as usize + len) / HUGE * HUGE;
+    if hi <= lo {
+        return;
+    }
+    #[cfg(target_os = "linux")]
+    {
+        extern "C" {
+            fn madvise(
+                addr: *mut std::ffi::c_void,
+                len: usize,
+                advice: std::ffi::c_int,
+            ) -> std::ffi::c_int;
+        }
+        const MADV_HUGEPAGE: std::ffi::c_int = 14;
+        // SAFETY: an advice on whole pages inside an allocation this process owns; it changes
+        // how the kernel backs them, never their content.
+        unsafe {
+            madvise(lo as *mut std::ffi::c_void, hi - lo, MADV_HUGEPAGE);
+        }
+    }
+}
+
 /// The rounding unit of [`release`]. Where pages are larger, memmap2 rounds the start down to
 /// the real page: a neighbour's page may be dropped too, which costs it a re-read, not data.
 fn page_size() -> usize {

@@ -137,8 +137,14 @@ fn le_f32s(raw: &[u8]) -> Vec<f32> {
     #[cfg(target_endian = "little")]
     {
         let n = raw.len() / 4;
-        let mut data = vec![0f32; n];
-        bytemuck::cast_slice_mut::<f32, u8>(&mut data).copy_from_slice(&raw[..n * 4]);
+        let mut data: Vec<f32> = Vec::with_capacity(n);
+        crate::onnx::mapped::huge_pages(data.as_mut_ptr().cast(), n * 4);
+        // SAFETY: `n` values of capacity, each written by the copy below before any read.
+        let spare = &mut data.spare_capacity_mut()[..n];
+        let bytes: &mut [u8] =
+            unsafe { std::slice::from_raw_parts_mut(spare.as_mut_ptr().cast::<u8>(), n * 4) };
+        bytes.copy_from_slice(&raw[..n * 4]);
+        unsafe { data.set_len(n) };
         data
     }
     #[cfg(not(target_endian = "little"))]

@@ -38,7 +38,7 @@ use std::collections::{HashMap, HashSet};
 
 use rayon::prelude::*;
 
-use crate::graph::layout::{ChannelKind, LayerOp};
+use crate::graph::layout::{ChannelEnergy, ChannelKind, LayerOp, Side};
 use crate::onnx::{attr, NodeProto};
 use crate::report::{ClsIteration, ClsKind, ClsPair, ClsSet, PairRanges};
 
@@ -662,36 +662,37 @@ impl Track {
         }
     }
 
-    /// Squared norms and weight counts per channel now (`scaling = noise`), from the unscaled
-    /// weight `w`.
-    fn energy(&self, w: &[f32]) -> crate::graph::layout::ChannelEnergy {
-        self.layer.layout.scaled_sumsq(w, &self.fo, &self.fi)
+    /// Squared norms and weight counts per channel of `side` now (`scaling = noise`), from the
+    /// unscaled weight `w`.
+    fn energy(&self, w: &[f32], side: Side) -> ChannelEnergy {
+        self.layer.layout.scaled_sumsq(w, &self.fo, &self.fi, side)
     }
 
-    /// [`Track::energy`] with each output channel `o` weighted by `1 / σ_o²`, the spread of the
-    /// layer's output from its folded BN (`out`): the noise each output channel receives
-    /// relative to its own fluctuation ([`Grids::per_fluctuation`]). `σ_o·fo_o` is the current
-    /// output's spread, so the weight of the scaled weight `fo_o·W[o]` is `1/σ_o` whatever
-    /// `fo`. Unweighted when `out` does not match the layer's output channels.
-    fn energy_per_fluctuation(
-        &self,
-        w: &[f32],
-        out: &Activation,
-    ) -> crate::graph::layout::ChannelEnergy {
-        let mut e = self.energy(w);
+    /// [`Track::energy`] of the input channels with each output channel `o` weighted by
+    /// `1 / σ_o²`, the spread of the layer's output from its folded BN (`out`): the noise each
+    /// output channel receives relative to its own fluctuation ([`Grids::per_fluctuation`]).
+    /// `σ_o·fo_o` is the current output's spread, so the weight of the scaled weight `fo_o·W[o]`
+    /// is `1/σ_o` whatever `fo`. Unweighted when `out` does not match the layer's output
+    /// channels.
+    fn in_energy_per_fluctuation(&self, w: &[f32], out: &Activation) -> ChannelEnergy {
+        let mut e = self.energy(w, Side::In);
         if out.sigma.len() != self.fo.len()
             || out.sigma.iter().any(|s| !(s.is_finite() && *s > 0.0))
         {
             return e;
         }
         let fo: Vec<f32> = out.sigma.iter().map(|&s| 1.0 / s).collect();
-        let weighted = self.layer.layout.scaled_sumsq(w, &fo, &self.fi);
-        for (i, count) in e.in_count.iter_mut().enumerate() {
-            if e.inp[i] > 0.0 {
-                *count *= weighted.inp[i] / e.inp[i];
+        let weighted = self
+            .layer
+            .layout
+            .scaled_sumsq(w, &fo, &self.fi, Side::In)
+            .energy;
+        for (i, count) in e.count.iter_mut().enumerate() {
+            if e.energy[i] > 0.0 {
+                *count *= weighted[i] / e.energy[i];
             }
         }
-        e.inp = weighted.inp;
+        e.energy = weighted;
         e
     }
 
@@ -1010,21 +1011,21 @@ fn noise_step(
         if w1.is_empty() || w2.is_empty() {
             continue;
         }
-        let e1 = tracks[m[p]].energy(w1);
+        let e1 = tracks[m[p]].energy(w1, Side::Out);
         let out = acts.get(p + 1).and_then(|a| a.as_ref());
         let e2 = match out.filter(|_| grids.per_fluctuation) {
-            Some(out) => tracks[m[p + 1]].energy_per_fluctuation(w2, out),
-            None => tracks[m[p + 1]].energy(w2),
+            Some(out) => tracks[m[p + 1]].in_energy_per_fluctuation(w2, out),
+            None => tracks[m[p + 1]].energy(w2, Side::In),
         };
         let r1 = tracks[m[p]].out_ranges();
         let r2 = tracks[m[p + 1]].in_ranges();
         let pair = Pair {
             r1: &r1,
-            q1: &e1.out,
-            n1: &e1.out_count,
+            q1: &e1.energy,
+            n1: &e1.count,
             r2: &r2,
-            q2: &e2.inp,
-            n2: &e2.in_count,
+            q2: &e2.energy,
+            n2: &e2.count,
             prev: &prev[p],
             act,
         };

@@ -22,6 +22,7 @@
 use std::collections::{HashMap, HashSet};
 
 use crate::graph::layer_of;
+use crate::graph::layout::Side;
 use crate::graph::work::Work;
 use crate::onnx::ModelProto;
 use crate::options::ActivationGrid;
@@ -91,7 +92,10 @@ fn noise_to_signal(
                     }
                     let ones_o = vec![1f32; l.layout.out_channels()];
                     let ones_i = vec![1f32; l.layout.in_channels()];
-                    let gain = l.layout.scaled_sumsq(&w.data, &ones_o, &ones_i).out;
+                    let gain = l
+                        .layout
+                        .scaled_sumsq(&w.data, &ones_o, &ones_i, Side::Out)
+                        .energy;
                     seen.extend(mean_ratio(noise, &gain, &out.var()));
                 }
             }

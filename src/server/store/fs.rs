@@ -32,6 +32,7 @@ use super::{
     IdempotencyRecord, JobStore, Lease, QueueStats, Recovery, Renewal, SubmitError, Submitted,
     Unreadable, MAX_ATTEMPTS,
 };
+use crate::onnx::write::WriteBehind;
 use crate::server::job::{now_ms, JobId, JobRecord, JobState};
 use crate::server::problem::Problem;
 
@@ -602,7 +603,7 @@ impl FsBlobStore {
 }
 
 struct FsSink {
-    file: Option<BufWriter<File>>,
+    file: Option<BufWriter<WriteBehind>>,
     tmp: PathBuf,
     dest: PathBuf,
 }
@@ -626,7 +627,7 @@ impl BlobSink for FsSink {
             .file
             .take()
             .ok_or_else(|| io::Error::other("blob already committed"))?;
-        let file = file.into_inner().map_err(|e| e.into_error())?;
+        let file = file.into_inner().map_err(|e| e.into_error())?.into_file();
         file.sync_all()?;
         drop(file);
         let dir = self
@@ -652,7 +653,7 @@ impl BlobStore for FsBlobStore {
         let tmp = tmp_path(&self.root);
         let file = File::create(&tmp)?;
         Ok(Box::new(FsSink {
-            file: Some(BufWriter::with_capacity(1 << 16, file)),
+            file: Some(BufWriter::with_capacity(1 << 16, WriteBehind::new(file))),
             tmp,
             dest: self.path(job, kind),
         }))
