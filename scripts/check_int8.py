@@ -36,6 +36,7 @@ import shlex
 import subprocess
 import sys
 import tempfile
+import time
 
 import numpy as np
 import onnx
@@ -74,6 +75,23 @@ def run(path, name, samples, optimized=None, float_ops=False):
     sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
     out = sess.get_outputs()[0].name
     return [sess.run([out], {name: s[None]})[0] for s in samples]
+
+
+def latency_ms(path, name, sample, runs=30):
+    """Median wall time (ms) of one inference in onnxruntime, one thread, after 3 warm-ups:
+    informational (what the int8 kernels cost here), never a check."""
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+    feed = {name: sample[None]}
+    for _ in range(3):
+        sess.run(None, feed)
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        sess.run(None, feed)
+        times.append(time.perf_counter() - t)
+    return 1000 * sorted(times)[len(times) // 2]
 
 
 def cpu():
@@ -182,6 +200,9 @@ def main():
                   f"({', '.join(kernels)}); tract ran it at {tract.get('qdq.onnx', float('nan')):.2f} dB")
             if not kernels:
                 failures.append("onnxruntime did not fuse the QDQ model into int8 kernels")
+            print(f"qdq.onnx in onnxruntime: {latency_ms(a.qdq, name, samples[0]):.1f} ms per "
+                  f"inference (one thread, median of 30; the FP32 model "
+                  f"{latency_ms(a.fp32, name, samples[0]):.1f} ms)")
             kernels_and_float_ops("qdq.onnx", a.qdq, "qdq.onnx")
             if a.mixed_precision:
                 qm = onnx.load(a.qdq)
@@ -194,6 +215,19 @@ def main():
                       f"in the report")
                 if not wide or wide != listed:
                     failures.append(f"uint16 quantizers {wide[:5]} are not those the report lists {listed[:5]}")
+                # The layers the report says run as float ops in onnxruntime are those its
+                # optimizer left unfused (Conv / Gemm / MatMul outside the int8 kernels).
+                layer_ops = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
+                ops_by_name = {(n.name or n.output[0]): n.op_type for n in qm.graph.node}
+                said = sorted(t for t in (ex.get("mixed_precision") or {}).get("outside_int8", [])
+                              if ops_by_name.get(t) in layer_ops)
+                left = sorted((n.name or n.output[0]) for n in onnx.load(opt).graph.node
+                              if n.op_type in layer_ops)
+                print(f"mixed precision: {len(left)} layers run as float ops in onnxruntime, "
+                      f"{len(said)} listed in the report as outside the int8 kernels")
+                if said != left:
+                    failures.append(f"float layers in onnxruntime {left[:5]} are not those the report "
+                                    f"lists {said[:5]}")
         if a.overrides:
             overrides = load_overrides(a.overrides)
             fp32 = onnx.load(a.fp32)

@@ -180,6 +180,59 @@ pub fn chains(model: &ModelProto, tensors: &[String]) -> Vec<Vec<String>> {
     groups
 }
 
+/// The nodes a 16-bit activation takes out of 8-bit kernels: every node other than the
+/// [`VALUE_OPS`] that reads one of `wide`, or whose output reaches one through [`VALUE_OPS`]
+/// alone (the quantizer placed after it then has the wide grid). onnxruntime's CPU int8 kernels
+/// (`QLinearConv`, `QGemm`, `QLinearMatMul`, `QLinearAdd`, …) take 8-bit inputs and outputs, so
+/// it runs these as float ops on dequantized values. Labels: node name, else first output.
+pub fn outside_int8(model: &ModelProto, wide: &HashSet<String>) -> Vec<String> {
+    let nodes: Vec<&crate::onnx::NodeProto> = model.graph.iter().flat_map(|g| &g.node).collect();
+    let mut readers: HashMap<&str, Vec<usize>> = HashMap::new();
+    for (i, n) in nodes.iter().enumerate() {
+        for t in &n.input {
+            readers.entry(t.as_str()).or_default().push(i);
+        }
+    }
+    // Whether `t` is wide or flows into a wide tensor through value ops alone.
+    fn reaches(
+        t: &str,
+        wide: &HashSet<String>,
+        nodes: &[&crate::onnx::NodeProto],
+        readers: &HashMap<&str, Vec<usize>>,
+        depth: usize,
+    ) -> bool {
+        if wide.contains(t) {
+            return true;
+        }
+        depth < 16
+            && readers.get(t).into_iter().flatten().any(|&r| {
+                VALUE_OPS.contains(&nodes[r].op_type())
+                    && nodes[r].input.first().is_some_and(|i| i == t)
+                    && nodes[r]
+                        .output
+                        .iter()
+                        .any(|o| reaches(o, wide, nodes, readers, depth + 1))
+            })
+    }
+    nodes
+        .iter()
+        .filter(|n| !VALUE_OPS.contains(&n.op_type()))
+        .filter(|n| {
+            n.input.iter().any(|t| wide.contains(t))
+                || n.output
+                    .iter()
+                    .any(|o| reaches(o, wide, &nodes, &readers, 0))
+        })
+        .map(|n| {
+            if n.name().is_empty() {
+                n.output.first().cloned().unwrap_or_default()
+            } else {
+                n.name().to_string()
+            }
+        })
+        .collect()
+}
+
 /// The quantizers of `tensors` (the plan's, in graph order) to keep wide under a budget of
 /// `share` of them, and the report of the choice. Chains ([`chains`]) are ranked by their
 /// predicted noise-to-signal ratio (the largest of their quantizers': they re-apply one grid)
@@ -236,11 +289,13 @@ pub fn choose(
             noise_share: if total > 0.0 { n / total } else { 0.0 },
         }));
     }
+    let kept_wide: HashSet<String> = wide.iter().map(|w| w.tensor.clone()).collect();
     let report = MixedPrecision {
         share,
         quantizers: tensors.len(),
         unranked,
         predicted_gain_db: db(total - kept + kept / gain) - db(total),
+        outside_int8: outside_int8(model, &kept_wide),
         wide,
     };
     (
@@ -334,5 +389,15 @@ mod tests {
             chains(&model, &t(&["x", "r", "m", "p", "d", "a"])),
             vec![t(&["x"]), t(&["r", "m", "p"]), t(&["d"]), t(&["a"])]
         );
+        // The chain `r, m, p` on 16 bits: the conv writing into it (through the ReLU) and the
+        // conv reading it leave the 8-bit kernels; the Add after the second conv does not.
+        let wide: HashSet<String> = t(&["r", "m", "p"]).into_iter().collect();
+        let mut named = model.clone();
+        named.graph.as_mut().unwrap().node[0].name = Some("stem".into());
+        assert_eq!(outside_int8(&named, &wide), t(&["stem", "d"]));
+        // Only `p` wide: the first conv reaches it through value ops alone, so it leaves too.
+        let wide: HashSet<String> = t(&["p"]).into_iter().collect();
+        assert_eq!(outside_int8(&named, &wide), t(&["stem", "d"]));
+        assert!(outside_int8(&named, &HashSet::new()).is_empty());
     }
 }

@@ -917,6 +917,10 @@ pub struct MixedPrecision {
     pub predicted_gain_db: f64,
     /// The activations kept on 16 bits, by value chain, the noisiest chain first.
     pub wide: Vec<WideActivation>,
+    /// The nodes that read or write a 16-bit activation (labels): onnxruntime's CPU int8
+    /// kernels are 8-bit only, so it runs them as float ops on dequantized values.
+    #[serde(default)]
+    pub outside_int8: Vec<String>,
 }
 
 impl MixedPrecision {
@@ -924,11 +928,13 @@ impl MixedPrecision {
     pub fn summary(&self) -> String {
         format!(
             "{} of {} activation quantizers on uint16 (budget {:.1} %), predicted {:+.1} dB; \
-             the list is in the report",
+             not int8 on onnxruntime's CPU kernels: {} node(s) reading or writing them run as \
+             float ops there; the lists are in the report",
             self.wide.len(),
             self.quantizers,
             100.0 * f64::from(self.share),
-            self.predicted_gain_db
+            self.predicted_gain_db,
+            self.outside_int8.len()
         )
     }
 }

@@ -275,7 +275,16 @@ pub(super) fn exports(o: &mut String, e: &Exports) {
                 100.0 * a.noise_share
             );
         }
-        o.push_str("</tbody></table></div></details>\n");
+        o.push_str("</tbody></table>");
+        if !m.outside_int8.is_empty() {
+            w!(
+                o,
+                "<p>Run as float ops on onnxruntime's CPU kernels (they read or write a uint16 \
+                 activation): {}</p>",
+                esc(&m.outside_int8.join(", "))
+            );
+        }
+        o.push_str("</div></details>\n");
     }
     if let Some(u) = &e.opset_upgrade {
         w!(
