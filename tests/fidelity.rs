@@ -27,7 +27,7 @@ mod common;
 
 use onnx_cle::builder::{BnSpec, ConvSpec, GemmSpec, ModelBuilder};
 use onnx_cle::onnx::ModelProto;
-use onnx_cle::options::Scaling;
+use onnx_cle::options::{Granularity, Scaling};
 use onnx_cle::report::{QuantRow, Relu6Action};
 use onnx_cle::{Control, Options, Report, SampleInputs};
 
@@ -250,6 +250,29 @@ fn mixed_precision_noise_step_keeps_efficientnet_lite0_and_moves_the_scales() {
         .as_ref()
         .and_then(|e| e.mixed_precision.as_ref());
     assert!(wide.is_some_and(|m| !m.wide.is_empty() && m.wide.len() <= 5));
+}
+
+#[test]
+fn per_channel_noise_step_keeps_efficientnet_lite0_and_moves_the_scales() {
+    // With per-channel weights the noise step goes a fixed quarter of the way to equal
+    // activation ranges: other scales than equal ranges, the same FP32 function.
+    let Some(models) = common::shared_models("fidelity") else {
+        return;
+    };
+    let model = common::load(&models.join("efficientnet_lite0.onnx"));
+    let run = |scaling: Scaling| {
+        let mut opts = Options::default();
+        opts.target.weight_granularity = Some(Granularity::PerChannel);
+        opts.scaling = Some(scaling);
+        common::run_verified(&model, &opts).1
+    };
+    let (equal, noise) = (run(Scaling::EqualRanges), run(Scaling::Noise));
+    check("efficientnet_lite0 noise, per-channel weights", &noise);
+    assert!(!noise.function_changed);
+    assert!(
+        scales_differ(&equal, &noise),
+        "the per-channel step changed no scale"
+    );
 }
 
 #[test]

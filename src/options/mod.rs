@@ -218,7 +218,8 @@ pub struct Options {
     /// the folded BN statistics and ReLU6 bounds). Trades weight-range gains for W8A8 accuracy.
     pub balance: Option<f32>,
     /// Rule for the cross-layer scales: `equal_ranges` or `noise` (least predicted W8A8 noise
-    /// on the declared target's grids; not with `compat = aimet`). Default: `noise` when the
+    /// on the declared target's grids; with per-channel weights a fixed quarter step towards
+    /// equal activation ranges; not with `compat = aimet`). Default: `noise` when the
     /// target's weights are per tensor (chosen on the tuning photos of every evaluated model:
     /// README, Scaling rule), `equal_ranges` with per-channel weights, with `balance` (whose cap
     /// the noise step does not keep: `noise` with `balance` is refused) and with `compat = aimet`.

@@ -32,6 +32,11 @@
 //! [`best_step`] searches the line `t = t_act^(1−α)`, `α ∈ [0, 1]`, between the current scales
 //! (`α = 1`, e.g. equal weight ranges) and the step that equalizes the activation's channel
 //! ranges (`α = 0`), for the least `J`. Any positive step keeps the pair's FP32 function.
+//!
+//! With per-channel weights `J` does not rank the steps: `W1`'s noise no longer depends on its
+//! own channel's scale, so `J` falls all the way to equal activation ranges, and that step
+//! measures badly (README, Scaling rule). The step is then the fixed fraction
+//! [`PER_CHANNEL_STEP`] of the way, chosen on the tuning split.
 
 /// Standard normal density.
 pub fn pdf(x: f64) -> f64 {
@@ -231,8 +236,14 @@ pub fn predicted(pair: &Pair, grids: &Grids, t: &[f32]) -> f64 {
 /// Steps of the line search between the current scales and equal activation ranges.
 const ALPHAS: u32 = 40;
 
-/// The step of least predicted noise on the line `t_act^(1−α)` (module docs); channels marked
-/// in `held` keep `t = 1`, and so do channels whose activation is constant (no range).
+/// The fraction of the way to equal activation ranges that the step goes with per-channel
+/// weights (module docs): `1 − α = 1/4`. `scripts/eval/tune_split.sh scaling` prints its
+/// per-channel rows against equal ranges (README, Scaling rule).
+pub const PER_CHANNEL_STEP: f64 = 0.25;
+
+/// The step of least predicted noise on the line `t_act^(1−α)` (module docs), or with
+/// per-channel weights the fixed step [`PER_CHANNEL_STEP`] along it; channels marked in `held`
+/// keep `t = 1`, and so do channels whose activation is constant (no range).
 pub fn best_step(pair: &Pair, grids: &Grids, held: &[bool]) -> Vec<f32> {
     let ch = pair.channels();
     let n = ch.len();
@@ -259,10 +270,20 @@ pub fn best_step(pair: &Pair, grids: &Grids, held: &[bool]) -> Vec<f32> {
             }
         })
         .collect();
+    let along =
+        |beta: f64| -> Vec<f32> { target.iter().map(|&l| (beta * l).exp() as f32).collect() };
+    if grids.per_channel {
+        let t = along(PER_CHANNEL_STEP);
+        return if t.iter().all(|v| v.is_finite() && *v > 0.0) {
+            t
+        } else {
+            one
+        };
+    }
     let mut best = (noise(pair, grids, &ch, &one), one);
     for k in 0..ALPHAS {
         let beta = f64::from(k + 1) / f64::from(ALPHAS);
-        let t: Vec<f32> = target.iter().map(|&l| (beta * l).exp() as f32).collect();
+        let t = along(beta);
         if t.iter().any(|v| !(v.is_finite() && *v > 0.0)) {
             continue;
         }
