@@ -137,13 +137,17 @@ fn le_f32s(raw: &[u8]) -> Vec<f32> {
     #[cfg(target_endian = "little")]
     {
         let n = raw.len() / 4;
+        // Not zero-filled first: the huge-page advice must come before the pages are touched,
+        // and the copy is then the only pass over them.
         let mut data: Vec<f32> = Vec::with_capacity(n);
         crate::onnx::mapped::huge_pages(data.as_mut_ptr().cast(), n * 4);
-        // SAFETY: `n` values of capacity, each written by the copy below before any read.
         let spare = &mut data.spare_capacity_mut()[..n];
+        // SAFETY: `spare` is `n` allocated (uninitialized) f32 slots, `4n` bytes; they are only
+        // written here, and every f32 bit pattern is valid.
         let bytes: &mut [u8] =
             unsafe { std::slice::from_raw_parts_mut(spare.as_mut_ptr().cast::<u8>(), n * 4) };
         bytes.copy_from_slice(&raw[..n * 4]);
+        // SAFETY: the copy above initialized all `n` values.
         unsafe { data.set_len(n) };
         data
     }

@@ -298,10 +298,7 @@ pub fn choose(
         outside_int8: outside_int8(model, &kept_wide),
         wide,
     };
-    (
-        report.wide.iter().map(|w| w.tensor.clone()).collect(),
-        report,
-    )
+    (kept_wide, report)
 }
 
 #[cfg(test)]
