@@ -241,6 +241,8 @@ fn per_tensor_int8_outputs_say_which_bns_stay_unfolded() {
         p(&out),
         "--deploy-output",
         p(&deploy),
+        "--weight-granularity",
+        "per-tensor",
     ]);
     assert_eq!(code(&o), 0, "stderr: {}", stderr(&o));
     assert!(

@@ -253,15 +253,20 @@ fn const_values(model: &ModelProto, name: &str) -> Vec<f32> {
 #[test]
 fn deploy_weights_are_on_the_target_grid() {
     let model = mobilenet_like(5);
+    let per_tensor = Target {
+        weight_granularity: Some(Granularity::PerTensor),
+        ..Target::default()
+    };
     let targets = [
         Target::default(),
+        per_tensor,
         Target {
             preset: TargetPreset::Trt,
             ..Target::default()
         },
         Target {
             weight_bits: Some(4),
-            ..Target::default()
+            ..per_tensor
         },
         Target {
             preset: TargetPreset::Qnn,
@@ -480,7 +485,11 @@ fn per_tensor_int8_outputs_keep_a_bn_whose_fold_would_cost_the_grid() {
             .as_ref()
             .map_or(0, |g| g.node.iter().filter(|n| n.op_type() == op).count())
     };
-    let opts = deploy_options(Target::default(), BiasCorrection::Off, Rounding::Nearest);
+    let per_tensor = Target {
+        weight_granularity: Some(Granularity::PerTensor),
+        ..Target::default()
+    };
+    let opts = deploy_options(per_tensor, BiasCorrection::Off, Rounding::Nearest);
     let out = run(&model, &opts, None);
     let exact = onnx::decode(out.model.clone().into()).unwrap();
     let deploy_bytes = out.deploy.clone().unwrap();
@@ -510,7 +519,7 @@ fn per_tensor_int8_outputs_keep_a_bn_whose_fold_would_cost_the_grid() {
         .any(|m| m.key == "onnx_cle.deploy_edits" && m.value.contains("2 BatchNormalization")));
 
     // The folded model rounded to nearest on the same grid, for comparison.
-    let grid = Target::default().weights();
+    let grid = per_tensor.weights();
     let mut folded = exact.clone();
     for (w, layout) in weights(&exact) {
         let g = folded.graph.as_mut().unwrap();

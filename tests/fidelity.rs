@@ -233,6 +233,7 @@ fn mixed_precision_noise_step_keeps_efficientnet_lite0_and_moves_the_scales() {
     let run = |mixed: Option<f32>| {
         let mut opts = Options::default();
         opts.quant.w8a8 = false;
+        opts.target.weight_granularity = Some(Granularity::PerTensor);
         opts.exports.qdq = true;
         opts.exports.input_range = Some([-1.0, 1.0]);
         opts.exports.mixed_precision = mixed;
@@ -421,6 +422,7 @@ fn efficientnet_lite0_survives_per_tensor_int8_and_balance_caps_growth() {
 fn mobilenet_v2_survives_per_tensor_int8() {
     let mut opts = Options::default();
     opts.quant.w8a8 = false;
+    opts.target.weight_granularity = Some(Granularity::PerTensor);
     let Some(r) = run_real("mobilenet_v2", "imagenet_norm_inputs_f32_nchw.npy", opts) else {
         return;
     };

@@ -36,42 +36,39 @@ MODELS = {
 # The recipe of every onnx-cle row (README: Deployable int8; the configuration issue 24 names).
 RECIPE = "--rounding squant --bias-correction analytic"
 
-# label -> (kind, CLI arguments after `equalize ORIGINAL -o {dir}/eq.onnx`)
+# label -> (kind, CLI arguments after `equalize ORIGINAL -o {dir}/eq.onnx`). Every QDQ row names
+# its weight granularity; the scaling rule is the default (`noise`) unless the label names it.
+PT, PC = " --weight-granularity per-tensor", " --weight-granularity per-channel"
+QDQ = " --input-range={range} --qdq-output {dir}/qdq.onnx"
+SAMPLES = " --samples {calib} --calibration minmax --no-quant-e2e"
 ROWS = [
     ("deploy, nearest", "deploy", "--input-range={range} --deploy-output {dir}/deploy.onnx"),
     ("deploy, squant + analytic BC", "deploy",
      RECIPE + " --input-range={range} --deploy-output {dir}/deploy.onnx"),
-    ("QDQ per-tensor, data-free", "qdq", RECIPE + " --input-range={range} --qdq-output {dir}/qdq.onnx"),
-    ("QDQ per-channel, data-free", "qdq",
-     RECIPE + " --weight-granularity per-channel --input-range={range} --qdq-output {dir}/qdq.onnx"),
-    # The scaling rule per-tensor targets used before `noise` became their default, and `noise`
-    # with per-channel weights (`scripts/eval/tune_split.sh scaling` compares them on the tuning
-    # split).
-    ("QDQ per-tensor, data-free, --scaling equal-ranges", "qdq",
-     RECIPE + " --scaling equal-ranges --input-range={range} --qdq-output {dir}/qdq.onnx"),
-    ("QDQ per-tensor, --samples minmax", "qdq",
-     RECIPE + " --input-range={range} --samples {calib} --calibration minmax --no-quant-e2e"
-     " --qdq-output {dir}/qdq.onnx"),
-    ("QDQ per-channel, --samples minmax", "qdq",
-     RECIPE + " --weight-granularity per-channel --input-range={range} --samples {calib}"
-     " --calibration minmax --no-quant-e2e --qdq-output {dir}/qdq.onnx"),
+    # The `ort` target's default model (per-channel int8 weights, the quarter noise step), then the
+    # per-tensor (uint8) weights it used before, each with the equal-ranges rule
+    # (`scripts/eval/tune_split.sh` compares them on the tuning split).
+    ("QDQ per-channel, data-free", "qdq", RECIPE + PC + QDQ),
+    ("QDQ per-channel, data-free, --scaling equal-ranges", "qdq", RECIPE + PC + " --scaling equal-ranges" + QDQ),
+    ("QDQ per-tensor, data-free", "qdq", RECIPE + PT + QDQ),
+    ("QDQ per-tensor, data-free, --scaling equal-ranges", "qdq", RECIPE + PT + " --scaling equal-ranges" + QDQ),
+    ("QDQ per-channel, --samples minmax", "qdq", RECIPE + PC + SAMPLES + QDQ),
+    ("QDQ per-channel, --samples minmax, --scaling equal-ranges", "qdq",
+     RECIPE + PC + " --scaling equal-ranges" + SAMPLES + QDQ),
+    ("QDQ per-tensor, --samples minmax", "qdq", RECIPE + PT + SAMPLES + QDQ),
+    ("QDQ per-tensor, --samples minmax, --scaling equal-ranges", "qdq",
+     RECIPE + PT + " --scaling equal-ranges" + SAMPLES + QDQ),
     # The symmetric int8 per-tensor grid the `ort` target used before uint8 weights
     # (scripts/eval/tune_split.sh weight-types compares them on the tuning split).
-    ("QDQ per-tensor, data-free, --weight-type int8", "qdq",
-     RECIPE + " --weight-type int8 --input-range={range} --qdq-output {dir}/qdq.onnx"),
+    ("QDQ per-tensor, data-free, --weight-type int8", "qdq", RECIPE + PT + " --weight-type int8" + QDQ),
     ("QDQ per-tensor, --samples minmax, --weight-type int8", "qdq",
-     RECIPE + " --weight-type int8 --input-range={range} --samples {calib} --calibration minmax"
-     " --no-quant-e2e --qdq-output {dir}/qdq.onnx"),
-    ("QDQ per-channel, data-free, --scaling noise", "qdq",
-     RECIPE + " --weight-granularity per-channel --scaling noise --input-range={range}"
-     " --qdq-output {dir}/qdq.onnx"),
-    ("QDQ per-tensor, --samples minmax, --scaling equal-ranges", "qdq",
-     RECIPE + " --scaling equal-ranges --input-range={range} --samples {calib} --calibration minmax"
-     " --no-quant-e2e --qdq-output {dir}/qdq.onnx"),
+     RECIPE + PT + " --weight-type int8" + SAMPLES + QDQ),
     # Automatic mixed precision: at most 5 % of the activation quantizers on uint16.
-    ("QDQ per-tensor, data-free, --mixed-precision 0.05", "qdq",
-     RECIPE + " --mixed-precision 0.05 --input-range={range} --qdq-output {dir}/qdq.onnx"),
+    ("QDQ per-channel, data-free, --mixed-precision 0.05", "qdq", RECIPE + PC + " --mixed-precision 0.05" + QDQ),
+    ("QDQ per-tensor, data-free, --mixed-precision 0.05", "qdq", RECIPE + PT + " --mixed-precision 0.05" + QDQ),
 ]
+# The row of the default `ort` target's data-free model and its mixed-precision twin (issue 19's lines).
+DEFAULT_ROW, DEFAULT_MP_ROW = "QDQ per-channel, data-free", "QDQ per-channel, data-free, --mixed-precision 0.05"
 ORT_ROWS = [
     ("quantize_static per-tensor", dict(per_channel=False, reduce_range=False)),
     ("quantize_static per-channel", dict(per_channel=True, reduce_range=False)),
@@ -320,7 +317,7 @@ def evaluate_model(a, stem, runner_args):
             r = dict(error=f"{type(e).__name__}: {str(e).strip().splitlines()[-1][:300] if str(e).strip() else ''}")
         log(f"{stem} / {label}: {time.time() - t:.0f} s" + (f" ({r['error']})" if "error" in r else ""))
         rows[label] = r
-    df = rows.get("QDQ per-tensor, data-free", {"error": "not run (--only)"})
+    df = rows.get(DEFAULT_ROW, {"error": "not run (--only)"})
     if "error" not in df:
         eq = os.path.join(os.path.dirname(df["model"]), "eq.onnx")
         q = os.path.join(os.path.dirname(df["model"]), f"quantize_static.{file_hash(eq)}.onnx")
@@ -394,7 +391,7 @@ def checks(a, results):
                 d = k - f
                 out.append(("24", stem, f"{label}: kernels ({name}) {k:.2f} vs float ops {f:.2f} dB ({d:+.2f}, allowed ±0.50)",
                             "PASS" if abs(d) <= 0.5 else "FAIL"))
-        ours, theirs = rows["QDQ per-tensor, data-free"], rows["quantize_static per-tensor"]
+        ours, theirs = rows[DEFAULT_ROW], rows["quantize_static per-tensor"]
         if "act_quantizers" in ours and "act_quantizers_same_graph" in ours:
             q, t = ours["act_quantizers"], ours["act_quantizers_same_graph"]
             o = theirs.get("act_quantizers", "—")
@@ -412,10 +409,12 @@ def checks(a, results):
                 continue
             out.append(("24", stem, f"{label} {k:.2f} vs best quantize_static {best[0]:.2f} dB ({best[1]}), "
                         f"{kcol} kernels ({k - best[0]:+.2f}, allowed -0.50)", "PASS" if k >= best[0] - 0.5 else "FAIL"))
-        # issue 19: the data-free per-tensor QDQ model (default scaling, and the equal-ranges rule
-        # it replaced), kernels and float ops
-        for row, tag in (("QDQ per-tensor, data-free", ""),
-                         ("QDQ per-tensor, data-free, --scaling equal-ranges", ", --scaling equal-ranges")):
+        # issue 19: the default `ort` target's data-free QDQ model (per-channel weights), the
+        # per-tensor one it replaced, and each with the equal-ranges rule; kernels and float ops
+        for row, tag in ((DEFAULT_ROW, " (default, per-channel)"),
+                         ("QDQ per-channel, data-free, --scaling equal-ranges", ", per-channel, --scaling equal-ranges"),
+                         ("QDQ per-tensor, data-free", ", per-tensor"),
+                         ("QDQ per-tensor, data-free, --scaling equal-ranges", ", per-tensor, --scaling equal-ranges")):
             df = rows[row]
             for col in (kcol, "float"):
                 k = agg(df, col)
@@ -438,15 +437,16 @@ def checks(a, results):
                         out.append(("19", stem, f"data-free QDQ{tag} ({col}) {k:.2f} dB not worse than the baseline file's "
                                     f"{prev['aggregate']:.2f}", "PASS" if k >= prev["aggregate"] else "FAIL"))
         if stem in ("efficientnet_lite0", "efficientnet_lite2"):
-            mp = rows["QDQ per-tensor, data-free, --mixed-precision 0.05"]
-            for col in (kcol, "float"):
-                k = agg(mp, col)
-                if k is None:
-                    out.append(("19", stem, f"mixed precision, ≤ 5 % of activations on uint16 ({col}): the row failed",
-                                "FAIL"))
-                    continue
-                out.append(("19", stem, f"mixed precision, ≤ 5 % of activations on uint16 ({col}) {k:.2f} dB ≥ 22",
-                            "PASS" if k >= 22 else "FAIL"))
+            for row, tag in ((DEFAULT_MP_ROW, " (default, per-channel)"),
+                             ("QDQ per-tensor, data-free, --mixed-precision 0.05", ", per-tensor")):
+                for col in (kcol, "float"):
+                    k = agg(rows[row], col)
+                    if k is None:
+                        out.append(("19", stem, f"mixed precision{tag}, ≤ 5 % of activations on uint16 ({col}): "
+                                    "the row failed", "FAIL"))
+                        continue
+                    out.append(("19", stem, f"mixed precision{tag}, ≤ 5 % of activations on uint16 ({col}) "
+                                f"{k:.2f} dB ≥ 22", "PASS" if k >= 22 else "FAIL"))
     return out
 
 
@@ -529,7 +529,7 @@ def main(argv):
           f"{a.avx2_how if a.avx2_prefix else 'not run (no emulation available)'}; "
           f"`float QDQ ops` = graph optimizations disabled")
     print()
-    print(f"onnx-cle rows: `onnx-cle equalize MODEL -o eq.onnx {RECIPE} --input-range=… [--weight-granularity per-channel] "
+    print(f"onnx-cle rows: `onnx-cle equalize MODEL -o eq.onnx {RECIPE} --input-range=… --weight-granularity per-channel|per-tensor [--scaling equal-ranges] [--mixed-precision 0.05] "
           f"[--samples calib.npy --calibration minmax --no-quant-e2e] --deploy-output|--qdq-output …` "
           f"(deploy, nearest: without {RECIPE}); quantize_static: QDQ, uint8 activations, int8 weights, MinMax on the same 32 calibration inputs.")
     print()

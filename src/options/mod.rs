@@ -219,10 +219,11 @@ pub struct Options {
     pub balance: Option<f32>,
     /// Rule for the cross-layer scales: `equal_ranges` or `noise` (least predicted W8A8 noise
     /// on the declared target's grids; with per-channel weights a fixed quarter step towards
-    /// equal activation ranges; not with `compat = aimet`). Default: `noise` when the
-    /// target's weights are per tensor (chosen on the tuning photos of every evaluated model:
-    /// README, Scaling rule), `equal_ranges` with per-channel weights, with `balance` (whose cap
-    /// the noise step does not keep: `noise` with `balance` is refused) and with `compat = aimet`.
+    /// equal activation ranges; not with `compat = aimet`). Default: `noise` for the `ort` and
+    /// `qnn` targets (chosen on the tuning photos of every evaluated model: README, Scaling
+    /// rule); `equal_ranges` for `trt` (its int8 symmetric activations were not evaluated), with
+    /// `balance` (whose cap the noise step does not keep: `noise` with `balance` is refused) and
+    /// with `compat = aimet`.
     pub scaling: Option<Scaling>,
     /// Quantization-readiness figures in the report.
     pub quant: QuantOptions,
@@ -307,9 +308,7 @@ impl Options {
     /// The resolved scaling rule ([`Options::scaling`]'s default).
     pub fn scaling(&self) -> Scaling {
         self.scaling.unwrap_or(
-            if self.is_aimet()
-                || self.balance.is_some()
-                || self.target.weights().granularity == Granularity::PerChannel
+            if self.is_aimet() || self.balance.is_some() || self.target.preset == TargetPreset::Trt
             {
                 Scaling::EqualRanges
             } else {
@@ -442,7 +441,7 @@ mod tests {
         assert_eq!(n(Options::default()), Some(Scaling::Noise));
         let mut per_channel = Options::default();
         per_channel.target.weight_granularity = Some(Granularity::PerChannel);
-        assert_eq!(n(per_channel), Some(Scaling::EqualRanges));
+        assert_eq!(n(per_channel), Some(Scaling::Noise));
         let mut trt = Options::default();
         trt.target.preset = TargetPreset::Trt;
         assert_eq!(n(trt), Some(Scaling::EqualRanges));

@@ -10,9 +10,10 @@ use crate::error::{CoreError, Result};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TargetPreset {
-    /// onnxruntime CPU (QDQ): per-tensor weights as uint8 asymmetric (what `quantize_static`
-    /// writes for weights stored as `Constant` nodes; exact u8×u8 kernels on every x86-64 CPU),
-    /// per-channel weights as int8 symmetric; uint8 asymmetric activations.
+    /// onnxruntime CPU (QDQ): per-channel int8 symmetric weights (the default, chosen on the
+    /// tuning photos of every evaluated model: README, Weight types) or per-tensor uint8
+    /// asymmetric ones (what `quantize_static` writes for weights stored as `Constant` nodes;
+    /// exact u8×u8 kernels on every x86-64 CPU); uint8 asymmetric activations.
     #[default]
     Ort,
     /// Qualcomm QNN (HTP) / AIMET defaults: int8 symmetric per-tensor weights, uint8 asymmetric
@@ -65,7 +66,7 @@ pub struct Target {
     /// The runtime whose grids the int8 outputs use (onnxruntime, QNN, TensorRT); the fields
     /// below override single parts of it.
     pub preset: TargetPreset,
-    /// Weight scale granularity (default: the preset's).
+    /// Weight scale granularity (default: per channel for `ort` and `trt`, per tensor for `qnn`).
     pub weight_granularity: Option<Granularity>,
     /// Weight bits (2..=8; default: the preset's).
     pub weight_bits: Option<u8>,
@@ -134,12 +135,14 @@ impl Target {
         }
     }
 
-    /// The resolved weight granularity.
+    /// The resolved weight granularity: the preset's, per tensor when `uint8` weights (per
+    /// tensor only) are asked for without one.
     fn granularity(&self) -> Granularity {
-        self.weight_granularity.unwrap_or(match self.preset {
-            TargetPreset::Trt => Granularity::PerChannel,
-            TargetPreset::Ort | TargetPreset::Qnn => Granularity::PerTensor,
-        })
+        self.weight_granularity
+            .unwrap_or(match (self.preset, self.weight_type) {
+                (_, Some(WeightType::Uint8)) | (TargetPreset::Qnn, _) => Granularity::PerTensor,
+                (TargetPreset::Ort | TargetPreset::Trt, _) => Granularity::PerChannel,
+            })
     }
 
     /// The resolved weight integer type: `uint8` for `ort` per tensor (measured on the tuning
@@ -255,14 +258,14 @@ mod tests {
     #[test]
     fn presets_resolve_and_validate() {
         let ort = Target::default();
-        assert_eq!(ort.weights().granularity, Granularity::PerTensor);
-        assert!(ort.weights().asymmetric && !ort.weights().int16_pairs);
-        let ort_pc = Target {
-            weight_granularity: Some(Granularity::PerChannel),
+        assert_eq!(ort.weights().granularity, Granularity::PerChannel);
+        assert!(!ort.weights().asymmetric && ort.weights().int16_pairs);
+        let ort_pt = Target {
+            weight_granularity: Some(Granularity::PerTensor),
             ..ort
         };
-        ort_pc.validate().unwrap();
-        assert!(!ort_pc.weights().asymmetric && ort_pc.weights().int16_pairs);
+        ort_pt.validate().unwrap();
+        assert!(ort_pt.weights().asymmetric && !ort_pt.weights().int16_pairs);
         assert_eq!(ort.activations().ty, ActivationType::Uint8);
         assert!(!ort.activations().symmetric);
         let trt = Target {
@@ -283,6 +286,7 @@ mod tests {
             ..Target::default()
         };
         u8w.validate().unwrap();
+        assert_eq!(u8w.weights().granularity, Granularity::PerTensor);
         assert!(u8w.weights().asymmetric && !u8w.weights().int16_pairs);
         assert!(Target {
             weight_granularity: Some(Granularity::PerChannel),

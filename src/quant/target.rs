@@ -27,9 +27,9 @@
 //!   raw byte `B` each input channel carries is known (an export calibrated on samples), the
 //!   bound is `B₁·|l₁| + B₂·|l₂| ≤ 255·128` ([`PAIR_LOAD`], [`WeightGrid::steps_for`]).
 //!
-//! Presets: `ort` (onnxruntime `quantize_static` defaults for CPU: per-tensor int8 symmetric
-//! weights, uint8 asymmetric activations), `qnn` (Qualcomm QNN / AIMET defaults: the same
-//! grids), `trt` (TensorRT explicit quantization: per-channel int8 symmetric weights, int8
+//! Presets: `ort` (onnxruntime CPU: per-channel int8 symmetric weights, or per-tensor uint8
+//! asymmetric ones, uint8 asymmetric activations), `qnn` (Qualcomm QNN / AIMET defaults:
+//! per-tensor int8 symmetric weights, uint8 asymmetric activations), `trt` (TensorRT explicit quantization: per-channel int8 symmetric weights, int8
 //! symmetric activations). Each field can be overridden.
 
 use crate::graph::layout::WeightLayout;
