@@ -107,9 +107,22 @@ pg_stop() {
     as_pg "$(pg_bin)/pg_ctl" -D "$pd/data" -m fast -w stop >/dev/null 2>&1 || true
 }
 
+# SeaweedFS marks every volume read-only while its disk has less than 1 % free (its volume
+# server's `minFreeSpace`, which `weed mini` does not expose): every PUT then fails with 500
+# "No writable volumes". Refuse to start below that plus 512 MiB (eight 64 MB volumes) instead.
+s3_disk_check() {
+    local dir="$1" total avail need
+    read -r total avail < <(df -Pk "$dir" | awk 'NR == 2 {print $2, $4}')
+    need=$((total / 100 + 512 * 1024))
+    if ((avail < need)); then
+        die "SeaweedFS needs $((need / 1024)) MiB free on the filesystem of $dir (1 % of it is its reserve; $((avail / 1024)) MiB free)"
+    fi
+}
+
 s3_start() {
     local dir="$1" b
     b="$(cat "$dir/s3.port")"
+    s3_disk_check "$dir"
     # Every port explicit: none may fall back to SeaweedFS's defaults (8333, 8888, 9333…).
     "$VENV/bin/weed" mini -dir="$dir/s3/data" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
         -s3.config="$dir/s3/s3.json" -admin.ui=false -webdav=false -bucket="$S3_BUCKET" \

@@ -196,8 +196,11 @@ def main():
             run(a.qdq, name, samples[:1], optimized=opt)
             ops = [n.op_type for n in onnx.load(opt).graph.node]
             kernels = sorted({o for o in ops if o in INT8_KERNELS})
+            why = [k.get("detail", "") for k in report.get("skipped", []) if "tract could not run" in k.get("detail", "")]
+            by_tract = (f"tract ran it at {tract['qdq.onnx']:.2f} dB" if "qdq.onnx" in tract else
+                        f"not run by tract ({why[0][:160] if why else 'no tract figure in the report'})")
             print(f"qdq.onnx in onnxruntime: {sum(o in INT8_KERNELS for o in ops)} int8 kernel nodes "
-                  f"({', '.join(kernels)}); tract ran it at {tract.get('qdq.onnx', float('nan')):.2f} dB")
+                  f"({', '.join(kernels)}); {by_tract}")
             if not kernels:
                 failures.append("onnxruntime did not fuse the QDQ model into int8 kernels")
             print(f"qdq.onnx in onnxruntime: {latency_ms(a.qdq, name, samples[0]):.1f} ms per "
