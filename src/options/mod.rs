@@ -436,7 +436,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn scaling_default_follows_the_weight_grid() {
+    fn scaling_default_follows_the_target() {
         let n = |o: Options| o.normalized().expect("valid").scaling;
         assert_eq!(n(Options::default()), Some(Scaling::Noise));
         let mut per_channel = Options::default();
