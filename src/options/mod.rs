@@ -218,8 +218,8 @@ pub struct Options {
     /// the folded BN statistics and ReLU6 bounds). Trades weight-range gains for W8A8 accuracy.
     pub balance: Option<f32>,
     /// Rule for the cross-layer scales: `equal_ranges` or `noise` (least predicted W8A8 noise
-    /// on the declared target's grids; with per-channel weights a fixed quarter step towards
-    /// equal activation ranges; not with `compat = aimet`). Default: `noise` for the `ort` and
+    /// on the declared target's grids; with per-channel weights a fixed step, 0.35 of the way
+    /// towards equal activation reaches; not with `compat = aimet`). Default: `noise` for the `ort` and
     /// `qnn` targets (chosen on the tuning photos of every evaluated model: README, Scaling
     /// rule); `equal_ranges` for `trt` (its int8 symmetric activations were not evaluated), with
     /// `balance` (whose cap the noise step does not keep: `noise` with `balance` is refused) and
