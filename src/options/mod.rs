@@ -219,11 +219,11 @@ pub struct Options {
     pub balance: Option<f32>,
     /// Rule for the cross-layer scales: `equal_ranges` or `noise` (least predicted W8A8 noise
     /// on the declared target's grids; with per-channel weights a fixed step, 0.35 of the way
-    /// towards equal activation reaches; not with `compat = aimet`). Default: `noise` for the `ort` and
-    /// `qnn` targets (chosen on the tuning photos of every evaluated model: README, Scaling
-    /// rule); `equal_ranges` for `trt` (its int8 symmetric activations were not evaluated), with
-    /// `balance` (whose cap the noise step does not keep: `noise` with `balance` is refused) and
-    /// with `compat = aimet`.
+    /// towards equal activation reaches; not with `compat = aimet`). Default: `noise` for the
+    /// `ort` and `qnn` targets (chosen on the tuning photos of every evaluated model: README,
+    /// Scaling rule); `equal_ranges` for `trt` (its int8 symmetric activations were not
+    /// evaluated), with `balance` (whose cap the noise step does not keep: `noise` with
+    /// `balance` is refused) and with `compat = aimet`.
     pub scaling: Option<Scaling>,
     /// Quantization-readiness figures in the report.
     pub quant: QuantOptions,

@@ -193,18 +193,20 @@ impl Pair<'_> {
                     f64::from(u8::from(mu > a && mu < b))
                 };
                 let n = f64::from(N_SIGMA);
-                let centre = mu.clamp(a.min(b), b.max(a));
-                let reach = ((centre + n * sigma).min(b.max(a)))
+                let (floor, cap) = (a.min(b), b.max(a));
+                let centre = mu.clamp(floor, cap);
+                let reach = (centre + n * sigma)
+                    .min(cap)
                     .abs()
-                    .max((centre - n * sigma).max(a.min(b)).abs());
+                    .max((centre - n * sigma).max(floor).abs());
                 Channel {
                     reach,
                     var: v,
                     second: v + m * m,
                     pre_var: sigma * sigma,
                     pass,
-                    lo: (mu - n * sigma).clamp(a.min(b), b.max(a)),
-                    hi: (mu + n * sigma).clamp(a.min(b), b.max(a)),
+                    lo: (mu - n * sigma).clamp(floor, cap),
+                    hi: (mu + n * sigma).clamp(floor, cap),
                 }
             })
             .collect()
