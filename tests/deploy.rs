@@ -27,7 +27,7 @@ use onnx_cle::builder::{calibrate_batch_norms, BnSpec, ConvSpec, GemmSpec, Model
 use onnx_cle::onnx::{self, ModelProto};
 use onnx_cle::options::BiasCorrection;
 use onnx_cle::options::Rounding;
-use onnx_cle::options::{Granularity, Target, TargetPreset};
+use onnx_cle::options::{Granularity, Scaling, Target, TargetPreset};
 use onnx_cle::quant::deploy::stats::{self, ChannelAxis, StatsOptions};
 use onnx_cle::runtime::{self, InputTensor};
 use onnx_cle::{Control, Options, SampleInputs};
@@ -251,6 +251,54 @@ fn const_values(model: &ModelProto, name: &str) -> Vec<f32> {
 }
 
 #[test]
+fn split_scaling_builds_the_int8_outputs_from_a_run_of_their_own() {
+    let model = mobilenet_like(5);
+    let mut opts = deploy_options(
+        Target::default(),
+        BiasCorrection::Analytic,
+        Rounding::Squant,
+    );
+    opts.exports.qdq = true;
+    assert_eq!(
+        opts.clone().normalized().unwrap().scaling,
+        Some(Scaling::Split)
+    );
+    let split = run(&model, &opts, None);
+    let with = |s: Scaling| {
+        let o = Options {
+            scaling: Some(s),
+            ..opts.clone()
+        };
+        run(&model, &o, None)
+    };
+    let (equal, noise) = (with(Scaling::EqualRanges), with(Scaling::Noise));
+    assert_ne!(
+        equal.model, noise.model,
+        "the two rules scale this model alike"
+    );
+    assert_eq!(
+        split.model, equal.model,
+        "the equalized model: equal ranges"
+    );
+    assert_eq!(split.deploy, noise.deploy, "the deploy model: noise");
+    let qdq = |o: &onnx_cle::Output| {
+        o.artifacts
+            .iter()
+            .map(|a| a.data.clone())
+            .collect::<Vec<_>>()
+    };
+    assert!(!qdq(&split).is_empty());
+    assert_eq!(qdq(&split), qdq(&noise), "the QDQ model: noise");
+    let rule = |o: &onnx_cle::Output| o.report.deploy.as_ref().and_then(|d| d.scaling);
+    assert_eq!(rule(&split), Some(Scaling::Noise));
+    assert_eq!(rule(&equal), Some(Scaling::EqualRanges));
+    assert_eq!(
+        split.report.verification.status,
+        equal.report.verification.status
+    );
+}
+
+#[test]
 fn deploy_weights_are_on_the_target_grid() {
     let model = mobilenet_like(5);
     let per_tensor = Target {
@@ -276,11 +324,10 @@ fn deploy_weights_are_on_the_target_grid() {
     ];
     for target in targets {
         for rounding in [Rounding::Nearest, Rounding::Squant] {
-            let out = run(
-                &model,
-                &deploy_options(target, BiasCorrection::Analytic, rounding),
-                None,
-            );
+            let mut opts = deploy_options(target, BiasCorrection::Analytic, rounding);
+            // The model the deploy model is built from (`split`: a run of its own).
+            opts.scaling = Some(opts.scaling().of_int8());
+            let out = run(&model, &opts, None);
             let exact = onnx::decode(out.model.clone().into()).unwrap();
             let deploy = onnx::decode(out.deploy.clone().unwrap().into()).unwrap();
             let grid = target.weights();

@@ -8,7 +8,7 @@ use super::{ms, Control};
 use crate::error::Result;
 use crate::graph::Work;
 use crate::onnx::{self, ModelProto};
-use crate::options::{Options, QuantOptions, Step, VerifyOptions};
+use crate::options::{Options, QuantOptions, Scaling, Step, VerifyOptions};
 use crate::passes::{self, Ctx, State};
 use crate::quant;
 use crate::report::{self, ModelSummary, Report};
@@ -173,6 +173,37 @@ pub(super) fn wants_int8_source(options: &Options) -> bool {
     options.target.weights().granularity == crate::options::Granularity::PerTensor
         && options.runs(Step::BnFold)
         && (options.builds_deploy() || options.exports.any())
+}
+
+/// Whether the deploy model and the int8 outputs are built from a run of their own
+/// ([`int8_run`]): scaled apart (`scaling = split`) or with BNs kept for a per-tensor grid.
+pub(super) fn wants_int8_run(options: &Options) -> bool {
+    (options.builds_deploy() && options.scaling() == Scaling::Split) || wants_int8_source(options)
+}
+
+/// The run the deploy model and the int8 outputs are built from when it is not the equalized
+/// one (`eq`, the run of `options`): with `scaling = split` the same passes on `model` with
+/// the int8 outputs' rule ([`Scaling::of_int8`]), then [`int8_source`] on that run; otherwise
+/// [`int8_source`]. `None`: the int8 outputs are built from `eq`.
+pub(super) fn int8_run(
+    model: ModelProto,
+    options: &Options,
+    eq: &Report,
+    ctl: Control,
+) -> Result<Option<Captured>> {
+    if options.scaling() != Scaling::Split {
+        return int8_source(model, options, eq, ctl);
+    }
+    let opts = Options {
+        scaling: Some(options.scaling().of_int8()),
+        ..model_only(options)
+    };
+    let unfold_from = wants_int8_source(&opts).then(|| model.clone());
+    let own = capturing(model, &opts, ctl, false)?;
+    Ok(Some(match unfold_from {
+        Some(m) => int8_source(m, &opts, &own.0.report, ctl)?.unwrap_or(own),
+        None => own,
+    }))
 }
 
 /// The model the int8 outputs of a per-tensor grid are built from, when it differs from the

@@ -305,10 +305,10 @@ pub fn run_streamed(
     let original_model = needs_original.then(|| model.clone());
     let input = original.as_ref().map(|b| b.as_ptr_range());
     drop(original);
-    let source_input = equalize::wants_int8_source(options).then(|| model.clone());
+    let source_input = equalize::wants_int8_run(options).then(|| model.clone());
     let (mut eq, table, origins) = equalize::capturing(model, options, ctl, figures_in_run)?;
     let source = match source_input {
-        Some(m) => equalize::int8_source(m, options, &eq.report, ctl)?,
+        Some(m) => equalize::int8_run(m, options, &eq.report, ctl)?,
         None => None,
     };
     let kept_bn: Vec<crate::report::Skip> = source
@@ -460,6 +460,7 @@ pub fn run_streamed(
                 bounds,
                 options.exports.input_range,
             )?;
+            d.report.scaling = Some(options.scaling().of_int8());
             d.report.skipped.extend(kept_bn.iter().cloned());
             if !kept_bn.is_empty() {
                 quant::deploy::note_kept_bn(&mut d, kept_bn.len());

@@ -35,6 +35,7 @@ pub fn candidates(base: &Options) -> Vec<(String, Options)> {
     let (other, label) = match plain.scaling() {
         Scaling::Noise => (Scaling::EqualRanges, "scaling equal_ranges"),
         Scaling::EqualRanges => (Scaling::Noise, "scaling noise"),
+        Scaling::Split => (Scaling::Noise, "scaling noise"),
     };
     if !plain.is_aimet() {
         out.push((

@@ -648,6 +648,11 @@ pub struct Coverage {
 pub struct DeployReport {
     /// The declared target (`metadata_props` `onnx_cle.target` carries the same text).
     pub target: String,
+    /// The cross-layer scaling of the model the deploy model (and every int8 output with it)
+    /// was built from: `noise` or `equal_ranges`. With `scaling = split` it is `noise`, from a
+    /// run of its own, while the equalized model has equal weight ranges.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scaling: Option<crate::options::Scaling>,
     /// `nearest` or `squant`.
     pub rounding: String,
     /// `off`, `analytic` or `empirical`.

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds the CLI with step_probe.patch (a throwaway worktree of HEAD) and runs step_probe.py on
 # the tuning split (README: Scaling rule). The probe build goes through $CARGO_TARGET_DIR like
-# any other (its binary is copied out; the tree's next build rebuilds its own): do not run it
-# beside an evaluation that uses the release CLI.
+# any other (its binary is copied out; the worktree's crate has the same metadata hash as the
+# tree's, so the tree's noise.rs is touched afterwards to make its next build relink its own
+# binary): do not run it beside an evaluation that uses the release CLI.
 #
 # Usage: scripts/eval/analysis/step_probe.sh [N]   (tuning crops per model, default 300)
 set -euo pipefail
@@ -14,5 +15,6 @@ git -C "$root" worktree add --detach "$work/tree" HEAD >/dev/null
 git -C "$work/tree" apply "$root/scripts/eval/analysis/step_probe.patch"
 (cd "$work/tree" && cargo build --locked --quiet --release --bin onnx-cle)
 cp "$CARGO_TARGET_DIR/release/onnx-cle" "$work/onnx-cle"
+touch "$root/src/passes/noise.rs"
 source "$root/scripts/eval/env.sh"
 STEP_PROBE_BIN="$work/onnx-cle" "$EVAL_PY" "$root/scripts/eval/analysis/step_probe.py" "$@"

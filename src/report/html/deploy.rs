@@ -14,7 +14,7 @@ pub(super) fn deploy(o: &mut String, d: &DeployReport) {
         "<section id=\"deploy\"><h2>Deploy model</h2>\n<div class=\"banner warn\">\
          <strong>Function changed by design.</strong> The deploy model's weights lie on the \
          grid of <code>{}</code>{}; it is tied to that grid. The exact equalized model is the \
-         main output.</div>\n<div class=\"tiles wide\">",
+         main output.{}</div>\n<div class=\"tiles wide\">",
         esc(&d.target),
         if d.bias_correction == "off" {
             String::new()
@@ -23,6 +23,17 @@ pub(super) fn deploy(o: &mut String, d: &DeployReport) {
                 " and its biases are corrected for the weight error ({})",
                 esc(&d.bias_correction)
             )
+        },
+        match d.scaling {
+            Some(rule) => format!(
+                " The deploy model and the int8 outputs were built from the passes with \
+                 <code>{}</code> scaling.",
+                serde_json::to_value(rule)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default()
+            ),
+            None => String::new(),
         }
     );
     let s = &d.summary;
