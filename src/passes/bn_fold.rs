@@ -12,7 +12,9 @@
 //! backward folds win over forward folds; a BN with shared or non-constant parameters, or a
 //! layer with a shared weight, is skipped with its reason and stays as it was.
 
-use crate::graph::layout::LayerOp;
+use rayon::prelude::*;
+
+use crate::graph::layout::{LayerOp, WeightLayout};
 use crate::graph::work::Edits;
 use crate::onnx::attr;
 use crate::onnx::tensor::F32Tensor;
@@ -143,8 +145,13 @@ pub fn run(cx: &mut Ctx) -> crate::error::Result<()> {
         .collect();
     cx.work.prefetch(&weights);
     let mut edits = Edits::default();
-    for plan in backward.iter().chain(forward.iter()) {
-        apply(cx, plan, &mut edits)?;
+    // Backward folds first: a forward fold into the same layer reads the weight they scaled.
+    for group in [&backward, &forward] {
+        let mut pending = Vec::with_capacity(group.len());
+        for plan in group.iter() {
+            pending.push(apply(cx, plan, &mut edits)?);
+        }
+        scale_weights(cx, pending)?;
     }
     if aimet {
         for (b, params) in unfolded {
@@ -591,7 +598,45 @@ fn sigma_scale(p: &BnParams) -> Vec<f32> {
         .collect()
 }
 
-fn apply(cx: &mut Ctx, plan: &Plan, edits: &mut Edits) -> crate::error::Result<()> {
+/// A fold's multiplication of its layer's weight, done for all folds of a direction at once
+/// ([`scale_weights`]): one factor per output channel (backward) or per input channel
+/// (forward).
+struct Pending {
+    weight: String,
+    layout: WeightLayout,
+    direction: FoldDirection,
+    scale: Vec<f32>,
+}
+
+/// Scales every pending weight, in parallel: each fold's layer is its own and its weight is
+/// its own tensor (`Ctx::own`), so the weights are distinct and every product is the one a
+/// serial loop computes.
+fn scale_weights(cx: &mut Ctx, pending: Vec<Pending>) -> crate::error::Result<()> {
+    debug_assert!({
+        let mut seen = std::collections::HashSet::new();
+        pending.iter().all(|p| seen.insert(p.weight.as_str()))
+    });
+    let mut taken = Vec::with_capacity(pending.len());
+    for p in pending {
+        let t = cx
+            .work
+            .take(&p.weight)
+            .map_err(crate::error::CoreError::InvalidModel)?;
+        taken.push((p, t));
+    }
+    taken.par_iter_mut().for_each(|(p, t)| match p.direction {
+        FoldDirection::Backward => p.layout.scale_out(&mut t.data, &p.scale),
+        FoldDirection::Forward => p.layout.scale_in(&mut t.data, &p.scale),
+    });
+    for (p, t) in taken {
+        cx.work.put(&p.weight, t);
+    }
+    Ok(())
+}
+
+/// Folds `plan`'s BN into its layer: the new bias, the graph edits and the report entry; the
+/// weight's scaling is returned, to be done by [`scale_weights`].
+fn apply(cx: &mut Ctx, plan: &Plan, edits: &mut Edits) -> crate::error::Result<Pending> {
     let l = plan.layer.node;
     // The names as the node reads them now: an earlier fold into the same layer may have
     // created its bias, and shared tensors become the layer's own.
@@ -604,7 +649,7 @@ fn apply(cx: &mut Ctx, plan: &Plan, edits: &mut Edits) -> crate::error::Result<(
     let layout = &layer.layout;
     let p = &plan.params;
     let scale = sigma_scale(p);
-    let mut w = cx
+    let w = cx
         .work
         .take(&layer.weight)
         .map_err(crate::error::CoreError::InvalidModel)?;
@@ -624,17 +669,17 @@ fn apply(cx: &mut Ctx, plan: &Plan, edits: &mut Edits) -> crate::error::Result<(
     } else {
         1.0
     };
-    let new_bias: Vec<f32> = match plan.direction {
+    let (new_bias, weight_scale): (Vec<f32>, Vec<f32>) = match plan.direction {
         FoldDirection::Backward => {
-            layout.scale_out(&mut w.data, &scale);
             let eff: Vec<f32> = if gemm_beta != 1.0 {
                 old_bias.iter().map(|b| b * gemm_beta).collect()
             } else {
                 old_bias
             };
-            (0..scale.len())
+            let bias = (0..scale.len())
                 .map(|o| p.beta[o] - (p.mean[o] - eff[o]) * scale[o])
-                .collect()
+                .collect();
+            (bias, scale)
         }
         FoldDirection::Forward => {
             let rep = layout.in_channels() / p.gamma.len();
@@ -652,10 +697,10 @@ fn apply(cx: &mut Ctx, plan: &Plan, edits: &mut Edits) -> crate::error::Result<(
                 .collect();
             let mu_hat = layout.kernel_sum_times(&w.data, &mu_scale);
             let beta_hat = layout.kernel_sum_times(&w.data, &beta_k);
-            layout.scale_in(&mut w.data, &scale_k);
-            (0..layout.out_channels())
+            let bias = (0..layout.out_channels())
                 .map(|o| beta_hat[o] - mu_hat[o] + old_bias[o])
-                .collect()
+                .collect();
+            (bias, scale_k)
         }
     };
     cx.work.put(&layer.weight, w);
@@ -792,7 +837,12 @@ fn apply(cx: &mut Ctx, plan: &Plan, edits: &mut Edits) -> crate::error::Result<(
         created_bias,
     };
     cx.report.bn_folds.push(fold);
-    Ok(())
+    Ok(Pending {
+        weight: layer.weight.clone(),
+        layout: layout.clone(),
+        direction: plan.direction,
+        scale: weight_scale,
+    })
 }
 
 fn drop_value_info(cx: &mut Ctx, tensor: &str) {
