@@ -120,6 +120,15 @@ pub enum Scaling {
 }
 
 impl Scaling {
+    /// Report name: `equal_ranges`, `noise`, `split`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scaling::EqualRanges => "equal_ranges",
+            Scaling::Noise => "noise",
+            Scaling::Split => "split",
+        }
+    }
+
     /// The rule the equalized model is scaled with.
     pub fn of_model(self) -> Scaling {
         match self {
@@ -460,6 +469,13 @@ impl Options {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scaling_names_are_the_serde_names() {
+        for s in [Scaling::EqualRanges, Scaling::Noise, Scaling::Split] {
+            assert_eq!(serde_json::to_value(s).unwrap(), s.name());
+        }
+    }
 
     #[test]
     fn scaling_default_follows_the_target() {

@@ -477,10 +477,12 @@ pub fn run(cx: &mut Ctx) -> crate::error::Result<()> {
         sets.iter().map(|s| activation_ranges(cx, s)).collect();
     let held: Vec<Vec<Vec<bool>>> = before.iter().map(|b| negligible_channels(b)).collect();
     report_held(cx, &sets, &held);
-    let noise_acts: Vec<Vec<Option<Activation>>> = match cx.opts.scaling().of_model() {
-        crate::options::Scaling::Noise => sets.iter().map(|s| activations(cx, s)).collect(),
-        crate::options::Scaling::EqualRanges | crate::options::Scaling::Split => Vec::new(),
-    };
+    let noise_acts: Vec<Vec<Option<Activation>>> =
+        if cx.opts.scaling().of_model() == crate::options::Scaling::Noise {
+            sets.iter().map(|s| activations(cx, s)).collect()
+        } else {
+            Vec::new()
+        };
     let scaling = Scaling(
         &sets,
         &mut ranges,

@@ -28,10 +28,7 @@ pub(super) fn deploy(o: &mut String, d: &DeployReport) {
             Some(rule) => format!(
                 " The deploy model and the int8 outputs were built from the passes with \
                  <code>{}</code> scaling.",
-                serde_json::to_value(rule)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_string))
-                    .unwrap_or_default()
+                rule.name()
             ),
             None => String::new(),
         }
