@@ -90,6 +90,29 @@ impl Ranges {
         })
     }
 
+    /// [`Ranges::of`] for every layer of `layers` not scanned yet, in parallel (the first layer
+    /// reading a weight gives its layout, as with `of` in the same order).
+    fn scan<'a>(&mut self, cx: &mut Ctx, layers: impl Iterator<Item = &'a Layer>) {
+        let mut todo: Vec<&Layer> = Vec::new();
+        let mut seen = HashSet::new();
+        for l in layers {
+            if !self.0.contains_key(&l.weight) && seen.insert(l.weight.as_str()) {
+                todo.push(l);
+            }
+        }
+        let names: Vec<String> = todo.iter().map(|l| l.weight.clone()).collect();
+        cx.work.prefetch(&names);
+        let work = &*cx.work;
+        let scanned: Vec<_> = todo
+            .par_iter()
+            .filter_map(|l| {
+                let t = work.cached(&l.weight)?;
+                Some((l.weight.clone(), l.layout.ranges(&t.data)))
+            })
+            .collect();
+        self.0.extend(scanned);
+    }
+
     fn set(&mut self, layer: &Layer, ranges: (Vec<f32>, Vec<f32>)) {
         self.0.insert(layer.weight.clone(), ranges);
     }
@@ -457,6 +480,7 @@ pub fn run(cx: &mut Ctx) -> crate::error::Result<()> {
     report_unpaired(cx, &sets);
     own_members(cx, &mut sets)?;
     let mut ranges = Ranges::default();
+    ranges.scan(cx, sets.iter().flat_map(|s| s.layers.iter()));
     let before: Vec<Vec<PairRanges>> = sets
         .iter()
         .map(|s| pair_ranges(cx, &mut ranges, s))
@@ -754,17 +778,29 @@ fn converged(cx: &mut Ctx, scaling: Scaling) -> crate::error::Result<()> {
                 .collect()
         })
         .collect();
-    for (t, track) in tracks.iter_mut().enumerate() {
-        let both = out_scaled[t] && in_scaled[t];
-        if both || !noise_acts.is_empty() {
-            let w = cx
-                .work
-                .read(&track.layer.weight)
-                .map_err(crate::error::CoreError::InvalidModel)?;
-            if both {
-                track.maxima = Some(track.layer.layout.block_maxima(&w.data));
-            }
-        }
+    let read: Vec<String> = tracks
+        .iter()
+        .enumerate()
+        .filter(|&(t, _)| (out_scaled[t] && in_scaled[t]) || !noise_acts.is_empty())
+        .map(|(_, track)| track.layer.weight.clone())
+        .collect();
+    cx.work.prefetch(&read);
+    for name in &read {
+        cx.work
+            .read(name)
+            .map_err(crate::error::CoreError::InvalidModel)?;
+    }
+    {
+        let work = &*cx.work;
+        tracks
+            .par_iter_mut()
+            .enumerate()
+            .filter(|(t, _)| out_scaled[*t] && in_scaled[*t])
+            .for_each(|(_, track)| {
+                if let Some(w) = work.cached(&track.layer.weight) {
+                    track.maxima = Some(track.layer.layout.block_maxima(&w.data));
+                }
+            });
     }
     // `scaling = noise` reads each layer's energies from its weight, cached above (and taken
     // from the cache only when the scales are written).
