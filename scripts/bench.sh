@@ -80,9 +80,12 @@ timed() {
 # "median (min–max)" of a list of seconds.
 spread() { printf '%s\n' "$@" | sort -n | awk '{v[NR]=$1} END {m = NR % 2 ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2; printf "%.3f (%.3f–%.3f)", m, v[1], v[NR]}'; }
 median() { printf '%s\n' "$@" | sort -n | awk '{v[NR]=$1} END {print NR % 2 ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2}'; }
-# Wall seconds of one command, at millisecond resolution.
+# Wall seconds of one command, at millisecond resolution. Every command starts with nothing
+# dirty in the page cache (`sync`, untimed): a plain `cp` leaves its copy for the kernel to
+# write back, and that writeback must not land inside the next command's time.
 wall() {
     local t0 t1
+    sync
     t0=$(date +%s.%N)
     "$@" >/dev/null 2>"$WORK/stderr.txt" || { cat "$WORK/stderr.txt" >&2; return 1; }
     t1=$(date +%s.%N)
