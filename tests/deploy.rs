@@ -296,6 +296,30 @@ fn split_scaling_builds_the_int8_outputs_from_a_run_of_their_own() {
         split.report.verification.status,
         equal.report.verification.status
     );
+    // The second run is one stage to the caller: every stage is announced once.
+    let stages = std::sync::Mutex::new(Vec::<String>::new());
+    let progress = |s: &str| stages.lock().unwrap().push(s.to_string());
+    let ctl = Control {
+        progress: Some(&progress),
+        cancel: None,
+    };
+    onnx_cle::run(model.clone(), None, &opts, None, ctl).unwrap();
+    let seen = stages.into_inner().unwrap();
+    let expected = [
+        "verify_original",
+        "prepare",
+        "bn_fold",
+        "relu6",
+        "cls",
+        "hbf",
+        "finish",
+        "int8_model",
+        "quantization",
+        "deploy",
+        "exports",
+        "verify",
+    ];
+    assert_eq!(seen, expected, "{seen:?}");
 }
 
 #[test]

@@ -307,8 +307,17 @@ pub fn run_streamed(
     drop(original);
     let source_input = equalize::wants_int8_run(options).then(|| model.clone());
     let (mut eq, table, origins) = equalize::capturing(model, options, ctl, figures_in_run)?;
+    // The int8 outputs' own run is one stage for the caller: its passes do not announce
+    // `prepare` … `finish` a second time (cancellation still reaches them).
     let source = match source_input {
-        Some(m) => equalize::int8_run(m, options, &eq.report, ctl)?,
+        Some(m) => {
+            ctl.stage("int8_model")?;
+            let quiet = Control {
+                progress: None,
+                ..ctl
+            };
+            equalize::int8_run(m, options, &eq.report, quiet)?
+        }
         None => None,
     };
     let kept_bn: Vec<crate::report::Skip> = source

@@ -208,7 +208,10 @@ pub struct JobRecord {
 /// Progress of a running job.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Progress {
-    /// Current stage: `prepare`, `bn_fold`, `relu6`, `cls`, `hbf`, `finish`, `verify`.
+    /// Current stage, in the order a run goes through them (those it needs): `verify_original`,
+    /// `prepare`, `bn_fold`, `relu6`, `cls`, `hbf`, `finish`, `int8_model` (the int8 outputs
+    /// built from a run of their own: `scaling = split`, or BNs kept for per-tensor weights),
+    /// `quantization`, `deploy`, `exports`, `verify`.
     pub stage: String,
 }
 
