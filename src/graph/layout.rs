@@ -682,11 +682,10 @@ fn vmax(acc: f32, a: f32) -> f32 {
 
 const LANES: usize = 8;
 
-/// Maximum `|v|` over `row`, in independent lanes so the loop vectorizes.
-#[inline]
 /// `max_j f[j]·m[j]` (from 0) in [`LANES`] independent maxima: the same value as the sequential
 /// fold, as a maximum of non-negative values (NaN products are skipped either way) does not
 /// depend on the order.
+#[inline]
 fn scaled_row_max(m: &[f32], f: &[f32]) -> f32 {
     let mut lanes = [0f32; LANES];
     let mut ms = m.chunks_exact(LANES);
@@ -704,6 +703,8 @@ fn scaled_row_max(m: &[f32], f: &[f32]) -> f32 {
     lanes.iter().fold(tail, |r, &v| vmax(r, v))
 }
 
+/// Maximum `|v|` over `row`, in independent lanes so the loop vectorizes.
+#[inline]
 fn row_max(row: &[f32]) -> f32 {
     let mut lanes = [0f32; LANES];
     let mut chunks = row.chunks_exact(LANES);
