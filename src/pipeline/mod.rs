@@ -374,6 +374,17 @@ pub fn run_streamed(
         },
     );
     let (encoded, written, encode_ms) = encoded?;
+    // The int8 outputs come from a run of their own and the equalized model is already
+    // encoded for verification: from here on only that encoding is needed, so the equalized
+    // weights are freed before the deploy model and the exports are built.
+    let mut simplified = false;
+    if let (Some(c), Some(_), Some(_), None) = (check.as_mut(), &encoded, &int8_eq, &original_model)
+    {
+        c.simplify_equalized(&eq.model);
+        simplified = true;
+        eq.model = ModelProto::default();
+        crate::runtime::release_free_memory();
+    }
     let mut report = eq.report;
     report.skipped.extend(kept_bn.iter().cloned());
     let int8_model = int8_eq.as_ref().map_or(&eq.model, |e| &e.model);
@@ -549,7 +560,7 @@ pub fn run_streamed(
         report.int8 = Some(trust::verdict(checks, coverage));
     }
     drop(original_model);
-    if let Some(check) = check.as_mut() {
+    if let (Some(check), false) = (check.as_mut(), simplified) {
         check.simplify_equalized(&eq.model);
     }
     let model = match (check, encoded) {
