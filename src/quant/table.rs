@@ -246,14 +246,13 @@ pub(crate) fn weight_sqnr(
     };
     let mut sums = Sums::default();
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        layout.for_each_out_run(data, |run, first, stride| {
-            // SAFETY: the CPU has AVX2 (checked above).
-            unsafe { sweep_avx2(&mut sums, &grids, run, first, stride) }
-        });
-        return grids.figures(&sums);
-    }
+    let avx2 = std::arch::is_x86_feature_detected!("avx2");
     layout.for_each_out_run(data, |run, first, stride| {
+        #[cfg(target_arch = "x86_64")]
+        if avx2 {
+            // SAFETY: the CPU has AVX2 (checked above).
+            return unsafe { sweep_avx2(&mut sums, &grids, run, first, stride) };
+        }
         sweep(&mut sums, &grids, run, first, stride)
     });
     grids.figures(&sums)
