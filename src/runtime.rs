@@ -158,6 +158,31 @@ pub fn defaulted_shapes(
         .collect()
 }
 
+/// Stacks `count` samples along the batch dimension of `specs` ([`input_specs_shaped`]) when
+/// every input's declared leading dimension is dynamic and holds one sample; returns how many
+/// samples the specs hold (1 when the model fixes its batch, or `count` is 0 or 1).
+pub fn stack_samples(model: &ModelProto, specs: &mut [InputTensor], count: usize) -> usize {
+    let Some(g) = model.graph.as_ref() else {
+        return 1;
+    };
+    let batchable = |s: &InputTensor| {
+        s.shape.first() == Some(&1)
+            && g.input
+                .iter()
+                .find(|v| v.name() == s.name)
+                .and_then(crate::onnx::declared_dims)
+                .is_some_and(|d| matches!(d.first(), Some(None | Some(0))))
+    };
+    if count < 2 || specs.is_empty() || !specs.iter().all(batchable) {
+        return 1;
+    }
+    for s in specs.iter_mut() {
+        s.shape[0] = count;
+        s.data = vec![0.0; s.data.len() * count];
+    }
+    count
+}
+
 /// Seeded standard-normal values (SplitMix64 + Box–Muller).
 pub fn fill_random(inputs: &mut [InputTensor], seed: u64) {
     fill(inputs, seed, |next| {

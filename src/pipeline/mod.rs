@@ -292,6 +292,11 @@ pub fn run_streamed(
             &options.verify,
             options.exports.input_range,
             check_samples,
+            if options.builds_deploy() {
+                verifier::RANDOM_CHECK_INPUTS
+            } else {
+                1
+            },
             ctl,
         )?)
     } else {

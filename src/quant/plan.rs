@@ -635,7 +635,11 @@ impl Sites {
                     tensor: site.tensor.clone(),
                     lo,
                     hi,
-                    params: grid.params(lo, hi),
+                    params: if self.graph_inputs.contains(&site.tensor) {
+                        grid.params_on_ends(lo, hi)
+                    } else {
+                        grid.params(lo, hi)
+                    },
                     grid,
                     origin,
                     from,
