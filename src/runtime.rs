@@ -852,3 +852,37 @@ fn onnx_type_of(dt: DatumType) -> Option<i32> {
     };
     Some(t as i32)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::builder::{Dim, ModelBuilder};
+
+    fn one_relu(batch: Dim) -> ModelProto {
+        let mut b = ModelBuilder::new(13);
+        let x = b.input("x", &[batch, Dim::Fixed(3), Dim::Fixed(2)]);
+        let y = b.relu("r", &x);
+        b.output(&y);
+        b.build()
+    }
+
+    #[test]
+    fn samples_stack_on_a_dynamic_batch_only() {
+        let none = BTreeMap::new();
+        let model = one_relu(Dim::Symbolic("N".into()));
+        let mut specs = input_specs_shaped(&model, 1, &none).unwrap();
+        assert_eq!(stack_samples(&model, &mut specs, 4), 4);
+        assert_eq!(
+            (specs[0].shape.clone(), specs[0].data.len()),
+            (vec![4, 3, 2], 24)
+        );
+        let fixed = one_relu(Dim::Fixed(1));
+        let mut specs = input_specs_shaped(&fixed, 1, &none).unwrap();
+        assert_eq!(stack_samples(&fixed, &mut specs, 4), 1);
+        assert_eq!(specs[0].shape, vec![1, 3, 2]);
+        // A batch the caller already chose is kept.
+        let shapes = BTreeMap::from([("x".to_string(), vec![2, 3, 2])]);
+        let mut specs = input_specs_shaped(&model, 1, &shapes).unwrap();
+        assert_eq!(stack_samples(&model, &mut specs, 4), 1);
+    }
+}

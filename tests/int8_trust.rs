@@ -70,10 +70,15 @@ fn a_correction_worse_than_nearest_rounding_falls_back_to_the_baseline() {
     let baseline = c[1]["max_rel_l2"].as_f64().unwrap();
     assert!(requested > baseline, "{check}");
     assert_eq!(r["int8"]["trusted"], true, "{}", r["int8"]);
-    assert!(r["int8"]["checks"][0]["inputs"]
-        .as_str()
-        .unwrap()
-        .starts_with("random uniform on [-1, 1]"));
+    // Four random inputs on the model's dynamic batch dimension, not one.
+    let inputs = r["int8"]["checks"][0]["inputs"].as_str().unwrap();
+    assert!(inputs.starts_with("random uniform on [-1, 1]"), "{inputs}");
+    assert!(inputs.ends_with(", 4 inputs"), "{inputs}");
+    assert_eq!(
+        r["verification"]["input_shapes"][0]["shape"][0], 4,
+        "{}",
+        r["verification"]
+    );
 
     let html = std::fs::read_to_string(dir.join("r.html")).unwrap();
     assert!(
