@@ -1,20 +1,10 @@
 #!/usr/bin/env bash
-# Builds the CLI with step_probe.patch (a throwaway worktree of HEAD) and runs step_probe.py on
-# the tuning split (README: Scaling rule). The probe build goes through $CARGO_TARGET_DIR like
-# any other (its binary is copied out; the worktree's crate has the same metadata hash as the
-# tree's, so the tree's noise.rs is touched afterwards to make its next build relink its own
-# binary): do not run it beside an evaluation that uses the release CLI.
+# Builds the CLI with step_probe.patch (probe_build.sh) and runs step_probe.py on the tuning split
+# (README: Scaling rule). Do not run it beside an evaluation that uses the release CLI.
 #
 # Usage: scripts/eval/analysis/step_probe.sh [N]   (tuning crops per model, default 300)
 set -euo pipefail
-root="$(cd "$(dirname "$0")/../../.." && pwd)"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/onnx-cle-target}"
-work="$(mktemp -d "${TMPDIR:-/tmp}/onnx-cle-step-probe.XXXXXX")"
-trap 'git -C "$root" worktree remove --force "$work/tree" >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
-git -C "$root" worktree add --detach "$work/tree" HEAD >/dev/null
-git -C "$work/tree" apply "$root/scripts/eval/analysis/step_probe.patch"
-(cd "$work/tree" && cargo build --locked --quiet --release --bin onnx-cle)
-cp "$CARGO_TARGET_DIR/release/onnx-cle" "$work/onnx-cle"
-touch "$root/src/passes/noise.rs"
-source "$root/scripts/eval/env.sh"
-STEP_PROBE_BIN="$work/onnx-cle" "$EVAL_PY" "$root/scripts/eval/analysis/step_probe.py" "$@"
+here="$(cd "$(dirname "$0")" && pwd)"
+source "$here/probe_build.sh"
+probe_build step_probe.patch src/passes/noise.rs
+STEP_PROBE_BIN="$PROBE_BIN" "$EVAL_PY" "$here/step_probe.py" "$@"
