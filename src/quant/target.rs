@@ -537,12 +537,14 @@ mod tests {
         }
     }
 
+    const U8: ActivationGrid = ActivationGrid {
+        ty: ActivationType::Uint8,
+        symmetric: false,
+    };
+
     #[test]
     fn graph_input_grid_keeps_the_range_ends_on_levels() {
-        let a = ActivationGrid {
-            ty: ActivationType::Uint8,
-            symmetric: false,
-        };
+        let a = U8;
         // Pixels normalized to [-1, 1]: every one on a level of the plain grid's step would
         // need zero point 127.5; the input grid has both ends (and 0) on levels.
         let p = a.params_on_ends(-1.0, 1.0);
@@ -573,10 +575,7 @@ mod tests {
 
     #[test]
     fn activation_params_cover_the_range() {
-        let a = ActivationGrid {
-            ty: ActivationType::Uint8,
-            symmetric: false,
-        };
+        let a = U8;
         let p = a.params(-1.0, 3.0);
         assert!((p.scale - 4.0 / 255.0).abs() < 1e-7);
         assert_eq!(p.zero_point, 64);
