@@ -35,11 +35,12 @@ pub const VERIFY_SAMPLES: usize = 8;
 /// How many random inputs a run that builds int8 outputs verifies and self-checks them on
 /// (stacked along the batch dimension when the model's is dynamic, else one).
 ///
-/// One random input judges int8 candidates by its own noise: the logits SQNR of one
-/// EfficientNet-Lite2 QDQ model varies by 1.4 dB (standard deviation) from input to input, and
-/// on the one input of seed `0x5eed` its squant + analytic model measured 3.5 dB below nearest
-/// rounding (so the self-check wrote the rounding baseline, 2 dB worse on photos), while on
-/// four inputs of each of three other seeds it measures 2.3 to 4.6 dB above, as on photos.
+/// One random input judges int8 candidates by its own noise: a QDQ model's logits SQNR moves by
+/// a dB or two from one random input to the next. On the one input of seed `0x5eed`
+/// EfficientNet-Lite2's squant + analytic QDQ model (with the graph input's grid of
+/// [`crate::options::ActivationGrid::params_on_ends`]) measured under nearest rounding, so
+/// the rounding baseline, worse on photos, was written; on four inputs it measures 1.4 to 3.7 dB
+/// above it for each of four seeds, as on photos (README: Self-checked int8 outputs).
 pub const RANDOM_CHECK_INPUTS: usize = 4;
 
 /// Seeded random inputs of `model` at the shapes `opts` gives: uniform on `input_range` when the
