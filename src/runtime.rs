@@ -110,7 +110,7 @@ pub fn input_specs_shaped(
             .iter()
             .try_fold(1usize, |a, &d| a.checked_mul(d))
             .ok_or("input too large")?;
-        if count > 64 << 20 {
+        if count > MAX_VERIFY_ELEMENTS {
             return Err(format!(
                 "input `{}` has {count} elements: too large to verify",
                 v.name()
@@ -158,15 +158,20 @@ pub fn defaulted_shapes(
         .collect()
 }
 
+/// Most elements of one input that verification feeds tract.
+pub const MAX_VERIFY_ELEMENTS: usize = 64 << 20;
+
 /// Stacks `count` samples along the batch dimension of `specs` ([`input_specs_shaped`]) when
-/// every input's declared leading dimension is dynamic and holds one sample; returns how many
-/// samples the specs hold (1 when the model fixes its batch, or `count` is 0 or 1).
+/// every input's declared leading dimension is dynamic and holds one sample, and the stacked
+/// inputs stay within [`MAX_VERIFY_ELEMENTS`]; returns how many samples the specs hold (1 when
+/// the model fixes its batch, or `count` is 0 or 1).
 pub fn stack_samples(model: &ModelProto, specs: &mut [InputTensor], count: usize) -> usize {
     let Some(g) = model.graph.as_ref() else {
         return 1;
     };
     let batchable = |s: &InputTensor| {
         s.shape.first() == Some(&1)
+            && s.data.len().saturating_mul(count) <= MAX_VERIFY_ELEMENTS
             && g.input
                 .iter()
                 .find(|v| v.name() == s.name)
