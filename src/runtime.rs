@@ -141,17 +141,13 @@ pub fn defaulted_shapes(
     specs: &[InputTensor],
     shapes: &BTreeMap<String, Vec<usize>>,
 ) -> Vec<String> {
-    let Some(g) = model.graph.as_ref() else {
-        return Vec::new();
-    };
+    let declared = declared_input_dims(model);
     specs
         .iter()
         .filter(|s| !shapes.contains_key(&s.name))
         .filter(|s| {
-            g.input
-                .iter()
-                .find(|v| v.name() == s.name)
-                .and_then(crate::onnx::declared_dims)
+            declared
+                .get(&s.name)
                 .is_some_and(|d| d.iter().skip(1).any(Option::is_none))
         })
         .map(|s| format!("{} {:?}", s.name, s.shape))
@@ -166,16 +162,12 @@ pub const MAX_VERIFY_ELEMENTS: usize = 64 << 20;
 /// inputs stay within [`MAX_VERIFY_ELEMENTS`]; returns how many samples the specs hold (1 when
 /// the model fixes its batch, or `count` is 0 or 1).
 pub fn stack_samples(model: &ModelProto, specs: &mut [InputTensor], count: usize) -> usize {
-    let Some(g) = model.graph.as_ref() else {
-        return 1;
-    };
+    let declared = declared_input_dims(model);
     let batchable = |s: &InputTensor| {
         s.shape.first() == Some(&1)
             && s.data.len().saturating_mul(count) <= MAX_VERIFY_ELEMENTS
-            && g.input
-                .iter()
-                .find(|v| v.name() == s.name)
-                .and_then(crate::onnx::declared_dims)
+            && declared
+                .get(&s.name)
                 .is_some_and(|d| matches!(d.first(), Some(None | Some(0))))
     };
     if count < 2 || specs.is_empty() || !specs.iter().all(batchable) {
