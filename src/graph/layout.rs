@@ -350,6 +350,25 @@ impl WeightLayout {
         });
     }
 
+    /// Length of the contiguous row each output channel is, when it is one (dense Conv, Gemm
+    /// with `transB`, depthwise with multiplier 1): [`WeightLayout::scale_row`] then applies.
+    pub fn row_len(&self) -> Option<usize> {
+        self.out_rows()
+    }
+
+    /// On row `o` (of [`WeightLayout::row_len`] elements), what [`WeightLayout::scale_out`]
+    /// (`Side::Out`) or [`WeightLayout::scale_in`] (`Side::In`) does to it, product for product.
+    pub fn scale_row(&self, side: Side, o: usize, row: &mut [f32], f: &[f32]) {
+        if side == Side::Out || self.diagonal() {
+            let m = f[o];
+            for v in row {
+                *v *= m;
+            }
+        } else {
+            self.scale_row_in(row, f);
+        }
+    }
+
     /// `w[e] = f(w[e], o)` for every element `e`, `o` its output channel (per-channel grids).
     pub fn map_out(&self, w: &mut [f32], f: impl Fn(f32, usize) -> f32) {
         self.check(w);
@@ -552,6 +571,34 @@ impl WeightLayout {
         }
         r.iter_mut().zip(own).for_each(|(r, f)| *r *= f);
         r
+    }
+
+    /// The ranges ([`WeightLayout::ranges`]) of `W` after `W[o, …] *= fo[o]` and then
+    /// `W[:, i, …] *= fi[i]` (either product left out when `None`; factors positive), from the
+    /// kernel maxima `m` of `W` ([`WeightLayout::block_maxima`]), bit for bit: a block's largest
+    /// magnitude goes through the same two roundings as every other element of the block, and
+    /// f32 rounding is monotonic, so it stays the block's largest.
+    pub fn ranges_after(
+        &self,
+        m: &[f32],
+        fo: Option<&[f32]>,
+        fi: Option<&[f32]>,
+    ) -> (Vec<f32>, Vec<f32>) {
+        debug_assert_eq!(m.len(), self.a * self.b);
+        let mut ro = vec![0f32; self.out_ch];
+        let mut ri = vec![0f32; self.in_ch];
+        self.for_each_block_index(|s, o, i| {
+            let mut v = m[s];
+            if let Some(f) = fo {
+                v *= f[o];
+            }
+            if let Some(f) = fi {
+                v *= f[i];
+            }
+            ro[o] = vmax(ro[o], v);
+            ri[i] = vmax(ri[i], v);
+        });
+        (ro, ri)
     }
 
     /// [`WeightLayout::scale_out`], then the ranges of the result ([`WeightLayout::ranges`]),
@@ -777,6 +824,55 @@ pub(crate) fn test_values(n: usize) -> Vec<f32> {
 mod tests {
     use super::*;
 
+    /// Positive per-channel factors of several magnitudes, one per output and per input channel.
+    fn channel_factors(l: &WeightLayout) -> (Vec<f32>, Vec<f32>) {
+        let fo = (0..l.out_channels())
+            .map(|c| 0.3 + c as f32 * 0.71)
+            .collect();
+        let fi = (0..l.in_channels())
+            .map(|c| 1.7 - c as f32 * 0.013)
+            .collect();
+        (fo, fi)
+    }
+
+    /// `ranges_after` on the kernel maxima is the scaled weight's `ranges`, bit for bit, with
+    /// either product or both; `scale_row` row by row is `scale_out` / `scale_in`.
+    #[test]
+    fn ranges_after_and_scale_row_match_the_scaled_weight_exactly() {
+        for (op, dims, group) in TEST_LAYOUTS {
+            let l = WeightLayout::new(op, dims, group).unwrap();
+            let w = test_values(l.len());
+            let (fo, fi) = channel_factors(&l);
+            let m = l.block_maxima(&w);
+            for (o_on, i_on) in [(true, false), (false, true), (true, true)] {
+                let mut v = w.clone();
+                if o_on {
+                    l.scale_out(&mut v, &fo);
+                }
+                if i_on {
+                    l.scale_in(&mut v, &fi);
+                }
+                let got = l.ranges_after(&m, o_on.then_some(&fo[..]), i_on.then_some(&fi[..]));
+                let want = l.ranges(&v);
+                let bits = |r: &[f32]| r.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&got.0), bits(&want.0), "{op:?} {dims:?} out");
+                assert_eq!(bits(&got.1), bits(&want.1), "{op:?} {dims:?} in");
+                if let Some(len) = l.row_len() {
+                    let mut r = w.clone();
+                    for (o, row) in r.chunks_exact_mut(len).enumerate() {
+                        if o_on {
+                            l.scale_row(Side::Out, o, row, &fo);
+                        }
+                        if i_on {
+                            l.scale_row(Side::In, o, row, &fi);
+                        }
+                    }
+                    assert_eq!(bits(&r), bits(&v), "{op:?} {dims:?} rows");
+                }
+            }
+        }
+    }
+
     #[test]
     fn scaled_ranges_and_energies_match_a_scaled_weight() {
         let cases = [
@@ -918,12 +1014,7 @@ mod tests {
             let case = format!("{op:?} {dims:?} group {group}");
             assert_eq!(l.ranges(&w), expected, "{case}");
             assert_eq!(l.out_ranges(&w), expected.0, "{case}");
-            let fo: Vec<f32> = (0..l.out_channels())
-                .map(|c| 0.3 + c as f32 * 0.71)
-                .collect();
-            let fi: Vec<f32> = (0..l.in_channels())
-                .map(|c| 1.7 - c as f32 * 0.13)
-                .collect();
+            let (fo, fi) = channel_factors(&l);
             for (side, f) in [("out", &fo), ("in", &fi)] {
                 let naive: Vec<f32> = w
                     .iter()

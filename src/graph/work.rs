@@ -5,6 +5,12 @@
 //! - each weight is decoded at most once, and its f32 buffer becomes the new `raw_data` without
 //!   a copy ([`Work::finish`]); untouched initializers keep their original bytes, so the cost is
 //!   linear in the model size;
+//! - with [`Work::defer_scalings`], a large initializer that passes only scale per channel
+//!   ([`Work::scale`]) is never decoded into the cache: its products are recorded
+//!   ([`super::deferred`]) and every read computes the value they give, bit for bit the eager
+//!   one; a read that caches it ([`Work::read`], [`Work::take`]) ends the deferral, keeping its
+//!   products so the value after any prefix of them can still be computed
+//!   ([`Work::with_value_after`]);
 //! - structural edits (removing or inserting nodes) go through [`Work::apply`], which keeps
 //!   `meta` parallel to `graph.node` and rebuilds the index;
 //! - initializers that a pass made unused are removed at the end; initializers that were
@@ -20,6 +26,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use rayon::prelude::*;
 
 use super::chains::{self, Step};
+use super::deferred::{self, Deferred, Scaling};
+use super::layout::{Side, WeightLayout};
 use crate::error::{CoreError, Result};
 use crate::graph::GraphIndex;
 use crate::onnx::proto::attribute_proto::AttributeType;
@@ -95,7 +103,16 @@ pub struct Work {
     touched: bool,
     /// Uses moved off a tensor by [`Work::own_input`] since the index was built.
     moved: HashMap<String, usize>,
+    /// Whether [`Work::scale`] records products on large initializers instead of applying them.
+    defer: bool,
+    /// The products recorded so far ([`Work::scale`]), by initializer name.
+    deferred: Deferred,
+    /// The products of deferred weights read since (their value is cached now), by name.
+    history: HashMap<String, Vec<Scaling>>,
 }
+
+/// Smallest initializer (bytes of `raw_data`) whose products [`Work::scale`] records.
+pub const DEFER_MIN: usize = 64 * 1024;
 
 impl Work {
     /// Takes ownership of a decoded model and indexes it.
@@ -148,7 +165,145 @@ impl Work {
             initially_used,
             touched: false,
             moved: HashMap::new(),
+            defer: false,
+            deferred: Deferred::default(),
+            history: HashMap::new(),
         })
+    }
+
+    /// From now on, [`Work::scale`] records per-channel products on large FLOAT initializers
+    /// instead of applying them ([`super::deferred`]); reading such a weight computes its
+    /// value. Only a run whose finished model goes to [`Work::finish_deferred`] asks for this.
+    pub fn defer_scalings(&mut self) {
+        self.defer = true;
+        let largest = self
+            .graph()
+            .initializer
+            .iter()
+            .map(|t| t.raw_data().len() / 4)
+            .max()
+            .unwrap_or(0);
+        deferred::reserve(largest);
+    }
+
+    /// Whether `name` is a FLOAT initializer of at least [`DEFER_MIN`] bytes of `raw_data`.
+    fn deferrable(&self, name: &str) -> bool {
+        match self.const_source(name) {
+            Some(ConstSource::Initializer(i)) => {
+                let t = &self.graph().initializer[i];
+                t.data_type() == crate::onnx::proto::tensor_proto::DataType::Float as i32
+                    && !tensor::is_external(t)
+                    && t.raw_data().len() >= DEFER_MIN
+                    && t.raw_data().len().is_multiple_of(4)
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether [`Work::scale`] would record a product on `name` rather than apply it.
+    pub fn defers(&self, name: &str) -> bool {
+        self.defer && !self.cache.contains_key(name) && self.deferrable(name)
+    }
+
+    /// `W[o, …] *= f[o]` (`side` Out) or `W[:, i, …] *= f[i]` (`side` In) on the f32 constant
+    /// `name`, as `layout` reads it: applied to the cached value, or recorded
+    /// ([`Work::defer_scalings`]); the value any later read sees is the same.
+    pub fn scale(
+        &mut self,
+        name: &str,
+        layout: &WeightLayout,
+        side: Side,
+        f: &[f32],
+    ) -> std::result::Result<(), String> {
+        let scaling = Scaling {
+            layout: layout.clone(),
+            side,
+            factors: f.to_vec(),
+        };
+        if self.defers(name) {
+            let dims = self.f32_dims(name)?;
+            if dims.iter().product::<usize>() != layout.len() {
+                return Err(format!("`{name}`: shape {dims:?} does not match its layer"));
+            }
+            self.deferred.push(name, &dims, scaling);
+            return Ok(());
+        }
+        let mut t = self.take(name)?;
+        if t.data.len() != layout.len() {
+            let dims = t.dims.clone();
+            self.put(name, t);
+            return Err(format!("`{name}`: shape {dims:?} does not match its layer"));
+        }
+        scaling.apply(&mut t.data);
+        self.put(name, t);
+        Ok(())
+    }
+
+    /// Ends the deferral of `name` (its value was just computed to be cached), keeping its
+    /// products for [`Work::with_value_after`]; whether it was deferred.
+    fn undefer(&mut self, name: &str) -> bool {
+        match self.deferred.remove(name) {
+            Some(ops) => {
+                self.history.insert(name.to_string(), ops);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Number of products recorded on `name` so far, when it is deferred ([`Work::scale`]).
+    pub fn deferred_ops(&self, name: &str) -> Option<usize> {
+        self.deferred.scalings(name).map(<[Scaling]>::len)
+    }
+
+    /// `f` on the value `name` had when it had `k` recorded products ([`Work::deferred_ops`]
+    /// then): its stored bytes with the first `k` products replayed, whether it is still
+    /// deferred or was read since.
+    pub fn with_value_after<R>(
+        &self,
+        name: &str,
+        k: usize,
+        f: impl FnOnce(&[f32]) -> R,
+    ) -> std::result::Result<R, String> {
+        let ops = self
+            .deferred
+            .scalings(name)
+            .or_else(|| self.history.get(name).map(Vec::as_slice))
+            .filter(|ops| ops.len() >= k)
+            .ok_or_else(|| format!("`{name}` has no {k} recorded products"))?;
+        let proto = self
+            .proto_of(name)
+            .ok_or_else(|| format!("`{name}` is gone"))?;
+        Ok(deferred::with_scratch(proto.raw_data(), &ops[..k], f))
+    }
+
+    /// `f` on the value of the f32 constant `name`, without caching it: the cached value, the
+    /// stored bytes when aligned, or a value computed into a reused per-thread buffer (a
+    /// deferred weight, [`Work::scale`]).
+    pub fn with_value<R>(
+        &self,
+        name: &str,
+        f: impl FnOnce(&[f32]) -> R,
+    ) -> std::result::Result<R, String> {
+        if let Some(c) = self.cache.get(name) {
+            return Ok(f(&c.tensor.data));
+        }
+        if let Some(ops) = self.deferred.scalings(name) {
+            let proto = self
+                .proto_of(name)
+                .ok_or_else(|| format!("`{name}` is gone"))?;
+            return Ok(deferred::with_scratch(proto.raw_data(), ops, f));
+        }
+        if let Some(proto) = self.proto_of(name) {
+            tensor::f32_dims(proto).map_err(|e| format!("`{name}`: {e}"))?;
+            if let Some(v) = tensor::f32_view(proto) {
+                return Ok(f(v));
+            }
+            if proto.raw_data().len() >= DEFER_MIN {
+                return Ok(deferred::with_scratch(proto.raw_data(), &[], f));
+            }
+        }
+        Ok(f(&self.decode_fresh(name)?.data))
     }
 
     /// The model (with pending weight writes not yet flushed).
@@ -315,7 +470,10 @@ impl Work {
     /// Decodes the f32 value of the constant `name` (stored or computed by a weight chain).
     fn decode_fresh(&self, name: &str) -> std::result::Result<F32Tensor, String> {
         if let Some(proto) = self.proto_of(name) {
-            let decoded = tensor::to_f32(proto).map_err(|e| format!("`{name}`: {e}"));
+            let mut decoded = tensor::to_f32(proto).map_err(|e| format!("`{name}`: {e}"));
+            if let (Ok(t), Some(ops)) = (decoded.as_mut(), self.deferred.scalings(name)) {
+                deferred::apply_all(ops, &mut t.data);
+            }
             // The copy is the working value from now on: a memory-mapped input's pages under
             // it leave the resident set (they are re-read if the tensor is written unchanged).
             crate::onnx::mapped::release(proto.raw_data());
@@ -382,20 +540,18 @@ impl Work {
         if let Some(c) = self.cache.remove(name) {
             return Ok(c.tensor);
         }
-        self.decode_fresh(name)
+        let t = self.decode_fresh(name)?;
+        self.undefer(name);
+        Ok(t)
     }
 
     /// Reads the f32 constant `name` without marking it modified.
     pub fn read(&mut self, name: &str) -> std::result::Result<&F32Tensor, String> {
         if !self.cache.contains_key(name) {
             let t = self.decode_fresh(name)?;
-            self.cache.insert(
-                name.to_string(),
-                Cached {
-                    tensor: t,
-                    dirty: false,
-                },
-            );
+            let dirty = self.undefer(name);
+            self.cache
+                .insert(name.to_string(), Cached { tensor: t, dirty });
         }
         Ok(&self.cache[name].tensor)
     }
@@ -422,13 +578,8 @@ impl Work {
             .filter_map(|n| Some(((*n).clone(), self.decode_fresh(n).ok()?)))
             .collect();
         for (name, tensor) in decoded {
-            self.cache.insert(
-                name,
-                Cached {
-                    tensor,
-                    dirty: false,
-                },
-            );
+            let dirty = self.undefer(&name);
+            self.cache.insert(name, Cached { tensor, dirty });
         }
     }
 
@@ -840,6 +991,28 @@ impl Work {
 
     /// Writes every modified weight back and drops initializers the passes made unused.
     pub fn finish(mut self) -> ModelProto {
+        let names: Vec<String> = self.deferred_names();
+        self.prefetch(&names);
+        self.finish_deferred().0
+    }
+
+    fn deferred_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .graph()
+            .initializer
+            .iter()
+            .map(|t| t.name().to_string())
+            .filter(|n| self.deferred.contains(n))
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// [`Work::finish`], with the deferred weights ([`Work::scale`]) left as their stored
+    /// bytes in the model and their products returned: the model's values of those weights are
+    /// the input's, and only [`Deferred`]'s readers ([`crate::onnx::write::stream_computed`],
+    /// [`Deferred::with_tensor`]) give their finished values.
+    pub fn finish_deferred(mut self) -> (ModelProto, Deferred) {
         // Normally done (and reported) by the pipeline already; a written chain must never be
         // dropped silently.
         let _ = self.fold_chains();
@@ -877,7 +1050,7 @@ impl Work {
         graph
             .initializer
             .retain(|t| !used.contains(t.name()) || index.use_count(t.name()) > 0);
-        self.model
+        (self.model, self.deferred)
     }
 }
 
@@ -901,6 +1074,60 @@ fn levenshtein(a: &str, b: &str) -> usize {
 mod tests {
     use super::*;
     use crate::builder::ModelBuilder;
+
+    /// A deferred weight ([`Work::defer_scalings`]) reads, writes and finishes as the eagerly
+    /// scaled one, bit for bit, whether it stays deferred to the end or is read on the way.
+    #[test]
+    fn deferred_products_read_and_finish_as_eager_ones() {
+        use crate::graph::layout::{test_values, LayerOp};
+        let dims = [64usize, 32, 3, 3];
+        let n: usize = dims.iter().product();
+        assert!(n * 4 >= DEFER_MIN);
+        let build = || {
+            let mut b = ModelBuilder::new(13).seed(3);
+            let x = b.batched_input("x", "N", &[32, 5, 5]);
+            let w = b.init("w", &dims, &test_values(n));
+            let y = b.node1("Conv", "c", &[&x, &w], vec![]);
+            b.output(&y);
+            b.build()
+        };
+        let layout = WeightLayout::new(LayerOp::Conv, &dims, 1).unwrap();
+        let fo: Vec<f32> = (0..64).map(|o| 0.2 + o as f32 * 0.31).collect();
+        let fi: Vec<f32> = (0..32).map(|i| 1.7 - i as f32 * 0.05).collect();
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        let mut eager = Work::new(build()).unwrap();
+        eager.scale("w", &layout, Side::Out, &fo).unwrap();
+        let after_one = eager.decode("w").unwrap().data;
+        eager.scale("w", &layout, Side::In, &fi).unwrap();
+        let want = crate::onnx::encode(&eager.finish());
+
+        let mut lazy = Work::new(build()).unwrap();
+        lazy.defer_scalings();
+        lazy.scale("w", &layout, Side::Out, &fo).unwrap();
+        lazy.scale("w", &layout, Side::In, &fi).unwrap();
+        assert_eq!(lazy.deferred_ops("w"), Some(2));
+        assert!(lazy.cached("w").is_none());
+        let one = lazy.with_value_after("w", 1, bits).unwrap();
+        assert_eq!(one, bits(&after_one));
+        let (model, deferred) = lazy.finish_deferred();
+        assert_eq!(deferred.len(), 1);
+        assert!(crate::onnx::write::stream_computed(&model, &deferred).to_vec() == want);
+        let mut applied = model.clone();
+        deferred.apply_to(&mut applied);
+        assert!(crate::onnx::encode(&applied) == want);
+
+        let mut read = Work::new(build()).unwrap();
+        read.defer_scalings();
+        read.scale("w", &layout, Side::Out, &fo).unwrap();
+        assert_eq!(bits(&read.read("w").unwrap().data), bits(&after_one));
+        assert_eq!(read.deferred_ops("w"), None);
+        read.scale("w", &layout, Side::In, &fi).unwrap();
+        assert_eq!(
+            read.with_value_after("w", 1, bits).unwrap(),
+            bits(&after_one)
+        );
+        assert!(crate::onnx::encode(&read.finish()) == want);
+    }
 
     /// `W → Transpose → {Reshape → conv a, Unsqueeze → conv b}`, both weights written: the
     /// first fold (in node order) must copy, since the Transpose output still feeds the other

@@ -14,9 +14,9 @@
 //!
 //! Pages of the map that the process touched count toward its resident set until they are
 //! unmapped. [`release`] drops the pages under a slice of a mapped file once its content was
-//! copied (the passes decode weights into their own f32 buffers): the map is read-only
-//! (`PROT_READ`, shared with the page cache, never written), so a later access re-reads the same
-//! bytes from the page cache.
+//! used for now (the passes decode weights into their own f32 buffers; a deferred weight's value
+//! was computed from it; the writer wrote it): the map is read-only (`PROT_READ`, shared with the
+//! page cache, never written), so a later access re-reads the same bytes from the page cache.
 
 use std::fs::File;
 use std::path::Path;

@@ -5,8 +5,10 @@
 //! tensors), and the `raw_data` of every initializer of the main graph of at least
 //! [`BORROW_MIN`] bytes (and of every tensor attribute of its nodes: `Constant` values)
 //! borrowed as is — from the input's memory map for the tensors no pass
-//! touched, from the passes' own buffers for the rewritten ones. [`Stream::write_to`] hands
-//! the parts to vectored writes.
+//! touched, from the passes' own buffers for the rewritten ones. [`stream_computed`] also
+//! takes the initializers whose value is computed from their stored bytes while they are
+//! written ([`Computed`]: deferred per-channel products), one at a time into a reused buffer.
+//! [`Stream::write_to`] hands the parts to vectored writes.
 //!
 //! Invariant: the concatenated parts are byte for byte `model.encode_to_vec()` — fields in tag
 //! order, lengths from `encoded_len` (tested against prost on every fixture model).
@@ -33,10 +35,33 @@ const MAX_IOV: usize = 1024;
 /// asks the kernel to start writing to disk.
 pub const WRITE_BATCH: usize = 8 << 20;
 
-#[derive(Debug)]
+/// Initializers whose written value is computed from their stored bytes.
+pub trait Computed: Sync {
+    /// Whether the initializer `name` is computed.
+    fn computes(&self, name: &str) -> bool;
+    /// The value of the initializer `name` from its stored `raw` bytes, into `out` (resized;
+    /// as many values as `raw` holds).
+    fn compute(&self, name: &str, raw: &[u8], out: &mut Vec<f32>);
+}
+
 enum Part<'a> {
     Owned(Vec<u8>),
     Borrowed(&'a [u8]),
+    Computed {
+        name: &'a str,
+        raw: &'a [u8],
+        by: &'a dyn Computed,
+    },
+}
+
+impl std::fmt::Debug for Part<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Part::Owned(v) => write!(f, "Owned({})", v.len()),
+            Part::Borrowed(s) => write!(f, "Borrowed({})", s.len()),
+            Part::Computed { name, raw, .. } => write!(f, "Computed({name}, {})", raw.len()),
+        }
+    }
 }
 
 /// An encoded model as a sequence of slices (see the module documentation).
@@ -44,6 +69,27 @@ enum Part<'a> {
 pub struct Stream<'a> {
     parts: Vec<Part<'a>>,
     len: u64,
+}
+
+/// One part's bytes: its slice, or its value computed into `buf`.
+fn part_bytes<'s>(p: &'s Part<'_>, buf: &'s mut Vec<f32>) -> &'s [u8] {
+    match p {
+        Part::Owned(v) => v,
+        Part::Borrowed(s) => s,
+        Part::Computed { name, raw, by } => {
+            by.compute(name, raw, buf);
+            f32_bytes(buf)
+        }
+    }
+}
+
+/// `v` as little-endian bytes (in place on little-endian targets).
+fn f32_bytes(v: &mut [f32]) -> &[u8] {
+    #[cfg(not(target_endian = "little"))]
+    for x in v.iter_mut() {
+        *x = f32::from_bits(x.to_bits().swap_bytes());
+    }
+    bytemuck::cast_slice(v)
 }
 
 impl<'a> Stream<'a> {
@@ -65,61 +111,123 @@ impl<'a> Stream<'a> {
         self.len == 0
     }
 
-    /// The encoding's slices, in order.
-    pub fn slices(&self) -> impl Iterator<Item = &[u8]> {
-        self.parts.iter().map(|p| match p {
-            Part::Owned(v) => v.as_slice(),
-            Part::Borrowed(s) => s,
+    /// A buffer with room for the largest computed part (so that it never moves as it fills).
+    fn computed_buffer(&self) -> Vec<f32> {
+        let largest = self
+            .parts
+            .iter()
+            .map(|p| match p {
+                Part::Computed { raw, .. } => raw.len() / 4,
+                _ => 0,
+            })
+            .max()
+            .unwrap_or(0);
+        Vec::with_capacity(largest)
+    }
+
+    /// The parts written straight from a buffer the stream borrows (the model's large
+    /// tensors), in order.
+    pub fn borrowed(&self) -> impl Iterator<Item = &[u8]> {
+        self.parts.iter().filter_map(|p| match p {
+            Part::Borrowed(s) => Some(*s),
+            _ => None,
         })
+    }
+
+    /// Number of parts (owned, borrowed and computed).
+    pub fn part_count(&self) -> usize {
+        self.parts.len()
+    }
+
+    /// Whether some part is computed while it is written ([`stream_computed`]).
+    pub fn has_computed(&self) -> bool {
+        self.parts
+            .iter()
+            .any(|p| matches!(p, Part::Computed { .. }))
+    }
+
+    /// The encoding's slices, in order; computed parts are computed one at a time into a
+    /// reused buffer.
+    pub fn for_each_slice(&self, mut f: impl FnMut(&[u8]) -> io::Result<()>) -> io::Result<()> {
+        let mut buf = self.computed_buffer();
+        for p in &self.parts {
+            f(part_bytes(p, &mut buf))?;
+        }
+        Ok(())
     }
 
     /// The whole encoding in one buffer.
     pub fn to_vec(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(usize::try_from(self.len).unwrap_or(0));
-        for s in self.slices() {
+        let _ = self.for_each_slice(|s| {
             out.extend_from_slice(s);
-        }
+            Ok(())
+        });
         out
     }
 
     /// Writes the encoding to `w` with vectored writes of at most [`WRITE_BATCH`] bytes each
     /// (so that a [`WriteBehind`] file starts its disk writes while the rest is copied).
     pub fn write_to<W: Write + ?Sized>(&self, w: &mut W) -> io::Result<()> {
-        let mut pieces = Vec::new();
-        for s in self.slices() {
-            pieces.extend(s.chunks(WRITE_BATCH));
-        }
-        let mut start = 0;
-        while start < pieces.len() {
-            let (mut end, mut bytes) = (start, 0);
-            while end < pieces.len() && end - start < MAX_IOV && bytes < WRITE_BATCH {
-                bytes += pieces[end].len();
-                end += 1;
+        let mut pieces: Vec<&[u8]> = Vec::new();
+        let mut buf = self.computed_buffer();
+        for p in &self.parts {
+            if let Part::Computed { .. } = p {
+                write_batches(w, &pieces)?;
+                pieces.clear();
+                write_batches(w, &[part_bytes(p, &mut buf)])?;
+                continue;
             }
-            let mut slices: Vec<IoSlice<'_>> = pieces[start..end]
-                .iter()
-                .filter(|s| !s.is_empty())
-                .map(|s| IoSlice::new(s))
-                .collect();
-            let mut rest = &mut slices[..];
-            while !rest.is_empty() {
-                match w.write_vectored(rest) {
-                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                    Ok(k) => IoSlice::advance_slices(&mut rest, k),
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(e),
-                }
-            }
-            start = end;
+            let s = match p {
+                Part::Owned(v) => v.as_slice(),
+                Part::Borrowed(s) => s,
+                Part::Computed { .. } => unreachable!("written above"),
+            };
+            pieces.push(s);
         }
-        Ok(())
+        write_batches(w, &pieces)
     }
+}
+
+/// `slices` to `w` with vectored writes of at most [`WRITE_BATCH`] bytes and [`MAX_IOV`]
+/// slices each.
+fn write_batches<W: Write + ?Sized>(w: &mut W, slices: &[&[u8]]) -> io::Result<()> {
+    let pieces: Vec<&[u8]> = slices.iter().flat_map(|s| s.chunks(WRITE_BATCH)).collect();
+    let mut start = 0;
+    while start < pieces.len() {
+        let (mut end, mut bytes) = (start, 0);
+        while end < pieces.len() && end - start < MAX_IOV && bytes < WRITE_BATCH {
+            bytes += pieces[end].len();
+            end += 1;
+        }
+        let mut slices: Vec<IoSlice<'_>> = pieces[start..end]
+            .iter()
+            .filter(|s| !s.is_empty())
+            .map(|s| IoSlice::new(s))
+            .collect();
+        let mut rest = &mut slices[..];
+        while !rest.is_empty() {
+            match w.write_vectored(rest) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(k) => IoSlice::advance_slices(&mut rest, k),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        // Written: the pages of a memory-mapped input under these bytes leave the resident set.
+        for s in &pieces[start..end] {
+            super::mapped::release(s);
+        }
+        start = end;
+    }
+    Ok(())
 }
 
 #[derive(Default)]
 struct Builder<'a> {
     parts: Vec<Part<'a>>,
     cur: Vec<u8>,
+    computed: Option<&'a dyn Computed>,
 }
 
 impl<'a> Builder<'a> {
@@ -170,6 +278,7 @@ impl<'a> Builder<'a> {
             .map(|p| match p {
                 Part::Owned(v) => v.len() as u64,
                 Part::Borrowed(s) => s.len() as u64,
+                Part::Computed { raw, .. } => raw.len() as u64,
             })
             .sum();
         Stream {
@@ -181,6 +290,18 @@ impl<'a> Builder<'a> {
 
 /// `model`'s encoding as a [`Stream`] borrowing the large initializers' bytes.
 pub fn stream(model: &ModelProto) -> Stream<'_> {
+    build(model, None)
+}
+
+/// [`stream`] with the initializers of the main graph that `computed` computes written from
+/// their computed value ([`Computed::compute`] on their stored `raw_data`) instead of their
+/// stored bytes; the encoding is otherwise the same (a computed value has as many bytes as the
+/// stored one).
+pub fn stream_computed<'a>(model: &'a ModelProto, computed: &'a dyn Computed) -> Stream<'a> {
+    build(model, Some(computed))
+}
+
+fn build<'a>(model: &'a ModelProto, computed: Option<&'a dyn Computed>) -> Stream<'a> {
     let ModelProto {
         ir_version,
         opset_import,
@@ -195,7 +316,10 @@ pub fn stream(model: &ModelProto) -> Stream<'_> {
         functions,
         configuration,
     } = model;
-    let mut b = Builder::default();
+    let mut b = Builder {
+        computed,
+        ..Builder::default()
+    };
     b.int64(1, ir_version);
     b.string(2, producer_name);
     b.string(3, producer_version);
@@ -234,7 +358,7 @@ fn graph_parts<'a>(g: &'a GraphProto, b: &mut Builder<'a>) {
     }
     b.string(2, name);
     for t in initializer {
-        tensor_parts(5, t, b);
+        tensor_parts(5, t, b, true);
     }
     b.string(10, doc_string);
     b.messages(11, input);
@@ -346,14 +470,25 @@ fn attribute_parts<'a>(a: &'a AttributeProto, t: &'a TensorProto, b: &mut Builde
     encode_key(5, WireType::LengthDelimited, buf);
     encode_varint(a.encoded_len() as u64, buf);
     head.encode_raw(buf);
-    tensor_parts(5, t, b);
+    tensor_parts(5, t, b, false);
     tail.encode_raw(b.buf());
 }
 
 /// A tensor field: its fields before `raw_data` (tags 1–8) and after it (10–16) are encoded
-/// from copies that leave `raw_data` out; `raw_data` (tag 9) itself is borrowed.
-fn tensor_parts<'a>(tag: u32, t: &'a TensorProto, b: &mut Builder<'a>) {
-    let Some(raw) = t.raw_data.as_ref().filter(|r| r.len() >= BORROW_MIN) else {
+/// from copies that leave `raw_data` out; `raw_data` (tag 9) itself is borrowed, or computed
+/// while it is written for an `initializer` the builder's [`Computed`] computes.
+fn tensor_parts<'a>(tag: u32, t: &'a TensorProto, b: &mut Builder<'a>, initializer: bool) {
+    let computed = b.computed.filter(|c| {
+        initializer
+            && t.raw_data().len().is_multiple_of(4)
+            && !t.raw_data().is_empty()
+            && c.computes(t.name())
+    });
+    let Some(raw) = t
+        .raw_data
+        .as_ref()
+        .filter(|r| r.len() >= BORROW_MIN || computed.is_some())
+    else {
         encoding::message::encode(tag, t, b.buf());
         return;
     };
@@ -400,7 +535,17 @@ fn tensor_parts<'a>(tag: u32, t: &'a TensorProto, b: &mut Builder<'a>) {
     head.encode_raw(buf);
     encode_key(9, WireType::LengthDelimited, buf);
     encode_varint(raw.len() as u64, buf);
-    b.borrow(raw);
+    match computed {
+        Some(by) => {
+            b.flush();
+            b.parts.push(Part::Computed {
+                name: t.name(),
+                raw,
+                by,
+            });
+        }
+        None => b.borrow(raw),
+    }
     tail.encode_raw(b.buf());
 }
 

@@ -14,7 +14,7 @@
 
 use rayon::prelude::*;
 
-use crate::graph::layout::{LayerOp, WeightLayout};
+use crate::graph::layout::{LayerOp, Side, WeightLayout};
 use crate::graph::work::Edits;
 use crate::onnx::attr;
 use crate::onnx::tensor::F32Tensor;
@@ -142,6 +142,7 @@ pub fn run(cx: &mut Ctx) -> crate::error::Result<()> {
         .iter()
         .chain(forward.iter())
         .map(|p| p.layer.weight.clone())
+        .filter(|w| !cx.work.defers(w))
         .collect();
     cx.work.prefetch(&weights);
     let mut edits = Edits::default();
@@ -618,6 +619,16 @@ fn scale_weights(cx: &mut Ctx, pending: Vec<Pending>) -> crate::error::Result<()
     });
     let mut taken = Vec::with_capacity(pending.len());
     for p in pending {
+        if cx.work.defers(&p.weight) {
+            let side = match p.direction {
+                FoldDirection::Backward => Side::Out,
+                FoldDirection::Forward => Side::In,
+            };
+            cx.work
+                .scale(&p.weight, &p.layout, side, &p.scale)
+                .map_err(crate::error::CoreError::InvalidModel)?;
+            continue;
+        }
         let t = cx
             .work
             .take(&p.weight)
@@ -649,10 +660,6 @@ fn apply(cx: &mut Ctx, plan: &Plan, edits: &mut Edits) -> crate::error::Result<P
     let layout = &layer.layout;
     let p = &plan.params;
     let scale = sigma_scale(p);
-    let w = cx
-        .work
-        .take(&layer.weight)
-        .map_err(crate::error::CoreError::InvalidModel)?;
     let old_bias: Vec<f32> = match &layer.bias {
         Some(b) => cx
             .work
@@ -695,15 +702,21 @@ fn apply(cx: &mut Ctx, plan: &Plan, edits: &mut Edits) -> crate::error::Result<P
                 .zip(&scale_k)
                 .map(|(m, s)| m * s)
                 .collect();
-            let mu_hat = layout.kernel_sum_times(&w.data, &mu_scale);
-            let beta_hat = layout.kernel_sum_times(&w.data, &beta_k);
+            let (mu_hat, beta_hat) = cx
+                .work
+                .with_value(&layer.weight, |w| {
+                    (
+                        layout.kernel_sum_times(w, &mu_scale),
+                        layout.kernel_sum_times(w, &beta_k),
+                    )
+                })
+                .map_err(crate::error::CoreError::InvalidModel)?;
             let bias = (0..layout.out_channels())
                 .map(|o| beta_hat[o] - mu_hat[o] + old_bias[o])
                 .collect();
             (bias, scale_k)
         }
     };
-    cx.work.put(&layer.weight, w);
     let bias_tensor = F32Tensor {
         dims: vec![new_bias.len()],
         data: new_bias,

@@ -75,14 +75,27 @@ struct Set {
 /// Exact `(out, in)` ranges of every weight as it currently is. Each scaling recomputes both in
 /// the same sweep ([`crate::graph::layout::WeightLayout::scale_out_ranged`]); ranges are maxima, so
 /// they do not depend on the order of the sweep and equal a fresh scan bit for bit.
+/// A weight's `(out, in)` ranges.
+type ChannelRanges = (Vec<f32>, Vec<f32>);
+
 #[derive(Default)]
-struct Ranges(HashMap<String, (Vec<f32>, Vec<f32>)>);
+struct Ranges {
+    of: HashMap<String, (Vec<f32>, Vec<f32>)>,
+    /// Kernel maxima of deferred weights scaled on both sides, taken with their ranges.
+    maxima: HashMap<String, Vec<f32>>,
+}
 
 impl Ranges {
     /// The ranges of `layer`'s weight, scanned on first use (empty when it cannot be read).
     /// Call before taking the weight out of the `Work` cache.
     fn of(&mut self, cx: &mut Ctx, layer: &Layer) -> &(Vec<f32>, Vec<f32>) {
-        self.0.entry(layer.weight.clone()).or_insert_with(|| {
+        self.of.entry(layer.weight.clone()).or_insert_with(|| {
+            if cx.work.defers(&layer.weight) {
+                return cx
+                    .work
+                    .with_value(&layer.weight, |w| layer.layout.ranges(w))
+                    .unwrap_or_default();
+            }
             cx.work
                 .read(&layer.weight)
                 .map(|t| layer.layout.ranges(&t.data))
@@ -91,30 +104,56 @@ impl Ranges {
     }
 
     /// [`Ranges::of`] for every layer of `layers` not scanned yet, in parallel (the first layer
-    /// reading a weight gives its layout, as with `of` in the same order).
-    fn scan<'a>(&mut self, cx: &mut Ctx, layers: impl Iterator<Item = &'a Layer>) {
+    /// reading a weight gives its layout, as with `of` in the same order). A deferred weight
+    /// named in `two_sided` also keeps its kernel maxima, from the same computed value.
+    fn scan<'a>(
+        &mut self,
+        cx: &mut Ctx,
+        layers: impl Iterator<Item = &'a Layer>,
+        two_sided: &HashSet<String>,
+    ) {
         let mut todo: Vec<&Layer> = Vec::new();
         let mut seen = HashSet::new();
         for l in layers {
-            if !self.0.contains_key(&l.weight) && seen.insert(l.weight.as_str()) {
+            if !self.of.contains_key(&l.weight) && seen.insert(l.weight.as_str()) {
                 todo.push(l);
             }
         }
-        let names: Vec<String> = todo.iter().map(|l| l.weight.clone()).collect();
+        let names: Vec<String> = todo
+            .iter()
+            .filter(|l| !cx.work.defers(&l.weight))
+            .map(|l| l.weight.clone())
+            .collect();
         cx.work.prefetch(&names);
         let work = &*cx.work;
         let scanned: Vec<_> = todo
             .par_iter()
             .filter_map(|l| {
-                let t = work.cached(&l.weight)?;
-                Some((l.weight.clone(), l.layout.ranges(&t.data)))
+                let (r, m) = match work.cached(&l.weight) {
+                    Some(t) => (l.layout.ranges(&t.data), None),
+                    None if work.defers(&l.weight) => work
+                        .with_value(&l.weight, |w| {
+                            let m = two_sided
+                                .contains(&l.weight)
+                                .then(|| l.layout.block_maxima(w));
+                            (l.layout.ranges(w), m)
+                        })
+                        .ok()?,
+                    None => return None,
+                };
+                Some((l.weight.clone(), r, m))
             })
             .collect();
-        self.0.extend(scanned);
+        for (w, r, m) in scanned {
+            if let Some(m) = m {
+                self.maxima.insert(w.clone(), m);
+            }
+            self.of.insert(w, r);
+        }
     }
 
     fn set(&mut self, layer: &Layer, ranges: (Vec<f32>, Vec<f32>)) {
-        self.0.insert(layer.weight.clone(), ranges);
+        self.of.insert(layer.weight.clone(), ranges);
     }
 }
 
@@ -480,7 +519,24 @@ pub fn run(cx: &mut Ctx) -> crate::error::Result<()> {
     report_unpaired(cx, &sets);
     own_members(cx, &mut sets)?;
     let mut ranges = Ranges::default();
-    ranges.scan(cx, sets.iter().flat_map(|s| s.layers.iter()));
+    let (mut out_side, mut in_side) = (HashSet::new(), HashSet::new());
+    for set in &sets {
+        let n = set.layers.len();
+        for (p, l) in set.layers.iter().enumerate() {
+            if p + 1 < n {
+                out_side.insert(l.weight.clone());
+            }
+            if p > 0 {
+                in_side.insert(l.weight.clone());
+            }
+        }
+    }
+    let two_sided: HashSet<String> = if cx.opts.is_aimet() {
+        HashSet::new()
+    } else {
+        out_side.intersection(&in_side).cloned().collect()
+    };
+    ranges.scan(cx, sets.iter().flat_map(|s| s.layers.iter()), &two_sided);
     let before: Vec<Vec<PairRanges>> = sets
         .iter()
         .map(|s| pair_ranges(cx, &mut ranges, s))
@@ -778,11 +834,14 @@ fn converged(cx: &mut Ctx, scaling: Scaling) -> crate::error::Result<()> {
                 .collect()
         })
         .collect();
+    // Without `scaling = noise`, a deferred weight ([`crate::graph::Work::scale`]) is ranged
+    // from its computed value and never cached.
     let read: Vec<String> = tracks
         .iter()
         .enumerate()
         .filter(|&(t, _)| (out_scaled[t] && in_scaled[t]) || !noise_acts.is_empty())
         .map(|(_, track)| track.layer.weight.clone())
+        .filter(|w| !noise_acts.is_empty() || !cx.work.defers(w))
         .collect();
     cx.work.prefetch(&read);
     for name in &read {
@@ -790,15 +849,25 @@ fn converged(cx: &mut Ctx, scaling: Scaling) -> crate::error::Result<()> {
             .read(name)
             .map_err(crate::error::CoreError::InvalidModel)?;
     }
+    for (t, track) in tracks.iter_mut().enumerate() {
+        if out_scaled[t] && in_scaled[t] {
+            track.maxima = ranges.maxima.remove(&track.layer.weight);
+        }
+    }
     {
         let work = &*cx.work;
         tracks
             .par_iter_mut()
             .enumerate()
-            .filter(|(t, _)| out_scaled[*t] && in_scaled[*t])
+            .filter(|(t, track)| out_scaled[*t] && in_scaled[*t] && track.maxima.is_none())
             .for_each(|(_, track)| {
+                let layout = &track.layer.layout;
                 if let Some(w) = work.cached(&track.layer.weight) {
-                    track.maxima = Some(track.layer.layout.block_maxima(&w.data));
+                    track.maxima = Some(layout.block_maxima(&w.data));
+                } else if work.defers(&track.layer.weight) {
+                    track.maxima = work
+                        .with_value(&track.layer.weight, |w| layout.block_maxima(w))
+                        .ok();
                 }
             });
     }
@@ -960,10 +1029,60 @@ fn converged(cx: &mut Ctx, scaling: Scaling) -> crate::error::Result<()> {
     }
     let ident = |f: &[f32]| f.iter().all(|&v| v == 1.0);
     let mut scaled = Vec::new();
+    let mut recorded = Vec::new();
     for (t, track) in tracks.iter().enumerate() {
-        if !(ident(&track.fo) && ident(&track.fi)) {
-            scaled.push((t, take(cx, &track.layer.weight)?));
+        if ident(&track.fo) && ident(&track.fi) {
+            continue;
         }
+        let l = &track.layer;
+        if cx.work.defers(&l.weight) {
+            if !ident(&track.fo) {
+                cx.work
+                    .scale(&l.weight, &l.layout, Side::Out, &track.fo)
+                    .map_err(crate::error::CoreError::InvalidModel)?;
+            }
+            if !ident(&track.fi) {
+                cx.work
+                    .scale(&l.weight, &l.layout, Side::In, &track.fi)
+                    .map_err(crate::error::CoreError::InvalidModel)?;
+            }
+            recorded.push(t);
+        } else {
+            scaled.push((t, take(cx, &l.weight)?));
+        }
+    }
+    // The ranges of the recorded weights, as `scale_in_ranged` gives them to the others: from
+    // the kernel maxima of a weight scaled on both sides, else from the ranges of its one
+    // scaled side (a positive per-channel factor commutes with that side's maximum; the other
+    // side, stale, is never read again: only a pair's scaled sides are reported), else from its
+    // computed value.
+    let work = &*cx.work;
+    let recorded: Vec<(usize, ChannelRanges)> = recorded
+        .into_par_iter()
+        .filter_map(|t| {
+            let track = &tracks[t];
+            let l = &track.layer;
+            let positive = |f: &[f32]| f.iter().all(|v| v.is_finite() && *v > 0.0);
+            let fo = (!ident(&track.fo)).then_some(track.fo.as_slice());
+            let fi = (!ident(&track.fi)).then_some(track.fi.as_slice());
+            let exact = fo.is_none_or(positive) && fi.is_none_or(positive);
+            let r = match (&track.maxima, fo, fi) {
+                (Some(m), _, _) if exact => l.layout.ranges_after(m, fo, fi),
+                (None, Some(f), None) if exact && !in_scaled[t] => {
+                    (self::scaled(&track.base.0, f), track.base.1.clone())
+                }
+                (None, None, Some(f)) if exact && !out_scaled[t] => {
+                    (track.base.0.clone(), self::scaled(&track.base.1, f))
+                }
+                _ => work.with_value(&l.weight, |w| l.layout.ranges(w)).ok()?,
+            };
+            Some((t, r))
+        })
+        .collect();
+    for (t, r) in recorded {
+        let l = &tracks[t].layer;
+        ranges.set(l, r);
+        scale_bias(cx, l, &tracks[t].fo)?;
     }
     let scaled: Vec<_> = scaled
         .into_par_iter()

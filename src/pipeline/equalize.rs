@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use super::{ms, Control};
 use crate::error::Result;
+use crate::graph::deferred::Deferred;
 use crate::graph::Work;
 use crate::onnx::{self, ModelProto};
 use crate::options::{Options, QuantOptions, Scaling, Step, VerifyOptions};
@@ -76,6 +77,20 @@ pub(super) fn capturing(
     capturing_unfolded(model, options, ctl, folded_figures, HashSet::new())
 }
 
+/// [`capturing`] for a model that is only written and tabled: per-channel products on large
+/// weights are recorded instead of applied ([`crate::graph::Work::defer_scalings`]), and come
+/// back beside the model, whose values of those weights are the input's. Only
+/// [`onnx::write::stream_computed`], [`quant::TablePlan::rows_deferred`] and
+/// [`Deferred::with_tensor`] read such a model.
+pub(super) fn capturing_deferred(
+    model: ModelProto,
+    options: &Options,
+    ctl: Control,
+    folded_figures: bool,
+) -> Result<(Captured, Deferred)> {
+    capturing_all(model, options, ctl, folded_figures, HashSet::new(), true)
+}
+
 /// [`capturing`] with [`crate::passes::State::int8_unfold`] set to `unfold`.
 fn capturing_unfolded(
     model: ModelProto,
@@ -84,6 +99,17 @@ fn capturing_unfolded(
     folded_figures: bool,
     unfold: HashSet<String>,
 ) -> Result<Captured> {
+    capturing_all(model, options, ctl, folded_figures, unfold, false).map(|(c, _)| c)
+}
+
+fn capturing_all(
+    model: ModelProto,
+    options: &Options,
+    ctl: Control,
+    folded_figures: bool,
+    unfold: HashSet<String>,
+    defer: bool,
+) -> Result<(Captured, Deferred)> {
     let opts = options.clone().normalized()?;
     let mut figures = None;
     let t = Instant::now();
@@ -102,6 +128,9 @@ fn capturing_unfolded(
     };
     onnx::validate::tensors(&model)?;
     let mut work = Work::new(model)?;
+    if defer {
+        work.defer_scalings();
+    }
     report.model.nodes_before = work.node_count();
     report.model.initializers_before = work.graph().initializer.len();
     work.set_scope(&opts.start, &opts.output)?;
@@ -153,17 +182,24 @@ fn capturing_unfolded(
     let labels = (0..work.node_count())
         .map(|i| work.label(i).to_string())
         .collect();
-    let model = work.finish();
+    let (model, deferred) = if defer {
+        work.finish_deferred()
+    } else {
+        (work.finish(), Deferred::default())
+    };
     report.model.initializers_after = model.graph.as_ref().map_or(0, |g| g.initializer.len());
     report.timings_ms.finish += ms(t);
     Ok((
-        Equalized {
-            model,
-            report,
-            labels,
-        },
-        table,
-        origins,
+        (
+            Equalized {
+                model,
+                report,
+                labels,
+            },
+            table,
+            origins,
+        ),
+        deferred,
     ))
 }
 

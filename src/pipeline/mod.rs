@@ -31,6 +31,7 @@ pub use samples::SampleInputs;
 pub use select::candidates;
 
 use crate::error::{CoreError, Result};
+use crate::graph::deferred::Deferred;
 use crate::onnx::{self, ModelProto};
 use crate::options::{BiasCorrection, Calibration, Options, Select, Step};
 use crate::quant;
@@ -152,6 +153,10 @@ pub enum ModelOutput {
     /// Decoded, its large tensors borrowed from the input or the passes' buffers: encoded as it
     /// is written ([`onnx::write::stream`]).
     Decoded(Box<ModelProto>),
+    /// Decoded with its deferred weights ([`crate::graph::Work::scale`]): the model holds
+    /// their stored bytes, and their values are computed as it is written
+    /// ([`onnx::write::stream_computed`]).
+    Computed(Box<ModelProto>, Deferred),
     /// Written by the run's [`ModelWriter`]: its length in bytes.
     Written(u64),
 }
@@ -162,6 +167,7 @@ impl ModelOutput {
         match self {
             ModelOutput::Encoded(b) => Some(onnx::write::Stream::from_slice(b)),
             ModelOutput::Decoded(m) => Some(onnx::write::stream(m)),
+            ModelOutput::Computed(m, d) => Some(onnx::write::stream_computed(m, d)),
             ModelOutput::Written(_) => None,
         }
     }
@@ -171,6 +177,7 @@ impl ModelOutput {
         match self {
             ModelOutput::Encoded(b) => b,
             ModelOutput::Decoded(m) => onnx::encode(&m),
+            ModelOutput::Computed(m, d) => onnx::write::stream_computed(&m, &d).to_vec(),
             ModelOutput::Written(_) => Vec::new(),
         }
     }
@@ -229,7 +236,10 @@ pub fn run(
 }
 
 /// [`run`] without a buffer for the whole encoded model when verification is off: the model
-/// comes back decoded ([`ModelOutput::Decoded`]) or, with `write`, is handed to it as a
+/// comes back decoded ([`ModelOutput::Decoded`], or [`ModelOutput::Computed`] when the run
+/// deferred its weights' per-channel products: without verification, deploy model and int8
+/// outputs nothing else reads the weights, so they are computed only as the model is written and
+/// as the per-layer table is taken) or, with `write`, is handed to it as a
 /// [`onnx::write::Stream`] ([`ModelOutput::Written`]). Without verification, deploy model and
 /// int8 outputs, `write` runs beside the per-layer int8 table; otherwise once everything else
 /// succeeded. The bytes are [`run`]'s in every case.
@@ -311,7 +321,21 @@ pub fn run_streamed(
     let input = original.as_ref().map(|b| b.as_ptr_range());
     drop(original);
     let source_input = equalize::wants_int8_run(options).then(|| model.clone());
-    let (mut eq, table, origins) = equalize::capturing(model, options, ctl, figures_in_run)?;
+    // A run that only writes the model and its table never holds the scaled weights: their
+    // products are replayed while the model is written and while the table is computed.
+    let defer = check.is_none()
+        && !options.builds_deploy()
+        && !options.exports.any()
+        && original_model.is_none()
+        && source_input.is_none();
+    let ((mut eq, table, origins), mut deferred) = if defer {
+        equalize::capturing_deferred(model, options, ctl, figures_in_run)?
+    } else {
+        (
+            equalize::capturing(model, options, ctl, figures_in_run)?,
+            Deferred::default(),
+        )
+    };
     // The int8 outputs' own run is one stage for the caller: its passes do not announce
     // `prepare` … `finish` a second time (cancellation still reaches them).
     let source = match source_input {
@@ -357,13 +381,18 @@ pub fn run_streamed(
         && origins.is_none()
         && !options.exports.any()
         && original_model.is_none();
+    // Only the writer and the table read a deferred model (by construction of `defer`; this
+    // keeps any other reader right).
+    if (verifying || origins.is_some() || options.exports.any()) && !deferred.is_empty() {
+        std::mem::take(&mut deferred).apply_to(&mut eq.model);
+    }
     let t = Instant::now();
     let (encoded, rows) = rayon::join(
         || -> Result<(Option<Vec<u8>>, Option<u64>, f64)> {
             if verifying {
                 Ok((Some(onnx::encode(&eq.model)), None, ms(t)))
             } else if let (true, Some(w)) = (write_early, write.as_mut()) {
-                let s = onnx::write::stream(&eq.model);
+                let s = onnx::write::stream_computed(&eq.model, &deferred);
                 let encode_ms = ms(t);
                 w(&s)?;
                 Ok((None, Some(s.len()), encode_ms))
@@ -374,7 +403,7 @@ pub fn run_streamed(
         || {
             table.map(|plan| {
                 let t = Instant::now();
-                (plan.rows(&eq.model), ms(t))
+                (plan.rows_deferred(&eq.model, &deferred), ms(t))
             })
         },
     );
@@ -594,16 +623,20 @@ pub fn run_streamed(
         }
         _ => match written {
             Some(n) => ModelOutput::Written(n),
+            None if !deferred.is_empty() => ModelOutput::Computed(Box::new(eq.model), deferred),
             None => ModelOutput::Decoded(Box::new(eq.model)),
         },
     };
     let model = match (write, model) {
-        (Some(w), m @ (ModelOutput::Encoded(_) | ModelOutput::Decoded(_))) => {
+        (
+            Some(w),
+            m @ (ModelOutput::Encoded(_) | ModelOutput::Decoded(_) | ModelOutput::Computed(..)),
+        ) => {
             ctl.check()?;
             let t = Instant::now();
             let s = m.stream().expect("not written yet");
             let n = s.len();
-            if matches!(m, ModelOutput::Decoded(_)) {
+            if matches!(m, ModelOutput::Decoded(_) | ModelOutput::Computed(..)) {
                 report.timings_ms.encode += ms(t);
             }
             w(&s)?;
@@ -616,6 +649,7 @@ pub fn run_streamed(
         d_bytes
     });
     report.selection = chosen.map(|c| c.selection);
+    crate::graph::deferred::clear_pool();
     ctl.check()?;
     Ok(Streamed {
         model,

@@ -16,6 +16,7 @@ use std::collections::{HashMap, HashSet};
 use rayon::prelude::*;
 
 use super::ratio_db;
+use crate::graph::deferred::Deferred;
 use crate::graph::layer_of;
 use crate::graph::layout::WeightLayout;
 use crate::graph::work::Work;
@@ -31,42 +32,70 @@ pub struct FoldedFigures {
     pub per_channel_db: f64,
 }
 
+/// The BN-folded side of the table ([`folded_figures`]): figures by weight name, and the
+/// weights whose figures wait for their value to be computed (deferred weights,
+/// [`crate::graph::Work::scale`]: their BN-folded value is their stored bytes with that many
+/// recorded products).
+#[derive(Debug, Clone, Default)]
+pub struct Folded {
+    figures: HashMap<String, FoldedFigures>,
+    later: HashMap<String, usize>,
+}
+
+impl Folded {
+    /// The figures of `weight`, when computed.
+    pub fn get(&self, weight: &str) -> Option<&FoldedFigures> {
+        self.figures.get(weight)
+    }
+}
+
+/// Both figures of `data` (per tensor, per channel) as the BN-folded side.
+fn folded_of(data: &[f32], layout: &WeightLayout) -> FoldedFigures {
+    let (per_tensor_db, per_channel_db) = weight_sqnr(data, layout, true);
+    FoldedFigures {
+        per_tensor_db,
+        per_channel_db: per_channel_db.unwrap_or(f64::NAN),
+    }
+}
+
 /// [`FoldedFigures`] of every layer weight of `work`, by weight name (the first layer reading
 /// a weight gives its layout). With `keep` the decoded weights stay in `work`'s cache for the
 /// passes still to run; otherwise each is decoded and dropped in turn, so memory stays at one
-/// layer.
-pub fn folded_figures(work: &mut Work, keep: bool) -> HashMap<String, FoldedFigures> {
+/// layer. A deferred weight is not read now: its figures are taken when its value is computed
+/// for the table's other side ([`TablePlan::rows_deferred`]).
+pub fn folded_figures(work: &mut Work, keep: bool) -> Folded {
     let mut layers: Vec<(String, WeightLayout)> = Vec::new();
     let mut seen = HashSet::new();
+    let mut later = HashMap::new();
     for i in 0..work.node_count() {
         if let Ok(l) = layer_of(work, i) {
             if seen.insert(l.weight.clone()) {
-                layers.push((l.weight, l.layout));
+                match work.deferred_ops(&l.weight) {
+                    Some(k) => {
+                        later.insert(l.weight, k);
+                    }
+                    None => layers.push((l.weight, l.layout)),
+                }
             }
         }
     }
     if keep {
-        let names: Vec<String> = layers.iter().map(|(w, _)| w.clone()).collect();
+        let names: Vec<String> = layers
+            .iter()
+            .map(|(w, _)| w.clone())
+            .filter(|w| !work.defers(w))
+            .collect();
         work.prefetch(&names);
     }
     let work = &*work;
-    layers
+    let figures = layers
         .par_iter()
         .filter_map(|(weight, layout)| {
-            let figures = |data: &[f32]| {
-                let (per_tensor_db, per_channel_db) = weight_sqnr(data, layout, true);
-                FoldedFigures {
-                    per_tensor_db,
-                    per_channel_db: per_channel_db.unwrap_or(f64::NAN),
-                }
-            };
-            let f = match work.cached(weight) {
-                Some(t) => figures(&t.data),
-                None => figures(&work.decode(weight).ok()?.data),
-            };
+            let f = work.with_value(weight, |d| folded_of(d, layout)).ok()?;
             Some((weight.clone(), f))
         })
-        .collect()
+        .collect();
+    Folded { figures, later }
 }
 
 /// Per-layer weight SQNR, BN-folded vs equalized (layers matched by weight name). `labels` names
@@ -101,9 +130,21 @@ pub fn layer_table(
 /// as it will not be found by name among the finished model's initializers.
 #[derive(Debug, Clone)]
 pub struct TablePlan {
-    /// Row, weight name, layout, whether the per-channel figure is the equalized weight's, and
-    /// whether the row is already complete.
-    rows: Vec<(LayerQuant, String, WeightLayout, bool, bool)>,
+    rows: Vec<Planned>,
+}
+
+/// One row of a [`TablePlan`].
+#[derive(Debug, Clone)]
+struct Planned {
+    row: LayerQuant,
+    weight: String,
+    layout: WeightLayout,
+    /// Whether the per-channel figure is the equalized weight's.
+    channel: bool,
+    /// Whether the row is already complete.
+    done: bool,
+    /// The BN-folded side is the deferred weight's value after this many products.
+    folded_at: Option<usize>,
 }
 
 /// `row` with the equalized weight's figures from `data` (and its per-channel figure when
@@ -121,16 +162,12 @@ fn completed(row: &LayerQuant, data: &[f32], layout: &WeightLayout, channel: boo
 impl TablePlan {
     /// One planned row per layer weight of `work` (the first layer reading it), with the
     /// BN-folded side from `before`.
-    pub fn new(before: &HashMap<String, FoldedFigures>, work: &mut Work) -> Self {
+    pub fn new(before: &Folded, work: &mut Work) -> Self {
         Self::labelled(before, work, |work, i| work.label(i).to_string())
     }
 
     /// [`TablePlan::new`] with the rows' labels from `label(work, node)`.
-    fn labelled(
-        before: &HashMap<String, FoldedFigures>,
-        work: &mut Work,
-        label: impl Fn(&Work, usize) -> String,
-    ) -> Self {
+    fn labelled(before: &Folded, work: &mut Work, label: impl Fn(&Work, usize) -> String) -> Self {
         let initializers: HashSet<String> = work
             .graph()
             .initializer
@@ -146,7 +183,20 @@ impl TablePlan {
             if !seen.insert(l.weight.clone()) {
                 continue;
             }
-            let b = before.get(&l.weight);
+            // A deferred weight's BN-folded figures: with its finished value when it is still
+            // deferred, or now, from its stored bytes, when a pass has read it since.
+            let mut folded_at = before.later.get(&l.weight).copied();
+            let late;
+            let b = match folded_at {
+                Some(k) if work.deferred_ops(&l.weight).is_none() => {
+                    folded_at = None;
+                    late = work
+                        .with_value_after(&l.weight, k, |d| folded_of(d, &l.layout))
+                        .ok();
+                    late.as_ref()
+                }
+                _ => before.get(&l.weight),
+            };
             let row = LayerQuant {
                 layer: label(work, i),
                 op: work.node(i).op_type().to_string(),
@@ -156,7 +206,14 @@ impl TablePlan {
                 sqnr_per_channel_db: b.map_or(f64::NAN, |b| b.per_channel_db),
             };
             if initializers.contains(&l.weight) {
-                rows.push((row, l.weight, l.layout, b.is_none(), false));
+                rows.push(Planned {
+                    row,
+                    weight: l.weight,
+                    layout: l.layout,
+                    channel: b.is_none() && folded_at.is_none(),
+                    done: false,
+                    folded_at,
+                });
                 continue;
             }
             let decoded;
@@ -171,7 +228,14 @@ impl TablePlan {
                 },
             };
             let row = completed(&row, data, &l.layout, b.is_none());
-            rows.push((row, l.weight, l.layout, false, true));
+            rows.push(Planned {
+                row,
+                weight: l.weight,
+                layout: l.layout,
+                channel: false,
+                done: true,
+                folded_at: None,
+            });
         }
         TablePlan { rows }
     }
@@ -179,30 +243,51 @@ impl TablePlan {
     /// The rows, with the "after" figures of `model`'s weights (rows whose weight cannot be read
     /// are left out).
     pub fn rows(&self, model: &ModelProto) -> Vec<LayerQuant> {
+        self.rows_deferred(model, &Deferred::default())
+    }
+
+    /// [`TablePlan::rows`] of a model finished with deferred weights
+    /// ([`crate::graph::Work::finish_deferred`]): their values are computed from `deferred`.
+    pub fn rows_deferred(&self, model: &ModelProto, deferred: &Deferred) -> Vec<LayerQuant> {
         let by_name: HashMap<&str, &crate::onnx::TensorProto> = model
             .graph
             .iter()
             .flat_map(|g| g.initializer.iter())
             .map(|t| (t.name(), t))
             .collect();
-        self.rows
-            .par_iter()
-            .filter_map(|(row, weight, layout, channel, done)| {
-                if *done {
-                    return Some(row.clone());
-                }
-                let t = by_name.get(weight.as_str())?;
-                let decoded;
-                let data: &[f32] = match crate::onnx::tensor::f32_view(t) {
-                    Some(d) => d,
-                    None => {
-                        decoded = crate::onnx::tensor::to_f32(t).ok()?.data;
-                        &decoded
-                    }
-                };
-                (data.len() == layout.len()).then(|| completed(row, data, layout, *channel))
-            })
-            .collect()
+        let one = |p: &Planned| -> Option<LayerQuant> {
+            let Planned {
+                row,
+                weight,
+                layout,
+                channel,
+                done,
+                folded_at,
+            } = p;
+            if *done {
+                return Some(row.clone());
+            }
+            let t = by_name.get(weight.as_str())?;
+            if let Some(k) = folded_at.filter(|_| deferred.contains(weight)) {
+                let fits = |d: &[f32]| d.len() == layout.len();
+                let (b, after) = deferred.with_stages(
+                    t,
+                    k,
+                    |d| fits(d).then(|| folded_of(d, layout)),
+                    |d| fits(d).then(|| completed(row, d, layout, false)),
+                )?;
+                let (b, mut row) = (b?, after?);
+                row.sqnr_before_db = b.per_tensor_db;
+                row.sqnr_per_channel_db = b.per_channel_db;
+                return Some(row);
+            }
+            deferred
+                .with_tensor(t, |data| {
+                    (data.len() == layout.len()).then(|| completed(row, data, layout, *channel))
+                })
+                .flatten()
+        };
+        self.rows.par_iter().filter_map(one).collect()
     }
 }
 

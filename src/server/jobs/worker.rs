@@ -273,9 +273,10 @@ fn store_results(jobs: &Jobs, claim: &Claim, out: &Streamed) -> std::io::Result<
     model.write_to(&mut sink)?;
     sink.commit()?;
     let mut model_sha256 = Sha256::new();
-    for s in model.slices() {
+    model.for_each_slice(|s| {
         model_sha256.update(s);
-    }
+        Ok(())
+    })?;
     let mut artifacts = Vec::new();
     let deploy = out.deploy.iter().map(|d| (crate::ArtifactKind::Deploy, d));
     for (kind, data) in deploy.chain(out.artifacts.iter().map(|a| (a.kind, &a.data))) {
