@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-use super::layout::{Side, WeightLayout};
+use super::layout::{row_range, Side, WeightLayout};
 use crate::onnx::tensor;
 use crate::onnx::write::Computed;
 use crate::onnx::TensorProto;
@@ -149,19 +149,26 @@ impl Deferred {
     /// `first` on the value of the deferred `t` after its first `k` products, then `then` on
     /// its finished value (the remaining products replayed on the same buffer). `None` when `t`
     /// is not deferred with at least `k` products.
+    ///
+    /// Each stage also gets the ranges of the value's rows when it was computed row by row (one
+    /// per output channel of a layout with [`WeightLayout::row_len`]; empty otherwise), taken as
+    /// the rows were written.
     pub fn with_stages<A, B>(
         &self,
         t: &TensorProto,
         k: usize,
-        first: impl FnOnce(&[f32]) -> A,
-        then: impl FnOnce(&[f32]) -> B,
+        first: impl FnOnce(&[f32], &[f32]) -> A,
+        then: impl FnOnce(&[f32], &[f32]) -> B,
     ) -> Option<(A, B)> {
         let (_, ops) = self.weights.get(t.name()).filter(|(_, o)| o.len() >= k)?;
         let mut buf = take_buffer();
-        compute_into(t.raw_data(), &ops[..k], &mut buf);
-        let a = first(&buf);
-        replay(&ops[k..], &mut buf);
-        let b = then(&buf);
+        let mut ranges = Vec::new();
+        compute_ranged(t.raw_data(), &ops[..k], &mut buf, Some(&mut ranges));
+        let a = first(&buf, &ranges);
+        if k < ops.len() {
+            replay(&ops[k..], &mut buf, Some(&mut ranges));
+        }
+        let b = then(&buf, &ranges);
         give_back(buf);
         Some((a, b))
     }
@@ -227,12 +234,21 @@ fn common_row(ops: &[Scaling], n: usize) -> Option<usize> {
 /// Replays `ops` on `w`: row by row when they share a row length (each row takes all its
 /// products while it is in cache), else product by product. Each element goes through the
 /// same products in the same order either way.
-fn replay(ops: &[Scaling], w: &mut [f32]) {
+///
+/// With `ranges`, also the range of every row when the products went row by row (left empty
+/// otherwise).
+fn replay(ops: &[Scaling], w: &mut [f32], mut ranges: Option<&mut Vec<f32>>) {
+    if let Some(r) = ranges.as_deref_mut() {
+        r.clear();
+    }
     match common_row(ops, w.len()) {
         Some(len) => {
-            for (o, r) in w.chunks_exact_mut(len).enumerate() {
+            for (o, row) in w.chunks_exact_mut(len).enumerate() {
                 for op in ops {
-                    op.layout.scale_row(op.side, o, r, &op.factors);
+                    op.layout.scale_row(op.side, o, row, &op.factors);
+                }
+                if let Some(r) = ranges.as_deref_mut() {
+                    r.push(row_range(row));
                 }
             }
         }
@@ -243,29 +259,62 @@ fn replay(ops: &[Scaling], w: &mut [f32]) {
 /// The value `raw` + `ops` into `out` (its memory reused): with a common row length each row
 /// is decoded and scaled in turn, so the value is written once.
 fn compute_into(raw: &[u8], ops: &[Scaling], out: &mut Vec<f32>) {
-    compute_from(raw, ops, out);
+    compute_ranged(raw, ops, out, None);
+}
+
+/// [`compute_into`]; with `ranges`, also the range of every row when the value was computed
+/// row by row (left empty otherwise).
+fn compute_ranged(raw: &[u8], ops: &[Scaling], out: &mut Vec<f32>, ranges: Option<&mut Vec<f32>>) {
+    compute_from(raw, ops, out, ranges);
     // The stored bytes are read again only when the value is computed again: the pages of a
     // memory-mapped input under them leave the resident set meanwhile.
     crate::onnx::mapped::release(raw);
 }
 
-fn compute_from(raw: &[u8], ops: &[Scaling], out: &mut Vec<f32>) {
+fn compute_from(
+    raw: &[u8],
+    ops: &[Scaling],
+    out: &mut Vec<f32>,
+    mut ranges: Option<&mut Vec<f32>>,
+) {
     let n = raw.len() / 4;
+    if let Some(r) = ranges.as_deref_mut() {
+        r.clear();
+    }
     match common_row(ops, n).filter(|_| cfg!(target_endian = "little")) {
         Some(len) => {
             out.clear();
             out.reserve(n);
             let base = out.spare_capacity_mut()[..n].as_mut_ptr().cast::<f32>();
+            // A first product on the output side is taken as each value is decoded (the same
+            // product: the stored value times the row's factor).
+            let (first, rest) = match ops.split_first() {
+                Some((op, rest)) if op.side == Side::Out => (Some(&op.factors), rest),
+                _ => (None, ops),
+            };
             for (o, src) in raw[..n * 4].chunks_exact(len * 4).enumerate() {
-                // SAFETY: row `o` is `len` allocated slots inside the `n` reserved above, written
-                // whole (as bytes; every bit pattern is a valid f32) before it is read as f32s.
+                // SAFETY: row `o` is `len` allocated slots inside the `n` reserved above, each
+                // written (every bit pattern is a valid f32) before the row is read as f32s.
                 let row = unsafe {
                     let p = base.add(o * len);
-                    std::slice::from_raw_parts_mut(p.cast::<u8>(), len * 4).copy_from_slice(src);
+                    match first {
+                        Some(f) => {
+                            let m = f[o];
+                            for (j, c) in src.chunks_exact(4).enumerate() {
+                                p.add(j)
+                                    .write(f32::from_le_bytes([c[0], c[1], c[2], c[3]]) * m);
+                            }
+                        }
+                        None => std::slice::from_raw_parts_mut(p.cast::<u8>(), len * 4)
+                            .copy_from_slice(src),
+                    }
                     std::slice::from_raw_parts_mut(p, len)
                 };
-                for op in ops {
+                for op in rest {
                     op.layout.scale_row(op.side, o, row, &op.factors);
+                }
+                if let Some(r) = ranges.as_deref_mut() {
+                    r.push(row_range(row));
                 }
             }
             // SAFETY: every row, hence all `n` values, was initialized above.
@@ -350,11 +399,22 @@ mod tests {
                 d.push("w", dims, op.clone());
             }
             assert_eq!(bits(&d.value("w", &raw).unwrap()), bits(&eager), "{dims:?}");
-            let (a, b) = d
-                .with_stages(&t, 1, |v| v.to_vec(), |v| v.to_vec())
+            let ((a, ra), (b, rb)) = d
+                .with_stages(
+                    &t,
+                    1,
+                    |v, r| (v.to_vec(), r.to_vec()),
+                    |v, r| (v.to_vec(), r.to_vec()),
+                )
                 .unwrap();
             assert_eq!(bits(&a), bits(&first), "{dims:?} after one");
             assert_eq!(bits(&b), bits(&eager), "{dims:?} finished");
+            if layout.row_len().is_some() {
+                assert_eq!(bits(&ra), bits(&layout.out_ranges(&first)), "{dims:?}");
+                assert_eq!(bits(&rb), bits(&layout.out_ranges(&eager)), "{dims:?}");
+            } else {
+                assert!(ra.is_empty() && rb.is_empty(), "{dims:?}");
+            }
             let mut out = Vec::new();
             d.compute("w", &raw, &mut out);
             assert_eq!(bits(&out), bits(&eager), "{dims:?} written");

@@ -750,6 +750,12 @@ fn scaled_row_max(m: &[f32], f: &[f32]) -> f32 {
     lanes.iter().fold(tail, |r, &v| vmax(r, v))
 }
 
+/// `max |v|` over one row of a weight: what [`WeightLayout::out_ranges`] gives an output
+/// channel that is one row ([`WeightLayout::row_len`]), bit for bit.
+pub fn row_range(row: &[f32]) -> f32 {
+    row_max(row)
+}
+
 /// Maximum `|v|` over `row`, in independent lanes so the loop vectorizes.
 #[inline]
 fn row_max(row: &[f32]) -> f32 {
@@ -836,7 +842,7 @@ mod tests {
     }
 
     /// `ranges_after` on the kernel maxima is the scaled weight's `ranges`, bit for bit, with
-    /// either product or both; `scale_row` row by row is `scale_out` / `scale_in`.
+    /// no product, either or both; `scale_row` row by row is `scale_out` / `scale_in`.
     #[test]
     fn ranges_after_and_scale_row_match_the_scaled_weight_exactly() {
         for (op, dims, group) in TEST_LAYOUTS {
@@ -844,7 +850,7 @@ mod tests {
             let w = test_values(l.len());
             let (fo, fi) = channel_factors(&l);
             let m = l.block_maxima(&w);
-            for (o_on, i_on) in [(true, false), (false, true), (true, true)] {
+            for (o_on, i_on) in [(false, false), (true, false), (false, true), (true, true)] {
                 let mut v = w.clone();
                 if o_on {
                     l.scale_out(&mut v, &fo);

@@ -133,10 +133,13 @@ impl Ranges {
                     Some(t) => (l.layout.ranges(&t.data), None),
                     None if work.defers(&l.weight) => work
                         .with_value(&l.weight, |w| {
-                            let m = two_sided
-                                .contains(&l.weight)
-                                .then(|| l.layout.block_maxima(w));
-                            (l.layout.ranges(w), m)
+                            if two_sided.contains(&l.weight) {
+                                // The ranges are the maxima's maxima: one sweep for both.
+                                let m = l.layout.block_maxima(w);
+                                (l.layout.ranges_after(&m, None, None), Some(m))
+                            } else {
+                                (l.layout.ranges(w), None)
+                            }
                         })
                         .ok()?,
                     None => return None,

@@ -51,7 +51,12 @@ impl Folded {
 
 /// Both figures of `data` (per tensor, per channel) as the BN-folded side.
 fn folded_of(data: &[f32], layout: &WeightLayout) -> FoldedFigures {
-    let (per_tensor_db, per_channel_db) = weight_sqnr(data, layout, true);
+    folded_ranged(data, layout, layout.out_ranges(data))
+}
+
+/// [`folded_of`] with the output channels' ranges already taken.
+fn folded_ranged(data: &[f32], layout: &WeightLayout, ranges: Vec<f32>) -> FoldedFigures {
+    let (per_tensor_db, per_channel_db) = weight_sqnr(data, layout, true, Some(ranges));
     FoldedFigures {
         per_tensor_db,
         per_channel_db: per_channel_db.unwrap_or(f64::NAN),
@@ -150,7 +155,18 @@ struct Planned {
 /// `row` with the equalized weight's figures from `data` (and its per-channel figure when
 /// `channel`, i.e. no BN-folded figure stands for it).
 fn completed(row: &LayerQuant, data: &[f32], layout: &WeightLayout, channel: bool) -> LayerQuant {
-    let (after_db, after_channel_db) = weight_sqnr(data, layout, channel);
+    completed_ranged(row, data, layout, channel, layout.out_ranges(data))
+}
+
+/// [`completed`] with the output channels' ranges already taken.
+fn completed_ranged(
+    row: &LayerQuant,
+    data: &[f32],
+    layout: &WeightLayout,
+    channel: bool,
+    ranges: Vec<f32>,
+) -> LayerQuant {
+    let (after_db, after_channel_db) = weight_sqnr(data, layout, channel, Some(ranges));
     let mut row = row.clone();
     row.sqnr_after_db = after_db;
     if channel {
@@ -270,11 +286,23 @@ impl TablePlan {
             let t = by_name.get(weight.as_str())?;
             if let Some(k) = folded_at.filter(|_| deferred.contains(weight)) {
                 let fits = |d: &[f32]| d.len() == layout.len();
+                // The rows' ranges taken as the value was computed are `out_ranges` when each
+                // output channel of `layout` is one of those rows.
+                let ranges = |d: &[f32], r: &[f32]| {
+                    let rows = !r.is_empty()
+                        && r.len() == layout.out_channels()
+                        && layout.row_len() == Some(d.len() / r.len());
+                    if rows {
+                        r.to_vec()
+                    } else {
+                        layout.out_ranges(d)
+                    }
+                };
                 let (b, after) = deferred.with_stages(
                     t,
                     k,
-                    |d| fits(d).then(|| folded_of(d, layout)),
-                    |d| fits(d).then(|| completed(row, d, layout, false)),
+                    |d, r| fits(d).then(|| folded_ranged(d, layout, ranges(d, r))),
+                    |d, r| fits(d).then(|| completed_ranged(row, d, layout, false, ranges(d, r))),
                 )?;
                 let (b, mut row) = (b?, after?);
                 row.sqnr_before_db = b.per_tensor_db;
@@ -311,12 +339,14 @@ fn round_clamp127(x: f32) -> f32 {
 
 /// SQNR (dB) of `data` quantized per-tensor symmetric and, with `per_channel`, per-channel
 /// symmetric: the values of `sqnr_db(data, fake_quant(data))` for each scheme, in one sweep.
+/// `ranges` are the output channels' (`layout.out_ranges(data)`) when already taken.
 pub(crate) fn weight_sqnr(
     data: &[f32],
     layout: &WeightLayout,
     per_channel: bool,
+    ranges: Option<Vec<f32>>,
 ) -> (f64, Option<f64>) {
-    let ranges = layout.out_ranges(data);
+    let ranges = ranges.unwrap_or_else(|| layout.out_ranges(data));
     let scale = ranges.iter().fold(0f32, |m, &r| m.max(r)) / 127.0;
     let steps: Vec<f32> = ranges
         .iter()
@@ -542,8 +572,8 @@ mod tests {
                     fake_quant(&mut q, &l, scheme);
                     sqnr_db(w, &q)
                 };
-                let (t, c) = weight_sqnr(w, &l, true);
-                let (t2, c2) = weight_sqnr(w, &l, false);
+                let (t, c) = weight_sqnr(w, &l, true, None);
+                let (t2, c2) = weight_sqnr(w, &l, false, None);
                 let same = |a: f64, b: f64| {
                     a == b || (a.is_nan() && b.is_nan()) || (a - b).abs() <= 1e-9 * b.abs().max(1.0)
                 };
