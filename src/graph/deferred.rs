@@ -327,6 +327,45 @@ fn compute_from(
     }
 }
 
+/// `f` on every row of the value `raw` + `ops`, in order, each computed into one small buffer,
+/// when the products share a row length of `len` ([`WeightLayout::row_len`]); `false` (and
+/// nothing called) otherwise. Each element goes through the products of [`compute_into`].
+pub(crate) fn for_each_row(
+    raw: &[u8],
+    ops: &[Scaling],
+    len: usize,
+    mut f: impl FnMut(&[f32]),
+) -> bool {
+    let n = raw.len() / 4;
+    if common_row(ops, n) != Some(len) {
+        return false;
+    }
+    let mut row = vec![0f32; len];
+    for (o, src) in raw[..n * 4].chunks_exact(len * 4).enumerate() {
+        let mut rest = ops;
+        match ops.split_first() {
+            Some((op, r)) if op.side == Side::Out => {
+                let m = op.factors[o];
+                for (d, c) in row.iter_mut().zip(src.chunks_exact(4)) {
+                    *d = f32::from_le_bytes([c[0], c[1], c[2], c[3]]) * m;
+                }
+                rest = r;
+            }
+            _ => {
+                for (d, c) in row.iter_mut().zip(src.chunks_exact(4)) {
+                    *d = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+                }
+            }
+        }
+        for op in rest {
+            op.layout.scale_row(op.side, o, &mut row, &op.factors);
+        }
+        f(&row);
+    }
+    crate::onnx::mapped::release(raw);
+    true
+}
+
 /// `f` on the value `raw` + `ops` computed into a pooled buffer.
 pub(crate) fn with_scratch<R>(raw: &[u8], ops: &[Scaling], f: impl FnOnce(&[f32]) -> R) -> R {
     let mut buf = take_buffer();

@@ -750,6 +750,65 @@ fn scaled_row_max(m: &[f32], f: &[f32]) -> f32 {
     lanes.iter().fold(tail, |r, &v| vmax(r, v))
 }
 
+/// The ranges ([`WeightLayout::ranges`]) and, when asked, the kernel maxima
+/// ([`WeightLayout::block_maxima`]) of a weight given one output row at a time, in order
+/// ([`WeightLayout::row_ranges`]): bit for bit those of the whole weight (the same sweeps, row
+/// by row), without the weight ever being whole in memory.
+pub struct RowRanges<'a> {
+    layout: &'a WeightLayout,
+    acc: Vec<f32>,
+    out: Vec<f32>,
+    maxima: Option<Vec<f32>>,
+}
+
+impl WeightLayout {
+    /// A [`RowRanges`] for this layout, with the kernel maxima when `maxima`; `None` when an
+    /// output channel is not one row ([`WeightLayout::row_len`]).
+    pub fn row_ranges(&self, maxima: bool) -> Option<RowRanges<'_>> {
+        let len = self.row_len()?;
+        Some(RowRanges {
+            layout: self,
+            acc: if self.diagonal() {
+                Vec::new()
+            } else {
+                vec![0f32; len]
+            },
+            out: Vec::with_capacity(self.out_ch),
+            maxima: maxima.then(|| Vec::with_capacity(self.a * self.b)),
+        })
+    }
+}
+
+impl RowRanges<'_> {
+    /// Takes the next row.
+    pub fn push(&mut self, row: &[f32]) {
+        let l = self.layout;
+        if l.diagonal() {
+            self.out.push(row_max(row));
+        } else {
+            self.out.push(row_mags(row, &mut self.acc));
+        }
+        if let Some(m) = self.maxima.as_mut() {
+            if l.k == 1 {
+                m.extend(row.iter().map(|v| vmax(0.0, v.abs())));
+            } else {
+                m.extend(row.chunks_exact(l.k).map(row_max));
+            }
+        }
+    }
+
+    /// The `(out, in)` ranges, and the kernel maxima when asked.
+    pub fn finish(self) -> ((Vec<f32>, Vec<f32>), Option<Vec<f32>>) {
+        let ranges = if self.layout.diagonal() {
+            (self.out.clone(), self.out)
+        } else {
+            let inputs = self.layout.fold_columns(&self.acc);
+            (self.out, inputs)
+        };
+        (ranges, self.maxima)
+    }
+}
+
 /// `max |v|` over one row of a weight: what [`WeightLayout::out_ranges`] gives an output
 /// channel that is one row ([`WeightLayout::row_len`]), bit for bit.
 pub fn row_range(row: &[f32]) -> f32 {
@@ -850,6 +909,17 @@ mod tests {
             let w = test_values(l.len());
             let (fo, fi) = channel_factors(&l);
             let m = l.block_maxima(&w);
+            if let Some(mut rr) = l.row_ranges(true) {
+                for row in w.chunks_exact(l.row_len().unwrap()) {
+                    rr.push(row);
+                }
+                let (r, m2) = rr.finish();
+                let bits = |r: &[f32]| r.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                let want = l.ranges(&w);
+                assert_eq!(bits(&r.0), bits(&want.0), "{op:?} {dims:?} row ranges out");
+                assert_eq!(bits(&r.1), bits(&want.1), "{op:?} {dims:?} row ranges in");
+                assert_eq!(bits(&m2.unwrap()), bits(&m), "{op:?} {dims:?} row maxima");
+            }
             for (o_on, i_on) in [(false, false), (true, false), (false, true), (true, true)] {
                 let mut v = w.clone();
                 if o_on {

@@ -277,6 +277,16 @@ impl Work {
         Ok(deferred::with_scratch(proto.raw_data(), &ops[..k], f))
     }
 
+    /// `f` on every row (of `len` values, [`WeightLayout::row_len`]) of the deferred weight
+    /// `name`, in order, each computed into one small buffer; `false` (and nothing called) when
+    /// `name` is not deferred or its products do not go by rows of `len`.
+    pub fn with_rows(&self, name: &str, len: usize, f: impl FnMut(&[f32])) -> bool {
+        match (self.deferred.scalings(name), self.proto_of(name)) {
+            (Some(ops), Some(proto)) => deferred::for_each_row(proto.raw_data(), ops, len, f),
+            _ => false,
+        }
+    }
+
     /// `f` on the value of the f32 constant `name`, without caching it: the cached value, the
     /// stored bytes when aligned, or a value computed into a reused per-thread buffer (a
     /// deferred weight, [`Work::scale`]).

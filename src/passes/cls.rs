@@ -131,8 +131,18 @@ impl Ranges {
             .filter_map(|l| {
                 let (r, m) = match work.cached(&l.weight) {
                     Some(t) => (l.layout.ranges(&t.data), None),
-                    None if work.defers(&l.weight) => work
-                        .with_value(&l.weight, |w| {
+                    None if work.defers(&l.weight) => {
+                        let two = two_sided.contains(&l.weight);
+                        // Row by row where the layout has rows: the value is never whole.
+                        if let (Some(mut rr), Some(len)) =
+                            (l.layout.row_ranges(two), l.layout.row_len())
+                        {
+                            if work.with_rows(&l.weight, len, |row| rr.push(row)) {
+                                let (r, m) = rr.finish();
+                                return Some((l.weight.clone(), r, m));
+                            }
+                        }
+                        work.with_value(&l.weight, |w| {
                             if two_sided.contains(&l.weight) {
                                 // The ranges are the maxima's maxima: one sweep for both.
                                 let m = l.layout.block_maxima(w);
@@ -141,7 +151,8 @@ impl Ranges {
                                 (l.layout.ranges(w), None)
                             }
                         })
-                        .ok()?,
+                        .ok()?
+                    }
                     None => return None,
                 };
                 Some((l.weight.clone(), r, m))
