@@ -750,6 +750,9 @@ fn scaled_row_max(m: &[f32], f: &[f32]) -> f32 {
     lanes.iter().fold(tail, |r, &v| vmax(r, v))
 }
 
+/// A weight's `(out, in)` ranges ([`WeightLayout::ranges`]).
+pub type ChannelRanges = (Vec<f32>, Vec<f32>);
+
 /// The ranges ([`WeightLayout::ranges`]) and, when asked, the kernel maxima
 /// ([`WeightLayout::block_maxima`]) of a weight given one output row at a time, in order
 /// ([`WeightLayout::row_ranges`]): bit for bit those of the whole weight (the same sweeps, row
@@ -798,7 +801,7 @@ impl RowRanges<'_> {
     }
 
     /// The `(out, in)` ranges, and the kernel maxima when asked.
-    pub fn finish(self) -> ((Vec<f32>, Vec<f32>), Option<Vec<f32>>) {
+    pub fn finish(self) -> (ChannelRanges, Option<Vec<f32>>) {
         let ranges = if self.layout.diagonal() {
             (self.out.clone(), self.out)
         } else {

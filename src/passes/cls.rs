@@ -38,7 +38,7 @@ use std::collections::{HashMap, HashSet};
 
 use rayon::prelude::*;
 
-use crate::graph::layout::{ChannelEnergy, ChannelKind, LayerOp, Side};
+use crate::graph::layout::{ChannelEnergy, ChannelKind, ChannelRanges, LayerOp, Side};
 use crate::onnx::{attr, NodeProto};
 use crate::report::{ClsIteration, ClsKind, ClsPair, ClsSet, PairRanges};
 
@@ -75,9 +75,6 @@ struct Set {
 /// Exact `(out, in)` ranges of every weight as it currently is. Each scaling recomputes both in
 /// the same sweep ([`crate::graph::layout::WeightLayout::scale_out_ranged`]); ranges are maxima, so
 /// they do not depend on the order of the sweep and equal a fresh scan bit for bit.
-/// A weight's `(out, in)` ranges.
-type ChannelRanges = (Vec<f32>, Vec<f32>);
-
 #[derive(Default)]
 struct Ranges {
     of: HashMap<String, (Vec<f32>, Vec<f32>)>,
