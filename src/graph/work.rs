@@ -288,8 +288,8 @@ impl Work {
     }
 
     /// `f` on the value of the f32 constant `name`, without caching it: the cached value, the
-    /// stored bytes when aligned, or a value computed into a reused per-thread buffer (a
-    /// deferred weight, [`Work::scale`]).
+    /// stored bytes when aligned, or a value computed into a reused buffer (a deferred weight,
+    /// [`Work::scale`], or unaligned stored bytes).
     pub fn with_value<R>(
         &self,
         name: &str,

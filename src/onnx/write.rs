@@ -134,18 +134,6 @@ impl<'a> Stream<'a> {
         })
     }
 
-    /// Number of parts (owned, borrowed and computed).
-    pub fn part_count(&self) -> usize {
-        self.parts.len()
-    }
-
-    /// Whether some part is computed while it is written ([`stream_computed`]).
-    pub fn has_computed(&self) -> bool {
-        self.parts
-            .iter()
-            .any(|p| matches!(p, Part::Computed { .. }))
-    }
-
     /// The encoding's slices, in order; computed parts are computed one at a time into a
     /// reused buffer.
     pub fn for_each_slice(&self, mut f: impl FnMut(&[u8]) -> io::Result<()>) -> io::Result<()> {
