@@ -16,6 +16,7 @@
 //! model (on a virtual machine, each fresh page is a fault the host may have to back).
 
 use std::collections::HashMap;
+use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
@@ -205,23 +206,44 @@ fn decode_into(raw: &[u8], out: &mut Vec<f32>) {
     let n = raw.len() / 4;
     out.clear();
     out.reserve(n);
-    #[cfg(target_endian = "little")]
-    {
-        let spare = &mut out.spare_capacity_mut()[..n];
-        // SAFETY: `spare` is `n` allocated f32 slots (`4n` bytes), written here as bytes (every
-        // bit pattern is a valid f32) before the length covers them.
-        let bytes: &mut [u8] =
-            unsafe { std::slice::from_raw_parts_mut(spare.as_mut_ptr().cast::<u8>(), n * 4) };
-        bytes.copy_from_slice(&raw[..n * 4]);
-        // SAFETY: all `n` values were just initialized.
-        unsafe { out.set_len(n) };
+    row_into(&raw[..n * 4], 0, &[], &mut out.spare_capacity_mut()[..n]);
+    // SAFETY: `row_into` wrote all `n` values.
+    unsafe { out.set_len(n) };
+}
+
+/// Row `o` of a value: its stored bytes `src` decoded into `dst` (as many slots as `src` holds
+/// values), then `ops` replayed on it with [`WeightLayout::scale_row`]. A first product on the
+/// output side is taken as each value is decoded (the same product: the stored value times the
+/// row's factor). Every slot of `dst` is written; the row is returned as values.
+fn row_into<'a>(
+    src: &[u8],
+    o: usize,
+    ops: &[Scaling],
+    dst: &'a mut [MaybeUninit<f32>],
+) -> &'a mut [f32] {
+    debug_assert_eq!(dst.len() * 4, src.len());
+    let value = |c: &[u8]| f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+    let rest = match ops.split_first() {
+        Some((op, rest)) if op.side == Side::Out => {
+            let m = op.factors[o];
+            for (d, c) in dst.iter_mut().zip(src.chunks_exact(4)) {
+                d.write(value(c) * m);
+            }
+            rest
+        }
+        _ => {
+            for (d, c) in dst.iter_mut().zip(src.chunks_exact(4)) {
+                d.write(value(c));
+            }
+            ops
+        }
+    };
+    // SAFETY: every slot of `dst` was written above; `MaybeUninit<f32>` has f32's layout.
+    let row = unsafe { &mut *(dst as *mut [MaybeUninit<f32>] as *mut [f32]) };
+    for op in rest {
+        op.layout.scale_row(op.side, o, row, &op.factors);
     }
-    #[cfg(not(target_endian = "little"))]
-    out.extend(
-        raw[..n * 4]
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
-    );
+    row
 }
 
 /// The row length every product of `ops` scales whole rows of, when they share one.
@@ -281,43 +303,21 @@ fn compute_from(
     if let Some(r) = ranges.as_deref_mut() {
         r.clear();
     }
-    match common_row(ops, n).filter(|_| cfg!(target_endian = "little")) {
+    match common_row(ops, n) {
         Some(len) => {
             out.clear();
             out.reserve(n);
-            let base = out.spare_capacity_mut()[..n].as_mut_ptr().cast::<f32>();
-            // A first product on the output side is taken as each value is decoded (the same
-            // product: the stored value times the row's factor).
-            let (first, rest) = match ops.split_first() {
-                Some((op, rest)) if op.side == Side::Out => (Some(&op.factors), rest),
-                _ => (None, ops),
-            };
-            for (o, src) in raw[..n * 4].chunks_exact(len * 4).enumerate() {
-                // SAFETY: row `o` is `len` allocated slots inside the `n` reserved above, each
-                // written (every bit pattern is a valid f32) before the row is read as f32s.
-                let row = unsafe {
-                    let p = base.add(o * len);
-                    match first {
-                        Some(f) => {
-                            let m = f[o];
-                            for (j, c) in src.chunks_exact(4).enumerate() {
-                                p.add(j)
-                                    .write(f32::from_le_bytes([c[0], c[1], c[2], c[3]]) * m);
-                            }
-                        }
-                        None => std::slice::from_raw_parts_mut(p.cast::<u8>(), len * 4)
-                            .copy_from_slice(src),
-                    }
-                    std::slice::from_raw_parts_mut(p, len)
-                };
-                for op in rest {
-                    op.layout.scale_row(op.side, o, row, &op.factors);
-                }
+            let spare = &mut out.spare_capacity_mut()[..n];
+            let rows = raw[..n * 4]
+                .chunks_exact(len * 4)
+                .zip(spare.chunks_exact_mut(len));
+            for (o, (src, dst)) in rows.enumerate() {
+                let row = row_into(src, o, ops, dst);
                 if let Some(r) = ranges.as_deref_mut() {
                     r.push(row_range(row));
                 }
             }
-            // SAFETY: every row, hence all `n` values, was initialized above.
+            // SAFETY: `row_into` wrote every row, hence all `n` values.
             unsafe { out.set_len(n) };
         }
         None => {
@@ -340,27 +340,9 @@ pub(crate) fn for_each_row(
     if common_row(ops, n) != Some(len) {
         return false;
     }
-    let mut row = vec![0f32; len];
+    let mut buf = vec![MaybeUninit::uninit(); len];
     for (o, src) in raw[..n * 4].chunks_exact(len * 4).enumerate() {
-        let mut rest = ops;
-        match ops.split_first() {
-            Some((op, r)) if op.side == Side::Out => {
-                let m = op.factors[o];
-                for (d, c) in row.iter_mut().zip(src.chunks_exact(4)) {
-                    *d = f32::from_le_bytes([c[0], c[1], c[2], c[3]]) * m;
-                }
-                rest = r;
-            }
-            _ => {
-                for (d, c) in row.iter_mut().zip(src.chunks_exact(4)) {
-                    *d = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-                }
-            }
-        }
-        for op in rest {
-            op.layout.scale_row(op.side, o, &mut row, &op.factors);
-        }
-        f(&row);
+        f(row_into(src, o, ops, &mut buf));
     }
     crate::onnx::mapped::release(raw);
     true
